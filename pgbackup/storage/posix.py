@@ -1,0 +1,224 @@
+"""A repository on a local (or mounted) filesystem.
+
+Durability follows PostgreSQL's own rules for its archive: write a temporary file,
+fsync it, rename (or hard-link, for create-only-if-absent) into place, fsync the
+directory. Directories are created 0750 and files 0640.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pgbackup.errors import ObjectExists, StorageError
+from pgbackup.storage.base import ObjectInfo, ObjectWriter, Storage, not_found
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+TMP_SUFFIX = ".pgbackup-tmp"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def storage_error(action: str, path: Path, exc: OSError) -> StorageError:
+    """Turn an OSError into a message that names the path and what to do."""
+    if exc.errno == errno.ENOSPC:
+        return StorageError(
+            f"{action} {path}: no space left on device",
+            hint="free space in the repository (invoke cleanup) or grow its filesystem",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(
+            f"{action} {path}: permission denied",
+            hint="run as the repository's owner or fix its permissions (0750 directories)",
+        )
+    if exc.errno == errno.EROFS:
+        return StorageError(f"{action} {path}: read-only filesystem")
+    return StorageError(f"{action} {path}: {exc.strerror or exc}")
+
+
+class PosixWriter(ObjectWriter):
+    def __init__(self, storage: PosixStorage, key: str, if_absent: bool):
+        self.storage = storage
+        self.final = storage.path_of(key)
+        self.if_absent = if_absent
+        try:
+            storage.ensure_dir(self.final.parent)
+            self.tmp = self.final.parent / f".{self.final.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except OSError as exc:
+            raise storage_error("cannot create", self.final, exc) from None
+        self.file: BinaryIO | None = os.fdopen(fd, "wb", buffering=0)
+        self.done = False
+
+    def write(self, data: bytes) -> int:
+        assert self.file is not None, "write after commit/abort"
+        try:
+            view = memoryview(data)
+            while view:
+                n = self.file.write(view)
+                view = view[n:]
+        except OSError as exc:
+            raise storage_error("cannot write", self.final, exc) from None
+        return len(data)
+
+    def commit(self) -> None:
+        assert self.file is not None, "commit after commit/abort"
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+            if self.if_absent:
+                # link() fails if the name exists: an atomic create-only-if-absent.
+                try:
+                    os.link(self.tmp, self.final)
+                except FileExistsError:
+                    raise ObjectExists(f"{self.final} already exists") from None
+                os.unlink(self.tmp)
+            else:
+                os.replace(self.tmp, self.final)
+            _fsync_dir(self.final.parent)
+            self.done = True
+        except OSError as exc:
+            raise storage_error("cannot store", self.final, exc) from None
+
+    def abort(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+        if not self.done:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass
+
+
+class PosixStorage(Storage):
+    kind = "posix"
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> PosixStorage:
+        return cls(spec["path"])
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def path_of(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid repository key {key!r}")
+        return self.root / key
+
+    def ensure_dir(self, path: Path) -> None:
+        if path.is_dir():
+            return
+        # Create each missing level with 0750, whatever the umask says.
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, DIR_MODE)
+                os.chmod(d, DIR_MODE)
+            except FileExistsError:
+                pass
+
+    def writer(self, key: str, *, if_absent: bool = False) -> ObjectWriter:
+        return PosixWriter(self, key, if_absent)
+
+    def open_read(self, key: str) -> BinaryIO:
+        path = self.path_of(key)
+        try:
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            raise not_found(self, key) from None
+        except OSError as exc:
+            raise storage_error("cannot read", path, exc) from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the directory that contains the prefix, then filter by name.
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base_dir if base_dir else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.endswith(TMP_SUFFIX) or name.endswith(".lock") or name == "backup.log":
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = full.stat()
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self.path_of(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        path = self.path_of(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise storage_error("cannot delete", path, exc) from None
+        # Remove now-empty parent directories up to the root.
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def remove_leftover_temp_files(self, prefix: str = "") -> int:
+        """Remove temporary files of interrupted writes (cleanup calls this)."""
+        start = self.root / prefix if prefix else self.root
+        count = 0
+        if not start.is_dir():
+            return 0
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                if name.endswith(TMP_SUFFIX):
+                    try:
+                        os.unlink(os.path.join(dirpath, name))
+                        count += 1
+                    except OSError:
+                        pass
+        return count
+
+    def free_bytes(self) -> int | None:
+        p = self.root
+        while not p.exists():
+            p = p.parent
+        return shutil.disk_usage(p).free
