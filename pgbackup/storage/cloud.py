@@ -1,0 +1,418 @@
+"""The shared half of every object-store repository (S3, GCS, Azure Blob).
+
+Barman's CloudInterface idea: this base owns what is the same everywhere —
+
+* key <-> object-name mapping under the spec's ``prefix``;
+* streamed writes with bounded memory: a writer buffers at most one part
+  (``part_size``, 8 MiB by default) and sends it as soon as more data arrives, so at
+  any moment it holds one part plus the part being sent. An object smaller than one
+  part is sent with a single put; anything larger goes through the provider's
+  multipart mechanism, and the last part is held back until ``commit`` so that the
+  provider can finish the upload with it (GCS needs the final chunk to close a
+  resumable session);
+* retries of transient failures (connection reset, timeouts, HTTP 429/500/502/503/504,
+  throttling) with exponential backoff and jitter, then one clear StorageError;
+
+and each provider implements a handful of primitives (``_put``, ``_begin``,
+``_upload_part``, ``_complete``, ``_abort_upload``, ``_open_read``, ``_list``,
+``_stat``, ``_delete``) plus ``_classify`` which turns an SDK exception into
+"transient", "not found", "exists" or a user-facing StorageError.
+
+Nothing here imports a cloud SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO, TypeVar
+
+from pgbackup.errors import ConfigError, ObjectExists, ObjectNotFound, StorageError
+from pgbackup.storage.base import ObjectInfo, ObjectWriter, Storage, not_found
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+DEFAULT_PART_SIZE = 8 * MiB
+DEFAULT_ATTEMPTS = 4  # our own attempts, on top of whatever the SDK already retried
+BACKOFF_BASE = 0.5  # seconds; doubled each attempt, with jitter
+BACKOFF_MAX = 8.0
+
+# What ``_classify`` answers.
+TRANSIENT = "transient"
+NOT_FOUND = "not_found"
+EXISTS = "exists"
+
+
+def parse_size(value: Any, what: str) -> int:
+    """``8388608``, ``"8MiB"``, ``"16 MB"``, ``"512k"`` -> bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    units = {
+        "": 1,
+        "b": 1,
+        "k": 1024,
+        "kb": 1024,
+        "kib": 1024,
+        "m": MiB,
+        "mb": MiB,
+        "mib": MiB,
+        "g": 1024 * MiB,
+        "gb": 1024 * MiB,
+        "gib": 1024 * MiB,
+    }
+    digits = len(text) - len(text.lstrip("0123456789"))
+    number, unit = text[:digits], text[digits:]
+    if not number or unit not in units:
+        raise ConfigError(f"{what}: {value!r} is not a size (examples: 8MiB, 16777216)")
+    return int(number) * units[unit]
+
+
+def normalize_prefix(prefix: Any) -> str:
+    """``"platform"`` / ``"/platform/"`` / ``None`` -> ``"platform/"`` / ``""``."""
+    text = str(prefix or "").strip("/")
+    return f"{text}/" if text else ""
+
+
+class CloudWriter(ObjectWriter):
+    """A streamed upload with at most one buffered part; see the module docstring."""
+
+    def __init__(self, storage: CloudStorage, key: str, if_absent: bool):
+        self.storage = storage
+        self.key = key
+        self.name = storage.object_name(key)
+        self.if_absent = if_absent
+        self.part_size = storage.part_size
+        self.buffer = bytearray()
+        self.upload: Any = None  # the provider's handle of a started multipart upload
+        self.parts: list[Any] = []  # what each uploaded part returned (etag, block id...)
+        self.offset = 0  # bytes already sent as parts
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        if self.closed:
+            raise StorageError(f"write to {self.storage.location(self.key)} after commit/abort")
+        self.buffer += data
+        # Keep a full part back: it may be the last one, which _complete sends.
+        while len(self.buffer) > self.part_size:
+            self._send_part(bytes(self.buffer[: self.part_size]))
+            del self.buffer[: self.part_size]
+        return len(data)
+
+    def _send_part(self, chunk: bytes) -> None:
+        st = self.storage
+        if self.upload is None:
+            self.upload = st.call(
+                "start upload of", self.key, lambda: st._begin(self.name, self.if_absent)
+            )
+        number = len(self.parts) + 1
+        offset = self.offset
+        result = st.call(
+            "upload part of",
+            self.key,
+            lambda: st._upload_part(self.upload, self.name, number, offset, chunk),
+        )
+        self.parts.append(result)
+        self.offset += len(chunk)
+
+    def commit(self) -> None:
+        if self.closed:
+            raise StorageError(f"commit of {self.storage.location(self.key)} after commit/abort")
+        st = self.storage
+        data = bytes(self.buffer)
+        self.buffer = bytearray()
+        try:
+            if self.upload is None:
+                st.call("store", self.key, lambda: st._put(self.name, data, self.if_absent))
+            else:
+                st.call(
+                    "complete upload of",
+                    self.key,
+                    lambda: st._complete(
+                        self.upload, self.name, self.parts, self.offset, data, self.if_absent
+                    ),
+                )
+        except ObjectExists:
+            raise ObjectExists(
+                f"{st.location(self.key)} already exists (not overwritten)"
+            ) from None
+        self.closed = True
+        self.upload = None
+
+    def abort(self) -> None:
+        self.buffer = bytearray()
+        if self.closed:
+            return
+        self.closed = True
+        if self.upload is not None:
+            upload, self.upload = self.upload, None
+            # Best effort: an unfinished upload is never visible anyway.
+            with contextlib.suppress(Exception):
+                self.storage._abort_upload(upload, self.name)
+
+
+class CloudStorage(Storage):
+    """Common behaviour of the object stores; subclasses implement the primitives."""
+
+    kind = "cloud"
+    #: Part sizes must be a multiple of this (GCS: 256 KiB) and at least ``min_part_size``.
+    part_multiple = 1
+    min_part_size = 1
+    max_part_size = 4000 * MiB
+
+    def __init__(self, *, prefix: str = "", part_size: int = DEFAULT_PART_SIZE, attempts: int = 0):
+        self.prefix = normalize_prefix(prefix)
+        if part_size < self.min_part_size or part_size > self.max_part_size:
+            raise ConfigError(
+                f"repository.part_size: {part_size} bytes is outside what {self.kind} accepts "
+                f"({self.min_part_size}..{self.max_part_size})"
+            )
+        if part_size % self.part_multiple:
+            raise ConfigError(
+                f"repository.part_size: {self.kind} needs a multiple of {self.part_multiple} bytes"
+            )
+        self.part_size = part_size
+        self.attempts = attempts or DEFAULT_ATTEMPTS
+
+    @staticmethod
+    def common_options(spec: dict[str, Any]) -> dict[str, Any]:
+        opts: dict[str, Any] = {"prefix": spec.get("prefix", "")}
+        if spec.get("part_size") is not None:
+            opts["part_size"] = parse_size(spec["part_size"], "repository.part_size")
+        if spec.get("retries") is not None:
+            opts["attempts"] = int(spec["retries"]) + 1
+        return opts
+
+    # --- naming ------------------------------------------------------------------------
+
+    def object_name(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid repository key {key!r}")
+        return self.prefix + key
+
+    def key_of(self, name: str) -> str:
+        return name[len(self.prefix) :]
+
+    @abstractmethod
+    def container_url(self) -> str:
+        """``s3://bucket`` / ``gs://bucket`` / ``azure://account/container``."""
+
+    def describe(self) -> str:
+        return f"{self.container_url()}/{self.prefix}"
+
+    def location(self, key: str) -> str:
+        return f"{self.container_url()}/{self.prefix}{key}"
+
+    # --- retries and error mapping -------------------------------------------------------
+
+    @abstractmethod
+    def _classify(self, exc: BaseException, action: str, key: str | None) -> str | StorageError:
+        """TRANSIENT, NOT_FOUND, EXISTS, or the StorageError to raise for ``exc``."""
+
+    def _sleep(self, attempt: int) -> None:
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * (2 ** (attempt - 1)))
+        time.sleep(delay * (0.5 + random.random() / 2))
+
+    def call(self, action: str, key: str | None, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with retries; map failures. ObjectNotFound/ObjectExists pass through."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except StorageError:
+                raise
+            except Exception as exc:
+                verdict = self._classify(exc, action, key)
+                where = self.location(key) if key is not None else self.describe()
+                if verdict == NOT_FOUND:
+                    raise not_found(self, key or "") from None
+                if verdict == EXISTS:
+                    raise ObjectExists(f"{where} already exists (not overwritten)") from None
+                if verdict == TRANSIENT:
+                    if attempt < self.attempts:
+                        self._sleep(attempt)
+                        continue
+                    raise StorageError(
+                        f"cannot {action} {where}: still failing after {attempt} attempts "
+                        f"({_short(exc)})",
+                        hint="the storage service is unreachable or overloaded; check the "
+                        "network/endpoint and retry later",
+                    ) from None
+                assert isinstance(verdict, StorageError)
+                raise verdict from None
+
+    # --- the Storage interface, built on the primitives ----------------------------------
+
+    def writer(self, key: str, *, if_absent: bool = False) -> ObjectWriter:
+        self.object_name(key)  # validate early
+        return CloudWriter(self, key, if_absent)
+
+    def open_read(self, key: str) -> BinaryIO:
+        name = self.object_name(key)
+        inner = self.call("read", key, lambda: self._open_read(name, 0))
+        return CloudReader(self, key, name, inner)  # type: ignore[return-value]
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self.prefix + prefix
+        # Listing is a generator over pages: retry per page is the SDK's job; map errors.
+        it = self.call("list", prefix or None, lambda: iter(self._list(full)))
+        while True:
+            try:
+                name, size, mtime = next(it)
+            except StopIteration:
+                return
+            except StorageError:
+                raise
+            except Exception as exc:
+                verdict = self._classify(exc, "list", prefix or None)
+                if isinstance(verdict, StorageError):
+                    raise verdict from None
+                raise StorageError(
+                    f"cannot list {self.describe()}{prefix}: {_short(exc)}",
+                    hint="check the network/endpoint and retry",
+                ) from None
+            yield ObjectInfo(key=self.key_of(name), size=size, mtime=mtime)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        name = self.object_name(key)
+        try:
+            found = self.call("stat", key, lambda: self._stat(name))
+        except ObjectNotFound:
+            return None
+        if found is None:
+            return None
+        size, mtime = found
+        return ObjectInfo(key=key, size=size, mtime=mtime)
+
+    def delete(self, key: str) -> None:
+        name = self.object_name(key)
+        try:
+            self.call("delete", key, lambda: self._delete(name))
+        except ObjectNotFound:
+            return
+
+    # --- provider primitives -------------------------------------------------------------
+
+    @abstractmethod
+    def _put(self, name: str, data: bytes, if_absent: bool) -> None:
+        """Store a whole (small) object in one request."""
+
+    @abstractmethod
+    def _begin(self, name: str, if_absent: bool) -> Any:
+        """Start a multipart upload; return its handle."""
+
+    @abstractmethod
+    def _upload_part(self, upload: Any, name: str, number: int, offset: int, data: bytes) -> Any:
+        """Send part ``number`` (1-based; ``offset`` bytes precede it); return what _complete needs."""
+
+    @abstractmethod
+    def _complete(
+        self,
+        upload: Any,
+        name: str,
+        parts: Sequence[Any],
+        offset: int,
+        last: bytes,
+        if_absent: bool,
+    ) -> None:
+        """Send ``last`` (possibly empty) as the final part and make the object visible."""
+
+    @abstractmethod
+    def _abort_upload(self, upload: Any, name: str) -> None:
+        """Discard a started multipart upload."""
+
+    @abstractmethod
+    def _open_read(self, name: str, start: int) -> Any:
+        """A streaming reader (``read(n)``, ``close()``) from byte ``start``; raise the SDK's
+        not-found error when absent. Returning b"" from read means the end."""
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """(object name, size, mtime) of every object under ``prefix``."""
+
+    @abstractmethod
+    def _stat(self, name: str) -> tuple[int, float] | None:
+        """(size, mtime) or None."""
+
+    @abstractmethod
+    def _delete(self, name: str) -> None:
+        """Remove the object (absent may raise the SDK's not-found error)."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+class CloudReader(io.RawIOBase):
+    """A streamed read that resumes at the current offset after a transient failure."""
+
+    def __init__(self, storage: CloudStorage, key: str, name: str, inner: Any):
+        super().__init__()
+        self.storage = storage
+        self.key = key
+        self.name = name
+        self.inner = inner
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed stream")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                data = self.inner.read(size if size is not None and size >= 0 else -1)
+                break
+            except Exception as exc:
+                verdict = self.storage._classify(exc, "read", self.key)
+                if verdict != TRANSIENT or attempt >= self.storage.attempts:
+                    if isinstance(verdict, StorageError):
+                        raise verdict from None
+                    raise StorageError(
+                        f"cannot read {self.storage.location(self.key)} at byte {self.pos}: "
+                        f"{_short(exc)}",
+                        hint="check the network/endpoint and retry",
+                    ) from None
+                self.storage._sleep(attempt)
+                self._close_inner()
+                self.inner = self._reopen()
+        self.pos += len(data)
+        return bytes(data)
+
+    def _reopen(self) -> Any:
+        pos = self.pos
+        return self.storage.call("read", self.key, lambda: self.storage._open_read(self.name, pos))
+
+    def readall(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            chunk = self.read(MiB)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def _close_inner(self) -> None:
+        with contextlib.suppress(Exception):
+            self.inner.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close_inner()
+        super().close()

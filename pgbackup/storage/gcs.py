@@ -1,0 +1,343 @@
+"""A repository in a Google Cloud Storage bucket.
+
+Spec: ``{kind: gcs, bucket, prefix, project, endpoint_url, part_size, retries}``.
+Credentials come from Google's Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``,
+``gcloud auth application-default login``, the metadata server). With ``endpoint_url``
+(or the ``STORAGE_EMULATOR_HOST`` environment variable) the client talks to that
+endpoint with anonymous credentials — the emulator case.
+
+Writes smaller than one part are one upload request; larger ones a resumable upload
+session sent part by part (``Content-Range: bytes a-b/*``); the object appears only when
+the final chunk (with the total size) is accepted, and abort cancels the session.
+
+``if_absent`` is ``ifGenerationMatch=0`` on the upload (or on the resumable session):
+atomic on GCS, a clash is HTTP 412 and becomes ObjectExists. gcp-storage-emulator
+ignores preconditions, so against an emulator endpoint the writer also checks for the
+object right before the final request; that check alone is not atomic (a concurrent
+writer can slip in between), which is acceptable only for emulators.
+
+google-cloud-storage is imported here only, when a GCS repository is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pgbackup.errors import ConfigError, StorageError
+from pgbackup.storage.cloud import (
+    EXISTS,
+    NOT_FOUND,
+    TRANSIENT,
+    CloudStorage,
+    _short,
+)
+
+GCS_ENDPOINT = "https://storage.googleapis.com"
+TIMEOUT = (10, 120)  # connect, read (seconds)
+
+
+class HTTPStatusError(Exception):
+    """A raw request (resumable session chunk, media download) got an unexpected status."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(f"HTTP {status}: {text[:200]}")
+        self.status = status
+
+
+class GCSStorage(CloudStorage):
+    kind = "gcs"
+    part_multiple = 256 * 1024  # resumable chunks must be multiples of 256 KiB
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        project: str | None = None,
+        endpoint_url: str | None = None,
+        **options: Any,
+    ):
+        super().__init__(prefix=prefix, **options)
+        if not bucket:
+            raise ConfigError("repository.bucket: a GCS repository needs a bucket name")
+        self.bucket_name = bucket
+        self.project = project or None
+        endpoint = endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST") or None
+        if endpoint and "://" not in endpoint:
+            endpoint = f"http://{endpoint}"
+        self.endpoint_url = endpoint.rstrip("/") if endpoint else None
+        self.emulator = self.endpoint_url is not None
+        self._bucket_verified = False
+        try:
+            from google.cloud import storage
+        except ImportError:
+            raise StorageError(
+                "the gcs repository kind needs google-cloud-storage, which is not installed",
+                hint="pip install 'pgbackup[gcs]' (or pip install google-cloud-storage)",
+            ) from None
+        try:
+            if self.endpoint_url:
+                from google.auth.credentials import AnonymousCredentials
+
+                self.client = storage.Client(
+                    project=self.project or "pgbackup-emulator",
+                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                    client_options={"api_endpoint": self.endpoint_url},
+                )
+            else:
+                self.client = storage.Client(project=self.project)
+        except Exception as exc:
+            verdict = self._classify(exc, "open", None)
+            if isinstance(verdict, StorageError):
+                raise verdict from None
+            raise StorageError(
+                f"cannot set up the GCS client for gs://{bucket}: {_short(exc)}"
+            ) from None
+        self.bucket = self.client.bucket(bucket)
+        self.api_base = self.endpoint_url or GCS_ENDPOINT
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> GCSStorage:
+        return cls(
+            spec.get("bucket") or "",
+            project=spec.get("project"),
+            endpoint_url=spec.get("endpoint_url"),
+            **cls.common_options(spec),
+        )
+
+    def container_url(self) -> str:
+        return f"gs://{self.bucket_name}"
+
+    def describe(self) -> str:
+        where = f"gs://{self.bucket_name}/{self.prefix}"
+        return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
+
+    @property
+    def http(self) -> Any:
+        return self.client._http
+
+    # --- errors ----------------------------------------------------------------------------
+
+    def _no_bucket(self, action: str, where: str) -> StorageError:
+        return StorageError(
+            f"cannot {action} {where}: bucket {self.bucket_name!r} does not exist"
+            + (f" at {self.endpoint_url}" if self.endpoint_url else ""),
+            hint="create the bucket or fix repository.bucket"
+            + (" / endpoint_url" if self.endpoint_url else " / project"),
+        )
+
+    def _classify(self, exc: BaseException, action: str, key: str | None) -> str | StorageError:
+        import requests
+        from google.api_core import exceptions as gx
+        from google.auth import exceptions as ax
+
+        where = self.location(key) if key is not None else self.describe()
+        if isinstance(exc, ax.DefaultCredentialsError):
+            return StorageError(
+                f"cannot {action} {where}: no Google credentials found",
+                hint="set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, run "
+                "'gcloud auth application-default login', or run on GCP with a service account",
+            )
+        if isinstance(exc, ax.RefreshError):
+            return StorageError(
+                f"cannot {action} {where}: the Google credentials were rejected ({_short(exc)})",
+                hint="check GOOGLE_APPLICATION_CREDENTIALS or re-run "
+                "'gcloud auth application-default login'",
+            )
+        status: int | None = None
+        if isinstance(exc, gx.GoogleAPICallError):
+            status = exc.code
+        elif isinstance(exc, HTTPStatusError):
+            status = exc.status
+        if status is not None:
+            text = str(exc).lower()
+            if status == 404:
+                if "bucket" in text and "object" not in text:
+                    return self._no_bucket(action, where)
+                if not self._bucket_exists():
+                    return self._no_bucket(action, where)
+                return NOT_FOUND
+            if status == 412:
+                return EXISTS
+            if status in (401, 403):
+                return StorageError(
+                    f"cannot {action} {where}: access denied ({status})",
+                    hint="grant this identity roles/storage.objectAdmin (or objectCreator + "
+                    f"objectViewer) on bucket {self.bucket_name!r}",
+                )
+            if status in (408, 429) or status >= 500:
+                return TRANSIENT
+            return StorageError(f"cannot {action} {where}: {_short(exc)}")
+        if isinstance(
+            exc,
+            requests.ConnectionError | requests.Timeout | ax.TransportError,
+        ):
+            return TRANSIENT
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return TRANSIENT
+        if isinstance(exc, gx.RetryError):
+            return TRANSIENT
+        raise exc
+
+    def _bucket_exists(self) -> bool:
+        if self._bucket_verified:
+            return True
+        try:
+            self._bucket_verified = (
+                self.client.lookup_bucket(self.bucket_name, retry=None) is not None
+            )
+        except Exception:
+            return True  # cannot tell: do not claim it is missing
+        return self._bucket_verified
+
+    # --- primitives ------------------------------------------------------------------------
+
+    def _precheck(self, name: str, if_absent: bool) -> None:
+        """Emulators ignore ifGenerationMatch: look first (not atomic; emulators only)."""
+        if if_absent and self.emulator and self._stat(name) is not None:
+            from google.api_core.exceptions import PreconditionFailed
+
+            raise PreconditionFailed("object exists (emulator pre-check)")
+
+    def _put(self, name: str, data: bytes, if_absent: bool) -> None:
+        self._precheck(name, if_absent)
+        self.bucket.blob(name).upload_from_string(
+            data,
+            content_type="application/octet-stream",
+            if_generation_match=0 if if_absent else None,
+            retry=None,  # our own retry loop, see cloud.py
+            timeout=TIMEOUT,
+        )
+        self._bucket_verified = True
+
+    def _begin(self, name: str, if_absent: bool) -> Any:
+        url = self.bucket.blob(name).create_resumable_upload_session(
+            content_type="application/octet-stream",
+            if_generation_match=0 if if_absent else None,
+            checksum=None,
+            retry=None,
+            timeout=TIMEOUT,
+        )
+        self._bucket_verified = True
+        return {"url": url, "dirty": False}
+
+    def _persisted(self, upload: dict[str, Any]) -> int | None:
+        """Bytes the session has kept; None when the upload is already complete."""
+        resp = self.http.put(
+            upload["url"], data=b"", headers={"Content-Range": "bytes */*"}, timeout=TIMEOUT
+        )
+        if resp.status_code in (200, 201):
+            return None
+        if resp.status_code != 308:
+            raise HTTPStatusError(resp.status_code, resp.text)
+        rng = resp.headers.get("Range")
+        return int(rng.rsplit("-", 1)[1]) + 1 if rng else 0
+
+    def _send(self, upload: dict[str, Any], offset: int, data: bytes, total: int | None) -> int:
+        """PUT ``data`` at ``offset``; returns the HTTP status (308 = more expected)."""
+        if upload["dirty"]:
+            # A previous attempt failed mid-way: resume from what the server kept.
+            persisted = self._persisted(upload)
+            if persisted is None:
+                return 200
+            skip = min(max(persisted - offset, 0), len(data))
+            offset, data = offset + skip, data[skip:]
+            if not data and total is None:
+                upload["dirty"] = False
+                return 308
+        upload["dirty"] = True
+        end = f"{offset + len(data) - 1}" if data else None
+        size = "*" if total is None else str(total)
+        content_range = f"bytes {offset}-{end}/{size}" if end is not None else f"bytes */{size}"
+        resp = self.http.put(
+            upload["url"],
+            data=data,
+            headers={"Content-Range": content_range, "Content-Type": "application/octet-stream"},
+            timeout=TIMEOUT,
+        )
+        if resp.status_code not in (200, 201, 308):
+            if resp.status_code < 500 and resp.status_code not in (408, 429):
+                upload["dirty"] = False
+            raise HTTPStatusError(resp.status_code, resp.text)
+        upload["dirty"] = False
+        return int(resp.status_code)
+
+    def _upload_part(self, upload: Any, name: str, number: int, offset: int, data: bytes) -> Any:
+        status = self._send(upload, offset, data, None)
+        if status != 308:
+            raise StorageError(f"GCS finished the upload of {name} before its last part")
+        return len(data)
+
+    def _complete(
+        self,
+        upload: Any,
+        name: str,
+        parts: Sequence[Any],
+        offset: int,
+        last: bytes,
+        if_absent: bool,
+    ) -> None:
+        self._precheck(name, if_absent)
+        status = self._send(upload, offset, last, offset + len(last))
+        if status == 308:
+            raise HTTPStatusError(503, f"GCS did not finish the upload of {name}")
+
+    def _abort_upload(self, upload: Any, name: str) -> None:
+        # Cancelling a session: DELETE its URI (GCS answers 499). Emulators may not support it;
+        # an unfinished session is never visible and expires on its own.
+        self.http.delete(upload["url"], timeout=(5, 10))
+
+    def _open_read(self, name: str, start: int) -> Any:
+        url = (
+            f"{self.api_base}/download/storage/v1/b/{urllib.parse.quote(self.bucket_name, safe='')}"
+            f"/o/{urllib.parse.quote(name, safe='')}?alt=media"
+        )
+        headers = {"Accept-Encoding": "identity"}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        resp = self.http.get(url, headers=headers, stream=True, timeout=TIMEOUT)
+        if resp.status_code not in (200, 206):
+            text = resp.text
+            resp.close()
+            raise HTTPStatusError(resp.status_code, text)
+        self._bucket_verified = True
+        raw = resp.raw
+        raw.decode_content = False
+        return _ResponseReader(resp)
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        for blob in self.client.list_blobs(self.bucket_name, prefix=prefix, timeout=TIMEOUT):
+            self._bucket_verified = True
+            yield blob.name, int(blob.size or 0), blob.updated.timestamp() if blob.updated else 0.0
+
+    def _stat(self, name: str) -> tuple[int, float] | None:
+        blob = self.bucket.get_blob(name, retry=None, timeout=TIMEOUT)
+        if blob is None:
+            if not self._bucket_exists():
+                raise HTTPStatusError(404, "bucket does not exist")
+            return None
+        self._bucket_verified = True
+        return int(blob.size or 0), blob.updated.timestamp() if blob.updated else 0.0
+
+    def _delete(self, name: str) -> None:
+        self.bucket.blob(name).delete(retry=None, timeout=TIMEOUT)
+
+    def create_bucket(self) -> None:
+        """For tests and sandboxes."""
+        self.client.create_bucket(self.bucket_name)
+
+
+class _ResponseReader:
+    def __init__(self, resp: Any):
+        self.resp = resp
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return bytes(self.resp.raw.read(decode_content=False))
+        return bytes(self.resp.raw.read(n, decode_content=False))
+
+    def close(self) -> None:
+        self.resp.close()
