@@ -75,6 +75,8 @@ _SECRET_HINT = (
 )
 _URI_WITH_PASSWORD = re.compile(r"postgres(?:ql)?://[^/@\s:?#]*:[^@\s/?#]*@", re.IGNORECASE)
 _PASSWORD_PARAM = re.compile(r"(?:^|[\s?&;])password\s*=", re.IGNORECASE)
+_SECRET_SUFFIXES = ("_password", "_passwd", "_secret", "_token", "_key", "connection_string")
+_ACCOUNT_KEY = re.compile(r"(?:AccountKey|SharedAccessSignature)\s*=", re.IGNORECASE)
 _LOCAL_HTTP = re.compile(r"^http://(?:localhost|127\.[0-9.]+|\[::1\])(?::[0-9]+)?(?:/|$)", re.I)
 
 _DURATION_PART = re.compile(r"([0-9]+)([smhdw])")
@@ -528,6 +530,8 @@ class _Interpolator:
                 if "boolean" in types and expanded.strip().lower() in ("true", "false"):
                     return expanded.strip().lower() == "true"
             return expanded
+        if isinstance(value, float) and value.is_integer() and "integer" in _types(schema_node):
+            return int(value)
         return value
 
 
@@ -542,17 +546,17 @@ def _secret_problems(raw: Any, doc: Any) -> list[tuple[str, str]]:
     """Passwords in the file (raw) or in values it expands to (doc). Never echo them."""
     problems: list[tuple[str, str]] = []
     for path, key, value in _walk(raw):
-        if isinstance(key, str) and key.lower() in _SECRET_KEYS:
+        if isinstance(key, str) and _is_secret_key(key):
             problems.append(
                 (path, f"a secret ({key!r}) must not be written in the policy file; {_SECRET_HINT}")
             )
             continue
         if isinstance(value, str):
-            if _URI_WITH_PASSWORD.search(value) or _PASSWORD_PARAM.search(value):
+            if _has_password(path, value):
                 problems.append(
                     (
                         path,
-                        f"this value contains a password (connection URI or password=); {_SECRET_HINT}",
+                        f"this value contains a password (a connection URI with a password, password= or AccountKey=); {_SECRET_HINT}",
                     )
                 )
             elif _is_webhook_url(path) and _is_literal_remote_url(value):
@@ -567,7 +571,7 @@ def _secret_problems(raw: Any, doc: Any) -> list[tuple[str, str]]:
     for path, _key, value in _walk(doc):
         if path in seen or not isinstance(value, str):
             continue
-        if _URI_WITH_PASSWORD.search(value) or _PASSWORD_PARAM.search(value):
+        if _has_password(path, value):
             problems.append(
                 (
                     path,
@@ -577,6 +581,19 @@ def _secret_problems(raw: Any, doc: Any) -> list[tuple[str, str]]:
                 )
             )
     return problems
+
+
+def _is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return k in _SECRET_KEYS or k.endswith(_SECRET_SUFFIXES)
+
+
+def _has_password(path: str, value: str) -> bool:
+    if _URI_WITH_PASSWORD.search(value) or _ACCOUNT_KEY.search(value):
+        return True
+    # "password = ..." is a libpq keyword, but also plain SQL in a drill check
+    is_sql = bool(re.fullmatch(r"drill\.checks\[[0-9]+\]\.sql", path))
+    return not is_sql and bool(_PASSWORD_PARAM.search(value))
 
 
 def _is_literal_remote_url(value: str) -> bool:
@@ -818,14 +835,26 @@ def _problems(raw: Any, doc: Any, interp: _Interpolator) -> list[tuple[str, str]
                 path,
                 f"required, but {interp.emptied[path]} expanded to an empty string",
             )
-    problems += schema_problems
+    reported = {p for p, _ in problems}
+    problems += [(p, m) for p, m in schema_problems if p not in reported]
     problems += _semantic_problems(doc, {p for p, _ in problems})
-    # unique, in order
+    # unique, in the order of the document (a missing key right after its parent)
     out: list[tuple[str, str]] = []
     for item in problems:
         if item not in out:
             out.append(item)
-    return out
+    order = {path: i for i, (path, _k, _v) in enumerate(_walk(raw))}
+    return sorted(out, key=lambda item: _document_position(order, item[0]))
+
+
+def _document_position(order: dict[str, int], path: str) -> tuple[int, int, str]:
+    probe, exact = path, 0
+    while probe:
+        if probe in order:
+            return order[probe], exact, path
+        cut = max(probe.rfind("."), probe.rfind("["))
+        probe, exact = (probe[:cut] if cut > 0 else ""), 1
+    return -1, exact, path
 
 
 # --------------------------------------------------------------------------- finding

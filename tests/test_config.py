@@ -313,10 +313,11 @@ def test_unknown_key_names_allowed_keys(tmp_path: Path) -> None:
         tmp_path,
         MINIMAL + "      hots: x\ncompresion: {method: zstd}\n",
     )
-    assert ("compresion", problems[0][1]) == problems[0]
-    assert problems[0][1].startswith("unknown key 'compresion' (allowed: version, repository,")
-    assert problems[1][0] == "targets.main.connection.hots"
-    assert "allowed: host, port, user, dbname, passfile, sslmode, connect_timeout" in problems[1][1]
+    # in document order
+    assert problems[0][0] == "targets.main.connection.hots"
+    assert "allowed: host, port, user, dbname, passfile, sslmode, connect_timeout" in problems[0][1]
+    assert problems[1][0] == "compresion"
+    assert problems[1][1].startswith("unknown key 'compresion' (allowed: version, repository,")
 
 
 def test_key_of_another_storage_kind(tmp_path: Path) -> None:
@@ -360,14 +361,14 @@ def test_type_enum_const_and_range_messages(tmp_path: Path) -> None:
         log: {level: verbose}
         """,
     )
-    assert problems == [
-        ("compression.level", "expected an integer, got string 'high'"),
+    assert problems == [  # in document order
+        ("version", "must be 1 (got integer 2)"),
         ("compression.method", "must be one of zstd, lz4, gzip, none (got string 'xz')"),
-        ("log.level", "must be one of debug, info, warning, error (got string 'verbose')"),
+        ("compression.level", "expected an integer, got string 'high'"),
+        ("targets.main.connection.port", "must be at most 65535 (got 70000)"),
         ("retention.days", "must be at least 0 (got -1)"),
         ("retention.min_backups", "must be at least 1 (got 0)"),
-        ("targets.main.connection.port", "must be at most 65535 (got 70000)"),
-        ("version", "must be 1 (got integer 2)"),
+        ("log.level", "must be one of debug, info, warning, error (got string 'verbose')"),
     ]
 
 
@@ -614,6 +615,32 @@ def test_secret_keys_rejected_anywhere(tmp_path: Path) -> None:
     assert "alerts.smtp.password" in paths
 
 
+def test_secret_key_reported_once_and_by_suffix(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, MINIMAL + "      password: x\n")
+    assert len(problems) == 1  # not also "unknown key"
+    paths = paths_of(
+        tmp_path,
+        with_extra(
+            "uploads: [{name: o, kind: azure, container: c, account_url: u, account_key: k,"
+            " connection_string: 'AccountKey=abc'}]\n"
+        ),
+    )
+    assert paths == ["uploads[0].account_key", "uploads[0].connection_string"]
+
+
+def test_password_column_in_drill_sql_is_fine(tmp_path: Path) -> None:
+    text = with_extra(
+        "drill: {checks: [{name: a, sql: \"SELECT count(*) FROM users WHERE password = ''\", expect: 0}]}\n"
+    )
+    assert problems_of(tmp_path, text) == []
+
+
+def test_integral_float_for_integer_key(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, MINIMAL + "      port: 5432.0\n"))
+    port = policy.target(None).connection["port"]
+    assert port == 5432 and isinstance(port, int)
+
+
 def test_password_env_is_allowed(tmp_path: Path) -> None:
     text = with_extra("alerts: {smtp: {host: h, from: a, to: [b], password_env: SMTP_PASSWORD}}\n")
     assert problems_of(tmp_path, text) == []
@@ -854,3 +881,15 @@ def test_schema_is_valid_and_strict() -> None:
                 walk(v, f"{where}/{i}")
 
     walk(schema)
+
+
+def test_cloud_storage_tuning_keys(tmp_path: Path) -> None:
+    text = """\
+        version: 1
+        repository: {kind: s3, bucket: b, part_size: 8MiB, retries: 3, addressing_style: path}
+        targets: {a: {connection: {host: h}}}
+        uploads:
+          - {name: o, kind: azure, container: c, account_url: u, part_size: 12 parsecs}
+          - {name: g, kind: gcs, bucket: b, addressing_style: path}
+        """
+    assert paths_of(tmp_path, text) == ["uploads[0].part_size", "uploads[1].addressing_style"]
