@@ -1,0 +1,486 @@
+"""One contract, four storage kinds: posix in tmp_path, S3 via moto server, GCS via
+gcp-storage-emulator, Azure Blob via Azurite (skipped with a reason when not installed).
+
+Every test gets a fresh prefix inside a shared bucket/container, so the services start
+once per session (fixtures in conftest.py, helpers in tests/services.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+
+from pgbackup.errors import ObjectExists, ObjectNotFound, StorageError
+from pgbackup.storage import open_storage
+from pgbackup.storage.base import Storage
+
+try:
+    import services  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    from tests import services  # type: ignore[no-redef]
+
+MiB = 1024 * 1024
+KINDS = ["posix", "s3", "gcs", "azure"]
+CLOUD_KINDS = ["s3", "gcs", "azure"]
+
+
+def _service(request: pytest.FixtureRequest, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
+    return request.getfixturevalue(f"{kind}_service")
+
+
+@pytest.fixture
+def spec_env(request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch):
+    """(spec, env) for the parametrized ``kind``, with a fresh prefix and env applied."""
+    kind = request.param
+    if kind == "posix":
+        return {"kind": "posix", "path": str(tmp_path / "repo")}, {}
+    spec, env = _service(request, kind)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    spec = dict(spec, prefix=f"t-{uuid.uuid4().hex[:8]}/platform/")
+    return spec, env
+
+
+@pytest.fixture
+def store(spec_env) -> Storage:
+    return open_storage(spec_env[0])
+
+
+all_kinds = pytest.mark.parametrize("spec_env", KINDS, indirect=True)
+cloud_kinds = pytest.mark.parametrize("spec_env", CLOUD_KINDS, indirect=True)
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic, incompressible-enough bytes."""
+    block = hashlib.sha256(f"{seed}".encode()).digest() * (MiB // 32)
+    return (block * (size // len(block) + 1))[:size]
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+@all_kinds
+def test_small_round_trip(store: Storage) -> None:
+    store.write_bytes("a/b/hello.txt", b"hello")
+    assert store.read_bytes("a/b/hello.txt") == b"hello"
+    store.write_bytes("a/b/hello.txt", b"replaced")  # plain writes overwrite
+    assert store.read_bytes("a/b/hello.txt") == b"replaced"
+
+
+@all_kinds
+def test_empty_object(store: Storage) -> None:
+    store.write_bytes("empty", b"")
+    assert store.read_bytes("empty") == b""
+    info = store.stat("empty")
+    assert info is not None and info.size == 0
+
+
+@all_kinds
+def test_large_stream_in_1mib_chunks(store: Storage) -> None:
+    """40 MiB in 1 MiB writes: the multipart path, with at most one part buffered."""
+    size = 40 * MiB
+    chunk = pattern(MiB, seed=1)
+    expected = hashlib.sha256()
+    with store.open_write("base/big.tar.zst") as w:
+        for i in range(40):
+            piece = chunk[i:] + chunk[:i]  # every MiB different
+            w.write(piece)
+            expected.update(piece)
+            buffered = getattr(w, "buffer", None)
+            if buffered is not None:  # cloud writers: bounded memory
+                assert len(buffered) <= w.part_size  # type: ignore[attr-defined]
+        if hasattr(w, "parts"):
+            assert len(w.parts) >= 4, "expected a multipart upload"  # type: ignore[attr-defined]
+    info = store.stat("base/big.tar.zst")
+    assert info is not None and info.size == size
+    got = hashlib.sha256()
+    total = 0
+    for piece in store.iter_chunks("base/big.tar.zst"):
+        assert len(piece) <= MiB
+        got.update(piece)
+        total += len(piece)
+    assert total == size
+    assert got.hexdigest() == expected.hexdigest()
+
+
+@all_kinds
+def test_partial_reads_stream(store: Storage) -> None:
+    data = pattern(3 * MiB + 17, seed=2)
+    store.write_bytes("x.bin", data)
+    f = store.open_read("x.bin")
+    try:
+        assert f.read(10) == data[:10]
+        assert f.read(MiB) == data[10 : 10 + MiB]
+        assert f.read() == data[10 + MiB :]
+        assert f.read(5) == b""
+    finally:
+        f.close()
+
+
+# --- visibility ---------------------------------------------------------------------------
+
+
+@all_kinds
+@pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["single", "multipart"])
+def test_nothing_visible_before_commit(store: Storage, size: int) -> None:
+    w = store.writer("wal/000000010000000000000001.zst")
+    w.write(pattern(size, seed=3))
+    assert store.stat("wal/000000010000000000000001.zst") is None
+    assert list(store.list("wal/")) == []
+    with pytest.raises(ObjectNotFound):
+        store.open_read("wal/000000010000000000000001.zst")
+    w.commit()
+    assert store.read_bytes("wal/000000010000000000000001.zst") == pattern(size, seed=3)
+
+
+@all_kinds
+@pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["single", "multipart"])
+def test_abort_leaves_nothing(store: Storage, size: int) -> None:
+    w = store.writer("base/1/base.tar.zst")
+    w.write(pattern(size, seed=4))
+    w.abort()
+    w.abort()  # twice is fine
+    assert store.stat("base/1/base.tar.zst") is None
+    assert list(store.list("")) == []
+
+
+@all_kinds
+def test_open_write_aborts_on_error(store: Storage) -> None:
+    with pytest.raises(RuntimeError), store.open_write("base/2/base.tar.zst") as w:
+        w.write(pattern(9 * MiB, seed=5))
+        raise RuntimeError("pg_basebackup died")
+    assert list(store.list("")) == []
+
+
+def test_s3_abort_removes_the_multipart_upload(
+    s3_service: tuple[dict[str, Any], dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, env = s3_service
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = open_storage(dict(spec, prefix=f"t-{uuid.uuid4().hex[:8]}/"))
+    w = store.writer("big")
+    w.write(pattern(20 * MiB, seed=6))
+    client = store.client  # type: ignore[attr-defined]
+    uploads = client.list_multipart_uploads(Bucket=spec["bucket"], Prefix=store.prefix)  # type: ignore[attr-defined]
+    assert len(uploads.get("Uploads", [])) == 1
+    w.abort()
+    uploads = client.list_multipart_uploads(Bucket=spec["bucket"], Prefix=store.prefix)  # type: ignore[attr-defined]
+    assert uploads.get("Uploads", []) == []
+
+
+# --- if_absent ----------------------------------------------------------------------------
+
+
+@all_kinds
+@pytest.mark.parametrize("size", [100, 12 * MiB], ids=["single", "multipart"])
+def test_if_absent_never_overwrites(store: Storage, size: int) -> None:
+    key = "wal/000000010000000000000002.zst"
+    store.write_bytes(key, b"original", if_absent=True)  # absent: fine
+    with pytest.raises(ObjectExists) as err, store.open_write(key, if_absent=True) as w:
+        w.write(pattern(size, seed=7))
+    assert key in str(err.value)
+    assert store.read_bytes(key) == b"original"
+    assert [i.key for i in store.list("wal/")] == [key]
+
+
+@all_kinds
+def test_if_absent_multipart_on_absent_key(store: Storage) -> None:
+    data = pattern(17 * MiB, seed=8)
+    with store.open_write("new", if_absent=True) as w:
+        for i in range(0, len(data), MiB):
+            w.write(data[i : i + MiB])
+    assert store.read_bytes("new") == data
+
+
+# --- list, stat, delete ---------------------------------------------------------------------
+
+
+@all_kinds
+def test_list_by_prefix_with_sizes(store: Storage) -> None:
+    store.write_bytes("db1/base/b1/base.tar.zst", b"x" * 10)
+    store.write_bytes("db1/base/b1/metadata.json", b"{}")
+    store.write_bytes("db1/wal/0001.zst", b"y" * 3)
+    store.write_bytes("db10/wal/0001.zst", b"z")
+    found = {i.key: i.size for i in store.list("db1/")}
+    assert found == {
+        "db1/base/b1/base.tar.zst": 10,
+        "db1/base/b1/metadata.json": 2,
+        "db1/wal/0001.zst": 3,
+    }
+    assert {i.key for i in store.list("db1")} == set(found) | {"db10/wal/0001.zst"}
+    assert {i.key for i in store.list("db1/wal/")} == {"db1/wal/0001.zst"}
+    assert {i.key for i in store.list("")} == set(found) | {"db10/wal/0001.zst"}
+    assert list(store.list("nothing/")) == []
+    assert all(i.mtime > 1_600_000_000 for i in store.list(""))
+
+
+@all_kinds
+def test_stat(store: Storage) -> None:
+    assert store.stat("k") is None
+    assert not store.exists("k")
+    store.write_bytes("k", b"12345")
+    info = store.stat("k")
+    assert info is not None
+    assert (info.key, info.size) == ("k", 5)
+    assert info.mtime > 1_600_000_000
+    assert store.exists("k")
+
+
+@all_kinds
+def test_delete_and_delete_absent(store: Storage) -> None:
+    store.write_bytes("d/1", b"1")
+    store.write_bytes("d/2", b"2")
+    store.delete("d/1")
+    assert store.stat("d/1") is None
+    assert [i.key for i in store.list("d/")] == ["d/2"]
+    store.delete("d/1")  # absent: not an error
+    store.delete("never/existed")
+    assert store.delete_prefix("d/") == 1
+    assert list(store.list("")) == []
+
+
+@all_kinds
+def test_missing_key_is_object_not_found(store: Storage) -> None:
+    with pytest.raises(ObjectNotFound) as err:
+        store.open_read("wal/00000001000000000000FFFF.zst")
+    assert "00000001000000000000FFFF" in str(err.value)
+
+
+@all_kinds
+def test_invalid_keys_are_refused(store: Storage) -> None:
+    for key in ("/abs", "a/../b"):
+        with pytest.raises(StorageError):
+            store.write_bytes(key, b"x")
+
+
+# --- describe, errors -------------------------------------------------------------------
+
+
+@all_kinds
+def test_describe_has_no_secret(store: Storage, spec_env) -> None:
+    spec, env = spec_env
+    text = store.describe()
+    assert text
+    secrets = [v for k, v in env.items() if v and ("KEY" in k or "SECRET" in k)]
+    if "AZURE_STORAGE_CONNECTION_STRING" in env:
+        secrets.append(services.AZURITE_KEY)
+    secrets.append(os.environ.get("AWS_SECRET_ACCESS_KEY", "") or "\0")
+    for secret in secrets:
+        assert secret not in text
+        assert secret not in repr(store)
+    # The location names the bucket/container.
+    assert (spec.get("bucket") or spec.get("container") or spec.get("path")) in text
+
+
+@pytest.mark.parametrize("kind", CLOUD_KINDS)
+def test_missing_bucket_is_a_clear_storage_error(
+    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, env = _service(request, kind)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    missing = f"no-such-{uuid.uuid4().hex[:8]}"
+    spec = dict(spec, bucket=missing, container=missing)
+    store = open_storage(spec)
+    actions = [
+        lambda: store.write_bytes("a", b"1"),
+        lambda: list(store.list("")),
+        lambda: store.stat("a"),
+        lambda: store.read_bytes("a"),
+    ]
+    for action in actions:
+        with pytest.raises(StorageError) as err:
+            action()
+        assert not isinstance(err.value, ObjectNotFound | ObjectExists)
+        message = str(err.value)
+        assert missing in message and "does not exist" in message
+        assert "hint:" in message
+
+
+@pytest.mark.parametrize("kind", CLOUD_KINDS)
+def test_unreachable_endpoint_is_a_clear_storage_error(
+    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, env = _service(request, kind)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    port = services.free_port()  # nothing listens there
+    if kind == "azure":
+        monkeypatch.setenv(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            env["AZURE_STORAGE_CONNECTION_STRING"].replace(
+                spec["account_url"], f"http://127.0.0.1:{port}/{services.AZURITE_ACCOUNT}"
+            ),
+        )
+    else:
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+        spec = dict(spec, endpoint_url=f"http://127.0.0.1:{port}")
+    store = open_storage(dict(spec, retries=0))
+    with pytest.raises(StorageError) as err:
+        store.write_bytes("a", b"1")
+    assert "hint:" in str(err.value)
+
+
+def test_no_aws_credentials_is_a_clear_storage_error(
+    s3_service: tuple[dict[str, Any], dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, _env = s3_service
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = open_storage(spec)
+    with pytest.raises(StorageError) as err:
+        store.stat("x")
+    assert "no AWS credentials" in str(err.value)
+
+
+def test_no_azure_credentials_names_azure_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "AZURE_STORAGE_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        import azure.identity  # noqa: F401
+    except ImportError:
+        with pytest.raises(StorageError) as err:
+            open_storage(
+                {
+                    "kind": "azure",
+                    "container": "c",
+                    "account_url": "https://acct.blob.core.windows.net",
+                }
+            )
+        assert "azure-identity" in str(err.value)
+    else:  # pragma: no cover - azure-identity installed: DefaultAzureCredential is used
+        pytest.skip("azure-identity is installed")
+
+
+def test_bad_part_size_is_a_config_error() -> None:
+    from pgbackup.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        open_storage(
+            {
+                "kind": "gcs",
+                "bucket": "b",
+                "endpoint_url": "http://127.0.0.1:1",
+                "part_size": "1000",
+            }
+        )
+    with pytest.raises(ConfigError):
+        open_storage({"kind": "s3", "bucket": "b", "part_size": "1MiB"})
+
+
+@pytest.mark.parametrize("spec_env", ["s3"], indirect=True)
+def test_part_size_from_spec(spec_env) -> None:
+    store = open_storage(dict(spec_env[0], part_size="5MiB"))
+    w = store.writer("p")
+    w.write(pattern(11 * MiB, seed=9))
+    assert len(w.parts) == 2  # type: ignore[attr-defined]
+    w.commit()
+    assert store.read_bytes("p") == pattern(11 * MiB, seed=9)
+
+
+# --- retries (a fake provider: no network) -----------------------------------------------
+
+
+def test_transient_failures_are_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgbackup.storage import cloud
+
+    class Flaky(cloud.CloudStorage):
+        kind = "flaky"
+
+        def __init__(self, failures: int) -> None:
+            super().__init__(prefix="p", part_size=1024, attempts=4)
+            self.failures = failures
+            self.objects: dict[str, bytes] = {}
+            self.sleeps: list[int] = []
+
+        def container_url(self) -> str:
+            return "flaky://bucket"
+
+        def _sleep(self, attempt: int) -> None:
+            self.sleeps.append(attempt)
+
+        def _classify(self, exc, action, key):  # type: ignore[no-untyped-def]
+            return cloud.TRANSIENT if isinstance(exc, ConnectionResetError) else StorageError("x")
+
+        def _flake(self) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionResetError("reset by peer")
+
+        def _put(self, name, data, if_absent):  # type: ignore[no-untyped-def]
+            self._flake()
+            self.objects[name] = data
+
+        def _begin(self, name, if_absent):  # type: ignore[no-untyped-def]
+            return []
+
+        def _upload_part(self, upload, name, number, offset, data):  # type: ignore[no-untyped-def]
+            self._flake()
+            upload.append(data)
+            return number
+
+        def _complete(self, upload, name, parts, offset, last, if_absent):  # type: ignore[no-untyped-def]
+            self._flake()
+            self.objects[name] = b"".join(upload) + last
+
+        def _abort_upload(self, upload, name):  # type: ignore[no-untyped-def]
+            pass
+
+        def _open_read(self, name, start):  # type: ignore[no-untyped-def]
+            import io
+
+            return io.BytesIO(self.objects[name][start:])
+
+        def _list(self, prefix):  # type: ignore[no-untyped-def]
+            return iter(())
+
+        def _stat(self, name):  # type: ignore[no-untyped-def]
+            return None
+
+        def _delete(self, name):  # type: ignore[no-untyped-def]
+            pass
+
+    s = Flaky(failures=3)
+    s.write_bytes("k", b"abc")
+    assert s.objects["p/k"] == b"abc"
+    assert s.sleeps == [1, 2, 3]
+
+    s = Flaky(failures=4)
+    with pytest.raises(StorageError) as err:
+        s.write_bytes("k2", b"abc")
+    assert "after 4 attempts" in str(err.value) and "flaky://bucket/p/k2" in str(err.value)
+
+    s = Flaky(failures=2)  # multipart: parts are retried too
+    data = pattern(5000, seed=10)
+    s.write_bytes("k3", data)
+    assert s.objects["p/k3"] == data
+
+
+# --- import hygiene ------------------------------------------------------------------------
+
+
+def test_importing_storage_imports_no_cloud_sdk() -> None:
+    code = (
+        "import sys, pgbackup.storage, pgbackup.storage.cloud\n"
+        "from pgbackup.storage import open_storage\n"
+        "open_storage({'kind': 'posix', 'path': '/tmp/x'})\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 'google', 'azure')]\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
