@@ -328,7 +328,8 @@ def test_key_of_another_storage_kind(tmp_path: Path) -> None:
     assert problems == [
         (
             "repository.container",
-            "key 'container' is not used with kind s3 (allowed: kind, bucket, prefix, region, endpoint_url)",
+            "key 'container' is not used with kind s3 (allowed: kind, bucket, prefix, region,"
+            " endpoint_url, addressing_style, part_size, retries)",
         )
     ]
 
