@@ -496,9 +496,13 @@ class Encoder:
         if not data:
             return
         self.raw_bytes += len(data)
-        out = self._compress(data)
-        if out:
-            self._stage(out)
+        try:
+            out = self._compress(data)
+            if out:
+                self._stage(out)
+        except BaseException:
+            self.abort()  # a failing sink or encryption thread: the output is unusable
+            raise
 
     def close(self) -> None:
         if self._closed:
@@ -563,7 +567,7 @@ class _RawDecoder(io.RawIOBase):
             return 0
         data = self._pending
         if not data:
-            data = self._read(max(size, CHUNK_SIZE) if size < CHUNK_SIZE else size)
+            data = self._read(max(size, CHUNK_SIZE))
         if len(data) > size:
             self._pending = data[size:]
             data = data[:size]
