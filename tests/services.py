@@ -81,6 +81,8 @@ def unique_name(stem: str) -> str:
 def moto_s3(bucket: str | None = None, region: str = "us-east-1") -> Iterator[tuple[Spec, Env]]:
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

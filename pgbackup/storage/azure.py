@@ -72,7 +72,9 @@ class AzureStorage(CloudStorage):
         sdk_attempts: int = 4,
         **options: Any,
     ):
-        options.setdefault("attempts", 2)  # azure-core retries first; one more round here
+        # The SDK is the retry layer for requests (its own backoff); our loop only maps
+        # errors. Streamed reads still resume after a mid-body failure (cloud.CloudReader).
+        options.setdefault("attempts", 1)
         super().__init__(prefix=prefix, **options)
         if not container:
             raise ConfigError("repository.container: an Azure repository needs a container name")
@@ -85,11 +87,21 @@ class AzureStorage(CloudStorage):
                 "the azure repository kind needs azure-storage-blob, which is not installed",
                 hint="pip install 'pgbackup[azure]' (or pip install azure-storage-blob)",
             ) from None
+        from azure.storage.blob import ExponentialRetry
+
+        retries = max(0, sdk_attempts - 1)
         kwargs: dict[str, Any] = {
-            "retry_total": max(0, sdk_attempts - 1),
-            "retry_connect": max(0, sdk_attempts - 1),
-            "retry_read": max(0, sdk_attempts - 1),
-            "retry_status": max(0, sdk_attempts - 1),
+            # The SDK default waits 15 s + 3^n between tries (minutes for a dead endpoint);
+            # 1 s, 3 s, 5 s (+-1 s jitter) is plenty for throttling and blips.
+            "retry_policy": ExponentialRetry(
+                initial_backoff=1,
+                increment_base=2,
+                retry_total=retries,
+                random_jitter_range=1,
+                retry_connect=retries,
+                retry_read=retries,
+                retry_status=retries,
+            ),
             "connection_timeout": 10,
             "read_timeout": 120,
             # Bounded memory on reads: the first GET and each following one fetch 4 MiB.
@@ -155,7 +167,7 @@ class AzureStorage(CloudStorage):
         opts = cls.common_options(spec)
         if spec.get("retries") is not None:
             opts["sdk_attempts"] = int(spec["retries"]) + 1
-            opts["attempts"] = 1
+            opts.pop("attempts", None)
         return cls(spec.get("container") or "", account_url=spec.get("account_url"), **opts)
 
     def container_url(self) -> str:
@@ -176,7 +188,7 @@ class AzureStorage(CloudStorage):
     def _classify(self, exc: BaseException, action: str, key: str | None) -> str | StorageError:
         from azure.core import exceptions as zx
 
-        where = self.location(key) if key is not None else self.describe()
+        where = self.location(key or "")
         if isinstance(exc, zx.ClientAuthenticationError):
             code = getattr(exc, "error_code", None)
             if type(exc).__name__ == "CredentialUnavailableError" or getattr(

@@ -231,7 +231,7 @@ class CloudStorage(Storage):
                 raise
             except Exception as exc:
                 verdict = self._classify(exc, action, key)
-                where = self.location(key) if key is not None else self.describe()
+                where = self.location(key or "")
                 if verdict == NOT_FOUND:
                     raise not_found(self, key or "") from None
                 if verdict == EXISTS:
@@ -240,9 +240,11 @@ class CloudStorage(Storage):
                     if attempt < self.attempts:
                         self._sleep(attempt)
                         continue
+                    tries = (
+                        f"after {attempt} attempts" if attempt > 1 else "(after the SDK's retries)"
+                    )
                     raise StorageError(
-                        f"cannot {action} {where}: still failing after {attempt} attempts "
-                        f"({_short(exc)})",
+                        f"cannot {action} {where}: still failing {tries}: {_short(exc)}",
                         hint="the storage service is unreachable or overloaded; check the "
                         "network/endpoint and retry later",
                     ) from None
@@ -382,7 +384,7 @@ class CloudReader(io.RawIOBase):
                 break
             except Exception as exc:
                 verdict = self.storage._classify(exc, "read", self.key)
-                if verdict != TRANSIENT or attempt >= self.storage.attempts:
+                if verdict != TRANSIENT or attempt >= max(self.storage.attempts, DEFAULT_ATTEMPTS):
                     if isinstance(verdict, StorageError):
                         raise verdict from None
                     raise StorageError(

@@ -65,11 +65,21 @@ class GCSStorage(CloudStorage):
             raise ConfigError("repository.bucket: a GCS repository needs a bucket name")
         self.bucket_name = bucket
         self.project = project or None
-        endpoint = endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST") or None
+        emulator_host = os.environ.get("STORAGE_EMULATOR_HOST") or None
+        endpoint = endpoint_url or emulator_host
         if endpoint and "://" not in endpoint:
             endpoint = f"http://{endpoint}"
         self.endpoint_url = endpoint.rstrip("/") if endpoint else None
-        self.emulator = self.endpoint_url is not None
+        # An emulator (anonymous credentials, no preconditions): STORAGE_EMULATOR_HOST, or an
+        # endpoint on plain http / loopback. Any other endpoint_url (a private Google endpoint)
+        # keeps Application Default Credentials.
+        host = urllib.parse.urlparse(self.endpoint_url or "").hostname or ""
+        self.emulator = bool(
+            emulator_host
+            or (self.endpoint_url or "").startswith("http://")
+            or host in ("localhost", "::1")
+            or host.startswith("127.")
+        )
         self._bucket_verified = False
         try:
             from google.cloud import storage
@@ -79,7 +89,7 @@ class GCSStorage(CloudStorage):
                 hint="pip install 'pgbackup[gcs]' (or pip install google-cloud-storage)",
             ) from None
         try:
-            if self.endpoint_url:
+            if self.emulator:
                 from google.auth.credentials import AnonymousCredentials
 
                 self.client = storage.Client(
@@ -88,7 +98,12 @@ class GCSStorage(CloudStorage):
                     client_options={"api_endpoint": self.endpoint_url},
                 )
             else:
-                self.client = storage.Client(project=self.project)
+                client_options: dict[str, Any] = (
+                    {"api_endpoint": self.endpoint_url} if self.endpoint_url else {}
+                )
+                self.client = storage.Client(
+                    project=self.project, client_options=client_options or None
+                )
         except Exception as exc:
             verdict = self._classify(exc, "open", None)
             if isinstance(verdict, StorageError):
@@ -134,7 +149,7 @@ class GCSStorage(CloudStorage):
         from google.api_core import exceptions as gx
         from google.auth import exceptions as ax
 
-        where = self.location(key) if key is not None else self.describe()
+        where = self.location(key or "")
         if isinstance(exc, ax.DefaultCredentialsError):
             return StorageError(
                 f"cannot {action} {where}: no Google credentials found",

@@ -76,14 +76,16 @@ class S3Storage(CloudStorage):
         sdk_attempts: int = 5,
         **options: Any,
     ):
-        # botocore retries (standard mode) first; our own loop adds one more round.
-        options.setdefault("attempts", 2)
+        # The SDK is the retry layer for requests (its own backoff); our loop only maps
+        # errors. Streamed reads still resume after a mid-body failure (cloud.CloudReader).
+        options.setdefault("attempts", 1)
         super().__init__(prefix=prefix, **options)
         if not bucket:
             raise ConfigError("repository.bucket: an S3 repository needs a bucket name")
         self.bucket = bucket
         self.region = region or None
         self.endpoint_url = endpoint_url or None
+        self._bucket_verified = False
         try:
             import boto3
             from botocore.config import Config
@@ -119,7 +121,7 @@ class S3Storage(CloudStorage):
         opts = cls.common_options(spec)
         if spec.get("retries") is not None:
             opts["sdk_attempts"] = int(spec["retries"]) + 1
-            opts["attempts"] = 1
+            opts.pop("attempts", None)
         return cls(
             spec.get("bucket") or "",
             region=spec.get("region"),
@@ -140,7 +142,7 @@ class S3Storage(CloudStorage):
     def _classify(self, exc: BaseException, action: str, key: str | None) -> str | StorageError:
         from botocore import exceptions as bx
 
-        where = self.location(key) if key is not None else self.describe()
+        where = self.location(key or "")
         if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
             return StorageError(
                 f"cannot {action} {where}: no AWS credentials found",
@@ -215,13 +217,17 @@ class S3Storage(CloudStorage):
         raise exc
 
     def _bucket_exists(self) -> bool:
+        """HEAD the bucket once; a positive answer is remembered."""
+        if self._bucket_verified:
+            return True
         try:
             self.client.head_bucket(Bucket=self.bucket)
-            return True
         except Exception as exc:
             resp = getattr(exc, "response", None) or {}
             status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return status != 404
+            return status != 404  # cannot tell otherwise: do not claim it is missing
+        self._bucket_verified = True
+        return True
 
     # --- primitives ------------------------------------------------------------------------
 
@@ -250,13 +256,23 @@ class S3Storage(CloudStorage):
     ) -> None:
         last_part = self._upload_part(upload, name, len(parts) + 1, offset, last)
         extra = {"IfNoneMatch": "*"} if if_absent else {}
-        self.client.complete_multipart_upload(
-            Bucket=self.bucket,
-            Key=name,
-            UploadId=upload,
-            MultipartUpload={"Parts": [*parts, last_part]},
-            **extra,
-        )
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=name,
+                UploadId=upload,
+                MultipartUpload={"Parts": [*parts, last_part]},
+                **extra,
+            )
+        except Exception as exc:
+            # A retried complete whose first attempt succeeded (reply lost) finds the upload
+            # gone: if the object is there with our size, it is ours.
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code != "NoSuchUpload":
+                raise
+            found = self._stat(name)
+            if found is None or found[0] != offset + len(last):
+                raise
 
     def _abort_upload(self, upload: Any, name: str) -> None:
         self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
