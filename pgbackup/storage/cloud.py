@@ -10,8 +10,13 @@ Barman's CloudInterface idea: this base owns what is the same everywhere —
   multipart mechanism, and the last part is held back until ``commit`` so that the
   provider can finish the upload with it (GCS needs the final chunk to close a
   resumable session);
-* retries of transient failures (connection reset, timeouts, HTTP 429/500/502/503/504,
-  throttling) with exponential backoff and jitter, then one clear StorageError;
+* retries of transient failures (connection reset, timeouts, HTTP 408/429/5xx,
+  throttling) with exponential backoff and jitter, then one clear StorageError. Where the
+  SDK has a good retry layer of its own (botocore "standard" mode, azure-core's
+  ExponentialRetry) the provider configures it and sets ``attempts`` to 1, so tries do not
+  multiply; GCS resumable-session requests are raw HTTP and retried here (4 attempts,
+  resuming from the offset the session reports). Streamed reads resume at the current
+  offset (ranged GET) after a mid-body failure, for every provider;
 
 and each provider implements a handful of primitives (``_put``, ``_begin``,
 ``_upload_part``, ``_complete``, ``_abort_upload``, ``_open_read``, ``_list``,
