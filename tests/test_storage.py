@@ -469,6 +469,33 @@ def test_transient_failures_are_retried_with_backoff(monkeypatch: pytest.MonkeyP
     s.write_bytes("k3", data)
     assert s.objects["p/k3"] == data
 
+    # A read that breaks mid-body resumes at the current offset.
+    class Breaking:
+        def __init__(self, data: bytes, fail_after: int | None) -> None:
+            self.data, self.pos, self.fail_after = data, 0, fail_after
+
+        def read(self, n: int) -> bytes:
+            if self.fail_after is not None and self.pos >= self.fail_after:
+                raise ConnectionResetError("reset mid-body")
+            out = self.data[self.pos : self.pos + n]
+            self.pos += len(out)
+            return out
+
+        def close(self) -> None:
+            pass
+
+    opened: list[int] = []
+
+    def open_read(name: str, start: int) -> Breaking:
+        opened.append(start)
+        return Breaking(s.objects[name][start:], 1500 if len(opened) == 1 else None)
+
+    s._open_read = open_read  # type: ignore[method-assign]
+    f = s.open_read("k3")
+    got = b"".join(iter(lambda: f.read(1000), b""))
+    assert got == data
+    assert opened == [0, 2000]
+
 
 # --- import hygiene ------------------------------------------------------------------------
 
