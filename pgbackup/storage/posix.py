@@ -57,6 +57,9 @@ class PosixWriter(ObjectWriter):
             storage.ensure_dir(self.final.parent)
             self.tmp = self.final.parent / f".{self.final.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            owner = storage.owner()
+            if owner:
+                os.fchown(fd, *owner)
         except OSError as exc:
             raise storage_error("cannot create", self.final, exc) from None
         self.file: BinaryIO | None = os.fdopen(fd, "wb", buffering=0)
@@ -115,6 +118,19 @@ class PosixStorage(Storage):
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+        self._owner_checked = False
+        self._owner: tuple[int, int] | None = None
+
+    def owner(self) -> tuple[int, int] | None:
+        """When we run as root in a repository owned by another user (the server's user,
+        whose archive_command writes here too), new files and directories go to that user."""
+        if not self._owner_checked and self.root.exists():
+            self._owner_checked = True
+            if os.geteuid() == 0:
+                st = self.root.stat()
+                if st.st_uid != 0:
+                    self._owner = (st.st_uid, st.st_gid)
+        return self._owner
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> PosixStorage:
@@ -141,6 +157,9 @@ class PosixStorage(Storage):
             try:
                 os.mkdir(d, DIR_MODE)
                 os.chmod(d, DIR_MODE)
+                owner = self.owner()
+                if owner:
+                    os.chown(d, *owner)
             except FileExistsError:
                 pass
 
@@ -201,8 +220,12 @@ class PosixStorage(Storage):
                 break
             parent = parent.parent
 
-    def remove_leftover_temp_files(self, prefix: str = "") -> int:
-        """Remove temporary files of interrupted writes (cleanup calls this)."""
+    def remove_leftover_temp_files(self, prefix: str = "", min_age: float = 3600) -> int:
+        """Remove temporary files of interrupted writes older than ``min_age`` seconds
+        (younger ones may belong to a write still in progress)."""
+        import time
+
+        cutoff = time.time() - min_age
         start = self.root / prefix if prefix else self.root
         count = 0
         if not start.is_dir():
@@ -210,8 +233,11 @@ class PosixStorage(Storage):
         for dirpath, _dirs, files in os.walk(start):
             for name in files:
                 if name.endswith(TMP_SUFFIX):
+                    full = os.path.join(dirpath, name)
                     try:
-                        os.unlink(os.path.join(dirpath, name))
+                        if os.stat(full).st_mtime > cutoff:
+                            continue
+                        os.unlink(full)
                         count += 1
                     except OSError:
                         pass

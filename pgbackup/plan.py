@@ -1,0 +1,119 @@
+"""What the policy implies right now (``invoke plan``) and whether servers agree (``validate --live``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pgbackup.postgres.connection import describe
+
+
+def required_settings(policy: Any, target: Any) -> dict[str, str]:
+    """postgresql.conf settings a target needs for this policy."""
+    from pgbackup.sandbox import archive_command, archive_timeout
+
+    return {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": archive_command(policy, target),
+        "archive_timeout": f"{archive_timeout(policy)}s",
+        "max_wal_senders": ">= 2",
+    }
+
+
+def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
+    from pgbackup.cleanup import plan_cleanup
+    from pgbackup.schedule import cron_entries, schedule_log
+
+    targets = []
+    for t in policy.targets.values():
+        cleanup = plan_cleanup(policy, repo, t, now, backup_running=False)
+        targets.append(
+            {
+                "name": t.name,
+                "server": f"sandbox in {t.sandbox.path}" if t.sandbox else describe(t.connection),
+                "postgresql_conf": required_settings(policy, t),
+                "cleanup": cleanup.as_dict(),
+            }
+        )
+    return {
+        "policy": str(policy.path),
+        "repository": repo.storage.describe(),
+        "compression": f"{policy.compression.method} level {policy.compression.level}",
+        "encryption": "age" if policy.encryption else "none",
+        "retention": {
+            "days": policy.retention.days,
+            "weekly": policy.retention.weekly,
+            "monthly": policy.retention.monthly,
+            "min_backups": policy.retention.min_backups,
+        },
+        "sla": {"rto_seconds": policy.sla.rto, "rpo_seconds": policy.sla.rpo},
+        "targets": targets,
+        "cron": [
+            {"name": e.name, "line": f"{e.expression} {e.command}"} for e in cron_entries(policy)
+        ],
+        "schedule_log": str(schedule_log(policy)),
+        "uploads": [
+            {"name": u["name"], "kind": u["kind"], "retention_days": u.get("retention_days", 30)}
+            for u in policy.uploads
+        ],
+    }
+
+
+def render_plan(console: Any, data: dict[str, Any]) -> None:
+    console.print(f"[bold]policy[/] {data['policy']}")
+    console.print(f"repository: {data['repository']}  compression: {data['compression']}  encryption: {data['encryption']}")
+    r = data["retention"]
+    console.print(f"retention: {r['days']} days, {r['weekly']} weekly, {r['monthly']} monthly (at least {r['min_backups']})")
+    for t in data["targets"]:
+        console.print(f"\n[bold]target {t['name']}[/]: {t['server']}")
+        console.print("  postgresql.conf:")
+        for k, v in t["postgresql_conf"].items():
+            console.print(f"    {k} = {v}")
+        c = t["cleanup"]
+        kept = [b for b in c["backups"] if b["keep"]]
+        console.print(
+            f"  retention now: keep {len(kept)} backup(s); cleanup would remove {len(c['expire_backups'])} "
+            f"backup(s), {len(c['remove_incomplete'])} incomplete, {len(c['expire_wal'])} WAL file(s)"
+        )
+        for b in c["backups"]:
+            console.print(f"    {b['backup_id']}: {'keep' if b['keep'] else 'expire'} ({', '.join(b['reasons'])})")
+    console.print("\n[bold]crontab[/] (invoke schedule.install writes these):")
+    for e in data["cron"]:
+        console.print(f"  {e['line']}", markup=False)
+    for u in data["uploads"]:
+        console.print(f"upload {u['name']} ({u['kind']}): copies kept {u['retention_days']} days")
+
+
+def live_disagreements(policy: Any) -> dict[str, list[str]]:
+    """Compare each target's running settings with what the policy needs."""
+    from pgbackup.errors import PgBackupError
+    from pgbackup.postgres.connection import connect, server_facts
+    from pgbackup.sandbox import archive_command, resolve_conninfo
+
+    result: dict[str, list[str]] = {}
+    for t in policy.targets.values():
+        found: list[str] = []
+        try:
+            with connect(resolve_conninfo(policy, t)) as conn:
+                facts = server_facts(conn)
+        except PgBackupError as exc:
+            result[t.name] = [f"cannot check: {exc.message}"]
+            continue
+        if facts.wal_level not in ("replica", "logical"):
+            found.append(f"wal_level is {facts.wal_level}, needs replica")
+        if facts.archive_mode not in ("on", "always"):
+            found.append(f"archive_mode is {facts.archive_mode}: WAL archiving is off")
+        wanted = archive_command(policy, t)
+        if facts.archive_command.strip() != wanted:
+            if "wal-push" not in facts.archive_command or str(policy.path) not in facts.archive_command:
+                found.append(f"archive_command is {facts.archive_command!r}, not this policy's wal-push ({wanted})")
+        if policy.sla.rpo:
+            if facts.archive_timeout == 0:
+                found.append(f"archive_timeout is 0 (off): a quiet server may keep WAL longer than the RPO of {policy.sla.rpo}s")
+            elif facts.archive_timeout >= policy.sla.rpo:
+                found.append(f"archive_timeout {facts.archive_timeout}s is not below the RPO objective of {policy.sla.rpo}s")
+        if facts.max_wal_senders < 2:
+            found.append(f"max_wal_senders is {facts.max_wal_senders}; backups need at least 1 free (2 recommended)")
+        result[t.name] = found
+    return result

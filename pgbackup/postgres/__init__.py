@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL: binaries, connections, and cluster processes."""

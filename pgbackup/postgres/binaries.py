@@ -1,0 +1,82 @@
+"""Find PostgreSQL client programs that match the server's major version.
+
+pg_basebackup of one major version refuses (or silently mis-handles) servers of
+another, so we look for the matching one first: the policy's ``pg_bin_dir``, then
+Debian/Ubuntu's ``/usr/lib/postgresql/<major>/bin``, then RHEL's ``/usr/pgsql-<major>/bin``,
+then ``$PATH``.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from pgbackup.errors import BinaryError
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+@functools.lru_cache(maxsize=64)
+def program_major(path: str) -> int | None:
+    """The major version a PostgreSQL program reports with ``--version`` (None if unknown)."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = _VERSION_RE.search(out)
+    return int(m.group(1)) if m else None
+
+
+def candidate_dirs(major: int | None, pg_bin_dir: str | os.PathLike[str] | None) -> list[Path]:
+    dirs: list[Path] = []
+    if pg_bin_dir:
+        dirs.append(Path(pg_bin_dir))
+    if major is not None:
+        dirs += [Path(f"/usr/lib/postgresql/{major}/bin"), Path(f"/usr/pgsql-{major}/bin")]
+    else:
+        # Newest installed first.
+        found = sorted(
+            glob.glob("/usr/lib/postgresql/*/bin"),
+            key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+            reverse=True,
+        )
+        dirs += [Path(p) for p in found]
+    dirs += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    return dirs
+
+
+def find_program(
+    name: str, major: int | None = None, pg_bin_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """Absolute path of ``name`` whose major version is ``major`` (any when None)."""
+    seen: list[str] = []
+    for d in candidate_dirs(major, pg_bin_dir):
+        path = d / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            continue
+        found_major = program_major(str(path))
+        if major is None or found_major == major:
+            return str(path)
+        seen.append(f"{path} (PostgreSQL {found_major})")
+    if seen:
+        raise BinaryError(
+            f"{name} for PostgreSQL {major} not found; only " + ", ".join(seen),
+            hint=f"install the PostgreSQL {major} client programs (Debian: apt-get install "
+            f"postgresql-client-{major}) or set pg_bin_dir for the target in backup.yaml",
+        )
+    where = shutil.which(name)
+    raise BinaryError(
+        f"{name} not found" + (f" (PostgreSQL {major})" if major else "") + (f"; {where}" if where else ""),
+        hint="install the PostgreSQL client programs (Debian: apt-get install postgresql-client; "
+        "server programs: postgresql) or set pg_bin_dir for the target in backup.yaml",
+    )
+
+
+def server_bin_dir(major: int | None = None, pg_bin_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Directory holding initdb/pg_ctl/postgres (needed for sandboxes, drills and tests)."""
+    return Path(find_program("initdb", major, pg_bin_dir)).parent

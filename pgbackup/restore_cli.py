@@ -1,0 +1,249 @@
+"""The restore command: choose target and backup, check the recovery target, restore.
+
+Recovery targets follow PostgreSQL's own settings (recovery_target_time/lsn/xid/name,
+recovery_target = 'immediate', recovery_target_action, recovery_target_timeline). With
+no recovery target the backup is restored as taken (consistent at its end, from the WAL
+it carries); ``--target latest`` replays every archived WAL file.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pgbackup.errors import RestoreError, UsageError
+from pgbackup.lsn import format_lsn, parse_lsn
+from pgbackup.repository import BackupInfo, Repository, parse_iso
+from pgbackup.restore import RestoreResult, run_restore
+from pgbackup.sandbox import pgbackup_program
+from pgbackup.storage import open_storage
+
+RECOVERY_KEYWORDS = ("immediate", "latest")
+ACTIONS = ("promote", "pause", "shutdown")
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 (``2026-11-23 14:30:00``, ``...+01:00``, ``...Z``); naive means UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--target-time {text!r} is not a timestamp",
+            hint="use ISO 8601, e.g. '2026-11-23 14:30:00+00:00' (no zone means UTC)",
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def recovery_settings(
+    policy: Any,
+    target_name: str,
+    *,
+    kind: str | None,
+    value: Any,
+    action: str,
+    timeline: str | None,
+    inclusive: bool,
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "restore_command": f"'{pgbackup_program()}' --config '{policy.path}' wal-fetch --target {target_name} %f %p",
+        "recovery_target_action": action,
+    }
+    if timeline:
+        settings["recovery_target_timeline"] = timeline
+    if kind == "time":
+        settings["recovery_target_time"] = value.isoformat(sep=" ")
+    elif kind == "lsn":
+        settings["recovery_target_lsn"] = format_lsn(value)
+    elif kind == "xid":
+        settings["recovery_target_xid"] = str(value)
+    elif kind == "name":
+        settings["recovery_target_name"] = value
+    elif kind == "immediate":
+        settings["recovery_target"] = "immediate"
+    if kind in ("time", "lsn", "xid"):
+        settings["recovery_target_inclusive"] = "on" if inclusive else "off"
+    if kind == "latest":
+        settings.pop("recovery_target_action")
+    return settings
+
+
+def choose_backup(repo: Repository, target: str, backup: str | None, kind: str | None, value: Any) -> BackupInfo:
+    """``--backup`` as given, or the newest complete backup that ends before the target."""
+    if backup not in (None, "", "latest") or kind not in ("time", "lsn"):
+        return repo.find_backup(target, backup)
+    complete = repo.complete_backups(target)
+    if kind == "time":
+        fitting = [b for b in complete if b.stop_time and b.stop_time <= value]
+    else:
+        fitting = [b for b in complete if parse_lsn(b.metadata["stop_lsn"]) <= value]
+    if not fitting:
+        if not complete:
+            return repo.find_backup(target, None)  # raises: no complete backup
+        first = complete[0].metadata
+        shown = value.isoformat() if kind == "time" else format_lsn(value)
+        raise RestoreError(
+            f"recovery target {shown} is before the recoverable window of {target!r}, which starts at "
+            f"{first['stop_time']} (LSN {first['stop_lsn']}), the end of the oldest backup",
+            hint="pick a later target; nothing was written",
+        )
+    return fitting[-1]
+
+
+def check_window(policy: Any, repo: Repository, target: str, kind: str | None, value: Any) -> dict[str, Any]:
+    """Refuse a time/LSN target past the end of the archive, before anything is written."""
+    from pgbackup.inventory import recoverable_window
+
+    window = recoverable_window(repo, policy, target)
+    if kind not in ("time", "lsn") or not window["latest_lsn"]:
+        return window
+    text = (
+        f"{window['earliest_time']} (LSN {window['earliest_lsn']}) .. "
+        f"{window['latest_time']} (LSN {window['latest_lsn']})"
+    )
+    if kind == "time" and window["latest_time"] and value > parse_iso(window["latest_time"]):
+        raise RestoreError(
+            f"recovery target {value.isoformat()} is after the end of the archive; "
+            f"recoverable window of {target!r}: {text}",
+            hint="pick a target inside the window (is archiving running? see `pgbackup check`)",
+        )
+    if kind == "lsn" and value > parse_lsn(window["latest_lsn"]):
+        raise RestoreError(
+            f"recovery target LSN {format_lsn(value)} is after the end of the archive; "
+            f"recoverable window of {target!r}: {text}",
+            hint="pick a target inside the window",
+        )
+    return window
+
+
+def wait_for_recovery_end(timeout: float = 600) -> Any:
+    """A callback for run_restore: wait until recovery ends, report the point reached."""
+
+    def waiter(cluster: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        info: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                row = cluster.sql(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+                    "pg_last_xact_replay_timestamp(), "
+                    "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE 'not paused' END, "
+                    "(SELECT timeline_id FROM pg_control_checkpoint())"
+                )[0]
+            except Exception:
+                if not cluster.is_running():
+                    # recovery_target_action = shutdown
+                    return {"state": "shut down at target", "last_replay_lsn": None}
+                time.sleep(0.3)
+                continue
+            in_recovery, lsn, ts, pause, tli = row
+            info = {
+                "last_replay_lsn": lsn,
+                "last_replay_time": ts.astimezone(UTC).isoformat() if ts else None,
+                "timeline": tli,
+            }
+            if not in_recovery:
+                info["state"] = "promoted"
+                # After promotion replay functions return NULL: report the insert position.
+                if lsn is None:
+                    info["last_replay_lsn"] = cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0]
+                return info
+            if pause == "paused":
+                info["state"] = "paused at target"
+                return info
+            time.sleep(0.3)
+        raise RestoreError(f"recovery did not finish within {timeout:.0f}s", hint=f"see {cluster.log_file}")
+
+    return waiter
+
+
+def restore_command(
+    policy: Any,
+    *,
+    to: Path,
+    backup: str | None,
+    force: bool,
+    start: bool,
+    port: int | None,
+    target: str | None,
+    target_time: str | None,
+    target_lsn: str | None,
+    target_xid: str | None,
+    target_name: str | None,
+    target_action: str | None,
+    target_timeline: str | None,
+    exclusive: bool,
+    archive: bool,
+    from_upload: str | None,
+) -> RestoreResult:
+    recovery_kind: str | None = None
+    if target in RECOVERY_KEYWORDS:
+        recovery_kind, target = target, None
+    policy_target = policy.target(target)
+    given = [
+        (k, v)
+        for k, v in (("time", target_time), ("lsn", target_lsn), ("xid", target_xid), ("name", target_name))
+        if v not in (None, "")
+    ]
+    if len(given) + (1 if recovery_kind else 0) > 1:
+        raise UsageError("give at most one recovery target (--target-time, --target-lsn, --target-xid, --target-name, --target immediate|latest)")
+    value: Any = None
+    if given:
+        recovery_kind, raw = given[0]
+        if recovery_kind == "time":
+            value = parse_time(str(raw))
+        elif recovery_kind == "lsn":
+            try:
+                value = parse_lsn(str(raw))
+            except ValueError:
+                raise UsageError(f"--target-lsn {raw!r} is not an LSN", hint="write it as PostgreSQL does, e.g. 0/3000060") from None
+        elif recovery_kind == "xid":
+            if not str(raw).isdigit():
+                raise UsageError(f"--target-xid {raw!r} is not a transaction id (a positive integer)")
+            value = int(str(raw))
+        else:
+            value = str(raw)
+    action = target_action or "promote"
+    if action not in ACTIONS:
+        raise UsageError(f"--target-action {action!r}: must be one of {', '.join(ACTIONS)}")
+    if target_timeline and not (target_timeline in ("latest", "current") or target_timeline.isdigit()):
+        raise UsageError(f"--target-timeline {target_timeline!r}: 'latest', 'current' or a number")
+    if recovery_kind is None and (target_action or target_timeline or exclusive):
+        raise UsageError("--target-action/--target-timeline/--exclusive need a recovery target")
+
+    storage = open_storage(policy.repository)
+    if from_upload:
+        from pgbackup.uploads import upload_storage
+
+        storage = upload_storage(policy, from_upload)
+    repo = Repository(storage)
+    if recovery_kind in ("time", "lsn"):
+        check_window(policy, repo, policy_target.name, recovery_kind, value)
+    info = choose_backup(repo, policy_target.name, backup, recovery_kind, value)
+    settings = None
+    if recovery_kind is not None:
+        settings = recovery_settings(
+            policy,
+            policy_target.name,
+            kind=recovery_kind,
+            value=value,
+            action=action,
+            timeline=target_timeline,
+            inclusive=not exclusive,
+        )
+        if from_upload:
+            settings["restore_command"] = settings["restore_command"].replace(" wal-fetch ", f" wal-fetch --from {from_upload} ")
+    return run_restore(
+        policy,
+        policy_target,
+        info.backup_id,
+        to,
+        force=force,
+        start=start,
+        port=port,
+        archive=archive,
+        recovery_settings=settings,
+        storage=storage,
+        wait_for_recovery=wait_for_recovery_end() if (start and recovery_kind) else None,
+    )

@@ -1,0 +1,462 @@
+"""WAL archiving: wal-push (archive_command), wal-fetch (restore_command), and the chain.
+
+wal-push runs once per 16 MiB segment, so this module imports only what that needs
+(no jsonschema, psycopg, invoke or cloud SDKs for a posix repository). Its rules:
+
+- the file is durable before we return 0 (the storage writes temp + fsync + atomic
+  link/rename + directory fsync, or completes the upload);
+- an archived name is never overwritten: pushing identical content again is success,
+  different content is a loud failure that leaves the archived copy untouched;
+- a segment from another cluster (system identifier in its page header) is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from pgbackup.codecs import CodecSpec, decode_bytes, encode_bytes, parse_suffix, suffix
+from pgbackup.errors import ObjectExists, PgBackupError
+from pgbackup.lsn import (
+    is_backup_label_file,
+    is_history,
+    is_partial,
+    is_segment,
+    parse_history,
+    parse_lsn,
+    parse_segment_name,
+    segment_name,
+)
+from pgbackup.storage import Storage, open_storage
+
+ARCHIVE_INFO = "archive.json"
+XLP_LONG_HEADER = 0x0002
+
+
+class WalError(PgBackupError):
+    """A WAL file could not be archived or fetched."""
+
+    exit_code = 3
+
+
+class WalNotFound(PgBackupError):
+    """The archive does not hold the requested file (restore_command's ordinary 'no')."""
+
+    exit_code = 1
+
+
+def is_wal_name(name: str) -> bool:
+    return is_segment(name) or is_history(name) or is_backup_label_file(name) or is_partial(name)
+
+
+def segment_sysid(data: bytes) -> tuple[int, int] | None:
+    """(system identifier, segment size) from a segment's long page header, if present.
+
+    XLogPageHeaderData is 24 bytes when aligned (magic, info, tli, pageaddr, rem_len);
+    the long header adds xlp_sysid (uint64) and xlp_seg_size (uint32).
+    """
+    if len(data) < 40:
+        return None
+    _magic, info = struct.unpack_from("<HH", data, 0)
+    if not info & XLP_LONG_HEADER:
+        return None
+    sysid, seg_size = struct.unpack_from("<QI", data, 24)
+    return sysid, seg_size
+
+
+def control_sysid(data_dir: Path) -> int | None:
+    """System identifier from ``global/pg_control`` (its first 8 bytes)."""
+    try:
+        with open(data_dir / "global" / "pg_control", "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return struct.unpack("<Q", head)[0] if len(head) == 8 else None
+
+
+def codec_for(policy: Any) -> CodecSpec:
+    return CodecSpec(
+        compression=policy.compression.method,
+        level=policy.compression.level,
+        encrypted=policy.encryption is not None,
+    )
+
+
+def read_archive_info(storage: Storage, target: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(storage.read_bytes(f"{target}/{ARCHIVE_INFO}")))
+    except PgBackupError:
+        return None
+    except ValueError:
+        raise WalError(f"{target}/{ARCHIVE_INFO} is damaged (not JSON)") from None
+
+
+def bind_archive(storage: Storage, target: str, sysid: int, seg_size: int) -> None:
+    """Tie a target's archive to one cluster (first push wins; conditional create)."""
+    info = read_archive_info(storage, target)
+    if info is None:
+        payload = json.dumps({"system_identifier": str(sysid), "wal_segment_size": seg_size}).encode()
+        try:
+            storage.write_bytes(f"{target}/{ARCHIVE_INFO}", payload, if_absent=True)
+            return
+        except ObjectExists:
+            info = read_archive_info(storage, target) or {}
+    if str(info.get("system_identifier")) != str(sysid):
+        raise WalError(
+            f"WAL from cluster {sysid} refused: the archive of target {target!r} belongs to "
+            f"cluster {info.get('system_identifier')}",
+            hint="check archive_command's --target and --config; each cluster needs its own target",
+        )
+
+
+def pick_target(policy: Any, storage: Storage, explicit: str | None, sysid: int | None) -> str:
+    if explicit:
+        return str(policy.target(explicit).name)
+    names = list(policy.targets)
+    if len(names) == 1:
+        return str(names[0])
+    if sysid is not None:
+        for name in names:
+            info = read_archive_info(storage, name)
+            if info and str(info.get("system_identifier")) == str(sysid):
+                return str(name)
+    raise WalError(
+        f"cannot tell which target this WAL belongs to (targets: {', '.join(names)})",
+        hint="add --target NAME to archive_command / restore_command",
+    )
+
+
+def wal_key(target: str, name: str, spec: CodecSpec) -> str:
+    return f"{target}/wal/{name}{suffix(spec)}"
+
+
+def find_archived(storage: Storage, target: str, name: str, spec: CodecSpec) -> str | None:
+    """The stored key of ``name`` whatever codec it was written with (policy's first)."""
+    key = wal_key(target, name, spec)
+    if storage.stat(key) is not None:
+        return key
+    prefix = f"{target}/wal/{name}"
+    for info in storage.list(prefix):
+        base, _spec = parse_suffix(info.key.rsplit("/", 1)[-1])
+        if base == name:
+            return info.key
+    return None
+
+
+def push(policy: Any, path: str | Path, target: str | None = None) -> str:
+    """Archive one WAL file; returns 'stored' or 'already archived'."""
+    path = Path(path)
+    name = path.name
+    if not is_wal_name(name):
+        raise WalError(f"{name} is not a WAL file name (segment, .history, .backup or .partial)")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise WalError(f"{path}: no such file (archive_command runs in the data directory; use %p)") from None
+    except OSError as exc:
+        raise WalError(f"cannot read {path}: {exc.strerror}") from None
+    storage = open_storage(policy.repository)
+    header = segment_sysid(data) if (is_segment(name) or is_partial(name)) else None
+    sysid = header[0] if header else control_sysid(Path.cwd())
+    target_name = pick_target(policy, storage, target, sysid)
+    if sysid is not None:
+        bind_archive(storage, target_name, sysid, header[1] if header else 16 * 1024 * 1024)
+    spec = codec_for(policy)
+    digest = hashlib.sha256(data).hexdigest()
+    existing = find_archived(storage, target_name, name, spec)
+    if existing is not None:
+        return _compare_existing(policy, storage, existing, data, digest, target_name, name)
+    recipients = None
+    if spec.encrypted:
+        from pgbackup.codecs import load_recipients
+
+        recipients = load_recipients(policy.encryption.recipients_file)
+        # A plain checksum beside the ciphertext lets a retry prove "identical" without the key.
+        storage.write_bytes(f"{target_name}/wal/{name}.sha256", digest.encode())
+    encoded = encode_bytes(spec, data, recipients=recipients, threads=0)
+    key = wal_key(target_name, name, spec)
+    try:
+        storage.write_bytes(key, encoded, if_absent=True)
+    except ObjectExists:
+        return _compare_existing(policy, storage, key, data, digest, target_name, name)
+    return "stored"
+
+
+def _compare_existing(
+    policy: Any, storage: Storage, key: str, data: bytes, digest: str, target: str, name: str
+) -> str:
+    _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
+    stored = storage.read_bytes(key)
+    if spec.encrypted:
+        try:
+            recorded = storage.read_bytes(f"{target}/wal/{name}.sha256").decode().strip()
+        except PgBackupError:
+            recorded = None
+        if recorded is None and policy.encryption and policy.encryption.identity_file:
+            from pgbackup.codecs import load_identities
+
+            plain = decode_bytes(spec, stored, identities=load_identities(policy.encryption.identity_file), what=key)
+            recorded = hashlib.sha256(plain).hexdigest()
+        if recorded is None:
+            raise WalError(
+                f"{name} is already archived (encrypted) and cannot be compared without the identity",
+                hint="make encryption.identity_file readable to pgbackup, or remove the archived copy after checking it",
+            )
+        same = recorded == digest
+    else:
+        same = hashlib.sha256(decode_bytes(spec, stored, what=key)).hexdigest() == digest
+    if same:
+        return "already archived"
+    raise WalError(
+        f"{name} is already archived with DIFFERENT content ({key}); refusing to overwrite it",
+        hint="two clusters may be archiving into one target, or the archive belongs to an older "
+        "cluster: point archive_command at a separate target and investigate before removing anything",
+    )
+
+
+def fetch(policy: Any, name: str, dest: str | Path, target: str | None = None) -> None:
+    """Write archived ``name`` decoded to ``dest`` atomically; WalNotFound when absent."""
+    storage = open_storage(policy.repository)
+    target_name = pick_target(policy, storage, target, control_sysid(Path.cwd()))
+    spec = codec_for(policy)
+    key = find_archived(storage, target_name, name, spec)
+    if key is None:
+        raise WalNotFound(f"{name} is not in the archive")
+    _base, stored_spec = parse_suffix(key.rsplit("/", 1)[-1])
+    identities = None
+    if stored_spec.encrypted:
+        from pgbackup.codecs import load_identities
+        from pgbackup.errors import EncryptionError
+
+        if policy.encryption is None or policy.encryption.identity_file is None:
+            raise EncryptionError(
+                f"{key} is encrypted and the policy names no identity",
+                hint="set encryption.identity_file in backup.yaml",
+            )
+        identities = load_identities(policy.encryption.identity_file)
+    data = decode_bytes(stored_spec, storage.read_bytes(key), identities=identities, what=key)
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.pgbackup-fetch")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise WalError(f"cannot write {dest}: {exc.strerror}") from None
+
+
+# --- the chain: what is archived, its gaps, the recoverable window, expiry ----------------
+
+
+def archived_names(storage: Storage, target: str) -> dict[str, str]:
+    """Plain WAL name -> stored key, for everything in a target's archive."""
+    names: dict[str, str] = {}
+    for info in storage.list(f"{target}/wal/"):
+        base, _spec = parse_suffix(info.key.rsplit("/", 1)[-1])
+        if is_wal_name(base):
+            names[base] = info.key
+    return names
+
+
+def timeline_switches(storage: Storage, target: str, names: dict[str, str], policy: Any = None) -> dict[int, list[tuple[int, int, str]]]:
+    """Timeline -> its history (parent timeline, switch LSN) read from ``.history`` files."""
+    result: dict[int, list[tuple[int, int, str]]] = {}
+    for name, key in names.items():
+        if not is_history(name):
+            continue
+        tli = int(name[:8], 16)
+        _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
+        try:
+            identities = None
+            if spec.encrypted and policy is not None and policy.encryption and policy.encryption.identity_file:
+                from pgbackup.codecs import load_identities
+
+                identities = load_identities(policy.encryption.identity_file)
+            text = decode_bytes(spec, storage.read_bytes(key), identities=identities, what=key).decode()
+        except PgBackupError:
+            continue
+        result[tli] = parse_history(text)
+    return result
+
+
+def expected_segments(start_tli: int, start_lsn: int, end_tli: int, end_lsn: int, history: list[tuple[int, int, str]], seg_size: int) -> list[str]:
+    """Segment names needed to replay from (start_tli, start_lsn) to (end_tli, end_lsn).
+
+    ``history`` is the end timeline's history: each (parent, switch LSN) in order.
+    """
+    # Build the path of timelines: [(tli, from_lsn, to_lsn)].
+    spans: list[tuple[int, int, int]] = []
+    begin = start_lsn
+    for parent, switch, _reason in history:
+        if parent < start_tli:
+            continue
+        spans.append((parent, begin, switch))
+        begin = switch
+    spans.append((end_tli, begin, end_lsn))
+    names: list[str] = []
+    for tli, lo, hi in spans:
+        if hi < lo:
+            continue
+        seg = lo // seg_size
+        last = hi // seg_size
+        while seg <= last:
+            names.append(segment_name(tli, seg * seg_size, seg_size))
+            seg += 1
+    return names
+
+
+def newest_segment(names: dict[str, str]) -> tuple[int, int] | None:
+    """(timeline, segment number) of the newest archived segment (highest timeline first)."""
+    segs = [parse_segment_name(n) for n in names if is_segment(n)]
+    valid = [s for s in segs if s is not None]
+    return max(valid) if valid else None
+
+
+def chain_from(backup_meta: dict[str, Any], names: dict[str, str], switches: dict[int, list[tuple[int, int, str]]]) -> dict[str, Any]:
+    """Follow archived segments from a backup's start: how far the unbroken run reaches.
+
+    Walks the newest timeline that descends from the backup's timeline. Returns
+    ``{"timeline", "last_segment", "gaps": [...], "segments": n}``.
+    """
+    seg_size = int(backup_meta.get("wal_segment_size", 16 * 1024 * 1024))
+    start_tli = int(backup_meta["timeline"])
+    start_lsn = parse_lsn(backup_meta["start_lsn"])
+    newest = newest_segment(names)
+    if newest is None:
+        return {"timeline": start_tli, "last_segment": None, "gaps": [], "segments": 0, "end_lsn": None}
+    # Choose the highest timeline whose history includes ours (or is ours).
+    candidates = [start_tli] + [t for t, hist in switches.items() if any(p == start_tli for p, _, _ in hist)]
+    end_tli = max(candidates)
+    history = switches.get(end_tli, [])
+    tli_segments = [parse_segment_name(n) for n in names if is_segment(n)]
+    last_on_end = max((s[1] for s in tli_segments if s and s[0] == end_tli), default=None)
+    if last_on_end is None:
+        end_tli = start_tli
+        history = []
+        last_on_end = max((s[1] for s in tli_segments if s and s[0] == start_tli), default=start_lsn // seg_size)
+    expected = expected_segments(start_tli, start_lsn, end_tli, last_on_end * seg_size, history, seg_size)
+    gaps: list[str] = []
+    reached: str | None = None
+    for seg in expected:
+        if seg in names:
+            if not gaps:
+                reached = seg
+        else:
+            gaps.append(seg)
+    return {
+        "timeline": end_tli,
+        "last_segment": reached,
+        "gaps": gaps,
+        "segments": len(expected),
+    }
+
+
+def verify_wal_chain(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
+    """Continuity from each kept backup's start LSN to the newest archived segment."""
+    storage = repo.storage
+    names = archived_names(storage, target.name)
+    switches = timeline_switches(storage, target.name, names, policy)
+    gaps: list[str] = []
+    segments = 0
+    for b in repo.complete_backups(target.name):
+        chain = chain_from(b.metadata, names, switches)
+        segments = max(segments, chain["segments"])
+        for g in chain["gaps"]:
+            msg = f"missing {g} (needed after backup {b.backup_id})"
+            if msg not in gaps:
+                gaps.append(msg)
+    return {"gaps": gaps, "segments": segments, "archived": len(names)}
+
+
+def plan_wal_expiry(repo: Any, target: str, kept: list[Any]) -> list[str]:
+    """Keys of archived WAL no kept backup needs (all timelines; history files stay)."""
+    from pgbackup.retention import wal_cleanup_candidates
+
+    if not kept:
+        return []
+    names = archived_names(repo.storage, target)
+    oldest = min(kept, key=lambda b: parse_lsn(b.metadata["start_lsn"]))
+    seg_size = int(oldest.metadata.get("wal_segment_size", 16 * 1024 * 1024))
+    first_needed = segment_name(int(oldest.metadata["timeline"]), parse_lsn(oldest.metadata["start_lsn"]), seg_size)
+    expire = set(wal_cleanup_candidates(list(names), first_needed))
+    keys = [names[n] for n in sorted(expire)]
+    # Their plain checksums (encrypted archives) go too.
+    sidecars = {i.key for i in repo.storage.list(f"{target}/wal/") if i.key.endswith(".sha256")}
+    for n in sorted(expire):
+        side = f"{target}/wal/{n}.sha256"
+        if side in sidecars:
+            keys.append(side)
+    return keys
+
+
+def last_commit_time(policy: Any, storage: Storage, key: str, name: str, major: int | None) -> str | None:
+    """Timestamp of the last commit/abort record in an archived segment (via pg_waldump)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from pgbackup.postgres.binaries import find_program
+
+    try:
+        program = find_program("pg_waldump", major)
+    except PgBackupError:
+        return None
+    _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
+    identities = None
+    if spec.encrypted:
+        if not (policy.encryption and policy.encryption.identity_file):
+            return None
+        from pgbackup.codecs import load_identities
+
+        identities = load_identities(policy.encryption.identity_file)
+    data = decode_bytes(spec, storage.read_bytes(key), identities=identities, what=key)
+    with tempfile.TemporaryDirectory(prefix="pgbackup-waldump-") as tmp:
+        (Path(tmp) / name).write_bytes(data)
+        proc = subprocess.run(
+            [program, "-p", tmp, name],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TZ": "UTC", "PGTZ": "UTC"},
+            timeout=60,
+        )
+    stamps = re.findall(r"desc: (?:COMMIT|ABORT)\S* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC", proc.stdout)
+    if not stamps:
+        return None
+    return stamps[-1].replace(" ", "T") + "Z"
+
+
+def window_end(policy: Any, repo: Any, target: str, backups: list[Any]) -> dict[str, Any]:
+    """The latest recoverable point after the newest complete backup."""
+    from pgbackup.lsn import format_lsn
+
+    storage = repo.storage
+    names = archived_names(storage, target)
+    switches = timeline_switches(storage, target, names, policy)
+    newest = backups[-1].metadata
+    chain = chain_from(newest, names, switches)
+    seg_size = int(newest.get("wal_segment_size", 16 * 1024 * 1024))
+    last = chain.get("last_segment")
+    if not last:
+        return {"timeline": newest["timeline"], "gaps": chain["gaps"]}
+    parsed = parse_segment_name(last, seg_size)
+    assert parsed is not None
+    tli, segno = parsed
+    end_lsn = (segno + 1) * seg_size
+    if end_lsn <= parse_lsn(newest["stop_lsn"]):
+        return {"timeline": newest["timeline"], "gaps": chain["gaps"]}
+    when = last_commit_time(policy, storage, names[last], last, int(newest.get("server_version_num", 0)) // 10000 or None)
+    return {
+        "timeline": tli,
+        "lsn": format_lsn(end_lsn),
+        "time": when if when and when > newest["stop_time"] else None,
+        "gaps": chain["gaps"],
+        "last_segment": last,
+    }
