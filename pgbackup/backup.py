@@ -139,7 +139,9 @@ def stream_base_backup(
     scanner = TarScanner({"backup_label", "backup_manifest"})
     encoder = Encoder(spec, sink, recipients=recipients_list, threads=-1)
     errors: list[str] = []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
     assert proc.stdout is not None and proc.stderr is not None
     with contextlib.suppress(OSError):
         fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, READ_SIZE)
@@ -267,7 +269,9 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
             step = "storing backup_manifest"
             manifest_spec = CodecSpec("none", 0, spec.encrypted)
             manifest_name = MANIFEST + suffix(manifest_spec)
-            manifest_stored = encode_bytes(manifest_spec, result.manifest, recipients=recipients_list)
+            manifest_stored = encode_bytes(
+                manifest_spec, result.manifest, recipients=recipients_list
+            )
             manifest_obj = store_small(repo, prefix + manifest_name, manifest_stored)
             timeline, start_lsn, stop_lsn = wal_range(result.manifest)
             stopped_at = utcnow()
@@ -313,7 +317,9 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
             step = "writing metadata.json"
             repo.write_metadata(target.name, backup_id, metadata)
         except BaseException as exc:
-            message = exc.message if isinstance(exc, PgBackupError) else (str(exc) or type(exc).__name__)
+            message = (
+                exc.message if isinstance(exc, PgBackupError) else (str(exc) or type(exc).__name__)
+            )
             if isinstance(exc, KeyboardInterrupt):
                 message = "interrupted"
             if backup_id:

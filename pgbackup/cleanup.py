@@ -103,7 +103,9 @@ def plan_cleanup(
     return plan
 
 
-def run_cleanup(policy: Policy, repo: Repository, target: Target, *, dry_run: bool, now: datetime) -> CleanupPlan:
+def run_cleanup(
+    policy: Policy, repo: Repository, target: Target, *, dry_run: bool, now: datetime
+) -> CleanupPlan:
     lock = target_lock(policy.repository, target.name, "cleanup")
     backup_running = False
     with contextlib.ExitStack() as stack:
@@ -125,7 +127,11 @@ def run_cleanup(policy: Policy, repo: Repository, target: Target, *, dry_run: bo
         if remover is not None and not backup_running:
             removed = remover(target.name)
             if removed:
-                LOG.info("cleanup %s: removed %d temporary files of interrupted writes", target.name, removed)
+                LOG.info(
+                    "cleanup %s: removed %d temporary files of interrupted writes",
+                    target.name,
+                    removed,
+                )
     repo.record_run(
         target.name,
         "cleanup",

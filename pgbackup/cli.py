@@ -7,6 +7,7 @@ validated policy and import nothing else they do not need.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -59,7 +60,11 @@ def wal_main(argv: list[str]) -> int:
     command, args = positional[0], positional[1:]
     want = 1 if command == "wal-push" else 2
     if len(args) != want:
-        usage = "wal-push [--config FILE] [--target NAME] PATH" if want == 1 else "wal-fetch [--config FILE] [--target NAME] NAME PATH"
+        usage = (
+            "wal-push [--config FILE] [--target NAME] PATH"
+            if want == 1
+            else "wal-fetch [--config FILE] [--target NAME] NAME PATH"
+        )
         print(f"pgbackup: usage: pgbackup {usage}", file=sys.stderr)
         return 2
     try:
@@ -93,10 +98,8 @@ def _log_wal_failure(command: str, args: list[str], exc: Exception) -> None:
         from pgbackup.alerts import record_wal_failure
     except ImportError:
         return
-    try:
+    with contextlib.suppress(Exception):
         record_wal_failure(args[0], str(exc))
-    except Exception:
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,9 @@ def run_demo(policy: Any, console: Any) -> None:
 
     target = next((t for t in policy.targets.values() if t.sandbox is not None), None)
     if target is None:
-        raise PgBackupError("invoke demo needs a sandbox target in the policy (see the shipped backup.yaml)")
+        raise PgBackupError(
+            "invoke demo needs a sandbox target in the policy (see the shipped backup.yaml)"
+        )
     sandbox = Sandbox(policy, target)
     step = console.print
     step(f"[bold]1. sandbox[/] {target.name}: provisioning/starting a local cluster")
@@ -40,7 +42,9 @@ def run_demo(policy: Any, console: Any) -> None:
 
     step("[bold]2. backup[/]")
     meta = run_backup(policy, target)
-    step(f"   backup {meta['backup_id']}: {meta['raw_bytes']} bytes -> {meta['stored_bytes']} stored, LSN {meta['start_lsn']}..{meta['stop_lsn']}")
+    step(
+        f"   backup {meta['backup_id']}: {meta['raw_bytes']} bytes -> {meta['stored_bytes']} stored, LSN {meta['start_lsn']}..{meta['stop_lsn']}"
+    )
     with connect(conninfo) as conn:
         at_backup = table_checksums(conn, TABLES)
 
@@ -62,12 +66,23 @@ def run_demo(policy: Any, console: Any) -> None:
 
     work = Path(sandbox.root).parent / "demo"
     common: dict[str, Any] = dict(
-        force=True, start=True, port=None, target=None, target_lsn=None, target_xid=None,
-        target_name=None, target_action=None, target_timeline=None, exclusive=False,
-        archive=False, from_upload=None,
+        force=True,
+        start=True,
+        port=None,
+        target=None,
+        target_lsn=None,
+        target_xid=None,
+        target_name=None,
+        target_action=None,
+        target_timeline=None,
+        exclusive=False,
+        archive=False,
+        from_upload=None,
     )
     step(f"[bold]4. restore[/] backup {meta['backup_id']} into {work / 'restore'}")
-    result = restore_command(policy, to=work / "restore", backup=meta["backup_id"], target_time=None, **common)
+    result = restore_command(
+        policy, to=work / "restore", backup=meta["backup_id"], target_time=None, **common
+    )
     restored = Cluster(result.directory, result.port or 0)
     try:
         with connect({**conninfo, "port": result.port}) as conn:
@@ -75,11 +90,17 @@ def run_demo(policy: Any, console: Any) -> None:
     finally:
         restored.stop()
     same = got == at_backup
-    step(f"   restored rows equal the rows at backup time: {'[green]yes[/]' if same else '[red]NO[/]'}")
+    step(
+        f"   restored rows equal the rows at backup time: {'[green]yes[/]' if same else '[red]NO[/]'}"
+    )
     step(f"   (and differ from the changed source: {'yes' if got != after_changes else 'NO'})")
 
-    step(f"[bold]5. point-in-time restore[/] to {pitr_time.isoformat()} (after batch A, before batch B)")
-    result = restore_command(policy, to=work / "pitr", backup=None, target_time=pitr_time.isoformat(), **common)
+    step(
+        f"[bold]5. point-in-time restore[/] to {pitr_time.isoformat()} (after batch A, before batch B)"
+    )
+    result = restore_command(
+        policy, to=work / "pitr", backup=None, target_time=pitr_time.isoformat(), **common
+    )
     restored = Cluster(result.directory, result.port or 0)
     try:
         with connect({**conninfo, "port": result.port}) as conn:
@@ -89,14 +110,20 @@ def run_demo(policy: Any, console: Any) -> None:
     finally:
         restored.stop()
     pitr_ok = a == 5 and b == 0
-    step(f"   batch A rows: {a} (expect 5), batch B rows: {b} (expect 0): {'[green]ok[/]' if pitr_ok else '[red]WRONG[/]'}")
-    step(f"   recovered to {result.recovery.get('last_replay_time')} (LSN {result.recovery.get('last_replay_lsn')})")
+    step(
+        f"   batch A rows: {a} (expect 5), batch B rows: {b} (expect 0): {'[green]ok[/]' if pitr_ok else '[red]WRONG[/]'}"
+    )
+    step(
+        f"   recovered to {result.recovery.get('last_replay_time')} (LSN {result.recovery.get('last_replay_lsn')})"
+    )
 
     step("[bold]6. verify[/] the backup against its manifest")
     repo = Repository(open_storage(policy.repository))
     reports = run_verify(policy, target, meta["backup_id"], repo)
     verified = all(r.ok for r in reports)
-    step(f"   {reports[0].files_checked} files checked: {'[green]OK[/]' if verified else '[red]FAILED[/] ' + '; '.join(reports[0].problems)}")
+    step(
+        f"   {reports[0].files_checked} files checked: {'[green]OK[/]' if verified else '[red]FAILED[/] ' + '; '.join(reports[0].problems)}"
+    )
 
     step("[bold]7. repository[/]")
     render_inventory(console, inventory(policy, repo, [target]))
@@ -109,7 +136,9 @@ def run_demo(policy: Any, console: Any) -> None:
         render_sla_for_demo(policy, console)
     if not (same and pitr_ok and verified):
         raise PgBackupError("the demo found a problem (see above)")
-    step("[bold green]demo complete:[/] backup, restore, point-in-time recovery and verification all proven")
+    step(
+        "[bold green]demo complete:[/] backup, restore, point-in-time recovery and verification all proven"
+    )
 
 
 def _switch_and_wait_archived(cluster: Cluster, timeout: float = 60) -> None:
@@ -121,4 +150,6 @@ def _switch_and_wait_archived(cluster: Cluster, timeout: float = 60) -> None:
         if last and last[:24] >= closed:
             return
         time.sleep(0.3)
-    raise PgBackupError("WAL archiving did not keep up in the sandbox", hint=f"see {cluster.log_file}")
+    raise PgBackupError(
+        "WAL archiving did not keep up in the sandbox", hint=f"see {cluster.log_file}"
+    )

@@ -38,7 +38,9 @@ class ConfigError(PgBackupError):
     ):
         self.problems = problems or []
         if self.problems:
-            message = message + "\n" + "\n".join(f"  - {path}: {msg}" for path, msg in self.problems)
+            message = (
+                message + "\n" + "\n".join(f"  - {path}: {msg}" for path, msg in self.problems)
+            )
         super().__init__(message, hint=hint)
 
 

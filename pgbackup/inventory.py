@@ -19,7 +19,12 @@ def recoverable_window(repo: Repository, policy: Any, target: str) -> dict[str, 
 
     backups = repo.complete_backups(target)
     if not backups:
-        return {"earliest_time": None, "earliest_lsn": None, "latest_time": None, "latest_lsn": None}
+        return {
+            "earliest_time": None,
+            "earliest_lsn": None,
+            "latest_time": None,
+            "latest_lsn": None,
+        }
     first, last = backups[0].metadata, backups[-1].metadata
     end = window_end(policy, repo, target, backups)
     return {
@@ -64,7 +69,16 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
 
     for target, info in data.items():
         table = Table(title=f"target {target}", title_justify="left")
-        for col in ("backup", "status", "stop time (UTC)", "LSN range", "TL", "size", "stored", "secs"):
+        for col in (
+            "backup",
+            "status",
+            "stop time (UTC)",
+            "LSN range",
+            "TL",
+            "size",
+            "stored",
+            "secs",
+        ):
             table.add_column(col)
         for r in info["backups"]:
             table.add_row(

@@ -62,9 +62,13 @@ def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
 
 def render_plan(console: Any, data: dict[str, Any]) -> None:
     console.print(f"[bold]policy[/] {data['policy']}")
-    console.print(f"repository: {data['repository']}  compression: {data['compression']}  encryption: {data['encryption']}")
+    console.print(
+        f"repository: {data['repository']}  compression: {data['compression']}  encryption: {data['encryption']}"
+    )
     r = data["retention"]
-    console.print(f"retention: {r['days']} days, {r['weekly']} weekly, {r['monthly']} monthly (at least {r['min_backups']})")
+    console.print(
+        f"retention: {r['days']} days, {r['weekly']} weekly, {r['monthly']} monthly (at least {r['min_backups']})"
+    )
     for t in data["targets"]:
         console.print(f"\n[bold]target {t['name']}[/]: {t['server']}")
         console.print("  postgresql.conf:")
@@ -77,7 +81,9 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
             f"backup(s), {len(c['remove_incomplete'])} incomplete, {len(c['expire_wal'])} WAL file(s)"
         )
         for b in c["backups"]:
-            console.print(f"    {b['backup_id']}: {'keep' if b['keep'] else 'expire'} ({', '.join(b['reasons'])})")
+            console.print(
+                f"    {b['backup_id']}: {'keep' if b['keep'] else 'expire'} ({', '.join(b['reasons'])})"
+            )
     console.print("\n[bold]crontab[/] (invoke schedule.install writes these):")
     for e in data["cron"]:
         console.print(f"  {e['line']}", markup=False)
@@ -105,15 +111,24 @@ def live_disagreements(policy: Any) -> dict[str, list[str]]:
         if facts.archive_mode not in ("on", "always"):
             found.append(f"archive_mode is {facts.archive_mode}: WAL archiving is off")
         wanted = archive_command(policy, t)
-        if facts.archive_command.strip() != wanted:
-            if "wal-push" not in facts.archive_command or str(policy.path) not in facts.archive_command:
-                found.append(f"archive_command is {facts.archive_command!r}, not this policy's wal-push ({wanted})")
+        if facts.archive_command.strip() != wanted and (
+            "wal-push" not in facts.archive_command or str(policy.path) not in facts.archive_command
+        ):
+            found.append(
+                f"archive_command is {facts.archive_command!r}, not this policy's wal-push ({wanted})"
+            )
         if policy.sla.rpo:
             if facts.archive_timeout == 0:
-                found.append(f"archive_timeout is 0 (off): a quiet server may keep WAL longer than the RPO of {policy.sla.rpo}s")
+                found.append(
+                    f"archive_timeout is 0 (off): a quiet server may keep WAL longer than the RPO of {policy.sla.rpo}s"
+                )
             elif facts.archive_timeout >= policy.sla.rpo:
-                found.append(f"archive_timeout {facts.archive_timeout}s is not below the RPO objective of {policy.sla.rpo}s")
+                found.append(
+                    f"archive_timeout {facts.archive_timeout}s is not below the RPO objective of {policy.sla.rpo}s"
+                )
         if facts.max_wal_senders < 2:
-            found.append(f"max_wal_senders is {facts.max_wal_senders}; backups need at least 1 free (2 recommended)")
+            found.append(
+                f"max_wal_senders is {facts.max_wal_senders}; backups need at least 1 free (2 recommended)"
+            )
         result[t.name] = found
     return result

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -97,12 +98,12 @@ class Repository:
         prefix = f"{target}/base/"
         sizes: dict[str, int] = {}
         has_meta: set[str] = set()
-        for info in self.storage.list(prefix):
-            rest = info.key[len(prefix) :]
+        for obj in self.storage.list(prefix):
+            rest = obj.key[len(prefix) :]
             if "/" not in rest:
                 continue
             backup_id, name = rest.split("/", 1)
-            sizes[backup_id] = sizes.get(backup_id, 0) + info.size
+            sizes[backup_id] = sizes.get(backup_id, 0) + obj.size
             if name == METADATA:
                 has_meta.add(backup_id)
         result = []
@@ -134,7 +135,9 @@ class Repository:
 
     def write_metadata(self, target: str, backup_id: str, metadata: dict[str, Any]) -> None:
         key = self.base_prefix(target, backup_id) + METADATA
-        self.storage.write_bytes(key, json.dumps(metadata, indent=2, sort_keys=True).encode() + b"\n")
+        self.storage.write_bytes(
+            key, json.dumps(metadata, indent=2, sort_keys=True).encode() + b"\n"
+        )
 
     def find_backup(self, target: str, backup_id: str | None) -> BackupInfo:
         """A complete backup by id, or the newest complete one for ``latest``/None."""
@@ -170,10 +173,8 @@ class Repository:
         stamp = new_backup_id() + f"-{int(time.time() * 1000) % 1000:03d}"
         key = f"{target}/runs/{stamp}-{kind}.json"
         payload = {"kind": kind, "target": target, "recorded_at": iso(utcnow()), **record}
-        try:
+        with contextlib.suppress(PgBackupError):
             self.storage.write_bytes(key, json.dumps(payload, indent=2, sort_keys=True).encode())
-        except PgBackupError:
-            pass
 
     def runs(self, target: str, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Recorded runs, oldest first."""

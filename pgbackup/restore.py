@@ -148,7 +148,16 @@ def extract(
     source = HashingReader(storage.open_read(key))
     raw = 0
     proc = subprocess.Popen(
-        ["tar", "-x", "-f", "-", "-C", str(directory), "--no-same-owner", "--delay-directory-restore"],
+        [
+            "tar",
+            "-x",
+            "-f",
+            "-",
+            "-C",
+            str(directory),
+            "--no-same-owner",
+            "--delay-directory-restore",
+        ],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd="/",
@@ -226,7 +235,13 @@ def run_restore(
     LOG.info("restoring backup %s of %s into %s", info.backup_id, target.name, directory)
     try:
         digest, stored, raw = extract(
-            storage, key, spec, identity_list, directory, os_user, int(info.metadata.get("raw_bytes", 0))
+            storage,
+            key,
+            spec,
+            identity_list,
+            directory,
+            os_user,
+            int(info.metadata.get("raw_bytes", 0)),
         )
         if digest != obj["sha256"] or stored != obj["size"]:
             raise RestoreError(
@@ -239,7 +254,11 @@ def run_restore(
     except BaseException:
         with contextlib.suppress(OSError):
             empty_directory(directory)
-        LOG.error("restore of %s into %s failed; the directory was emptied again", info.backup_id, directory)
+        LOG.error(
+            "restore of %s into %s failed; the directory was emptied again",
+            info.backup_id,
+            directory,
+        )
         raise
     settings: dict[str, Any] = {}
     if not (directory / "postgresql.conf").exists():
@@ -249,7 +268,9 @@ def run_restore(
         settings["port"] = port
     if not archive:
         settings["archive_mode"] = "off"
-    cluster = Cluster(directory, port or 0, os_user=os_user, major=info.metadata["server_version_num"] // 10000)
+    cluster = Cluster(
+        directory, port or 0, os_user=os_user, major=info.metadata["server_version_num"] // 10000
+    )
     if recovery_settings:
         settings.update(recovery_settings)
         (directory / "recovery.signal").write_text("")

@@ -69,7 +69,9 @@ def recovery_settings(
     return settings
 
 
-def choose_backup(repo: Repository, target: str, backup: str | None, kind: str | None, value: Any) -> BackupInfo:
+def choose_backup(
+    repo: Repository, target: str, backup: str | None, kind: str | None, value: Any
+) -> BackupInfo:
     """``--backup`` as given, or the newest complete backup that ends before the target."""
     if backup not in (None, "", "latest") or kind not in ("time", "lsn"):
         return repo.find_backup(target, backup)
@@ -91,7 +93,9 @@ def choose_backup(repo: Repository, target: str, backup: str | None, kind: str |
     return fitting[-1]
 
 
-def check_window(policy: Any, repo: Repository, target: str, kind: str | None, value: Any) -> dict[str, Any]:
+def check_window(
+    policy: Any, repo: Repository, target: str, kind: str | None, value: Any
+) -> dict[str, Any]:
     """Refuse a time/LSN target past the end of the archive, before anything is written."""
     from pgbackup.inventory import recoverable_window
 
@@ -153,7 +157,9 @@ def wait_for_recovery_end(timeout: float = 600) -> Any:
                 info["state"] = "paused at target"
                 return info
             time.sleep(0.3)
-        raise RestoreError(f"recovery did not finish within {timeout:.0f}s", hint=f"see {cluster.log_file}")
+        raise RestoreError(
+            f"recovery did not finish within {timeout:.0f}s", hint=f"see {cluster.log_file}"
+        )
 
     return waiter
 
@@ -183,11 +189,18 @@ def restore_command(
     policy_target = policy.target(target)
     given = [
         (k, v)
-        for k, v in (("time", target_time), ("lsn", target_lsn), ("xid", target_xid), ("name", target_name))
+        for k, v in (
+            ("time", target_time),
+            ("lsn", target_lsn),
+            ("xid", target_xid),
+            ("name", target_name),
+        )
         if v not in (None, "")
     ]
     if len(given) + (1 if recovery_kind else 0) > 1:
-        raise UsageError("give at most one recovery target (--target-time, --target-lsn, --target-xid, --target-name, --target immediate|latest)")
+        raise UsageError(
+            "give at most one recovery target (--target-time, --target-lsn, --target-xid, --target-name, --target immediate|latest)"
+        )
     value: Any = None
     if given:
         recovery_kind, raw = given[0]
@@ -197,17 +210,24 @@ def restore_command(
             try:
                 value = parse_lsn(str(raw))
             except ValueError:
-                raise UsageError(f"--target-lsn {raw!r} is not an LSN", hint="write it as PostgreSQL does, e.g. 0/3000060") from None
+                raise UsageError(
+                    f"--target-lsn {raw!r} is not an LSN",
+                    hint="write it as PostgreSQL does, e.g. 0/3000060",
+                ) from None
         elif recovery_kind == "xid":
             if not str(raw).isdigit():
-                raise UsageError(f"--target-xid {raw!r} is not a transaction id (a positive integer)")
+                raise UsageError(
+                    f"--target-xid {raw!r} is not a transaction id (a positive integer)"
+                )
             value = int(str(raw))
         else:
             value = str(raw)
     action = target_action or "promote"
     if action not in ACTIONS:
         raise UsageError(f"--target-action {action!r}: must be one of {', '.join(ACTIONS)}")
-    if target_timeline and not (target_timeline in ("latest", "current") or target_timeline.isdigit()):
+    if target_timeline and not (
+        target_timeline in ("latest", "current") or target_timeline.isdigit()
+    ):
         raise UsageError(f"--target-timeline {target_timeline!r}: 'latest', 'current' or a number")
     if recovery_kind is None and (target_action or target_timeline or exclusive):
         raise UsageError("--target-action/--target-timeline/--exclusive need a recovery target")
@@ -233,7 +253,9 @@ def restore_command(
             inclusive=not exclusive,
         )
         if from_upload:
-            settings["restore_command"] = settings["restore_command"].replace(" wal-fetch ", f" wal-fetch --from {from_upload} ")
+            settings["restore_command"] = settings["restore_command"].replace(
+                " wal-fetch ", f" wal-fetch --from {from_upload} "
+            )
     return run_restore(
         policy,
         policy_target,

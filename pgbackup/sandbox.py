@@ -111,7 +111,9 @@ class Sandbox:
 
     def _provision(self, cluster: Cluster, log: Any) -> None:
         if log:
-            log.info("provisioning sandbox cluster in %s on port %d", cluster.data_dir, cluster.port)
+            log.info(
+                "provisioning sandbox cluster in %s on port %d", cluster.data_dir, cluster.port
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         self._check_server_can_run_pgbackup(cluster)

@@ -89,7 +89,12 @@ CONFIG_HELP = "policy file (default: $PGBACKUP_CONFIG, ./backup.yaml, /etc/pgbac
 # --- validate & plan ------------------------------------------------------------------
 
 
-@task(help={"config": CONFIG_HELP, "live": "also compare each target's server settings with the policy"})
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "live": "also compare each target's server settings with the policy",
+    }
+)
 @command
 def validate(c: Any, config: str | None = None, live: bool = False) -> None:
     """Check backup.yaml against the schema and the semantic rules; exit 0 only when valid."""
@@ -180,9 +185,14 @@ def _notify(policy: Any, event: str, target: str, status: str, message: str) -> 
 # --- list -----------------------------------------------------------------------------
 
 
-@task(name="list", help={"config": CONFIG_HELP, "target": "only this target", "json": "machine-readable output"})
+@task(
+    name="list",
+    help={"config": CONFIG_HELP, "target": "only this target", "json": "machine-readable output"},
+)
 @command
-def list_(c: Any, config: str | None = None, target: str | None = None, json_: bool = False) -> None:
+def list_(
+    c: Any, config: str | None = None, target: str | None = None, json_: bool = False
+) -> None:
     """Backups with status, sizes, times, LSNs, and the recoverable window per target."""
     from pgbackup.inventory import inventory, render_inventory
 
@@ -235,7 +245,9 @@ def verify(
         if not json_:
             for r in reports:
                 if r.ok:
-                    print(f"{t.name}/{r.backup_id}: OK ({r.files_checked} files, {r.bytes_checked} bytes checked)")
+                    print(
+                        f"{t.name}/{r.backup_id}: OK ({r.files_checked} files, {r.bytes_checked} bytes checked)"
+                    )
                 else:
                     print(f"{t.name}/{r.backup_id}: FAILED")
                     for p in r.problems:
@@ -330,7 +342,8 @@ def restore(
         return
     print(
         f"restored backup {result.backup_id} of {result.target} into {result.directory} "
-        f"in {result.seconds:.1f}s" + (f"; server running on port {result.port}" if result.started else "")
+        f"in {result.seconds:.1f}s"
+        + (f"; server running on port {result.port}" if result.started else "")
     )
     if result.recovery:
         rec = result.recovery
@@ -353,7 +366,11 @@ def restore(
 )
 @command
 def cleanup(
-    c: Any, config: str | None = None, target: str | None = None, dry_run: bool = False, json_: bool = False
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    dry_run: bool = False,
+    json_: bool = False,
 ) -> None:
     """Apply retention (days + weekly/monthly) to base backups and WAL, locally and remotely."""
     from pgbackup.cleanup import run_cleanup
@@ -385,7 +402,9 @@ def cleanup(
         removed = cleanup_uploads(policy, now, dry_run=dry_run)
         if not json_:
             for dest, ids in removed.items():
-                print(f"upload {dest}: {'would remove' if dry_run else 'removed'} {len(ids)} copy(ies)")
+                print(
+                    f"upload {dest}: {'would remove' if dry_run else 'removed'} {len(ids)} copy(ies)"
+                )
     if json_:
         emit_json(out)
 
@@ -393,23 +412,34 @@ def cleanup(
 # --- WAL (PostgreSQL's archive_command / restore_command) ------------------------------
 
 
-@task(name="wal-push", help={"config": CONFIG_HELP, "target": "policy target (default: found from the cluster)"})
+@task(
+    name="wal-push",
+    help={"config": CONFIG_HELP, "target": "policy target (default: found from the cluster)"},
+)
 def wal_push(c: Any, path: str, config: str | None = None, target: str | None = None) -> None:
     """Archive one WAL file (archive_command = 'pgbackup wal-push --config ... %p')."""
     from pgbackup.cli import wal_main
 
-    code = wal_main(["wal-push", path] + (["--config", config] if config else []) + (["--target", target] if target else []))
+    code = wal_main(
+        ["wal-push", path]
+        + (["--config", config] if config else [])
+        + (["--target", target] if target else [])
+    )
     if code:
         raise Exit(code=code)
 
 
 @task(name="wal-fetch", help={"config": CONFIG_HELP, "target": "policy target"})
-def wal_fetch(c: Any, name: str, path: str, config: str | None = None, target: str | None = None) -> None:
+def wal_fetch(
+    c: Any, name: str, path: str, config: str | None = None, target: str | None = None
+) -> None:
     """Fetch one WAL file (restore_command = 'pgbackup wal-fetch --config ... %f %p')."""
     from pgbackup.cli import wal_main
 
     code = wal_main(
-        ["wal-fetch", name, path] + (["--config", config] if config else []) + (["--target", target] if target else [])
+        ["wal-fetch", name, path]
+        + (["--config", config] if config else [])
+        + (["--target", target] if target else [])
     )
     if code:
         raise Exit(code=code)
@@ -433,9 +463,14 @@ def sandbox_up(c: Any, config: str | None = None, target: str | None = None) -> 
         print(f"sandbox {t.name}: running on 127.0.0.1:{cluster.port}, data in {cluster.data_dir}")
 
 
-@task(name="down", help={"config": CONFIG_HELP, "target": "sandbox target", "destroy": "also delete its data"})
+@task(
+    name="down",
+    help={"config": CONFIG_HELP, "target": "sandbox target", "destroy": "also delete its data"},
+)
 @command
-def sandbox_down(c: Any, config: str | None = None, target: str | None = None, destroy: bool = False) -> None:
+def sandbox_down(
+    c: Any, config: str | None = None, target: str | None = None, destroy: bool = False
+) -> None:
     """Stop the sandbox cluster(s); --destroy also removes their data."""
     from pgbackup.sandbox import Sandbox
 
@@ -459,12 +494,16 @@ def sandbox_status(c: Any, config: str | None = None, json_: bool = False) -> No
         if t.sandbox is None:
             continue
         cl = Sandbox(policy, t).cluster()
-        rows.append({"target": t.name, "exists": cl.exists(), "running": cl.is_running(), "port": cl.port})
+        rows.append(
+            {"target": t.name, "exists": cl.exists(), "running": cl.is_running(), "port": cl.port}
+        )
     if json_:
         emit_json(rows)
     else:
         for r in rows:
-            print(f"{r['target']}: {'running' if r['running'] else 'stopped'}{'' if r['exists'] else ' (not provisioned)'}, port {r['port']}")
+            print(
+                f"{r['target']}: {'running' if r['running'] else 'stopped'}{'' if r['exists'] else ' (not provisioned)'}, port {r['port']}"
+            )
 
 
 # --- demo -----------------------------------------------------------------------------

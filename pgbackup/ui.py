@@ -40,7 +40,9 @@ def setup_logging(policy: Any = None, *, verbose: bool = False) -> None:
         LOG.removeHandler(handler)
         handler.close()
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.INFO if interactive() else logging.WARNING)
+    console.setLevel(
+        logging.DEBUG if verbose else logging.INFO if interactive() else logging.WARNING
+    )
     console.setFormatter(logging.Formatter("%(message)s"))
     LOG.addHandler(console)
     if policy is None:

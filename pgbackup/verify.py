@@ -13,7 +13,7 @@ import hashlib
 import json
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import crc32c
 
@@ -100,7 +100,9 @@ def verify_backup(policy: Policy, repo: Repository, info: BackupInfo) -> VerifyR
             report.fail(f"{name}: stored object does not match its sha256 in metadata.json")
             continue
         try:
-            raw = decode_bytes(CodecSpec.from_dict(obj["codec"]), stored, identities=identity_list, what=name)
+            raw = decode_bytes(
+                CodecSpec.from_dict(obj["codec"]), stored, identities=identity_list, what=name
+            )
         except PgBackupError as exc:
             report.fail(f"{name}: {exc.message}")
             continue
@@ -124,7 +126,12 @@ def verify_backup(policy: Policy, repo: Repository, info: BackupInfo) -> VerifyR
     try:
         with (
             contextlib.closing(source),
-            open_decoder(source, CodecSpec.from_dict(obj["codec"]), identities=identity_list, what=name) as decoded,  # type: ignore[arg-type]
+            open_decoder(
+                cast(BinaryIO, source),
+                CodecSpec.from_dict(obj["codec"]),
+                identities=identity_list,
+                what=name,
+            ) as decoded,
             progress(f"verify {info.backup_id}", int(meta.get("raw_bytes", 0)) or None) as bar,
             tarfile.open(fileobj=decoded, mode="r|") as tar,
         ):
@@ -158,8 +165,13 @@ def verify_backup(policy: Policy, repo: Repository, info: BackupInfo) -> VerifyR
                 report.files_checked += 1
                 if size != int(entry["Size"]):
                     report.fail(f"{path}: size {size} differs from the manifest's {entry['Size']}")
-                elif entry.get("Checksum-Algorithm") == "CRC32C" and crc32c_hex(crc) != entry["Checksum"]:
-                    report.fail(f"{path}: checksum mismatch (file content differs from the manifest)")
+                elif (
+                    entry.get("Checksum-Algorithm") == "CRC32C"
+                    and crc32c_hex(crc) != entry["Checksum"]
+                ):
+                    report.fail(
+                        f"{path}: checksum mismatch (file content differs from the manifest)"
+                    )
             while source.read(READ_SIZE):
                 pass
     except (tarfile.TarError, EOFError) as exc:
@@ -175,11 +187,15 @@ def verify_backup(policy: Policy, repo: Repository, info: BackupInfo) -> VerifyR
             seg_size = int(meta.get("wal_segment_size", 16 * 1024 * 1024))
             for seg in needed_wal(manifest, seg_size):
                 if seg not in wal_seen:
-                    report.fail(f"pg_wal/{seg}: WAL needed for consistency is missing from the backup")
+                    report.fail(
+                        f"pg_wal/{seg}: WAL needed for consistency is missing from the backup"
+                    )
     return report
 
 
-def run_verify(policy: Policy, target: Target, which: str | None, repo: Repository) -> list[VerifyReport]:
+def run_verify(
+    policy: Policy, target: Target, which: str | None, repo: Repository
+) -> list[VerifyReport]:
     """Verify one backup (id), the newest (``latest``/None), or ``all``."""
     if which == "all":
         backups = repo.backups(target.name)

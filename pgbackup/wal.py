@@ -12,6 +12,7 @@ wal-push runs once per 16 MiB segment, so this module imports only what that nee
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -99,7 +100,9 @@ def bind_archive(storage: Storage, target: str, sysid: int, seg_size: int) -> No
     """Tie a target's archive to one cluster (first push wins; conditional create)."""
     info = read_archive_info(storage, target)
     if info is None:
-        payload = json.dumps({"system_identifier": str(sysid), "wal_segment_size": seg_size}).encode()
+        payload = json.dumps(
+            {"system_identifier": str(sysid), "wal_segment_size": seg_size}
+        ).encode()
         try:
             storage.write_bytes(f"{target}/{ARCHIVE_INFO}", payload, if_absent=True)
             return
@@ -156,7 +159,9 @@ def push(policy: Any, path: str | Path, target: str | None = None) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise WalError(f"{path}: no such file (archive_command runs in the data directory; use %p)") from None
+        raise WalError(
+            f"{path}: no such file (archive_command runs in the data directory; use %p)"
+        ) from None
     except OSError as exc:
         raise WalError(f"cannot read {path}: {exc.strerror}") from None
     storage = open_storage(policy.repository)
@@ -199,7 +204,9 @@ def _compare_existing(
         if recorded is None and policy.encryption and policy.encryption.identity_file:
             from pgbackup.codecs import load_identities
 
-            plain = decode_bytes(spec, stored, identities=load_identities(policy.encryption.identity_file), what=key)
+            plain = decode_bytes(
+                spec, stored, identities=load_identities(policy.encryption.identity_file), what=key
+            )
             recorded = hashlib.sha256(plain).hexdigest()
         if recorded is None:
             raise WalError(
@@ -246,10 +253,8 @@ def fetch(policy: Any, name: str, dest: str | Path, target: str | None = None) -
             f.write(data)
         os.replace(tmp, dest)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise WalError(f"cannot write {dest}: {exc.strerror}") from None
 
 
@@ -266,7 +271,9 @@ def archived_names(storage: Storage, target: str) -> dict[str, str]:
     return names
 
 
-def timeline_switches(storage: Storage, target: str, names: dict[str, str], policy: Any = None) -> dict[int, list[tuple[int, int, str]]]:
+def timeline_switches(
+    storage: Storage, target: str, names: dict[str, str], policy: Any = None
+) -> dict[int, list[tuple[int, int, str]]]:
     """Timeline -> its history (parent timeline, switch LSN) read from ``.history`` files."""
     result: dict[int, list[tuple[int, int, str]]] = {}
     for name, key in names.items():
@@ -276,18 +283,32 @@ def timeline_switches(storage: Storage, target: str, names: dict[str, str], poli
         _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
         try:
             identities = None
-            if spec.encrypted and policy is not None and policy.encryption and policy.encryption.identity_file:
+            if (
+                spec.encrypted
+                and policy is not None
+                and policy.encryption
+                and policy.encryption.identity_file
+            ):
                 from pgbackup.codecs import load_identities
 
                 identities = load_identities(policy.encryption.identity_file)
-            text = decode_bytes(spec, storage.read_bytes(key), identities=identities, what=key).decode()
+            text = decode_bytes(
+                spec, storage.read_bytes(key), identities=identities, what=key
+            ).decode()
         except PgBackupError:
             continue
         result[tli] = parse_history(text)
     return result
 
 
-def expected_segments(start_tli: int, start_lsn: int, end_tli: int, end_lsn: int, history: list[tuple[int, int, str]], seg_size: int) -> list[str]:
+def expected_segments(
+    start_tli: int,
+    start_lsn: int,
+    end_tli: int,
+    end_lsn: int,
+    history: list[tuple[int, int, str]],
+    seg_size: int,
+) -> list[str]:
     """Segment names needed to replay from (start_tli, start_lsn) to (end_tli, end_lsn).
 
     ``history`` is the end timeline's history: each (parent, switch LSN) in order.
@@ -320,7 +341,11 @@ def newest_segment(names: dict[str, str]) -> tuple[int, int] | None:
     return max(valid) if valid else None
 
 
-def chain_from(backup_meta: dict[str, Any], names: dict[str, str], switches: dict[int, list[tuple[int, int, str]]]) -> dict[str, Any]:
+def chain_from(
+    backup_meta: dict[str, Any],
+    names: dict[str, str],
+    switches: dict[int, list[tuple[int, int, str]]],
+) -> dict[str, Any]:
     """Follow archived segments from a backup's start: how far the unbroken run reaches.
 
     Walks the newest timeline that descends from the backup's timeline. Returns
@@ -331,9 +356,17 @@ def chain_from(backup_meta: dict[str, Any], names: dict[str, str], switches: dic
     start_lsn = parse_lsn(backup_meta["start_lsn"])
     newest = newest_segment(names)
     if newest is None:
-        return {"timeline": start_tli, "last_segment": None, "gaps": [], "segments": 0, "end_lsn": None}
+        return {
+            "timeline": start_tli,
+            "last_segment": None,
+            "gaps": [],
+            "segments": 0,
+            "end_lsn": None,
+        }
     # Choose the highest timeline whose history includes ours (or is ours).
-    candidates = [start_tli] + [t for t, hist in switches.items() if any(p == start_tli for p, _, _ in hist)]
+    candidates = [start_tli] + [
+        t for t, hist in switches.items() if any(p == start_tli for p, _, _ in hist)
+    ]
     end_tli = max(candidates)
     history = switches.get(end_tli, [])
     tli_segments = [parse_segment_name(n) for n in names if is_segment(n)]
@@ -341,8 +374,12 @@ def chain_from(backup_meta: dict[str, Any], names: dict[str, str], switches: dic
     if last_on_end is None:
         end_tli = start_tli
         history = []
-        last_on_end = max((s[1] for s in tli_segments if s and s[0] == start_tli), default=start_lsn // seg_size)
-    expected = expected_segments(start_tli, start_lsn, end_tli, last_on_end * seg_size, history, seg_size)
+        last_on_end = max(
+            (s[1] for s in tli_segments if s and s[0] == start_tli), default=start_lsn // seg_size
+        )
+    expected = expected_segments(
+        start_tli, start_lsn, end_tli, last_on_end * seg_size, history, seg_size
+    )
     gaps: list[str] = []
     reached: str | None = None
     for seg in expected:
@@ -385,7 +422,9 @@ def plan_wal_expiry(repo: Any, target: str, kept: list[Any]) -> list[str]:
     names = archived_names(repo.storage, target)
     oldest = min(kept, key=lambda b: parse_lsn(b.metadata["start_lsn"]))
     seg_size = int(oldest.metadata.get("wal_segment_size", 16 * 1024 * 1024))
-    first_needed = segment_name(int(oldest.metadata["timeline"]), parse_lsn(oldest.metadata["start_lsn"]), seg_size)
+    first_needed = segment_name(
+        int(oldest.metadata["timeline"]), parse_lsn(oldest.metadata["start_lsn"]), seg_size
+    )
     expire = set(wal_cleanup_candidates(list(names), first_needed))
     keys = [names[n] for n in sorted(expire)]
     # Their plain checksums (encrypted archives) go too.
@@ -397,7 +436,9 @@ def plan_wal_expiry(repo: Any, target: str, kept: list[Any]) -> list[str]:
     return keys
 
 
-def last_commit_time(policy: Any, storage: Storage, key: str, name: str, major: int | None) -> str | None:
+def last_commit_time(
+    policy: Any, storage: Storage, key: str, name: str, major: int | None
+) -> str | None:
     """Timestamp of the last commit/abort record in an archived segment (via pg_waldump)."""
     import re
     import subprocess
@@ -427,7 +468,9 @@ def last_commit_time(policy: Any, storage: Storage, key: str, name: str, major: 
             env={**os.environ, "TZ": "UTC", "PGTZ": "UTC"},
             timeout=60,
         )
-    stamps = re.findall(r"desc: (?:COMMIT|ABORT)\S* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC", proc.stdout)
+    stamps = re.findall(
+        r"desc: (?:COMMIT|ABORT)\S* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC", proc.stdout
+    )
     if not stamps:
         return None
     return stamps[-1].replace(" ", "T") + "Z"
@@ -452,7 +495,13 @@ def window_end(policy: Any, repo: Any, target: str, backups: list[Any]) -> dict[
     end_lsn = (segno + 1) * seg_size
     if end_lsn <= parse_lsn(newest["stop_lsn"]):
         return {"timeline": newest["timeline"], "gaps": chain["gaps"]}
-    when = last_commit_time(policy, storage, names[last], last, int(newest.get("server_version_num", 0)) // 10000 or None)
+    when = last_commit_time(
+        policy,
+        storage,
+        names[last],
+        last,
+        int(newest.get("server_version_num", 0)) // 10000 or None,
+    )
     return {
         "timeline": tli,
         "lsn": format_lsn(end_lsn),

@@ -36,7 +36,9 @@ def make_tar(fmt: int, long_name: str) -> bytes:
     ],
 )
 @pytest.mark.parametrize("step", [1, 7, 511, 512, 513, 1 << 20])
-def test_scanner_captures_members_across_chunk_boundaries(fmt: int, long_name: str, step: int) -> None:
+def test_scanner_captures_members_across_chunk_boundaries(
+    fmt: int, long_name: str, step: int
+) -> None:
     raw = make_tar(fmt, long_name)
     scanner = TarScanner({"backup_label", "backup_manifest", long_name})
     for i in range(0, len(raw), step):

@@ -71,12 +71,16 @@ def find_program(
         )
     where = shutil.which(name)
     raise BinaryError(
-        f"{name} not found" + (f" (PostgreSQL {major})" if major else "") + (f"; {where}" if where else ""),
+        f"{name} not found"
+        + (f" (PostgreSQL {major})" if major else "")
+        + (f"; {where}" if where else ""),
         hint="install the PostgreSQL client programs (Debian: apt-get install postgresql-client; "
         "server programs: postgresql) or set pg_bin_dir for the target in backup.yaml",
     )
 
 
-def server_bin_dir(major: int | None = None, pg_bin_dir: str | os.PathLike[str] | None = None) -> Path:
+def server_bin_dir(
+    major: int | None = None, pg_bin_dir: str | os.PathLike[str] | None = None
+) -> Path:
     """Directory holding initdb/pg_ctl/postgres (needed for sandboxes, drills and tests)."""
     return Path(find_program("initdb", major, pg_bin_dir)).parent

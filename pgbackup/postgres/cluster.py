@@ -248,7 +248,17 @@ class Cluster:
             raise ValueError(f"stop mode must be one of {STOP_MODES}")
         if not self.is_running():
             return
-        argv = [self.program("pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", str(int(timeout)), "stop"]
+        argv = [
+            self.program("pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "stop",
+        ]
         proc = run_as(argv, self.os_user, check=False, timeout=timeout + 10)
         if proc.returncode != 0 and self.is_running():
             pid = self.postmaster_pid()
@@ -279,10 +289,14 @@ class Cluster:
     def connect(self, dbname: str = "postgres", user: str | None = None) -> Iterator[Any]:
         import psycopg
 
-        with psycopg.connect(**self.conninfo(dbname, user), autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(
+            **self.conninfo(dbname, user), autocommit=True, connect_timeout=10
+        ) as conn:
             yield conn
 
-    def sql(self, query: str, dbname: str = "postgres", user: str | None = None) -> list[tuple[Any, ...]]:
+    def sql(
+        self, query: str, dbname: str = "postgres", user: str | None = None
+    ) -> list[tuple[Any, ...]]:
         with self.connect(dbname, user) as conn, conn.cursor() as cur:
             cur.execute(query)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []

@@ -7,6 +7,7 @@ directory. Directories are created 0750 and files 0640.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -99,10 +100,8 @@ class PosixWriter(ObjectWriter):
 
     def abort(self) -> None:
         if self.file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.file.close()
-            except OSError:
-                pass
             self.file = None
         if not self.done:
             try:
