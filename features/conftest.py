@@ -1,0 +1,132 @@
+"""Fixtures and steps shared by every feature (pytest-bdd)."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Harness
+from pytest_bdd import given, parsers, then, when
+
+from pgbackup.postgres.cluster import free_port, server_os_user
+from pgbackup.postgres.connection import connect, table_checksums
+
+SAMPLE_TABLES = ["public.tenants", "public.users", "public.sessions"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.scenario_failed = report.failed
+
+
+@pytest.fixture
+def h(request: Any) -> Iterator[Harness]:
+    harness = Harness()
+    yield harness
+    harness.teardown(failed=getattr(request.node, "scenario_failed", False))
+
+
+@pytest.fixture
+def ctx() -> dict[str, Any]:
+    """What one step learns and a later step checks (ids, checksums, ports)."""
+    return {}
+
+
+# --- given ------------------------------------------------------------------------------
+
+
+@given("a sandbox cluster with sample data")
+def sandbox_with_data(h: Harness) -> None:
+    h.run("sandbox.up")
+    rows = h.sql(h.sandbox(), "SELECT count(*) FROM tenants")
+    assert rows[0][0] > 0
+
+
+@given(parsers.parse("the policy compresses with {method}"))
+def policy_compression(h: Harness, method: str) -> None:
+    h.policy["compression"] = {"method": method, "level": 1} if method != "none" else {"method": "none"}
+    h.write_policy()
+
+
+# --- when -------------------------------------------------------------------------------
+
+
+@when("I take a backup")
+@given("a backup was taken")
+def take_backup(h: Harness, ctx: dict[str, Any]) -> None:
+    h.run("backup")
+    ctx.setdefault("backup_ids", []).append(h.backups()[-1]["backup_id"])
+
+
+@when("I record the table checksums")
+def record_checksums(h: Harness, ctx: dict[str, Any]) -> None:
+    with connect(h.sandbox().conninfo("platform")) as conn:
+        ctx["checksums"] = table_checksums(conn, SAMPLE_TABLES)
+
+
+@when("I change data in the source")
+def change_data(h: Harness, ctx: dict[str, Any]) -> None:
+    cluster = h.sandbox()
+    h.sql(cluster, "INSERT INTO tenants SELECT 900000 + g, 'late-' || g FROM generate_series(1, 50) g")
+    h.sql(cluster, "UPDATE users SET email = 'changed@example.com' WHERE id % 3 = 0")
+    h.sql(cluster, "DELETE FROM sessions WHERE id % 5 = 0")
+    with connect(cluster.conninfo("platform")) as conn:
+        assert table_checksums(conn, SAMPLE_TABLES) != ctx["checksums"]
+
+
+@when("I restore the latest backup into a new directory and start it")
+def restore_latest(h: Harness, ctx: dict[str, Any]) -> None:
+    port = free_port()
+    target_dir = h.root / "restored"
+    h.track(target_dir, port)
+    h.run("restore", "--backup", "latest", "--to", str(target_dir), "--start", "--port", str(port), "--no-archive")
+    ctx["restored"] = (target_dir, port)
+
+
+# --- then -------------------------------------------------------------------------------
+
+
+@then("the restored tables have the recorded checksums")
+def restored_checksums(h: Harness, ctx: dict[str, Any]) -> None:
+    target_dir, port = ctx["restored"]
+    cluster = h.track(target_dir, port)
+    with connect(cluster.conninfo("platform")) as conn:
+        assert table_checksums(conn, SAMPLE_TABLES) == ctx["checksums"]
+
+
+@then("the restored data directory has mode 0700 and belongs to the server user")
+def restored_mode(h: Harness, ctx: dict[str, Any]) -> None:
+    import pwd
+
+    target_dir: Path = ctx["restored"][0]
+    st = target_dir.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700
+    user = server_os_user()
+    expected_uid = pwd.getpwnam(user).pw_uid if user else st.st_uid
+    assert st.st_uid == expected_uid
+    for path in (target_dir / "base", target_dir / "global" / "pg_control"):
+        assert path.stat().st_uid == expected_uid
+
+
+@then(parsers.parse('the command fails with exit status {code:d} and says "{text}"'))
+def fails_with(h: Harness, code: int, text: str) -> None:
+    assert h.last is not None
+    assert h.last.returncode == code, (h.last.returncode, h.last.stdout, h.last.stderr)
+    output = h.last.stdout + h.last.stderr
+    assert text in output, output
+    assert "Traceback" not in output
+
+
+@then(parsers.parse('the command fails and says "{text}"'))
+def fails_saying(h: Harness, text: str) -> None:
+    assert h.last is not None
+    output = h.last.stdout + h.last.stderr
+    assert h.last.returncode != 0, output
+    assert text in output, output
+    assert "Traceback" not in output

@@ -1,0 +1,91 @@
+"""Steps for backup_restore.feature."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+from harness import Harness
+from pytest_bdd import given, parsers, scenarios, then, when
+
+scenarios("backup_restore.feature")
+
+
+@then(parsers.parse("the backup's metadata says it was compressed with {method}"))
+def metadata_compression(h: Harness, method: str) -> None:
+    assert h.backups()[-1]["compression"] == method
+
+
+@given(parsers.parse('a directory holding a file "{name}"'))
+def directory_with_file(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    d = h.root / "occupied"
+    d.mkdir()
+    (d / name).write_text("keep me")
+    ctx["occupied"] = d
+
+
+@when("I restore the latest backup into that directory")
+def restore_into_occupied(h: Harness, ctx: dict[str, Any]) -> None:
+    h.run("restore", "--backup", "latest", "--to", str(ctx["occupied"]), expect_ok=False)
+
+
+@then(parsers.parse('the directory still holds only "{name}" with its content'))
+def occupied_untouched(ctx: dict[str, Any], name: str) -> None:
+    d: Path = ctx["occupied"]
+    assert [p.name for p in d.iterdir()] == [name]
+    assert (d / name).read_text() == "keep me"
+
+
+@when("I restore the latest backup into the sandbox's own data directory with --force-less restore")
+def restore_over_running(h: Harness) -> None:
+    h.run("restore", "--to", str(h.sandbox().data_dir), expect_ok=False)
+
+
+@then("the sandbox still answers queries")
+def sandbox_answers(h: Harness) -> None:
+    assert h.sql(h.sandbox(), "SELECT count(*) FROM tenants")[0][0] > 0
+
+
+@given("the sandbox server is stopped without pgbackup knowing")
+def stop_sandbox(h: Harness) -> None:
+    cluster = h.sandbox()
+    cluster.stop("fast")
+    # Keep it from being started again on first use: the backup must meet a dead server.
+    h.policy["targets"]["platform"] = {
+        "connection": {"host": "127.0.0.1", "port": cluster.port, "user": "platform_service", "dbname": "platform"}
+    }
+    h.write_policy()
+
+
+@when("I take a backup expecting failure")
+def backup_fails(h: Harness) -> None:
+    h.run("backup", expect_ok=False)
+
+
+@then(parsers.parse("the repository lists exactly {n:d} complete backup and no incomplete ones"))
+def complete_count(h: Harness, n: int) -> None:
+    rows = h.backups()
+    assert [r["status"] for r in rows] == ["complete"] * n, rows
+    # Nothing of the failed attempt is left under base/.
+    base = h.repo / "platform" / "base"
+    dirs = sorted(p.name for p in base.iterdir()) if base.exists() else []
+    assert dirs == [r["backup_id"] for r in rows]
+
+
+@then("the earlier backup still verifies")
+def earlier_verifies(h: Harness) -> None:
+    h.run("verify", "--backup", "all")
+
+
+@given("another process holds the target's backup lock")
+def hold_lock(h: Harness, ctx: dict[str, Any]) -> None:
+    from pgbackup.locks import lock_path
+
+    path = lock_path({"path": str(h.repo)}, "platform")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"backup by pid 4242 (test)\n")
+    ctx["lock_fd"] = fd
