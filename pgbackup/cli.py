@@ -67,6 +67,7 @@ def wal_main(argv: list[str]) -> int:
         )
         print(f"pgbackup: usage: pgbackup {usage}", file=sys.stderr)
         return 2
+    policy = None
     try:
         from pgbackup import wal
         from pgbackup.config import find_config, load_policy_fast
@@ -81,7 +82,7 @@ def wal_main(argv: list[str]) -> int:
         if command == "wal-fetch" and exc.exit_code == 1:
             return 1  # not archived: PostgreSQL asks for files that do not exist; stay quiet
         print(f"pgbackup {command}: error: {exc}", file=sys.stderr)
-        _log_wal_failure(command, args, exc)
+        _alert_wal_failure(policy, command, target, args, exc)
         return max(exc.exit_code, 3) if command == "wal-fetch" else max(exc.exit_code, 1)
     except KeyboardInterrupt:
         return 130
@@ -90,16 +91,20 @@ def wal_main(argv: list[str]) -> int:
         return 70
 
 
-def _log_wal_failure(command: str, args: list[str], exc: Exception) -> None:
-    """Record failed pushes for `check`/alerts without slowing the happy path."""
-    if command != "wal-push":
+def _alert_wal_failure(
+    policy: object, command: str, target: str | None, args: list[str], exc: Exception
+) -> None:
+    """A failed push alerts (on state change) without slowing the happy path."""
+    if command != "wal-push" or policy is None:
         return
     try:
-        from pgbackup.alerts import record_wal_failure
+        from pgbackup.alerts import notify_event
     except ImportError:
         return
     with contextlib.suppress(Exception):
-        record_wal_failure(args[0], str(exc))
+        notify_event(
+            policy, "wal-push", target or "-", "failed", f"{os.path.basename(args[0])}: {exc}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
