@@ -8,6 +8,7 @@ so it is tested there, not through ``c.run`` mocks.
 from __future__ import annotations
 
 import functools
+import os
 import json as jsonlib
 import sys
 import traceback
@@ -72,6 +73,18 @@ def targets(policy: Any, name: str | None) -> list[Any]:
     return [policy.target(name)] if name else list(policy.targets.values())
 
 
+def policy_now() -> datetime:
+    """Now, or the instant in $PGBACKUP_NOW: lets `plan`/`cleanup` answer "what on date X?"."""
+    override = os.environ.get("PGBACKUP_NOW")
+    if not override:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(override.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"PGBACKUP_NOW={override!r} is not an ISO 8601 timestamp") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def emit_json(data: Any) -> None:
     print(jsonlib.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -126,7 +139,7 @@ def plan(c: Any, config: str | None = None, json_: bool = False) -> None:
     from pgbackup.plan import build_plan, render_plan
 
     policy = load(config)
-    data = build_plan(policy, repository(policy), datetime.now(UTC))
+    data = build_plan(policy, repository(policy), policy_now())
     if json_:
         emit_json(data)
     else:
@@ -377,7 +390,7 @@ def cleanup(
 
     policy = load(config)
     repo = repository(policy)
-    now = datetime.now(UTC)
+    now = policy_now()
     out = []
     for t in targets(policy, target):
         p = run_cleanup(policy, repo, t, dry_run=dry_run, now=now)
