@@ -8,6 +8,7 @@ teardown; their logs are kept when a scenario fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,7 +39,11 @@ def base_policy(root: Path) -> dict[str, Any]:
         "retention": {"days": 7, "weekly": 4, "monthly": 12},
         "schedules": {"backup": "0 2 * * *"},
         "sla": {"rto": "1h", "rpo": "5m"},
-        "drill": {"checks": [{"name": "tenants exist", "sql": "SELECT count(*) FROM tenants", "expect": "> 0"}]},
+        "drill": {
+            "checks": [
+                {"name": "tenants exist", "sql": "SELECT count(*) FROM tenants", "expect": "> 0"}
+            ]
+        },
     }
 
 
@@ -67,7 +72,9 @@ class Harness:
 
     # --- the CLI ------------------------------------------------------------------------
 
-    def run(self, *args: str, expect_ok: bool | None = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, expect_ok: bool | None = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [PGBACKUP, "--config", str(self.config), *args],
             capture_output=True,
@@ -109,10 +116,8 @@ class Harness:
 
     def teardown(self, failed: bool) -> None:
         for d in self.data_dirs:
-            try:
+            with contextlib.suppress(Exception):
                 Cluster(d, 0).stop("immediate")
-            except Exception:
-                pass
         if failed:
             print(f"scenario failed; its files are kept in {self.root}", file=sys.stderr)
         else:

@@ -8,8 +8,8 @@ so it is tested there, not through ``c.run`` mocks.
 from __future__ import annotations
 
 import functools
-import os
 import json as jsonlib
+import os
 import sys
 import traceback
 from collections.abc import Callable
