@@ -44,6 +44,7 @@ def wal_main(argv: list[str]) -> int:
 
     config, rest = _split_config(argv)
     target = None
+    source = None  # wal-fetch --from NAME: an upload destination
     positional: list[str] = []
     i = 0
     while i < len(rest):
@@ -55,6 +56,10 @@ def wal_main(argv: list[str]) -> int:
             target = rest[i].split("=", 1)[1]
             i += 1
             continue
+        if rest[i] == "--from" and i + 1 < len(rest):
+            source = rest[i + 1]
+            i += 2
+            continue
         positional.append(rest[i])
         i += 1
     command, args = positional[0], positional[1:]
@@ -63,7 +68,7 @@ def wal_main(argv: list[str]) -> int:
         usage = (
             "wal-push [--config FILE] [--target NAME] PATH"
             if want == 1
-            else "wal-fetch [--config FILE] [--target NAME] NAME PATH"
+            else "wal-fetch [--config FILE] [--target NAME] [--from UPLOAD] NAME PATH"
         )
         print(f"pgbackup: usage: pgbackup {usage}", file=sys.stderr)
         return 2
@@ -76,7 +81,12 @@ def wal_main(argv: list[str]) -> int:
         if command == "wal-push":
             wal.push(policy, args[0], target)
         else:
-            wal.fetch(policy, args[0], args[1], target)
+            storage = None
+            if source is not None:
+                from pgbackup.uploads import upload_storage
+
+                storage = upload_storage(policy, source)
+            wal.fetch(policy, args[0], args[1], target, storage)
         return 0
     except PgBackupError as exc:
         if command == "wal-fetch" and exc.exit_code == 1:

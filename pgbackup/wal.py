@@ -225,9 +225,19 @@ def _compare_existing(
     )
 
 
-def fetch(policy: Any, name: str, dest: str | Path, target: str | None = None) -> None:
-    """Write archived ``name`` decoded to ``dest`` atomically; WalNotFound when absent."""
-    storage = open_storage(policy.repository)
+def fetch(
+    policy: Any,
+    name: str,
+    dest: str | Path,
+    target: str | None = None,
+    storage: Storage | None = None,
+) -> None:
+    """Write archived ``name`` decoded to ``dest`` atomically; WalNotFound when absent.
+
+    ``storage`` (an upload destination) is read instead of the policy's repository.
+    """
+    if storage is None:
+        storage = open_storage(policy.repository)
     target_name = pick_target(policy, storage, target, control_sysid(Path.cwd()))
     spec = codec_for(policy)
     key = find_archived(storage, target_name, name, spec)
