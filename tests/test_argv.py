@@ -1,0 +1,106 @@
+"""Pure argv/settings builders: the exact commands and settings pgbackup hands to PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pgbackup.backup import basebackup_argv, wal_range
+from pgbackup.errors import UsageError
+from pgbackup.postgres.connection import to_dsn
+from pgbackup.restore_cli import parse_time, recovery_settings
+
+
+def test_basebackup_argv_streams_one_tar_with_wal_and_no_password() -> None:
+    argv = basebackup_argv(
+        "/usr/lib/postgresql/15/bin/pg_basebackup",
+        {
+            "host": "db1",
+            "port": 5432,
+            "user": "platform_service",
+            "dbname": "platform",
+            "password": "x",
+        },
+        "pgbackup 20261123T020000Z",
+    )
+    assert argv[0] == "/usr/lib/postgresql/15/bin/pg_basebackup"
+    assert "--pgdata=-" in argv and "--format=tar" in argv and "--wal-method=fetch" in argv
+    assert "--checkpoint=fast" in argv and "--manifest-checksums=CRC32C" in argv
+    assert "--no-password" in argv
+    dsn = argv[argv.index("--dbname") + 1]
+    assert dsn == "host='db1' port='5432' user='platform_service' dbname='platform'"
+    assert "x" not in dsn.split("'")  # never a password on the command line
+
+
+def test_to_dsn_quotes_values() -> None:
+    assert to_dsn({"host": "h", "dbname": "it's"}) == "host='h' dbname='it\\'s'"
+
+
+def test_wal_range_from_manifest() -> None:
+    manifest = (
+        b'{"WAL-Ranges": [{"Timeline": 2, "Start-LSN": "0/2000028", "End-LSN": "0/2000100"}]}'
+    )
+    assert wal_range(manifest) == (2, 0x2000028, 0x2000100)
+
+
+POLICY = SimpleNamespace(path=Path("/etc/pgbackup/backup.yaml"))
+
+
+@pytest.mark.parametrize(
+    "kind,value,expected",
+    [
+        (
+            "time",
+            datetime(2026, 11, 23, 14, 30, tzinfo=UTC),
+            {"recovery_target_time": "2026-11-23 14:30:00+00:00"},
+        ),
+        ("lsn", 0x3000060, {"recovery_target_lsn": "0/3000060"}),
+        ("xid", 1234, {"recovery_target_xid": "1234"}),
+        ("name", "before-migration", {"recovery_target_name": "before-migration"}),
+        ("immediate", None, {"recovery_target": "immediate"}),
+    ],
+)
+def test_recovery_settings(kind: str, value: object, expected: dict[str, str]) -> None:
+    settings = recovery_settings(
+        POLICY, "platform", kind=kind, value=value, action="promote", timeline=None, inclusive=True
+    )
+    for key, val in expected.items():
+        assert settings[key] == val
+    assert settings["recovery_target_action"] == "promote"
+    assert "wal-fetch --target platform %f %p" in settings["restore_command"]
+    assert "--config '/etc/pgbackup/backup.yaml'" in settings["restore_command"]
+
+
+def test_recovery_settings_latest_replays_everything() -> None:
+    settings = recovery_settings(
+        POLICY,
+        "platform",
+        kind="latest",
+        value=None,
+        action="promote",
+        timeline="latest",
+        inclusive=True,
+    )
+    assert not any(
+        k.startswith("recovery_target_") and k != "recovery_target_timeline" for k in settings
+    )
+    assert settings["recovery_target_timeline"] == "latest"
+
+
+def test_exclusive_target() -> None:
+    settings = recovery_settings(
+        POLICY, "p", kind="lsn", value=1, action="pause", timeline="2", inclusive=False
+    )
+    assert settings["recovery_target_inclusive"] == "off"
+    assert settings["recovery_target_action"] == "pause"
+    assert settings["recovery_target_timeline"] == "2"
+
+
+def test_parse_time() -> None:
+    assert parse_time("2026-11-23 14:30:00") == datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+    assert parse_time("2026-11-23T14:30:00Z") == datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+    with pytest.raises(UsageError, match="not a timestamp"):
+        parse_time("yesterday")
