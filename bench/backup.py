@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Base backup and restore: pgbackup against its peers, on one pgbench database, in one run.
+
+    .venv/bin/python bench/backup.py --scale 50 [--repeat 3] [--keep]
+
+(a) ``pgbackup backup`` vs ``pg_basebackup -Ft --compress=client-zstd:3 -X fetch
+    --checkpoint=fast`` (the same compression, zstd level 3, computed by the client) and,
+    as a second peer line, ``--compress=server-zstd:3``: wall time, stored bytes, peak RSS
+    (sum over the process tree, see common.py) and the ratio pgbackup/peer.
+(b) ``pgbackup restore`` of that backup vs ``pgbackrest restore`` (process-max 2,
+    compress-type zst level 3) of the same database: wall time, peak RSS, ratio.
+
+Each measurement is repeated ``--repeat`` times (default 3), the contenders interleaved
+round by round (rotating who goes first) so that background load hits them alike; the
+table shows medians. Run as root (PostgreSQL and pgBackRest then run as ``postgres``).
+pgBackRest must be installed (``apt-get install -y pgbackrest``). Everything lives in
+a scratch directory under /tmp, removed at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    PGBACKUP,
+    SERVER_USER,
+    Cluster,
+    du,
+    free_port,
+    give,
+    loadavg,
+    log,
+    median,
+    mib,
+    must,
+    pgbackrest,
+    pgbackrest_conf,
+    pgbench,
+    rmtree,
+    scratch,
+    socket_settings,
+    table,
+    timed,
+    write_policy,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=int, default=50, help="pgbench scale (default 50)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per contender (default 3)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
+    args = ap.parse_args()
+    if shutil.which("pgbackrest") is None:
+        raise SystemExit("pgbackrest not found: apt-get install -y pgbackrest (benchmark only)")
+
+    root = scratch("pgbackup-bench-backup-")
+    log(f"scratch directory {root}; {loadavg()}; {os.cpu_count()} CPUs")
+    cluster = Cluster(root / "data", free_port())
+    try:
+        run(args, root, cluster)
+    finally:
+        cluster.destroy()
+        if not args.keep:
+            rmtree(root)
+
+
+def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
+    conf = pgbackrest_conf(root, cluster, process_max=2)
+    settings = {
+        "shared_buffers": "256MB",
+        "max_wal_size": "4GB",
+        "checkpoint_timeout": "30min",
+        # pgBackRest's backup needs working archiving into its own repository.
+        "archive_mode": "on",
+        "archive_command": f"pgbackrest --config={conf} --stanza=bench archive-push %p",
+        **socket_settings(root),
+    }
+    cluster.initdb(settings)
+    cluster.start()
+    user = SERVER_USER or "postgres"
+    log(f"pgbench -i -s {args.scale} on port {cluster.port}")
+    pgbench(cluster, "-i", "-q", "-s", str(args.scale))
+    cluster.sql("CHECKPOINT")
+    db_size = int(cluster.sql("SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0])
+    version = cluster.sql("SHOW server_version")[0][0]
+    log(f"cluster holds {mib(db_size)} (PostgreSQL {version})")
+    pgbackrest(conf, "stanza-create")
+    pgbackrest(conf, "check")
+
+    repo = give(root / "pgbackup-repo", 0o755)
+    policy = write_policy(root / "backup.yaml", repo, cluster.port)
+    env = {**os.environ, "PGBACKUP_QUIET": "1", "XDG_CACHE_HOME": str(root / "cache")}
+    basebackup = [
+        cluster.program("pg_basebackup"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(cluster.port),
+        "-U",
+        user,
+        "-Ft",
+        "-X",
+        "fetch",
+        "--checkpoint=fast",
+    ]
+
+    # --- (a) backup ---------------------------------------------------------------------
+    names = ["pgbackup backup", "pg_basebackup client-zstd:3", "pg_basebackup server-zstd:3"]
+    results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for i in range(args.repeat):
+        order = names[i % 3 :] + names[: i % 3]
+        for name in order:
+            if name == "pgbackup backup":
+                before = set(os.listdir(repo / "bench" / "base")) if (repo / "bench" / "base").exists() else set()
+                r = must(timed([PGBACKUP, "--config", str(policy), "backup"], env=env), name)
+                new = sorted(set(os.listdir(repo / "bench" / "base")) - before)
+                assert len(new) == 1, new
+                meta = json.loads((repo / "bench" / "base" / new[0] / "metadata.json").read_text())
+                stored = du(repo / "bench" / "base" / new[0])
+                raw = meta["raw_bytes"]
+            else:
+                method = "client" if "client" in name else "server"
+                out = root / f"pg_basebackup-{method}-{i}"
+                r = must(timed([*basebackup, "-D", str(out), f"--compress={method}-zstd:3"]), name)
+                stored = du(out)
+                raw = 0
+                rmtree(out)
+            results[name].append({"seconds": r.seconds, "stored": stored, "rss": r.peak_rss, "raw": raw})
+            log(f"run {i + 1}: {name}: {r.seconds:.2f}s, {mib(stored)} stored, peak RSS {mib(r.peak_rss)}")
+
+    # --- (b) restore --------------------------------------------------------------------
+    log("pgbackrest backup --type=full (the restore peer's source)")
+    pbr_backup = timed(
+        ["pgbackrest", f"--config={conf}", "--stanza=bench", "--type=full", "backup"], server_user=True
+    )
+    must(pbr_backup, "pgbackrest backup")
+    pbr_stored = du(root / "pgbackrest" / "repo" / "backup")
+    log(f"pgbackrest backup: {pbr_backup.seconds:.2f}s, {mib(pbr_stored)} stored")
+
+    rnames = ["pgbackup restore", "pgbackrest restore (process-max 2, zst)"]
+    rresults: dict[str, list[dict[str, float]]] = {n: [] for n in rnames}
+    for i in range(args.repeat):
+        order = rnames if i % 2 == 0 else rnames[::-1]
+        for name in order:
+            dest = root / f"restore-{i}-{'pgb' if name.startswith('pgbackup') else 'pbr'}"
+            if name.startswith("pgbackup"):
+                argv = [PGBACKUP, "--config", str(policy), "restore", "--backup", "latest", "--to", str(dest)]
+                r = must(timed(argv, env=env), name)
+            else:
+                give(dest, 0o700)
+                argv = ["pgbackrest", f"--config={conf}", "--stanza=bench", f"--pg1-path={dest}", "restore"]
+                r = must(timed(argv, server_user=True), name)
+            if not (dest / "PG_VERSION").is_file():
+                raise SystemExit(f"{name} left no PG_VERSION in {dest}")
+            restored = du(dest)
+            rresults[name].append({"seconds": r.seconds, "rss": r.peak_rss, "restored": restored})
+            log(f"run {i + 1}: {name}: {r.seconds:.2f}s, {mib(restored)} restored, peak RSS {mib(r.peak_rss)}")
+            rmtree(dest)
+
+    # --- report -------------------------------------------------------------------------
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return median([r[key] for r in rows])
+
+    pgb = results["pgbackup backup"]
+    print()
+    print(f"pgbench scale {args.scale}: {mib(db_size)} in the cluster (PostgreSQL {version}); "
+          f"{args.repeat} runs each, medians; {os.cpu_count()} CPUs, {loadavg()} at the end")
+    print()
+    print("Base backup (zstd level 3, WAL included, fast checkpoint)")
+    rows = []
+    for name in names:
+        rs = results[name]
+        ratio = med(pgb, "seconds") / med(rs, "seconds")
+        rows.append([
+            name,
+            f"{med(rs, 'seconds'):.2f}",
+            " / ".join(f"{r['seconds']:.2f}" for r in rs),
+            mib(med(rs, "stored")),
+            mib(med(rs, "rss")),
+            "-" if name == "pgbackup backup" else f"{ratio:.2f}",
+        ])
+    print(table(["contender", "wall s (median)", "runs", "stored", "peak RSS", "pgbackup/peer time"], rows))
+    print()
+    print("Restore (same database)")
+    pgr = rresults["pgbackup restore"]
+    rows = []
+    for name in rnames:
+        rs = rresults[name]
+        ratio = med(pgr, "seconds") / med(rs, "seconds")
+        rows.append([
+            name,
+            f"{med(rs, 'seconds'):.2f}",
+            " / ".join(f"{r['seconds']:.2f}" for r in rs),
+            mib(med(rs, "restored")),
+            mib(med(rs, "rss")),
+            "-" if name.startswith("pgbackup") else f"{ratio:.2f}",
+        ])
+    print(table(["contender", "wall s (median)", "runs", "restored", "peak RSS", "pgbackup/peer time"], rows))
+    print(f"(pgBackRest's own full backup of the same database: {pbr_backup.seconds:.2f}s, "
+          f"{mib(pbr_stored)} stored, process-max 2)")
+    print()
+    b_client = med(pgb, "seconds") / med(results["pg_basebackup client-zstd:3"], "seconds")
+    b_server = med(pgb, "seconds") / med(results["pg_basebackup server-zstd:3"], "seconds")
+    r_ratio = med(pgr, "seconds") / med(rresults[rnames[1]], "seconds")
+    print("Goals")
+    print(f"  backup no slower than pg_basebackup client-zstd:3: ratio {b_client:.2f} -> {'MET' if b_client <= 1.0 else 'NOT MET'}")
+    print(f"  (vs server-zstd:3: ratio {b_server:.2f})")
+    print(f"  restore no slower than pgBackRest:                  ratio {r_ratio:.2f} -> {'MET' if r_ratio <= 1.0 else 'NOT MET'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "scale": args.scale, "db_size": db_size, "version": version, "load": os.getloadavg(),
+            "backup": results, "restore": rresults,
+            "pgbackrest_backup": {"seconds": pbr_backup.seconds, "stored": pbr_stored},
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
