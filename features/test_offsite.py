@@ -1,0 +1,347 @@
+"""Steps for offsite.feature: repositories and upload copies on S3 (moto), GCS, Azure."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from harness import Harness
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from pgbackup.postgres.cluster import free_port
+from pgbackup.postgres.connection import connect, table_checksums
+from pgbackup.storage import Storage, open_storage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import services  # noqa: E402
+
+scenarios("offsite.feature")
+
+SAMPLE_TABLES = ["public.tenants", "public.users", "public.sessions"]
+
+
+# --- services -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+def start_service(stack: contextlib.ExitStack, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
+    if kind == "s3":
+        return stack.enter_context(services.moto_s3())
+    if kind == "gcs":
+        return stack.enter_context(services.gcs_emulator())
+    if kind == "azure":
+        if services.azurite_binary() is None:
+            pytest.skip(services.AZURITE_MISSING)
+        return stack.enter_context(services.azurite())
+    raise AssertionError(f"unknown kind {kind}")
+
+
+def service_storage(ctx: dict[str, Any], spec: dict[str, Any] | None = None) -> Storage:
+    """The service's storage, opened in the test process with the service's credentials."""
+    spec = spec or ctx["spec"]
+    with mock.patch.dict(os.environ, ctx["env"]):
+        return open_storage({k: v for k, v in spec.items() if k not in ("name", "retention_days")})
+
+
+@contextlib.contextmanager
+def service_env(ctx: dict[str, Any]) -> Iterator[None]:
+    with mock.patch.dict(os.environ, ctx["env"]):
+        yield
+
+
+@given(parsers.parse("a {kind} storage service"))
+@given(parsers.parse("an {kind} storage service"))
+def storage_service(
+    h: Harness, ctx: dict[str, Any], stack: contextlib.ExitStack, kind: str
+) -> None:
+    spec, env = start_service(stack, kind)
+    ctx["spec"], ctx["env"] = spec, env
+    h.env.update(env)  # the CLI and, through it, the sandbox's archive_command
+
+
+@given("the repository is on it")
+def repository_on_service(h: Harness, ctx: dict[str, Any]) -> None:
+    h.policy["repository"] = dict(ctx["spec"])
+    h.write_policy()
+
+
+@given(parsers.parse('an upload destination "{name}" on it keeping copies {days:d} days'))
+@given(parsers.parse('an upload destination "{name}" on it'))
+def upload_on_service(h: Harness, ctx: dict[str, Any], name: str, days: int = 30) -> None:
+    ctx["upload"] = {"name": name, **ctx["spec"], "retention_days": days}
+    h.policy["uploads"] = [ctx["upload"]]
+    h.write_policy()
+
+
+@given(parsers.parse('an upload destination "{name}" on an S3 endpoint where nothing listens'))
+def upload_dead(h: Harness, name: str) -> None:
+    h.env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing-secret-key",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    h.policy["uploads"] = [
+        {
+            "name": name,
+            "kind": "s3",
+            "bucket": "nowhere",
+            "region": "us-east-1",
+            "endpoint_url": f"http://127.0.0.1:{free_port()}",
+            "retries": 0,
+        }
+    ]
+    h.write_policy()
+
+
+@given(parsers.parse('an upload destination "{name}" in a local directory'))
+def upload_local(h: Harness, name: str) -> None:
+    h.policy["uploads"] = [{"name": name, "path": str(h.root / name)}]
+    h.write_policy()
+
+
+# --- WAL and recovery points ----------------------------------------------------------
+
+
+def switch_and_wait(h: Harness, timeout: float = 90) -> str:
+    """Close the current WAL segment and wait until archive_command has stored it."""
+    cluster = h.sandbox()
+    segment = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        archived, failed = cluster.sql(
+            "SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver"
+        )[0]
+        if archived and archived >= segment:
+            return str(segment)
+        time.sleep(0.3)
+    log = cluster.log_file.read_text(errors="replace")[-3000:]
+    raise AssertionError(f"{segment} not archived (last failed: {failed})\n{log}")
+
+
+@when("I change data, record the checksums and a recovery time, then change more data")
+def recovery_point(h: Harness, ctx: dict[str, Any]) -> None:
+    cluster = h.sandbox()
+    h.sql(
+        cluster,
+        "INSERT INTO tenants SELECT 800000 + g, 'after-' || g FROM generate_series(1, 40) g",
+    )
+    h.sql(cluster, "UPDATE users SET email = 'pitr@example.com' WHERE id % 4 = 0")
+    with connect(cluster.conninfo("platform")) as conn:
+        ctx["checksums"] = table_checksums(conn, SAMPLE_TABLES)
+    time.sleep(1.2)
+    ctx["recovery_time"] = cluster.sql("SELECT clock_timestamp()")[0][0].astimezone(UTC)
+    time.sleep(1.2)
+    h.sql(cluster, "DELETE FROM sessions WHERE id % 2 = 0")
+    h.sql(
+        cluster,
+        "INSERT INTO tenants SELECT 700000 + g, 'too-late-' || g FROM generate_series(1, 40) g",
+    )
+    with connect(cluster.conninfo("platform")) as conn:
+        assert table_checksums(conn, SAMPLE_TABLES) != ctx["checksums"]
+    switch_and_wait(h)
+
+
+def restore_to_time(h: Harness, ctx: dict[str, Any], *extra: str) -> None:
+    port = free_port()
+    target_dir = h.root / "restored"
+    h.track(target_dir, port)
+    h.run(
+        "restore",
+        *extra,
+        "--target-time",
+        ctx["recovery_time"].isoformat(),
+        "--to",
+        str(target_dir),
+        "--start",
+        "--port",
+        str(port),
+        "--no-archive",
+    )
+    ctx["restored"] = (target_dir, port)
+
+
+@when("I restore to the recorded time into a new directory and start it")
+def restore_pitr(h: Harness, ctx: dict[str, Any]) -> None:
+    restore_to_time(h, ctx)
+
+
+@when(
+    parsers.parse('I restore from "{name}" to the recorded time into a new directory and start it')
+)
+def restore_pitr_from(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    restore_to_time(h, ctx, "--from", name)
+
+
+@when(parsers.parse('I restore from "{name}" expecting failure'))
+def restore_from_fails(h: Harness, name: str) -> None:
+    h.run("restore", "--from", name, "--to", str(h.root / "restored"), expect_ok=False)
+
+
+@when("the local repository is lost")
+def lose_local(h: Harness) -> None:
+    os.rename(h.repo / "platform", h.root / "lost-repository")
+    assert not (h.repo / "platform" / "base").exists()
+
+
+@then("the repository on the service holds the backup with metadata.json and the archived WAL")
+def service_holds(h: Harness, ctx: dict[str, Any]) -> None:
+    backup_id = ctx["backup_ids"][-1]
+    with service_env(ctx):
+        keys = {i.key for i in service_storage(ctx).list("platform/")}
+    assert f"platform/base/{backup_id}/metadata.json" in keys, sorted(keys)
+    assert any(k.startswith(f"platform/base/{backup_id}/base.tar") for k in keys)
+    assert any(k.startswith("platform/wal/0000000") for k in keys), sorted(keys)
+
+
+@then(parsers.parse("the local repository lists {n:d} complete backup"))
+@then(parsers.parse("the local repository lists {n:d} complete backups"))
+def local_lists(h: Harness, n: int) -> None:
+    rows = h.backups()
+    assert [r["status"] for r in rows] == ["complete"] * n, rows
+
+
+@then(parsers.parse('a failed upload to "{name}" is recorded'))
+def failed_upload_recorded(h: Harness, name: str) -> None:
+    records = [
+        json.loads(p.read_text()) for p in (h.repo / "platform" / "runs").glob("*-upload.json")
+    ]
+    failed = [r for r in records if r["destination"] == name and r["status"] == "failed"]
+    assert failed and failed[0]["error"], records
+    assert failed[0]["backup_id"] == h.backups()[-1]["backup_id"]
+
+
+# --- retention at a destination -------------------------------------------------------
+
+
+def parse_numbers(text: str) -> list[int]:
+    return [int(x) for x in text.replace(" and ", ",").split(",") if x.strip()]
+
+
+@given(parsers.parse("{n:d} backups were taken"))
+def n_backups(h: Harness, ctx: dict[str, Any], n: int) -> None:
+    for _ in range(n):
+        h.run("backup")
+        # Some WAL between backups, so that each copy needs its own segments.
+        h.sql(
+            h.sandbox(), "INSERT INTO tenants SELECT 600000 + g, 'x' FROM generate_series(1, 5) g"
+        )
+        switch_and_wait(h)
+    ctx["backup_ids"] = [b["backup_id"] for b in h.backups()]
+    assert len(ctx["backup_ids"]) == n
+
+
+def copies(ctx: dict[str, Any]) -> list[str]:
+    with service_env(ctx):
+        keys = [i.key for i in service_storage(ctx, ctx["upload"]).list("platform/base/")]
+    return sorted({k.split("/")[2] for k in keys if k.endswith("/metadata.json")})
+
+
+@given(parsers.parse('at "{name}" the copies are aged {ages} days'))
+def age_copies(ctx: dict[str, Any], name: str, ages: str) -> None:
+    wanted = parse_numbers(ages)
+    ids = copies(ctx)
+    assert ids == ctx["backup_ids"], (ids, ctx["backup_ids"])
+    now = datetime.now(UTC)
+    ctx["ages"] = dict(zip(ids, wanted, strict=True))
+    with service_env(ctx):
+        storage = service_storage(ctx, ctx["upload"])
+        for backup_id, age in ctx["ages"].items():
+            if age == 0:
+                continue
+            key = f"platform/base/{backup_id}/metadata.json"
+            meta = json.loads(storage.read_bytes(key))
+            stamp = (now - timedelta(days=age)).isoformat().replace("+00:00", "Z")
+            meta["stop_time"] = stamp
+            meta["start_time"] = stamp
+            storage.write_bytes(key, json.dumps(meta).encode())
+
+
+@when("I run cleanup")
+def run_cleanup(h: Harness) -> None:
+    h.run("cleanup")
+
+
+@then(parsers.parse('at "{name}" exactly the copies aged {ages} days remain'))
+def copies_remain(ctx: dict[str, Any], name: str, ages: str) -> None:
+    wanted = parse_numbers(ages)
+    expected = [i for i, age in ctx["ages"].items() if age in wanted]
+    assert copies(ctx) == expected
+    # Nothing of the removed copies is left behind either.
+    with service_env(ctx):
+        keys = [i.key for i in service_storage(ctx, ctx["upload"]).list("platform/base/")]
+    assert sorted({k.split("/")[2] for k in keys}) == expected
+
+
+@then(parsers.parse('at "{name}" no WAL older than the oldest remaining copy is left'))
+def wal_trimmed(ctx: dict[str, Any], name: str) -> None:
+    from pgbackup.lsn import parse_lsn, segment_name
+
+    with service_env(ctx):
+        storage = service_storage(ctx, ctx["upload"])
+        oldest = copies(ctx)[0]
+        meta = json.loads(storage.read_bytes(f"platform/base/{oldest}/metadata.json"))
+        first = segment_name(
+            int(meta["timeline"]), parse_lsn(meta["start_lsn"]), meta["wal_segment_size"]
+        )
+        names = [i.key.rsplit("/", 1)[-1] for i in storage.list("platform/wal/")]
+    segments = [n for n in names if len(n) >= 24 and not n.endswith(".history")]
+    assert segments, names
+    assert all(n[8:24] >= first[8:24] for n in segments), (first, sorted(segments))
+    assert first in {n[:24] for n in segments}  # what the oldest copy needs is still there
+
+
+# --- wal-push no-overwrite on S3 ------------------------------------------------------
+
+
+@given("a WAL segment has been archived")
+def segment_archived(h: Harness, ctx: dict[str, Any]) -> None:
+    h.sql(h.sandbox(), "INSERT INTO tenants SELECT 500000 + g, 'w' FROM generate_series(1, 5) g")
+    segment = switch_and_wait(h)
+    original = h.root / "original" / segment
+    original.parent.mkdir()
+    h.run("wal-fetch", "--target", "platform", segment, str(original))
+    ctx["segment"], ctx["original"] = segment, original
+    assert len(original.read_bytes()) == 16 * 1024 * 1024
+
+
+@when("I push a segment of that name with one byte changed")
+def push_tampered(h: Harness, ctx: dict[str, Any]) -> None:
+    data = bytearray(ctx["original"].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered = h.root / "tampered" / ctx["segment"]
+    tampered.parent.mkdir()
+    tampered.write_bytes(bytes(data))
+    h.run("wal-push", "--target", "platform", str(tampered), expect_ok=False)
+
+
+@then("the archived segment still has its original content")
+def archived_unchanged(h: Harness, ctx: dict[str, Any]) -> None:
+    again = h.root / "again"
+    h.run("wal-fetch", "--target", "platform", ctx["segment"], str(again))
+    assert again.read_bytes() == ctx["original"].read_bytes()
+
+
+@when("I push the original segment again")
+def push_original(h: Harness, ctx: dict[str, Any]) -> None:
+    h.run("wal-push", "--target", "platform", str(ctx["original"]), expect_ok=None)
+
+
+@then("the push succeeds")
+def push_ok(h: Harness) -> None:
+    assert h.last is not None and h.last.returncode == 0, h.last.stderr if h.last else None
