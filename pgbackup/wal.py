@@ -329,7 +329,8 @@ def expected_segments(
     for parent, switch, _reason in history:
         if parent < start_tli:
             continue
-        spans.append((parent, begin, switch))
+        # The segment holding the switch point is read from the newer timeline.
+        spans.append((parent, begin, switch - 1))
         begin = switch
     spans.append((end_tli, begin, end_lsn))
     names: list[str] = []
@@ -387,9 +388,8 @@ def chain_from(
         last_on_end = max(
             (s[1] for s in tli_segments if s and s[0] == start_tli), default=start_lsn // seg_size
         )
-    expected = expected_segments(
-        start_tli, start_lsn, end_tli, last_on_end * seg_size, history, seg_size
-    )
+    end_lsn = (last_on_end + 1) * seg_size - 1  # the last byte of the newest segment
+    expected = expected_segments(start_tli, start_lsn, end_tli, end_lsn, history, seg_size)
     gaps: list[str] = []
     reached: str | None = None
     for seg in expected:
