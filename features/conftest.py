@@ -50,7 +50,9 @@ def sandbox_with_data(h: Harness) -> None:
 
 @given(parsers.parse("the policy compresses with {method}"))
 def policy_compression(h: Harness, method: str) -> None:
-    h.policy["compression"] = {"method": method, "level": 1} if method != "none" else {"method": "none"}
+    h.policy["compression"] = (
+        {"method": method, "level": 1} if method != "none" else {"method": "none"}
+    )
     h.write_policy()
 
 
@@ -73,7 +75,9 @@ def record_checksums(h: Harness, ctx: dict[str, Any]) -> None:
 @when("I change data in the source")
 def change_data(h: Harness, ctx: dict[str, Any]) -> None:
     cluster = h.sandbox()
-    h.sql(cluster, "INSERT INTO tenants SELECT 900000 + g, 'late-' || g FROM generate_series(1, 50) g")
+    h.sql(
+        cluster, "INSERT INTO tenants SELECT 900000 + g, 'late-' || g FROM generate_series(1, 50) g"
+    )
     h.sql(cluster, "UPDATE users SET email = 'changed@example.com' WHERE id % 3 = 0")
     h.sql(cluster, "DELETE FROM sessions WHERE id % 5 = 0")
     with connect(cluster.conninfo("platform")) as conn:
@@ -85,7 +89,17 @@ def restore_latest(h: Harness, ctx: dict[str, Any]) -> None:
     port = free_port()
     target_dir = h.root / "restored"
     h.track(target_dir, port)
-    h.run("restore", "--backup", "latest", "--to", str(target_dir), "--start", "--port", str(port), "--no-archive")
+    h.run(
+        "restore",
+        "--backup",
+        "latest",
+        "--to",
+        str(target_dir),
+        "--start",
+        "--port",
+        str(port),
+        "--no-archive",
+    )
     ctx["restored"] = (target_dir, port)
 
 

@@ -54,7 +54,12 @@ def stop_sandbox(h: Harness) -> None:
     cluster.stop("fast")
     # Keep it from being started again on first use: the backup must meet a dead server.
     h.policy["targets"]["platform"] = {
-        "connection": {"host": "127.0.0.1", "port": cluster.port, "user": "platform_service", "dbname": "platform"}
+        "connection": {
+            "host": "127.0.0.1",
+            "port": cluster.port,
+            "user": "platform_service",
+            "dbname": "platform",
+        }
     }
     h.write_policy()
 

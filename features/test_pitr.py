@@ -175,7 +175,7 @@ def wal_continuous(h: Harness) -> None:
 
 @when("I delete an archived WAL segment after the backup")
 def delete_segment(h: Harness, ctx: dict[str, Any]) -> None:
-    from pgbackup.lsn import segment_name, parse_lsn
+    from pgbackup.lsn import parse_lsn, segment_name
 
     # Two more archived segments, so the one deleted is in the middle of the chain.
     cluster = h.sandbox()
