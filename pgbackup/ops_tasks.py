@@ -1,0 +1,271 @@
+"""Operations tasks: check, drill, sla-report and the schedule collection.
+
+``pgbackup.tasks`` calls ``register(ns)`` at import. Tasks stay thin: flags in, engine
+call, rendering out.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, task
+from invoke.exceptions import Exit
+
+from pgbackup.tasks import CONFIG_HELP, command, console, emit_json, load, repository, targets
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "json": "machine-readable output",
+        "nagios": "one status line, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN",
+        "prometheus": "also write a node_exporter textfile here (atomically)",
+        "no_alert": "do not send alerts for state changes",
+    }
+)
+@command
+def check(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    json_: bool = False,
+    nagios: bool = False,
+    prometheus: str | None = None,
+    no_alert: bool = False,
+) -> None:
+    """Monitoring: backups, WAL archiving, free space, permissions, drills; alerts on change."""
+    from pgbackup import monitor
+
+    try:
+        policy = load(config)
+        reports = monitor.run_check(
+            policy, repository(policy), targets(policy, target), alert=not no_alert
+        )
+    except Exit:
+        if nagios:
+            print("PGBACKUP UNKNOWN - the policy could not be loaded")
+            raise Exit(code=3) from None
+        raise
+    except Exception as exc:
+        if nagios:
+            print(f"PGBACKUP UNKNOWN - {getattr(exc, 'message', exc)}")
+            raise Exit(code=3) from None
+        raise
+    if prometheus:
+        monitor.write_textfile(Path(prometheus), monitor.prometheus_text(reports))
+    code, line = monitor.nagios(reports)
+    if nagios:
+        print(line)
+        raise Exit(code=code)
+    if json_:
+        emit_json({r.target: r.as_dict() for r in reports})
+    else:
+        out = console()
+        colors = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red", "UNKNOWN": "magenta"}
+        for r in reports:
+            out.print(f"[bold]{r.target}[/]: [{colors[r.status]}]{r.status}[/]")
+            for ch in r.checks:
+                out.print(f"  [{colors[ch.status]}]{ch.status:<8}[/] {ch.name}: {ch.summary}")
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "backup": "backup id or 'latest' (default: the newest, or the newest before --target-time)",
+        "target_time": "recover to this time instead of the end of the archive",
+        "docker": "run the scratch cluster in a postgres:<major> container (Docker engine)",
+        "json": "machine-readable output",
+    }
+)
+@command
+def drill(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    backup: str | None = None,
+    target_time: str | None = None,
+    docker: bool = False,
+    json_: bool = False,
+) -> None:
+    """Restore drill: scratch cluster, WAL replay, declared checks, measured RTO."""
+    from pgbackup.drill import run_drill
+
+    policy = load(config)
+    results = [
+        run_drill(
+            policy,
+            t,
+            backup=backup,
+            target_time=target_time,
+            provider="docker" if docker else "local",
+        )
+        for t in targets(policy, target)
+    ]
+    if json_:
+        emit_json({r.target: r.as_dict() for r in results})
+    else:
+        for r in results:
+            head = f"drill of {r.target}: {r.status.upper()}"
+            if r.backup_id:
+                head += f" (backup {r.backup_id})"
+            print(head)
+            if r.recovered_to:
+                rec = r.recovered_to
+                print(
+                    f"  recovered to {rec.get('last_replay_time') or '?'} "
+                    f"(LSN {rec.get('last_replay_lsn')}, timeline {rec.get('timeline')})"
+                )
+            for ch in r.checks:
+                mark = "ok  " if ch["ok"] else "FAIL"
+                extra = f" ({ch['error']})" if ch.get("error") else ""
+                print(f"  {mark} {ch['name']}: {ch['value']!r} {ch['expect']}{extra}")
+            t = r.timings
+            if r.rto_seconds is not None:
+                print(
+                    f"  RTO {r.rto_seconds:.1f}s = fetch {t.get('fetch', 0):.1f}s + restore "
+                    f"{t.get('restore', 0):.1f}s + recovery {t.get('recovery', 0):.1f}s + checks "
+                    f"{t.get('checks', 0):.1f}s"
+                    + (
+                        f" (objective {r.rto_objective_seconds}s)"
+                        if r.rto_objective_seconds
+                        else ""
+                    )
+                )
+            if r.error:
+                print(f"  error: {r.error}", file=sys.stderr)
+    if any(r.status != "ok" for r in results):
+        raise Exit(code=1)
+
+
+@task(
+    name="sla-report",
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "since": "period to report on, e.g. 30d, 12h (default 30d)",
+        "format": "md (default), json or html",
+        "output": "write the report to this file instead of standard output",
+    },
+)
+@command
+def sla_report(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    since: str = "30d",
+    format: str = "md",
+    output: str | None = None,
+) -> None:
+    """SLA compliance per target: RPO, RTO, backup frequency, retention, verification."""
+    from pgbackup.config import parse_duration
+    from pgbackup.errors import UsageError
+    from pgbackup.sla import build_reports, render
+
+    try:
+        period = parse_duration(since)
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+    if format not in ("md", "json", "html"):
+        raise UsageError(f"--format {format!r}: use md, json or html")
+    policy = load(config)
+    reports = build_reports(policy, repository(policy), targets(policy, target), period)
+    text = render(reports, format)
+    if output:
+        Path(output).write_text(text)
+        verdicts = ", ".join(f"{n}: {r['verdict']}" for n, r in reports.items())
+        print(f"wrote {output} ({verdicts})")
+    else:
+        sys.stdout.write(text)
+
+
+# --- schedule -------------------------------------------------------------------------
+
+SCHEDULE_HELP = {
+    "config": CONFIG_HELP,
+    "user": "OS user whose crontab to change (default: the current user)",
+    "json": "machine-readable output",
+}
+
+
+@task(name="install", help=SCHEDULE_HELP)
+@command
+def schedule_install(
+    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
+) -> None:
+    """Put one tagged crontab line per schedule of the policy (idempotent)."""
+    from pgbackup import schedule
+
+    policy = load(config)
+    result = schedule.install(policy, user)
+    if json_:
+        emit_json(result)
+        return
+    for line in result["installed"]:
+        print(line)
+    print(
+        f"{len(result['installed'])} schedule(s) {'installed' if result['changed'] else 'already installed'}"
+        f"; output goes to {result['log']}"
+    )
+
+
+@task(name="remove", help=SCHEDULE_HELP)
+@command
+def schedule_remove(
+    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
+) -> None:
+    """Remove this policy's crontab lines; every other line stays."""
+    from pgbackup import schedule
+
+    policy = load(config)
+    result = schedule.remove(policy, user)
+    if json_:
+        emit_json(result)
+    else:
+        print(f"removed {result['removed']} line(s)")
+
+
+@task(name="status", help=SCHEDULE_HELP)
+@command
+def schedule_status(
+    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
+) -> None:
+    """Each schedule: cron line, installed or not, next run, last run and its outcome."""
+    from pgbackup import schedule
+
+    policy = load(config)
+    rows = schedule.status(policy, repository(policy), user)
+    if json_:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="schedules", title_justify="left")
+    for col in ("name", "cron", "installed", "next run", "last run", "outcome"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["expression"],
+            "yes" if r["installed"] else "[red]no[/]",
+            r["next_run"],
+            r["last_run"] or "-",
+            r["last_status"] or "-",
+        )
+    console().print(table)
+
+
+def register(ns: Collection) -> None:
+    ns.add_task(check)
+    ns.add_task(drill)
+    ns.add_task(sla_report)
+    sched = Collection("schedule")
+    sched.add_task(schedule_install)
+    sched.add_task(schedule_remove)
+    sched.add_task(schedule_status)
+    ns.add_collection(sched)
