@@ -1,0 +1,260 @@
+"""Steps for sla.feature: real SMTP (aiosmtpd) and HTTP receivers on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from harness import Harness
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from pgbackup.postgres.cluster import free_port
+
+scenarios("sla.feature")
+
+
+class Receivers:
+    """An SMTP server and an HTTP webhook receiver, both on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.handlers import Message
+
+        self.mails: list[Any] = []
+        self.posts: list[dict[str, Any]] = []
+        mails = self.mails
+
+        class Keep(Message):  # type: ignore[misc]
+            def handle_message(self, message: Any) -> None:
+                mails.append(message)
+
+        self.smtp_port = free_port()
+        self.smtp = Controller(Keep(), hostname="127.0.0.1", port=self.smtp_port)
+        self.smtp.start()
+        posts = self.posts
+
+        class Hook(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                posts.append({"path": self.path, "body": json.loads(body)})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        self.http_port = self.http.server_address[1]
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.smtp.stop()
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def receivers() -> Iterator[Receivers]:
+    r = Receivers()
+    yield r
+    r.stop()
+
+
+@given("a policy with rto 1h and rpo 30s that alerts a local SMTP server and a local webhook")
+def policy_with_alerts(h: Harness, receivers: Receivers) -> None:
+    h.env["XDG_STATE_HOME"] = str(h.root / "state")
+    h.env["PGBACKUP_TEST_WEBHOOK"] = f"http://127.0.0.1:{receivers.http_port}/hook/s3cr3t"
+    h.policy["sla"] = {"rto": "1h", "rpo": "30s"}
+    h.policy["alerts"] = {
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": receivers.smtp_port,
+            "from": "pgbackup@example.com",
+            "to": ["dba@example.com"],
+        },
+        "webhooks": [{"name": "ops", "url": "${PGBACKUP_TEST_WEBHOOK}", "format": "json"}],
+    }
+    h.write_policy()
+
+
+@given(parsers.parse('the drill checks that tenants count "{expect}"'))
+def drill_expect(h: Harness, expect: str) -> None:
+    h.policy["drill"] = {
+        "checks": [{"name": "tenants exist", "sql": "SELECT count(*) FROM tenants", "expect": expect}]
+    }
+    h.write_policy()
+
+
+@when("I run a drill")
+def run_drill(h: Harness, ctx: dict[str, Any]) -> None:
+    ctx["drill"] = h.json("drill")["platform"]
+    assert ctx["drill"]["status"] == "ok", ctx["drill"]
+
+
+@when("I run a drill that is expected to fail")
+def run_failing_drill(h: Harness, ctx: dict[str, Any]) -> None:
+    proc = h.run("drill", expect_ok=False)
+    assert proc.returncode != 0
+    assert "FAIL tenants exist" in proc.stdout, proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@when("I run the check")
+def run_check(h: Harness, ctx: dict[str, Any]) -> None:
+    proc = h.run("check", "--json", expect_ok=None)
+    ctx["check"] = json.loads(proc.stdout)["platform"]
+    ctx["check_rc"] = proc.returncode
+
+
+@then(parsers.parse("the check says {status}"))
+def check_says(ctx: dict[str, Any], status: str) -> None:
+    check = ctx["check"]
+    assert check["status"] == status, json.dumps(check, indent=2)
+    assert ctx["check_rc"] == {"OK": 0, "WARNING": 1, "CRITICAL": 2}[status]
+
+
+def sla_json(h: Harness) -> dict[str, Any]:
+    return dict(json.loads(h.run("sla-report", "--format", "json").stdout)["platform"])
+
+
+@then("the SLA report is COMPLIANT with the drill's measured RTO")
+def report_compliant(h: Harness, ctx: dict[str, Any]) -> None:
+    report = sla_json(h)
+    assert report["verdict"] == "COMPLIANT", report["reasons"]
+    rto = report["sections"]["rto"]
+    assert rto["objective_seconds"] == 3600
+    assert rto["latest_seconds"] == pytest.approx(ctx["drill"]["rto_seconds"])
+    assert 0 < rto["latest_seconds"] < 3600
+    assert report["sections"]["rpo"]["objective_seconds"] == 30
+    assert report["sections"]["rpo"]["worst_exposure_seconds"] is not None
+    md = h.run("sla-report").stdout
+    assert "**COMPLIANT**" in md
+
+
+@when("archiving is broken with a bad archive path")
+def break_archiving(h: Harness) -> None:
+    cluster = h.sandbox()
+    cluster.sql("ALTER SYSTEM SET archive_command = 'cp %p /nonexistent/pgbackup-archive/%f'")
+    cluster.sql("SELECT pg_reload_conf()")
+
+
+@when("WAL is written and switched until archiving fails for longer than the RPO")
+def write_wal_until_breach(h: Harness) -> None:
+    cluster = h.sandbox()
+    h.sql(cluster, "INSERT INTO tenants SELECT 800000 + g, 'after-break-' || g FROM generate_series(1, 100) g")
+    cluster.sql("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ok_time, bad_time = cluster.sql("SELECT last_archived_time, last_failed_time FROM pg_stat_archiver")[0]
+        if bad_time is not None and (ok_time is None or bad_time > ok_time):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the archiver never reported a failure")
+    # The exposure runs from the last successful archive; let it pass the 30 s objective.
+    wait = 31 - (datetime.now(UTC) - ok_time).total_seconds()
+    if wait > 0:
+        time.sleep(wait)
+
+
+@then("exactly one alert arrived by e-mail and one at the webhook")
+@then("still exactly one alert arrived by e-mail and one at the webhook")
+def one_alert_each(receivers: Receivers) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (receivers.mails and receivers.posts):
+        time.sleep(0.1)
+    assert len(receivers.mails) == 1, [m["Subject"] for m in receivers.mails]
+    assert len(receivers.posts) == 1, receivers.posts
+    mail = receivers.mails[0]
+    assert "CRITICAL" in mail["Subject"] and "platform" in mail["Subject"]
+    assert "archiving is failing" in mail.get_payload()
+    post = receivers.posts[0]
+    assert post["path"] == "/hook/s3cr3t"
+    assert post["body"]["status"] == "critical" and post["body"]["event"] == "check"
+    assert post["body"]["previous"] is None or post["body"]["previous"] == "ok"
+
+
+@then(parsers.parse("the SLA report is BREACHED for {area}"))
+def report_breached(h: Harness, area: str) -> None:
+    report = sla_json(h)
+    assert report["verdict"] == "BREACHED", report["reasons"]
+    assert report["sections"][area.lower()]["verdict"] == "BREACHED", report["sections"][area.lower()]
+    assert any(r.startswith(f"{area}:") for r in report["reasons"]), report["reasons"]
+    md = h.run("sla-report").stdout
+    assert "**BREACHED**" in md
+
+
+@then("the drill is recorded as failed with the value the check saw")
+def drill_recorded_failed(h: Harness) -> None:
+    files = sorted((h.repo / "platform" / "drills").glob("*.json"))
+    assert len(files) == 1
+    record = json.loads(files[0].read_text())
+    assert record["status"] == "failed"
+    assert record["checks"][0]["ok"] is False
+    assert record["checks"][0]["value"] == 10  # the sandbox's tenants: real, but not < 0
+    assert "tenants exist" in record["error"]
+    assert record["backup_id"] == h.backups()[-1]["backup_id"]
+    assert set(record["timings"]) >= {"fetch", "restore", "recovery", "checks", "total"}
+    rows = h.sql(h.sandbox(), "SELECT count(*) FROM tenants")
+    assert rows[0][0] == 10  # the source was never touched
+
+
+@when("I write the SLA report as HTML")
+def write_html(h: Harness, ctx: dict[str, Any]) -> None:
+    out = h.root / "report.html"
+    h.run("sla-report", "--format", "html", "--output", str(out))
+    ctx["html"] = out
+
+
+@then("the HTML report has inline SVG charts and no scripts")
+def html_has_charts(ctx: dict[str, Any]) -> None:
+    text = ctx["html"].read_text()
+    assert text.count("<svg") == 3
+    assert "RTO per drill" in text and "Backup duration" in text and "objective" in text
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert "COMPLIANT" in text or "AT RISK" in text
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@then("headless Chromium renders it to a non-trivial PNG")
+def render_png(h: Harness, ctx: dict[str, Any]) -> None:
+    program = chromium()
+    if program is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    png = h.root / "report.png"
+    subprocess.run(
+        [
+            program,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={png}",
+            "--window-size=1200,1600",
+            f"file://{ctx['html']}",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert png.exists(), "Chromium wrote no screenshot"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1200, 1600)
+    # A blank 1200x1600 page compresses to a few kB; text, tables and charts do not.
+    assert len(data) > 30_000, len(data)
