@@ -139,7 +139,7 @@ def recovery_point(h: Harness, ctx: dict[str, Any]) -> None:
     cluster = h.sandbox()
     h.sql(
         cluster,
-        "INSERT INTO tenants SELECT 800000 + g, 'after-' || g FROM generate_series(1, 40) g",
+        "INSERT INTO tenants SELECT 52000000 + g, 'after-' || g FROM generate_series(1, 40) g",
     )
     h.sql(cluster, "UPDATE users SET email = 'pitr@example.com' WHERE id % 4 = 0")
     with connect(cluster.conninfo("platform")) as conn:
@@ -150,7 +150,7 @@ def recovery_point(h: Harness, ctx: dict[str, Any]) -> None:
     h.sql(cluster, "DELETE FROM sessions WHERE id % 2 = 0")
     h.sql(
         cluster,
-        "INSERT INTO tenants SELECT 700000 + g, 'too-late-' || g FROM generate_series(1, 40) g",
+        "INSERT INTO tenants SELECT 53000000 + g, 'too-late-' || g FROM generate_series(1, 40) g",
     )
     with connect(cluster.conninfo("platform")) as conn:
         assert table_checksums(conn, SAMPLE_TABLES) != ctx["checksums"]
@@ -191,6 +191,11 @@ def restore_pitr_from(h: Harness, ctx: dict[str, Any], name: str) -> None:
 @when(parsers.parse('I restore from "{name}" expecting failure'))
 def restore_from_fails(h: Harness, name: str) -> None:
     h.run("restore", "--from", name, "--to", str(h.root / "restored"), expect_ok=False)
+
+
+@when("I take a backup expecting failure")
+def backup_fails(h: Harness) -> None:
+    h.run("backup", expect_ok=False)
 
 
 @when("the local repository is lost")
@@ -235,11 +240,12 @@ def parse_numbers(text: str) -> list[int]:
 
 @given(parsers.parse("{n:d} backups were taken"))
 def n_backups(h: Harness, ctx: dict[str, Any], n: int) -> None:
-    for _ in range(n):
+    for i in range(n):
         h.run("backup")
         # Some WAL between backups, so that each copy needs its own segments.
         h.sql(
-            h.sandbox(), "INSERT INTO tenants SELECT 600000 + g, 'x' FROM generate_series(1, 5) g"
+            h.sandbox(),
+            f"INSERT INTO tenants SELECT {50_000_000 + 10 * i} + g, 'x' FROM generate_series(1, 5) g",
         )
         switch_and_wait(h)
     ctx["backup_ids"] = [b["backup_id"] for b in h.backups()]
@@ -311,7 +317,7 @@ def wal_trimmed(ctx: dict[str, Any], name: str) -> None:
 
 @given("a WAL segment has been archived")
 def segment_archived(h: Harness, ctx: dict[str, Any]) -> None:
-    h.sql(h.sandbox(), "INSERT INTO tenants SELECT 500000 + g, 'w' FROM generate_series(1, 5) g")
+    h.sql(h.sandbox(), "INSERT INTO tenants SELECT 51000000 + g, 'w' FROM generate_series(1, 5) g")
     segment = switch_and_wait(h)
     original = h.root / "original" / segment
     original.parent.mkdir()

@@ -119,7 +119,8 @@ def _alert_wal_failure(
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = next((a for a in argv if not a.startswith("-")), None)
+    # The command is the first word after --config FILE (which may come first).
+    first = next((a for a in _split_config(argv)[1] if not a.startswith("-")), None)
     if first in WAL_COMMANDS:
         sys.exit(wal_main(argv))
     config, rest = _split_config(argv)

@@ -1,0 +1,223 @@
+"""A small HTTP/1.1 proxy on loopback that injects network faults between a client and a server.
+
+Put it between pgbackup and an S3 (moto) server: the client's ``endpoint_url`` points at
+the proxy, the proxy forwards to the real server. For a configurable share of requests it
+injects one of these faults (chosen by a seeded ``random.Random``, bounded by
+``max_faults``):
+
+* ``drop``      close the client connection after reading the request, before forwarding
+                (a connection reset; the server never saw the request);
+* ``lost``      forward the request, let the server apply it, then close the client
+                connection without an answer (the request took effect, the client cannot know);
+* ``503``       answer ``503 Slow Down`` (S3's throttling error) without forwarding;
+* ``truncate``  forward, then send the answer's headers and only half its body, then close.
+
+The proxy understands just enough HTTP/1.1 (Content-Length and chunked bodies, keep-alive)
+to relay requests one by one. Usage::
+
+    with FaultProxy(upstream_port, seed=7, rate=0.2, max_faults=40) as proxy:
+        endpoint = proxy.url
+        proxy.enabled = False  # pass everything through for a while
+        ...
+        proxy.counts            # {"requests": n, "drop": .., "lost": .., "503": .., "truncate": ..}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import socketserver
+import threading
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+FAULTS = ("drop", "lost", "503", "truncate")
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
+    b"<RequestId>faultproxy</RequestId></Error>"
+)
+
+
+class _Closed(Exception):
+    """The peer closed the connection."""
+
+
+def _read_head(f: BinaryIO) -> tuple[bytes, list[tuple[str, str]], bytes]:
+    """(first line, headers, raw head bytes) of one HTTP message."""
+    first = f.readline(65537)
+    if not first:
+        raise _Closed
+    raw = [first]
+    headers = []
+    while True:
+        line = f.readline(65537)
+        if not line:
+            raise _Closed
+        raw.append(line)
+        if line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.append((name.strip().lower(), value.strip()))
+    return first, headers, b"".join(raw)
+
+
+def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def _read_body(f: BinaryIO, headers: Sequence[tuple[str, str]], *, until_close: bool) -> bytes:
+    """The raw body bytes (chunked framing kept as is)."""
+    te = (_header(headers, "transfer-encoding") or "").lower()
+    if "chunked" in te:
+        out = []
+        while True:
+            size_line = f.readline(65537)
+            if not size_line:
+                raise _Closed
+            out.append(size_line)
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while True:  # trailers up to the blank line
+                    line = f.readline(65537)
+                    if not line:
+                        raise _Closed
+                    out.append(line)
+                    if line in (b"\r\n", b"\n"):
+                        return b"".join(out)
+            data = f.read(size + 2)
+            if len(data) < size + 2:
+                raise _Closed
+            out.append(data)
+    length = _header(headers, "content-length")
+    if length is not None:
+        n = int(length)
+        data = f.read(n)
+        if len(data) < n:
+            raise _Closed
+        return data
+    return f.read() if until_close else b""
+
+
+class FaultProxy:
+    def __init__(
+        self,
+        upstream_port: int,
+        *,
+        upstream_host: str = "127.0.0.1",
+        seed: int = 1,
+        rate: float = 0.2,
+        max_faults: int = 50,
+        faults: Sequence[str] = FAULTS,
+    ):
+        self.upstream = (upstream_host, upstream_port)
+        self.rate = rate
+        self.max_faults = max_faults
+        self.faults = tuple(faults)
+        self.enabled = True
+        self.counts: dict[str, int] = {"requests": 0, **{f: 0 for f in FAULTS}}
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._serve(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def injected(self) -> int:
+        return sum(self.counts[f] for f in FAULTS)
+
+    # --- one client connection ------------------------------------------------------------
+
+    def _decide(self) -> str | None:
+        with self._lock:
+            self.counts["requests"] += 1
+            if not self.enabled or self.injected >= self.max_faults:
+                return None
+            if self._random.random() >= self.rate:
+                return None
+            fault = self._random.choice(self.faults)
+            self.counts[fault] += 1
+            return fault
+
+    def _serve(self, client: socket.socket) -> None:
+        cf = client.makefile("rb")
+        upstream: socket.socket | None = None
+        uf: BinaryIO | None = None
+        try:
+            while True:
+                try:
+                    first, headers, head = _read_head(cf)
+                    body = _read_body(cf, headers, until_close=False)
+                except (_Closed, OSError, ValueError):
+                    return
+                method = first.split(b" ", 1)[0].upper()
+                fault = self._decide()
+                if fault == "drop":
+                    return
+                if fault == "503":
+                    client.sendall(
+                        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                        b"Content-Length: " + str(len(SLOW_DOWN)).encode() + b"\r\n\r\n" + SLOW_DOWN
+                    )
+                    continue
+                if upstream is None:
+                    upstream = socket.create_connection(self.upstream, timeout=120)
+                    uf = upstream.makefile("rb")
+                assert uf is not None
+                upstream.sendall(head + body)
+                try:
+                    status, rheaders, rhead = _read_head(uf)
+                    code = int(status.split(b" ", 2)[1])
+                    no_body = method == b"HEAD" or code in (204, 304) or 100 <= code < 200
+                    conn_close = (_header(rheaders, "connection") or "").lower() == "close"
+                    rbody = b"" if no_body else _read_body(uf, rheaders, until_close=conn_close)
+                except (_Closed, OSError, ValueError):
+                    return
+                if fault == "lost":
+                    return
+                if fault == "truncate" and len(rbody) > 1:
+                    client.sendall(rhead + rbody[: len(rbody) // 2])
+                    return
+                client.sendall(rhead + rbody)
+                if conn_close:
+                    return
+        finally:
+            for closable in (cf, uf, upstream):
+                if closable is not None:
+                    with contextlib.suppress(OSError):
+                        closable.close()
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            client.close()
