@@ -88,7 +88,9 @@ def policy_with_alerts(h: Harness, receivers: Receivers) -> None:
 @given(parsers.parse('the drill checks that tenants count "{expect}"'))
 def drill_expect(h: Harness, expect: str) -> None:
     h.policy["drill"] = {
-        "checks": [{"name": "tenants exist", "sql": "SELECT count(*) FROM tenants", "expect": expect}]
+        "checks": [
+            {"name": "tenants exist", "sql": "SELECT count(*) FROM tenants", "expect": expect}
+        ]
     }
     h.write_policy()
 
@@ -149,11 +151,16 @@ def break_archiving(h: Harness) -> None:
 @when("WAL is written and switched until archiving fails for longer than the RPO")
 def write_wal_until_breach(h: Harness) -> None:
     cluster = h.sandbox()
-    h.sql(cluster, "INSERT INTO tenants SELECT 800000 + g, 'after-break-' || g FROM generate_series(1, 100) g")
+    h.sql(
+        cluster,
+        "INSERT INTO tenants SELECT 800000 + g, 'after-break-' || g FROM generate_series(1, 100) g",
+    )
     cluster.sql("SELECT pg_switch_wal()")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        ok_time, bad_time = cluster.sql("SELECT last_archived_time, last_failed_time FROM pg_stat_archiver")[0]
+        ok_time, bad_time = cluster.sql(
+            "SELECT last_archived_time, last_failed_time FROM pg_stat_archiver"
+        )[0]
         if bad_time is not None and (ok_time is None or bad_time > ok_time):
             break
         time.sleep(0.5)
@@ -186,7 +193,9 @@ def one_alert_each(receivers: Receivers) -> None:
 def report_breached(h: Harness, area: str) -> None:
     report = sla_json(h)
     assert report["verdict"] == "BREACHED", report["reasons"]
-    assert report["sections"][area.lower()]["verdict"] == "BREACHED", report["sections"][area.lower()]
+    assert report["sections"][area.lower()]["verdict"] == "BREACHED", report["sections"][
+        area.lower()
+    ]
     assert any(r.startswith(f"{area}:") for r in report["reasons"]), report["reasons"]
     md = h.run("sla-report").stdout
     assert "**BREACHED**" in md

@@ -112,7 +112,7 @@ def rpo_section(
         reasons.append(
             f"worst exposure {fmt_seconds(worst_exposure[0])} is close to the objective {fmt_seconds(rpo)}"
         )
-    if not checks:
+    if not exposures:
         verdict = worst([verdict, AT_RISK])
         reasons.append("no check measured the RPO in the period (schedule `pgbackup check`)")
     if gap > rpo and len(times) > 1:
@@ -514,7 +514,7 @@ def svg_bars(
     plot_h = height - pad_b - pad_t
     esc = html.escape
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{esc(title)}">',
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">',
         f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold">{esc(title)}</text>',
         f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="#333"/>',
         f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - 10}" y2="{height - pad_b}" stroke="#333"/>',
