@@ -116,14 +116,18 @@ def rpo_section(
         verdict = worst([verdict, AT_RISK])
         reasons.append("no check measured the RPO in the period (schedule `pgbackup check`)")
     if gap > rpo and len(times) > 1:
-        verdict = worst([verdict, AT_RISK])
+        # Idle servers archive nothing, so a gap alone proves no loss: it counts only
+        # when no check measured the exposure; otherwise it is a note.
+        if not exposures:
+            verdict = worst([verdict, AT_RISK])
         reasons.append(
             f"largest gap between archived segments {fmt_seconds(gap)} exceeds {fmt_seconds(rpo)} "
             "(an idle server, or WAL that was not archived in time)"
         )
     if verdict == COMPLIANT:
-        reasons.append(
-            f"worst exposure {fmt_seconds(worst_exposure[0] or 0)} within {fmt_seconds(rpo)} over {len(checks)} check(s)"
+        reasons.insert(
+            0,
+            f"worst exposure {fmt_seconds(worst_exposure[0] or 0)} within {fmt_seconds(rpo)} over {len(checks)} check(s)",
         )
     out["verdict"] = verdict
     return out

@@ -1,0 +1,124 @@
+"""SLA arithmetic: pure functions, no server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pgbackup import sla
+from pgbackup.sla import AT_RISK, BREACHED, COMPLIANT
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def check(exposure: float | None, minutes_ago: int = 5) -> dict:
+    return {
+        "checked_at": (NOW - timedelta(minutes=minutes_ago)).isoformat(),
+        "rpo_exposure_seconds": exposure,
+        "wal_last_archived_age_seconds": 100.0,
+    }
+
+
+def test_rpo_compliant_when_every_check_is_within_the_objective() -> None:
+    s = sla.rpo_section(300, [check(0), check(120), check(10)], [NOW, NOW + timedelta(seconds=60)])
+    assert s["verdict"] == COMPLIANT
+    assert s["worst_exposure_seconds"] == 120
+    assert s["largest_archive_gap_seconds"] == 60
+
+
+def test_rpo_breached_by_one_check_over_the_objective_with_the_worst_case() -> None:
+    s = sla.rpo_section(300, [check(0), check(301, 3), check(50)], [])
+    assert s["verdict"] == BREACHED
+    assert s["worst_exposure_seconds"] == 301
+    assert "worst exposure 5.0m" in s["reasons"][0]
+
+
+def test_rpo_close_to_the_objective_is_at_risk() -> None:
+    assert sla.rpo_section(300, [check(250)], [])["verdict"] == AT_RISK
+
+
+def test_rpo_without_measurements_is_at_risk_and_a_gap_then_counts() -> None:
+    times = [NOW, NOW + timedelta(seconds=900)]
+    s = sla.rpo_section(300, [], times)
+    assert s["verdict"] == AT_RISK
+    assert any("largest gap" in r for r in s["reasons"])
+    # With measured checks an archive gap is only a note (idle servers archive nothing).
+    assert sla.rpo_section(300, [check(0)], times)["verdict"] == COMPLIANT
+
+
+def drill(rto: float | None, status: str = "ok", tp: float = 1e6) -> dict:
+    return {
+        "status": status,
+        "started_at": NOW.isoformat(),
+        "rto_seconds": rto,
+        "restore_throughput_bytes_per_second": tp,
+        "timings": {"fetch": 1.0, "restore": 10.0, "recovery": 4.0, "checks": 1.0},
+        "error": None if status == "ok" else "check(s) failed",
+    }
+
+
+def test_rto_compliant_and_projection_from_throughput() -> None:
+    s = sla.rto_section(3600, [drill(16.0)], 100e6)
+    assert s["verdict"] == COMPLIANT
+    # 100 MB at 1 MB/s plus fetch, recovery and checks of the last drill
+    assert s["projected_seconds"] == 106.0
+
+
+def test_rto_projection_over_the_objective_is_at_risk() -> None:
+    s = sla.rto_section(60, [drill(16.0)], 100e6)
+    assert s["verdict"] == AT_RISK
+    assert any("projected" in r for r in s["reasons"])
+
+
+def test_rto_breached_by_a_slow_drill_or_a_failed_latest_drill() -> None:
+    assert sla.rto_section(10, [drill(16.0)], None)["verdict"] == BREACHED
+    s = sla.rto_section(3600, [drill(16.0), drill(None, "failed")], None)
+    assert s["verdict"] == BREACHED
+    assert s["drills_failed"] == 1
+
+
+def test_rto_without_any_drill_is_at_risk() -> None:
+    assert sla.rto_section(3600, [], None)["verdict"] == AT_RISK
+
+
+def test_backup_frequency_lists_missed_runs() -> None:
+    start = NOW - timedelta(days=5)
+    backups = [start.replace(hour=2, minute=5) + timedelta(days=d) for d in (1, 2, 4, 5)]
+    s = sla.frequency_section("0 2 * * *", backups, start, NOW)
+    assert s["verdict"] == AT_RISK
+    assert s["missed_runs"] == [(start.replace(hour=2, minute=0) + timedelta(days=3)).isoformat()]
+    assert s["largest_gap_seconds"] == 2 * 86400
+    assert s["interval_seconds"] == 86400
+
+
+def test_backup_frequency_compliant_and_no_backup_is_breached() -> None:
+    start = NOW - timedelta(days=2)
+    backups = [start.replace(hour=2, minute=1) + timedelta(days=d) for d in (1, 2)]
+    assert sla.frequency_section("0 2 * * *", backups, start, NOW)["verdict"] == COMPLIANT
+    assert sla.frequency_section("0 2 * * *", [], start, NOW)["verdict"] == BREACHED
+
+
+def test_retention_promise_against_the_oldest_restorable_point() -> None:
+    old = NOW - timedelta(days=8)
+    assert sla.retention_section(7, old, old, 9, NOW)["verdict"] == COMPLIANT
+    young_repo = NOW - timedelta(days=2)
+    assert sla.retention_section(7, young_repo, young_repo, 2, NOW)["verdict"] == COMPLIANT
+    assert sla.retention_section(7, NOW - timedelta(days=1), old, 1, NOW)["verdict"] == AT_RISK
+    assert sla.retention_section(7, None, old, 0, NOW)["verdict"] == BREACHED
+
+
+def test_overall_is_the_worst_section_with_reasons() -> None:
+    sections = {
+        "rpo": {"verdict": BREACHED, "reasons": ["too old"]},
+        "rto": {"verdict": AT_RISK, "reasons": ["slow"]},
+        "backups": {"verdict": COMPLIANT, "reasons": ["fine"]},
+    }
+    verdict, reasons = sla.overall(sections)
+    assert verdict == BREACHED
+    assert reasons == ["RPO: too old", "RTO: slow"]
+
+
+def test_svg_chart_marks_bars_over_the_objective() -> None:
+    svg = sla.svg_bars("RTO per drill", ["a", "b"], [10.0, 30.0], "s", objective=20.0)
+    assert svg.count("<rect") == 2
+    assert svg.count("#c0392b") >= 2  # one bar over, plus the objective line
+    assert "objective 20s" in svg
