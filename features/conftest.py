@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Harness
+from harness import Harness, batches_in, commit_batches, switch_and_wait_archived
 from pytest_bdd import given, parsers, then, when
 
 from pgbackup.postgres.cluster import free_port, server_os_user
@@ -144,3 +144,28 @@ def fails_saying(h: Harness, text: str) -> None:
     assert h.last.returncode != 0, output
     assert text in output, output
     assert "Traceback" not in output
+
+
+# --- point-in-time recovery steps (pitr.feature, timelines.feature) -------------------
+
+
+@given(
+    parsers.parse("{count:d} batches were committed and archived, each with its recovery points")
+)
+def batches(h: Harness, ctx: dict[str, Any], count: int) -> None:
+    cluster = h.sandbox()
+    ctx["points"] = commit_batches(cluster, 1, count)
+    switch_and_wait_archived(cluster)
+
+
+@then(parsers.parse("the restored cluster holds batches {present} and no others"))
+def holds_batches(h: Harness, ctx: dict[str, Any], present: str) -> None:
+    expected = [] if present == "none" else [int(x) for x in present.split(",")]
+    assert batches_in(h, ctx) == expected
+
+
+@then("verify --wal reports continuous WAL")
+def wal_continuous(h: Harness) -> None:
+    out = h.json("verify", "--wal")
+    assert out["platform"]["wal"]["gaps"] == []
+    assert out["platform"]["wal"]["segments"] >= 2

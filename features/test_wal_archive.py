@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import PGBACKUP, Harness
+from harness import PGBACKUP, Harness, switch_and_wait_archived
 from pytest_bdd import given, parsers, scenarios, then, when
-from test_pitr import switch_and_wait_archived
 
 from pgbackup.postgres.cluster import Cluster, free_port
 

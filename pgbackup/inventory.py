@@ -8,7 +8,9 @@ from pgbackup.repository import Repository
 from pgbackup.ui import human_bytes
 
 
-def recoverable_window(repo: Repository, policy: Any, target: str) -> dict[str, Any]:
+def recoverable_window(
+    repo: Repository, policy: Any, target: str, timeline: int | None = None
+) -> dict[str, Any]:
     """Earliest and latest point a restore can reach.
 
     Earliest: the oldest complete backup's end (its consistency point). Latest: the end
@@ -26,7 +28,7 @@ def recoverable_window(repo: Repository, policy: Any, target: str) -> dict[str, 
             "latest_lsn": None,
         }
     first, last = backups[0].metadata, backups[-1].metadata
-    end = window_end(policy, repo, target, backups)
+    end = window_end(policy, repo, target, backups, timeline)
     return {
         "earliest_time": first["stop_time"],
         "earliest_lsn": first["stop_lsn"],

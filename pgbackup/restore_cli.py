@@ -94,12 +94,17 @@ def choose_backup(
 
 
 def check_window(
-    policy: Any, repo: Repository, target: str, kind: str | None, value: Any
+    policy: Any,
+    repo: Repository,
+    target: str,
+    kind: str | None,
+    value: Any,
+    timeline: int | None = None,
 ) -> dict[str, Any]:
     """Refuse a time/LSN target past the end of the archive, before anything is written."""
     from pgbackup.inventory import recoverable_window
 
-    window = recoverable_window(repo, policy, target)
+    window = recoverable_window(repo, policy, target, timeline)
     if kind not in ("time", "lsn") or not window["latest_lsn"]:
         return window
     text = (
@@ -239,7 +244,8 @@ def restore_command(
         storage = upload_storage(policy, from_upload)
     repo = Repository(storage)
     if recovery_kind in ("time", "lsn"):
-        check_window(policy, repo, policy_target.name, recovery_kind, value)
+        wanted_tli = int(target_timeline) if target_timeline and target_timeline.isdigit() else None
+        check_window(policy, repo, policy_target.name, recovery_kind, value, wanted_tli)
     info = choose_backup(repo, policy_target.name, backup, recovery_kind, value)
     settings = None
     if recovery_kind is not None:

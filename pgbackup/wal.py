@@ -356,6 +356,7 @@ def chain_from(
     backup_meta: dict[str, Any],
     names: dict[str, str],
     switches: dict[int, list[tuple[int, int, str]]],
+    timeline: int | None = None,
 ) -> dict[str, Any]:
     """Follow archived segments from a backup's start: how far the unbroken run reaches.
 
@@ -378,7 +379,7 @@ def chain_from(
     candidates = [start_tli] + [
         t for t, hist in switches.items() if any(p == start_tli for p, _, _ in hist)
     ]
-    end_tli = max(candidates)
+    end_tli = timeline if timeline in candidates else max(candidates)
     history = switches.get(end_tli, [])
     tli_segments = [parse_segment_name(n) for n in names if is_segment(n)]
     last_on_end = max((s[1] for s in tli_segments if s and s[0] == end_tli), default=None)
@@ -486,7 +487,9 @@ def last_commit_time(
     return stamps[-1].replace(" ", "T") + "Z"
 
 
-def window_end(policy: Any, repo: Any, target: str, backups: list[Any]) -> dict[str, Any]:
+def window_end(
+    policy: Any, repo: Any, target: str, backups: list[Any], timeline: int | None = None
+) -> dict[str, Any]:
     """The latest recoverable point after the newest complete backup."""
     from pgbackup.lsn import format_lsn
 
@@ -494,7 +497,7 @@ def window_end(policy: Any, repo: Any, target: str, backups: list[Any]) -> dict[
     names = archived_names(storage, target)
     switches = timeline_switches(storage, target, names, policy)
     newest = backups[-1].metadata
-    chain = chain_from(newest, names, switches)
+    chain = chain_from(newest, names, switches, timeline)
     seg_size = int(newest.get("wal_segment_size", 16 * 1024 * 1024))
     last = chain.get("last_segment")
     if not last:

@@ -227,7 +227,19 @@ class Cluster:
         isready = self.program("pg_isready")
         while time.monotonic() < deadline:
             proc = subprocess.run(
-                [isready, "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"],
+                [
+                    isready,
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-t",
+                    "2",
+                    "-d",
+                    "postgres",
+                    "-U",
+                    str(self.conninfo()["user"]),
+                ],
                 capture_output=True,
             )
             if proc.returncode == 0:
