@@ -158,7 +158,7 @@ def archiver_facts(conninfo: dict[str, Any]) -> dict[str, Any]:
     """pg_stat_archiver, the current WAL file, the database size; times as aware datetimes."""
     from pgbackup.postgres.connection import connect
 
-    with connect(conninfo, connect_timeout=10) as conn:
+    with connect(conninfo) as conn:
         row = conn.execute(
             "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
             "last_failed_wal, last_failed_time, stats_reset, now(), "

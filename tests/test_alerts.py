@@ -78,7 +78,12 @@ def policy(tmp_path: Path, rx: Receivers, monkeypatch: pytest.MonkeyPatch) -> Fa
     return FakePolicy(
         tmp_path / "backup.yaml",
         {
-            "smtp": {"host": "127.0.0.1", "port": rx.smtp_port, "from": "a@example.com", "to": ["b@example.com"]},
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": rx.smtp_port,
+                "from": "a@example.com",
+                "to": ["b@example.com"],
+            },
             "webhooks": [
                 {"name": "slack", "url": f"{rx.url}/slack/T0SECRET", "format": "slack"},
                 {"name": "discord", "url": f"{rx.url}/discord/D0SECRET", "format": "discord"},

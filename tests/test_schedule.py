@@ -21,7 +21,9 @@ from pgbackup.storage import open_storage
 USER = "pgbackup-crontest"
 FOREIGN = "17 3 * * * /usr/bin/true # someone else's job"
 
-pytestmark = pytest.mark.skipif(shutil.which("crontab") is None, reason="crontab is not installed (apt-get install -y cron)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("crontab") is None, reason="crontab is not installed (apt-get install -y cron)"
+)
 
 
 @pytest.fixture
@@ -50,7 +52,9 @@ def make_policy(tmp_path: Path, schedules: dict[str, str], name: str = "backup.y
 
 
 def crontab(user: str) -> list[str]:
-    return subprocess.run(["crontab", "-u", user, "-l"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return subprocess.run(
+        ["crontab", "-u", user, "-l"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
 
 
 def test_install_is_idempotent_and_keeps_foreign_lines(tmp_path: Path, cron_user: str) -> None:
@@ -72,7 +76,9 @@ def test_install_is_idempotent_and_keeps_foreign_lines(tmp_path: Path, cron_user
     assert log.stat().st_uid == pwd.getpwnam(cron_user).pw_uid
 
 
-def test_install_replaces_a_changed_schedule_and_leaves_other_policies(tmp_path: Path, cron_user: str) -> None:
+def test_install_replaces_a_changed_schedule_and_leaves_other_policies(
+    tmp_path: Path, cron_user: str
+) -> None:
     one = make_policy(tmp_path, {"backup": "0 2 * * *"})
     other_dir = tmp_path / "other"
     other_dir.mkdir()
@@ -104,7 +110,9 @@ def test_status_shows_next_and_last_runs(tmp_path: Path, cron_user: str) -> None
     assert rows["backup"]["installed"] and rows["verify"]["installed"]
     assert rows["backup"]["last_status"] == "failed"
     assert rows["verify"]["last_run"] is None
-    assert "T02:00:00" in rows["backup"]["next_run"] or rows["backup"]["next_run"].endswith("02:00:00")
+    assert "T02:00:00" in rows["backup"]["next_run"] or rows["backup"]["next_run"].endswith(
+        "02:00:00"
+    )
 
 
 def test_missing_user_is_one_clear_error(tmp_path: Path) -> None:
