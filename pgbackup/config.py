@@ -1080,9 +1080,19 @@ def _read(path: Path) -> bytes:
 
 
 def _analyse(
-    path: Path, data: bytes, *, validate: bool, env: Mapping[str, str] | None = None
+    path: Path,
+    data: bytes,
+    *,
+    validate: bool,
+    env: Mapping[str, str] | None = None,
+    optional: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
-    """(interpolated document, problems). The document is None when unusable."""
+    """(interpolated document, problems). The document is None when unusable.
+
+    Top-level sections named in ``optional`` are dropped, instead of failing, when their
+    environment variables cannot be resolved: wal-push runs in the server's environment,
+    which need not carry, say, the webhook URL of an alert.
+    """
     env = os.environ if env is None else env
     raw, problems = _parse_yaml(data, path)
     if raw is None:
@@ -1093,6 +1103,12 @@ def _analyse(
         ]
     interp = _Interpolator(env, _load_schema())
     doc = interp.node(raw, "", _load_schema())
+    if optional and interp.problems:
+        broken = {p.split(".", 1)[0].split("[", 1)[0] for p, _m in interp.problems}
+        if broken <= set(optional):
+            raw = {k: v for k, v in raw.items() if k not in broken}
+            interp = _Interpolator(env, _load_schema())
+            doc = interp.node(raw, "", _load_schema())
     if validate:
         problems += _problems(raw, doc, interp)
     else:
@@ -1109,8 +1125,8 @@ def _fail(path: Path, problems: list[tuple[str, str]]) -> ConfigError:
     )
 
 
-def _load(path: Path, data: bytes, *, validate: bool) -> Policy:
-    doc, problems = _analyse(path, data, validate=validate)
+def _load(path: Path, data: bytes, *, validate: bool, optional: tuple[str, ...] = ()) -> Policy:
+    doc, problems = _analyse(path, data, validate=validate, optional=optional)
     if problems or doc is None:
         raise _fail(path, problems)
     try:
@@ -1144,9 +1160,10 @@ def load_policy_fast(path: str | Path | None = None) -> Policy:
     p = find_config(path)
     data = _read(p)
     key = _cache_key(p, data, os.environ)
+    optional = ("alerts", "uploads", "drill")  # not needed to push or fetch WAL
     if _cache_hit(key):
-        return _load(p, data, validate=False)
-    policy = _load(p, data, validate=True)
+        return _load(p, data, validate=False, optional=optional)
+    policy = _load(p, data, validate=True, optional=optional)
     _cache_store(key)
     return policy
 

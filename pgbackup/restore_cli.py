@@ -179,6 +179,7 @@ def restore_command(
     port: int | None,
     target: str | None,
     target_time: str | None,
+    db: str | None = None,
     target_lsn: str | None,
     target_xid: str | None,
     target_name: str | None,
@@ -191,7 +192,9 @@ def restore_command(
     recovery_kind: str | None = None
     if target in RECOVERY_KEYWORDS:
         recovery_kind, target = target, None
-    policy_target = policy.target(target)
+    if db and target and db != target:
+        raise UsageError(f"--db {db!r} and --target {target!r} name different policy targets")
+    policy_target = policy.target(db or target)
     given = [
         (k, v)
         for k, v in (

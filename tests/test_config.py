@@ -894,3 +894,21 @@ def test_cloud_storage_tuning_keys(tmp_path: Path) -> None:
           - {name: g, kind: gcs, bucket: b, addressing_style: path}
         """
     assert paths_of(tmp_path, text) == ["uploads[0].part_size", "uploads[1].addressing_style"]
+
+
+def test_wal_path_tolerates_unresolvable_alert_settings(tmp_path: Path, monkeypatch) -> None:
+    """archive_command runs in the server's environment, which may lack an alert's webhook URL:
+    wal-push must still load the policy (without that section); other commands must not."""
+    monkeypatch.delenv("PGB_TEST_HOOK", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    f = tmp_path / "backup.yaml"
+    f.write_text(
+        "version: 1\nrepository: {path: ./repo}\n"
+        "targets:\n  a:\n    connection: {host: h, port: 5432, user: u, dbname: d}\n"
+        "alerts:\n  webhooks: [{name: w, url: '${PGB_TEST_HOOK}', format: json}]\n"
+    )
+    policy = config.load_policy_fast(f)
+    assert policy.alerts == {} or not policy.alerts.get("webhooks")
+    assert list(policy.targets) == ["a"]
+    with pytest.raises(ConfigError, match="PGB_TEST_HOOK"):
+        config.load_policy(f)
