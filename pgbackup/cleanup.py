@@ -93,13 +93,10 @@ def plan_cleanup(
             else d
             for d in plan.decisions
         ]
-    try:
-        from pgbackup.wal import plan_wal_expiry
+    from pgbackup.wal import plan_wal_expiry
 
-        kept = [b for b in backups if b.complete and b.backup_id not in plan.expire_backups]
-        plan.expire_wal = plan_wal_expiry(repo, target.name, kept)
-    except ImportError:
-        pass
+    kept = [b for b in backups if b.complete and b.backup_id not in plan.expire_backups]
+    plan.expire_wal = plan_wal_expiry(repo, target.name, kept)
     return plan
 
 

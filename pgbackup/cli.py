@@ -107,10 +107,8 @@ def _alert_wal_failure(
     """A failed push alerts (on state change) without slowing the happy path."""
     if command != "wal-push" or policy is None:
         return
-    try:
-        from pgbackup.alerts import notify_event
-    except ImportError:
-        return
+    from pgbackup.alerts import notify_event
+
     with contextlib.suppress(Exception):
         notify_event(
             policy, "wal-push", target or "-", "failed", f"{os.path.basename(args[0])}: {exc}"

@@ -127,13 +127,10 @@ def run_demo(policy: Any, console: Any) -> None:
 
     step("[bold]7. repository[/]")
     render_inventory(console, inventory(policy, repo, [target]))
-    try:
-        from pgbackup.sla import render_sla_for_demo
-    except ImportError:
-        pass
-    else:
-        step("[bold]8. SLA report[/]")
-        render_sla_for_demo(policy, console)
+    from pgbackup.sla import render_sla_for_demo
+
+    step("[bold]8. SLA report[/]")
+    render_sla_for_demo(policy, console)
     if not (same and pitr_ok and verified):
         raise PgBackupError("the demo found a problem (see above)")
     step(

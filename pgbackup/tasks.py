@@ -171,27 +171,28 @@ def backup(c: Any, config: str | None = None, target: str | None = None) -> None
             f"{human_bytes(meta['stored_bytes'])} stored in {meta['duration_seconds']:.1f}s "
             f"(LSN {meta['start_lsn']}..{meta['stop_lsn']}, timeline {meta['timeline']})"
         )
-        _after_backup(policy, t, meta)
+        try:
+            _after_backup(policy, t, meta)
+        except PgBackupError as exc:  # the local backup stays complete; the copy failed
+            failures.append(exc)
+            print(f"pgbackup: error: {exc}", file=sys.stderr)
+            _notify(policy, "backup", t.name, "failed", f"upload of {meta['backup_id']}: {exc}")
     if failures:
         raise Exit(code=max(f.exit_code for f in failures))
 
 
 def _after_backup(policy: Any, target: Any, meta: dict[str, Any]) -> None:
     """Copies to upload destinations, when the policy declares them."""
-    if not getattr(policy, "uploads", None):
+    if not policy.uploads:
         return
-    try:
-        from pgbackup.uploads import upload_backup
-    except ImportError:
-        return
+    from pgbackup.uploads import upload_backup
+
     upload_backup(policy, target, meta["backup_id"])
 
 
 def _notify(policy: Any, event: str, target: str, status: str, message: str) -> None:
-    try:
-        from pgbackup.alerts import notify_event
-    except ImportError:
-        return
+    from pgbackup.alerts import notify_event
+
     notify_event(policy, event, target, status, message)
 
 
@@ -410,11 +411,9 @@ def cleanup(
         )
         for note in p.notes:
             print(f"  note: {note}")
-    try:
+    if policy.uploads:
         from pgbackup.uploads import cleanup_uploads
-    except ImportError:
-        cleanup_uploads = None  # type: ignore[assignment]
-    if cleanup_uploads is not None and policy.uploads:
+
         removed = cleanup_uploads(policy, now, dry_run=dry_run)
         if not json_:
             for dest, ids in removed.items():
@@ -546,16 +545,6 @@ for t in (validate, plan, backup, list_, verify, restore, cleanup, wal_push, wal
 ns.add_collection(sandbox)
 
 
-def _optional(module: str) -> None:
-    """Tasks of later capabilities register themselves when their module exists."""
-    import importlib
+from pgbackup import ops_tasks  # noqa: E402  (check, drill, sla-report, schedule.*)
 
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return
-    mod.register(ns)
-
-
-for _mod in ("pgbackup.ops_tasks",):
-    _optional(_mod)
+ops_tasks.register(ns)
