@@ -9,6 +9,7 @@ side - walsender, server-side compression - is not counted for anyone).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -37,7 +38,8 @@ def log(msg: str) -> None:
 
 
 def loadavg() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def scratch(prefix: str) -> Path:
@@ -52,7 +54,7 @@ def give(path: Path, mode: int = 0o750) -> Path:
     os.chmod(path, mode)
     if SERVER_USER:
         pw = pwd.getpwnam(SERVER_USER)
-        for dirpath, dirnames, filenames in os.walk(path):
+        for dirpath, _dirnames, filenames in os.walk(path):
             os.chown(dirpath, pw.pw_uid, pw.pw_gid)
             for n in filenames:
                 os.chown(os.path.join(dirpath, n), pw.pw_uid, pw.pw_gid)
@@ -73,6 +75,44 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env["HOME"] = pwd.getpwnam(SERVER_USER).pw_dir
     env.update(extra or {})
     return env
+
+
+def pgbackup_env(root: Path, *, as_server: bool = False, **extra: str) -> dict[str, str]:
+    """Environment for pgbackup processes, as an installed package would run.
+
+    pip compiles an installed package's modules at install time; this environment sets
+    PYTHONDONTWRITEBYTECODE=1, which would make every pgbackup start compile every
+    module from source. We drop that variable and point PYTHONPYCACHEPREFIX into the
+    scratch directory, so the repository tree is not touched.
+    """
+    cache = give(root / "pycache", 0o777)
+    env = server_env() if as_server else dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(
+        {
+            "PYTHONPYCACHEPREFIX": str(cache),
+            "PGBACKUP_QUIET": "1",
+            "XDG_CACHE_HOME": str(give(root / "xdg-cache", 0o777)),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under path (what a durable restore has to do)."""
+    for dirpath, _dirs, files in os.walk(path):
+        for n in files:
+            fd = os.open(os.path.join(dirpath, n), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def make_cluster(root: Path, settings: Mapping[str, Any] | None = None) -> Cluster:
@@ -176,7 +216,9 @@ def pgbackrest(conf: Path, *args: str, check: bool = True) -> subprocess.Complet
         argv, capture_output=True, text=True, env=server_env(), cwd="/", **as_server_user()
     )
     if check and proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        raise SystemExit(
+            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
     return proc
 
 
@@ -225,6 +267,7 @@ class Run:
     peak_rss: int  # bytes, sum over the process tree
     returncode: int
     output: str
+    cpu: float = 0.0  # user+sys seconds of the process and its (waited-for) descendants
 
 
 def timed(
@@ -239,7 +282,7 @@ def timed(
     kwargs: dict[str, Any] = as_server_user() if server_user else {}
     if server_user and env is None:
         env = server_env()
-    out = tempfile.TemporaryFile()
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         list(argv), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd or "/", **kwargs
@@ -255,12 +298,15 @@ def timed(
 
     th = threading.Thread(target=poll, daemon=True)
     th.start()
-    rc = proc.wait()
+    _pid, status, ru = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
+    proc.returncode = rc = os.waitstatus_to_exitcode(status)
     stop.set()
     th.join()
     out.seek(0)
-    return Run(seconds, peak * 1024, rc, out.read().decode(errors="replace"))
+    text = out.read().decode(errors="replace")
+    out.close()
+    return Run(seconds, peak * 1024, rc, text, ru.ru_utime + ru.ru_stime)
 
 
 def must(run: Run, what: str) -> Run:
@@ -276,10 +322,8 @@ def du(path: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for n in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, n)).st_size
-            except OSError:
-                pass
     return total
 
 

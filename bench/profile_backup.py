@@ -23,7 +23,6 @@ import json
 import os
 import pstats
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -50,7 +49,9 @@ from common import (  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--scale", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--py-spy", action="store_true")
@@ -66,16 +67,45 @@ def main() -> None:
         policy = write_policy(root / "backup.yaml", repo, cluster.port)
         env = {**os.environ, "PGBACKUP_QUIET": "1", "XDG_CACHE_HOME": str(root / "cache")}
         user = SERVER_USER or "postgres"
-        bb = [cluster.program("pg_basebackup"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", user,
-              "-Ft", "-X", "fetch", "--checkpoint=fast"]
+        bb = [
+            cluster.program("pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(cluster.port),
+            "-U",
+            user,
+            "-Ft",
+            "-X",
+            "fetch",
+            "--checkpoint=fast",
+        ]
         sh_bb = " ".join(bb)
         out = root / "out"
         steps = {
             "pgbackup --version (start-up)": lambda i: [PGBACKUP, "--version"],
-            "pgbackup list (start-up + Invoke + tasks)": lambda i: [PGBACKUP, "--config", str(policy), "list"],
-            "pg_basebackup -D - > /dev/null (no compression)": lambda i: ["sh", "-c", f"{sh_bb} -D - > /dev/null"],
-            "pg_basebackup -D - | zstd -3 -T0 > file": lambda i: ["sh", "-c", f"{sh_bb} -D - | zstd -q -3 -T0 > {out}.tar.zst"],
-            "pg_basebackup --compress=client-zstd:3": lambda i: [*bb, "-D", f"{out}-{i}", "--compress=client-zstd:3"],
+            "pgbackup list (start-up + Invoke + tasks)": lambda i: [
+                PGBACKUP,
+                "--config",
+                str(policy),
+                "list",
+            ],
+            "pg_basebackup -D - > /dev/null (no compression)": lambda i: [
+                "sh",
+                "-c",
+                f"{sh_bb} -D - > /dev/null",
+            ],
+            "pg_basebackup -D - | zstd -3 -T0 > file": lambda i: [
+                "sh",
+                "-c",
+                f"{sh_bb} -D - | zstd -q -3 -T0 > {out}.tar.zst",
+            ],
+            "pg_basebackup --compress=client-zstd:3": lambda i: [
+                *bb,
+                "-D",
+                f"{out}-{i}",
+                "--compress=client-zstd:3",
+            ],
             "pgbackup backup": lambda i: [PGBACKUP, "--config", str(policy), "backup"],
         }
         res: dict[str, list[float]] = {k: [] for k in steps}
@@ -88,21 +118,49 @@ def main() -> None:
                 rss[name].append(r.peak_rss)
                 if name == "pgbackup backup":
                     newest = sorted((repo / "bench" / "base").iterdir())[-1]
-                    inner.append(json.loads((newest / "metadata.json").read_text())["duration_seconds"])
+                    inner.append(
+                        json.loads((newest / "metadata.json").read_text())["duration_seconds"]
+                    )
                 rmtree(Path(f"{out}-{i}"))
                 Path(f"{out}.tar.zst").unlink(missing_ok=True)
             log(f"round {i + 1} done")
         print()
         print(f"scale {args.scale}; {loadavg()}")
-        rows = [[k, f"{median(v):.2f}", " / ".join(f"{x:.2f}" for x in v), mib(median(rss[k]))] for k, v in res.items()]
-        rows.append(["  pgbackup backup: run_backup() itself (metadata)", f"{median(inner):.2f}",
-                     " / ".join(f"{x:.2f}" for x in inner), ""])
+        rows = [
+            [k, f"{median(v):.2f}", " / ".join(f"{x:.2f}" for x in v), mib(median(rss[k]))]
+            for k, v in res.items()
+        ]
+        rows.append(
+            [
+                "  pgbackup backup: run_backup() itself (metadata)",
+                f"{median(inner):.2f}",
+                " / ".join(f"{x:.2f}" for x in inner),
+                "",
+            ]
+        )
         print(table(["step", "median s", "runs", "peak RSS"], rows))
 
         # cProfile of one backup (in-process: python -m cProfile -m pgbackup.cli).
         prof = root / "backup.prof"
-        must(timed([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "pgbackup.cli",
-                    "--config", str(policy), "backup"], env=env, cwd=Path(__file__).resolve().parent.parent), "cProfile")
+        must(
+            timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "cProfile",
+                    "-o",
+                    str(prof),
+                    "-m",
+                    "pgbackup.cli",
+                    "--config",
+                    str(policy),
+                    "backup",
+                ],
+                env=env,
+                cwd=Path(__file__).resolve().parent.parent,
+            ),
+            "cProfile",
+        )
         for key in ("cumulative", "tottime"):
             s = io.StringIO()
             pstats.Stats(str(prof), stream=s).sort_stats(key).print_stats(25)
@@ -112,8 +170,29 @@ def main() -> None:
         if args.py_spy:
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             collapsed = root / "backup.collapsed"
-            must(timed([spy, "record", "--idle", "--threads", "-r", "250", "-f", "raw", "-o", str(collapsed),
-                        "--", PGBACKUP, "--config", str(policy), "backup"], env=env), "py-spy")
+            must(
+                timed(
+                    [
+                        spy,
+                        "record",
+                        "--idle",
+                        "--threads",
+                        "-r",
+                        "250",
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(collapsed),
+                        "--",
+                        PGBACKUP,
+                        "--config",
+                        str(policy),
+                        "backup",
+                    ],
+                    env=env,
+                ),
+                "py-spy",
+            )
             summarise(collapsed)
             if args.keep:
                 print(f"collapsed stacks kept in {collapsed}")

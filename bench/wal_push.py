@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     percentile,
     pgbackrest,
     pgbackrest_conf,
+    pgbackup_env,
     pgbench,
     rmtree,
     scratch,
@@ -90,33 +91,52 @@ def generate_segments(cluster: Cluster, want: int, out: Path) -> list[Path]:
 
 def push_time(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, **as_server_user())
+    proc = subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, **as_server_user()
+    )
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        raise SystemExit(
+            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
     return dt
 
 
-def latency(args: argparse.Namespace, root: Path, cluster: Cluster, conf: Path) -> dict[str, dict[str, list[float]]]:
+def latency(
+    args: argparse.Namespace, root: Path, cluster: Cluster, conf: Path
+) -> dict[str, dict[str, list[float]]]:
     log(f"generating {args.segments} WAL segments with pgbench")
     segs = generate_segments(cluster, args.segments, root / "segments")
     log(f"{len(segs)} segments {segs[0].name}..{segs[-1].name}; {loadavg()}")
     repo = give(root / "pgbackup-repo", 0o755)
     policy = write_policy(root / "backup.yaml", repo, cluster.port)
-    cache = give(root / "cache", 0o755)
-    env = server_env({"XDG_CACHE_HOME": str(cache), "PGBACKUP_QUIET": "1"})
+    env = pgbackup_env(root, as_server=True)
+    # As this environment runs Python (PYTHONDONTWRITEBYTECODE=1: no .pyc, every module
+    # compiled from source at every start), shown separately when it applies.
+    raw_env = server_env({"XDG_CACHE_HOME": env["XDG_CACHE_HOME"], "PGBACKUP_QUIET": "1"})
     pgbackrest(conf, "stanza-create")
     pbr_archive = root / "pgbackrest" / "repo" / "archive" / "bench"
 
-    def pgbackup_push(seg: Path) -> tuple[float, int]:
-        dt = push_time([PGBACKUP, "--config", str(policy), "wal-push", "--target", "bench", str(seg)], cluster.data_dir, env)
+    def pgbackup_push(seg: Path, env: dict[str, str] = env) -> tuple[float, int]:
+        dt = push_time(
+            [PGBACKUP, "--config", str(policy), "wal-push", "--target", "bench", str(seg)],
+            cluster.data_dir,
+            env,
+        )
         stored = repo / "bench" / "wal" / f"{seg.name}.zst"
         size = stored.stat().st_size
         stored.unlink()
         return dt, size
 
+    def pgbackup_push_nopyc(seg: Path) -> tuple[float, int]:
+        return pgbackup_push(seg, raw_env)
+
     def pgbackrest_push(seg: Path) -> tuple[float, int]:
-        dt = push_time(["pgbackrest", f"--config={conf}", "--stanza=bench", "archive-push", str(seg)], cluster.data_dir, env)
+        dt = push_time(
+            ["pgbackrest", f"--config={conf}", "--stanza=bench", "archive-push", str(seg)],
+            cluster.data_dir,
+            env,
+        )
         found = list(pbr_archive.glob(f"*/*/{seg.name}-*"))
         assert len(found) == 1, found
         size = found[0].stat().st_size
@@ -124,6 +144,8 @@ def latency(args: argparse.Namespace, root: Path, cluster: Cluster, conf: Path) 
         return dt, size
 
     tools = {"pgbackup wal-push": pgbackup_push, "pgbackrest archive-push": pgbackrest_push}
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        tools["pgbackup wal-push, no .pyc (PYTHONDONTWRITEBYTECODE=1)"] = pgbackup_push_nopyc
     # Warm-up (policy validation cache, page cache for both programs); not measured.
     for fn in tools.values():
         fn(segs[0])
@@ -131,7 +153,8 @@ def latency(args: argparse.Namespace, root: Path, cluster: Cluster, conf: Path) 
     names = list(tools)
     for p in range(args.passes):
         for i, seg in enumerate(segs):
-            order = names if (i + p) % 2 == 0 else names[::-1]
+            k = (i + p) % len(names)
+            order = names[k:] + names[:k]
             for name in order:
                 dt, size = tools[name](seg)
                 res[name]["seconds"].append(dt)
@@ -146,10 +169,14 @@ def latency(args: argparse.Namespace, root: Path, cluster: Cluster, conf: Path) 
 def sustained(args: argparse.Namespace, root: Path, cluster: Cluster) -> dict[str, object]:
     repo = give(root / "sustained-repo", 0o755)
     policy = write_policy(root / "sustained.yaml", repo, cluster.port)
-    cache = give(root / "cache", 0o755)
+    env = pgbackup_env(root, as_server=True)
     cmd = (
-        f"XDG_CACHE_HOME={shlex.quote(str(cache))} PGBACKUP_QUIET=1 "
-        f"{shlex.quote(PGBACKUP)} --config {shlex.quote(str(policy))} wal-push --target bench %p"
+        "env -u PYTHONDONTWRITEBYTECODE "
+        + " ".join(
+            f"{k}={shlex.quote(env[k])}"
+            for k in ("PYTHONPYCACHEPREFIX", "XDG_CACHE_HOME", "PGBACKUP_QUIET")
+        )
+        + f" {shlex.quote(PGBACKUP)} --config {shlex.quote(str(policy))} wal-push --target bench %p"
     )
     cluster.stop()
     cluster.configure({"archive_mode": "on", "archive_command": cmd})
@@ -167,16 +194,27 @@ def sustained(args: argparse.Namespace, root: Path, cluster: Cluster) -> dict[st
         )[0]
         archived, failed, last, cur = row
         behind = seg_no(cur) - seg_no(last) - 1 if last else None
-        return {"t": round(t), "ready": ready, "behind": behind, "archived": archived, "failed": failed,
-                "current": cur, "last_archived": last}
+        return {
+            "t": round(t),
+            "ready": ready,
+            "behind": behind,
+            "archived": archived,
+            "failed": failed,
+            "current": cur,
+            "last_archived": last,
+        }
 
-    log(f"sustained: pgbench -c 4 -j 2 -T {args.sustained} with pgbackup wal-push as archive_command")
+    log(
+        f"sustained: pgbench -c 4 -j 2 -T {args.sustained} with pgbackup wal-push as archive_command"
+    )
     base = cluster.sql("SELECT archived_count FROM pg_stat_archiver")[0][0]
     start_seg = seg_no(current_segment(cluster))
     out: dict[str, str] = {}
 
     def bench() -> None:
-        out["pgbench"] = pgbench(cluster, "-c", "4", "-j", "2", "-T", str(args.sustained), "-n", check=False).stdout
+        out["pgbench"] = pgbench(
+            cluster, "-c", "4", "-j", "2", "-T", str(args.sustained), "-n", check=False
+        ).stdout
 
     th = threading.Thread(target=bench)
     t0 = time.monotonic()
@@ -184,7 +222,9 @@ def sustained(args: argparse.Namespace, root: Path, cluster: Cluster) -> dict[st
     series = []
     while th.is_alive():
         series.append(sample(time.monotonic() - t0))
-        log(f"t={series[-1]['t']:>4}s ready={series[-1]['ready']:>3} behind={series[-1]['behind']} archived={series[-1]['archived']}")
+        log(
+            f"t={series[-1]['t']:>4}s ready={series[-1]['ready']:>3} behind={series[-1]['behind']} archived={series[-1]['archived']}"
+        )
         th.join(timeout=max(0.0, 5 - (time.monotonic() - t0) % 5))
     end_seg = seg_no(current_segment(cluster))
     run_s = time.monotonic() - t0
@@ -205,7 +245,10 @@ def sustained(args: argparse.Namespace, root: Path, cluster: Cluster) -> dict[st
     n = len(ready)
     xs = list(range(n))
     mx, my = sum(xs) / n, sum(ready) / n
-    slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ready)) / (sum((x - mx) ** 2 for x in xs) or 1)) * 12  # per minute
+    slope = (
+        sum((x - mx) * (y - my) for x, y in zip(xs, ready, strict=True))
+        / (sum((x - mx) ** 2 for x in xs) or 1)
+    ) * 12  # per minute
     grew = (sum(last) / len(last)) > (sum(first) / len(first)) + 1 and slope > 0.5
     return {
         "series": series,
@@ -221,12 +264,23 @@ def sustained(args: argparse.Namespace, root: Path, cluster: Cluster) -> dict[st
     }
 
 
+def _drain(seconds: object) -> str:
+    return f"in {seconds:.1f}s" if isinstance(seconds, float) else "NOT within 120 s"
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--segments", type=int, default=40)
     ap.add_argument("--passes", type=int, default=3, help="passes over the segments (default 3)")
-    ap.add_argument("--sustained", type=int, metavar="SECONDS", default=0,
-                    help="also run the sustained archiving test for this long (e.g. 120)")
+    ap.add_argument(
+        "--sustained",
+        type=int,
+        metavar="SECONDS",
+        default=0,
+        help="also run the sustained archiving test for this long (e.g. 120)",
+    )
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", metavar="FILE")
@@ -239,45 +293,82 @@ def main() -> None:
     report: dict[str, object] = {}
     try:
         conf = pgbackrest_conf(root, cluster, process_max=1)
-        cluster.initdb({
-            "shared_buffers": "256MB",
-            "max_wal_size": "4GB",
-            "min_wal_size": "4GB",
-            "checkpoint_timeout": "30min",
-            **socket_settings(root),
-        })
+        cluster.initdb(
+            {
+                "shared_buffers": "256MB",
+                "max_wal_size": "4GB",
+                "min_wal_size": "4GB",
+                "checkpoint_timeout": "30min",
+                **socket_settings(root),
+            }
+        )
         cluster.start()
         if not args.skip_latency:
             res = latency(args, root, cluster, conf)
             report["latency"] = res
             print()
-            print(f"WAL push latency per 16 MiB segment ({args.segments} real pgbench segments x {args.passes} passes, "
-                  f"zstd level 3, synchronous, one process per segment; {os.cpu_count()} CPUs, {loadavg()})")
+            print(
+                f"WAL push latency per 16 MiB segment ({args.segments} real pgbench segments x {args.passes} passes, "
+                f"zstd level 3, synchronous, one process per segment; {os.cpu_count()} CPUs, {loadavg()})"
+            )
             rows = []
             for name, r in res.items():
                 s = r["seconds"]
-                rows.append([
-                    name, f"{median(s) * 1000:.0f}", f"{percentile(s, 90) * 1000:.0f}",
-                    f"{sum(s) / len(s) * 1000:.0f}", f"{median(r['stored']) / 1048576:.2f} MiB",
-                    f"{sum(r['stored']) / len(r['stored']) / 1048576:.2f} MiB",
-                ])
-            print(table(["tool", "median ms", "p90 ms", "mean ms", "stored/seg (median)", "stored/seg (mean)"], rows))
-            a, b = (median(r["seconds"]) for r in res.values())
-            print(f"median ratio pgbackup/pgBackRest: {a / b:.2f} -> goal (no higher) {'MET' if a <= b else 'NOT MET'}")
+                rows.append(
+                    [
+                        name,
+                        f"{median(s) * 1000:.0f}",
+                        f"{percentile(s, 90) * 1000:.0f}",
+                        f"{sum(s) / len(s) * 1000:.0f}",
+                        f"{median(r['stored']) / 1048576:.2f} MiB",
+                        f"{sum(r['stored']) / len(r['stored']) / 1048576:.2f} MiB",
+                    ]
+                )
+            print(
+                table(
+                    [
+                        "tool",
+                        "median ms",
+                        "p90 ms",
+                        "mean ms",
+                        "stored/seg (median)",
+                        "stored/seg (mean)",
+                    ],
+                    rows,
+                )
+            )
+            a, b = (
+                median(res["pgbackup wal-push"]["seconds"]),
+                median(res["pgbackrest archive-push"]["seconds"]),
+            )
+            print(
+                f"median ratio pgbackup/pgBackRest: {a / b:.2f} -> goal (no higher) {'MET' if a <= b else 'NOT MET'}"
+            )
         if args.sustained:
             s = sustained(args, root, cluster)
             report["sustained"] = s
             print()
-            print(f"Sustained archiving: pgbench -c 4 -j 2 for {s['seconds']:.0f}s, archive_command = pgbackup wal-push ({loadavg()})")
-            print(table(
-                ["t s", ".ready", "segments behind", "archived_count", "failed_count"],
-                [[x["t"], x["ready"], x["behind"], x["archived"], x["failed"]] for x in s["series"]],  # type: ignore[index]
-            ))
+            print(
+                f"Sustained archiving: pgbench -c 4 -j 2 for {s['seconds']:.0f}s, archive_command = pgbackup wal-push ({loadavg()})"
+            )
+            print(
+                table(
+                    ["t s", ".ready", "segments behind", "archived_count", "failed_count"],
+                    [
+                        [x["t"], x["ready"], x["behind"], x["archived"], x["failed"]]
+                        for x in s["series"]
+                    ],  # type: ignore[index]
+                )
+            )
             print(f"pgbench: {s['tps']}")
-            print(f"WAL generated: {s['segments_generated']} segments "
-                  f"({s['segments_generated'] * 16 / s['seconds']:.1f} MiB/s); archived during the test and drain: {s['archived']}, failed: {s['failed']}")
-            print(f"backlog: max {s['max_ready']} .ready, trend {s['slope_per_min']:+.1f} files/min; "
-                  f"drained {'in %.1fs' % s['drain_seconds'] if s['drain_seconds'] is not None else 'NOT within 120 s'} after the load stopped")
+            print(
+                f"WAL generated: {s['segments_generated']} segments "
+                f"({s['segments_generated'] * 16 / s['seconds']:.1f} MiB/s); archived during the test and drain: {s['archived']}, failed: {s['failed']}"
+            )
+            print(
+                f"backlog: max {s['max_ready']} .ready, trend {s['slope_per_min']:+.1f} files/min; "
+                f"drained {_drain(s['drain_seconds'])} after the load stopped"
+            )
             print(f"backlog grew: {'YES -> goal NOT MET' if s['grew'] else 'no -> goal MET'}")
     finally:
         cluster.destroy()
