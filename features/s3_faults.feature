@@ -1,0 +1,29 @@
+Feature: S3 through a faulty network
+  A proxy between pgbackup and the S3 server drops connections, loses answers to
+  requests the server applied, truncates answers and replies 503 Slow Down for a share of
+  requests. Backups and wal-push either succeed with content equal to the source or fail
+  with one clear message; nothing partial is ever listed as complete or served.
+
+  Background:
+    Given an S3 server behind a fault-injecting proxy
+    And the repository is on it through the proxy
+    And a sandbox cluster with sample data
+
+  Scenario: Backups either store exactly the source or fail cleanly
+    When I record the table checksums
+    And I take 4 backups while the proxy fails 30% of requests
+    Then faults were injected
+    And every failed run said one clear error and nothing else
+    And at least one backup succeeded
+    And every backup listed as complete verifies
+    And nothing without metadata.json is listed as complete
+    When I restore the latest backup into a new directory and start it
+    Then the restored tables have the recorded checksums
+
+  Scenario: wal-push archives the exact bytes or fails cleanly, and wal-fetch serves nothing partial
+    Given 4 WAL segments were archived and fetched back as originals
+    When I push each original into a fresh archive while the proxy fails 40% of requests, retrying a failed push up to 3 times
+    Then faults were injected
+    And every failed run said one clear error and nothing else
+    And with the proxy healthy, wal-fetch from the fresh archive returns each pushed segment byte for byte
+    And every object in the fresh archive's wal/ decodes completely

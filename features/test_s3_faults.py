@@ -1,0 +1,217 @@
+"""Steps for s3_faults.feature: moto behind tests/faultproxy.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import yaml
+from harness import PGBACKUP, Harness
+from pytest_bdd import given, parsers, scenarios, then, when
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import services  # noqa: E402
+from faultproxy import FaultProxy  # noqa: E402
+
+scenarios("s3_faults.feature")
+
+SEED = 20261124
+
+
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+@given("an S3 server behind a fault-injecting proxy")
+def s3_behind_proxy(h: Harness, ctx: dict[str, Any], stack: contextlib.ExitStack) -> None:
+    spec, env = stack.enter_context(services.moto_s3())
+    upstream = int(spec["endpoint_url"].rsplit(":", 1)[1])
+    proxy = stack.enter_context(FaultProxy(upstream, seed=SEED, rate=0.0, max_faults=60))
+    proxy.enabled = False
+    ctx.update(spec=dict(spec, endpoint_url=proxy.url, retries=2), env=env, proxy=proxy)
+    ctx["runs"] = []
+    h.env.update(env)
+
+
+@given("the repository is on it through the proxy")
+def repository_via_proxy(h: Harness, ctx: dict[str, Any]) -> None:
+    h.policy["repository"] = dict(ctx["spec"])
+    h.write_policy()
+
+
+@contextlib.contextmanager
+def faults(ctx: dict[str, Any], percent: int) -> Iterator[FaultProxy]:
+    proxy: FaultProxy = ctx["proxy"]
+    proxy.rate = percent / 100
+    proxy.enabled = True
+    try:
+        yield proxy
+    finally:
+        proxy.enabled = False
+
+
+def keep(ctx: dict[str, Any], proc: subprocess.CompletedProcess[str]) -> None:
+    ctx["runs"].append(proc)
+
+
+@when(parsers.parse("I take {n:d} backups while the proxy fails {percent:d}% of requests"))
+def backups_under_faults(h: Harness, ctx: dict[str, Any], n: int, percent: int) -> None:
+    with faults(ctx, percent):
+        for _ in range(n):
+            keep(ctx, h.run("backup", expect_ok=None))
+            time.sleep(1)  # distinct backup ids
+
+
+@then("faults were injected")
+def faults_injected(ctx: dict[str, Any]) -> None:
+    proxy: FaultProxy = ctx["proxy"]
+    assert proxy.injected >= 3, proxy.counts
+
+
+@then("every failed run said one clear error and nothing else")
+def clean_failures(ctx: dict[str, Any]) -> None:
+    for proc in ctx["runs"]:
+        out = proc.stdout + proc.stderr
+        assert "Traceback" not in out and "internal error" not in out, out
+        if proc.returncode != 0:
+            assert proc.returncode not in (70,), out
+            assert "error:" in proc.stderr, out
+
+
+@then("at least one backup succeeded")
+def one_succeeded(h: Harness, ctx: dict[str, Any]) -> None:
+    ok = [p for p in ctx["runs"] if p.returncode == 0]
+    assert ok, [p.stderr for p in ctx["runs"]]
+    complete = [b for b in h.backups() if b["status"] == "complete"]
+    assert len(complete) == len(ok), (h.backups(), [p.returncode for p in ctx["runs"]])
+
+
+@then("every backup listed as complete verifies")
+def complete_verify(h: Harness) -> None:
+    for b in h.backups():
+        if b["status"] == "complete":
+            h.run("verify", "--backup", b["backup_id"])
+
+
+@then("nothing without metadata.json is listed as complete")
+def nothing_partial(h: Harness, ctx: dict[str, Any]) -> None:
+    from pgbackup.storage import open_storage
+
+    with mock.patch.dict(os.environ, ctx["env"]):
+        storage = open_storage(dict(ctx["spec"], retries=3))
+        keys = {i.key for i in storage.list("platform/base/")}
+    with_meta = {k.split("/")[2] for k in keys if k.endswith("/metadata.json")}
+    for b in h.backups():
+        if b["status"] == "complete":
+            assert b["backup_id"] in with_meta
+        else:
+            assert b["backup_id"] not in with_meta or b["status"] == "damaged"
+
+
+# --- WAL ------------------------------------------------------------------------------
+
+
+def switch_and_wait(h: Harness, timeout: float = 90) -> str:
+    cluster = h.sandbox()
+    segment = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        archived = cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+        if archived and archived >= segment:
+            return str(segment)
+        time.sleep(0.3)
+    raise AssertionError(f"{segment} not archived\n{cluster.log_file.read_text()[-3000:]}")
+
+
+@given(parsers.parse("{n:d} WAL segments were archived and fetched back as originals"))
+def originals(h: Harness, ctx: dict[str, Any], n: int) -> None:
+    folder = h.root / "originals"
+    folder.mkdir()
+    names = []
+    for i in range(n):
+        h.sql(
+            h.sandbox(),
+            f"INSERT INTO tenants SELECT {70_000_000 + 100 * i} + g, md5(g::text) "
+            "FROM generate_series(1, 50) g",
+        )
+        names.append(switch_and_wait(h))
+    for name in names:
+        h.run("wal-fetch", "--target", "platform", name, str(folder / name))
+    ctx["originals"] = [folder / name for name in names]
+    fresh = dict(h.policy, repository=dict(ctx["spec"], prefix="fresh-archive/"))
+    ctx["fresh_config"] = h.root / "fresh.yaml"
+    ctx["fresh_config"].write_text(yaml.safe_dump(fresh, sort_keys=False))
+
+
+def fresh(h: Harness, ctx: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PGBACKUP, "--config", str(ctx["fresh_config"]), *args],
+        capture_output=True,
+        text=True,
+        env=h.env,
+        cwd=h.root,
+        timeout=300,
+    )
+
+
+@when(
+    parsers.parse(
+        "I push each original into a fresh archive while the proxy fails {percent:d}% of "
+        "requests, retrying a failed push up to {tries:d} times"
+    )
+)
+def push_under_faults(h: Harness, ctx: dict[str, Any], percent: int, tries: int) -> None:
+    pushed = []
+    with faults(ctx, percent):
+        for path in ctx["originals"]:
+            for _ in range(1 + tries):  # as PostgreSQL does: retry a failed archive_command
+                proc = fresh(h, ctx, "wal-push", "--target", "platform", str(path))
+                keep(ctx, proc)
+                if proc.returncode == 0:
+                    pushed.append(path)
+                    break
+    ctx["pushed"] = pushed
+
+
+@then(
+    "with the proxy healthy, wal-fetch from the fresh archive returns each pushed segment "
+    "byte for byte"
+)
+def fetch_equal(h: Harness, ctx: dict[str, Any]) -> None:
+    assert ctx["pushed"], [p.stderr for p in ctx["runs"]]
+    out = h.root / "fetched"
+    out.mkdir()
+    for path in ctx["originals"]:
+        proc = fresh(h, ctx, "wal-fetch", "--target", "platform", path.name, str(out / path.name))
+        if path in ctx["pushed"]:
+            assert proc.returncode == 0, proc.stderr
+            assert (out / path.name).read_bytes() == path.read_bytes()
+        else:  # never pushed successfully: absent, or (pushed by a lost answer) whole
+            assert proc.returncode in (0, 1), proc.stderr
+            if proc.returncode == 0:
+                assert (out / path.name).read_bytes() == path.read_bytes()
+
+
+@then("every object in the fresh archive's wal/ decodes completely")
+def wal_whole(ctx: dict[str, Any]) -> None:
+    from pgbackup.codecs import decode_bytes, parse_suffix
+    from pgbackup.storage import open_storage
+
+    with mock.patch.dict(os.environ, ctx["env"]):
+        storage = open_storage(dict(ctx["spec"], prefix="fresh-archive/", retries=3))
+        keys = [i.key for i in storage.list("platform/wal/")]
+        assert keys
+        for key in keys:
+            base, spec = parse_suffix(key.rsplit("/", 1)[-1])
+            data = decode_bytes(spec, storage.read_bytes(key), what=key)
+            assert len(data) == 16 * 1024 * 1024, (key, len(data))
