@@ -179,6 +179,14 @@ class FaultProxy:
             while True:
                 try:
                     first, headers, head = _read_head(cf)
+                    if (_header(headers, "expect") or "").lower() == "100-continue":
+                        # Take the body at once; the server gets the request without Expect.
+                        client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        head = b"".join(
+                            line + b"\n"
+                            for line in head.split(b"\n")[:-1]
+                            if not line.lower().startswith(b"expect:")
+                        )
                     body = _read_body(cf, headers, until_close=False)
                 except (_Closed, OSError, ValueError):
                     return
@@ -200,6 +208,9 @@ class FaultProxy:
                 try:
                     status, rheaders, rhead = _read_head(uf)
                     code = int(status.split(b" ", 2)[1])
+                    while 100 <= code < 200:  # interim answers: not relayed
+                        status, rheaders, rhead = _read_head(uf)
+                        code = int(status.split(b" ", 2)[1])
                     no_body = method == b"HEAD" or code in (204, 304) or 100 <= code < 200
                     conn_close = (_header(rheaders, "connection") or "").lower() == "close"
                     rbody = b"" if no_body else _read_body(uf, rheaders, until_close=conn_close)
