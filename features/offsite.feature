@@ -13,6 +13,7 @@ Feature: Off-site repositories and upload copies
     And I restore to the recorded time into a new directory and start it
     Then the restored tables have the recorded checksums
     And the repository on the service holds the backup with metadata.json and the archived WAL
+    And no stored object, policy file or log holds the service's credentials
 
     Examples:
       | kind  |

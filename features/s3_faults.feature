@@ -27,3 +27,15 @@ Feature: S3 through a faulty network
     And every failed run said one clear error and nothing else
     And with the proxy healthy, wal-fetch from the fresh archive returns each pushed segment byte for byte
     And every object in the fresh archive's wal/ decodes completely
+
+  Scenario: A backup cut off after its data leaves nothing complete-looking, and cleanup removes it
+    When the network fails every write of backup_manifest and every delete
+    And I take a backup expecting failure
+    Then the command fails and says "backup_manifest"
+    And the failed backup's base.tar is left in the bucket without metadata.json
+    And the repository lists no complete backup
+    When the network is healthy again
+    And I take a backup
+    And I run cleanup
+    Then the leftover of the failed backup is gone from the bucket
+    And the repository lists exactly the one complete backup

@@ -214,6 +214,36 @@ def service_holds(h: Harness, ctx: dict[str, Any]) -> None:
     assert any(k.startswith("platform/wal/0000000") for k in keys), sorted(keys)
 
 
+def secrets(ctx: dict[str, Any]) -> list[bytes]:
+    found = []
+    for name, value in ctx["env"].items():
+        if name == "AWS_SECRET_ACCESS_KEY":
+            found.append(value.encode())
+        if name == "AZURE_STORAGE_CONNECTION_STRING":
+            key = value.split("AccountKey=", 1)[1].split(";", 1)[0]
+            found.append(key.encode())
+    return found
+
+
+@then("no stored object, policy file or log holds the service's credentials")
+def no_credentials(h: Harness, ctx: dict[str, Any]) -> None:
+    wanted = secrets(ctx)
+    if not wanted:  # the GCS emulator takes no credentials
+        return
+    with service_env(ctx):
+        storage = service_storage(ctx)
+        blobs = {i.key: storage.read_bytes(i.key) for i in storage.list("")}
+    blobs["backup.yaml"] = h.config.read_bytes()
+    for log in list(h.root.rglob("*.log")) + list(h.root.rglob("*.json")):
+        blobs[str(log)] = log.read_bytes()
+    assert h.last is not None
+    blobs["last output"] = (h.last.stdout + h.last.stderr).encode()
+    assert any("metadata.json" in k for k in blobs)
+    for where, data in blobs.items():
+        for secret in wanted:
+            assert secret not in data, f"{where} holds a credential"
+
+
 @then(parsers.parse("the local repository lists {n:d} complete backup"))
 @then(parsers.parse("the local repository lists {n:d} complete backups"))
 def local_lists(h: Harness, n: int) -> None:

@@ -39,6 +39,7 @@ def s3_behind_proxy(h: Harness, ctx: dict[str, Any], stack: contextlib.ExitStack
     proxy = stack.enter_context(FaultProxy(upstream, seed=SEED, rate=0.0, max_faults=60))
     proxy.enabled = False
     ctx.update(spec=dict(spec, endpoint_url=proxy.url, retries=2), env=env, proxy=proxy)
+    ctx["upstream_url"] = spec["endpoint_url"]
     ctx["runs"] = []
     h.env.update(env)
 
@@ -215,3 +216,67 @@ def wal_whole(ctx: dict[str, Any]) -> None:
             base, spec = parse_suffix(key.rsplit("/", 1)[-1])
             data = decode_bytes(spec, storage.read_bytes(key), what=key)
             assert len(data) == 16 * 1024 * 1024, (key, len(data))
+
+
+# --- a backup cut off mid-way -----------------------------------------------------------
+
+
+def bucket_keys(ctx: dict[str, Any]) -> set[str]:
+    from pgbackup.storage import open_storage
+
+    with mock.patch.dict(os.environ, ctx["env"]):
+        storage = open_storage(dict(ctx["spec"], endpoint_url=ctx["upstream_url"]))
+        return {i.key for i in storage.list("platform/base/")}
+
+
+@when("the network fails every write of backup_manifest and every delete")
+def cut_manifest(ctx: dict[str, Any]) -> None:
+    proxy: FaultProxy = ctx["proxy"]
+    proxy.only = lambda method, path: (
+        method == "DELETE" or (method in ("PUT", "POST") and "backup_manifest" in path)
+    )
+    proxy.faults = ("drop", "503")
+    proxy.rate = 1.0
+    proxy.max_faults = 1000
+    proxy.enabled = True
+
+
+@when("the network is healthy again")
+def healthy(ctx: dict[str, Any]) -> None:
+    ctx["proxy"].enabled = False
+
+
+@when("I take a backup expecting failure")
+def backup_fails(h: Harness) -> None:
+    h.run("backup", expect_ok=False)
+
+
+@when("I run cleanup")
+def cleanup(h: Harness) -> None:
+    h.run("cleanup")
+
+
+@then("the failed backup's base.tar is left in the bucket without metadata.json")
+def leftover(ctx: dict[str, Any]) -> None:
+    keys = bucket_keys(ctx)
+    ids = {k.split("/")[2] for k in keys}
+    assert len(ids) == 1, keys
+    (ctx["leftover"],) = ids
+    assert any("/base.tar" in k for k in keys), keys
+    assert not any(k.endswith("metadata.json") for k in keys), keys
+
+
+@then("the repository lists no complete backup")
+def none_complete(h: Harness) -> None:
+    assert [b for b in h.backups() if b["status"] == "complete"] == []
+
+
+@then("the leftover of the failed backup is gone from the bucket")
+def leftover_gone(ctx: dict[str, Any]) -> None:
+    assert not any(k.split("/")[2] == ctx["leftover"] for k in bucket_keys(ctx))
+
+
+@then("the repository lists exactly the one complete backup")
+def one_complete(h: Harness) -> None:
+    rows = h.backups()
+    assert [r["status"] for r in rows] == ["complete"], rows

@@ -20,6 +20,9 @@ to relay requests one by one. Usage::
         proxy.enabled = False  # pass everything through for a while
         ...
         proxy.counts            # {"requests": n, "drop": .., "lost": .., "503": .., "truncate": ..}
+
+``only`` restricts faults to the requests it accepts (``only(method, path)``), e.g. every
+DELETE and every write of one key: a deterministic "the network died at this point".
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import random
 import socket
 import socketserver
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 FAULTS = ("drop", "lost", "503", "truncate")
@@ -114,11 +117,13 @@ class FaultProxy:
         rate: float = 0.2,
         max_faults: int = 50,
         faults: Sequence[str] = FAULTS,
+        only: Callable[[str, str], bool] | None = None,
     ):
         self.upstream = (upstream_host, upstream_port)
         self.rate = rate
         self.max_faults = max_faults
         self.faults = tuple(faults)
+        self.only = only  # (method, path) -> whether this request may get a fault
         self.enabled = True
         self.counts: dict[str, int] = {"requests": 0, **{f: 0 for f in FAULTS}}
         self._random = random.Random(seed)
@@ -160,10 +165,12 @@ class FaultProxy:
 
     # --- one client connection ------------------------------------------------------------
 
-    def _decide(self) -> str | None:
+    def _decide(self, method: str, path: str) -> str | None:
         with self._lock:
             self.counts["requests"] += 1
             if not self.enabled or self.injected >= self.max_faults:
+                return None
+            if self.only is not None and not self.only(method, path):
                 return None
             if self._random.random() >= self.rate:
                 return None
@@ -191,7 +198,8 @@ class FaultProxy:
                 except (_Closed, OSError, ValueError):
                     return
                 method = first.split(b" ", 1)[0].upper()
-                fault = self._decide()
+                path = first.split(b" ")[1].decode("latin-1") if b" " in first else ""
+                fault = self._decide(method.decode("latin-1"), path)
                 if fault == "drop":
                     return
                 if fault == "503":
