@@ -22,7 +22,7 @@ Feature: S3 through a faulty network
 
   Scenario: wal-push archives the exact bytes or fails cleanly, and wal-fetch serves nothing partial
     Given 4 WAL segments were archived and fetched back as originals
-    When I push each original into a fresh archive while the proxy fails 40% of requests, retrying a failed push up to 3 times
+    When I push each original into a fresh archive (no SDK retries) while the proxy fails 40% of requests, retrying a failed push up to 3 times
     Then faults were injected
     And every failed run said one clear error and nothing else
     And with the proxy healthy, wal-fetch from the fresh archive returns each pushed segment byte for byte

@@ -76,6 +76,8 @@ def backups_under_faults(h: Harness, ctx: dict[str, Any], n: int, percent: int) 
 @then("faults were injected")
 def faults_injected(ctx: dict[str, Any]) -> None:
     proxy: FaultProxy = ctx["proxy"]
+    failed = sum(1 for p in ctx["runs"] if p.returncode != 0)
+    print(f"\nfaults injected: {proxy.counts}; {failed} of {len(ctx['runs'])} runs failed")
     assert proxy.injected >= 3, proxy.counts
 
 
@@ -149,7 +151,7 @@ def originals(h: Harness, ctx: dict[str, Any], n: int) -> None:
     for name in names:
         h.run("wal-fetch", "--target", "platform", name, str(folder / name))
     ctx["originals"] = [folder / name for name in names]
-    fresh = dict(h.policy, repository=dict(ctx["spec"], prefix="fresh-archive/"))
+    fresh = dict(h.policy, repository=dict(ctx["spec"], prefix="fresh-archive/", retries=0))
     ctx["fresh_config"] = h.root / "fresh.yaml"
     ctx["fresh_config"].write_text(yaml.safe_dump(fresh, sort_keys=False))
 
@@ -167,7 +169,8 @@ def fresh(h: Harness, ctx: dict[str, Any], *args: str) -> subprocess.CompletedPr
 
 @when(
     parsers.parse(
-        "I push each original into a fresh archive while the proxy fails {percent:d}% of "
+        "I push each original into a fresh archive (no SDK retries) while the proxy fails "
+        "{percent:d}% of "
         "requests, retrying a failed push up to {tries:d} times"
     )
 )
