@@ -179,8 +179,15 @@ def sustained(args: argparse.Namespace, root: Path, cluster: Cluster) -> dict[st
         + f" {shlex.quote(PGBACKUP)} --config {shlex.quote(str(policy))} wal-push --target bench %p"
     )
     cluster.stop()
-    cluster.configure({"archive_mode": "on", "archive_command": cmd})
+    settings = {"archive_mode": "on", "archive_command": cmd}
+    if args.heavy:
+        # More WAL per second from the same pgbench: no commit fsync wait, and full-page
+        # images again after every (1-minute) checkpoint, as on a busy production server.
+        settings.update({"synchronous_commit": "off", "checkpoint_timeout": "1min"})
+    cluster.configure(settings)
     cluster.start()
+    if not cluster.sql("SELECT to_regclass('pgbench_accounts') IS NOT NULL")[0][0]:
+        pgbench(cluster, "-i", "-q", "-s", "10")
     cluster.sql("SELECT pg_switch_wal()")
     cluster.sql("CHECKPOINT")
     time.sleep(2)
@@ -282,6 +289,11 @@ def main() -> None:
         help="also run the sustained archiving test for this long (e.g. 120)",
     )
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument(
+        "--heavy",
+        action="store_true",
+        help="sustained run with synchronous_commit=off and checkpoint_timeout=1min (more WAL/s)",
+    )
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
@@ -349,7 +361,8 @@ def main() -> None:
             report["sustained"] = s
             print()
             print(
-                f"Sustained archiving: pgbench -c 4 -j 2 for {s['seconds']:.0f}s, archive_command = pgbackup wal-push ({loadavg()})"
+                f"Sustained archiving: pgbench -c 4 -j 2 for {s['seconds']:.0f}s, archive_command = pgbackup wal-push"
+                f"{' (synchronous_commit=off, checkpoint_timeout=1min)' if args.heavy else ''} ({loadavg()})"
             )
             print(
                 table(
