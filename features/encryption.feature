@@ -23,6 +23,11 @@ Feature: Encryption at rest with age
     Then the command fails and says "no identity"
     And the output is one message without a traceback
     And the directory is still empty
+    When I verify the latest backup expecting failure
+    Then the command fails and says "is encrypted and the policy names no identity"
+    When I fetch an archived WAL segment expecting failure
+    Then the command fails and says "no identity"
+    And no file was written where the segment was asked for
 
   Scenario: With a wrong key, restore fails cleanly and leaves the directory empty
     Given a sandbox cluster with sample data

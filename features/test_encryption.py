@@ -236,3 +236,24 @@ def start_emergency(h: Harness, ctx: dict[str, Any]) -> None:
     # Archiving off: this copy must not push WAL into the source's archive.
     cluster.start(extra_options="-c archive_mode=off")
     ctx["restored"] = (target, port)
+
+
+@when("I verify the latest backup expecting failure")
+def verify_fails(h: Harness) -> None:
+    h.run("verify", "--backup", "latest", expect_ok=False)
+
+
+@when("I fetch an archived WAL segment expecting failure")
+def wal_fetch_fails(h: Harness, ctx: dict[str, Any]) -> None:
+    wal = sorted(p.name for p in (h.repo / "platform" / "wal").iterdir() if p.name.endswith(".age"))
+    assert wal
+    name = wal[0].split(".", 1)[0]
+    ctx["fetch_dest"] = h.root / "fetched-segment"
+    h.run("wal-fetch", "--target", "platform", name, str(ctx["fetch_dest"]), expect_ok=False)
+
+
+@then("no file was written where the segment was asked for")
+def nothing_fetched(ctx: dict[str, Any]) -> None:
+    dest: Path = ctx["fetch_dest"]
+    assert not dest.exists()
+    assert not list(dest.parent.glob(f".{dest.name}*"))

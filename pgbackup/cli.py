@@ -89,7 +89,7 @@ def wal_main(argv: list[str]) -> int:
             wal.fetch(policy, args[0], args[1], target, storage)
         return 0
     except PgBackupError as exc:
-        if command == "wal-fetch" and exc.exit_code == 1:
+        if command == "wal-fetch" and _not_archived(exc):
             return 1  # not archived: PostgreSQL asks for files that do not exist; stay quiet
         print(f"pgbackup {command}: error: {exc}", file=sys.stderr)
         _alert_wal_failure(policy, command, target, args, exc)
@@ -99,6 +99,17 @@ def wal_main(argv: list[str]) -> int:
     except Exception as exc:  # a bug; still one line, never a traceback in the server log
         print(f"pgbackup {command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 70
+
+
+def _not_archived(exc: Exception) -> bool:
+    """Only "the archive does not hold it" may look like a quiet miss to PostgreSQL.
+
+    Any other failure (a missing or wrong key, an unreachable repository) must not: a
+    quiet exit 1 makes recovery end there and the server promote.
+    """
+    from pgbackup.wal import WalNotFound
+
+    return isinstance(exc, WalNotFound)
 
 
 def _alert_wal_failure(
