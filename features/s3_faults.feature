@@ -39,3 +39,16 @@ Feature: S3 through a faulty network
     And I run cleanup
     Then the leftover of the failed backup is gone from the bucket
     And the repository lists exactly the one complete backup
+
+  Scenario: An upload cut off before its metadata is no copy, and the next backup completes it
+    Given an upload destination "offsite" under prefix "offsite/" behind the proxy
+    When the network fails every write of metadata.json under "offsite/"
+    And I take a backup expecting failure
+    Then the command fails and says "upload offsite:"
+    And the repository lists exactly the one complete backup
+    And at "offsite" the copy has its data but no metadata.json
+    And restoring from "offsite" fails saying "no complete backup"
+    When the network is healthy again
+    And I take a backup
+    Then at "offsite" both backups are complete copies
+    And the first backup restores from "offsite"

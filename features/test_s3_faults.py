@@ -283,3 +283,67 @@ def leftover_gone(ctx: dict[str, Any]) -> None:
 def one_complete(h: Harness) -> None:
     rows = h.backups()
     assert [r["status"] for r in rows] == ["complete"], rows
+
+
+# --- an upload cut off ------------------------------------------------------------------
+
+
+@given(parsers.parse('an upload destination "{name}" under prefix "{prefix}" behind the proxy'))
+def upload_behind_proxy(h: Harness, ctx: dict[str, Any], name: str, prefix: str) -> None:
+    ctx["upload"] = {"name": name, **ctx["spec"], "prefix": prefix}
+    h.policy["uploads"] = [ctx["upload"]]
+    h.write_policy()
+
+
+@when(parsers.parse('the network fails every write of metadata.json under "{prefix}"'))
+def cut_upload_metadata(ctx: dict[str, Any], prefix: str) -> None:
+    proxy: FaultProxy = ctx["proxy"]
+    proxy.only = lambda method, path: (
+        method == "PUT" and f"/{prefix}" in path and "metadata.json" in path
+    )
+    proxy.faults = ("drop", "503")
+    proxy.rate = 1.0
+    proxy.max_faults = 1000
+    proxy.enabled = True
+
+
+def upload_keys(ctx: dict[str, Any]) -> set[str]:
+    from pgbackup.storage import open_storage
+
+    spec = {k: v for k, v in ctx["upload"].items() if k != "name"}
+    with mock.patch.dict(os.environ, ctx["env"]):
+        storage = open_storage(dict(spec, endpoint_url=ctx["upstream_url"]))
+        return {i.key for i in storage.list("platform/base/")}
+
+
+@then(parsers.parse('at "{name}" the copy has its data but no metadata.json'))
+def copy_without_metadata(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    keys = upload_keys(ctx)
+    (backup_id,) = [b["backup_id"] for b in h.backups()]
+    ctx["first"] = backup_id
+    assert any(k.startswith(f"platform/base/{backup_id}/base.tar") for k in keys), keys
+    assert not any(k.endswith("metadata.json") for k in keys), keys
+
+
+@then(parsers.parse('restoring from "{name}" fails saying "{text}"'))
+def restore_from_fails(h: Harness, name: str, text: str) -> None:
+    proc = h.run("restore", "--from", name, "--to", str(h.root / "nothing"), expect_ok=False)
+    out = proc.stdout + proc.stderr
+    assert text in out and "Traceback" not in out, out
+    assert not (h.root / "nothing").exists() or not list((h.root / "nothing").iterdir())
+
+
+@then(parsers.parse('at "{name}" both backups are complete copies'))
+def both_complete(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    ids = [b["backup_id"] for b in h.backups()]
+    assert len(ids) == 2 and ids[0] == ctx["first"]
+    keys = upload_keys(ctx)
+    for backup_id in ids:
+        assert f"platform/base/{backup_id}/metadata.json" in keys, keys
+
+
+@then(parsers.parse('the first backup restores from "{name}"'))
+def first_restores(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    target = h.root / "from-offsite"
+    h.run("restore", "--from", name, "--backup", ctx["first"], "--to", str(target))
+    assert (target / "PG_VERSION").is_file() and (target / "global" / "pg_control").is_file()

@@ -145,8 +145,30 @@ def copy_backup(source: Repository, dest: Repository, target: str, backup_id: st
     return copied
 
 
+def missed_backups(
+    source: Repository, dest: Repository, target: str, backup_id: str, spec: dict[str, Any]
+) -> list[str]:
+    """Earlier complete backups a destination lacks (an earlier upload failed), within its
+    ``retention_days`` (older ones its cleanup would remove anyway), oldest first."""
+    from datetime import timedelta
+
+    cutoff = utcnow() - timedelta(days=int(spec.get("retention_days", 30)))
+    there = {b.backup_id for b in dest.complete_backups(target)}
+    return [
+        b.backup_id
+        for b in source.complete_backups(target)
+        if b.backup_id != backup_id
+        and b.backup_id not in there
+        and b.stop_time is not None
+        and b.stop_time >= cutoff
+    ]
+
+
 def upload_backup(policy: Any, target: Any, backup_id: str) -> dict[str, dict[str, Any]]:
     """Copy backup ``backup_id`` of ``target`` and its WAL to every upload destination.
+
+    A sync: earlier backups a destination is missing (within its retention) are copied
+    too, and objects already there are not copied again.
 
     Each destination is tried; a failure at one does not stop the others. Every outcome
     is recorded as an ``upload`` run in the repository. Raises :class:`UploadError` naming
@@ -169,9 +191,16 @@ def upload_backup(policy: Any, target: Any, backup_id: str) -> dict[str, dict[st
         try:
             dest = Repository(upload_storage(policy, dest_name))
             record["location"] = dest.storage.describe()
-            copied = copy_backup(source, dest, name, backup_id)
+            copied = 0
+            synced = []
+            for other in missed_backups(source, dest, name, backup_id, spec):
+                copied += copy_backup(source, dest, name, other)
+                synced.append(other)
+            copied += copy_backup(source, dest, name, backup_id)
             wal = sync_wal(source, dest, name)
             record.update(status="ok", bytes=copied, wal_files=wal)
+            if synced:
+                record["also_copied"] = synced
             LOG.info(
                 "upload %s: backup %s of %s copied to %s (%s, %d WAL files)",
                 dest_name,
