@@ -342,7 +342,7 @@ BUGS = {
     "config._parse_yaml/validate_file; `pgbackup validate` exits 70 (internal error) instead "
     "of 2 with a YAML message",
     "alias bomb": "bug: a YAML alias bomb (9 levels of 9 aliases) makes validation walk "
-    "387M nodes; `pgbackup validate` does not finish (killed after 20s) instead of refusing "
+    "387M nodes; `pgbackup validate` does not finish (killed after 10s) instead of refusing "
     "aliases or bounding the document size",
 }
 
@@ -362,14 +362,14 @@ def test_pathological_yaml(name: str) -> None:
             capture_output=True,
             text=True,
             env=env,
-            timeout=20,
+            timeout=10,
         )
         out = proc.stdout + proc.stderr
         tb = "Traceback" in out or proc.returncode == 70
         ok = proc.returncode == 2 and not tb
         detail = f"exit {proc.returncode}: {out[-300:]}"
     except subprocess.TimeoutExpired:
-        tb, ok, detail = False, False, "did not finish within 20s"
+        tb, ok, detail = False, False, "did not finish within 10s"
     counts.inputs("pathological YAML (CLI)", 1, rejected=int(ok), tracebacks=int(tb))
     assert ok, detail
 
