@@ -20,7 +20,6 @@ import argparse
 import collections
 import io
 import json
-import os
 import pstats
 import shutil
 import sys
@@ -39,6 +38,7 @@ from common import (  # noqa: E402
     median,
     mib,
     must,
+    pgbackup_env,
     pgbench,
     rmtree,
     scratch,
@@ -65,7 +65,7 @@ def main() -> None:
         cluster.sql("CHECKPOINT")
         repo = give(root / "repo", 0o755)
         policy = write_policy(root / "backup.yaml", repo, cluster.port)
-        env = {**os.environ, "PGBACKUP_QUIET": "1", "XDG_CACHE_HOME": str(root / "cache")}
+        env = pgbackup_env(root)  # with .pyc, as installed (see common.py)
         user = SERVER_USER or "postgres"
         bb = [
             cluster.program("pg_basebackup"),

@@ -37,9 +37,9 @@ from common import (  # noqa: E402
     median,
     pgbackrest,
     pgbackrest_conf,
+    pgbackup_env,
     rmtree,
     scratch,
-    server_env,
     socket_settings,
     table,
     write_policy,
@@ -78,9 +78,7 @@ def main() -> None:
         policy = write_policy(root / "backup.yaml", repo, cluster.port)
         conf = pgbackrest_conf(root, cluster, process_max=1)
         pgbackrest(conf, "stanza-create")
-        env = server_env(
-            {"XDG_CACHE_HOME": str(give(root / "cache", 0o755)), "PGBACKUP_QUIET": "1"}
-        )
+        env = pgbackup_env(root, as_server=True)  # with .pyc, as installed (see common.py)
         py = sys.executable
         n = args.repeat
         stored = repo / "bench" / "wal" / f"{seg.name}.zst"
