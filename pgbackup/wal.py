@@ -180,8 +180,7 @@ def push(policy: Any, path: str | Path, target: str | None = None) -> str:
         from pgbackup.codecs import load_recipients
 
         recipients = load_recipients(policy.encryption.recipients_file)
-        # A plain checksum beside the ciphertext lets a retry prove "identical" without the key.
-        storage.write_bytes(f"{target_name}/wal/{name}.sha256", digest.encode())
+        _claim_checksum(storage, f"{target_name}/wal/{name}.sha256", digest, name)
     encoded = encode_bytes(spec, data, recipients=recipients, threads=0)
     key = wal_key(target_name, name, spec)
     try:
@@ -189,6 +188,25 @@ def push(policy: Any, path: str | Path, target: str | None = None) -> str:
     except ObjectExists:
         return _compare_existing(policy, storage, key, data, digest, target_name, name)
     return "stored"
+
+
+def _claim_checksum(storage: Storage, key: str, digest: str, name: str) -> None:
+    """Record the plain sha256 beside an encrypted WAL file (create-only-if-absent).
+
+    It lets a retry prove "identical" without the key. A checksum already there for other
+    content means a concurrent push of different bytes under the same name: refuse.
+    """
+    try:
+        storage.write_bytes(key, digest.encode(), if_absent=True)
+        return
+    except ObjectExists:
+        pass
+    recorded = storage.read_bytes(key).decode(errors="replace").strip()
+    if recorded != digest:
+        raise WalError(
+            f"{name} is being (or was) archived with DIFFERENT content (checksum {key}); refusing",
+            hint="two clusters may be archiving into one target: give each its own target",
+        )
 
 
 def _compare_existing(
