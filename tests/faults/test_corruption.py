@@ -151,7 +151,9 @@ BUG_RESTORE = (
     "bug: restore --start exits 0 when PostgreSQL stops recovery before reaching the target "
     "(startup process FATAL 'recovery ended before configured recovery target was reached'): "
     "restore_cli.wait_for_recovery_end reports a stopped server as 'shut down at target' even "
-    "when --target-action is not shutdown"
+    "when --target-action is not shutdown. Timing-dependent (hence not strict): when the "
+    "startup process fails before `pg_ctl start -w` sees the server ready, start fails and "
+    "restore exits non-zero as it should; when recovery runs past consistency first, exit 0"
 )
 BUG_VERIFY_WAL = (
     "bug: verify --wal checks only that archived WAL names are present, never their content; "
@@ -189,7 +191,7 @@ def test_missing_wal_segment(env: dict[str, Any]) -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_RESTORE)
+@pytest.mark.xfail(strict=False, reason=BUG_RESTORE)
 def test_missing_wal_segment_restore_to_name_past_the_gap(env: dict[str, Any]) -> None:
     h: Harness = env["h"]
     points, segment_of = env["points"], env["segment_of"]
@@ -230,7 +232,7 @@ def test_flipped_byte_in_archived_wal_is_reported_by_verify(env: dict[str, Any])
     assert reported, out(h)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_RESTORE)
+@pytest.mark.xfail(strict=False, reason=BUG_RESTORE)
 def test_flipped_byte_in_archived_wal_restore_refused(env: dict[str, Any]) -> None:
     h: Harness = env["h"]
     points, segment_of = env["points"], env["segment_of"]
