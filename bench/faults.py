@@ -5,6 +5,7 @@
     .venv/bin/python bench/faults.py --table    # only print the table of the last run
 
 The suite lives in tests/faults/; each run writes its counts to var/fault-counts.json
+(long mode: var/fault-counts-long.json)
 (tests/faults/counts.py) and this script renders them as Markdown (docs/reliability.md).
 Extra arguments after `--` go to pytest (e.g. `-- -k kill`).
 """
@@ -45,10 +46,11 @@ def main() -> int:
             env=env,
         )
         print(f"\nsuite finished in {time.monotonic() - t0:.0f}s (pytest exit {rc})\n")
-    if not counts.OUTPUT.exists():
-        print(f"no counts in {counts.OUTPUT}", file=sys.stderr)
+    path = counts.output_path("ci" if args.ci else "long")
+    if not path.exists():
+        print(f"no counts in {path}", file=sys.stderr)
         return rc or 1
-    print(counts.table(json.loads(counts.OUTPUT.read_text())))
+    print(counts.table(json.loads(path.read_text())))
     return rc
 
 

@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-OUTPUT = Path(os.environ.get("PGBACKUP_FAULT_COUNTS", REPO / "var" / "fault-counts.json"))
 MODE = os.environ.get("PGBACKUP_FAULTS", "ci").strip().lower() or "ci"
+
+
+def output_path(mode: str) -> Path:
+    """var/fault-counts.json (CI mode) or var/fault-counts-long.json (long mode)."""
+    name = "fault-counts.json" if mode == "ci" else f"fault-counts-{mode}.json"
+    return Path(os.environ.get("PGBACKUP_FAULT_COUNTS", REPO / "var" / name))
+
+
+OUTPUT = output_path(MODE)
 LONG = MODE == "long"
 
 _kinds: dict[str, dict[str, int]] = {}
