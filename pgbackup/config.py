@@ -301,6 +301,50 @@ def _make_loader() -> type:
 _Loader: Any = _make_loader()
 
 
+MAX_NODES = 100_000  # after expanding aliases: a policy has a few hundred
+MAX_DEPTH = 64
+
+
+def _shape_problem(root: Any) -> str | None:
+    """Refuse YAML that would explode (alias bombs) or recurse too deep, before building it.
+
+    Sizes are counted on the node graph with aliases expanded (memoised, so a bomb is
+    measured without being built).
+    """
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def children(node: Any) -> list[Any]:
+        if isinstance(node, yaml.MappingNode):
+            return [c for pair in node.value for c in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    stack: list[tuple[Any, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        if done:
+            in_progress.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children(node))
+            if sizes[key] > MAX_NODES:
+                return f"more than {MAX_NODES} values once its aliases are expanded"
+            continue
+        if key in sizes:
+            continue
+        if key in in_progress:
+            return "a recursive alias (an anchor that contains itself)"
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        in_progress.add(key)
+        stack.append((node, depth, True))
+        for child in children(node):
+            if id(child) not in sizes:
+                stack.append((child, depth + 1, False))
+    return None
+
+
 def _parse_yaml(data: bytes, path: Path) -> tuple[Any, list[tuple[str, str]]]:
     try:
         text = data.decode("utf-8")
@@ -309,7 +353,20 @@ def _parse_yaml(data: bytes, path: Path) -> tuple[Any, list[tuple[str, str]]]:
     loader = _Loader(text)
     loader.pgbackup_duplicates = []
     try:
-        doc = loader.get_single_data()
+        node = loader.get_single_node()
+        shape = _shape_problem(node) if node is not None else None
+        if shape:
+            raise ConfigError(
+                f"{path} is not a policy: {shape}",
+                problems=[("(file)", shape)],
+                hint="a backup.yaml is a small mapping; remove the deep nesting or the alias expansion",
+            )
+        doc = loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise ConfigError(
+            f"{path} is not a policy: nested too deeply to read",
+            problems=[("(file)", "nested too deeply to read")],
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"

@@ -290,7 +290,19 @@ def run_restore(
         cluster.start()
         result.started = True
         if wait_for_recovery is not None:
-            result.recovery = wait_for_recovery(cluster)
+            try:
+                result.recovery = wait_for_recovery(cluster)
+            except BaseException:
+                # Not where it was asked to be: leave nothing that looks usable.
+                cluster.stop("immediate")
+                with contextlib.suppress(OSError):
+                    empty_directory(directory)
+                LOG.error(
+                    "recovery of %s into %s failed; the directory was emptied",
+                    info.backup_id,
+                    directory,
+                )
+                raise
     result.seconds = round(time.monotonic() - t0, 3)
     LOG.info(
         "restored %s (%s) into %s in %.1fs%s",

@@ -126,8 +126,21 @@ def check_window(
     return window
 
 
-def wait_for_recovery_end(timeout: float = 600) -> Any:
-    """A callback for run_restore: wait until recovery ends, report the point reached."""
+def recovery_failure(cluster: Any) -> str | None:
+    """The reason PostgreSQL gave for stopping recovery, from its log (None if it did not)."""
+    tail = cluster.log_tail(40)
+    fatal = [ln.split("FATAL:", 1)[1].strip() for ln in tail.splitlines() if "FATAL:" in ln]
+    fatal = [f for f in fatal if "the database system is" not in f and "role " not in f]
+    return fatal[-1] if fatal else None
+
+
+def wait_for_recovery_end(timeout: float = 600, action: str = "promote") -> Any:
+    """A callback for run_restore: wait until recovery ends, report the point reached.
+
+    A server that stops is a failure (with PostgreSQL's reason, e.g. "recovery ended
+    before configured recovery target was reached"), unless the action was ``shutdown``
+    and it stopped at the target.
+    """
 
     def waiter(cluster: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -142,8 +155,13 @@ def wait_for_recovery_end(timeout: float = 600) -> Any:
                 )[0]
             except Exception:
                 if not cluster.is_running():
-                    # recovery_target_action = shutdown
-                    return {"state": "shut down at target", "last_replay_lsn": None}
+                    reason = recovery_failure(cluster)
+                    if action == "shutdown" and reason is None:
+                        return {"state": "shut down at target", "last_replay_lsn": None}
+                    raise RestoreError(
+                        f"recovery stopped before reaching its target: {reason or 'the server exited'}",
+                        hint=f"the archive may end earlier or miss a file (pgbackup verify --wal); see {cluster.log_file}",
+                    ) from None
                 time.sleep(0.3)
                 continue
             in_recovery, lsn, ts, pause, tli = row
@@ -203,7 +221,7 @@ def restore_command(
             ("xid", target_xid),
             ("name", target_name),
         )
-        if v not in (None, "")
+        if v is not None
     ]
     if len(given) + (1 if recovery_kind else 0) > 1:
         raise UsageError(
@@ -212,6 +230,10 @@ def restore_command(
     value: Any = None
     if given:
         recovery_kind, raw = given[0]
+        if not str(raw).strip():
+            raise UsageError(
+                f"--target-{recovery_kind} is empty", hint="give a value, or leave the flag out"
+            )
         if recovery_kind == "time":
             value = parse_time(str(raw))
         elif recovery_kind == "lsn":
@@ -276,5 +298,7 @@ def restore_command(
         archive=archive,
         recovery_settings=settings,
         storage=storage,
-        wait_for_recovery=wait_for_recovery_end() if (start and recovery_kind) else None,
+        wait_for_recovery=wait_for_recovery_end(action=action)
+        if (start and recovery_kind)
+        else None,
     )

@@ -269,7 +269,7 @@ def verify(
             if wal:
                 chain = out[t.name]["wal"]
                 if chain["gaps"]:
-                    print(f"{t.name} WAL: {len(chain['gaps'])} gap(s)")
+                    print(f"{t.name} WAL: {len(chain['gaps'])} problem(s)")
                     for g in chain["gaps"]:
                         print(f"  - {g}")
                 else:
@@ -334,6 +334,8 @@ def restore(
 
     if not to:
         raise UsageError("restore needs --to DIR (an empty or new directory)")
+    if port is not None and not str(port).isdigit():
+        raise UsageError(f"--port {port!r} is not a port number")
     policy = load(config)
     result = restore_command(
         policy,
@@ -341,7 +343,7 @@ def restore(
         backup=backup,
         force=force,
         start=start,
-        port=port,
+        port=int(port) if port is not None else None,
         target=target,
         db=db,
         target_time=target_time,

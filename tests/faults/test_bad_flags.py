@@ -123,12 +123,6 @@ def test_missing_policy_file(env: dict[str, Any]) -> None:
     assert ok, (proc.returncode, proc.stderr)
 
 
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent: see BUG_RESTORE in test_corruption.py
-    reason="bug: restore --start --target-name NAME with an unknown restore point exits 0 and "
-    "reports 'state: shut down at target' although PostgreSQL stopped with 'recovery ended "
-    "before configured recovery target was reached' (restore_cli.wait_for_recovery_end)",
-)
 def test_unknown_restore_point_is_refused(env: dict[str, Any]) -> None:
     h: Harness = env["h"]
     with restored(h, "--target-name", f"no-such-point-{free_port()}") as cluster:
@@ -139,13 +133,6 @@ def test_unknown_restore_point_is_refused(env: dict[str, Any]) -> None:
         assert ok, proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an empty recovery target value (--target-time '' / --target-lsn '' / "
-    "--target-xid '' / --target-name '') is silently dropped (restore_cli.restore_command "
-    "filters `v not in (None, '')`) and the backup is restored to its end instead of failing; "
-    "a script passing an unset $VAR restores to the wrong point with exit 0",
-)
 @pytest.mark.parametrize("flag", ["--target-time", "--target-lsn", "--target-xid", "--target-name"])
 def test_empty_recovery_target_is_refused(env: dict[str, Any], flag: str) -> None:
     h: Harness = env["h"]
@@ -156,12 +143,6 @@ def test_empty_recovery_target_is_refused(env: dict[str, Any], flag: str) -> Non
     assert ok, proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: restore --port takes any text (the task declares `port: int | None = None`, "
-    "so Invoke cannot infer int): `restore --to DIR --port notaport` exits 0 and writes "
-    "port = 'notaport' into the restored cluster's postgresql.auto.conf",
-)
 def test_non_numeric_port_is_refused(env: dict[str, Any]) -> None:
     h: Harness = env["h"]
     to = h.root / "bad-port"

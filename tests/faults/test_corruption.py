@@ -147,20 +147,6 @@ def test_truncated_metadata(env: dict[str, Any]) -> None:
     assert not problems, "\n".join(problems)
 
 
-BUG_RESTORE = (
-    "bug: restore --start exits 0 when PostgreSQL stops recovery before reaching the target "
-    "(startup process FATAL 'recovery ended before configured recovery target was reached'): "
-    "restore_cli.wait_for_recovery_end reports a stopped server as 'shut down at target' even "
-    "when --target-action is not shutdown. Timing-dependent (hence not strict): when the "
-    "startup process fails before `pg_ctl start -w` sees the server ready, start fails and "
-    "restore exits non-zero as it should; when recovery runs past consistency first, exit 0"
-)
-BUG_VERIFY_WAL = (
-    "bug: verify --wal checks only that archived WAL names are present, never their content; "
-    "a flipped byte in an archived segment is reported as 'continuous'"
-)
-
-
 def test_missing_wal_segment(env: dict[str, Any]) -> None:
     h: Harness = env["h"]
     points, segment_of = env["points"], env["segment_of"]
@@ -191,7 +177,6 @@ def test_missing_wal_segment(env: dict[str, Any]) -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=False, reason=BUG_RESTORE)
 def test_missing_wal_segment_restore_to_name_past_the_gap(env: dict[str, Any]) -> None:
     h: Harness = env["h"]
     points, segment_of = env["points"], env["segment_of"]
@@ -219,7 +204,6 @@ def test_flipped_byte_in_archived_wal_is_never_served(env: dict[str, Any]) -> No
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_VERIFY_WAL)
 def test_flipped_byte_in_archived_wal_is_reported_by_verify(env: dict[str, Any]) -> None:
     h: Harness = env["h"]
     name = env["segment_of"][8]
@@ -232,7 +216,6 @@ def test_flipped_byte_in_archived_wal_is_reported_by_verify(env: dict[str, Any])
     assert reported, out(h)
 
 
-@pytest.mark.xfail(strict=False, reason=BUG_RESTORE)
 def test_flipped_byte_in_archived_wal_restore_refused(env: dict[str, Any]) -> None:
     h: Harness = env["h"]
     points, segment_of = env["points"], env["segment_of"]
