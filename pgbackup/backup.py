@@ -1,26 +1,34 @@
-"""Base backups: pg_basebackup's tar stream -> codecs -> repository, metadata last.
+"""Base backups: pg_basebackup with server-side compression -> repository, metadata last.
 
-The tar stream is never staged on disk: pg_basebackup writes it to a pipe
-(``-D - -Ft``), we encode it chunk by chunk into a streamed repository write, and pick
-up ``backup_label`` and ``backup_manifest`` on the way. ``-X fetch`` puts the WAL that
-makes the backup consistent inside the tar, so every backup restores on its own.
-Only when every object is stored do we write ``metadata.json``; on any failure the
-backup's own directory is removed and the failure is recorded, earlier backups untouched.
+The server compresses the tar stream (``--compress=server-zstd:LEVEL``; gzip and lz4
+likewise), so the uncompressed stream never crosses a pipe or touches a disk: it is the
+fastest way PostgreSQL offers (see bench/backup.py). pg_basebackup writes
+``base.tar.zst`` (with ``-X fetch`` the WAL that makes the backup consistent is inside,
+so every backup restores on its own) and ``backup_manifest``:
+
+- straight into the backup's own directory of a posix repository (fsynced by
+  pg_basebackup; nothing is copied), or
+- into a local staging directory, from which the compressed objects are streamed to
+  object storage and/or through age encryption. Only the compressed form is staged.
+
+Only when every object is stored do we write ``metadata.json``. On any failure the
+backup's own directory is removed and the failure recorded; earlier backups are untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pgbackup import __version__
@@ -40,12 +48,14 @@ from pgbackup.postgres.connection import (
 )
 from pgbackup.repository import MANIFEST, Repository, iso, new_backup_id, utcnow
 from pgbackup.sandbox import resolve_conninfo
-from pgbackup.storage import open_storage
-from pgbackup.tarstream import TarScanner, parse_backup_label
+from pgbackup.storage import Storage, open_storage
+from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage
 from pgbackup.ui import LOG, human_bytes, progress
 
 READ_SIZE = 1 << 20
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+# pg_basebackup's names for our compression methods, and the levels it accepts.
+SERVER_COMPRESSION = {"zstd": ("zstd", 1, 22), "gzip": ("gzip", 1, 9), "lz4": ("lz4", 1, 12)}
+PROGRESS_RE = re.compile(r"(\d+)/(\d+) kB")
 
 
 def codec_spec(policy: Policy) -> CodecSpec:
@@ -60,23 +70,38 @@ def recipients(policy: Policy) -> list[str] | None:
     return load_recipients(policy.encryption.recipients_file) if policy.encryption else None
 
 
-def basebackup_argv(program: str, conninfo: dict[str, Any], label: str) -> list[str]:
-    """pg_basebackup writing one tar (manifest injected) to stdout, WAL included.
+def compress_option(spec: CodecSpec) -> str | None:
+    """``--compress=server-zstd:3`` and friends; None for no compression."""
+    if spec.compression == "none":
+        return None
+    name, low, high = SERVER_COMPRESSION[spec.compression]
+    return f"--compress=server-{name}:{min(max(spec.level, low), high)}"
+
+
+def basebackup_argv(
+    program: str, conninfo: dict[str, Any], label: str, directory: Path, spec: CodecSpec
+) -> list[str]:
+    """pg_basebackup writing one tar (WAL inside) and its manifest into ``directory``.
 
     No password in argv: libpq takes it from PGPASSWORD or the passfile.
     """
-    return [
+    argv = [
         program,
         "--dbname",
         to_dsn(conninfo),
-        "--pgdata=-",
+        f"--pgdata={directory}",
         "--format=tar",
         "--wal-method=fetch",
         "--checkpoint=fast",
         f"--label={label}",
         "--manifest-checksums=CRC32C",
         "--no-password",
+        "--progress",
     ]
+    option = compress_option(spec)
+    if option:
+        argv.append(option)
+    return argv
 
 
 def preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
@@ -99,71 +124,32 @@ def preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
         )
 
 
-@dataclass
-class StreamResult:
-    raw_bytes: int
-    stored_bytes: int
-    sha256: str
-    label: dict[str, str]
-    manifest: bytes
-    files: int
-
-
-def _stderr_collector(pipe: Any, sink: list[str]) -> threading.Thread:
-    def run() -> None:
-        for line in iter(pipe.readline, b""):
-            sink.append(line.decode(errors="replace").rstrip())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
-def stream_base_backup(
-    argv: list[str],
-    writer: Any,
-    spec: CodecSpec,
-    recipients_list: list[str] | None,
-    estimated_size: int,
-) -> StreamResult:
-    """Run pg_basebackup and pump its stdout through the encoder into ``writer``."""
-    digest = hashlib.sha256()
-    stored = 0
-
-    def sink(data: bytes) -> None:
-        nonlocal stored
-        digest.update(data)
-        stored += len(data)
-        writer.write(data)
-
-    scanner = TarScanner({"backup_label", "backup_manifest"})
-    encoder = Encoder(spec, sink, recipients=recipients_list, threads=-1)
-    errors: list[str] = []
+def run_basebackup(argv: list[str], estimated_size: int) -> None:
+    """Run pg_basebackup, turning its own progress report into a bar; explain a failure."""
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, READ_SIZE)
-    err_thread = _stderr_collector(proc.stderr, errors)
-    raw = 0
-    fd = proc.stdout.fileno()
+    assert proc.stderr is not None
+    messages: list[str] = []
     try:
         with progress("backup", estimated_size or None) as bar:
-            while True:
-                chunk = os.read(fd, READ_SIZE)
-                if not chunk:
-                    break
-                raw += len(chunk)
-                scanner.feed(chunk)
-                encoder.write(chunk)
-                bar.advance(len(chunk))
+            done = 0
+            pending = b""
+            while chunk := proc.stderr.read1(4096):  # type: ignore[attr-defined]
+                *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+                for raw in lines:
+                    line = raw.decode(errors="replace").strip()
+                    m = PROGRESS_RE.search(line)
+                    if m:
+                        now, total = int(m.group(1)) * 1024, int(m.group(2)) * 1024
+                        bar.update_total(total)
+                        bar.advance(max(0, now - done))
+                        done = max(done, now)
+                    elif line:
+                        messages.append(line)
+            if pending.strip():
+                messages.append(pending.decode(errors="replace").strip())
             rc = proc.wait()
-            err_thread.join(timeout=5)
-            if rc != 0:
-                detail = "; ".join(e for e in errors if e) or f"exit status {rc}"
-                raise PostgresError(f"pg_basebackup failed: {detail}")
-            encoder.close()
     except BaseException:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -172,24 +158,75 @@ def stream_base_backup(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        with contextlib.suppress(Exception):
-            encoder.abort()
         raise
-    if "backup_manifest" not in scanner.captured or "backup_label" not in scanner.captured:
-        raise BackupError("pg_basebackup's stream lacked backup_label or backup_manifest")
-    return StreamResult(
-        raw_bytes=raw,
-        stored_bytes=stored,
-        sha256=digest.hexdigest(),
-        label=parse_backup_label(scanner.captured["backup_label"].decode(errors="replace")),
-        manifest=scanner.captured["backup_manifest"],
-        files=scanner.members,
-    )
+    if rc != 0:
+        detail = "; ".join(m.removeprefix("pg_basebackup: ") for m in messages)
+        raise PostgresError(f"pg_basebackup failed: {detail or f'exit status {rc}'}")
 
 
-def store_small(repo: Repository, key: str, data: bytes) -> dict[str, Any]:
-    repo.storage.write_bytes(key, data)
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def base_file(directory: Path) -> Path:
+    found = sorted(directory.glob("base.tar*"))
+    if len(found) != 1:
+        raise BackupError(
+            f"pg_basebackup left {len(found)} base archives in {directory}, expected one"
+        )
+    return found[0]
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def settle_in_repository(storage: PosixStorage, directory: Path) -> None:
+    """pg_basebackup's files get the repository's modes (0750/0640) and owner."""
+    owner = storage.owner()
+    os.chmod(directory, DIR_MODE)
+    if owner:
+        os.chown(directory, *owner)
+    for f in directory.iterdir():
+        os.chmod(f, FILE_MODE)
+        if owner:
+            os.chown(f, *owner)
+
+
+def upload_staged(
+    storage: Storage, source: Path, key: str, encrypted: bool, recipients_list: list[str] | None
+) -> dict[str, Any]:
+    """Stream a staged (already compressed) file to storage, encrypting when asked."""
+    digest = hashlib.sha256()
+    size = 0
+    with storage.open_write(key) as writer:
+
+        def sink(data: bytes) -> None:
+            nonlocal size
+            digest.update(data)
+            size += len(data)
+            writer.write(data)
+
+        encoder = Encoder(CodecSpec("none", 0, encrypted), sink, recipients=recipients_list)
+        with open(source, "rb") as f:
+            while chunk := f.read(READ_SIZE):
+                encoder.write(chunk)
+        encoder.close()
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def manifest_facts(manifest: bytes, seg_size: int) -> dict[str, Any]:
+    """Files, bytes and WAL range from PostgreSQL's manifest."""
+    files = json.loads(manifest).get("Files", [])
+    timeline, start, end = wal_range(manifest)
+    wal_bytes = ((end - 1) // seg_size - start // seg_size + 1) * seg_size
+    return {
+        "files": len(files),
+        "raw_bytes": sum(int(f.get("Size", 0)) for f in files) + wal_bytes,
+        "timeline": timeline,
+        "start_lsn": start,
+        "stop_lsn": end,
+    }
 
 
 def wal_range(manifest: bytes) -> tuple[int, int, int]:
@@ -222,11 +259,32 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def backup_directory(
+    storage: Storage, repo: Repository, target: str, backup_id: str, direct: bool
+) -> Iterator[Path]:
+    """Where pg_basebackup writes: the backup's own repository directory, or a staging dir."""
+    if direct:
+        assert isinstance(storage, PosixStorage)
+        parent = storage.path_of(repo.base_prefix(target, backup_id)).parent
+        storage.ensure_dir(parent)
+        yield parent / backup_id
+        return
+    stage = Path(
+        tempfile.mkdtemp(prefix="pgbackup-stage-", dir=os.environ.get("PGBACKUP_STAGING_DIR"))
+    )
+    try:
+        yield stage / backup_id
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
     """Take one base backup of ``target``; returns its metadata."""
     storage = open_storage(policy.repository)
     repo = Repository(storage)
     spec = codec_spec(policy)
+    direct = isinstance(storage, PosixStorage) and not spec.encrypted
     t0 = time.monotonic()
     started_at = utcnow()
     step = "taking the lock"
@@ -249,6 +307,8 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 backup_id = new_backup_id()
             prefix = repo.base_prefix(target.name, backup_id)
             base_name = "base.tar" + suffix(spec)
+            manifest_spec = CodecSpec("none", 0, spec.encrypted)
+            manifest_name = MANIFEST + suffix(manifest_spec)
             LOG.info(
                 "backup %s of %s (%s, PostgreSQL %s) -> %s",
                 backup_id,
@@ -257,23 +317,41 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 facts.version,
                 storage.describe(),
             )
-            step = f"streaming the base backup into {base_name}"
-            with storage.open_write(prefix + base_name) as writer:
-                result = stream_base_backup(
-                    basebackup_argv(program, conninfo, f"pgbackup {backup_id}"),
-                    writer,
-                    spec,
-                    recipients_list,
-                    facts.database_size,
-                )
-            step = "storing backup_manifest"
-            manifest_spec = CodecSpec("none", 0, spec.encrypted)
-            manifest_name = MANIFEST + suffix(manifest_spec)
-            manifest_stored = encode_bytes(
-                manifest_spec, result.manifest, recipients=recipients_list
-            )
-            manifest_obj = store_small(repo, prefix + manifest_name, manifest_stored)
-            timeline, start_lsn, stop_lsn = wal_range(result.manifest)
+            with backup_directory(storage, repo, target.name, backup_id, direct) as directory:
+                step = "running pg_basebackup"
+                argv = basebackup_argv(program, conninfo, f"pgbackup {backup_id}", directory, spec)
+                run_basebackup(argv, facts.database_size)
+                produced = base_file(directory)
+                manifest = (directory / MANIFEST).read_bytes()
+                if produced.name != "base.tar" + suffix(CodecSpec(spec.compression, spec.level)):
+                    raise BackupError(
+                        f"pg_basebackup wrote {produced.name}, not the expected compression"
+                    )
+                if direct:
+                    step = f"checking {base_name}"
+                    assert isinstance(storage, PosixStorage)
+                    settle_in_repository(storage, directory)
+                    base_obj: dict[str, Any] = {
+                        "size": produced.stat().st_size,
+                        "sha256": file_digest(produced),
+                    }
+                    manifest_obj = {
+                        "size": len(manifest),
+                        "sha256": hashlib.sha256(manifest).hexdigest(),
+                    }
+                else:
+                    step = f"storing {base_name}"
+                    base_obj = upload_staged(
+                        storage, produced, prefix + base_name, spec.encrypted, recipients_list
+                    )
+                    step = "storing backup_manifest"
+                    stored = encode_bytes(manifest_spec, manifest, recipients=recipients_list)
+                    storage.write_bytes(prefix + manifest_name, stored)
+                    manifest_obj = {
+                        "size": len(stored),
+                        "sha256": hashlib.sha256(stored).hexdigest(),
+                    }
+            m = manifest_facts(manifest, facts.wal_segment_size)
             stopped_at = utcnow()
             metadata: dict[str, Any] = {
                 "format_version": 1,
@@ -284,26 +362,20 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 "server_version": facts.version,
                 "server_version_num": facts.version_num,
                 "wal_segment_size": facts.wal_segment_size,
-                "timeline": timeline,
-                "start_lsn": format_lsn(start_lsn),
-                "stop_lsn": format_lsn(stop_lsn),
+                "timeline": m["timeline"],
+                "start_lsn": format_lsn(m["start_lsn"]),
+                "stop_lsn": format_lsn(m["stop_lsn"]),
                 "start_time": iso(started_at),
-                "label_start_time": result.label.get("START TIME"),
                 "stop_time": iso(stopped_at),
                 "duration_seconds": round(time.monotonic() - t0, 3),
-                "raw_bytes": result.raw_bytes,
-                "stored_bytes": result.stored_bytes + manifest_obj["size"],
-                "files": result.files,
+                "raw_bytes": m["raw_bytes"],
+                "stored_bytes": base_obj["size"] + manifest_obj["size"],
+                "files": m["files"],
                 "database_size": facts.database_size,
                 "compression": {"method": spec.compression, "level": spec.level},
                 "encrypted": spec.encrypted,
                 "objects": {
-                    base_name: {
-                        "kind": "base",
-                        "size": result.stored_bytes,
-                        "sha256": result.sha256,
-                        "codec": spec.to_dict(),
-                    },
+                    base_name: {"kind": "base", **base_obj, "codec": spec.to_dict()},
                     manifest_name: {
                         "kind": "manifest",
                         **manifest_obj,

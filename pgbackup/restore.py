@@ -251,6 +251,8 @@ def run_restore(
             )
         if not (directory / "PG_VERSION").exists():
             raise RestoreError(f"{key} did not contain a PostgreSQL data directory")
+        # Durable before we say "restored" (one syncfs rather than an fsync per file).
+        subprocess.run(["sync", "-f", str(directory)], check=False)
     except BaseException:
         with contextlib.suppress(OSError):
             empty_directory(directory)

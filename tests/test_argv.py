@@ -8,13 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgbackup.backup import basebackup_argv, wal_range
+from pgbackup.backup import basebackup_argv, compress_option, wal_range
+from pgbackup.codecs import CodecSpec
 from pgbackup.errors import UsageError
 from pgbackup.postgres.connection import to_dsn
 from pgbackup.restore_cli import parse_time, recovery_settings
 
 
-def test_basebackup_argv_streams_one_tar_with_wal_and_no_password() -> None:
+def test_basebackup_argv_server_compressed_tar_with_wal_and_no_password() -> None:
     argv = basebackup_argv(
         "/usr/lib/postgresql/15/bin/pg_basebackup",
         {
@@ -25,14 +26,32 @@ def test_basebackup_argv_streams_one_tar_with_wal_and_no_password() -> None:
             "password": "x",
         },
         "pgbackup 20261123T020000Z",
+        Path("/repo/platform/base/20261123T020000Z"),
+        CodecSpec("zstd", 3),
     )
     assert argv[0] == "/usr/lib/postgresql/15/bin/pg_basebackup"
-    assert "--pgdata=-" in argv and "--format=tar" in argv and "--wal-method=fetch" in argv
+    assert "--pgdata=/repo/platform/base/20261123T020000Z" in argv
+    assert "--format=tar" in argv and "--wal-method=fetch" in argv
     assert "--checkpoint=fast" in argv and "--manifest-checksums=CRC32C" in argv
-    assert "--no-password" in argv
+    assert "--no-password" in argv and "--progress" in argv
+    assert "--compress=server-zstd:3" in argv
     dsn = argv[argv.index("--dbname") + 1]
     assert dsn == "host='db1' port='5432' user='platform_service' dbname='platform'"
     assert "x" not in dsn.split("'")  # never a password on the command line
+
+
+@pytest.mark.parametrize(
+    "method,level,option",
+    [
+        ("zstd", 19, "--compress=server-zstd:19"),
+        ("gzip", 6, "--compress=server-gzip:6"),
+        ("lz4", 0, "--compress=server-lz4:1"),  # pg_basebackup's lz4 levels start at 1
+        ("lz4", 16, "--compress=server-lz4:12"),
+        ("none", 0, None),
+    ],
+)
+def test_compress_option(method: str, level: int, option: str | None) -> None:
+    assert compress_option(CodecSpec(method, level)) == option
 
 
 def test_to_dsn_quotes_values() -> None:
