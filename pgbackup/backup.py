@@ -50,7 +50,7 @@ from pgbackup.repository import MANIFEST, Repository, iso, new_backup_id, utcnow
 from pgbackup.sandbox import resolve_conninfo
 from pgbackup.storage import Storage, open_storage
 from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage
-from pgbackup.ui import LOG, human_bytes, progress
+from pgbackup.ui import LOG, human_bytes, interactive, progress
 
 READ_SIZE = 1 << 20
 # pg_basebackup's names for our compression methods, and the levels it accepts.
@@ -96,8 +96,9 @@ def basebackup_argv(
         f"--label={label}",
         "--manifest-checksums=CRC32C",
         "--no-password",
-        "--progress",
     ]
+    if interactive():
+        argv.append("--progress")  # the server sizes the data directory first: terminals only
     option = compress_option(spec)
     if option:
         argv.append(option)

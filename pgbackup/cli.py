@@ -45,9 +45,14 @@ def wal_main(argv: list[str]) -> int:
     config, rest = _split_config(argv)
     target = None
     source = None  # wal-fetch --from NAME: an upload destination
+    asynchronous = False
     positional: list[str] = []
     i = 0
     while i < len(rest):
+        if rest[i] == "--async":
+            asynchronous = True
+            i += 1
+            continue
         if rest[i] == "--target" and i + 1 < len(rest):
             target = rest[i + 1]
             i += 2
@@ -66,12 +71,18 @@ def wal_main(argv: list[str]) -> int:
     want = 1 if command == "wal-push" else 2
     if len(args) != want:
         usage = (
-            "wal-push [--config FILE] [--target NAME] PATH"
+            "wal-push [--config FILE] [--target NAME] [--async] PATH"
             if want == 1
             else "wal-fetch [--config FILE] [--target NAME] [--from UPLOAD] NAME PATH"
         )
         print(f"pgbackup: usage: pgbackup {usage}", file=sys.stderr)
         return 2
+    if asynchronous and command == "wal-push":
+        from pgbackup.walasync import push_async
+
+        return push_async(
+            config or os.environ.get("PGBACKUP_CONFIG") or "backup.yaml", target, args[0]
+        )
     policy = None
     try:
         from pgbackup import wal

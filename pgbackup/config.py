@@ -1207,7 +1207,7 @@ def load_policy(path: str | Path | None = None, *, validate: bool = True) -> Pol
     return policy
 
 
-def load_policy_fast(path: str | Path | None = None) -> Policy:
+def load_policy_fast(path: str | Path | None = None, *, for_wal: bool = True) -> Policy:
     """:func:`load_policy` for hot paths (wal-push, wal-fetch).
 
     Skips validation when this exact content, with the current values of the
@@ -1217,7 +1217,8 @@ def load_policy_fast(path: str | Path | None = None) -> Policy:
     p = find_config(path)
     data = _read(p)
     key = _cache_key(p, data, os.environ)
-    optional = ("alerts", "uploads", "drill")  # not needed to push or fetch WAL
+    # Not needed to push or fetch WAL; every other command needs them whole.
+    optional = ("alerts", "uploads", "drill") if for_wal else ()
     if _cache_hit(key):
         return _load(p, data, validate=False, optional=optional)
     policy = _load(p, data, validate=True, optional=optional)

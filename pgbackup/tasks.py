@@ -53,10 +53,11 @@ def command(fn: F) -> F:
 
 def load(config: str | None, *, verbose: bool = False) -> Any:
     """Find, load and validate the policy, then set up logging."""
-    from pgbackup.config import find_config, load_policy
+    from pgbackup.config import find_config, load_policy_fast
     from pgbackup.ui import setup_logging
 
-    policy = load_policy(find_config(config))
+    # Validated in full, once per content (and referenced environment): a cache of hashes.
+    policy = load_policy_fast(find_config(config), for_wal=False)
     setup_logging(policy, verbose=verbose)
     return policy
 

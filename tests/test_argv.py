@@ -33,7 +33,7 @@ def test_basebackup_argv_server_compressed_tar_with_wal_and_no_password() -> Non
     assert "--pgdata=/repo/platform/base/20261123T020000Z" in argv
     assert "--format=tar" in argv and "--wal-method=fetch" in argv
     assert "--checkpoint=fast" in argv and "--manifest-checksums=CRC32C" in argv
-    assert "--no-password" in argv and "--progress" in argv
+    assert "--no-password" in argv
     assert "--compress=server-zstd:3" in argv
     dsn = argv[argv.index("--dbname") + 1]
     assert dsn == "host='db1' port='5432' user='platform_service' dbname='platform'"
