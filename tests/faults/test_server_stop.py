@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 import counts
 from faultlib import batches, clean_output, listed, popen, restored
@@ -18,15 +19,19 @@ from harness import Harness, commit_batches, switch_and_wait_archived
 from pgbackup.postgres.cluster import run_as
 
 
-def wait_streaming(h: Harness, proc: subprocess.Popen[str], timeout: float = 60) -> bool:
-    """True once the backup's temp file in the repository holds some data."""
-    base = h.repo / "platform" / "base"
+def wait_streaming(cluster: Any, proc: subprocess.Popen[str], timeout: float = 60) -> bool:
+    """True once the server reports the base backup streaming database files.
+
+    Watches pg_stat_progress_basebackup on the server itself, so it does not depend on
+    how pgbackup writes into the repository.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        sizes = [p.stat().st_size for p in base.rglob("*.pgbackup-tmp")] if base.exists() else []
-        if any(s > 256 * 1024 for s in sizes):
-            return True
-        time.sleep(0.05)
+    with cluster.connect() as conn:
+        while time.monotonic() < deadline and proc.poll() is None:
+            row = conn.execute("SELECT phase FROM pg_stat_progress_basebackup").fetchone()
+            if row and row[0] == "streaming database files":
+                return True
+            time.sleep(0.005)
     return False
 
 
@@ -61,7 +66,7 @@ def test_server_stopped_or_restarted_mid_backup(h: Harness) -> None:
             batch += 1
             commit_batches(cluster, batch, batch)
             proc = popen(h, "backup")
-            streaming = wait_streaming(h, proc)
+            streaming = wait_streaming(cluster, proc)
             if how == "restart":
                 cluster.stop("fast")
                 cluster.start()
