@@ -102,7 +102,30 @@ def run_as(
     return proc
 
 
-class Cluster:
+class SqlAccess:
+    """Connections and one-shot queries, for any cluster that knows its ``conninfo``."""
+
+    def conninfo(self, dbname: str = "postgres", user: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def connect(self, dbname: str = "postgres", user: str | None = None) -> Iterator[Any]:
+        import psycopg
+
+        with psycopg.connect(
+            **self.conninfo(dbname, user), autocommit=True, connect_timeout=10
+        ) as conn:
+            yield conn
+
+    def sql(
+        self, query: str, dbname: str = "postgres", user: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        with self.connect(dbname, user) as conn, conn.cursor() as cur:
+            cur.execute(query)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+
+class Cluster(SqlAccess):
     """A data directory and the postmaster that serves it on 127.0.0.1:``port``."""
 
     def __init__(
@@ -294,24 +317,6 @@ class Cluster:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-    # --- SQL ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def connect(self, dbname: str = "postgres", user: str | None = None) -> Iterator[Any]:
-        import psycopg
-
-        with psycopg.connect(
-            **self.conninfo(dbname, user), autocommit=True, connect_timeout=10
-        ) as conn:
-            yield conn
-
-    def sql(
-        self, query: str, dbname: str = "postgres", user: str | None = None
-    ) -> list[tuple[Any, ...]]:
-        with self.connect(dbname, user) as conn, conn.cursor() as cur:
-            cur.execute(query)  # type: ignore[arg-type]
-            return cur.fetchall() if cur.description else []
 
 
 def quote_setting(value: Any) -> str:

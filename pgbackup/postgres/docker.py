@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pgbackup.errors import PostgresError
+from pgbackup.postgres.cluster import SqlAccess
 
 IMAGE_UID = 999
 START_TIMEOUT = 120.0
@@ -43,7 +43,7 @@ def docker_client() -> Any:
     return client
 
 
-class DockerCluster:
+class DockerCluster(SqlAccess):
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
@@ -137,19 +137,3 @@ class DockerCluster:
             "dbname": dbname,
             "user": user or "postgres",
         }
-
-    @contextlib.contextmanager
-    def connect(self, dbname: str = "postgres", user: str | None = None) -> Iterator[Any]:
-        import psycopg
-
-        with psycopg.connect(
-            **self.conninfo(dbname, user), autocommit=True, connect_timeout=10
-        ) as conn:
-            yield conn
-
-    def sql(
-        self, query: str, dbname: str = "postgres", user: str | None = None
-    ) -> list[tuple[Any, ...]]:
-        with self.connect(dbname, user) as conn, conn.cursor() as cur:
-            cur.execute(query)  # type: ignore[arg-type]
-            return cur.fetchall() if cur.description else []
