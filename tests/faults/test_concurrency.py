@@ -64,7 +64,7 @@ def test_concurrent_runs(h: Harness) -> None:
             proc = h.run("backup", expect_ok=None)
             if proc.returncode == 0 or "busy: cleanup" not in proc.stderr:
                 break
-            counts.inputs("backup refused while cleanup held the lock", 1, rejected=1, tracebacks=0)
+            print(f"backup refused while cleanup held the lock: {proc.stderr[:120]}")
         stop.set()
         t.join()
         round_problems = clean_output(proc)
