@@ -290,7 +290,10 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
     started_at = utcnow()
     step = "taking the lock"
     backup_id = ""
-    with _terminate_as_interrupt(), target_lock(policy.repository, target.name, "backup"):
+    with (
+        _terminate_as_interrupt(),
+        target_lock(policy.repository, target.name, "backup", wait_for=("cleanup",)),
+    ):
         try:
             step = "connecting to the server"
             conninfo = resolve_conninfo(policy, target, LOG)

@@ -31,7 +31,16 @@ def lock_path(repository: dict[str, Any], target: str) -> Path:
 
 
 @contextlib.contextmanager
-def target_lock(repository: dict[str, Any], target: str, action: str) -> Iterator[None]:
+def target_lock(
+    repository: dict[str, Any],
+    target: str,
+    action: str,
+    *,
+    wait_for: tuple[str, ...] = (),
+    wait_seconds: float = 600,
+) -> Iterator[None]:
+    """Hold the target's lock; refuse at once if busy, except that a holder doing one of
+    ``wait_for`` (a short job, like cleanup) is waited for, at most ``wait_seconds``."""
     path = lock_path(repository, target)
     owner = None
     if repository.get("kind", "posix") == "posix":
@@ -46,14 +55,20 @@ def target_lock(repository: dict[str, Any], target: str, action: str) -> Iterato
     if owner:
         os.fchown(fd, *owner)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+                if holder.split(" ", 1)[0] in wait_for and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
             raise LockError(
                 f"target {target!r} is busy: {holder}; this {action} refuses to run alongside it",
                 hint="wait for it to finish (or, if that process is gone, run again: the lock is released with it)",
-            ) from None
+            )
         os.ftruncate(fd, 0)
         os.pwrite(
             fd,
