@@ -166,10 +166,18 @@ def run_basebackup(argv: list[str], estimated_size: int) -> None:
 
 
 def base_file(directory: Path) -> Path:
+    """The one base archive pg_basebackup wrote; anything else (tablespaces) is refused."""
     found = sorted(directory.glob("base.tar*"))
     if len(found) != 1:
         raise BackupError(
             f"pg_basebackup left {len(found)} base archives in {directory}, expected one"
+        )
+    others = sorted(f.name for f in directory.iterdir() if f != found[0] and f.name != MANIFEST)
+    if others:
+        raise BackupError(
+            f"the server has tablespaces ({', '.join(others)}); pgbackup backs up only the main "
+            "data directory so far, and will not keep a backup that would restore without them",
+            hint="move the tables to pg_default, or back this server up with pg_basebackup directly",
         )
     return found[0]
 

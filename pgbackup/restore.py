@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import pwd
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,84 +126,44 @@ def empty_directory(directory: Path) -> None:
             child.unlink()
 
 
-# tar runs these for decompression in a process of their own, in parallel with extraction.
-DECOMPRESSORS = {"zstd": "zstd", "gzip": "gzip", "lz4": "lz4"}
-
-
 def extract(
     storage: Storage,
     key: str,
     spec: CodecSpec,
     identity_list: list[str] | None,
     directory: Path,
-    os_user: str | None,
     expected: dict[str, Any],
 ) -> int:
-    """Stream the stored object into ``tar -x``; returns the stored bytes read.
+    """Stream the stored object into the data directory; returns the stored bytes read.
 
-    Python only moves (and hashes, and decrypts) the compressed bytes; ``tar -I zstd``
-    decompresses in a process of its own while tar writes. The sha256 of the stored
+    Decoding happens in this process (python-zstandard, age), the tar stream is written by
+    parallel writers that fsync each file (:mod:`pgbackup.untar`). The sha256 of the stored
     bytes is checked against ``expected`` before anything else is believed.
     """
-    kwargs: dict[str, Any] = {}
-    env = dict(os.environ)
-    if os_user is not None:
-        pw = pwd.getpwnam(os_user)
-        kwargs.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
-        env["HOME"] = pw.pw_dir
-    argv = [
-        "tar",
-        "-x",
-        "-f",
-        "-",
-        "-C",
-        str(directory),
-        "--no-same-owner",
-        "--delay-directory-restore",
-    ]
-    program = DECOMPRESSORS.get(spec.compression)
-    if program and shutil.which(program):
-        argv += ["-I", program]
-        decode_spec = CodecSpec("none", 0, spec.encrypted)  # only decryption left for us
-    else:
-        decode_spec = spec
+    from pgbackup import untar
+
     source = HashingReader(storage.open_read(key))
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", env=env, umask=0o077, **kwargs
-    )
-    assert proc.stdin is not None and proc.stderr is not None
-    try:
-        with (
-            contextlib.closing(source),
-            open_decoder(source, decode_spec, identities=identity_list, what=key) as decoded,  # type: ignore[arg-type]
-            progress("restore", int(expected.get("size", 0)) or None) as bar,
-        ):
-            while chunk := decoded.read(READ_SIZE):
-                try:
-                    proc.stdin.write(chunk)
-                except BrokenPipeError:
-                    break
-                bar.advance(len(chunk))
-            # Drain what tar did not need, so the checksum covers every byte.
-            while source.read(READ_SIZE):
-                pass
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        rc = proc.wait()
-        err = proc.stderr.read().decode(errors="replace").strip()
-    except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        raise
+    problem: PgBackupError | None = None
+    with (
+        contextlib.closing(source),
+        open_decoder(source, spec, identities=identity_list, what=key) as decoded,  # type: ignore[arg-type]
+        progress("restore", int(expected.get("raw_bytes", 0)) or None) as bar,
+    ):
+        try:
+            untar.extract(decoded, directory, on_bytes=bar.advance)  # type: ignore[arg-type]
+        except PgBackupError as exc:
+            problem = exc  # the checksum verdict comes first
+        # Drain what the tar stream did not need, so the checksum covers every byte.
+        while source.read(READ_SIZE):
+            pass
     if source.sha256.hexdigest() != expected["sha256"] or source.count != expected["size"]:
         raise RestoreError(
             f"{key} does not match the checksum recorded in its metadata "
             f"({source.count} bytes read, {expected['size']} expected); the stored backup is damaged",
             hint="run `pgbackup verify --backup all` and restore from another backup",
         )
-    if rc != 0:
-        raise RestoreError(f"tar failed extracting {key} into {directory}: {err[-500:]}")
+    if problem is not None:
+        raise RestoreError(f"cannot restore {key}: {problem.message}", hint=problem.hint)
     return source.count
 
 
@@ -246,12 +203,17 @@ def run_restore(
     key = repo.base_prefix(target.name, info.backup_id) + name
     LOG.info("restoring backup %s of %s into %s", info.backup_id, target.name, directory)
     try:
-        stored = extract(storage, key, spec, identity_list, directory, os_user, obj)
+        stored = extract(
+            storage,
+            key,
+            spec,
+            identity_list,
+            directory,
+            {**obj, "raw_bytes": info.metadata.get("raw_bytes", 0)},
+        )
         raw = int(info.metadata.get("raw_bytes", 0))
         if not (directory / "PG_VERSION").exists():
             raise RestoreError(f"{key} did not contain a PostgreSQL data directory")
-        # Durable before we say "restored" (one syncfs rather than an fsync per file).
-        subprocess.run(["sync", "-f", str(directory)], check=False)
     except BaseException:
         with contextlib.suppress(OSError):
             empty_directory(directory)

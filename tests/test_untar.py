@@ -1,0 +1,84 @@
+"""The parallel tar extractor restores exactly what tarfile wrote, and refuses escapes."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pgbackup.errors import RestoreError
+from pgbackup.untar import extract
+
+
+def make_tar(
+    members: list[tuple[str, bytes | None, str | None]], fmt: int = tarfile.GNU_FORMAT
+) -> io.BytesIO:
+    """members: (name, content or None for a directory, symlink target or None)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for name, data, link in members:
+            info = tarfile.TarInfo(name)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tf.addfile(info)
+            elif data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o700
+                tf.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o600
+                tf.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_round_trip(tmp_path: Path, fmt: int) -> None:
+    big = os.urandom(9 * 1024 * 1024 + 123)  # several write chunks
+    long_dir = "d" * 60 + "/" + "e" * 60 if fmt == tarfile.USTAR_FORMAT else "x" * 150
+    members = [
+        ("base", None, None),
+        ("base/1", None, None),
+        ("base/1/16384", big, None),
+        ("base/1/empty", b"", None),
+        (f"{long_dir}/file", b"long name", None),
+        ("pg_tblspc/16400", None, "/srv/tablespace"),
+        ("PG_VERSION", b"15\n", None),
+    ]
+    written = extract(make_tar(members, fmt), tmp_path)
+    assert (tmp_path / "base/1/16384").read_bytes() == big
+    assert (tmp_path / "base/1/empty").read_bytes() == b""
+    assert (tmp_path / long_dir / "file").read_bytes() == b"long name"
+    assert os.readlink(tmp_path / "pg_tblspc/16400") == "/srv/tablespace"
+    assert stat.S_IMODE((tmp_path / "PG_VERSION").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "base").stat().st_mode) == 0o700
+    assert written == len(big) + len(b"long name") + 3
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "base/../../escape"])
+def test_refuses_paths_outside(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(RestoreError, match="outside the data directory"):
+        extract(make_tar([(name, b"x", None)]), root)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_refuses_members_beneath_a_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    tar = make_tar([("link", None, str(outside)), ("link/file", b"x", None)])
+    with pytest.raises(RestoreError, match="beneath a symbolic link"):
+        extract(tar, root)
+    assert list(outside.iterdir()) == []
+
+
+def test_truncated_stream_is_an_error(tmp_path: Path) -> None:
+    data = make_tar([("f", os.urandom(100_000), None)]).getvalue()
+    with pytest.raises(RestoreError, match="ended in the middle"):
+        extract(io.BytesIO(data[:50_000]), tmp_path)
