@@ -57,3 +57,10 @@ Feature: Base backups restore to exactly the data at backup time
     When I take a backup expecting failure
     Then the command fails and says "is busy"
     And the repository lists exactly 0 complete backup and no incomplete ones
+
+  Scenario: A server with tablespaces is refused rather than backed up without them
+    Given a sandbox cluster with sample data
+    And the sandbox has a tablespace with a table in it
+    When I take a backup expecting failure
+    Then the command fails and says "tablespaces"
+    And the repository lists exactly 0 complete backup and no incomplete ones

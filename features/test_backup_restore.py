@@ -94,3 +94,15 @@ def hold_lock(h: Harness, ctx: dict[str, Any]) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX)
     os.write(fd, b"backup by pid 4242 (test)\n")
     ctx["lock_fd"] = fd
+
+
+@given("the sandbox has a tablespace with a table in it")
+def tablespace(h: Harness) -> None:
+    from pgbackup.postgres.cluster import hand_over
+
+    location = h.root / "tablespace"
+    location.mkdir()
+    cluster = h.sandbox()
+    hand_over(location, cluster.os_user, 0o700)
+    cluster.sql(f"CREATE TABLESPACE extra LOCATION '{location}'")
+    cluster.sql("CREATE TABLE far (id int) TABLESPACE extra", dbname="platform")
