@@ -132,15 +132,26 @@ class Harness:
 # --- PostgreSQL helpers shared by features ---------------------------------------------
 
 
-def switch_and_wait_archived(cluster: Cluster, timeout: float = 60) -> str:
+def switch_and_wait_archived(cluster: Cluster, timeout: float = 90) -> str:
+    """Close the current WAL segment and wait until archive_command has stored it."""
     closed = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
     deadline = time.monotonic() + timeout
+    failed = None
     while time.monotonic() < deadline:
-        last = cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+        last, failed = cluster.sql(
+            "SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver"
+        )[0]
         if last and last[:24] >= closed:
             return str(closed)
         time.sleep(0.2)
-    raise AssertionError(f"{closed} not archived within {timeout}s")
+    raise AssertionError(
+        f"{closed} not archived within {timeout}s (last failed: {failed})\n{cluster.log_tail(40)}"
+    )
+
+
+def switch_and_wait(h: Harness, timeout: float = 90) -> str:
+    """The same, for the scenario's sandbox."""
+    return switch_and_wait_archived(h.sandbox(), timeout)
 
 
 def commit_batches(

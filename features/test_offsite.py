@@ -14,7 +14,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from harness import Harness
+from harness import Harness, switch_and_wait
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from pgbackup.postgres.cluster import free_port
@@ -116,22 +116,6 @@ def upload_local(h: Harness, name: str) -> None:
 
 
 # --- WAL and recovery points ----------------------------------------------------------
-
-
-def switch_and_wait(h: Harness, timeout: float = 90) -> str:
-    """Close the current WAL segment and wait until archive_command has stored it."""
-    cluster = h.sandbox()
-    segment = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        archived, failed = cluster.sql(
-            "SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver"
-        )[0]
-        if archived and archived >= segment:
-            return str(segment)
-        time.sleep(0.3)
-    log = cluster.log_file.read_text(errors="replace")[-3000:]
-    raise AssertionError(f"{segment} not archived (last failed: {failed})\n{log}")
 
 
 @when("I change data, record the checksums and a recovery time, then change more data")

@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 import yaml
-from harness import PGBACKUP, Harness
+from harness import PGBACKUP, Harness, switch_and_wait
 from pytest_bdd import given, parsers, scenarios, then, when
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -122,18 +122,6 @@ def nothing_partial(h: Harness, ctx: dict[str, Any]) -> None:
 
 
 # --- WAL ------------------------------------------------------------------------------
-
-
-def switch_and_wait(h: Harness, timeout: float = 90) -> str:
-    cluster = h.sandbox()
-    segment = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        archived = cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
-        if archived and archived >= segment:
-            return str(segment)
-        time.sleep(0.3)
-    raise AssertionError(f"{segment} not archived\n{cluster.log_file.read_text()[-3000:]}")
 
 
 @given(parsers.parse("{n:d} WAL segments were archived and fetched back as originals"))
