@@ -186,11 +186,3 @@ class Repository:
                 yield json.loads(self.storage.read_bytes(key))
             except (PgBackupError, ValueError):
                 continue
-
-    def targets(self) -> list[str]:
-        names = set()
-        for info in self.storage.list(""):
-            head = info.key.split("/", 1)[0]
-            if "/" in info.key:
-                names.add(head)
-        return sorted(names)
