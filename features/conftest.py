@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Harness, batches_in, commit_batches, switch_and_wait_archived
+from harness import (  # noqa: F401 (fixture, hook)
+    Harness,
+    batches_in,
+    commit_batches,
+    harness_fixture,
+    pytest_runtest_makereport,
+    restore_to_time,
+    switch_and_wait_archived,
+)
 from pytest_bdd import given, parsers, then, when
 
 from pgbackup.postgres.cluster import free_port, server_os_user
 from pgbackup.postgres.connection import connect, table_checksums
 
 SAMPLE_TABLES = ["public.tenants", "public.users", "public.sessions"]
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call":
-        item.scenario_failed = report.failed
-
-
-@pytest.fixture
-def h(request: Any) -> Iterator[Harness]:
-    harness = Harness()
-    yield harness
-    harness.teardown(failed=getattr(request.node, "scenario_failed", False))
 
 
 @pytest.fixture
@@ -169,3 +161,8 @@ def wal_continuous(h: Harness) -> None:
     out = h.json("verify", "--wal")
     assert out["platform"]["wal"]["gaps"] == []
     assert out["platform"]["wal"]["segments"] >= 2
+
+
+@when("I restore to the recorded time into a new directory and start it")
+def restore_pitr(h: Harness, ctx: dict[str, Any]) -> None:
+    restore_to_time(h, ctx)

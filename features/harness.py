@@ -16,10 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from pgbackup.postgres.cluster import Cluster, free_port
@@ -129,6 +131,26 @@ class Harness:
         return list(self.json("list")["platform"]["backups"])
 
 
+# --- pytest wiring (imported by features/conftest.py and tests/faults/conftest.py) ---------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    """Remember whether the test body failed, so its files are kept for a post-mortem."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.harness_failed = report.failed
+
+
+@pytest.fixture(name="h")
+def harness_fixture(request: Any) -> Iterator[Harness]:
+    """A fresh scratch directory, policy and CLI runner per test; kept when the test failed."""
+    harness = Harness()
+    yield harness
+    harness.teardown(failed=getattr(request.node, "harness_failed", False))
+
+
 # --- PostgreSQL helpers shared by features ---------------------------------------------
 
 
@@ -232,3 +254,23 @@ def batches_in(h: Harness, ctx: dict[str, Any]) -> list[int]:
     )
     assert all(n == 100 for _b, n in rows), rows  # whole transactions only
     return [b for b, _n in rows]
+
+
+def restore_to_time(h: Harness, ctx: dict[str, Any], *extra: str) -> None:
+    """Restore to ``ctx["recovery_time"]`` into a new directory and start it there."""
+    port = free_port()
+    target_dir = h.root / "restored"
+    h.track(target_dir, port)
+    h.run(
+        "restore",
+        *extra,
+        "--target-time",
+        ctx["recovery_time"].isoformat(),
+        "--to",
+        str(target_dir),
+        "--start",
+        "--port",
+        str(port),
+        "--no-archive",
+    )
+    ctx["restored"] = (target_dir, port)

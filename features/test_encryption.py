@@ -103,25 +103,6 @@ def recovery_point(h: Harness, ctx: dict[str, Any]) -> None:
     switch_and_wait(h)
 
 
-@when("I restore to the recorded time into a new directory and start it")
-def restore_pitr(h: Harness, ctx: dict[str, Any]) -> None:
-    port = free_port()
-    target_dir = h.root / "restored"
-    h.track(target_dir, port)
-    h.run(
-        "restore",
-        "--target-time",
-        ctx["recovery_time"].isoformat(),
-        "--to",
-        str(target_dir),
-        "--start",
-        "--port",
-        str(port),
-        "--no-archive",
-    )
-    ctx["restored"] = (target_dir, port)
-
-
 @when("I restore the latest backup into an empty directory expecting failure")
 def restore_fails(h: Harness, ctx: dict[str, Any]) -> None:
     d = h.root / "empty-target"

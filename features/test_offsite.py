@@ -14,7 +14,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from harness import Harness, switch_and_wait
+from harness import Harness, restore_to_time, switch_and_wait
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from pgbackup.postgres.cluster import free_port
@@ -139,30 +139,6 @@ def recovery_point(h: Harness, ctx: dict[str, Any]) -> None:
     with connect(cluster.conninfo("platform")) as conn:
         assert table_checksums(conn, SAMPLE_TABLES) != ctx["checksums"]
     switch_and_wait(h)
-
-
-def restore_to_time(h: Harness, ctx: dict[str, Any], *extra: str) -> None:
-    port = free_port()
-    target_dir = h.root / "restored"
-    h.track(target_dir, port)
-    h.run(
-        "restore",
-        *extra,
-        "--target-time",
-        ctx["recovery_time"].isoformat(),
-        "--to",
-        str(target_dir),
-        "--start",
-        "--port",
-        str(port),
-        "--no-archive",
-    )
-    ctx["restored"] = (target_dir, port)
-
-
-@when("I restore to the recorded time into a new directory and start it")
-def restore_pitr(h: Harness, ctx: dict[str, Any]) -> None:
-    restore_to_time(h, ctx)
 
 
 @when(
