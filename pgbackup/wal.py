@@ -82,6 +82,15 @@ def control_sysid(data_dir: Path) -> int | None:
     return struct.unpack("<Q", head)[0] if len(head) == 8 else None
 
 
+def policy_identities(policy: Any) -> list[str] | None:
+    """The policy's age identities, or None when it names none (loaded only when asked)."""
+    if policy is None or not policy.encryption or not policy.encryption.identity_file:
+        return None
+    from pgbackup.codecs import load_identities
+
+    return load_identities(policy.encryption.identity_file)
+
+
 def codec_for(policy: Any) -> CodecSpec:
     return CodecSpec(
         compression=policy.compression.method,
@@ -224,12 +233,9 @@ def _compare_existing(
             recorded = storage.read_bytes(f"{target}/wal/{name}.sha256").decode().strip()
         except PgBackupError:
             recorded = None
-        if recorded is None and policy.encryption and policy.encryption.identity_file:
-            from pgbackup.codecs import load_identities
-
-            plain = decode_bytes(
-                spec, stored, identities=load_identities(policy.encryption.identity_file), what=key
-            )
+        identities = policy_identities(policy) if recorded is None else None
+        if identities is not None:
+            plain = decode_bytes(spec, stored, identities=identities, what=key)
             recorded = hashlib.sha256(plain).hexdigest()
         if recorded is None:
             raise WalError(
@@ -267,17 +273,14 @@ def fetch(
     if key is None:
         raise WalNotFound(f"{name} is not in the archive")
     _base, stored_spec = parse_suffix(key.rsplit("/", 1)[-1])
-    identities = None
-    if stored_spec.encrypted:
-        from pgbackup.codecs import load_identities
+    identities = policy_identities(policy) if stored_spec.encrypted else None
+    if stored_spec.encrypted and identities is None:
         from pgbackup.errors import EncryptionError
 
-        if policy.encryption is None or policy.encryption.identity_file is None:
-            raise EncryptionError(
-                f"{key} is encrypted and the policy names no identity",
-                hint="set encryption.identity_file in backup.yaml",
-            )
-        identities = load_identities(policy.encryption.identity_file)
+        raise EncryptionError(
+            f"{key} is encrypted and the policy names no identity",
+            hint="set encryption.identity_file in backup.yaml",
+        )
     data = decode_bytes(stored_spec, storage.read_bytes(key), identities=identities, what=key)
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.pgbackup-fetch")
@@ -309,22 +312,16 @@ def timeline_switches(
 ) -> dict[int, list[tuple[int, int, str]]]:
     """Timeline -> its history (parent timeline, switch LSN) read from ``.history`` files."""
     result: dict[int, list[tuple[int, int, str]]] = {}
+    try:
+        identities = policy_identities(policy)
+    except PgBackupError:
+        identities = None  # encrypted histories then stay unread, as when no key is named
     for name, key in names.items():
         if not is_history(name):
             continue
         tli = int(name[:8], 16)
         _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
         try:
-            identities = None
-            if (
-                spec.encrypted
-                and policy is not None
-                and policy.encryption
-                and policy.encryption.identity_file
-            ):
-                from pgbackup.codecs import load_identities
-
-                identities = load_identities(policy.encryption.identity_file)
             text = decode_bytes(
                 spec, storage.read_bytes(key), identities=identities, what=key
             ).decode()
@@ -465,11 +462,7 @@ def check_wal_content(
     read by pg_waldump, whose record CRCs find a flipped byte. Returns (problems, skipped)."""
     info = read_archive_info(storage, target) or {}
     sysid = info.get("system_identifier")
-    identities = None
-    if policy.encryption and policy.encryption.identity_file:
-        from pgbackup.codecs import load_identities
-
-        identities = load_identities(policy.encryption.identity_file)
+    identities = policy_identities(policy)
     problems: list[str] = []
     skipped = 0
     for name in sorted(names):
@@ -565,13 +558,9 @@ def last_commit_time(
     except PgBackupError:
         return None
     _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
-    identities = None
-    if spec.encrypted:
-        if not (policy.encryption and policy.encryption.identity_file):
-            return None
-        from pgbackup.codecs import load_identities
-
-        identities = load_identities(policy.encryption.identity_file)
+    identities = policy_identities(policy) if spec.encrypted else None
+    if spec.encrypted and identities is None:
+        return None
     data = decode_bytes(spec, storage.read_bytes(key), identities=identities, what=key)
     with tempfile.TemporaryDirectory(prefix="pgbackup-waldump-") as tmp:
         (Path(tmp) / name).write_bytes(data)
