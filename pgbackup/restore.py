@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pgbackup.codecs import CodecSpec, load_identities, open_decoder
+from pgbackup.codecs import CodecSpec, open_decoder
 from pgbackup.config import Policy, Target
 from pgbackup.errors import PgBackupError, RestoreError
 from pgbackup.postgres.cluster import Cluster, free_port, hand_over, server_os_user
@@ -78,14 +78,18 @@ def base_object(info: BackupInfo) -> tuple[str, dict[str, Any]]:
 
 
 def identities(policy: Policy, info: BackupInfo) -> list[str] | None:
+    """The age identities an encrypted backup needs; a clear error when none is named."""
     if not info.metadata.get("encrypted"):
         return None
-    if policy.encryption is None or policy.encryption.identity_file is None:
+    from pgbackup.wal import policy_identities
+
+    found = policy_identities(policy)
+    if found is None:
         raise PgBackupError(
             f"backup {info.backup_id} is encrypted and the policy names no identity",
             hint="set encryption.identity_file in backup.yaml to the age key that decrypts it",
         )
-    return load_identities(policy.encryption.identity_file)
+    return found
 
 
 def check_destination(directory: Path, force: bool) -> None:
