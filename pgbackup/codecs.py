@@ -28,9 +28,8 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, NamedTuple, cast
 
 from pgbackup.errors import EncryptionError, PgBackupError, VerifyError
 
@@ -73,26 +72,36 @@ class CorruptDataError(VerifyError):
 # --------------------------------------------------------------------------- spec
 
 
-@dataclass(frozen=True)
-class CodecSpec:
-    """How a stored object was written; recorded in metadata so it can be read back."""
+class _CodecFields(NamedTuple):
+    compression: str
+    level: int
+    encrypted: bool
 
-    compression: str = "zstd"
-    level: int = 3
-    encrypted: bool = False
 
-    def __post_init__(self) -> None:
-        if self.compression not in COMPRESSIONS:
+class CodecSpec(_CodecFields):
+    """How a stored object was written; recorded in metadata so it can be read back.
+
+    An immutable record (a NamedTuple: cheaper to import than a dataclass, and wal-push
+    imports this module once per segment), checked when it is made.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls, compression: str = "zstd", level: int = 3, encrypted: bool = False
+    ) -> CodecSpec:
+        if compression not in COMPRESSIONS:
             raise CodecError(
-                f"unknown compression method {self.compression!r}",
+                f"unknown compression method {compression!r}",
                 hint=f"use one of: {', '.join(COMPRESSIONS)}",
             )
-        bounds = _LEVELS.get(self.compression)
-        if bounds and not bounds[0] <= self.level <= bounds[1]:
+        bounds = _LEVELS.get(compression)
+        if bounds and not bounds[0] <= level <= bounds[1]:
             raise CodecError(
-                f"compression level {self.level} is out of range for {self.compression}",
-                hint=f"{self.compression} levels go from {bounds[0]} to {bounds[1]}",
+                f"compression level {level} is out of range for {compression}",
+                hint=f"{compression} levels go from {bounds[0]} to {bounds[1]}",
             )
+        return super().__new__(cls, compression, level, encrypted)
 
     def to_dict(self) -> dict[str, Any]:
         return {"compression": self.compression, "level": self.level, "encrypted": self.encrypted}
@@ -946,12 +955,18 @@ def encode_bytes(
     recipients: list[str] | None = None,
     threads: int = 0,
 ) -> bytes:
-    """Encode a small object in memory (WAL segments, metadata)."""
-    parts: list[bytes] = []
-    encoder = Encoder(CodecSpec(spec.compression, spec.level, False), parts.append, threads=threads)
-    encoder.write(data)
-    encoder.close()
-    compressed = b"".join(parts)
+    """Encode a small object in memory (WAL segments, metadata), in one call."""
+    if spec.compression == "zstd":
+        import zstandard
+
+        # One-shot: no streaming context and no chunk joins (and the frame records the
+        # content size); the bytes decode like any other zstd frame.
+        compressed = zstandard.ZstdCompressor(
+            level=spec.level, threads=threads, write_checksum=True
+        ).compress(data)
+    else:
+        compress, flush = _make_compress(spec, threads)
+        compressed = compress(data) + flush()
     if not spec.encrypted:
         return compressed
     if not recipients:

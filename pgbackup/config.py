@@ -28,11 +28,8 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, NamedTuple
 
 from pgbackup.errors import ConfigError
 
@@ -73,19 +70,40 @@ _SECRET_HINT = (
     "a passfile (connection.passfile) or ~/.pgpass; for SMTP name the variable holding "
     "the password with password_env; cloud credentials come from the SDK's own chain"
 )
-_URI_WITH_PASSWORD = re.compile(r"postgres(?:ql)?://[^/@\s:?#]*:[^@\s/?#]*@", re.IGNORECASE)
-_PASSWORD_PARAM = re.compile(r"(?:^|[\s?&;])password\s*=", re.IGNORECASE)
-_SECRET_SUFFIXES = ("_password", "_passwd", "_secret", "_token", "_key", "connection_string")
-_ACCOUNT_KEY = re.compile(r"(?:AccountKey|SharedAccessSignature)\s*=", re.IGNORECASE)
-_LOCAL_HTTP = re.compile(r"^http://(?:localhost|127\.[0-9.]+|\[::1\])(?::[0-9]+)?(?:/|$)", re.I)
 
-_DURATION_PART = re.compile(r"([0-9]+)([smhdw])")
+
+class _Pattern:
+    """A regular expression compiled on first use.
+
+    wal-push imports this module once per segment; compiling every pattern at import
+    time cost it milliseconds for checks it never runs on a validated, cached policy.
+    """
+
+    __slots__ = ("_args", "_rx")
+
+    def __init__(self, pattern: str | bytes, flags: int = 0) -> None:
+        self._args = (pattern, flags)
+        self._rx: re.Pattern[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._rx is None:
+            self._rx = re.compile(*self._args)
+        return getattr(self._rx, name)
+
+
+_URI_WITH_PASSWORD = _Pattern(r"postgres(?:ql)?://[^/@\s:?#]*:[^@\s/?#]*@", re.IGNORECASE)
+_PASSWORD_PARAM = _Pattern(r"(?:^|[\s?&;])password\s*=", re.IGNORECASE)
+_SECRET_SUFFIXES = ("_password", "_passwd", "_secret", "_token", "_key", "connection_string")
+_ACCOUNT_KEY = _Pattern(r"(?:AccountKey|SharedAccessSignature)\s*=", re.IGNORECASE)
+_LOCAL_HTTP = _Pattern(r"^http://(?:localhost|127\.[0-9.]+|\[::1\])(?::[0-9]+)?(?:/|$)", re.I)
+
+_DURATION_PART = _Pattern(r"([0-9]+)([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_EXPECT = re.compile(r"^\s*(==|!=|>=|<=|>|<|=)\s*(.*?)\s*$")
-_NUMBER = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
-_INT = re.compile(r"^\s*[+-]?[0-9]+\s*$")
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_REFERENCED = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+_EXPECT = _Pattern(r"^\s*(==|!=|>=|<=|>|<|=)\s*(.*?)\s*$")
+_NUMBER = _Pattern(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+_INT = _Pattern(r"^\s*[+-]?[0-9]+\s*$")
+_VAR_NAME = _Pattern(r"[A-Za-z_][A-Za-z0-9_]*")
+_REFERENCED = _Pattern(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 _CRON_MACROS = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 )
@@ -102,60 +120,54 @@ _TYPE_NAMES = {
 
 
 # --------------------------------------------------------------------------- objects
+# Immutable records. NamedTuple, not dataclasses: wal-push builds them once per segment,
+# and importing dataclasses (with inspect) plus building eight classes cost it ~8 ms.
 
 
-@dataclass(frozen=True)
-class Compression:
+class Compression(NamedTuple):
     method: str
     level: int
 
 
-@dataclass(frozen=True)
-class Encryption:
+class Encryption(NamedTuple):
     method: str
     recipients_file: Path
     identity_file: Path | None
 
 
-@dataclass(frozen=True)
-class Sandbox:
+class Sandbox(NamedTuple):
     path: Path
     port: int  # 0 = choose a free one
     scale: int
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     name: str
     connection: dict[str, Any]  # libpq keywords, only those set
     sandbox: Sandbox | None
     pg_bin_dir: Path | None
 
 
-@dataclass(frozen=True)
-class Retention:
+class Retention(NamedTuple):
     days: int
     weekly: int
     monthly: int
     min_backups: int
 
 
-@dataclass(frozen=True)
-class Sla:
+class Sla(NamedTuple):
     rto: int | None  # seconds
     rpo: int | None  # seconds
 
 
-@dataclass(frozen=True)
-class DrillCheck:
+class DrillCheck(NamedTuple):
     name: str
     sql: str
     expect: str
     dbname: str | None
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     path: Path
     repository: dict[str, Any]
     compression: Compression
@@ -266,6 +278,8 @@ def _cron_problem(expr: Any) -> str | None:
 
 
 def _make_loader() -> type:
+    import yaml
+
     base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
     class Loader(base):  # type: ignore[misc,valid-type]
@@ -298,7 +312,16 @@ def _make_loader() -> type:
     return Loader
 
 
-_Loader: Any = _make_loader()
+_loader_class: Any = None
+
+
+def _loader(text: str) -> Any:
+    """A loader for ``text`` (the class is built on first use: wal-push on a cached
+    policy never imports PyYAML)."""
+    global _loader_class
+    if _loader_class is None:
+        _loader_class = _make_loader()
+    return _loader_class(text)
 
 
 MAX_NODES = 100_000  # after expanding aliases: a policy has a few hundred
@@ -311,6 +334,8 @@ def _shape_problem(root: Any) -> str | None:
     Sizes are counted on the node graph with aliases expanded (memoised, so a bomb is
     measured without being built).
     """
+    import yaml
+
     sizes: dict[int, int] = {}
     in_progress: set[int] = set()
 
@@ -350,7 +375,9 @@ def _parse_yaml(data: bytes, path: Path) -> tuple[Any, list[tuple[str, str]]]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text ({exc})") from None
-    loader = _Loader(text)
+    import yaml
+
+    loader = _loader(text)
     loader.pgbackup_duplicates = []
     try:
         node = loader.get_single_node()
@@ -1105,19 +1132,32 @@ def _cache_key(path: Path, data: bytes, env: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def _cache_hit(key: str) -> bool:
+def _cache_hit(key: str) -> Any:
+    """The parsed (not yet interpolated) document validated under ``key``, or None.
+
+    Holding the parsed tree, not just "validated", is what lets wal-push skip PyYAML.
+    It holds no secret: literal secrets are refused, and ``${VAR}`` references are
+    stored unexpanded.
+    """
     try:
-        return (_cache_dir() / key).is_file()
-    except OSError:
-        return False
+        entry = json.loads((_cache_dir() / key).read_bytes())
+        return entry["document"] if isinstance(entry, dict) else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
-def _cache_store(key: str) -> None:
+def _cache_store(key: str, raw: Any) -> None:
+    try:
+        payload = json.dumps({"document": raw}).encode()
+    except (TypeError, ValueError):
+        return  # not JSON (a YAML date, say): this policy is simply validated every time
     try:
         d = _cache_dir()
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = d / f".{key}.{os.getpid()}.tmp"
-        tmp.write_bytes(b"")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
         os.replace(tmp, d / key)
     except OSError:
         pass
@@ -1143,15 +1183,28 @@ def _analyse(
     validate: bool,
     env: Mapping[str, str] | None = None,
     optional: tuple[str, ...] = (),
+) -> tuple[Any, dict[str, Any] | None, list[tuple[str, str]]]:
+    """(parsed document, interpolated document, problems) of the file's bytes."""
+    raw, problems = _parse_yaml(data, path)
+    doc, more = _analyse_tree(raw, validate=validate, env=env, optional=optional)
+    return raw, doc, problems + more
+
+
+def _analyse_tree(
+    raw: Any,
+    *,
+    validate: bool,
+    env: Mapping[str, str] | None = None,
+    optional: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
-    """(interpolated document, problems). The document is None when unusable.
+    """(interpolated document, problems) of a parsed document. None when unusable.
 
     Top-level sections named in ``optional`` are dropped, instead of failing, when their
     environment variables cannot be resolved: wal-push runs in the server's environment,
     which need not carry, say, the webhook URL of an alert.
     """
     env = os.environ if env is None else env
-    raw, problems = _parse_yaml(data, path)
+    problems: list[tuple[str, str]] = []
     if raw is None:
         return None, [("(file)", "the file is empty; start from the shipped backup.yaml")]
     if not isinstance(raw, dict):
@@ -1182,10 +1235,7 @@ def _fail(path: Path, problems: list[tuple[str, str]]) -> ConfigError:
     )
 
 
-def _load(path: Path, data: bytes, *, validate: bool, optional: tuple[str, ...] = ()) -> Policy:
-    doc, problems = _analyse(path, data, validate=validate, optional=optional)
-    if problems or doc is None:
-        raise _fail(path, problems)
+def _build_checked(path: Path, doc: dict[str, Any]) -> Policy:
     try:
         return _build(path, doc)
     except ConfigError:
@@ -1197,32 +1247,47 @@ def _load(path: Path, data: bytes, *, validate: bool, optional: tuple[str, ...] 
         ) from None
 
 
+def _from_tree(path: Path, raw: Any, *, validate: bool, optional: tuple[str, ...]) -> Policy:
+    doc, problems = _analyse_tree(raw, validate=validate, optional=optional)
+    if problems or doc is None:
+        raise _fail(path, problems)
+    return _build_checked(path, doc)
+
+
 def load_policy(path: str | Path | None = None, *, validate: bool = True) -> Policy:
     """Find (see :func:`find_config`), load, interpolate and (by default) validate."""
     p = find_config(path)
     data = _read(p)
-    policy = _load(p, data, validate=validate)
+    raw, doc, problems = _analyse(p, data, validate=validate)
+    if problems or doc is None:
+        raise _fail(p, problems)
+    policy = _build_checked(p, doc)
     if validate:
-        _cache_store(_cache_key(p, data, os.environ))
+        _cache_store(_cache_key(p, data, os.environ), raw)
     return policy
 
 
 def load_policy_fast(path: str | Path | None = None, *, for_wal: bool = True) -> Policy:
     """:func:`load_policy` for hot paths (wal-push, wal-fetch).
 
-    Skips validation when this exact content, with the current values of the
-    environment variables it references, was validated before (a cache of hashes only,
-    in ``$XDG_CACHE_HOME/pgbackup`` or ``~/.cache/pgbackup``); validates fully otherwise.
+    When this exact content, with the current values of the environment variables it
+    references, was validated before, its parsed document comes from a cache (in
+    ``$XDG_CACHE_HOME/pgbackup`` or ``~/.cache/pgbackup``) and is only interpolated:
+    neither PyYAML, jsonschema nor croniter is imported. Otherwise it is validated fully.
     """
     p = find_config(path)
     data = _read(p)
     key = _cache_key(p, data, os.environ)
     # Not needed to push or fetch WAL; every other command needs them whole.
     optional = ("alerts", "uploads", "drill") if for_wal else ()
-    if _cache_hit(key):
-        return _load(p, data, validate=False, optional=optional)
-    policy = _load(p, data, validate=True, optional=optional)
-    _cache_store(key)
+    raw = _cache_hit(key)
+    if raw is not None:
+        return _from_tree(p, raw, validate=False, optional=optional)
+    raw, doc, problems = _analyse(p, data, validate=True, optional=optional)
+    if problems or doc is None:
+        raise _fail(p, problems)
+    policy = _build_checked(p, doc)
+    _cache_store(key, raw)
     return policy
 
 
@@ -1234,7 +1299,7 @@ def validate_file(path: str | Path) -> list[tuple[str, str]]:
     p = find_config(path)
     data = _read(p)
     try:
-        doc, problems = _analyse(p, data, validate=True)
+        raw, doc, problems = _analyse(p, data, validate=True)
     except ConfigError as exc:  # YAML syntax, encoding
         return exc.problems or [("(file)", exc.message)]
     if not problems and doc is not None:
@@ -1242,5 +1307,5 @@ def validate_file(path: str | Path) -> list[tuple[str, str]]:
             _build(p, doc)
         except Exception as exc:  # pragma: no cover - schema and builder disagree
             return [("(file)", f"internal: cannot build the policy ({exc})")]
-        _cache_store(_cache_key(p, data, os.environ))
+        _cache_store(_cache_key(p, data, os.environ), raw)
     return problems

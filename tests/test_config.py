@@ -754,7 +754,7 @@ import sys
 from pgbackup.config import load_policy_fast
 p = load_policy_fast(sys.argv[1])
 assert p.targets
-mods = [m for m in ("jsonschema", "croniter") if m in sys.modules]
+mods = [m for m in ("jsonschema", "croniter", "yaml") if m in sys.modules]
 print(",".join(mods) or "none")
 """
 
@@ -776,12 +776,16 @@ def test_load_policy_fast_skips_jsonschema_when_cached(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     env["PYTHONPATH"] = str(REPO)
+    env["RETENTION_DAYS"] = "12345"
     assert "jsonschema" in run_fast(p, env)  # first call validates
-    assert run_fast(p, env) == "none"  # second call trusts the cache
-    # the cache holds hashes only
-    for f in (tmp_path / "cache").rglob("*"):
-        if f.is_file():
-            assert f.read_bytes() == b""
+    assert run_fast(p, env) == "none"  # second call trusts the cache, and needs no YAML
+    # the cache holds the parsed document as written: references unexpanded, so no
+    # value from the environment (a token, say) ever lands in it
+    entries = [f for f in (tmp_path / "cache").rglob("*") if f.is_file()]
+    assert len(entries) == 1
+    assert entries[0].stat().st_mode & 0o777 == 0o600
+    text = entries[0].read_text()
+    assert "${RETENTION_DAYS" in text and "12345" not in text
     # a referenced variable changing invalidates it
     env["RETENTION_DAYS"] = "3"
     assert "jsonschema" in run_fast(p, env)

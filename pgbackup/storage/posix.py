@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -56,7 +54,7 @@ class PosixWriter(ObjectWriter):
         self.if_absent = if_absent
         try:
             storage.ensure_dir(self.final.parent)
-            self.tmp = self.final.parent / f".{self.final.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+            self.tmp = self.final.parent / f".{self.final.name}.{os.urandom(6).hex()}{TMP_SUFFIX}"
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             owner = storage.owner()
             if owner:
@@ -246,4 +244,6 @@ class PosixStorage(Storage):
         p = self.root
         while not p.exists():
             p = p.parent
+        import shutil
+
         return shutil.disk_usage(p).free
