@@ -202,18 +202,24 @@ def final_push(h: Harness, ctx: dict[str, Any]) -> None:
 @then(parsers.parse("a wal-push imports none of {modules}"))
 def no_heavy_imports(h: Harness, ctx: dict[str, Any], modules: str) -> None:
     forbidden = [m.strip() for m in modules.split(",")]
-    code = (
-        "import sys\n"
-        "from pgbackup.cli import main\n"
-        f"sys.argv = ['pgbackup', '--config', {str(h.config)!r}, 'wal-push', '--target', 'platform', {str(ctx['segment'])!r}]\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-        f"bad = [m for m in {forbidden!r} if m in sys.modules]\n"
-        "print('LOADED', bad)\n"
-    )
-    # Twice: the first run may fill the validation cache; the second is the steady state.
+    argv = [PGBACKUP, "--config", str(h.config), "wal-push", "--target", "platform"]
+    # The console script itself, as archive_command runs it; -X importtime names every
+    # module it imports. Twice: the first run may fill the validation cache; the second
+    # is the steady state.
     for _ in range(2):
         proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=h.env, cwd=h.root
+            [sys.executable, "-X", "importtime", *argv, str(ctx["segment"])],
+            capture_output=True,
+            text=True,
+            env=h.env,
+            cwd=h.root,
         )
         assert proc.returncode == 0, proc.stderr
-    assert "LOADED []" in proc.stdout, proc.stdout
+    loaded = {
+        line.rsplit("|", 1)[1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "pgbackup.wal" in loaded, proc.stderr[-2000:]
+    bad = [m for m in forbidden if m in loaded]
+    assert bad == [], bad
