@@ -144,12 +144,14 @@ def pgbench(cluster: Cluster, *args: str, check: bool = True) -> subprocess.Comp
     return subprocess.run(argv, capture_output=True, text=True, check=check)
 
 
-def write_policy(path: Path, repo: Path, port: int, target: str = "bench") -> Path:
+def write_policy(
+    path: Path, repo: Path, port: int, target: str = "bench", *, workers: int = 0
+) -> Path:
     user = SERVER_USER or pwd.getpwuid(os.geteuid()).pw_name
     path.write_text(
         "version: 1\n"
         f"repository:\n  path: {repo}\n"
-        "compression: {method: zstd, level: 3}\n"
+        f"compression: {{method: zstd, level: 3, workers: {workers}}}\n"
         "targets:\n"
         f"  {target}:\n"
         f"    connection: {{host: 127.0.0.1, port: {port}, user: {user}, dbname: postgres}}\n"

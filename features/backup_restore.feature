@@ -27,6 +27,16 @@ Feature: Base backups restore to exactly the data at backup time
       | gzip   |
       | none   |
 
+  Scenario: A backup the server compresses with zstd workers round-trips
+    Given a sandbox cluster with sample data
+    And the policy compresses with zstd on 2 server workers
+    When I take a backup
+    And I record the table checksums
+    And I change data in the source
+    And I restore the latest backup into a new directory and start it
+    Then the restored tables have the recorded checksums
+    And the backup's metadata.json records zstd level 3 on 2 workers
+
   Scenario: Restore refuses a non-empty directory and leaves it untouched
     Given a sandbox cluster with sample data
     And a backup was taken

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,22 @@ scenarios("backup_restore.feature")
 @then(parsers.parse("the backup's metadata says it was compressed with {method}"))
 def metadata_compression(h: Harness, method: str) -> None:
     assert h.backups()[-1]["compression"] == method
+
+
+@given(parsers.parse("the policy compresses with zstd on {workers:d} server workers"))
+def policy_zstd_workers(h: Harness, workers: int) -> None:
+    h.policy["compression"] = {"method": "zstd", "level": 3, "workers": workers}
+    h.write_policy()
+
+
+@then(
+    parsers.parse("the backup's metadata.json records zstd level {level:d} on {workers:d} workers")
+)
+def metadata_workers(h: Harness, level: int, workers: int) -> None:
+    backup_id = h.backups()[-1]["backup_id"]
+    meta = json.loads((h.repo / "platform" / "base" / backup_id / "metadata.json").read_text())
+    assert meta["compression"] == {"method": "zstd", "level": level, "workers": workers}
+    assert meta["objects"]["base.tar.zst"]["codec"]["compression"] == "zstd"
 
 
 @given(parsers.parse('a directory holding a file "{name}"'))

@@ -70,16 +70,28 @@ def recipients(policy: Policy) -> list[str] | None:
     return load_recipients(policy.encryption.recipients_file) if policy.encryption else None
 
 
-def compress_option(spec: CodecSpec) -> str | None:
-    """``--compress=server-zstd:3`` and friends; None for no compression."""
+def compress_option(spec: CodecSpec, workers: int = 0) -> str | None:
+    """``--compress=server-zstd:3`` and friends; None for no compression.
+
+    ``workers`` (zstd only) are threads in the server's WAL sender; without them one
+    thread compresses the whole cluster and is the backup's bottleneck.
+    """
     if spec.compression == "none":
         return None
     name, low, high = SERVER_COMPRESSION[spec.compression]
-    return f"--compress=server-{name}:{min(max(spec.level, low), high)}"
+    level = min(max(spec.level, low), high)
+    if workers and spec.compression == "zstd":
+        return f"--compress=server-{name}:level={level},workers={workers}"
+    return f"--compress=server-{name}:{level}"
 
 
 def basebackup_argv(
-    program: str, conninfo: dict[str, Any], label: str, directory: Path, spec: CodecSpec
+    program: str,
+    conninfo: dict[str, Any],
+    label: str,
+    directory: Path,
+    spec: CodecSpec,
+    workers: int = 0,
 ) -> list[str]:
     """pg_basebackup writing one tar (WAL inside) and its manifest into ``directory``.
 
@@ -99,7 +111,7 @@ def basebackup_argv(
     ]
     if interactive():
         argv.append("--progress")  # the server sizes the data directory first: terminals only
-    option = compress_option(spec)
+    option = compress_option(spec, workers)
     if option:
         argv.append(option)
     return argv
@@ -331,7 +343,14 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
             )
             with backup_directory(storage, repo, target.name, backup_id, direct) as directory:
                 step = "running pg_basebackup"
-                argv = basebackup_argv(program, conninfo, f"pgbackup {backup_id}", directory, spec)
+                argv = basebackup_argv(
+                    program,
+                    conninfo,
+                    f"pgbackup {backup_id}",
+                    directory,
+                    spec,
+                    policy.compression.workers,
+                )
                 run_basebackup(argv, facts.database_size)
                 produced = base_file(directory)
                 manifest = (directory / MANIFEST).read_bytes()
@@ -384,7 +403,11 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 "stored_bytes": base_obj["size"] + manifest_obj["size"],
                 "files": m["files"],
                 "database_size": facts.database_size,
-                "compression": {"method": spec.compression, "level": spec.level},
+                "compression": {
+                    "method": spec.compression,
+                    "level": spec.level,
+                    "workers": policy.compression.workers,
+                },
                 "encrypted": spec.encrypted,
                 "objects": {
                     base_name: {"kind": "base", **base_obj, "codec": spec.to_dict()},

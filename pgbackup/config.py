@@ -126,6 +126,7 @@ _TYPE_NAMES = {
 class Compression(NamedTuple):
     method: str
     level: int
+    workers: int = 0  # zstd threads on the server for base backups (0: PostgreSQL's default)
 
 
 class Encryption(NamedTuple):
@@ -857,6 +858,12 @@ def _semantic_problems(doc: Any, skip: set[str]) -> list[tuple[str, str]]:
             lo, hi = rng
             if not lo <= level <= hi:
                 add("compression.level", f"level {level} is out of range for {method} ({lo}-{hi})")
+        if compression.get("workers") and method != "zstd":
+            add(
+                "compression.workers",
+                f"workers apply to zstd only (PostgreSQL compresses {method} on one thread); "
+                "remove the key or set method: zstd",
+            )
     targets = doc.get("targets")
     if isinstance(targets, dict):
         for name, target in targets.items():
@@ -1074,7 +1081,11 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
     return Policy(
         path=path,
         repository=_storage(base, doc.get("repository") or {}),
-        compression=Compression(method=comp.get("method", "zstd"), level=int(comp.get("level", 3))),
+        compression=Compression(
+            method=comp.get("method", "zstd"),
+            level=int(comp.get("level", 3)),
+            workers=int(comp.get("workers", 0)),
+        ),
         encryption=encryption,
         targets=targets,
         retention=Retention(

@@ -54,6 +54,15 @@ def test_compress_option(method: str, level: int, option: str | None) -> None:
     assert compress_option(CodecSpec(method, level)) == option
 
 
+def test_compress_option_with_server_workers() -> None:
+    assert (
+        compress_option(CodecSpec("zstd", 3), workers=2)
+        == "--compress=server-zstd:level=3,workers=2"
+    )
+    # PostgreSQL compresses gzip and lz4 on one thread: no workers option for them
+    assert compress_option(CodecSpec("gzip", 6), workers=2) == "--compress=server-gzip:6"
+
+
 def test_to_dsn_quotes_values() -> None:
     assert to_dsn({"host": "h", "dbname": "it's"}) == "host='h' dbname='it\\'s'"
 

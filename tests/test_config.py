@@ -485,6 +485,21 @@ def test_compression_level_range(tmp_path: Path) -> None:
     ]
     assert problems_of(tmp_path, with_extra("compression: {method: lz4, level: 0}\n")) == []
     assert problems_of(tmp_path, with_extra("compression: {method: zstd, level: 19}\n")) == []
+
+
+def test_compression_workers(tmp_path: Path) -> None:
+    path = write(tmp_path, with_extra("compression: {method: zstd, level: 3, workers: 2}\n"))
+    assert load_policy(path).compression == config.Compression("zstd", 3, 2)
+    assert problems_of(tmp_path, with_extra("compression: {method: gzip, workers: 2}\n")) == [
+        (
+            "compression.workers",
+            "workers apply to zstd only (PostgreSQL compresses gzip on one thread); "
+            "remove the key or set method: zstd",
+        )
+    ]
+    assert problems_of(tmp_path, with_extra("compression: {method: zstd, workers: -1}\n")) == [
+        ("compression.workers", "must be at least 0 (got -1)")
+    ]
     assert paths_of(tmp_path, with_extra("compression: {level: 20}\n")) == ["compression.level"]
     assert problems_of(tmp_path, with_extra("compression: {method: none, level: 99}\n")) == []
 
