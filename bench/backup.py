@@ -58,6 +58,14 @@ from common import (  # noqa: E402
 )
 
 
+def settle() -> None:
+    """Between two timed runs: write back what the last one left dirty and let the disk
+    finish discarding what it deleted (this ext4 is mounted with ``discard``), so that
+    no contender pays for the one before it."""
+    os.sync()
+    time.sleep(1.5)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,6 +169,7 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
                 stored = du(out)
                 raw = 0
                 rmtree(out)
+            settle()
             results[name].append(
                 {
                     "seconds": r.seconds,
@@ -234,6 +243,7 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
                 f"peak RSS {mib(r.peak_rss)}, CPU {r.cpu:.2f}s"
             )
             rmtree(dest)
+            settle()
 
     # --- report -------------------------------------------------------------------------
     def med(rows: list[dict[str, float]], key: str) -> float:

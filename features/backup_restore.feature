@@ -61,6 +61,19 @@ Feature: Base backups restore to exactly the data at backup time
     And the repository lists exactly 1 complete backup and no incomplete ones
     And the earlier backup still verifies
 
+  Scenario Outline: Before copying anything, a backup names what the server lacks
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And the sandbox <lacks>
+    When I take a backup expecting failure
+    Then the command fails and says "<message>"
+    And the repository lists exactly 1 complete backup and no incomplete ones
+
+    Examples:
+      | lacks                                          | message                                       |
+      | backup role has no REPLICATION attribute       | lacks the REPLICATION attribute               |
+      | has no pg_hba.conf line for replication        | add to pg_hba.conf: host replication platform_service |
+
   Scenario: Two backups of one target never run at once
     Given a sandbox cluster with sample data
     And another process holds the target's backup lock

@@ -81,6 +81,20 @@ def stop_sandbox(h: Harness) -> None:
     h.write_policy()
 
 
+@given("the sandbox backup role has no REPLICATION attribute")
+def role_without_replication(h: Harness) -> None:
+    h.sql(h.sandbox(), "ALTER ROLE platform_service NOREPLICATION")
+
+
+@given("the sandbox has no pg_hba.conf line for replication")
+def hba_rejects_replication(h: Harness) -> None:
+    cluster = h.sandbox()
+    hba = cluster.data_dir / "pg_hba.conf"
+    # First match wins: refuse every physical replication connection, keep the rest.
+    hba.write_text("host replication all all reject\n" + hba.read_text())
+    h.sql(cluster, "SELECT pg_reload_conf()")
+
+
 @when("I take a backup expecting failure")
 def backup_fails(h: Harness) -> None:
     h.run("backup", expect_ok=False)

@@ -38,14 +38,7 @@ from pgbackup.errors import BackupError, PgBackupError, PostgresError
 from pgbackup.locks import target_lock
 from pgbackup.lsn import format_lsn, parse_lsn
 from pgbackup.postgres.binaries import find_program
-from pgbackup.postgres.connection import (
-    ServerFacts,
-    check_replication_connection,
-    connect,
-    describe,
-    server_facts,
-    to_dsn,
-)
+from pgbackup.postgres.connection import ServerFacts, describe, preflight_facts, to_dsn
 from pgbackup.repository import MANIFEST, Repository, iso, new_backup_id, utcnow
 from pgbackup.sandbox import resolve_conninfo
 from pgbackup.storage import Storage, open_storage
@@ -317,11 +310,11 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
         try:
             step = "connecting to the server"
             conninfo = resolve_conninfo(policy, target, LOG)
-            with connect(conninfo) as conn:
-                facts = server_facts(conn)
+            facts, replication_problem = preflight_facts(conninfo, target.pg_bin_dir)
             preflight(facts, conninfo)
             step = "opening a replication connection"
-            check_replication_connection(conninfo)
+            if replication_problem is not None:
+                raise replication_problem
             program = find_program("pg_basebackup", facts.major, target.pg_bin_dir)
             recipients_list = recipients(policy)
 

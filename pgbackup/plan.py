@@ -94,15 +94,14 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
 def live_disagreements(policy: Any) -> dict[str, list[str]]:
     """Compare each target's running settings with what the policy needs."""
     from pgbackup.errors import PgBackupError
-    from pgbackup.postgres.connection import connect, server_facts
+    from pgbackup.postgres.connection import server_facts
     from pgbackup.sandbox import archive_command, resolve_conninfo
 
     result: dict[str, list[str]] = {}
     for t in policy.targets.values():
         found: list[str] = []
         try:
-            with connect(resolve_conninfo(policy, t)) as conn:
-                facts = server_facts(conn)
+            facts = server_facts(resolve_conninfo(policy, t), t.pg_bin_dir)
         except PgBackupError as exc:
             result[t.name] = [f"cannot check: {exc.message}"]
             continue

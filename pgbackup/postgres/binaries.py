@@ -59,8 +59,10 @@ def find_program(
         path = d / name
         if not (path.is_file() and os.access(path, os.X_OK)):
             continue
+        if major is None:
+            return str(path)  # any version will do: no need to ask it (a process start)
         found_major = program_major(str(path))
-        if major is None or found_major == major:
+        if found_major == major:
             return str(path)
         seen.append(f"{path} (PostgreSQL {found_major})")
     if seen:
