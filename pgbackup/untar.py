@@ -5,7 +5,10 @@ it reports success, and on a data directory most of the time goes into writing p
 Here the caller's thread parses the (already decoded) stream and hands each chunk to a
 small pool of writer threads (``os.pwrite`` releases the GIL), which also ``fsync`` every
 file once its last chunk is written, so flushing overlaps extraction, as pgBackRest's
-parallel restore does. Memory is bounded by the bytes in flight.
+parallel restore does. A file of one chunk is created by its writer too (creating a
+thousand files costs the reading thread otherwise); a larger one has each written chunk
+handed to the disk at once (sync_file_range), so its final fsync has little left to do.
+Memory is bounded by the bytes in flight.
 """
 
 from __future__ import annotations
@@ -22,6 +25,30 @@ from pgbackup.errors import RestoreError
 BLOCK = 512
 CHUNK = 4 * 1024 * 1024
 IN_FLIGHT = 64 * 1024 * 1024
+
+
+def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which starts writing a range to disk without waiting.
+
+    PostgreSQL does the same for its own writes (``*_flush_after``): the disk works while
+    the rest of the stream is decoded, instead of all at once when each file is synced.
+    Measured on a settled disk (bench/backup.py): a scale-50 restore 1.89 s -> 1.66 s.
+    None where there is no such call (the final fsync still makes every file durable).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_start_writeback = _writeback_starter()
 
 
 def _octal(field: bytes) -> int:
@@ -88,11 +115,14 @@ def extract(
 
     def write(handle: _OpenFile, data: bytes, offset: int) -> None:
         try:
+            start = offset
             view = memoryview(data)
             while view:
                 n = os.pwrite(handle.fd, view, offset)
                 view = view[n:]
                 offset += n
+            if _start_writeback is not None:
+                _start_writeback(handle.fd, start, offset - start, _SYNC_FILE_RANGE_WRITE)
             handle.done_one()
         except BaseException as exc:  # reported by the reading thread
             errors.append(exc)
