@@ -195,6 +195,7 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
 
     rnames = ["pgbackup restore", "pgbackrest restore (process-max 2, zst)"]
     rresults: dict[str, list[dict[str, float]]] = {n: [] for n in rnames}
+    restored_dirs: list[Path] = []
     for i in range(args.repeat):
         order = rnames if i % 2 == 0 else rnames[::-1]
         for name in order:
@@ -242,8 +243,13 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
                 f"run {i + 1}: {name}: {r.seconds:.2f}s (+{sync_s:.2f}s fsync after), {mib(restored)} restored, "
                 f"peak RSS {mib(r.peak_rss)}, CPU {r.cpu:.2f}s"
             )
-            rmtree(dest)
+            # Kept until every restore has run: ext4 makes a file created soon after
+            # many deletions search for an inode not recently freed (perf: recently_deleted
+            # in ext4_create), so deleting one contender's tree would slow the next one.
+            restored_dirs.append(dest)
             settle()
+    for dest in restored_dirs:
+        rmtree(dest)
 
     # --- report -------------------------------------------------------------------------
     def med(rows: list[dict[str, float]], key: str) -> float:

@@ -571,10 +571,22 @@ class _RawDecoder(io.RawIOBase):
     def _read(self, n: int) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _readinto(self, buffer: Any) -> int | None:
+        """Decode straight into ``buffer`` when the layer can (None: it cannot).
+
+        A restore decodes hundreds of MiB; every intermediate bytes object is a copy and
+        fresh pages for the kernel to fault in and zero.
+        """
+        return None
+
     def readinto(self, buffer: Any) -> int:
         size = len(buffer)
         if size == 0:
             return 0
+        if not self._pending:
+            direct = self._readinto(buffer)
+            if direct is not None:
+                return direct
         data = self._pending
         if not data:
             data = self._read(max(size, CHUNK_SIZE))
@@ -716,19 +728,25 @@ class _ZstdDecoder(_RawDecoder):
         )
 
     def _read(self, n: int) -> bytes:
+        return cast(bytes, self._decode(self._reader.read, n))
+
+    def _readinto(self, buffer: Any) -> int:
+        return cast(int, self._decode(self._reader.readinto, buffer))
+
+    def _decode(self, method: Callable[[Any], Any], arg: Any) -> Any:
         try:
-            data = self._reader.read(n)
+            result = method(arg)
         except self._zstd_error as exc:
             raise self._corrupt(str(exc)) from None
         except ValueError:
             if self._tracker.error is None:
                 raise
             raise self._corrupt(self._tracker.error) from None
-        if not data and not self._tracker.complete:
+        if not result and not self._tracker.complete:
             if self._tracker.seen == 0:
                 raise self._corrupt("the stream is empty")
             raise self._corrupt("the zstd stream ends in the middle of a frame (truncated)")
-        return cast(bytes, data)
+        return result
 
 
 class _GzipDecoder(_RawDecoder):
