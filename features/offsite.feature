@@ -53,6 +53,8 @@ Feature: Off-site repositories and upload copies
     And a sandbox cluster with sample data
     And 4 backups were taken
     And at "offsite" the copies are aged 30, 11, 9 and 0 days
+    When I run cleanup with --dry-run --json
+    Then its JSON names at "offsite" the copies aged 30 and 11 days, and they are still there
     When I run cleanup
     Then at "offsite" exactly the copies aged 9 and 0 days remain
     And at "offsite" no WAL older than the oldest remaining copy is left

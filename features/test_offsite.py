@@ -273,6 +273,25 @@ def run_cleanup(h: Harness) -> None:
     h.run("cleanup")
 
 
+@when("I run cleanup with --dry-run --json")
+def run_cleanup_dry_json(h: Harness, ctx: dict[str, Any]) -> None:
+    ctx["cleanup_json"] = json.loads(h.run("cleanup", "--dry-run", "--json").stdout)
+
+
+@then(
+    parsers.parse(
+        'its JSON names at "{name}" the copies aged {ages} days, and they are still there'
+    )
+)
+def cleanup_json_names(ctx: dict[str, Any], name: str, ages: str) -> None:
+    wanted = parse_numbers(ages)
+    expected = sorted(i for i, age in ctx["ages"].items() if age in wanted)
+    [plan] = ctx["cleanup_json"]
+    assert plan["target"] == "platform"
+    assert sorted(plan["uploads"][name]) == expected, plan["uploads"]
+    assert copies(ctx) == list(ctx["ages"])  # a dry run removed nothing
+
+
 @then(parsers.parse('at "{name}" exactly the copies aged {ages} days remain'))
 def copies_remain(ctx: dict[str, Any], name: str, ages: str) -> None:
     wanted = parse_numbers(ages)

@@ -398,7 +398,7 @@ def cleanup(
     policy = load(config)
     repo = repository(policy)
     now = policy_now()
-    out = []
+    out: list[dict[str, Any]] = []
     for t in targets(policy, target):
         p = run_cleanup(policy, repo, t, dry_run=dry_run, now=now)
         out.append(p.as_dict())
@@ -418,10 +418,15 @@ def cleanup(
         from pgbackup.uploads import cleanup_uploads
 
         removed = cleanup_uploads(policy, now, dry_run=dry_run)
+        for plan in out:  # each target's copies, per destination
+            plan["uploads"] = {
+                dest: by_target.get(plan["target"], []) for dest, by_target in removed.items()
+            }
         if not json_:
-            for dest, ids in removed.items():
+            for dest, by_target in removed.items():
+                count = sum(len(ids) for ids in by_target.values())
                 print(
-                    f"upload {dest}: {'would remove' if dry_run else 'removed'} {len(ids)} copy(ies)"
+                    f"upload {dest}: {'would remove' if dry_run else 'removed'} {count} copy(ies)"
                 )
     if json_:
         emit_json(out)

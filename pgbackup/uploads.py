@@ -229,8 +229,10 @@ def upload_backup(policy: Any, target: Any, backup_id: str) -> dict[str, dict[st
 # --- retention at destinations ----------------------------------------------------------
 
 
-def cleanup_uploads(policy: Any, now: datetime, dry_run: bool = False) -> dict[str, list[str]]:
-    """Apply each destination's ``retention_days``; destination name -> removed backup ids.
+def cleanup_uploads(
+    policy: Any, now: datetime, dry_run: bool = False
+) -> dict[str, dict[str, list[str]]]:
+    """Apply each destination's ``retention_days``; destination -> target -> removed ids.
 
     The newest complete copy is never removed; WAL no kept copy needs goes with the rest.
     Incomplete copies (interrupted uploads) older than the newest complete one are removed.
@@ -239,12 +241,12 @@ def cleanup_uploads(policy: Any, now: datetime, dry_run: bool = False) -> dict[s
     from pgbackup.ui import LOG
     from pgbackup.wal import plan_wal_expiry
 
-    removed: dict[str, list[str]] = {}
+    removed: dict[str, dict[str, list[str]]] = {}
     failures: list[str] = []
     for spec in policy.uploads or []:
         dest_name = str(spec.get("name"))
         days = int(spec.get("retention_days", 30))
-        gone: list[str] = []
+        gone: dict[str, list[str]] = {}
         try:
             repo = Repository(upload_storage(policy, dest_name))
             for target in policy.targets:
@@ -264,7 +266,7 @@ def cleanup_uploads(policy: Any, now: datetime, dry_run: bool = False) -> dict[s
                 kept = [b for b in complete if b.backup_id not in expired]
                 wal_keys = plan_wal_expiry(repo, target, kept)
                 ids = sorted(expired) + leftovers
-                gone.extend(f"{target}/{i}" if len(policy.targets) > 1 else i for i in ids)
+                gone[target] = ids
                 if dry_run:
                     continue
                 for backup_id in ids:
