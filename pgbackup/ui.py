@@ -17,6 +17,9 @@ from typing import Any
 
 LOG = logging.getLogger("pgbackup")
 _FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
+#: ``LOG.error(..., extra=LOG_FILE_ONLY)``: for the log file, not the terminal, where the
+#: command's own report already says it (verify's problems would be printed twice).
+LOG_FILE_ONLY = {"console": False}
 
 
 def interactive() -> bool:
@@ -44,6 +47,7 @@ def setup_logging(policy: Any = None, *, verbose: bool = False) -> None:
         logging.DEBUG if verbose else logging.INFO if interactive() else logging.WARNING
     )
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(lambda record: getattr(record, "console", True))
     LOG.addHandler(console)
     if policy is None:
         return

@@ -23,7 +23,7 @@ from pgbackup.errors import PgBackupError
 from pgbackup.lsn import parse_lsn, segment_name
 from pgbackup.repository import BackupInfo, Repository
 from pgbackup.restore import HashingReader, base_object, identities
-from pgbackup.ui import LOG, progress
+from pgbackup.ui import LOG, LOG_FILE_ONLY, progress
 
 READ_SIZE = 1 << 20
 # Present in the tar but, by design, not in the manifest (as pg_verifybackup ignores them).
@@ -216,7 +216,7 @@ def run_verify(
             LOG.info("verify %s/%s: ok (%d files)", r.target, r.backup_id, r.files_checked)
         else:
             for p in r.problems:
-                LOG.error("verify %s/%s: %s", r.target, r.backup_id, p)
+                LOG.error("verify %s/%s: %s", r.target, r.backup_id, p, extra=LOG_FILE_ONLY)
     repo.record_run(
         target.name,
         "verify",
