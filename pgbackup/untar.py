@@ -73,6 +73,13 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
 def _fill(stream: BinaryIO, view: memoryview) -> None:
     got, n = 0, len(view)
     while got < n:
@@ -148,14 +155,9 @@ def extract(
 
     def write(handle: _OpenFile, data: memoryview, buffer: bytearray, offset: int) -> None:
         try:
-            start = offset
-            view = data
-            while view:
-                n = os.pwrite(handle.fd, view, offset)
-                view = view[n:]
-                offset += n
+            _pwrite_all(handle.fd, data, offset)
             if _start_writeback is not None:
-                _start_writeback(handle.fd, start, offset - start, _SYNC_FILE_RANGE_WRITE)
+                _start_writeback(handle.fd, offset, len(data), _SYNC_FILE_RANGE_WRITE)
             handle.done_one()
         except BaseException as exc:  # reported by the reading thread
             errors.append(exc)
@@ -169,12 +171,7 @@ def extract(
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
-                view = data
-                offset = 0
-                while view:
-                    n = os.pwrite(fd, view, offset)
-                    view = view[n:]
-                    offset += n
+                _pwrite_all(fd, data, 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)
