@@ -117,7 +117,7 @@ def test_repository_permissions_and_identity_file(h: Harness) -> None:
     problems = []
     for args in (("verify",), ("restore", "--to", str(h.root / "r1"))):
         proc = h.run(*args, expect_ok=None)
-        if proc.returncode == 0 or "group or others" not in proc.stderr:
+        if proc.returncode == 0 or "group or others" not in proc.stdout + proc.stderr:
             problems.append(f"{args} with a 0644 identity: exit {proc.returncode}: {proc.stderr}")
     identity.chmod(0o600)
     h.run("verify")
