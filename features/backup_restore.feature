@@ -73,6 +73,7 @@ Feature: Base backups restore to exactly the data at backup time
       | lacks                                          | message                                       |
       | backup role has no REPLICATION attribute       | lacks the REPLICATION attribute               |
       | has no pg_hba.conf line for replication        | add to pg_hba.conf: host replication platform_service |
+      | runs with wal_level minimal                    | a base backup needs 'replica' or 'logical'    |
 
   Scenario: Two backups of one target never run at once
     Given a sandbox cluster with sample data

@@ -95,6 +95,16 @@ def hba_rejects_replication(h: Harness) -> None:
     h.sql(cluster, "SELECT pg_reload_conf()")
 
 
+@given("the sandbox runs with wal_level minimal")
+def wal_level_minimal(h: Harness) -> None:
+    cluster = h.sandbox()
+    cluster.stop("fast")
+    # minimal WAL allows neither WAL senders nor archiving
+    cluster.configure({"wal_level": "minimal", "max_wal_senders": 0, "archive_mode": "off"})
+    cluster.start()
+    assert h.sql(cluster, "SHOW wal_level") == [("minimal",)]
+
+
 @when("I take a backup expecting failure")
 def backup_fails(h: Harness) -> None:
     h.run("backup", expect_ok=False)
