@@ -439,19 +439,35 @@ def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
 # --------------------------------------------------------------------------- schema helpers
 
 
+_schema_bytes_cache: bytes | None = None
 _schema_cache: dict[str, Any] | None = None
+
+
+def _schema_error(exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"cannot read the policy schema {SCHEMA_PATH}: {exc}",
+        hint="reinstall pgbackup: the schema ships with it",
+    )
+
+
+def _schema_bytes() -> bytes:
+    """The schema file, read once per process (the cache key hashes it, then it is parsed)."""
+    global _schema_bytes_cache
+    if _schema_bytes_cache is None:
+        try:
+            _schema_bytes_cache = SCHEMA_PATH.read_bytes()
+        except OSError as exc:
+            raise _schema_error(exc) from None
+    return _schema_bytes_cache
 
 
 def _load_schema() -> dict[str, Any]:
     global _schema_cache
     if _schema_cache is None:
         try:
-            _schema_cache = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"cannot read the policy schema {SCHEMA_PATH}: {exc}",
-                hint="reinstall pgbackup: the schema ships with it",
-            ) from None
+            _schema_cache = json.loads(_schema_bytes().decode("utf-8"))
+        except ValueError as exc:
+            raise _schema_error(exc) from None
     return _schema_cache
 
 
@@ -1138,10 +1154,7 @@ def _cache_key(path: Path, data: bytes, env: Mapping[str, str]) -> str:
 
     h = _digest()
     h.update(b"pgbackup-policy-v2\0" + __version__.encode() + b"\0")
-    try:
-        h.update(SCHEMA_PATH.read_bytes())
-    except OSError:
-        h.update(b"no-schema")
+    h.update(_schema_bytes())
     h.update(b"\0" + str(path).encode() + b"\0")
     h.update(len(data).to_bytes(8, "little") + data)
     for name in _referenced_vars(data):

@@ -126,7 +126,7 @@ FACTS_SQL = (
 
 
 def _psql(
-    conninfo: Mapping[str, Any], command: str, pg_bin_dir: Any = None, *, replication: bool = False
+    program: str, conninfo: Mapping[str, Any], command: str, *, replication: bool = False
 ) -> subprocess.Popen[str]:
     """Start ``psql`` running one command: no ~/.psqlrc, no prompt, CSV without header.
 
@@ -137,7 +137,6 @@ def _psql(
     params = dict(conninfo)
     params.setdefault("connect_timeout", 10)
     dsn = to_dsn(params) + (" replication='true'" if replication else "")
-    program = find_program("psql", None, pg_bin_dir)
     return subprocess.Popen(
         [
             program,
@@ -157,7 +156,7 @@ def _psql(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PGAPPNAME": "pgbackup", "PGCONNECT_TIMEOUT": "10"},
+        env={**os.environ, "PGAPPNAME": "pgbackup"},
     )
 
 
@@ -220,7 +219,8 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
 
 def server_facts(conninfo: Mapping[str, Any], pg_bin_dir: Any = None) -> ServerFacts:
     """What the server says about itself (one query through psql)."""
-    return _facts_from(conninfo, _psql(conninfo, FACTS_SQL, pg_bin_dir))
+    program = find_program("psql", None, pg_bin_dir)
+    return _facts_from(conninfo, _psql(program, conninfo, FACTS_SQL))
 
 
 def _replication_problem(
@@ -251,8 +251,9 @@ def preflight_facts(
     copied. Its problem is returned, not raised: the facts may explain it more precisely
     (a role without the REPLICATION attribute is refused too).
     """
-    facts_proc = _psql(conninfo, FACTS_SQL, pg_bin_dir)
-    repl_proc = _psql(conninfo, "IDENTIFY_SYSTEM", pg_bin_dir, replication=True)
+    program = find_program("psql", None, pg_bin_dir)
+    facts_proc = _psql(program, conninfo, FACTS_SQL)
+    repl_proc = _psql(program, conninfo, "IDENTIFY_SYSTEM", replication=True)
     try:
         facts = _facts_from(conninfo, facts_proc)
     finally:
