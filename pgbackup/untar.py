@@ -122,18 +122,18 @@ def _safe_path(root: Path, name: str) -> Path:
 
 
 class _OpenFile:
-    """A file being written: closed (after fsync) by whichever write finishes last."""
+    """A file being written: synced and closed after its last chunk.
+
+    Every chunk of one file goes to the same writer lane, in order, so no lock is needed.
+    """
 
     def __init__(self, fd: int, pending: int):
         self.fd = fd
         self.pending = pending
-        self.lock = threading.Lock()
 
     def done_one(self) -> None:
-        with self.lock:
-            self.pending -= 1
-            last = self.pending == 0
-        if last:
+        self.pending -= 1
+        if self.pending == 0:
             try:
                 os.fsync(self.fd)
             finally:
