@@ -13,12 +13,13 @@ from harness import (  # noqa: F401 (fixture, hook)
     commit_batches,
     harness_fixture,
     pytest_runtest_makereport,
+    restore_and_start,
     restore_to_time,
     switch_and_wait_archived,
 )
 from pytest_bdd import given, parsers, then, when
 
-from pgbackup.postgres.cluster import free_port, server_os_user
+from pgbackup.postgres.cluster import server_os_user
 from pgbackup.postgres.connection import connect, table_checksums
 
 SAMPLE_TABLES = ["public.tenants", "public.users", "public.sessions"]
@@ -78,21 +79,7 @@ def change_data(h: Harness, ctx: dict[str, Any]) -> None:
 
 @when("I restore the latest backup into a new directory and start it")
 def restore_latest(h: Harness, ctx: dict[str, Any]) -> None:
-    port = free_port()
-    target_dir = h.root / "restored"
-    h.track(target_dir, port)
-    h.run(
-        "restore",
-        "--backup",
-        "latest",
-        "--to",
-        str(target_dir),
-        "--start",
-        "--port",
-        str(port),
-        "--no-archive",
-    )
-    ctx["restored"] = (target_dir, port)
+    restore_and_start(h, ctx, h.root / "restored", "--backup", "latest")
 
 
 # --- then -------------------------------------------------------------------------------

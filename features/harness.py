@@ -151,6 +151,19 @@ def harness_fixture(request: Any) -> Iterator[Harness]:
     harness.teardown(failed=getattr(request.node, "harness_failed", False))
 
 
+@contextlib.contextmanager
+def module_harness() -> Iterator[Harness]:
+    """A Harness for a module-scoped fixture (one cluster for many tests): torn down at the
+    end, its files kept when setting it up failed."""
+    harness = Harness()
+    failed = True
+    try:
+        yield harness
+        failed = False
+    finally:
+        harness.teardown(failed)
+
+
 # --- PostgreSQL helpers shared by features ---------------------------------------------
 
 
@@ -219,12 +232,12 @@ def restore_args(kind: str, point: dict[str, Any] | None) -> list[str]:
     return [f"--target-{kind}", str(point[kind])]
 
 
-def do_restore(
-    h: Harness, ctx: dict[str, Any], args: list[str], expect_ok: bool | None = True
+def restore_and_start(
+    h: Harness, ctx: dict[str, Any], directory: Path, *args: str, expect_ok: bool | None = True
 ) -> None:
+    """``restore ARGS --to DIRECTORY --start`` on a free port, archiving off; the server is
+    stopped at teardown and ``ctx["restored"]`` is (directory, port)."""
     port = free_port()
-    directory = h.root / f"pitr-{len(ctx.get('restores', []))}"
-    ctx.setdefault("restores", []).append(directory)
     h.track(directory, port)
     ctx["restored"] = (directory, port)
     h.run(
@@ -235,10 +248,17 @@ def do_restore(
         "--port",
         str(port),
         "--no-archive",
-        "--json",
         *args,
         expect_ok=expect_ok,
     )
+
+
+def do_restore(
+    h: Harness, ctx: dict[str, Any], args: list[str], expect_ok: bool | None = True
+) -> None:
+    directory = h.root / f"pitr-{len(ctx.get('restores', []))}"
+    ctx.setdefault("restores", []).append(directory)
+    restore_and_start(h, ctx, directory, "--json", *args, expect_ok=expect_ok)
     if h.last is not None and h.last.returncode == 0:
         ctx["restore_result"] = json.loads(h.last.stdout)
 
@@ -258,19 +278,6 @@ def batches_in(h: Harness, ctx: dict[str, Any]) -> list[int]:
 
 def restore_to_time(h: Harness, ctx: dict[str, Any], *extra: str) -> None:
     """Restore to ``ctx["recovery_time"]`` into a new directory and start it there."""
-    port = free_port()
-    target_dir = h.root / "restored"
-    h.track(target_dir, port)
-    h.run(
-        "restore",
-        *extra,
-        "--target-time",
-        ctx["recovery_time"].isoformat(),
-        "--to",
-        str(target_dir),
-        "--start",
-        "--port",
-        str(port),
-        "--no-archive",
+    restore_and_start(
+        h, ctx, h.root / "restored", *extra, "--target-time", ctx["recovery_time"].isoformat()
     )
-    ctx["restored"] = (target_dir, port)

@@ -9,7 +9,7 @@ from typing import Any
 import counts
 import pytest
 from faultlib import clean_output, restored
-from harness import PGBACKUP, Harness, commit_batches, switch_and_wait_archived
+from harness import PGBACKUP, Harness, commit_batches, module_harness, switch_and_wait_archived
 
 from pgbackup.postgres.cluster import free_port
 
@@ -18,9 +18,7 @@ TASKS = ["validate", "plan", "backup", "list", "verify", "restore", "cleanup", "
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, Any]]:
-    h = Harness()
-    failed = True
-    try:
+    with module_harness() as h:
         h.run("sandbox.up")
         cluster = h.sandbox()
         switch_and_wait_archived(cluster)
@@ -32,9 +30,6 @@ def env() -> Iterator[dict[str, Any]]:
         (h.root / "full").mkdir()
         (h.root / "full" / "something").write_text("keep me")
         yield {"h": h, "points": points, "cluster": cluster}
-        failed = False
-    finally:
-        h.teardown(failed)
 
 
 def cases(h: Harness, cluster: Any) -> list[tuple[list[str], str | None]]:

@@ -337,6 +337,25 @@ PATHOLOGICAL = {
 }
 
 
+def run_cli(
+    path: Path, task: str = "validate", timeout: float | None = None
+) -> tuple[subprocess.CompletedProcess[str], str, bool]:
+    """``pgbackup --config PATH TASK`` (quiet, private cache): (process, output, traceback?).
+
+    Exit status 70 is the CLI's "internal error" (a bug that escaped as a one-liner).
+    """
+    env = {**os.environ, "XDG_CACHE_HOME": str(SCRATCH / "cache"), "PGBACKUP_QUIET": "1"}
+    proc = subprocess.run(
+        [PGBACKUP, "--config", str(path), task],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    out = proc.stdout + proc.stderr
+    return proc, out, "Traceback" in out or proc.returncode == 70
+
+
 @pytest.mark.parametrize(
     "name",
     list(PATHOLOGICAL),
@@ -345,17 +364,8 @@ def test_pathological_yaml(name: str) -> None:
     """Through the real CLI with a time limit: a hang or a crash must not take the test down."""
     f = SCRATCH / f"{name.replace(' ', '-')}.yaml"
     f.write_bytes(PATHOLOGICAL[name])
-    env = {**os.environ, "XDG_CACHE_HOME": str(SCRATCH / "cache"), "PGBACKUP_QUIET": "1"}
     try:
-        proc = subprocess.run(
-            [PGBACKUP, "--config", str(f), "validate"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=10,
-        )
-        out = proc.stdout + proc.stderr
-        tb = "Traceback" in out or proc.returncode == 70
+        proc, out, tb = run_cli(f, timeout=10)
         ok = proc.returncode == 2 and not tb
         detail = f"exit {proc.returncode}: {out[-300:]}"
     except subprocess.TimeoutExpired:
@@ -373,20 +383,11 @@ def test_cli_sample() -> None:
         by_kind.setdefault(item[0], []).append(item)
     chosen = [c for items in by_kind.values() for c in items[: counts.pick(3, 12)]]
     chosen += [(f"hand-written: {n}", t, p or "") for n, t, p in HAND_WRITTEN]
-    env = {**os.environ, "XDG_CACHE_HOME": str(SCRATCH / "cache"), "PGBACKUP_QUIET": "1"}
     problems = []
     for kind, text, path in chosen:
         f = SCRATCH / "cli.yaml"
         f.write_bytes(text)
-        proc = subprocess.run(
-            [PGBACKUP, "--config", str(f), "validate"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-        out = proc.stdout + proc.stderr
-        tb = "Traceback" in out or proc.returncode == 70
+        proc, out, tb = run_cli(f, timeout=60)
         ok = proc.returncode == 2 and not tb and out.lstrip().startswith("pgbackup")
         ok = ok and (not path or path in out) and SECRET not in out
         counts.inputs(
@@ -402,15 +403,13 @@ def test_cli_sample() -> None:
 def test_huge_retention_is_refused_or_handled(value: Any) -> None:
     f = SCRATCH / "huge-retention.yaml"
     f.write_bytes(dump(put(DEFAULT, ("retention", "days"), value)))
-    env = {**os.environ, "XDG_CACHE_HOME": str(SCRATCH / "cache"), "PGBACKUP_QUIET": "1"}
     outcomes = []
+    tb = False
     for task in ("validate", "plan"):
-        proc = subprocess.run(
-            [PGBACKUP, "--config", str(f), task], capture_output=True, text=True, env=env
-        )
+        proc, _out, task_tb = run_cli(f, task)
+        tb = tb or task_tb
         outcomes.append((task, proc.returncode, proc.stdout[-300:] + proc.stderr[-300:]))
         if proc.returncode != 0:
             break
-    tb = any(rc == 70 or "Traceback" in out for _t, rc, out in outcomes)
     counts.inputs("huge retention values", 1, rejected=int(not tb), tracebacks=int(tb))
     assert not tb, outcomes

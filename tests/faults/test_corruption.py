@@ -18,16 +18,14 @@ from typing import Any
 import counts
 import pytest
 from faultlib import batches, clean_output, listed, restored
-from harness import Harness, commit_batches, switch_and_wait_archived
+from harness import Harness, commit_batches, module_harness, switch_and_wait_archived
 
 WAL_BATCHES = range(5, 11)  # each in its own segment, after the second backup
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, Any]]:
-    h = Harness()
-    failed = True
-    try:
+    with module_harness() as h:
         h.run("sandbox.up")
         cluster = h.sandbox()
         commit_batches(cluster, 1, 2)
@@ -45,9 +43,6 @@ def env() -> Iterator[dict[str, Any]]:
         ids = [b["backup_id"] for b in listed(h)["backups"]]
         assert len(ids) == 2
         yield {"h": h, "ids": ids, "points": points, "segment_of": segment_of}
-        failed = False
-    finally:
-        h.teardown(failed)
 
 
 @contextlib.contextmanager
