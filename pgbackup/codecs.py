@@ -58,8 +58,8 @@ COMPRESSIONS = ("zstd", "lz4", "gzip", "none")
 _LEVELS = {"zstd": (-7, 22), "lz4": (0, 16), "gzip": (0, 9)}
 _SUFFIXES = {"zstd": ".zst", "lz4": ".lz4", "gzip": ".gz", "none": ""}
 _AGE_SUFFIX = ".age"
-WHOLE_JOB_SIZE = 2 * 1024 * 1024  # zstd job size for one-shot multi-threaded compression
 _AGE_MAGIC = b"age-encryption.org/"
+WHOLE_JOB_SIZE = 2 * 1024 * 1024  # zstd job size for one-shot multi-threaded compression
 
 
 class CodecError(PgBackupError):

@@ -18,7 +18,8 @@ Loading runs in this order:
 
 ``load_policy_fast`` is the entry point for ``wal-push``/``wal-fetch``: when a cache
 says this exact content (and the environment variables it references) was validated
-before, steps 2 and 4 are skipped and neither jsonschema nor croniter is imported.
+before, it also holds the parsed document, so steps 1, 2 and 4 are skipped and neither
+PyYAML, jsonschema nor croniter is imported.
 """
 
 from __future__ import annotations
@@ -1268,7 +1269,10 @@ def _fail(path: Path, problems: list[tuple[str, str]]) -> ConfigError:
     )
 
 
-def _build_checked(path: Path, doc: dict[str, Any]) -> Policy:
+def _policy(path: Path, doc: dict[str, Any] | None, problems: list[tuple[str, str]]) -> Policy:
+    """The policy of an analysed document; every problem is raised at once."""
+    if problems or doc is None:
+        raise _fail(path, problems)
     try:
         return _build(path, doc)
     except ConfigError:
@@ -1282,9 +1286,7 @@ def _build_checked(path: Path, doc: dict[str, Any]) -> Policy:
 
 def _from_tree(path: Path, raw: Any, *, validate: bool, optional: tuple[str, ...]) -> Policy:
     doc, problems = _analyse_tree(raw, validate=validate, optional=optional)
-    if problems or doc is None:
-        raise _fail(path, problems)
-    return _build_checked(path, doc)
+    return _policy(path, doc, problems)
 
 
 def load_policy(path: str | Path | None = None, *, validate: bool = True) -> Policy:
@@ -1292,9 +1294,7 @@ def load_policy(path: str | Path | None = None, *, validate: bool = True) -> Pol
     p = find_config(path)
     data = _read(p)
     raw, doc, problems = _analyse(p, data, validate=validate)
-    if problems or doc is None:
-        raise _fail(p, problems)
-    policy = _build_checked(p, doc)
+    policy = _policy(p, doc, problems)
     if validate:
         _cache_store(_cache_key(p, data, os.environ), raw)
     return policy
@@ -1317,9 +1317,7 @@ def load_policy_fast(path: str | Path | None = None, *, for_wal: bool = True) ->
     if raw is not None:
         return _from_tree(p, raw, validate=False, optional=optional)
     raw, doc, problems = _analyse(p, data, validate=True, optional=optional)
-    if problems or doc is None:
-        raise _fail(p, problems)
-    policy = _build_checked(p, doc)
+    policy = _policy(p, doc, problems)
     _cache_store(key, raw)
     return policy
 
