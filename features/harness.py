@@ -119,7 +119,11 @@ class Harness:
         return cluster.sql(query, dbname=dbname)
 
     def teardown(self, failed: bool) -> None:
-        for d in self.data_dirs:
+        # The sandbox too when a test only ran `pgbackup sandbox.up` (never h.sandbox()):
+        # it would otherwise outlive the test, serving a deleted directory.
+        sandbox = self.root / "sandbox" / "data"
+        extra = [sandbox] if sandbox.exists() and sandbox not in self.data_dirs else []
+        for d in [*self.data_dirs, *extra]:
             with contextlib.suppress(Exception):
                 Cluster(d, 0).stop("immediate")
         if failed:
