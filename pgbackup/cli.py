@@ -156,13 +156,16 @@ def main(argv: list[str] | None = None) -> None:
         # `pgbackup --config FILE task` (the documented form) means the policy, not
         # Invoke's own runtime config file.
         os.environ["PGBACKUP_CONFIG"] = os.path.abspath(config)
-    from invoke import Program
-
     from pgbackup import __version__
+    from pgbackup.program import PgBackupProgram
     from pgbackup.tasks import ns
 
-    program = Program(namespace=ns, version=__version__, name="pgbackup", binary="pgbackup")
-    program.run(["pgbackup", *rest])
+    program = PgBackupProgram(namespace=ns, version=__version__, name="pgbackup", binary="pgbackup")
+    try:
+        program.run(["pgbackup", *rest])
+    except BrokenPipeError:  # `pgbackup --help | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,16 @@ CONFIG_SEARCH_PATH: tuple[str, ...] = (
     "/etc/pgbackup/backup.yaml",
 )
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "backup.schema.json"
+
+def _schema_path() -> Path:
+    """The policy schema: inside an installed package (``pgbackup/schema/``, mapped there
+    from the top-level ``schema/`` by setup.py), else in the source tree (editable installs)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "schema" / "backup.schema.json"
+    return packaged if packaged.is_file() else here.parent / "schema" / "backup.schema.json"
+
+
+SCHEMA_PATH = _schema_path()
 
 _SECRET_KEYS = frozenset(
     {"password", "passwd", "pass", "secret", "token", "api_key", "access_key", "secret_access_key"}
