@@ -33,10 +33,18 @@ def line_names(h: Harness, name: str) -> None:
 
 @then("the textfile says the overall status is 1 and archiving is not failing")
 def textfile(ctx: dict[str, Any]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = ctx["prom"].read_text()
-    assert 'pgbackup_check_status{target="platform",check="overall"} 1\n' in text
-    assert 'pgbackup_archiver_failing{target="platform"} 0\n' in text
-    assert 'pgbackup_check_status{target="platform",check="wal_archiving"} 0\n' in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    status = "pgbackup_check_status"
+    assert samples[(status, (("check", "overall"), ("target", "platform")))] == 1
+    assert samples[("pgbackup_archiver_failing", (("target", "platform"),))] == 0
+    assert samples[(status, (("check", "wal_archiving"), ("target", "platform")))] == 0
     assert not [p for p in ctx["prom"].parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 

@@ -539,30 +539,6 @@ def nagios(reports: list[TargetReport]) -> tuple[int, str]:
     return LEVEL[status], line
 
 
-def prometheus_text(reports: list[TargetReport]) -> str:
-    lines = [
-        "# HELP pgbackup_check_status Check status (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).",
-        "# TYPE pgbackup_check_status gauge",
-    ]
-    for r in reports:
-        lines.append(
-            f'pgbackup_check_status{{target="{r.target}",check="overall"}} {LEVEL[r.status]}'
-        )
-        for c in r.checks:
-            lines.append(
-                f'pgbackup_check_status{{target="{r.target}",check="{c.name}"}} {LEVEL[c.status]}'
-            )
-    names = sorted({k for r in reports for k in r.metrics if k != "status"})
-    for name in names:
-        lines.append(f"# TYPE pgbackup_{name} gauge")
-        for r in reports:
-            if name in r.metrics:
-                lines.append(f'pgbackup_{name}{{target="{r.target}"}} {r.metrics[name]:g}')
-    lines.append("# TYPE pgbackup_check_timestamp_seconds gauge")
-    lines.append(f"pgbackup_check_timestamp_seconds {datetime.now(UTC).timestamp():.0f}")
-    return "\n".join(lines) + "\n"
-
-
 def write_textfile(path: Path, text: str) -> None:
     """node_exporter reads the file at any moment: write a temp file, then rename."""
     path = path.absolute()

@@ -1,4 +1,4 @@
-"""Operations tasks: check, drill, sla-report and the schedule collection.
+"""Operations tasks: check, drill, sla-report, exporter and the schedule collection.
 
 ``pgbackup.tasks`` calls ``register(ns)`` at import. Tasks stay thin: flags in, engine
 call, rendering out.
@@ -55,7 +55,10 @@ def check(
             raise Exit(code=3) from None
         raise
     if prometheus:
-        monitor.write_textfile(Path(prometheus), monitor.prometheus_text(reports))
+        from pgbackup.metrics import check_textfile
+
+        text = check_textfile(policy, targets(policy, target), reports)
+        monitor.write_textfile(Path(prometheus), text)
     code, line = monitor.nagios(reports)
     if nagios:
         print(line)
@@ -184,6 +187,59 @@ def sla_report(
         sys.stdout.write(text)
 
 
+# --- exporter -------------------------------------------------------------------------
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "listen": "ADDR:PORT to serve /metrics on (default 127.0.0.1:9188; :9188 = every interface)",
+        "interval": "read each repository at most this often (default 60s)",
+        "timeout": "a scrape waits this long at most for a read, then serves the last values (default 5s)",
+    }
+)
+@command
+def exporter(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    listen: str = "127.0.0.1:9188",
+    interval: str = "60s",
+    timeout: str = "5s",
+) -> None:
+    """Prometheus exporter: serve /metrics of every repository until stopped."""
+    from pgbackup.config import parse_duration
+    from pgbackup.errors import UsageError
+    from pgbackup.metrics import parse_listen, serve
+
+    durations = {}
+    for flag, text in (("interval", interval), ("timeout", timeout)):
+        try:
+            durations[flag] = parse_duration(text)
+        except ValueError as exc:
+            raise UsageError(f"--{flag}: {exc}") from None
+        if durations[flag] <= 0:
+            raise UsageError(f"--{flag} {text!r}: must be longer than 0s")
+    parse_listen(listen)  # a bad address fails before the policy is read
+    policy = load(config)
+    chosen = targets(policy, target)
+
+    def ready(url: str) -> None:
+        names = ", ".join(t.name for t in chosen)
+        print(f"serving metrics of {names} on {url} (repositories read at most every {interval})")
+        sys.stdout.flush()
+
+    serve(
+        policy,
+        chosen,
+        listen,
+        interval=durations["interval"],
+        timeout=durations["timeout"],
+        ready=ready,
+    )
+
+
 # --- schedule -------------------------------------------------------------------------
 
 SCHEDULE_HELP = {
@@ -264,6 +320,7 @@ def register(ns: Collection) -> None:
     ns.add_task(check)
     ns.add_task(drill)
     ns.add_task(sla_report)
+    ns.add_task(exporter)
     sched = Collection("schedule")
     sched.add_task(schedule_install)
     sched.add_task(schedule_remove)
