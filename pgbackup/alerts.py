@@ -7,7 +7,7 @@ status differs from what it last heard. So a check that stays CRITICAL alerts on
 recovery alerts once more, and a channel that could not be reached is retried on the next
 run without repeating the others.
 
-Events that only ever report failures (a backup or wal-push that fails) repeat after
+Events that only ever report failures (a backup, wal-push or wal-fetch that fails) repeat after
 ``REPEAT_AFTER`` seconds at the earliest: PostgreSQL retries a failing archive_command every
 minute, and one mail per minute helps nobody.
 
@@ -40,7 +40,7 @@ OK_STATES = ("ok",)
 REPEAT_AFTER = 6 * 3600
 TIMEOUT = 10.0
 # Events whose recovery is never reported by the event itself (only failures are sent).
-FAILURE_ONLY = ("backup", "verify", "cleanup", "wal-push", "restore")
+FAILURE_ONLY = ("backup", "verify", "cleanup", "wal-push", "wal-fetch", "restore")
 
 
 @dataclass(frozen=True)

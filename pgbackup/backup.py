@@ -385,6 +385,7 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 "system_identifier": facts.system_identifier,
                 "server_version": facts.version,
                 "server_version_num": facts.version_num,
+                "timezone": facts.timezone,
                 "wal_segment_size": facts.wal_segment_size,
                 "timeline": m["timeline"],
                 "start_lsn": format_lsn(m["start_lsn"]),

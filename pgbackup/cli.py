@@ -10,8 +10,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 WAL_COMMANDS = ("wal-push", "wal-fetch")
+
+# restore_command's exit statuses, as PostgreSQL reads them (src/backend/access/transam/
+# xlogarchive.c, RestoreArchivedFile, PostgreSQL 15 to 18): 0 is "restored"; a death by
+# signal, or an exit status above 125 (wait_result_is_any_signal(rc, true)), is FATAL
+# for the startup process, so recovery aborts and the server stops; every other status
+# means "not in the archive", and archive recovery ENDS there and promotes. 255 is above
+# 125 and is no 128+signal that PostgreSQL would read as SIGTERM (143: a quiet exit).
+EXIT_NOT_ARCHIVED = 1
+EXIT_FETCH_FAILED = 3
+EXIT_ABORT_RECOVERY = 255
 
 
 def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -38,13 +49,15 @@ def wal_main(argv: list[str]) -> int:
     """``wal-push PATH`` / ``wal-fetch NAME PATH`` with ``--config``/``--target``.
 
     Exit status: 0 done; 1 (wal-fetch) not in the archive; 2 bad usage or policy;
-    3 or more: the push/fetch failed (message on stderr).
+    3 or more: the push/fetch failed (message on stderr); 255 (wal-fetch during archive
+    recovery): failed, and PostgreSQL must abort recovery (see fetch_failure_status).
     """
     from pgbackup.errors import PgBackupError
 
     config, rest = _split_config(argv)
     target = None
     source = None  # wal-fetch --from NAME: an upload destination
+    until = None  # wal-fetch --until SEGMENT: recovery needs nothing after it
     asynchronous = False
     positional: list[str] = []
     i = 0
@@ -61,6 +74,10 @@ def wal_main(argv: list[str]) -> int:
             target = rest[i].split("=", 1)[1]
             i += 1
             continue
+        if rest[i] == "--until" and i + 1 < len(rest):
+            until = rest[i + 1]
+            i += 2
+            continue
         if rest[i] == "--from" and i + 1 < len(rest):
             source = rest[i + 1]
             i += 2
@@ -73,7 +90,7 @@ def wal_main(argv: list[str]) -> int:
         usage = (
             "wal-push [--config FILE] [--target NAME] [--async] PATH"
             if want == 1
-            else "wal-fetch [--config FILE] [--target NAME] [--from UPLOAD] NAME PATH"
+            else "wal-fetch [--config FILE] [--target NAME] [--from UPLOAD] [--until SEGMENT] NAME PATH"
         )
         print(f"pgbackup: usage: pgbackup {usage}", file=sys.stderr)
         return 2
@@ -97,19 +114,41 @@ def wal_main(argv: list[str]) -> int:
                 from pgbackup.uploads import upload_storage
 
                 storage = upload_storage(policy, source)
-            wal.fetch(policy, args[0], args[1], target, storage)
+            wal.fetch(policy, args[0], args[1], target, storage, until=until)
         return 0
     except PgBackupError as exc:
         if command == "wal-fetch" and _not_archived(exc):
-            return 1  # not archived: PostgreSQL asks for files that do not exist; stay quiet
+            # not archived: PostgreSQL asks for files that do not exist; stay quiet
+            return EXIT_NOT_ARCHIVED
         print(f"pgbackup {command}: error: {exc}", file=sys.stderr)
         _alert_wal_failure(policy, command, target, args, exc)
-        return max(exc.exit_code, 3) if command == "wal-fetch" else max(exc.exit_code, 1)
+        if command == "wal-fetch":
+            return fetch_failure_status(Path.cwd())
+        return max(exc.exit_code, 1)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug; still one line, never a traceback in the server log
         print(f"pgbackup {command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 70
+        return fetch_failure_status(Path.cwd()) if command == "wal-fetch" else 70
+
+
+def fetch_failure_status(data_dir: Path) -> int:
+    """The exit status of a wal-fetch that failed for any reason but "not archived".
+
+    restore_command runs in the data directory. In archive recovery (``recovery.signal``)
+    a failure must abort recovery: PostgreSQL would read 1..125 as "not archived", end
+    recovery at this file and promote without the WAL that follows. A standby
+    (``standby.signal``, which wins when both exist) retries restore_command every
+    wal_retrieve_retry_interval and streams meanwhile, and never ends recovery on a
+    miss: a FATAL there would turn a passing S3 error into an outage, so it gets an
+    ordinary failure, said loudly in the server log and alerted. Outside recovery (a
+    person running it by hand) the status is 3.
+    """
+    if (data_dir / "standby.signal").exists():
+        return EXIT_FETCH_FAILED
+    if (data_dir / "recovery.signal").exists():
+        return EXIT_ABORT_RECOVERY
+    return EXIT_FETCH_FAILED
 
 
 def _not_archived(exc: Exception) -> bool:
@@ -126,14 +165,14 @@ def _not_archived(exc: Exception) -> bool:
 def _alert_wal_failure(
     policy: object, command: str, target: str | None, args: list[str], exc: Exception
 ) -> None:
-    """A failed push alerts (on state change) without slowing the happy path."""
-    if command != "wal-push" or policy is None:
+    """A failed push or fetch alerts (on state change) without slowing the happy path."""
+    if policy is None:
         return
     from pgbackup.alerts import notify_event
 
     with contextlib.suppress(Exception):
         notify_event(
-            policy, "wal-push", target or "-", "failed", f"{os.path.basename(args[0])}: {exc}"
+            policy, command, target or "-", "failed", f"{os.path.basename(args[0])}: {exc}"
         )
 
 

@@ -147,10 +147,11 @@ def run_drill(
     """Run one drill of ``target`` and record it; never raises for a failed drill."""
     from pgbackup.restore import run_restore
     from pgbackup.restore_cli import (
+        check_chain,
         check_window,
         choose_backup,
-        parse_time,
         recovery_settings,
+        resolve_target_time,
         wait_for_recovery_end,
     )
     from pgbackup.storage import open_storage
@@ -168,9 +169,13 @@ def run_drill(
     try:
         kind, value = "latest", None
         if target_time:
-            kind, value = "time", parse_time(target_time)
-            check_window(policy, repo, target.name, "time", value)
+            kind, value = "time", resolve_target_time(repo, target.name, target_time)
         info = choose_backup(repo, target.name, backup, kind, value)
+        # A hole in the WAL chain fails the drill before anything is restored; the point
+        # recovery must reach is checked once it has ended.
+        expected = check_chain(policy, repo, target.name, info, kind, value)
+        if target_time:
+            check_window(policy, repo, target.name, "time", value)
         result.backup_id = info.backup_id
         result.backup_stop_time = info.metadata.get("stop_time")
         result.recovery_target = {"kind": kind, "value": _jsonable(value)}
@@ -182,6 +187,7 @@ def run_drill(
             action="promote",
             timeline=None,
             inclusive=True,
+            until=expected.get("until"),
         )
         result.timings["fetch"] = round(time.monotonic() - t0, 3)
 
@@ -210,8 +216,16 @@ def run_drill(
         t2 = time.monotonic()
         major = int(info.metadata["server_version_num"]) // 10000
         cluster = _scratch_cluster(provider, root / "data", port, major, target)
-        cluster.start()
-        result.recovered_to = wait_for_recovery_end()(cluster)
+        try:
+            cluster.start()
+        except PgBackupError:
+            reason = _recovery_failure(cluster)
+            if reason:
+                raise PgBackupError(
+                    f"recovery stopped before reaching its target: {reason}"
+                ) from None
+            raise
+        result.recovered_to = wait_for_recovery_end(expected=expected)(cluster)
         result.timings["recovery"] = round(time.monotonic() - t2, 3)
 
         step = "running the checks"
@@ -251,6 +265,16 @@ def run_drill(
     _record(repo, result)
     _notify(policy, result)
     return result
+
+
+def _recovery_failure(cluster: Any) -> str | None:
+    """PostgreSQL's reason (and wal-fetch's) for a server that died in recovery."""
+    from pgbackup.restore import recovery_failure
+
+    try:
+        return recovery_failure(cluster)
+    except Exception:  # a provider without a readable log
+        return None
 
 
 def _scratch_cluster(provider: str, data_dir: Path, port: int, major: int, target: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from pgbackup.codecs import CodecSpec, open_decoder
 from pgbackup.config import Policy, Target
-from pgbackup.errors import PgBackupError, RestoreError
+from pgbackup.errors import PgBackupError, PostgresError, RestoreError
 from pgbackup.postgres.cluster import Cluster, free_port, hand_over, server_os_user
 from pgbackup.repository import BackupInfo, Repository
 from pgbackup.storage import Storage, open_storage
@@ -171,6 +171,23 @@ def extract(
     return source.count
 
 
+def recovery_failure(cluster: Any) -> str | None:
+    """The reason PostgreSQL gave for stopping recovery, from its log (None if it did not)."""
+    tail = cluster.log_tail(60)
+    fatal = [ln.split("FATAL:", 1)[1].strip() for ln in tail.splitlines() if "FATAL:" in ln]
+    fatal = [f for f in fatal if "the database system is" not in f and "role " not in f]
+    # wal-fetch's own line (stderr of restore_command lands in the server log) says why
+    # a file could not be restored; PostgreSQL's FATAL only names the file.
+    ours = [
+        ln.split("error:", 1)[1].strip()
+        for ln in tail.splitlines()
+        if ln.startswith("pgbackup wal-fetch: error:")
+    ]
+    if fatal and ours:
+        return f"{fatal[-1]}: {ours[-1]}"
+    return fatal[-1] if fatal else None
+
+
 MINIMAL_CONF = """# written by pgbackup restore: the backup carried no postgresql.conf
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
@@ -254,22 +271,31 @@ def run_restore(
         port=port,
     )
     if start:
-        cluster.start()
-        result.started = True
-        if wait_for_recovery is not None:
-            try:
+        try:
+            cluster.start()
+            result.started = True
+            if wait_for_recovery is not None:
                 result.recovery = wait_for_recovery(cluster)
-            except BaseException:
-                # Not where it was asked to be: leave nothing that looks usable.
+        except BaseException as exc:
+            # Not where it was asked to be (a server that died in recovery included):
+            # leave nothing that looks usable.
+            reason = recovery_failure(cluster) if recovery_settings else None
+            with contextlib.suppress(Exception):
                 cluster.stop("immediate")
-                with contextlib.suppress(OSError):
-                    empty_directory(directory)
-                LOG.error(
-                    "recovery of %s into %s failed; the directory was emptied",
-                    info.backup_id,
-                    directory,
-                )
-                raise
+            with contextlib.suppress(OSError):
+                empty_directory(directory)
+            LOG.error(
+                "recovery of %s into %s failed; the directory was emptied",
+                info.backup_id,
+                directory,
+            )
+            if isinstance(exc, PostgresError) and reason:
+                raise RestoreError(
+                    f"recovery stopped before reaching its target: {reason}",
+                    hint=f"the archive misses or cannot deliver a file (pgbackup verify --wal); "
+                    f"see {cluster.log_file}",
+                ) from None
+            raise
     result.seconds = round(time.monotonic() - t0, 3)
     LOG.info(
         "restored %s (%s) into %s in %.1fs%s",

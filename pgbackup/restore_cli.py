@@ -14,26 +14,75 @@ from pathlib import Path
 from typing import Any
 
 from pgbackup.errors import RestoreError, UsageError
-from pgbackup.lsn import format_lsn, parse_lsn
+from pgbackup.lsn import format_lsn, parse_lsn, segment_name, segment_start_lsn
 from pgbackup.repository import BackupInfo, Repository, parse_iso
-from pgbackup.restore import RestoreResult, run_restore
+from pgbackup.restore import RestoreResult, recovery_failure, run_restore
 from pgbackup.sandbox import pgbackup_program
 from pgbackup.storage import open_storage
+from pgbackup.ui import LOG
 
 RECOVERY_KEYWORDS = ("immediate", "latest")
 ACTIONS = ("promote", "pause", "shutdown")
 
 
-def parse_time(text: str) -> datetime:
-    """ISO 8601 (``2026-11-23 14:30:00``, ``...+01:00``, ``...Z``); naive means UTC."""
+def parse_time(text: str, zone: str | None = None) -> datetime:
+    """ISO 8601 (``2026-11-23 14:30:00``, ``...+01:00``, ``...Z``) as an aware instant.
+
+    A time without a zone is read in ``zone``, the server's TimeZone, because that is
+    how PostgreSQL reads a zone-less recovery_target_time (the restored cluster's
+    ``timezone`` setting, the one ``SELECT now()`` shows); with no known zone it is
+    refused rather than guessed.
+    """
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(
             f"--target-time {text!r} is not a timestamp",
-            hint="use ISO 8601, e.g. '2026-11-23 14:30:00+00:00' (no zone means UTC)",
+            hint="use ISO 8601 with an offset, e.g. '2026-11-23 14:30:00+01:00'",
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if value.tzinfo:
+        return value
+    if zone is None:
+        raise UsageError(
+            f"--target-time {text!r} has no time zone, and the backups do not record the "
+            "server's timezone (they were taken by an older pgbackup)",
+            hint="add the offset the server's clock uses, e.g. "
+            f"'{value.isoformat(sep=' ')}+01:00', or Z for UTC",
+        )
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return value.replace(tzinfo=ZoneInfo(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(
+            f"--target-time {text!r} has no time zone, and the server's timezone {zone!r} "
+            "is not one this machine knows",
+            hint="add the offset explicitly, e.g. '2026-11-23 14:30:00+01:00'",
+        ) from None
+
+
+def server_timezone(repo: Repository, target: str) -> str | None:
+    """The TimeZone the newest complete backup recorded (the server's, as of then)."""
+    backups = repo.complete_backups(target)
+    return backups[-1].metadata.get("timezone") if backups else None
+
+
+def resolve_target_time(repo: Repository, target: str, text: str) -> datetime:
+    """``--target-time`` as PostgreSQL will read it, said before anything is written."""
+    zone = server_timezone(repo, target)
+    value = parse_time(text, zone)
+    utc = value.astimezone(UTC)
+    if datetime.fromisoformat(text.strip().replace("Z", "+00:00")).tzinfo is None:
+        LOG.warning(
+            "recovery target time %s has no zone: read in the server's timezone %s, it is %s (%s UTC)",
+            text.strip(),
+            zone,
+            value.isoformat(sep=" "),
+            utc.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    else:
+        LOG.info("recovery target time %s (%s UTC)", value.isoformat(sep=" "), utc)
+    return value
 
 
 def recovery_settings(
@@ -45,9 +94,11 @@ def recovery_settings(
     action: str,
     timeline: str | None,
     inclusive: bool,
+    until: str | None = None,
 ) -> dict[str, Any]:
+    bound = f"--until {until} " if until else ""
     settings: dict[str, Any] = {
-        "restore_command": f"'{pgbackup_program()}' --config '{policy.path}' wal-fetch --target {target_name} %f %p",
+        "restore_command": f"'{pgbackup_program()}' --config '{policy.path}' wal-fetch --target {target_name} {bound}%f %p",
         "recovery_target_action": action,
     }
     if timeline:
@@ -126,23 +177,128 @@ def check_window(
     return window
 
 
-def recovery_failure(cluster: Any) -> str | None:
-    """The reason PostgreSQL gave for stopping recovery, from its log (None if it did not)."""
-    tail = cluster.log_tail(40)
-    fatal = [ln.split("FATAL:", 1)[1].strip() for ln in tail.splitlines() if "FATAL:" in ln]
-    fatal = [f for f in fatal if "the database system is" not in f and "role " not in f]
-    return fatal[-1] if fatal else None
+def check_chain(
+    policy: Any,
+    repo: Repository,
+    target: str,
+    info: BackupInfo,
+    kind: str | None,
+    value: Any,
+    timeline: int | None = None,
+    inclusive: bool = True,
+) -> dict[str, Any]:
+    """Refuse, before anything is written, a recovery the archive cannot carry to its
+    target because a segment is missing in the middle of the chain; return the point
+    recovery must reach at least (``min_lsn`` and ``why``), checked once it has ended.
+
+    PostgreSQL cannot see a hole: at the missing file restore_command says "not there",
+    and recovery ends and promotes with everything after the hole silently dropped.
+    """
+    if kind is None:
+        return {}
+    from pgbackup.wal import reachable
+
+    meta = info.metadata
+    seg_size = int(meta.get("wal_segment_size", 16 * 1024 * 1024))
+    reach = reachable(policy, repo.storage, target, meta, timeline)
+    expected: dict[str, Any] = {}
+    newest = reach.get("newest_segment")
+    if kind == "latest" and newest:
+        start = max(segment_start_lsn(newest, seg_size), parse_lsn(meta["stop_lsn"]))
+        expected = {"min_lsn": format_lsn(start), "why": f"the newest archived segment {newest}"}
+    elif kind == "immediate":
+        expected = {"min_lsn": meta["stop_lsn"], "why": f"the end of backup {info.backup_id}"}
+    elif kind == "lsn" and inclusive:
+        expected = {"min_lsn": format_lsn(value), "why": "the recovery target"}
+    gap = reach.get("gap")
+    if gap is None:
+        return expected
+    if kind == "immediate":  # the backup's own WAL; read-ahead must not trip on the hole
+        expected["until"] = segment_name(
+            int(meta["timeline"]), parse_lsn(meta["stop_lsn"]), seg_size
+        )
+        return expected
+    last_lsn = reach.get("last_lsn") or meta["stop_lsn"]
+    last_time = reach.get("last_commit_time")
+    last_segment = reach.get("last_segment") or segment_name(
+        int(meta["timeline"]), parse_lsn(meta["stop_lsn"]), seg_size
+    )
+    wanted: str | None = None
+    # With a hole ahead, wal-fetch must know how far the target needs WAL: PostgreSQL
+    # reads ahead (recovery_prefetch) and asks for the missing file even when it stops
+    # before it. ``until`` is the last segment the target needs.
+    until = last_segment
+    if kind == "latest":
+        wanted = f"the end of the archive ({newest})"
+    elif kind == "lsn":
+        if value > parse_lsn(last_lsn):
+            wanted = f"LSN {format_lsn(value)}"
+        else:
+            until = segment_name(int(reach["timeline"]), value, seg_size)
+    elif kind == "time":
+        # Recovery to a time stops at the first commit AFTER it; that commit must be
+        # readable, so the last commit before the hole is itself out of reach.
+        reachable_time = parse_iso(last_time) if last_time else None
+        if reachable_time is None or value >= reachable_time:
+            wanted = value.isoformat(sep=" ")
+    else:  # xid, name: find the record in the WAL before the hole
+        from pgbackup.wal import locate_record
+
+        found = locate_record(policy, repo.storage, target, meta, last_segment, kind, value)
+        if found is None:
+            wanted = f"{'transaction' if kind == 'xid' else 'restore point'} {value!r}"
+        else:
+            until = found
+    if wanted is None:
+        expected["until"] = until
+        LOG.warning(
+            "the WAL archive of %r has a gap at %s; the recovery target lies before it "
+            "(in %s or earlier), so the restore goes on",
+            target,
+            gap,
+            until,
+        )
+        return expected
+    reach_text = f"LSN {last_lsn} on timeline {reach['timeline']}"
+    if last_time:
+        reach_text += f" (last commit before it: {last_time})"
+    raise RestoreError(
+        f"the WAL archive of {target!r} has a gap: {gap} is missing while later WAL is archived "
+        f"(up to {newest}); recovery from backup {info.backup_id} cannot get past it, so "
+        f"{wanted} cannot be reached. The last point that can be reached is {reach_text}. "
+        f"The segment at the gap starts at LSN {format_lsn(segment_start_lsn(gap, seg_size))}",
+        hint=f"to restore up to the gap explicitly: pgbackup restore --backup {info.backup_id} "
+        f"--target-lsn {last_lsn} --to DIR; or put {gap} back into the archive (from an upload "
+        "copy: --from NAME) and retry. Nothing was written",
+    )
 
 
-def wait_for_recovery_end(timeout: float = 600, action: str = "promote") -> Any:
+def wait_for_recovery_end(
+    timeout: float = 600, action: str = "promote", expected: dict[str, Any] | None = None
+) -> Any:
     """A callback for run_restore: wait until recovery ends, report the point reached.
 
     A server that stops is a failure (with PostgreSQL's reason, e.g. "recovery ended
     before configured recovery target was reached"), unless the action was ``shutdown``
-    and it stopped at the target.
+    and it stopped at the target. A recovery that ends short of ``expected["min_lsn"]``
+    (the newest archived segment for ``latest``) is a failure too, with both points.
     """
 
     def waiter(cluster: Any) -> dict[str, Any]:
+        info = wait(cluster)
+        reached = info.get("last_replay_lsn")
+        minimum = (expected or {}).get("min_lsn")
+        if expected and minimum and reached and parse_lsn(reached) < parse_lsn(minimum):
+            raise RestoreError(
+                f"recovery ended at LSN {reached}, short of {expected['why']} at LSN "
+                f"{minimum}: WAL the archive holds was not replayed",
+                hint=f"see {cluster.log_file}; run `pgbackup verify --wal`",
+            )
+        if expected:
+            info["expected_min_lsn"] = expected.get("min_lsn")
+        return info
+
+    def wait(cluster: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         info: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -235,7 +391,7 @@ def restore_command(
                 f"--target-{recovery_kind} is empty", hint="give a value, or leave the flag out"
             )
         if recovery_kind == "time":
-            value = parse_time(str(raw))
+            value = str(raw)  # resolved below, in the zone the server reads it in
         elif recovery_kind == "lsn":
             try:
                 value = parse_lsn(str(raw))
@@ -268,10 +424,22 @@ def restore_command(
 
         storage = upload_storage(policy, from_upload)
     repo = Repository(storage)
-    if recovery_kind in ("time", "lsn"):
-        wanted_tli = int(target_timeline) if target_timeline and target_timeline.isdigit() else None
-        check_window(policy, repo, policy_target.name, recovery_kind, value, wanted_tli)
+    if recovery_kind == "time":
+        value = resolve_target_time(repo, policy_target.name, value)
+    wanted_tli = int(target_timeline) if target_timeline and target_timeline.isdigit() else None
     info = choose_backup(repo, policy_target.name, backup, recovery_kind, value)
+    expected = check_chain(
+        policy,
+        repo,
+        policy_target.name,
+        info,
+        recovery_kind,
+        value,
+        wanted_tli,
+        inclusive=not exclusive,
+    )
+    if recovery_kind in ("time", "lsn"):
+        check_window(policy, repo, policy_target.name, recovery_kind, value, wanted_tli)
     settings = None
     if recovery_kind is not None:
         settings = recovery_settings(
@@ -282,6 +450,7 @@ def restore_command(
             action=action,
             timeline=target_timeline,
             inclusive=not exclusive,
+            until=expected.get("until"),
         )
         if from_upload:
             settings["restore_command"] = settings["restore_command"].replace(
@@ -298,7 +467,7 @@ def restore_command(
         archive=archive,
         recovery_settings=settings,
         storage=storage,
-        wait_for_recovery=wait_for_recovery_end(action=action)
+        wait_for_recovery=wait_for_recovery_end(action=action, expected=expected)
         if (start and recovery_kind)
         else None,
     )

@@ -54,6 +54,20 @@ class WalNotFound(PgBackupError):
     exit_code = 1
 
 
+class WalGap(WalError):
+    """The archive lacks the file but holds later WAL of the same timeline: a hole.
+
+    PostgreSQL cannot tell a hole from the end of the archive (every restore_command
+    status from 1 to 125 means "not there" to it, and archive recovery ends on it); only
+    pgbackup knows what its archive holds, so a hole is a failure, never a quiet miss.
+    """
+
+
+# A hole may be a segment that an async pusher (two at a time) is storing right now:
+# look again after this many seconds before calling it a gap.
+GAP_GRACE_SECONDS = float(os.environ.get("PGBACKUP_GAP_GRACE", "2"))
+
+
 def is_wal_name(name: str) -> bool:
     return is_segment(name) or is_history(name) or is_backup_label_file(name) or is_partial(name)
 
@@ -282,10 +296,15 @@ def fetch(
     dest: str | Path,
     target: str | None = None,
     storage: Storage | None = None,
+    until: str | None = None,
 ) -> None:
-    """Write archived ``name`` decoded to ``dest`` atomically; WalNotFound when absent.
+    """Write archived ``name`` decoded to ``dest`` atomically; WalNotFound when absent,
+    WalGap when absent while later WAL of its timeline is archived.
 
     ``storage`` (an upload destination) is read instead of the policy's repository.
+    ``until``: the last segment the recovery target needs (pgbackup restore knows it);
+    a later one that is missing is an ordinary miss, because PostgreSQL reads ahead
+    (recovery_prefetch) past a target that lies just before a hole.
     """
     if storage is None:
         storage = open_storage(policy.repository)
@@ -293,7 +312,26 @@ def fetch(
     spec = codec_for(policy)
     key = find_archived(storage, target_name, name, spec)
     if key is None:
-        raise WalNotFound(f"{name} is not in the archive")
+        beyond_target = until is not None and is_segment(name) and name[8:] > until[8:24]
+        later = None if beyond_target else later_archived(storage, target_name, name)
+        if later is None or (Path.cwd() / "pg_wal" / name).is_file():
+            # The end of the archive; or a file the restored backup carries in pg_wal,
+            # which PostgreSQL reads when restore_command has none (RestoreArchivedFile's
+            # "not_available" path).
+            raise WalNotFound(f"{name} is not in the archive")
+        import time
+
+        time.sleep(GAP_GRACE_SECONDS)
+        key = find_archived(storage, target_name, name, spec)
+        if key is None:
+            raise WalGap(
+                f"{name} is missing from the archive of {target_name!r}, which holds later WAL "
+                f"of the same timeline (up to {later}): the archive has a gap here, and recovery "
+                "must not end at it as if it were the end of the archive",
+                hint="restore the missing file into the archive (an upload copy: wal-fetch --from "
+                "NAME), or restore to a point before it (pgbackup restore names the last point "
+                "that can be reached)",
+            )
     _base, stored_spec = parse_suffix(key.rsplit("/", 1)[-1])
     identities = policy_identities(policy) if stored_spec.encrypted else None
     if stored_spec.encrypted and identities is None:
@@ -314,6 +352,25 @@ def fetch(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise WalError(f"cannot write {dest}: {exc.strerror}") from None
+
+
+def later_archived(storage: Storage, target: str, name: str) -> str | None:
+    """The newest archived segment of ``name``'s timeline that comes after it, or None.
+
+    Only segments have an order; a missing ``.history`` or ``.backup`` file is an
+    ordinary miss (PostgreSQL probes for timelines that do not exist). The listing is
+    limited to the timeline's prefix, and runs only when a file is missing: once at the
+    end of a recovery, not for every segment.
+    """
+    if not is_segment(name):
+        return None
+    newest: str | None = None
+    for info in storage.list(f"{target}/wal/{name[:8]}"):
+        base, _spec = parse_suffix(info.key.rsplit("/", 1)[-1])
+        segment = base[:24]
+        if (is_segment(base) or is_partial(base)) and segment > name:
+            newest = segment if newest is None or segment > newest else newest
+    return newest
 
 
 # --- the chain: what is archived, its gaps, the recoverable window, expiry ----------------
@@ -444,6 +501,7 @@ def chain_from(
     return {
         "timeline": end_tli,
         "last_segment": reached,
+        "newest_segment": segment_name(end_tli, last_on_end * seg_size, seg_size),
         "gaps": gaps,
         "segments": len(expected),
     }
@@ -565,11 +623,9 @@ def plan_wal_expiry(repo: Any, target: str, kept: list[Any]) -> list[str]:
     return keys
 
 
-def last_commit_time(
-    policy: Any, storage: Storage, key: str, name: str, major: int | None
-) -> str | None:
-    """Timestamp of the last commit/abort record in an archived segment (via pg_waldump)."""
-    import re
+def waldump(policy: Any, storage: Storage, key: str, name: str, major: int | None) -> str:
+    """pg_waldump's description of every complete record in an archived segment ("" when
+    pg_waldump or the key is missing)."""
     import subprocess
     import tempfile
 
@@ -578,11 +634,11 @@ def last_commit_time(
     try:
         program = find_program("pg_waldump", major)
     except PgBackupError:
-        return None
+        return ""
     _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
     identities = policy_identities(policy) if spec.encrypted else None
     if spec.encrypted and identities is None:
-        return None
+        return ""
     data = decode_bytes(spec, storage.read_bytes(key), identities=identities, what=key)
     with tempfile.TemporaryDirectory(prefix="pgbackup-waldump-") as tmp:
         (Path(tmp) / name).write_bytes(data)
@@ -593,12 +649,131 @@ def last_commit_time(
             env={**os.environ, "TZ": "UTC", "PGTZ": "UTC"},
             timeout=60,
         )
+    return proc.stdout
+
+
+def segment_summary(
+    policy: Any, storage: Storage, key: str, name: str, major: int | None
+) -> dict[str, str | None]:
+    """The last complete record's LSN and the last commit/abort time in an archived
+    segment, read by pg_waldump.
+
+    The last record's LSN is a point an inclusive ``recovery_target_lsn`` can reach
+    with this segment alone: recovery stops right after replaying the record that
+    starts at or after it (PostgreSQL's recoveryStopsAfter), so it needs no later file.
+    """
+    import re
+
+    text = waldump(policy, storage, key, name, major)
     stamps = re.findall(
-        r"desc: (?:COMMIT|ABORT)\S* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC", proc.stdout
+        r"desc: (?:COMMIT|ABORT)\S* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC", text
     )
-    if not stamps:
-        return None
-    return stamps[-1].replace(" ", "T") + "Z"
+    records = re.findall(r"lsn: ([0-9A-F]+/[0-9A-F]+),", text)
+    return {
+        "last_record_lsn": records[-1] if records else None,
+        "last_commit_time": stamps[-1].replace(" ", "T") + "Z" if stamps else None,
+    }
+
+
+def locate_record(
+    policy: Any,
+    storage: Storage,
+    target: str,
+    backup_meta: dict[str, Any],
+    last_segment: str,
+    kind: str,
+    value: Any,
+) -> str | None:
+    """The archived segment, from the backup's start to ``last_segment``, that holds
+    the commit of transaction ``value`` (kind ``xid``) or the restore point named
+    ``value`` (kind ``name``); None when none does. Used only when the chain has a hole,
+    to tell whether such a target lies before it."""
+    import re
+
+    seg_size = int(backup_meta.get("wal_segment_size", 16 * 1024 * 1024))
+    first = parse_lsn(backup_meta["start_lsn"]) // seg_size
+    last = last_segment[8:]
+    names = archived_names(storage, target)
+    candidates = sorted(
+        (n for n in names if is_segment(n) and n[8:] <= last),
+        key=lambda n: (n[8:], n[:8]),
+    )
+    if kind == "xid":
+        pattern = re.compile(rf"tx:\s+{int(value)}, lsn: \S+ prev \S+ desc: (?:COMMIT|ABORT)")
+    else:
+        pattern = re.compile(rf"desc: RESTORE_POINT {re.escape(str(value))}$", re.MULTILINE)
+    major = int(backup_meta.get("server_version_num", 0)) // 10000 or None
+    for name in candidates:
+        parsed = parse_segment_name(name, seg_size)
+        if parsed is None or parsed[1] < first:
+            continue
+        if pattern.search(waldump(policy, storage, names[name], name, major)):
+            return name
+    return None
+
+
+def last_commit_time(
+    policy: Any, storage: Storage, key: str, name: str, major: int | None
+) -> str | None:
+    """Timestamp of the last commit/abort record in an archived segment (via pg_waldump)."""
+    return segment_summary(policy, storage, key, name, major).get("last_commit_time")
+
+
+def reachable(
+    policy: Any,
+    storage: Storage,
+    target: str,
+    backup_meta: dict[str, Any],
+    timeline: int | None = None,
+) -> dict[str, Any]:
+    """How far recovery from this backup can replay with what the archive holds.
+
+    ``gap``: the first segment missing before the newest archived one (None: no hole);
+    ``newest_segment``: the newest archived segment on the timeline recovery follows;
+    with a gap, also the last point before it that can be reached (``last_lsn``, the
+    last complete record of the last segment before the hole, and ``last_commit_time``,
+    the last commit found in the segments before the hole).
+    """
+    names = archived_names(storage, target)
+    switches = timeline_switches(storage, target, names, policy)
+    chain = chain_from(backup_meta, names, switches, timeline)
+    out: dict[str, Any] = {
+        "timeline": chain["timeline"],
+        "gap": chain["gaps"][0] if chain["gaps"] else None,
+        "gaps": chain["gaps"],
+        "newest_segment": chain.get("newest_segment"),
+        "last_segment": chain["last_segment"],
+    }
+    if out["gap"] is None:
+        return out
+    major = int(backup_meta.get("server_version_num", 0)) // 10000 or None
+    last = chain["last_segment"]
+    out["last_lsn"] = backup_meta.get("stop_lsn")
+    out["last_commit_time"] = None
+    if last is not None:
+        summary = segment_summary(policy, storage, names[last], last, major)
+        if summary.get("last_record_lsn") and parse_lsn(summary["last_record_lsn"] or "0/0") > (
+            parse_lsn(backup_meta["stop_lsn"])
+        ):
+            out["last_lsn"] = summary["last_record_lsn"]
+        out["last_commit_time"] = summary.get("last_commit_time")
+        # An idle segment has no commit: look back a few segments for the last one.
+        seg_size = int(backup_meta.get("wal_segment_size", 16 * 1024 * 1024))
+        parsed = parse_segment_name(last, seg_size)
+        for back in range(1, 9):
+            segno = parsed[1] - back if parsed else -1
+            if out["last_commit_time"] is not None or parsed is None or segno < 0:
+                break
+            earlier = segment_name(parsed[0], segno * seg_size, seg_size)
+            if earlier not in names:
+                break
+            out["last_commit_time"] = last_commit_time(
+                policy, storage, names[earlier], earlier, major
+            )
+    stop_time = backup_meta.get("stop_time")
+    if out["last_commit_time"] and stop_time and out["last_commit_time"] < stop_time:
+        out["last_commit_time"] = None  # before the backup's end: not a reachable point
+    return out
 
 
 def window_end(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,7 +128,22 @@ def test_exclusive_target() -> None:
 
 
 def test_parse_time() -> None:
-    assert parse_time("2026-11-23 14:30:00") == datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+    assert parse_time("2026-11-23 14:30:00", "UTC") == datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
     assert parse_time("2026-11-23T14:30:00Z") == datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
     with pytest.raises(UsageError, match="not a timestamp"):
         parse_time("yesterday")
+
+
+def test_parse_time_reads_a_zoneless_time_in_the_servers_zone() -> None:
+    """As PostgreSQL reads a zone-less recovery_target_time: in the server's timezone."""
+    kolkata = parse_time("2025-01-09 14:30:00", "Asia/Kolkata")
+    assert kolkata.astimezone(UTC) == datetime(2025, 1, 9, 9, 0, tzinfo=UTC)
+    # Summer and winter offsets of one zone (DST) both come out right.
+    assert parse_time("2025-07-01 12:00:00", "Europe/Berlin").utcoffset() == timedelta(hours=2)
+    assert parse_time("2025-01-01 12:00:00", "Europe/Berlin").utcoffset() == timedelta(hours=1)
+    # An explicit offset wins over the server's zone.
+    assert parse_time("2025-01-09 14:30:00+00:00", "Asia/Kolkata").hour == 14
+    with pytest.raises(UsageError, match="has no time zone"):
+        parse_time("2025-01-09 14:30:00", None)
+    with pytest.raises(UsageError, match="not one this machine knows"):
+        parse_time("2025-01-09 14:30:00", "Mars/Olympus_Mons")

@@ -91,6 +91,9 @@ class ServerFacts:
     can_replicate: bool
     max_wal_senders: int
     database_size: int
+    #: The server's TimeZone: the zone in which PostgreSQL reads a recovery_target_time
+    #: written without one (psql runs without PGTZ, so the client cannot override it).
+    timezone: str | None = None
 
     @property
     def major(self) -> int:
@@ -122,6 +125,7 @@ FACTS_SQL = (
     "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), "
     + _setting("max_wal_senders")
     + ", (SELECT sum(pg_database_size(oid)) FROM pg_database)"
+    ", current_setting('TimeZone')"
 )
 
 
@@ -156,7 +160,11 @@ def _psql(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PGAPPNAME": "pgbackup"},
+        # Without PGTZ the session's TimeZone is the server's own.
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PGTZ"},
+            "PGAPPNAME": "pgbackup",
+        },
     )
 
 
@@ -181,7 +189,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
             "a superuser or a role in pg_monitor can",
         )
     rows = list(csv.reader(io.StringIO(out)))
-    if len(rows) != 1 or len(rows[0]) != 14:
+    if len(rows) != 1 or len(rows[0]) != 15:
         raise PostgresError(f"{describe(conninfo)}: unexpected answer from psql: {out[:200]!r}")
     (
         version_num,
@@ -198,6 +206,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
         can_replicate,
         max_wal_senders,
         database_size,
+        timezone,
     ) = rows[0]
     return ServerFacts(
         version_num=int(version_num),
@@ -214,6 +223,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
         can_replicate=can_replicate == "t",
         max_wal_senders=int(max_wal_senders or 0),
         database_size=int(database_size or 0),
+        timezone=timezone or None,
     )
 
 

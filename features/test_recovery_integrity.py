@@ -1,0 +1,378 @@
+"""Steps for recovery_integrity.feature: damaged archives never restore with rows missing.
+
+One archive per storage kind is built once for the module (a backup, then three batches
+of 100 rows, each in its own WAL segment); each scenario damages the segment holding
+batch 2 and puts it back afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Harness, commit_batches, module_harness, switch_and_wait_archived
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from pgbackup.postgres.cluster import Cluster, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import services  # noqa: E402
+from faultproxy import FaultProxy  # noqa: E402
+
+scenarios("recovery_integrity.feature")
+
+BATCHES = (1, 2, 3)
+TABLE = "CREATE TABLE IF NOT EXISTS pitr_batches (batch int, label text, n int)"
+
+
+# --- the archives, built once per module ------------------------------------------------
+
+
+def build_archive(h: Harness) -> dict[str, Any]:
+    h.run("sandbox.up")
+    cluster = h.sandbox()
+    cluster.sql(TABLE, dbname="platform")
+    switch_and_wait_archived(cluster)
+    h.run("backup")
+    points: dict[int, dict[str, Any]] = {}
+    segment_of: dict[int, str] = {}
+    for b in BATCHES:
+        points[b] = commit_batches(cluster, b, b)[0]
+        segment_of[b] = cluster.sql(f"SELECT pg_walfile_name('{points[b]['lsn']}')")[0][0]
+        switch_and_wait_archived(cluster)
+    assert len(set(segment_of.values())) == 3, segment_of
+    return {"h": h, "points": points, "segment_of": segment_of}
+
+
+@pytest.fixture(scope="module")
+def archives() -> Iterator[dict[str, Any]]:
+    """storage kind -> its archive (built on first use)."""
+    with contextlib.ExitStack() as stack:
+        built: dict[str, Any] = {}
+
+        def get(kind: str) -> dict[str, Any]:
+            if kind in built:
+                return built[kind]
+            h = stack.enter_context(module_harness())
+            env: dict[str, Any] = {}
+            if kind == "s3":
+                spec, aws = stack.enter_context(services.moto_s3())
+                upstream = int(spec["endpoint_url"].rsplit(":", 1)[1])
+                proxy = stack.enter_context(FaultProxy(upstream, seed=10, rate=0.0))
+                proxy.enabled = False
+                h.env.update(aws)
+                h.policy["repository"] = dict(spec, endpoint_url=proxy.url, retries=1)
+                h.write_policy()
+                env["proxy"] = proxy
+            env.update(build_archive(h))
+            built[kind] = env
+            return env
+
+        yield {"get": get}
+
+
+@pytest.fixture
+def undo() -> Iterator[contextlib.ExitStack]:
+    """Puts back what a scenario damaged, whatever happened."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@given(parsers.parse("an archive on {kind} with three batches after the backup"))
+def archive_on(archives: dict[str, Any], ctx: dict[str, Any], kind: str) -> None:
+    ctx.update(archives["get"](kind))
+    ctx["kind"] = kind
+
+
+def segment_file(ctx: dict[str, Any]) -> Path:
+    h: Harness = ctx["h"]
+    return h.repo / "platform" / "wal" / f"{ctx['segment_of'][2]}.zst"
+
+
+@given(parsers.parse("the segment holding batch 2 is {damage}"))
+def damage_segment(ctx: dict[str, Any], undo: contextlib.ExitStack, damage: str) -> None:
+    segment = ctx["segment_of"][2]
+    ctx["damaged"] = segment
+    if ctx["kind"] == "s3":
+        proxy: FaultProxy = ctx["proxy"]
+        proxy.only = lambda method, path: method == "GET" and segment in path
+        proxy.faults = ("503",)
+        proxy.rate = 1.0
+        proxy.max_faults = 1 if damage == "failing on the first GET only" else 10**6
+        proxy.counts = dict.fromkeys(proxy.counts, 0)
+        proxy.enabled = True
+
+        def heal() -> None:
+            proxy.enabled = False
+            proxy.only = None
+
+        undo.callback(heal)
+        return
+    path = segment_file(ctx)
+    saved = path.with_name(path.name + ".saved-by-test")
+    shutil.copy2(path, saved)
+    st = path.stat()
+
+    def put_back() -> None:
+        shutil.copy2(saved, path)
+        os.chown(path, st.st_uid, st.st_gid)  # wal-fetch runs as the server's OS user
+        os.chmod(path, st.st_mode)
+        saved.unlink()
+
+    undo.callback(put_back)
+    if damage == "corrupt":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 3] ^= 0x5A
+        path.write_bytes(bytes(data))
+    elif damage == "missing":
+        path.unlink()
+    elif damage == "unreadable":
+        os.chmod(path, 0)
+    else:
+        raise AssertionError(f"unknown damage {damage!r}")
+
+
+# --- actions ----------------------------------------------------------------------------
+
+
+def restore(ctx: dict[str, Any], *args: str, start: bool = True) -> None:
+    h: Harness = ctx["h"]
+    directory = h.root / f"restore-{len(list(h.root.glob('restore-*')))}"
+    port = free_port()
+    ctx["restored"] = (directory, port)
+    if start:
+        h.track(directory, port)
+    extra = ["--start"] if start else []
+    ctx["proc"] = h.run(
+        "restore",
+        "--to",
+        str(directory),
+        "--port",
+        str(port),
+        "--no-archive",
+        "--json",
+        *extra,
+        *args,
+        expect_ok=None,
+    )
+
+
+@when("I restore to the latest point")
+def restore_latest(ctx: dict[str, Any]) -> None:
+    restore(ctx, "--target", "latest")
+
+
+@when("I restore to the latest point without starting the server")
+def restore_latest_no_start(ctx: dict[str, Any]) -> None:
+    restore(ctx, "--target", "latest", start=False)
+
+
+@when("I restore to a time after the damage")
+def restore_after_damage(ctx: dict[str, Any]) -> None:
+    # After batch 2's commit and before batch 3's: an intact archive restores 200 rows.
+    restore(ctx, "--target-time", ctx["points"][2]["time"])
+
+
+@when("I run a drill")
+def drill(ctx: dict[str, Any]) -> None:
+    h: Harness = ctx["h"]
+    ctx["proc"] = h.run("drill", "--json", expect_ok=None)
+    ctx["drill"] = json.loads(ctx["proc"].stdout)["platform"]
+
+
+@when("I run the command the message suggests")
+def run_suggestion(ctx: dict[str, Any]) -> None:
+    text = ctx["proc"].stderr
+    match = re.search(r"pgbackup (restore --backup \S+ --target-lsn \S+) --to DIR", text)
+    assert match, text
+    restore(ctx, *shlex.split(match.group(1))[1:])
+
+
+@when("I start the restored server with pg_ctl")
+def start_with_pg_ctl(ctx: dict[str, Any]) -> None:
+    assert ctx["proc"].returncode == 0, ctx["proc"].stderr
+    directory, port = ctx["restored"]
+    cluster = ctx["h"].track(directory, port)
+    ctx["cluster"] = cluster
+    # A hot standby's start can be reported before replay reaches the damaged file.
+    with contextlib.suppress(Exception):
+        cluster.start(timeout=60)
+    deadline = time.monotonic() + 60
+    while cluster.is_running() and time.monotonic() < deadline:
+        time.sleep(0.3)
+
+
+@when("I start the restored server as a standby")
+def start_as_standby(ctx: dict[str, Any]) -> None:
+    assert ctx["proc"].returncode == 0, ctx["proc"].stderr
+    directory, port = ctx["restored"]
+    (directory / "standby.signal").write_text("")
+    shutil.chown(directory / "standby.signal", *owner(directory))
+    cluster = ctx["h"].track(directory, port)
+    ctx["cluster"] = cluster
+    cluster.start(timeout=60)
+
+
+def owner(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid
+
+
+# --- outcomes ---------------------------------------------------------------------------
+
+
+def output(ctx: dict[str, Any]) -> str:
+    return str(ctx["proc"].stdout + ctx["proc"].stderr)
+
+
+@then("it fails and names the segment holding batch 2")
+def fails_naming_segment(ctx: dict[str, Any]) -> None:
+    proc = ctx["proc"]
+    text = output(ctx)
+    assert proc.returncode != 0, f"exited 0 with a damaged archive:\n{text}"
+    assert "Traceback" not in text, text
+    segment = ctx["segment_of"][2]
+    if "drill" in ctx:
+        assert ctx["drill"]["status"] == "failed", ctx["drill"]
+        assert segment in (ctx["drill"]["error"] or ""), ctx["drill"]
+    else:
+        assert segment in proc.stderr, text
+
+
+def rows_in(directory: Path, port: int) -> int | None:
+    cluster = Cluster(directory, port)
+    if not cluster.is_running():
+        return None
+    return int(cluster.sql("SELECT count(*) FROM pitr_batches", dbname="platform")[0][0])
+
+
+@then("no restored server holds fewer than the 300 rows")
+def no_short_server(ctx: dict[str, Any]) -> None:
+    if "drill" in ctx:
+        assert not ctx["drill"]["checks"], ctx["drill"]  # stopped before any check ran
+        return
+    directory, port = ctx["restored"]
+    rows = rows_in(directory, port)
+    assert rows is None or rows == 300, f"a restored server serves {rows} rows"
+    assert not directory.exists() or not any(directory.iterdir()), (
+        f"a failed restore left files in {directory}: {sorted(os.listdir(directory))}\n{output(ctx)}"
+    )
+
+
+@then(parsers.parse("the restore succeeded with all {n:d} rows"))
+@then(parsers.parse("the restore succeeded with the first {n:d} rows"))
+def restored_rows(ctx: dict[str, Any], n: int) -> None:
+    assert ctx["proc"].returncode == 0, output(ctx)
+    directory, port = ctx["restored"]
+    assert rows_in(directory, port) == n
+    if ctx["kind"] == "s3" and ctx.get("damaged"):
+        assert ctx["proxy"].counts["503"] == 1, ctx["proxy"].counts  # the fault did happen
+
+
+@then("the message names the last point that can be reached and the command that reaches it")
+def names_reachable_point(ctx: dict[str, Any]) -> None:
+    text = ctx["proc"].stderr
+    assert "The last point that can be reached is LSN" in text, text
+    assert "--target-lsn" in text, text
+    assert "Nothing was written" in text, text
+
+
+@then("the restore directory was not written")
+def nothing_written(ctx: dict[str, Any]) -> None:
+    directory, _port = ctx["restored"]
+    assert not directory.exists() or not any(directory.iterdir())
+
+
+@then(
+    "the server did not promote: its log has PostgreSQL's FATAL for the segment and pgbackup's reason"
+)
+def aborted_in_log(ctx: dict[str, Any]) -> None:
+    cluster: Cluster = ctx["cluster"]
+    log = cluster.log_file.read_text()
+    assert not cluster.is_running(), f"the server still runs on a damaged archive:\n{log}"
+    segment = ctx["segment_of"][2]
+    assert re.search(
+        rf'FATAL:  could not restore file "{segment}" from archive: '
+        r"child process exited with exit code 255",
+        log,
+    ), log
+    assert re.search(rf"pgbackup wal-fetch: error: .*{segment}", log), log
+    assert "selected new timeline ID" not in log, log
+    assert "archive recovery complete" not in log, log
+    assert not cluster.is_running()
+
+
+@then("the standby is still in recovery after the failed fetches, and its log says why")
+def standby_waits(ctx: dict[str, Any]) -> None:
+    cluster: Cluster = ctx["cluster"]
+    segment = ctx["segment_of"][2]
+    said = re.compile(rf"pgbackup wal-fetch: error: .*{segment}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not said.search(cluster.log_file.read_text()):
+        time.sleep(0.5)
+    time.sleep(6)  # one wal_retrieve_retry_interval: it asks again and stays up
+    log = cluster.log_file.read_text()
+    assert len(said.findall(log)) >= 2, log
+    assert cluster.is_running(), log
+    assert cluster.sql("SELECT pg_is_in_recovery()")[0][0] is True
+    # Replay waits before the damaged segment: batch 1 only, nothing skipped.
+    batches = cluster.sql("SELECT DISTINCT batch FROM pitr_batches ORDER BY 1", dbname="platform")
+    assert [b for (b,) in batches] == [1]
+    cluster.stop("immediate")
+
+
+# --- time zones -------------------------------------------------------------------------
+
+
+@given("a sandbox cluster whose timezone is Asia/Kolkata, with a backup")
+def kolkata_sandbox(h: Harness, ctx: dict[str, Any]) -> None:
+    h.run("sandbox.up")
+    cluster = h.sandbox()
+    cluster.sql("ALTER SYSTEM SET timezone = 'Asia/Kolkata'")
+    cluster.sql("SELECT pg_reload_conf()")
+    cluster.sql(TABLE, dbname="platform")
+    h.run("backup")
+    ctx.update(h=h, kind="posix", cluster=cluster)
+
+
+@when("batch 1 is committed, then batch 2 a few seconds later, and their WAL is archived")
+def two_batches_apart(ctx: dict[str, Any]) -> None:
+    cluster: Cluster = ctx["cluster"]
+    commit_batches(cluster, 1, 1)
+    time.sleep(1.2)
+    ctx["local_between"] = cluster.sql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'Asia/Kolkata', 'YYYY-MM-DD HH24:MI:SS.US')"
+    )[0][0]
+    time.sleep(1.2)
+    commit_batches(cluster, 2, 2)
+    switch_and_wait_archived(cluster)
+
+
+@when("I restore to the server's local wall-clock time between the two batches, without a zone")
+def restore_local_time(ctx: dict[str, Any]) -> None:
+    restore(ctx, "--target-time", ctx["local_between"])
+
+
+@then("the restored server holds batch 1 only")
+def batch_one_only(ctx: dict[str, Any]) -> None:
+    assert ctx["proc"].returncode == 0, output(ctx)
+    directory, port = ctx["restored"]
+    cluster = Cluster(directory, port)
+    rows = cluster.sql("SELECT DISTINCT batch FROM pitr_batches ORDER BY 1", dbname="platform")
+    assert [b for (b,) in rows] == [1]
+
+
+@then("the restore said the resolved instant with its UTC form")
+def said_instant(ctx: dict[str, Any]) -> None:
+    text = ctx["proc"].stderr
+    assert "Asia/Kolkata" in text and "+05:30" in text and "UTC" in text, text
