@@ -212,27 +212,13 @@ def _ts(value: Any) -> float | None:
 # --------------------------------------------------------------------------- reading
 
 
-def wal_listing(repo: Any, target: str) -> dict[str, float]:
-    """Archived WAL segment name -> when it arrived (the object's mtime), one listing.
-
-    Segments only: ``.backup``, ``.history`` and ``.partial`` files are not counted."""
-    from pgbackup.codecs import parse_suffix
-    from pgbackup.lsn import is_segment
-
-    out: dict[str, float] = {}
-    for obj in repo.storage.list(f"{target}/wal/"):
-        name, _spec = parse_suffix(obj.key.rsplit("/", 1)[-1])
-        if is_segment(name):
-            out[name] = obj.mtime
-    return out
-
-
 def repository_samples(
     policy: Any, repo: Any, target: str, repository: str, window: dict[str, Any] | None = None
 ) -> list[Sample]:
     """What one repository holds for one target. ``window``: an already computed
     ``recoverable_window`` (the SLA report computes it for the primary repository)."""
     from pgbackup.inventory import recoverable_window
+    from pgbackup.recoverability import wal_arrivals
 
     labels = {"target": target, "repository": repository}
     out: list[Sample] = []
@@ -257,7 +243,7 @@ def repository_samples(
         add("pgbackup_recovery_window_start_timestamp_seconds", _ts(window.get("earliest_time")))
         add("pgbackup_recovery_window_end_timestamp_seconds", _ts(window.get("latest_time")))
         add("pgbackup_wal_missing_segments", len(window.get("wal_gaps") or []))
-    wal = wal_listing(repo, target)
+    wal = wal_arrivals(repo, target)
     add("pgbackup_wal_archived_segments", len(wal))
     if wal:
         # The lag is computed at each scrape from this time (see RepositoryCollector).
@@ -296,7 +282,7 @@ def target_samples(policy: Any, repo: Any, target: Any) -> tuple[list[Sample], d
         add("pgbackup_drill_last_rto_seconds", good[-1]["rto_seconds"])
     add("pgbackup_sla_rto_objective_seconds", policy.sla.rto)
     add("pgbackup_sla_rpo_objective_seconds", policy.sla.rpo)
-    report = build_report(policy, repo, target, SLA_PERIOD)
+    report = build_report(policy, repo, target, SLA_PERIOD, timeline=False)
     add("pgbackup_sla_status", SLA_LEVEL[report["verdict"]], {"area": "overall"})
     for area, section in report["sections"].items():
         add("pgbackup_sla_status", SLA_LEVEL[section["verdict"]], {"area": area})

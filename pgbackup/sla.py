@@ -3,15 +3,15 @@
 The arithmetic (``rpo_section`` ... ``overall``) is pure: plain numbers, datetimes and
 dicts in, a section out — tested without a server. ``build_report`` gathers the evidence
 (run records of backups, verifications and checks, drill results, archived WAL times,
-the recoverable window) and ``render_*`` turn a report into Markdown, JSON or a
-self-contained HTML page with inline SVG charts (no JavaScript, no external assets).
+the recoverable window, the recoverability timeline of ``pgbackup.recoverability``) and
+``render_*`` turn a report into Markdown, JSON or a self-contained HTML page
+(``pgbackup.report``: Jinja2 templates, matplotlib charts inlined as SVG, no network).
 
 Each section and each target get a verdict: COMPLIANT, AT RISK or BREACHED, with reasons.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -53,6 +53,11 @@ def _ts(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+def _text(t: datetime) -> str:
+    """A point in time as a reader wants it in a reason: UTC, seconds, no microseconds."""
+    return t.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 # --------------------------------------------------------------------------- pure sections
 
 
@@ -90,7 +95,7 @@ def rpo_section(
         "worst_exposure_at": worst_exposure[1],
         "worst_archived_wal_age_seconds": max(ages) if ages else None,
         "largest_archive_gap_seconds": gap if len(times) > 1 else None,
-        "largest_archive_gap_after": gap_at.isoformat() if gap_at else None,
+        "largest_archive_gap_after": _text(gap_at) if gap_at else None,
         "segments_archived": len(times),
         "reasons": [],
     }
@@ -269,8 +274,8 @@ def retention_section(
     promised_from = now - timedelta(days=days)
     out: dict[str, Any] = {
         "promised_days": days,
-        "promised_from": promised_from.isoformat(),
-        "oldest_restorable": earliest_restorable.isoformat() if earliest_restorable else None,
+        "promised_from": _text(promised_from),
+        "oldest_restorable": _text(earliest_restorable) if earliest_restorable else None,
         "backups_held": backups_held,
         "reasons": [],
     }
@@ -281,16 +286,16 @@ def retention_section(
         return out
     if earliest_restorable <= promised_from:
         out["verdict"] = COMPLIANT
-        reasons.append(f"restorable back to {earliest_restorable.isoformat()} ({days}d promised)")
+        reasons.append(f"restorable back to {_text(earliest_restorable)} ({days}d promised)")
     elif first_seen is not None and first_seen > promised_from - GRACE:
         out["verdict"] = COMPLIANT
         reasons.append(
-            f"the repository is younger than the {days}-day retention; everything since {earliest_restorable.isoformat()} is kept"
+            f"the repository is younger than the {days}-day retention; everything since {_text(earliest_restorable)} is kept"
         )
     else:
         out["verdict"] = AT_RISK
         reasons.append(
-            f"the oldest restorable point {earliest_restorable.isoformat()} is newer than the promised {promised_from.isoformat()}"
+            f"the oldest restorable point {_text(earliest_restorable)} is newer than the promised {_text(promised_from)}"
         )
     return out
 
@@ -344,9 +349,18 @@ def overall(sections: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
 
 
 def build_report(
-    policy: Any, repo: Any, target: Any, since: int, now: datetime | None = None
+    policy: Any,
+    repo: Any,
+    target: Any,
+    since: int,
+    now: datetime | None = None,
+    *,
+    timeline: bool = True,
 ) -> dict[str, Any]:
-    """The report of one target over the last ``since`` seconds."""
+    """The report of one target over the last ``since`` seconds.
+
+    ``timeline``: also draw up the recoverability timeline (which reads every upload
+    destination); the exporter reads those on their own and leaves it out."""
     from pgbackup.inventory import recoverable_window
     from pgbackup.monitor import drill_records
     from pgbackup.wal import is_wal_name
@@ -401,6 +415,13 @@ def build_report(
         "verification": outcomes_section(verifies, drills),
     }
     verdict, reasons = overall(sections)
+    recoverability = None
+    if timeline:
+        from pgbackup.recoverability import build_timeline
+
+        recoverability = build_timeline(
+            policy, repo, target.name, start, now, window=window or None, drills=drills
+        )
     return {
         "target": target.name,
         "generated_at": now.isoformat(),
@@ -410,6 +431,7 @@ def build_report(
         "reasons": reasons,
         "sections": sections,
         "window": window,
+        "timeline": recoverability,
         "series": {
             "backups": [
                 {
@@ -507,111 +529,11 @@ def render_json(reports: dict[str, Any]) -> str:
     return json.dumps(reports, indent=2, sort_keys=True, default=str)
 
 
-def svg_bars(
-    title: str, labels: list[str], values: list[float], unit: str, *, objective: float | None = None
-) -> str:
-    """A bar chart as inline SVG; an optional objective line in red."""
-    width, height, pad_l, pad_b, pad_t = 560, 220, 60, 40, 30
-    top = max([*values, objective or 0, 1e-9])
-    n = max(len(values), 1)
-    bw = (width - pad_l - 10) / n
-    plot_h = height - pad_b - pad_t
-    esc = html.escape
-    parts = [
-        f'<svg width="{width}" height="{height}" role="img" aria-label="{esc(title)}">',
-        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold">{esc(title)}</text>',
-        f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="#333"/>',
-        f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - 10}" y2="{height - pad_b}" stroke="#333"/>',
-        f'<text x="{pad_l - 4}" y="{pad_t + 4}" text-anchor="end" font-size="10">{top:.3g}{esc(unit)}</text>',
-        f'<text x="{pad_l - 4}" y="{height - pad_b}" text-anchor="end" font-size="10">0</text>',
-    ]
-    if not values:
-        parts.append(
-            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12">no data in the period</text>'
-        )
-    for i, (label, v) in enumerate(zip(labels, values, strict=False)):
-        h = plot_h * (v / top)
-        x = pad_l + i * bw + bw * 0.1
-        over = objective is not None and v > objective
-        parts.append(
-            f'<rect x="{x:.1f}" y="{height - pad_b - h:.1f}" width="{bw * 0.8:.1f}" height="{h:.1f}" '
-            f'fill="{"#c0392b" if over else "#2e86c1"}"><title>{esc(label)}: {v:.3g}{esc(unit)}</title></rect>'
-        )
-        if n <= 12:
-            parts.append(
-                f'<text x="{x + bw * 0.4:.1f}" y="{height - pad_b + 14}" text-anchor="middle" font-size="9">{esc(label[-8:])}</text>'
-            )
-    if objective is not None:
-        y = height - pad_b - plot_h * (objective / top)
-        parts.append(
-            f'<line x1="{pad_l}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#c0392b" stroke-dasharray="6 3"/>'
-        )
-        parts.append(
-            f'<text x="{width - 12}" y="{y - 4:.1f}" text-anchor="end" font-size="10" fill="#c0392b">objective {objective:.3g}{esc(unit)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-_COLORS = {COMPLIANT: "#1e8449", AT_RISK: "#b9770e", BREACHED: "#c0392b"}
-
-
 def render_html(reports: dict[str, Any]) -> str:
-    esc = html.escape
-    body = []
-    for name, r in reports.items():
-        color = _COLORS[r["verdict"]]
-        body.append(
-            f'<h2>Target <code>{esc(name)}</code>: <span class="verdict" style="background:{color}">{esc(r["verdict"])}</span></h2>'
-        )
-        body.append(f"<p>Period: {esc(r['period_start'])} to {esc(r['generated_at'])}</p>")
-        if r["reasons"]:
-            body.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in r["reasons"]) + "</ul>")
-        rows = "".join(
-            f'<tr><td>{esc(_TITLES[k])}</td><td style="color:{_COLORS[s["verdict"]]};font-weight:bold">{esc(s["verdict"])}</td>'
-            f"<td>{esc(_measure(k, s))}</td><td>{esc('; '.join(s['reasons']))}</td></tr>"
-            for k, s in r["sections"].items()
-        )
-        body.append(
-            f"<table><tr><th>Area</th><th>Verdict</th><th>Measured</th><th>Reasons</th></tr>{rows}</table>"
-        )
-        b = r["series"]["backups"]
-        labels = [str(x["backup_id"]) for x in b]
-        body.append('<div class="charts">')
-        body.append(
-            svg_bars("Backup duration", labels, [float(x["duration_seconds"] or 0) for x in b], "s")
-        )
-        body.append(
-            svg_bars(
-                "Backup size (stored)",
-                labels,
-                [float(x["stored_bytes"] or 0) / 2**20 for x in b],
-                " MiB",
-            )
-        )
-        d = [x for x in r["series"]["drills"] if x.get("rto_seconds") is not None]
-        objective = r["sections"]["rto"]["objective_seconds"]
-        body.append(
-            svg_bars(
-                "RTO per drill",
-                [str(x["started_at"]) for x in d],
-                [float(x["rto_seconds"]) for x in d],
-                "s",
-                objective=float(objective) if objective is not None else None,
-            )
-        )
-        body.append("</div>")
-    style = (
-        "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}"
-        ".verdict{color:#fff;padding:2px 10px;border-radius:4px}.charts svg{margin:8px;border:1px solid #eee}"
-    )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>pgbackup SLA report</title>'
-        f"<style>{style}</style></head><body><h1>pgbackup SLA compliance report</h1>"
-        + "".join(body)
-        + "</body></html>\n"
-    )
+    """One self-contained HTML page (Jinja2 templates, matplotlib charts inlined as SVG)."""
+    from pgbackup.report import render_html as render_page
+
+    return render_page(reports)
 
 
 def render(reports: dict[str, Any], fmt: str) -> str:

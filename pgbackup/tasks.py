@@ -212,11 +212,16 @@ def list_(
     from pgbackup.inventory import inventory, render_inventory
 
     policy = load(config)
-    data = inventory(policy, repository(policy), targets(policy, target))
+    repo = repository(policy)
+    data = inventory(policy, repo, targets(policy, target))
     if json_:
         emit_json(data)
     else:
-        render_inventory(console(), data)
+        from pgbackup.recoverability import print_windows
+
+        out = console()
+        render_inventory(out, data)
+        print_windows(out, policy, repo, data, policy_now())
 
 
 # --- verify ---------------------------------------------------------------------------

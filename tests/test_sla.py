@@ -115,10 +115,3 @@ def test_overall_is_the_worst_section_with_reasons() -> None:
     verdict, reasons = sla.overall(sections)
     assert verdict == BREACHED
     assert reasons == ["RPO: too old", "RTO: slow"]
-
-
-def test_svg_chart_marks_bars_over_the_objective() -> None:
-    svg = sla.svg_bars("RTO per drill", ["a", "b"], [10.0, 30.0], "s", objective=20.0)
-    assert svg.count("<rect") == 2
-    assert svg.count("#c0392b") >= 2  # one bar over, plus the objective line
-    assert "objective 20s" in svg
