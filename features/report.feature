@@ -5,7 +5,8 @@ Feature: The SLA report shows to what points in time a target can be restored
   browser, and `list` prints the same window as text.
 
   Scenario: A hole in the archived WAL shows in the timeline, in headless Chromium and in list
-    Given a sandbox cluster with sample data
+    Given the policy uploads every backup to a second directory
+    And a sandbox cluster with sample data
     And a backup was taken
     And 3 WAL segments were written and archived
     And a backup was taken
@@ -16,6 +17,7 @@ Feature: The SLA report shows to what points in time a target can be restored
     Then the page is one file that fetches nothing
     And headless Chromium shows the timeline with one mark per backup
     And it shows one red gap, between the two backups' marks
+    And the upload destination has its own lane with both backups and no gap
     And it shows the drill under the RTO objective
     And the screenshot is red where the gap is
     And list prints the window with both backups and the gap between them

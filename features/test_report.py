@@ -106,6 +106,12 @@ def segments_archived(h: Harness, ctx: dict[str, Any], count: str) -> None:
         ctx.setdefault("segments", []).append(switch_and_wait_archived(cluster))
 
 
+@given("the policy uploads every backup to a second directory")
+def uploads(h: Harness) -> None:
+    h.policy["uploads"] = [{"name": "offsite", "path": str(h.root / "offsite")}]
+    h.write_policy()
+
+
 @given("a drill ran")
 def drill_ran(h: Harness, ctx: dict[str, Any]) -> None:
     ctx["drill"] = h.json("drill")["platform"]
@@ -164,9 +170,8 @@ def marks(h: Harness, ctx: dict[str, Any]) -> None:
     assert tl and tl["w"] > 600 and tl["h"] > 150, tl
     backups = [b["backup_id"] for b in h.backups()]
     assert len(backups) == 2
-    assert sorted(m["id"] for m in page["backups"]) == [
-        f"platform-backup-primary-{b}" for b in backups
-    ]
+    primary = [m for m in page["backups"] if m["id"].startswith("platform-backup-primary-")]
+    assert sorted(m["id"] for m in primary) == [f"platform-backup-primary-{b}" for b in backups]
     for m in page["backups"]:
         assert m["w"] > 3 and m["h"] > 3, m  # drawn, visible
         assert tl["x"] <= m["x"] and m["x"] + m["w"] <= tl["x"] + tl["w"], (m, tl)
@@ -186,12 +191,30 @@ def red_gap(ctx: dict[str, Any]) -> None:
     gap = page["gaps"][0]
     assert gap["fill"] == "rgb(214, 39, 40)", gap
     assert gap["w"] >= 4 and gap["h"] > 5, gap
-    first, second = sorted(page["backups"], key=lambda m: m["id"])
+    assert gap["id"] == "platform-gap-primary-0"
+    first, second = sorted(
+        (m for m in page["backups"] if "-primary-" in m["id"]), key=lambda m: m["id"]
+    )
     assert centre(first) <= centre(gap) <= centre(second), (first, gap, second)
     # Recoverable bands on both sides of the hole: after each backup.
-    assert len(page["spans"]) == 2, page["spans"]
+    spans = [s for s in page["spans"] if "-primary-" in s["id"]]
+    assert len(spans) == 2, page["spans"]
     assert all(s["fill"] == "rgb(46, 139, 87)" for s in page["spans"])
     ctx["gap"] = gap
+
+
+@then("the upload destination has its own lane with both backups and no gap")
+def upload_lane(h: Harness, ctx: dict[str, Any]) -> None:
+    page = ctx["page"]
+    backups = [b["backup_id"] for b in h.backups()]
+    marks = [m for m in page["backups"] if m["id"].startswith("platform-backup-offsite-")]
+    assert sorted(m["id"] for m in marks) == [f"platform-backup-offsite-{b}" for b in backups]
+    primary = [m for m in page["backups"] if "-primary-" in m["id"]]
+    assert all(m["y"] > primary[0]["y"] + 10 for m in marks)  # a lane below the repository's
+    # The copy was made before the segment was deleted from the repository: no hole there.
+    assert not [g for g in page["gaps"] if "-offsite-" in g["id"]]
+    assert [s for s in page["spans"] if "-offsite-" in s["id"]]
+    assert "Upload offsite: restorable from" in page["caption"], page["caption"]
 
 
 @then("it shows the drill under the RTO objective")
