@@ -107,10 +107,14 @@ def lane(
     *,
     window: dict[str, Any] | None = None,
     unreadable: Iterable[str] = (),
+    clock: dict[int, float] | None = None,
 ) -> dict[str, Any]:
     """What one repository makes recoverable for ``target`` between ``start`` and ``end``.
 
     ``window``: the repository's ``recoverable_window`` when the caller has it already.
+    ``clock``: segment number -> when its WAL was archived, from the primary repository:
+    an upload destination's copies all carry the time of the copy, not of the WAL.
+    The lane's ``clock`` key holds its own, for the lanes that follow.
     """
     from pgbackup.inventory import recoverable_window
     from pgbackup.lsn import parse_lsn, parse_segment_name
@@ -135,9 +139,13 @@ def lane(
             names[parsed[1]] = seg
     newest_segno = max(present, default=None)
     latest = parse_time(window.get("latest_time"))
+    known = dict(clock) if clock else {}
+    for segno, when in present.items():
+        known.setdefault(segno, when)
+    ordered = sorted(known)
 
     def arrival(segno: int) -> datetime:
-        return datetime.fromtimestamp(present[segno], UTC)
+        return datetime.fromtimestamp(_estimate(known, ordered, segno), UTC)
 
     marks = []
     spans: list[tuple[datetime, datetime]] = []
@@ -206,7 +214,22 @@ def lane(
             "wal_gaps": list(window.get("wal_gaps") or []),
         },
         "segments": len(arrivals),
+        "clock": present,
     }
+
+
+def _estimate(known: dict[int, float], ordered: list[int], segno: int) -> float:
+    """When segment ``segno`` was archived: known, or between its known neighbours."""
+    import bisect
+
+    if segno in known:
+        return known[segno]
+    i = bisect.bisect_left(ordered, segno)
+    lo = ordered[i - 1] if i > 0 else None
+    hi = ordered[i] if i < len(ordered) else None
+    if lo is None or hi is None:
+        return known[lo if hi is None else hi]  # type: ignore[index]
+    return known[lo] + (known[hi] - known[lo]) * (segno - lo) / (hi - lo)
 
 
 def _segment_name(
@@ -245,27 +268,28 @@ def build_timeline(
     A destination that cannot be read gets a lane with its ``error`` and nothing else."""
     from pgbackup.monitor import drill_records
 
-    lanes = [
-        lane(
-            "primary",
-            repo,
-            policy,
-            target,
-            start,
-            end,
-            window=window,
-            unreadable=unreadable_from_checks(repo, target),
-        )
-    ]
+    primary = lane(
+        "primary",
+        repo,
+        policy,
+        target,
+        start,
+        end,
+        window=window,
+        unreadable=unreadable_from_checks(repo, target),
+    )
+    clock = primary.pop("clock")
+    lanes = [primary]
     for spec in (policy.uploads or []) if uploads else []:
         name = str(spec["name"])
         try:
             from pgbackup.repository import Repository
             from pgbackup.uploads import upload_storage
 
-            lanes.append(
-                lane(name, Repository(upload_storage(policy, name)), policy, target, start, end)
-            )
+            copy = Repository(upload_storage(policy, name))
+            found = lane(name, copy, policy, target, start, end, clock=clock)
+            found.pop("clock")
+            lanes.append(found)
         except Exception as exc:  # one unreadable destination must not hide the others
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             lanes.append(
@@ -390,7 +414,7 @@ def print_windows(
                     now,
                     window=info["window"],
                     unreadable=unreadable_from_checks(repo, target),
-                )  # fmt: skip
+                )
             ],
             "drills": [],
         }

@@ -107,6 +107,26 @@ def test_unreadable_segments_are_holes_too(repo: Repository) -> None:
     ]
 
 
+def test_a_copy_is_placed_by_the_primary_clock_not_by_its_copy_times(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Every object of an upload destination carries the time it was copied (an hour later);
+    its hole must still sit where the WAL was written, not at the copy time."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(root, tmp_path / "copy")
+    copied = (T0 + timedelta(hours=1)).timestamp()
+    for f in (tmp_path / "copy").rglob("*"):
+        os.utime(f, (copied, copied))
+    copy = Repository(open_storage({"path": str(tmp_path / "copy")}))
+    period = (T0 - timedelta(days=1), T0 + timedelta(hours=2))
+    primary = lane("primary", repo, Policy, "platform", *period, window={})
+    got = lane("offsite", copy, Policy, "platform", *period, window={}, clock=primary["clock"])
+    assert got["gaps"] == primary["gaps"]
+    assert got["recoverable"][0] == primary["recoverable"][0]  # to 02:01:30, not 03:00
+
+
 def timeline(repo: Repository) -> dict[str, Any]:
     primary = lane(
         "primary",
