@@ -160,9 +160,9 @@ def test_missing_wal_segment(env: dict[str, Any]) -> None:
             problems.append(f"list window did not shrink: {before} -> {window}")
         if not any(gap in g for g in window.get("wal_gaps", [])):
             problems.append(f"list does not show the gap: {window}")
-        # Past the gap by LSN: refused up front, nothing written.
+        # Past the gap by LSN: refused up front, naming the gap; nothing written.
         ok, what = restore_outcome(h, list(range(1, 11)), "--target-lsn", points[10]["lsn"])
-        if not ok or not what.startswith("refused") or "window" not in what:
+        if not ok or not what.startswith("refused") or f"{gap} is missing" not in what:
             problems.append(f"restore past the gap: {what}")
         # Before the gap: still exact.
         ok, what = restore_outcome(h, list(range(1, 7)), "--target-name", points[6]["name"])
