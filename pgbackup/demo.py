@@ -148,7 +148,7 @@ def run_demo(policy: Any, console: Any) -> None:
         step(f"   {report.target}: {report.status}")
 
     step("[bold]10. SLA report[/]")
-    render_sla_for_demo(policy, console)
+    render_sla_for_demo(policy, console, html=Path(sandbox.root).parent / "sla-report.html")
     if drill.status != "ok":
         raise PgBackupError(f"the restore drill failed: {drill.error or 'a check failed'}")
     if not (same and pitr_ok and verified):

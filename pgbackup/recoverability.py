@@ -62,8 +62,10 @@ def view(timeline: dict[str, Any], first_seen: Any = None) -> tuple[datetime, da
     if times:
         first = max(start, min(times))
         margin = max((end - first) * 0.04, timedelta(seconds=5))
-        start = max(start, first - margin)
-    return start, end
+        # At least two minutes: seconds of history (a demo, a test) still get clock ticks.
+        start = max(start, min(first - margin, end - timedelta(minutes=2)))
+    # Room on the right, so that what happened just now (a drill) is not cut at the edge.
+    return start, end + max((end - start) * 0.02, timedelta(seconds=2))
 
 
 def iso(value: datetime) -> str:

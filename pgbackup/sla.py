@@ -548,8 +548,9 @@ def render(reports: dict[str, Any], fmt: str) -> str:
     raise UsageError(f"--format {fmt!r}: use md, json or html")
 
 
-def render_sla_for_demo(policy: Any, console: Any) -> None:
-    """The last step of ``invoke demo``: the sandbox's SLA verdicts, in the terminal."""
+def render_sla_for_demo(policy: Any, console: Any, *, html: Any = None) -> None:
+    """The last step of ``invoke demo``: the sandbox's SLA verdicts, in the terminal, and
+    the HTML report (with its recoverability timeline) in the file ``html``."""
     from rich.table import Table
 
     from pgbackup.repository import Repository
@@ -567,3 +568,6 @@ def render_sla_for_demo(policy: Any, console: Any) -> None:
         console.print(table)
         for reason in r["reasons"]:
             console.print(f"  - {reason}")
+    if html is not None:
+        html.write_text(render_html(reports))
+        console.print(f"   the HTML report, with the recoverability timeline: {html}")

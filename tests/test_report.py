@@ -167,7 +167,7 @@ def test_the_chart_has_a_mark_per_backup_a_red_hole_and_the_drill_against_the_ob
 def test_the_view_starts_at_the_first_evidence_not_30_days_back(repo: Repository) -> None:
     start, end = charts.view(timeline(repo))
     assert T0 - timedelta(minutes=2) < start <= T0
-    assert end == T0 + timedelta(minutes=10)
+    assert T0 + timedelta(minutes=10) < end < T0 + timedelta(minutes=11)  # a margin for now
 
 
 def test_text_timeline_for_a_terminal(repo: Repository) -> None:
