@@ -66,3 +66,16 @@ Feature: A restore never reports success with committed data missing
     And I restore to the server's local wall-clock time between the two batches, without a zone
     Then the restored server holds batch 1 only
     And the restore said the resolved instant with its UTC form
+
+  Scenario Outline: check and the SLA report treat a damaged archive as a failure
+    Given an archive on posix with three batches after the backup
+    And the segment holding batch 2 is <damage>
+    When I run check twice with a webhook alert channel
+    Then check is CRITICAL about the WAL chain, naming the segment holding batch 2
+    And the webhook was alerted once about it
+    And the SLA report breaches the archive continuity and says why
+
+    Examples:
+      | damage  |
+      | missing |
+      | corrupt |

@@ -103,6 +103,7 @@ def segment_file(ctx: dict[str, Any]) -> Path:
 def damage_segment(ctx: dict[str, Any], undo: contextlib.ExitStack, damage: str) -> None:
     segment = ctx["segment_of"][2]
     ctx["damaged"] = segment
+    ctx["damage"] = damage
     if ctx["kind"] == "s3":
         proxy: FaultProxy = ctx["proxy"]
         proxy.only = lambda method, path: method == "GET" and segment in path
@@ -376,3 +377,77 @@ def batch_one_only(ctx: dict[str, Any]) -> None:
 def said_instant(ctx: dict[str, Any]) -> None:
     text = ctx["proc"].stderr
     assert "Asia/Kolkata" in text and "+05:30" in text and "UTC" in text, text
+
+
+# --- check and the SLA report -----------------------------------------------------------
+
+
+@when("I run check twice with a webhook alert channel")
+def check_twice(ctx: dict[str, Any], undo: contextlib.ExitStack) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    posts: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posts.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    Thread(target=server.serve_forever, daemon=True).start()
+    undo.callback(server.server_close)
+    undo.callback(server.shutdown)
+    h: Harness = ctx["h"]
+    saved_policy = json.loads(json.dumps(h.policy))
+    undo.callback(h.write_policy, saved_policy)
+    h.policy["alerts"] = {
+        "on": ["check"],
+        "webhooks": [
+            {
+                "name": "ops",
+                "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
+                "format": "json",
+            }
+        ],
+    }
+    h.write_policy()
+    state = h.root / f"state-{len(list(h.root.glob('state-*')))}"
+    h.env["XDG_STATE_HOME"] = str(state)
+    ctx["checks"] = [h.run("check", expect_ok=None) for _ in range(2)]
+    ctx["posts"] = posts
+    ctx["sla"] = json.loads(h.run("sla-report", "--format", "json", expect_ok=None).stdout)
+
+
+@then("check is CRITICAL about the WAL chain, naming the segment holding batch 2")
+def check_critical(ctx: dict[str, Any]) -> None:
+    segment = ctx["segment_of"][2]
+    for proc in ctx["checks"]:
+        text = proc.stdout + proc.stderr
+        assert proc.returncode != 0, text
+        line = next((ln for ln in text.splitlines() if "wal_chain" in ln), "")
+        assert "CRITICAL" in line and segment in line, text
+
+
+@then("the webhook was alerted once about it")
+def alerted_once(ctx: dict[str, Any]) -> None:
+    segment = ctx["segment_of"][2]
+    about = [p for p in ctx["posts"] if segment in json.dumps(p)]
+    assert len(about) == 1, ctx["posts"]
+
+
+@then("the SLA report breaches the archive continuity and says why")
+def sla_breached(ctx: dict[str, Any]) -> None:
+    report = ctx["sla"]["platform"]
+    section = report["sections"]["archive"]
+    segment = ctx["segment_of"][2]
+    assert section["verdict"] == "BREACHED", section
+    assert any(segment in r for r in section["reasons"]), section
+    assert report["verdict"] == "BREACHED"
+    if ctx["damage"] == "missing":  # the window itself ends at the hole, and says so
+        assert segment in report["window"]["cut_reason"], report["window"]

@@ -29,7 +29,7 @@ def recoverable_window(
         }
     first, last = backups[0].metadata, backups[-1].metadata
     end = window_end(policy, repo, target, backups, timeline)
-    return {
+    window = {
         "earliest_time": first["stop_time"],
         "earliest_lsn": first["stop_lsn"],
         "latest_time": end.get("time") or last["stop_time"],
@@ -37,6 +37,13 @@ def recoverable_window(
         "timeline": end.get("timeline", last["timeline"]),
         "wal_gaps": end.get("gaps", []),
     }
+    if window["wal_gaps"]:
+        # The window ends at the hole, not at the newest archived WAL: say why.
+        window["cut_reason"] = (
+            f"WAL segment {window['wal_gaps'][0]} is missing while later WAL is archived: "
+            f"nothing after {window['latest_time']} (LSN {window['latest_lsn']}) can be restored"
+        )
+    return window
 
 
 def inventory(policy: Any, repo: Repository, targets: list[Any]) -> dict[str, Any]:

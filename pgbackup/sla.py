@@ -334,6 +334,32 @@ def outcomes_section(
     return out
 
 
+def archive_section(window: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Is the WAL archive whole inside the recoverable window?
+
+    A hole cuts the window (its end is the last point before the hole, whatever was
+    archived after it); a segment that is there but unreadable or damaged is found by
+    ``check`` (which decodes every archived file) and counts while the newest check in
+    the period still sees it.
+    """
+    reasons: list[str] = []
+    if window.get("wal_gaps"):
+        reasons.append(window.get("cut_reason") or f"WAL gap at {window['wal_gaps'][0]}")
+    newest = checks[-1] if checks else None
+    damaged = [p for p in (newest or {}).get("problems", []) if p.startswith("wal_chain:")]
+    for problem in damaged:
+        text = f"the newest check ({newest.get('checked_at') if newest else '-'}) found {problem}"
+        if not any(g in problem for g in window.get("wal_gaps", [])) or not reasons:
+            reasons.append(text)
+    if reasons:
+        return {"verdict": BREACHED, "reasons": reasons, "wal_gaps": window.get("wal_gaps", [])}
+    return {
+        "verdict": COMPLIANT,
+        "reasons": ["the archive is continuous across the recoverable window"],
+        "wal_gaps": [],
+    }
+
+
 def overall(sections: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     verdict = worst(s["verdict"] for s in sections.values())
     reasons = [
@@ -413,6 +439,7 @@ def build_report(
             policy.retention.days, _ts(window.get("earliest_time")), first_seen, len(complete), now
         ),
         "verification": outcomes_section(verifies, drills),
+        "archive": archive_section(window, checks),
     }
     verdict, reasons = overall(sections)
     recoverability = None
@@ -469,6 +496,7 @@ _TITLES = {
     "backups": "Backup frequency",
     "retention": "Retention",
     "verification": "Verification and drills",
+    "archive": "WAL archive continuity",
 }
 
 
@@ -489,6 +517,9 @@ def _measure(name: str, s: dict[str, Any]) -> str:
             f"schedule {s['schedule'] or '-'}; {s['successful_backups']} successful; largest gap "
             f"{fmt_seconds(s['largest_gap_seconds'])}; missed runs: {len(s['missed_runs'])}"
         )
+    if name == "archive":
+        gaps = s.get("wal_gaps") or []
+        return f"{len(gaps)} hole(s) in the window" + (f", first {gaps[0]}" if gaps else "")
     if name == "retention":
         return f"{s['promised_days']} days promised; oldest restorable {s['oldest_restorable'] or '-'}; {s['backups_held']} backup(s) held"
     return f"verify {s['verify_ok']} ok / {s['verify_failed']} failed; drills {s['drills_ok']} ok / {s['drills_failed']} failed"

@@ -13,6 +13,7 @@ _TITLES = {
     "backups": "Backup frequency",
     "retention": "Retention",
     "verification": "Verification and drills",
+    "archive": "WAL archive continuity",
 }
 _CSS_CLASS = {"COMPLIANT": "ok", "AT RISK": "risk", "BREACHED": "bad"}
 

@@ -1,0 +1,68 @@
+"""The pure parts of "a restore never reports success with committed data missing":
+which exit status wal-fetch gives PostgreSQL, what counts as a hole in the archive, and
+how the SLA report judges the archive's continuity. (The whole story, with real servers,
+is features/recovery_integrity.feature.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pgbackup.cli import EXIT_ABORT_RECOVERY, EXIT_FETCH_FAILED, fetch_failure_status
+from pgbackup.sla import BREACHED, COMPLIANT, archive_section
+from pgbackup.storage.posix import PosixStorage
+from pgbackup.wal import later_archived
+
+
+def test_a_failed_fetch_aborts_archive_recovery_only(tmp_path: Path) -> None:
+    # Outside recovery (a person at a shell): an ordinary failure.
+    assert fetch_failure_status(tmp_path) == EXIT_FETCH_FAILED
+    # Archive recovery: above 125, so PostgreSQL's startup process FATALs.
+    (tmp_path / "recovery.signal").write_text("")
+    assert fetch_failure_status(tmp_path) == EXIT_ABORT_RECOVERY > 125
+    # 128 + SIGTERM would be read as a fast shutdown request and exit quietly.
+    assert EXIT_ABORT_RECOVERY != 128 + 15
+    # A standby retries and streams: it must not die of a passing error.
+    (tmp_path / "standby.signal").write_text("")
+    assert fetch_failure_status(tmp_path) == EXIT_FETCH_FAILED
+
+
+def test_a_hole_is_a_missing_segment_with_later_wal_of_its_timeline(tmp_path: Path) -> None:
+    storage = PosixStorage(tmp_path)
+    for name in (
+        "000000010000000000000003",
+        "000000010000000000000005",
+        "000000010000000000000006.partial",
+        "000000020000000000000009",
+        "00000002.history",
+    ):
+        storage.write_bytes(f"t/wal/{name}.zst", b"x")
+    # 4 is missing and 5 (and 6.partial) of timeline 1 are archived: a hole.
+    assert later_archived(storage, "t", "000000010000000000000004") == "000000010000000000000006"
+    # The end of timeline 1's archive, and a timeline 2 file older than its switch.
+    assert later_archived(storage, "t", "000000010000000000000007") is None
+    assert later_archived(storage, "t", "000000020000000000000004") == "000000020000000000000009"
+    assert later_archived(storage, "t", "00000003.history") is None  # probes for timelines
+
+
+def test_the_sla_report_breaches_on_a_hole_and_says_why() -> None:
+    window = {
+        "latest_time": "2026-11-30T10:00:00Z",
+        "wal_gaps": ["000000010000000000000004"],
+        "cut_reason": "WAL segment 000000010000000000000004 is missing while later WAL is archived",
+    }
+    section = archive_section(window, [])
+    assert section["verdict"] == BREACHED
+    assert "000000010000000000000004 is missing" in section["reasons"][0]
+    whole = archive_section({"wal_gaps": []}, [{"checked_at": "x", "problems": []}])
+    assert whole["verdict"] == COMPLIANT
+
+
+def test_the_sla_report_breaches_while_the_newest_check_sees_a_damaged_segment() -> None:
+    damaged = {
+        "checked_at": "t1",
+        "problems": ["wal_chain: 1 gap(s): damaged 0000000100000000000000AA"],
+    }
+    healed = {"checked_at": "t2", "problems": []}
+    assert archive_section({"wal_gaps": []}, [damaged])["verdict"] == BREACHED
+    assert "damaged 0000000100000000000000AA" in archive_section({}, [damaged])["reasons"][0]
+    assert archive_section({"wal_gaps": []}, [damaged, healed])["verdict"] == COMPLIANT
