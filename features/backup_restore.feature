@@ -2,6 +2,7 @@ Feature: Base backups restore to exactly the data at backup time
   pgbackup streams pg_basebackup's tar through compression into the repository and
   restores it into an empty directory, owned by the server's user, mode 0700.
 
+  @both_providers
   Scenario: A restored backup holds exactly the rows of the source at backup time
     Given a sandbox cluster with sample data
     When I take a backup

@@ -17,6 +17,11 @@ from harness import (  # noqa: F401 (fixture, hook)
     restore_to_time,
     switch_and_wait_archived,
 )
+from providers import (  # noqa: F401 (option, hook, fixture)
+    provider,
+    pytest_addoption,
+    pytest_generate_tests,
+)
 from pytest_bdd import given, parsers, then, when
 
 from pgbackup.postgres.cluster import server_os_user
@@ -36,7 +41,7 @@ def ctx() -> dict[str, Any]:
 
 @given("a sandbox cluster with sample data")
 def sandbox_with_data(h: Harness) -> None:
-    h.run("sandbox.up")
+    h.start_source()
     rows = h.sql(h.sandbox(), "SELECT count(*) FROM tenants")
     assert rows[0][0] > 0
 

@@ -1,5 +1,6 @@
 Feature: Restore drills prove that backups restore and measure the RTO
 
+  @both_providers
   Scenario: A drill replays WAL past the backup and never touches the source
     Given a sandbox cluster with sample data
     And a backup was taken
@@ -8,9 +9,21 @@ Feature: Restore drills prove that backups restore and measure the RTO
     Then the drill recovered past the backup and its checks passed
     And the drill is recorded with its timings under the repository
 
-  Scenario: A drill in a postgres container (Docker provider)
+  @docker
+  Scenario: A drill in a pgbackup container replays WAL through the pgbackup inside it
     Given a Docker engine answers
     And a sandbox cluster with sample data
     And a backup was taken
-    When I run a drill with --docker
-    Then the drill's checks passed
+    When rows are added after the backup and their WAL is archived
+    And I run a drill with --docker
+    Then the drill recovered past the backup and its checks passed
+    And the drill ran in a container
+
+  @docker
+  Scenario: A drill whose image the engine lacks fails, naming the image
+    Given a Docker engine answers
+    And a sandbox cluster with sample data
+    And a backup was taken
+    And the policy's drill image is "pgbackup:no-such-tag"
+    When I run a drill with --docker expecting failure
+    Then the command fails and says "the image pgbackup:no-such-tag is not on this Docker engine"

@@ -52,7 +52,9 @@ def base_policy(root: Path) -> dict[str, Any]:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, provider: str = "local") -> None:
+        self.provider = provider  # where the source cluster runs: features/providers.py
+        self.source: Any = None  # that cluster, when it is not the local sandbox
         self.root = Path(tempfile.mkdtemp(prefix="pgbackup-test-", dir="/tmp"))
         os.chmod(self.root, 0o755)
         self.config = self.root / "backup.yaml"
@@ -105,7 +107,19 @@ class Harness:
         state = json.loads((self.root / "sandbox" / "sandbox.json").read_text())
         return int(state["port"])
 
+    def start_source(self) -> None:
+        """The scenario's source cluster with sample data: the local sandbox
+        (``pgbackup sandbox.up``) or, with the Docker provider, a container."""
+        if self.provider == "docker":
+            from providers import docker_source_up
+
+            docker_source_up(self)
+        else:
+            self.run("sandbox.up")
+
     def sandbox(self) -> Cluster:
+        if self.source is not None:
+            return self.source  # type: ignore[no-any-return]
         cluster = Cluster(self.root / "sandbox" / "data", self.sandbox_port())
         if cluster.data_dir not in self.data_dirs:
             self.data_dirs.append(cluster.data_dir)
@@ -126,6 +140,11 @@ class Harness:
         for d in [*self.data_dirs, *extra]:
             with contextlib.suppress(Exception):
                 Cluster(d, 0).stop("immediate")
+        if self.source is not None:
+            from providers import teardown_source
+
+            with contextlib.suppress(Exception):
+                teardown_source(self.source)
         if failed:
             print(f"scenario failed; its files are kept in {self.root}", file=sys.stderr)
         else:
@@ -148,9 +167,13 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
 
 
 @pytest.fixture(name="h")
-def harness_fixture(request: Any) -> Iterator[Harness]:
+def harness_fixture(request: Any, provider: str) -> Iterator[Harness]:
     """A fresh scratch directory, policy and CLI runner per test; kept when the test failed."""
-    harness = Harness()
+    if provider == "docker":
+        from providers import docker_image
+
+        docker_image()  # built once per session; skips when no engine can be had
+    harness = Harness(provider)
     yield harness
     harness.teardown(failed=getattr(request.node, "harness_failed", False))
 

@@ -2,6 +2,7 @@ Feature: SLA compliance is proven from measured evidence
   The objectives in backup.yaml (rto, rpo) are checked against what backups, checks and
   drills measured. A miss is an alert once, not on every run, and the report says so.
 
+  @both_providers
   Scenario: Compliant, then archiving breaks: one alert per channel and an RPO breach
     Given a policy with rto 1h and rpo 30s that alerts a local SMTP server and a local webhook
     And a sandbox cluster with sample data

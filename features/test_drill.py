@@ -6,21 +6,18 @@ import json
 import time
 from typing import Any
 
-import pytest
 from harness import Harness
-from pytest_bdd import given, scenarios, then, when
+from providers import docker_image
+from pytest_bdd import given, parsers, scenarios, then, when
 
 scenarios("drill.feature")
 
 
 @given("a Docker engine answers")
 def docker_answers() -> None:
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-    except Exception:
-        pytest.skip("no Docker engine answers on this machine")
+    """The engine answers and pgbackup's image is built (skips, saying why, when no engine
+    can be had)."""
+    docker_image()
 
 
 @when("rows are added after the backup and their WAL is archived")
@@ -39,9 +36,9 @@ def add_rows(h: Harness, ctx: dict[str, Any]) -> None:
     ctx["source_lsn"] = cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0]
 
 
-@when("I run a drill")
-def run_drill(h: Harness, ctx: dict[str, Any]) -> None:
+def late_rows_checks(h: Harness) -> None:
     h.policy["drill"] = {
+        **h.policy.get("drill", {}),
         "checks": [
             {
                 "name": "late tenants",
@@ -49,15 +46,37 @@ def run_drill(h: Harness, ctx: dict[str, Any]) -> None:
                 "expect": "== 5",
             },
             {"name": "users", "sql": "SELECT count(*) FROM users", "expect": ">= 1"},
-        ]
+        ],
     }
     h.write_policy()
+
+
+@when("I run a drill")
+def run_drill(h: Harness, ctx: dict[str, Any]) -> None:
+    late_rows_checks(h)
     ctx["drill"] = h.json("drill")["platform"]
 
 
 @when("I run a drill with --docker")
 def run_docker_drill(h: Harness, ctx: dict[str, Any]) -> None:
+    late_rows_checks(h)
     ctx["drill"] = h.json("drill", "--docker")["platform"]
+
+
+@given(parsers.parse('the policy\'s drill image is "{image}"'))
+def drill_image(h: Harness, image: str) -> None:
+    h.policy.setdefault("drill", {})["image"] = image
+    h.write_policy()
+
+
+@when("I run a drill with --docker expecting failure")
+def run_docker_drill_failing(h: Harness) -> None:
+    h.run("drill", "--docker", expect_ok=False)
+
+
+@then("the drill ran in a container")
+def ran_in_container(ctx: dict[str, Any]) -> None:
+    assert ctx["drill"]["provider"] == "docker", ctx["drill"]
 
 
 @then("the drill recovered past the backup and its checks passed")

@@ -3,6 +3,7 @@ Feature: Timelines: recover, write again, and recover onto either history
   its history file and segments go to the same archive, and a later point-in-time
   recovery can follow either timeline.
 
+  @both_providers
   Scenario: Two timelines in one archive, each recoverable
     Given a sandbox cluster with sample data
     And a backup was taken

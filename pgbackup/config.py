@@ -192,6 +192,7 @@ class Policy(NamedTuple):
     drill_port: int
     log_file: Path | None
     log_level: str
+    drill_image: str | None = None  # drill --docker's image; None: pgbackup:<version>
 
     def target(self, name: str | None) -> Target:
         """The target called ``name``; with ``None``, the only target there is."""
@@ -1129,6 +1130,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
         alerts=alerts,
         drill_checks=checks,
         drill_port=int(drill.get("port", 0)),
+        drill_image=drill.get("image"),
         log_file=_abs(base, log["file"]) if log.get("file") else None,
         log_level=log.get("level", "info"),
     )

@@ -143,6 +143,7 @@ def run_drill(
     target_time: str | None = None,
     provider: str = "local",
     storage: Any = None,
+    image: str | None = None,
 ) -> DrillResult:
     """Run one drill of ``target`` and record it; never raises for a failed drill."""
     from pgbackup.restore import run_restore
@@ -215,7 +216,7 @@ def run_drill(
         step = "recovering"
         t2 = time.monotonic()
         major = int(info.metadata["server_version_num"]) // 10000
-        cluster = _scratch_cluster(provider, root / "data", port, major, target)
+        cluster = _scratch_cluster(provider, root / "data", port, major, target, policy, image)
         try:
             cluster.start()
         except PgBackupError:
@@ -277,11 +278,19 @@ def _recovery_failure(cluster: Any) -> str | None:
         return None
 
 
-def _scratch_cluster(provider: str, data_dir: Path, port: int, major: int, target: Any) -> Any:
-    if provider == "docker":
-        from pgbackup.postgres.docker import DockerCluster
+def _scratch_cluster(
+    provider: str,
+    data_dir: Path,
+    port: int,
+    major: int,
+    target: Any,
+    policy: Any,
+    image: str | None = None,
+) -> Any:
+    if provider == "docker":  # image: --image, else drill.image, else pgbackup:<version>
+        from pgbackup.postgres.docker import drill_cluster
 
-        return DockerCluster(data_dir, port, major=major)
+        return drill_cluster(policy, data_dir, port, major, image)
     from pgbackup.postgres.cluster import Cluster
 
     return Cluster(data_dir, port, major=major, bin_dir=target.pg_bin_dir)

@@ -82,7 +82,9 @@ def check(
         "target": "only this target (default: every target)",
         "backup": "backup id or 'latest' (default: the newest, or the newest before --target-time)",
         "target_time": "recover to this time instead of the end of the archive",
-        "docker": "run the scratch cluster in a postgres:<major> container (Docker engine)",
+        "docker": "run the scratch cluster in a container (Docker engine); WAL is replayed by "
+        "the pgbackup inside it",
+        "image": "the --docker image (default: drill.image, else pgbackup:<version>)",
         "json": "machine-readable output",
     }
 )
@@ -94,6 +96,7 @@ def drill(
     backup: str | None = None,
     target_time: str | None = None,
     docker: bool = False,
+    image: str | None = None,
     json_: bool = False,
 ) -> None:
     """Restore drill: scratch cluster, WAL replay, declared checks, measured RTO."""
@@ -106,7 +109,8 @@ def drill(
             t,
             backup=backup,
             target_time=target_time,
-            provider="docker" if docker else "local",
+            provider="docker" if docker or image else "local",
+            image=image,
         )
         for t in targets(policy, target)
     ]

@@ -1,29 +1,46 @@
-"""The scratch-cluster lifecycle through the Docker engine (docker SDK).
+"""The cluster lifecycle through the Docker engine (docker SDK).
 
-For drill hosts without PostgreSQL binaries: a restored data directory is served by a
-``postgres:<major>`` container, bind-mounted, published on ``127.0.0.1:<port>``. The same
-methods as :class:`pgbackup.postgres.cluster.Cluster` that drills use: ``start``,
-``stop``, ``is_running``, ``sql``, ``connect``, ``remove``.
+For drill hosts without PostgreSQL binaries, and for the test-suite's Docker provider: a
+data directory on the host is served by a container of an image that carries PostgreSQL
+and pgbackup (``pgbackup:<version>`` by default, built locally by
+``containers/images.py``). The same methods as :class:`pgbackup.postgres.cluster.Cluster`:
+``initdb``, ``configure``, ``start``, ``stop``, ``is_running``, ``sql``, ``connect``,
+``log_tail``, plus ``remove``.
 
-The official image runs the server as uid 999; the data directory is handed to it.
-``restore_command`` runs inside the container, where pgbackup is absent: WAL replay in a
-container therefore needs the WAL the backup carries, or a pgbackup-enabled image
-(``image=``); the drill records what recovery reached either way.
+Every container uses the host's network (no bridge, no published ports): the server
+listens on 127.0.0.1:<port> like a local one. Host paths are mounted at the same path
+inside, so the data directory, the policy file and a posix repository have one name on
+both sides, and ``restore_command``/``archive_command`` run the image's own pgbackup.
+The server runs as the image's ``postgres`` user, whose uid/gid the image's labels
+``org.pgbackup.postgres-uid``/``-gid`` give; the data directory is handed to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pgbackup.errors import PostgresError
-from pgbackup.postgres.cluster import SqlAccess
+from pgbackup.postgres.cluster import SqlAccess, quote_setting
 
-IMAGE_UID = 999
 START_TIMEOUT = 120.0
+DEFAULT_UID = 999
+#: pg_ctl's stop modes as the postmaster's signals (it is the container's first process).
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+#: The program name restore_command/archive_command use inside the image.
+IMAGE_PGBACKUP = "pgbackup"
+
+
+def default_image() -> str:
+    """The locally built image of this pgbackup version."""
+    from pgbackup import __version__
+
+    return f"pgbackup:{__version__}"
 
 
 def docker_client() -> Any:
@@ -31,85 +48,214 @@ def docker_client() -> Any:
     try:
         import docker
     except ImportError:
-        raise PostgresError("the docker SDK is not installed", hint="pip install docker") from None
+        raise PostgresError(
+            "the docker SDK is not installed", hint="pip install 'pgbackup[docker]'"
+        ) from None
     try:
-        client = docker.from_env(timeout=10)
+        client = docker.from_env(timeout=30)
         client.ping()
     except Exception as exc:
         raise PostgresError(
             f"no Docker engine answers on this machine ({type(exc).__name__})",
-            hint="start dockerd or set DOCKER_HOST; or drill without --docker",
+            hint="start dockerd (bash .ci/docker-engine) or set DOCKER_HOST; or drill without --docker",
         ) from None
     return client
 
 
 class DockerCluster(SqlAccess):
+    """A data directory on the host and the container that serves it on 127.0.0.1:``port``."""
+
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
         port: int,
         *,
-        major: int,
+        major: int | None = None,
         image: str | None = None,
+        mounts: Iterable[str | os.PathLike[str]] = (),
+        read_only: Iterable[str | os.PathLike[str]] = (),
         client: Any = None,
+        name: str | None = None,
+        label: str = "drill",
     ):
         self.data_dir = Path(data_dir).absolute()
         self.port = port
         self.major = major
-        self.image = image or f"postgres:{major}"
+        self.image = image or default_image()
+        self.mounts = [Path(m).absolute() for m in mounts]
+        self.read_only = [Path(m).absolute() for m in read_only]
         self.client = client
+        self.name = name
+        self.label = label
         self.container: Any = None
         self.os_user = "postgres"
+        self._ids: tuple[int, int] | None = None
+
+    # --- facts --------------------------------------------------------------------------
 
     @property
     def log_file(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def exists(self) -> bool:
+        return (self.data_dir / "PG_VERSION").is_file()
 
     def _client(self) -> Any:
         if self.client is None:
             self.client = docker_client()
         return self.client
 
+    def image_ids(self) -> tuple[int, int]:
+        """The uid/gid the image's postgres user has (its labels), or PostgresError."""
+        if self._ids is None:
+            import docker.errors
+
+            try:
+                labels = self._client().images.get(self.image).labels or {}
+            except docker.errors.ImageNotFound:
+                raise PostgresError(
+                    f"the image {self.image} is not on this Docker engine",
+                    hint="build it with `python containers/images.py` (see docs/containers.md), "
+                    "or name another with drill.image / --image",
+                ) from None
+            uid = int(labels.get("org.pgbackup.postgres-uid", DEFAULT_UID))
+            gid = int(labels.get("org.pgbackup.postgres-gid", uid))
+            self._ids = (uid, gid)
+        return self._ids
+
+    def _volumes(self) -> dict[str, dict[str, str]]:
+        volumes = {str(self.data_dir): {"bind": str(self.data_dir), "mode": "rw"}}
+        for path in self.mounts:
+            volumes[str(path)] = {"bind": str(path), "mode": "rw"}
+        for path in self.read_only:
+            volumes.setdefault(str(path), {"bind": str(path), "mode": "ro"})
+        return volumes
+
     def _hand_over(self) -> None:
+        uid, gid = self.image_ids()
         for root, dirs, files in os.walk(self.data_dir):
             for name in [*dirs, *files]:
                 with contextlib.suppress(OSError):
-                    os.lchown(os.path.join(root, name), IMAGE_UID, IMAGE_UID)
-        os.chown(self.data_dir, IMAGE_UID, IMAGE_UID)
+                    os.lchown(os.path.join(root, name), uid, gid)
+        with contextlib.suppress(PermissionError):  # not root: the image matches our uid
+            os.chown(self.data_dir, uid, gid)
         os.chmod(self.data_dir, 0o700)
 
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def initdb(self, settings: Mapping[str, Any] | None = None, *, checksums: bool = True) -> None:
+        """A new cluster, made by the image's own initdb (as its postgres user)."""
+        if self.exists():
+            raise PostgresError(f"{self.data_dir} already holds a cluster")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._hand_over()
+        uid, gid = self.image_ids()
+        argv = ["initdb", "-D", str(self.data_dir), "-A", "trust", "-E", "UTF8"]
+        argv += ["--locale=C.UTF-8", "-U", "postgres"] + (["--data-checksums"] if checksums else [])
+        try:
+            self._client().containers.run(
+                self.image,
+                entrypoint=argv[:1],
+                command=argv[1:],
+                user=f"{uid}:{gid}",
+                network_mode="none",
+                volumes=self._volumes(),
+                remove=True,
+                stdout=True,
+                stderr=True,
+            )
+        except Exception as exc:
+            raise PostgresError(f"initdb in {self.image} failed: {_docker_message(exc)}") from None
+        base = {
+            "listen_addresses": "127.0.0.1",
+            "port": self.port,
+            "unix_socket_directories": "",
+            "wal_level": "replica",
+            "max_wal_senders": 10,
+            "logging_collector": "off",
+        }
+        base.update(settings or {})
+        self.configure(base)
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Write settings to postgresql.auto.conf (takes effect at next start/reload)."""
+        auto = self.data_dir / "postgresql.auto.conf"
+        lines = auto.read_text().splitlines() if auto.exists() else []
+        keep = [ln for ln in lines if ln.split("=", 1)[0].strip() not in settings]
+        keep += [f"{key} = {quote_setting(value)}" for key, value in settings.items()]
+        auto.write_text("\n".join(keep) + "\n")
+        uid, gid = self.image_ids()
+        with contextlib.suppress(PermissionError):
+            os.chown(auto, uid, gid)
+        os.chmod(auto, 0o600)
+
+    def use_image_pgbackup(self, host_program: str) -> None:
+        """restore_command/archive_command as written for this host name ``host_program``;
+        inside the container they must run the image's pgbackup."""
+        auto = self.data_dir / "postgresql.auto.conf"
+        text = auto.read_text()
+        quoted = "''" + host_program.replace("'", "''''") + "''"
+        if quoted in text:
+            auto.write_text(text.replace(quoted, IMAGE_PGBACKUP))
+
     def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Run the server in a new container and wait until it accepts connections."""
         client = self._client()
         self._hand_over()
-        self.container = client.containers.run(
-            self.image,
-            command=["postgres", "-D", "/pgdata", "-c", "listen_addresses=*", "-c", "port=5432"],
-            user=f"{IMAGE_UID}:{IMAGE_UID}",
-            volumes={str(self.data_dir): {"bind": "/pgdata", "mode": "rw"}},
-            ports={"5432/tcp": ("127.0.0.1", self.port)},
-            detach=True,
-            labels={"pgbackup": "drill"},
-        )
+        uid, gid = self.image_ids()
+        self.remove()
+        argv = ["-D", str(self.data_dir), "-c", f"port={self.port}"]
+        argv += ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]
+        try:
+            self.container = client.containers.run(
+                self.image,
+                entrypoint=["postgres"],
+                command=argv,
+                user=f"{uid}:{gid}",
+                network_mode="host",
+                volumes=self._volumes(),
+                detach=True,
+                name=self.name,
+                labels={"pgbackup": self.label},
+            )
+        except Exception as exc:
+            raise PostgresError(
+                f"could not start a {self.image} container: {_docker_message(exc)}"
+            ) from None
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.container.reload()
-            if self.container.status == "exited":
-                raise PostgresError(f"the {self.image} container exited: {self.logs()[-500:]}")
-            code, _ = self.container.exec_run(["pg_isready", "-h", "127.0.0.1", "-p", "5432"])
+            if self.container.status in ("exited", "dead"):
+                raise PostgresError(
+                    f"the {self.image} container exited during start-up:\n{self.log_tail()}"
+                )
+            code, _ = self.container.exec_run(
+                ["pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"]
+            )
             if code == 0:
                 return
-            time.sleep(0.5)
+            time.sleep(0.3)
         raise PostgresError(
-            f"the {self.image} container did not accept connections in {timeout:.0f}s"
+            f"the {self.image} container did not accept connections in {timeout:.0f}s\n"
+            f"{self.log_tail()}"
         )
 
     def logs(self) -> str:
         if self.container is None:
             return ""
-        return str(self.container.logs(tail=50).decode(errors="replace"))
+        with contextlib.suppress(Exception):
+            return str(self.container.logs(tail=200).decode(errors="replace"))
+        return ""
+
+    def log_tail(self, lines: int = 15) -> str:
+        text = self.logs()
+        if not text:
+            with contextlib.suppress(OSError):
+                text = self.log_file.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
 
     def is_running(self) -> bool:
         if self.container is None:
@@ -120,14 +266,28 @@ class DockerCluster(SqlAccess):
         return False
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
-        if self.container is not None:
-            with contextlib.suppress(Exception):
-                self.log_file.write_text(self.logs())
-            self.container.stop(timeout=1 if mode == "immediate" else int(timeout))
+        """Stop the postmaster with ``mode``'s signal; kill the container if it lingers."""
+        if mode not in STOP_SIGNALS:
+            raise ValueError(f"stop mode must be one of {tuple(STOP_SIGNALS)}")
+        if self.container is None:
+            return
+        with contextlib.suppress(Exception):
+            self.log_file.write_text(self.logs())
+        if not self.is_running():
+            return
+        with contextlib.suppress(Exception):
+            self.container.kill(signal=int(STOP_SIGNALS[mode]))
+            self.container.wait(timeout=timeout)
+            return
+        with contextlib.suppress(Exception):
+            self.container.kill()
 
     def remove(self) -> None:
         if self.container is not None:
-            self.container.remove(force=True)
+            with contextlib.suppress(Exception):
+                self.log_file.write_text(self.logs())
+            with contextlib.suppress(Exception):
+                self.container.remove(force=True)
             self.container = None
 
     def conninfo(self, dbname: str = "postgres", user: str | None = None) -> dict[str, Any]:
@@ -137,3 +297,34 @@ class DockerCluster(SqlAccess):
             "dbname": dbname,
             "user": user or "postgres",
         }
+
+
+def _docker_message(exc: Exception) -> str:
+    """The engine's own words (an APIError's explanation), on one line."""
+    text = getattr(exc, "explanation", None) or getattr(exc, "stderr", None) or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return " ".join(str(text).split())[-500:]
+
+
+def drill_cluster(
+    policy: Any, data_dir: Path, port: int, major: int, image: str | None = None
+) -> DockerCluster:
+    """The scratch cluster of ``drill --docker``: WAL is replayed by the image's pgbackup,
+    reading the policy and (posix) repository mounted at their host paths."""
+    from pgbackup.sandbox import pgbackup_program
+
+    read_only = [Path(policy.path)]
+    if policy.repository.get("kind", "posix") == "posix":
+        read_only.append(Path(policy.repository["path"]))
+    cluster = DockerCluster(
+        data_dir,
+        port,
+        major=major,
+        image=image or policy.drill_image or default_image(),
+        read_only=read_only,
+    )
+    cluster.image_ids()  # a missing image is said before anything starts
+    with contextlib.suppress(PostgresError, OSError):
+        cluster.use_image_pgbackup(pgbackup_program())
+    return cluster

@@ -17,7 +17,14 @@ for p in (str(FEATURES), str(HERE)):
         sys.path.insert(0, p)
 
 import counts  # noqa: E402
+import pytest  # noqa: E402
 from harness import harness_fixture, pytest_runtest_makereport  # noqa: E402, F401 (fixture, hook)
+
+
+@pytest.fixture
+def provider() -> str:
+    """The fault suite attacks the local sandbox's processes (features/providers.py)."""
+    return "local"
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
