@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ def segments_archived(h: Harness, ctx: dict[str, Any], count: str) -> None:
             "FROM generate_series(1, 20) g",
         )
         ctx.setdefault("segments", []).append(switch_and_wait_archived(cluster))
+        time.sleep(1)  # a second between segments: a hole that lasts, in the picture
 
 
 @given("the policy uploads every backup to a second directory")

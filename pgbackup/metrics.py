@@ -131,7 +131,7 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "pgbackup_sla_rpo_objective_seconds": ("gauge", "The policy's sla.rpo.", T),
     "pgbackup_sla_status": (
         "gauge",
-        "SLA verdict over the last 30 days (0 COMPLIANT, 1 AT RISK, 2 BREACHED); area overall, rpo, rto, backups, retention, verification.",
+        "SLA verdict over the last 30 days (0 COMPLIANT, 1 AT RISK, 2 BREACHED); area overall or one of the report's (rpo, rto, backups, retention, verification, archive).",
         ("target", "area"),
     ),
     "pgbackup_repository_up": (

@@ -43,10 +43,13 @@ def _required(value: Any) -> datetime:
     return t
 
 
-def view(timeline: dict[str, Any], first_seen: Any = None) -> tuple[datetime, datetime]:
+def view(
+    timeline: dict[str, Any], first_seen: Any = None, *, least: timedelta = timedelta(0)
+) -> tuple[datetime, datetime]:
     """The time range drawn: the report's period, started at the first evidence (with a
     margin) when the repository is younger than the period: minutes of history are not
-    drawn as a sliver at the right edge of 30 days."""
+    drawn as a sliver at the right edge of 30 days. ``least``: the shortest range (a
+    chart wants clock ticks; a line of text wants every column)."""
     start, end = _required(timeline["start"]), _required(timeline["end"])
     times = [
         _required(t)
@@ -61,11 +64,10 @@ def view(timeline: dict[str, Any], first_seen: Any = None) -> tuple[datetime, da
         times.append(_required(first_seen))
     if times:
         first = max(start, min(times))
-        margin = max((end - first) * 0.04, timedelta(seconds=5))
-        # At least two minutes: seconds of history (a demo, a test) still get clock ticks.
-        start = max(start, min(first - margin, end - timedelta(minutes=2)))
+        margin = max((end - first) * 0.04, timedelta(seconds=1))
+        start = max(start, min(first - margin, end - least))
     # Room on the right, so that what happened just now (a drill) is not cut at the edge.
-    return start, end + max((end - start) * 0.02, timedelta(seconds=2))
+    return start, end + max((end - start) * 0.02, timedelta(seconds=1))
 
 
 def iso(value: datetime) -> str:
@@ -214,6 +216,7 @@ def lane(
             "earliest_time": window.get("earliest_time"),
             "latest_time": window.get("latest_time"),
             "wal_gaps": list(window.get("wal_gaps") or []),
+            "cut_reason": window.get("cut_reason"),
         },
         "segments": len(arrivals),
         "clock": present,

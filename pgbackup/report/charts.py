@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import io
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pgbackup.recoverability import parse_time, view
+from pgbackup.recoverability import parse_time
+from pgbackup.recoverability import view as _view
 
 GREEN, RED, GREY, INK, BLUE = "#2e8b57", "#d62728", "#b0b0b0", "#222222", "#2e86c1"
 _RC: dict[str, Any] = {
@@ -31,6 +32,12 @@ _RC: dict[str, Any] = {
 def slug(text: str) -> str:
     """An id-safe form of a target or destination name."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def view(timeline: dict[str, Any], first_seen: Any = None) -> tuple[datetime, datetime]:
+    """The chart's time range: at least two minutes, so that seconds of history (a demo,
+    a test) still get clock ticks."""
+    return _view(timeline, first_seen, least=timedelta(minutes=2))
 
 
 def _time(value: Any) -> datetime:
