@@ -82,3 +82,33 @@ def test_truncated_stream_is_an_error(tmp_path: Path) -> None:
     data = make_tar([("f", os.urandom(100_000), None)]).getvalue()
     with pytest.raises(RestoreError, match="ended in the middle"):
         extract(io.BytesIO(data[:50_000]), tmp_path)
+
+
+def test_sparse_members_keep_their_size_but_no_data(tmp_path: Path) -> None:
+    """extract's filter: a skipped relation is a file of its size, all zeros, no blocks."""
+    from pgbackup.untar import SPARSE
+
+    big = os.urandom(9 * 1024 * 1024 + 5)
+    members = [
+        ("base/5/1259", b"catalog", None),
+        ("base/16384/16390", big, None),
+        ("base/16384/16391", b"small", None),
+        ("global/1262", b"pg_database", None),
+    ]
+    skipped = {"base/16384/16390", "base/16384/16391"}
+    written = extract(make_tar(members), tmp_path / "a", sparse=skipped.__contains__)
+    a = tmp_path / "a"
+    assert (a / "base/5/1259").read_bytes() == b"catalog"
+    assert (a / "global/1262").read_bytes() == b"pg_database"
+    assert (a / "base/16384/16391").read_bytes() == b"\0" * 5
+    assert (a / "base/16384/16390").stat().st_size == len(big)
+    assert (a / "base/16384/16390").stat().st_blocks * 512 < 1024 * 1024  # a hole, not data
+    assert written == len(b"catalog") + len(b"pg_database")
+    # The same through the context variable run_restore's callers set.
+    token = SPARSE.set(skipped.__contains__)
+    try:
+        extract(make_tar(members), tmp_path / "b")
+    finally:
+        SPARSE.reset(token)
+    assert (tmp_path / "b/base/16384/16391").read_bytes() == b"\0" * 5
+    assert (tmp_path / "b/base/5/1259").read_bytes() == b"catalog"
