@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from harness import (  # noqa: F401 (fixture, hook)
     switch_and_wait_archived,
 )
 from providers import (  # noqa: F401 (option, hook, fixture)
+    docker_image,
     provider,
     pytest_addoption,
     pytest_generate_tests,
@@ -158,3 +160,29 @@ def wal_continuous(h: Harness) -> None:
 @when("I restore to the recorded time into a new directory and start it")
 def restore_pitr(h: Harness, ctx: dict[str, Any]) -> None:
     restore_to_time(h, ctx)
+
+
+# --- Docker (drill.feature, container_image.feature) -----------------------------------
+
+
+@given("a Docker engine answers")
+def docker_answers() -> None:
+    """The engine answers and pgbackup's image is built (skips, saying why, when no engine
+    can be had)."""
+    docker_image()
+
+
+@when("rows are added after the backup and their WAL is archived")
+def add_rows(h: Harness, ctx: dict[str, Any]) -> None:
+    cluster = h.sandbox()
+    h.sql(
+        cluster, "INSERT INTO tenants SELECT 700000 + g, 'late-' || g FROM generate_series(1, 5) g"
+    )
+    closed = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        last = cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+        if last and last[:24] >= closed:
+            break
+        time.sleep(0.3)
+    ctx["source_lsn"] = cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0]

@@ -133,10 +133,10 @@ def docker_source_up(h: Harness) -> Any:
     policy's target becomes an ordinary connection to it."""
     from harness import PGBACKUP
 
-    from pgbackup.config import load_policy
+    from pgbackup.config import parse_duration
     from pgbackup.postgres.cluster import free_port, hand_over, server_os_user
     from pgbackup.postgres.docker import DockerCluster
-    from pgbackup.sandbox import SAMPLE_SCHEMA, archive_timeout, sample_data_sql
+    from pgbackup.sandbox import SAMPLE_SCHEMA, sample_data_sql
 
     image = docker_image()
     target = h.policy["targets"]["platform"]
@@ -153,6 +153,11 @@ def docker_source_up(h: Harness) -> Any:
         mounts=[h.root],
         name=f"pgbackup-test-{port}",
         label="test",
+        # What the policy reads from the environment, and where alert state is kept:
+        # the server's wal-push sees them, as a local sandbox's inherits them.
+        environment={
+            k: v for k, v in h.env.items() if k.startswith("PGBACKUP_") or k == "XDG_STATE_HOME"
+        },
     )
     h.source = cluster
     archive = f"pgbackup --config '{h.config}' wal-push --target platform %p"
@@ -160,7 +165,8 @@ def docker_source_up(h: Harness) -> Any:
         {
             "archive_mode": "on",
             "archive_command": archive,
-            "archive_timeout": archive_timeout(load_policy(h.config)),
+            # as the sandbox's: half the RPO objective, at least 10 s
+            "archive_timeout": max(10, parse_duration(h.policy["sla"].get("rpo", "10m")) // 2),
             "wal_keep_size": "512MB",
             "max_wal_size": "1GB",
             "shared_buffers": "128MB",

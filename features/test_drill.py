@@ -3,37 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from harness import Harness
-from providers import docker_image
 from pytest_bdd import given, parsers, scenarios, then, when
 
 scenarios("drill.feature")
-
-
-@given("a Docker engine answers")
-def docker_answers() -> None:
-    """The engine answers and pgbackup's image is built (skips, saying why, when no engine
-    can be had)."""
-    docker_image()
-
-
-@when("rows are added after the backup and their WAL is archived")
-def add_rows(h: Harness, ctx: dict[str, Any]) -> None:
-    cluster = h.sandbox()
-    h.sql(
-        cluster, "INSERT INTO tenants SELECT 700000 + g, 'late-' || g FROM generate_series(1, 5) g"
-    )
-    closed = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        last = cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
-        if last and last[:24] >= closed:
-            break
-        time.sleep(0.3)
-    ctx["source_lsn"] = cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0]
 
 
 def late_rows_checks(h: Harness) -> None:

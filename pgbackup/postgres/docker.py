@@ -77,6 +77,7 @@ class DockerCluster(SqlAccess):
         client: Any = None,
         name: str | None = None,
         label: str = "drill",
+        environment: Mapping[str, str] | None = None,
     ):
         self.data_dir = Path(data_dir).absolute()
         self.port = port
@@ -87,6 +88,7 @@ class DockerCluster(SqlAccess):
         self.client = client
         self.name = name
         self.label = label
+        self.environment = dict(environment or {})  # for archive/restore_command's pgbackup
         self.container: Any = None
         self.os_user = "postgres"
         self._ids: tuple[int, int] | None = None
@@ -214,6 +216,7 @@ class DockerCluster(SqlAccess):
                 user=f"{uid}:{gid}",
                 network_mode="host",
                 volumes=self._volumes(),
+                environment=self.environment,
                 detach=True,
                 name=self.name,
                 labels={"pgbackup": self.label},
