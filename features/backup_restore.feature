@@ -3,6 +3,7 @@ Feature: Base backups restore to exactly the data at backup time
   restores it into an empty directory, owned by the server's user, mode 0700.
 
   @both_providers
+  @core_versions
   Scenario: A restored backup holds exactly the rows of the source at backup time
     Given a sandbox cluster with sample data
     When I take a backup
@@ -12,6 +13,7 @@ Feature: Base backups restore to exactly the data at backup time
     Then the restored tables have the recorded checksums
     And the restored data directory has mode 0700 and belongs to the server user
 
+  @core_versions
   Scenario Outline: Every compression method round-trips
     Given a sandbox cluster with sample data
     And the policy compresses with <method>

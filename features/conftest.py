@@ -186,3 +186,14 @@ def add_rows(h: Harness, ctx: dict[str, Any]) -> None:
             break
         time.sleep(0.3)
     ctx["source_lsn"] = cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0]
+
+
+# --- the PostgreSQL version axis (features/versions.py) ---------------------------------
+
+
+def pytest_addhooks(pluginmanager: Any) -> None:
+    """--pg-version/--all-versions, the version parametrization and the per-version record
+    are a plugin of their own (providers' hooks already hold this module's hook names)."""
+    import versions
+
+    versions.register(pluginmanager)

@@ -1,6 +1,7 @@
 Feature: Restore drills prove that backups restore and measure the RTO
 
   @both_providers
+  @core_versions
   Scenario: A drill replays WAL past the backup and never touches the source
     Given a sandbox cluster with sample data
     And a backup was taken

@@ -168,14 +168,19 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
 
 @pytest.fixture(name="h")
 def harness_fixture(request: Any, provider: str) -> Iterator[Harness]:
-    """A fresh scratch directory, policy and CLI runner per test; kept when the test failed."""
-    if provider == "docker":
-        from providers import docker_image
+    """A fresh scratch directory, policy and CLI runner per test; kept when the test failed.
 
-        docker_image()  # built once per session; skips when no engine can be had
-    harness = Harness(provider)
-    yield harness
-    harness.teardown(failed=getattr(request.node, "harness_failed", False))
+    Its clusters are of the test's PostgreSQL major (features/versions.py)."""
+    from versions import selected_major, use_major
+
+    with use_major(selected_major(request), provider):
+        if provider == "docker":
+            from providers import docker_image
+
+            docker_image()  # built once per session; skips when no engine can be had
+        harness = Harness(provider)
+        yield harness
+        harness.teardown(failed=getattr(request.node, "harness_failed", False))
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ Feature: Point-in-time recovery lands exactly where it was asked to
     And 5 batches were committed and archived, each with its recovery points
 
   @both_providers
+  @core_versions
   Scenario Outline: Recovery to a <kind> target holds exactly the earlier batches
     When I restore to the <kind> target recorded after batch <n>
     Then the restored cluster holds batches <present> and no others

@@ -4,6 +4,7 @@ Feature: Timelines: recover, write again, and recover onto either history
   recovery can follow either timeline.
 
   @both_providers
+  @core_versions
   Scenario: Two timelines in one archive, each recoverable
     Given a sandbox cluster with sample data
     And a backup was taken

@@ -43,6 +43,8 @@ from pgbackup.repository import MANIFEST, Repository, iso, new_backup_id, utcnow
 from pgbackup.sandbox import resolve_conninfo
 from pgbackup.storage import Storage, open_storage
 from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage
+from pgbackup.streamcompress import compress_archives
+from pgbackup.streamcompress import probe as compression_side
 from pgbackup.ui import LOG, human_bytes, interactive, progress
 
 READ_SIZE = 1 << 20
@@ -316,6 +318,7 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
             if replication_problem is not None:
                 raise replication_problem
             program = find_program("pg_basebackup", facts.major, target.pg_bin_dir)
+            side = compression_side(conninfo, spec.compression)  # server's, else ours
             recipients_list = recipients(policy)
 
             backup_id = new_backup_id(started_at)
@@ -341,10 +344,13 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                     conninfo,
                     f"pgbackup {backup_id}",
                     directory,
-                    spec,
+                    side.argv_spec(spec),
                     policy.compression.workers,
                 )
                 run_basebackup(argv, facts.database_size)
+                if side.side == "pgbackup":
+                    step = f"compressing with {spec.compression} (the server cannot)"
+                    compress_archives(directory, spec, policy.compression.workers or -1)
                 produced = base_file(directory)
                 manifest = (directory / MANIFEST).read_bytes()
                 if produced.name != "base.tar" + suffix(CodecSpec(spec.compression, spec.level)):
@@ -413,6 +419,7 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 },
                 "pgbackup_version": __version__,
                 "pg_basebackup": program,
+                "compressed_by": side.as_dict(),
                 "wal_method": "fetch",
             }
             step = "writing metadata.json"

@@ -21,6 +21,37 @@ def required_settings(policy: Any, target: Any) -> dict[str, str]:
     }
 
 
+def compression_plan(policy: Any, target: Any) -> dict[str, str]:
+    """Which side compresses this target's base backups, and why (pgbackup/streamcompress.py).
+
+    Asks a running server (a sandbox is never started for it); an unreachable one is
+    decided at each backup."""
+    from pgbackup.errors import PgBackupError
+    from pgbackup.sandbox import Sandbox
+    from pgbackup.streamcompress import probe
+
+    method = policy.compression.method
+    if target.sandbox is not None:
+        sandbox = Sandbox(policy, target)
+        cluster = sandbox.cluster()
+        conninfo = sandbox.conninfo(cluster) if cluster.is_running() else None
+    else:
+        conninfo = {**target.connection, "connect_timeout": 5}
+    if conninfo is not None:
+        try:
+            return probe(conninfo, method).as_dict()
+        except PgBackupError as exc:
+            why = f"the server cannot be asked now ({exc.message})"
+    else:
+        why = "the sandbox is not running"
+    return {
+        "method": method,
+        "side": "decided at each backup",
+        "reason": f"{why}: the server compresses when it was built with {method}, "
+        "else pgbackup compresses the stream itself",
+    }
+
+
 def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
     from pgbackup.cleanup import plan_cleanup
     from pgbackup.schedule import cron_entries, schedule_log
@@ -33,6 +64,7 @@ def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
                 "name": t.name,
                 "server": f"sandbox in {t.sandbox.path}" if t.sandbox else describe(t.connection),
                 "postgresql_conf": required_settings(policy, t),
+                "compression": compression_plan(policy, t),
                 "cleanup": cleanup.as_dict(),
             }
         )
@@ -71,6 +103,11 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
     )
     for t in data["targets"]:
         console.print(f"\n[bold]target {t['name']}[/]: {t['server']}")
+        comp = t["compression"]
+        console.print(
+            f"  base backups compressed ({comp['method']}) by: {comp['side']}: {comp['reason']}",
+            markup=False,
+        )
         console.print("  postgresql.conf:")
         for k, v in t["postgresql_conf"].items():
             console.print(f"    {k} = {v}")

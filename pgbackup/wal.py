@@ -40,6 +40,11 @@ ARCHIVE_INFO = "archive.json"
 WAL_THREADS = int(os.environ.get("PGBACKUP_WAL_THREADS", "-1"))
 MAP_THRESHOLD = 1024 * 1024
 XLP_LONG_HEADER = 0x0002
+# XLOG_PAGE_MAGIC of each major version (src/include/access/xlog_internal.h): the first two
+# bytes of every WAL page, bumped whenever the WAL format changes. A page of any of these
+# has the same header layout (XLogPageHeaderData, XLogLongPageHeaderData) since 9.3.
+WAL_PAGE_MAGIC = {14: 0xD10D, 15: 0xD110, 16: 0xD113, 17: 0xD116, 18: 0xD118}
+MAGIC_MAJOR = {magic: major for major, magic in WAL_PAGE_MAGIC.items()}
 
 
 class WalError(PgBackupError):
@@ -80,8 +85,8 @@ def segment_sysid(data: bytes) -> tuple[int, int] | None:
     """
     if len(data) < 40:
         return None
-    _magic, info = struct.unpack_from("<HH", data, 0)
-    if not info & XLP_LONG_HEADER:
+    magic, info = struct.unpack_from("<HH", data, 0)
+    if magic not in MAGIC_MAJOR or not info & XLP_LONG_HEADER:
         return None
     sysid, seg_size = struct.unpack_from("<QI", data, 24)
     return sysid, seg_size
@@ -531,7 +536,9 @@ def verify_wal_chain(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
     }
 
 
-XLOG_PAGE_MAGIC = 0xD110  # PostgreSQL 15
+def wal_major(data: bytes) -> int | None:
+    """The PostgreSQL major whose WAL format wrote this page (None: not a WAL page we know)."""
+    return MAGIC_MAJOR.get(struct.unpack_from("<H", data, 0)[0]) if len(data) >= 2 else None
 
 
 def check_wal_content(
@@ -565,7 +572,7 @@ def check_wal_content(
         header = segment_sysid(data)
         if len(data) != seg_size:
             problems.append(f"damaged {name}: {len(data)} bytes, a segment has {seg_size}")
-        elif magic != XLOG_PAGE_MAGIC or parsed is None or pageaddr != parsed[1] * seg_size:
+        elif magic not in MAGIC_MAJOR or parsed is None or pageaddr != parsed[1] * seg_size:
             problems.append(
                 f"damaged {name}: its first page header does not belong at this position"
             )

@@ -1,9 +1,10 @@
 """Find PostgreSQL client programs that match the server's major version.
 
 pg_basebackup of one major version refuses (or silently mis-handles) servers of
-another, so we look for the matching one first: the policy's ``pg_bin_dir``, then
-Debian/Ubuntu's ``/usr/lib/postgresql/<major>/bin``, then RHEL's ``/usr/pgsql-<major>/bin``,
-then ``$PATH``.
+another, so we look for the matching one first: the policy's ``pg_bin_dir``, then the
+directories in ``$PGBACKUP_PG_BIN_DIRS`` (colon-separated: installs in places of their own,
+as the test-suite's PostgreSQL 16 and 18 from PyPI), then Debian/Ubuntu's
+``/usr/lib/postgresql/<major>/bin``, then RHEL's ``/usr/pgsql-<major>/bin``, then ``$PATH``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def candidate_dirs(major: int | None, pg_bin_dir: str | os.PathLike[str] | None)
     dirs: list[Path] = []
     if pg_bin_dir:
         dirs.append(Path(pg_bin_dir))
+    extra = os.environ.get("PGBACKUP_PG_BIN_DIRS", "")
+    dirs += [Path(p) for p in extra.split(os.pathsep) if p]
     if major is not None:
         dirs += [Path(f"/usr/lib/postgresql/{major}/bin"), Path(f"/usr/pgsql-{major}/bin")]
     else:
@@ -67,7 +70,9 @@ def find_program(
         seen.append(f"{path} (PostgreSQL {found_major})")
     if seen:
         raise BinaryError(
-            f"{name} for PostgreSQL {major} not found; only " + ", ".join(seen),
+            f"{name} for PostgreSQL {major} not found (the server is PostgreSQL {major}; "
+            "a client program of another major version refuses it or mis-reads its files); "
+            "found only " + ", ".join(dict.fromkeys(seen)),
             hint=f"install the PostgreSQL {major} client programs (Debian: apt-get install "
             f"postgresql-client-{major}) or set pg_bin_dir for the target in backup.yaml",
         )
