@@ -122,11 +122,11 @@ def run_checks(cluster: Any, checks: list[DrillCheck], default_db: str) -> list[
     return out
 
 
-def scratch_root() -> Path:
+def scratch_root(prefix: str = "pgbackup-drill-") -> Path:
     """A temporary directory the server's OS user can work in."""
     from pgbackup.postgres.cluster import hand_over, server_os_user
 
-    root = Path(tempfile.mkdtemp(prefix="pgbackup-drill-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     hand_over(root, server_os_user(), 0o700)
     return root
 
