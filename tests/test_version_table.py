@@ -1,0 +1,37 @@
+"""The README's version table is the rendering of what the tests recorded (bench/versions.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_versions", ROOT / "bench" / "versions.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_is_generated_from_the_recorded_results() -> None:
+    versions = _module()
+    text = (ROOT / "README.md").read_text()
+    table = versions.render(versions.load(versions.SNAPSHOT))
+    assert versions.readme_with(table, text) == text, (
+        "run: .venv/bin/python bench/versions.py --update"
+    )
+
+
+def test_a_cell_says_what_was_proven() -> None:
+    versions = _module()
+    ok = {"outcome": "passed"}
+    assert versions.cell([ok, ok]) == "✓ 2/2"
+    assert versions.cell([ok, {"outcome": "failed"}]) == "✗ 1 of 2 failed"
+    assert versions.cell([{"outcome": "skipped", "reason": "no engine"}]) == "– skipped: no engine"
+    assert versions.cell([]) == "not run"
+    snapshot = json.loads((ROOT / "docs" / "version-support.json").read_text())["results"]
+    assert {int(e["major"]) for e in snapshot.values()} <= {15, 16, 18}
