@@ -593,7 +593,8 @@ def _waldump_problem(name: str, data: bytes) -> str | None:
     from pgbackup.postgres.binaries import find_program
 
     try:
-        program = find_program("pg_waldump")
+        # pg_waldump reads only its own major's WAL format (it checks XLOG_PAGE_MAGIC).
+        program = find_program("pg_waldump", wal_major(data))
     except PgBackupError:
         return None
     with tempfile.TemporaryDirectory(prefix="pgbackup-walcheck-") as tmp:
