@@ -18,6 +18,13 @@ Feature: A table or a database as it was at a point in time, next to the live da
     And no scratch cluster or scratch directory remains
     And the extraction is recorded under the repository with its target, objects and time
 
+  Scenario: A table replaced since the target is still extracted as it was
+    When tenants is renamed to tenants_old and a new empty tenants takes its name
+    And I extract public.tenants as of the time recorded after batch 2 into the new database "tenants_then"
+    Then the database "tenants_then" holds the rows of the live tenants_old
+    And the scratch restore was redone whole because the plan missed the table's files
+    And no scratch cluster or scratch directory remains
+
   Scenario: --output with --table holds only that table, as it was
     When I extract public.users as of the latest point into a custom-format file
     Then pg_restore --list of the file names the table users and no other table

@@ -34,7 +34,7 @@ from typing import Any
 
 from pgbackup.errors import PgBackupError, PostgresError, RestoreError, UsageError
 from pgbackup.repository import Repository, iso
-from pgbackup.ui import LOG, human_bytes
+from pgbackup.ui import LOG, LOG_FILE_ONLY, human_bytes
 
 FORMATS = ("custom", "plain")
 #: Databases always restored whole: the templates (WAL replay of CREATE DATABASE may copy
@@ -56,6 +56,8 @@ def parse_qualified(text: str, what: str = "--table") -> tuple[str, str]:
     parts: list[str] = []
     i, s = 0, text.strip()
     while True:
+        while i < len(s) and s[i].isspace():
+            i += 1
         if i < len(s) and s[i] == '"':
             j, buf = i + 1, []
             while True:
@@ -70,6 +72,8 @@ def parse_qualified(text: str, what: str = "--table") -> tuple[str, str]:
                 i = k + 1
                 break
             part = "".join(buf)
+            while i < len(s) and s[i].isspace():
+                i += 1
         else:
             k = s.find(".", i)
             k = len(s) if k < 0 else k
@@ -189,6 +193,9 @@ class ExtractResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def what(self) -> str:
+        return ", ".join(self.objects) if self.objects else "every object"
 
 
 def check_request(req: Request) -> None:
@@ -678,7 +685,7 @@ def run_extract(
     result = ExtractResult(
         target=target.name,
         database=req.database,
-        objects=req.objects() or ["every table of the database"],
+        objects=req.objects(),
         recovery_target={"kind": kind, "value": shown_value},
         started_at=iso(datetime.now(UTC)),
         destination=(
@@ -753,7 +760,7 @@ def run_extract(
             dsn = to_dsn(cluster.conninfo(req.database))
             if req.output is not None:
                 partial = req.output.with_name(f".{req.output.name}.pgbackup-partial")
-                LOG.info("dumping %s into %s", ", ".join(result.objects), req.output)
+                LOG.info("dumping %s into %s", result.what(), req.output)
                 run_program(dump_argv(pg_dump, dsn, req, req.fmt, partial), "pg_dump")
                 os.replace(partial, req.output)
                 partial = None
@@ -815,6 +822,18 @@ def run_extract(
         raise
     except PgBackupError as exc:
         result.error = exc.message
+        if scratch is not None and scratch.cluster is not None and exc.hint:
+            # The scratch server's log goes with the scratch directory: keep its tail in
+            # pgbackup's own log, and say so instead of naming a file about to vanish.
+            log_file = scratch.cluster.log_file
+            LOG.error(
+                "the scratch server's log ends:\n%s",
+                scratch.cluster.log_tail(80),
+                extra=LOG_FILE_ONLY,
+            )
+            exc.hint = exc.hint.replace(
+                f"see {log_file}", "the scratch server's log is copied into pgbackup's log file"
+            )
         raise
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
@@ -837,7 +856,7 @@ def run_extract(
         repo.record_run(target.name, "extract", result.as_dict())
     LOG.info(
         "extracted %s of %s as of %s in %.1fs (%s written of %s)",
-        ", ".join(result.objects),
+        result.what(),
         req.database,
         result.recovered_to.get("last_replay_time") or shown_value,
         result.seconds,
