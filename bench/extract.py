@@ -5,13 +5,14 @@
 
 A pgbench database of ``--scale`` (loaded with ``wal_level = minimal``, then archived
 through ``pgbackup wal-push``) is backed up with ``pgbackup backup``; pgbench then runs
-for a while so that recovery has WAL to replay. Contenders, all to ``--target latest``:
+for a while so that recovery has WAL to replay. Contenders, all to the same
+``--target-time``, a moment after that load:
 
-- ``restore (full)``: ``pgbackup restore --to DIR --target latest --start --no-archive``,
+- ``restore (full)``: ``pgbackup restore --to DIR --target-time T --start --no-archive``,
   the whole cluster restored and recovered, server up (what a DBA without extract would
   do before running pg_dump);
 - ``extract pgbench_branches``: ``pgbackup extract --db postgres --table
-  public.pgbench_branches --target latest --output FILE`` (a small table: the files of
+  public.pgbench_branches --target-time T --output FILE`` (a small table: the files of
   every other relation are left out of the scratch restore);
 - ``extract pgbench_accounts``: the same for the table that holds nearly all the data
   (nothing much to leave out; shows the cost of recovery + dump on top of a restore).
@@ -74,8 +75,11 @@ def main() -> None:
     try:
         run(args, root, cluster)
     finally:
-        cluster.destroy()
-        if not args.keep:
+        if args.keep:
+            cluster.stop()
+            log(f"kept {root}; the source cluster is stopped in {cluster.data_dir}")
+        else:
+            cluster.destroy()
             rmtree(root)
 
 
@@ -114,6 +118,10 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
     must(timed([PGBACKUP, "--config", str(policy), "backup"], env=env), "pgbackup backup")
     log("pgbench -T 20 after the backup (WAL for recovery to replay)")
     pgbench(cluster, "-T", "20", "-c", "2")
+    # The target: a moment after the load (a commit after it closes the window there).
+    when = cluster.sql("SELECT clock_timestamp()")[0][0].isoformat()
+    time.sleep(0.2)
+    cluster.sql("CREATE TABLE after_target AS SELECT 1 AS x")
     closed = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -138,7 +146,7 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
                 port = free_port()
                 r = must(
                     timed(
-                        [*base, "restore", "--to", str(dest), "--target", "latest", "--start"]
+                        [*base, "restore", "--to", str(dest), "--target-time", when, "--start"]
                         + ["--port", str(port), "--no-archive"],
                         env=env,
                     ),
@@ -153,7 +161,7 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
                 r = must(
                     timed(
                         [*base, "extract", "--db", "postgres", "--table", f"public.{tbl}"]
-                        + ["--target", "latest", "--output", str(out), "--json"],
+                        + ["--target-time", when, "--output", str(out), "--json"],
                         env=env,
                     ),
                     name,
@@ -192,7 +200,7 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
     print(
         table(
             [
-                "to --target latest",
+                "to --target-time (after the load)",
                 "wall s (median)",
                 "runs",
                 "written",

@@ -15,7 +15,7 @@ still finds every file and full-page images rebuild every page it touches. Every
 live server does not know about is written in full, and after recovery the scratch
 cluster itself is asked which files the dump reads: if one of them was left sparse (the
 database or table was re-created since the backup) the extraction restores again, whole.
-Databases left sparse are closed to connections before anything else runs.
+Databases left sparse are refused by the scratch server's own pg_hba.conf.
 """
 
 from __future__ import annotations
@@ -41,6 +41,24 @@ FORMATS = ("custom", "plain")
 #: one) and ``postgres``, where the recovery checks connect.
 ALWAYS_KEPT = ("template0", "template1", "postgres")
 FIRST_NORMAL_OID = 16384  # FirstNormalObjectId: below it, catalogs and initdb's objects
+
+
+#: The scratch server's own settings. Recovery to a target pauses there (hot standby) and
+#: pg_dump reads the paused server: no end-of-recovery checkpoint, no restartpoints, no
+#: background writes, so pages that replay rebuilt stay in memory and are thrown away
+#: with the server (a page written into a file left sparse fragments it, and removing a
+#: file of many fragments costs more than writing it whole did: bench/extract.py). Memory
+#: and listening are bounded whatever the source's postgresql.conf says.
+SCRATCH_SETTINGS: dict[str, Any] = {
+    "autovacuum": "off",
+    "hot_standby": "on",
+    "listen_addresses": "127.0.0.1",
+    "shared_buffers": "512MB",
+    "huge_pages": "off",
+    "bgwriter_lru_maxpages": 0,
+    "checkpoint_timeout": "1d",
+    "max_wal_size": "64GB",
+}
 
 
 class ExtractError(PgBackupError):
@@ -394,8 +412,11 @@ class Scratch:
             self.cluster = None
 
     def close(self) -> None:
+        t0 = time.monotonic()
         self.stop()
+        t1 = time.monotonic()
         shutil.rmtree(self.root, ignore_errors=True)
+        LOG.debug("scratch stop %.2fs, rmtree %.2fs", t1 - t0, time.monotonic() - t1)
 
 
 def restore_and_recover(
@@ -407,11 +428,12 @@ def restore_and_recover(
     settings: dict[str, Any],
     expected: dict[str, Any],
     plan: SparsePlan | None,
+    database: str,
 ) -> tuple[dict[str, Any], dict[str, Any], float, float]:
     """Restore (sparse where ``plan`` says) and recover the scratch cluster; returns what
     was restored, the point reached, and the seconds each step took."""
     from pgbackup.drill import _recovery_failure
-    from pgbackup.postgres.cluster import Cluster, free_port
+    from pgbackup.postgres.cluster import Cluster, free_port, hand_over
     from pgbackup.restore import run_restore
     from pgbackup.restore_cli import wait_for_recovery_end
     from pgbackup.untar import SPARSE
@@ -421,6 +443,11 @@ def restore_and_recover(
         shutil.rmtree(data)
     t0 = time.monotonic()
     port = free_port()
+    major = int(info.metadata["server_version_num"]) // 10000
+    cluster = Cluster(data, port, major=major, bin_dir=target.pg_bin_dir)
+    hba = scratch.root / "pg_hba.conf"
+    hba.write_text(scratch_hba(database, str(cluster.conninfo()["user"])))
+    hand_over(hba, cluster.os_user, 0o600)
     token = SPARSE.set(plan)
     try:
         restored = run_restore(
@@ -431,7 +458,7 @@ def restore_and_recover(
             start=False,
             port=port,
             archive=False,
-            recovery_settings={**settings, "autovacuum": "off"},
+            recovery_settings={**settings, **SCRATCH_SETTINGS, "hba_file": str(hba)},
             storage=storage,
         )
     finally:
@@ -449,8 +476,7 @@ def restore_and_recover(
     }
     restore_s = time.monotonic() - t0
     t1 = time.monotonic()
-    major = int(info.metadata["server_version_num"]) // 10000
-    scratch.cluster = Cluster(data, port, major=major, bin_dir=target.pg_bin_dir)
+    scratch.cluster = cluster
     LOG.info("recovering the scratch cluster on port %d", port)
     try:
         scratch.cluster.start()
@@ -459,28 +485,40 @@ def restore_and_recover(
         if reason:
             raise RestoreError(f"recovery stopped before reaching its target: {reason}") from None
         raise
-    recovered = wait_for_recovery_end(expected=expected)(scratch.cluster)
+    action = settings.get("recovery_target_action", "promote")
+    recovered = wait_for_recovery_end(action=action, expected=expected)(scratch.cluster)
     return stats, recovered, restore_s, time.monotonic() - t1
 
 
-def close_sparse_databases(cluster: Any, plan: SparsePlan) -> list[str]:
-    """Databases whose files were left out must never be connected to."""
+def redo_panicked(scratch: Scratch) -> bool:
+    """Did the scratch server's WAL replay PANIC (as opposed to stopping at a target it
+    could not reach, which a whole restore would not change)?"""
+    return scratch.cluster is not None and "PANIC:" in scratch.cluster.log_tail(200)
+
+
+def scratch_hba(database: str, user: str) -> str:
+    """The scratch server's pg_hba.conf: its superuser, from 127.0.0.1, to ``postgres``
+    (recovery checks) and the database dumped; every other database, the ones left
+    sparse among them, refuses connections (a paused server cannot ALTER DATABASE)."""
+    names = '"postgres"' + ("" if database == "postgres" else f',"{database}"')
+    if '"' in database:
+        LOG.warning("database name %r has a double quote: pg_hba.conf cannot name it", database)
+        names = "all"
+    return (
+        "# written by pgbackup extract: its own superuser, its own databases, nothing else\n"
+        f'host {names} "{user}" 127.0.0.1/32 trust\n'
+    )
+
+
+def sparse_database_names(cluster: Any, plan: SparsePlan) -> list[str]:
+    """Databases whose files were left out (pg_hba.conf refuses them)."""
     oids = sorted(plan.sparse_databases_seen())
     if not oids:
         return []
     rows = cluster.sql(
-        f"SELECT datname FROM pg_database WHERE oid IN ({', '.join(map(str, oids))})"
+        f"SELECT datname FROM pg_database WHERE oid IN ({', '.join(map(str, oids))}) ORDER BY 1"
     )
-    names = [str(r[0]) for r in rows]
-    for name in names:
-        cluster.sql(f"ALTER DATABASE {quote_ident(name)} WITH ALLOW_CONNECTIONS false")
-        cluster.sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
-            + "'"
-            + name.replace("'", "''")
-            + "'"
-        )
-    return names
+    return [str(r[0]) for r in rows]
 
 
 def check_objects(cluster: Any, req: Request, when: str) -> None:
@@ -709,7 +747,7 @@ def run_extract(
         target.name,
         kind=kind,
         value=value,
-        action="promote",
+        action="pause",  # read where it stopped: see SCRATCH_SETTINGS
         timeline=None,
         inclusive=req.inclusive,
         until=expected.get("until"),
@@ -726,17 +764,28 @@ def run_extract(
         with interrupts_unwind():
             scratch = Scratch()
             plan = sparse_plan(live, req)
-            stats, recovered, restore_s, recovery_s = restore_and_recover(
-                policy, target, storage, scratch, info, settings, expected, plan
-            )
-            cluster = scratch.cluster
-            closed = close_sparse_databases(cluster, plan) if plan else []
-            why = plan_held(cluster, req, plan) if plan else None
+            t1 = time.monotonic()
+            why: str | None = None
+            try:
+                stats, recovered, restore_s, recovery_s = restore_and_recover(
+                    policy, target, storage, scratch, info, settings, expected, plan, req.database
+                )
+            except PgBackupError as exc:
+                # Replay PANICs on a page left out only when a change came without its
+                # full-page image (full_page_writes = off on the source): restore whole.
+                if not (plan and plan.sparse_members and redo_panicked(scratch)):
+                    raise
+                why = f"recovery with files left out failed ({exc.message})"
+                restore_s, recovery_s = time.monotonic() - t1, 0.0
+            else:
+                cluster = scratch.cluster
+                closed = sparse_database_names(cluster, plan) if plan else []
+                why = plan_held(cluster, req, plan) if plan else None
             if why:
                 LOG.warning("%s: restoring the backup again, whole", why)
                 scratch.stop()
                 stats, recovered, restore_s2, recovery_s2 = restore_and_recover(
-                    policy, target, storage, scratch, info, settings, expected, None
+                    policy, target, storage, scratch, info, settings, expected, None, req.database
                 )
                 restore_s += restore_s2
                 recovery_s += recovery_s2
@@ -850,7 +899,9 @@ def run_extract(
             with contextlib.suppress(OSError):
                 partial.unlink()
         if scratch is not None:
+            t_close = time.monotonic()
             scratch.close()
+            result.timings["cleanup"] = round(time.monotonic() - t_close, 3)
         result.seconds = round(time.monotonic() - t0, 3)
         result.timings["total"] = result.seconds
         repo.record_run(target.name, "extract", result.as_dict())
