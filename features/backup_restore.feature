@@ -85,9 +85,9 @@ Feature: Base backups restore to exactly the data at backup time
     Then the command fails and says "is busy"
     And the repository lists exactly 0 complete backup and no incomplete ones
 
-  Scenario: A server with tablespaces is refused rather than backed up without them
+  Scenario: An in-place tablespace is refused rather than backed up without its files
     Given a sandbox cluster with sample data
-    And the sandbox has a tablespace with a table in it
+    And the sandbox has an in-place tablespace with a table in it
     When I take a backup expecting failure
-    Then the command fails and says "tablespaces"
+    Then the command fails and says "in-place tablespace"
     And the repository lists exactly 0 complete backup and no incomplete ones

@@ -3,8 +3,12 @@
 The server compresses the tar stream (``--compress=server-zstd:LEVEL``; gzip and lz4
 likewise), so the uncompressed stream never crosses a pipe or touches a disk: it is the
 fastest way PostgreSQL offers (see bench/backup.py). pg_basebackup writes
-``base.tar.zst`` (with ``-X fetch`` the WAL that makes the backup consistent is inside,
-so every backup restores on its own) and ``backup_manifest``:
+``base.tar.zst``, one ``<oid>.tar.zst`` per tablespace, ``pg_wal.tar`` and
+``backup_manifest``. The WAL is streamed while the files are copied (``-X stream`` on a
+temporary replication slot, pg_basebackup's own default): with ``-X fetch`` a backup that
+runs longer than the server takes to write ``max_wal_size`` fails at its very end because
+the WAL it needs was recycled. ``pg_wal.tar`` holds the WAL from the backup's start to its
+end, so every backup restores on its own; pgbackup compresses it (``pg_wal.tar.zst``).
 
 - straight into the backup's own directory of a posix repository (fsynced by
   pg_basebackup; nothing is copied), or
@@ -88,7 +92,8 @@ def basebackup_argv(
     spec: CodecSpec,
     workers: int = 0,
 ) -> list[str]:
-    """pg_basebackup writing one tar (WAL inside) and its manifest into ``directory``.
+    """pg_basebackup writing base.tar, a tar per tablespace, pg_wal.tar and the manifest
+    into ``directory``.
 
     No password in argv: libpq takes it from PGPASSWORD or the passfile.
     """
@@ -98,7 +103,7 @@ def basebackup_argv(
         to_dsn(conninfo),
         f"--pgdata={directory}",
         "--format=tar",
-        "--wal-method=fetch",
+        "--wal-method=stream",
         "--checkpoint=fast",
         f"--label={label}",
         "--manifest-checksums=CRC32C",
@@ -125,10 +130,21 @@ def preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
             f"{where}: role {conninfo.get('user')!r} lacks the REPLICATION attribute",
             hint=f"ALTER ROLE {conninfo.get('user')} REPLICATION;",
         )
-    if facts.max_wal_senders < 1:
+    if facts.max_wal_senders < 2:
         raise PostgresError(
-            f"{where}: max_wal_senders is 0; pg_basebackup needs a WAL sender",
+            f"{where}: max_wal_senders is {facts.max_wal_senders}; a backup needs two WAL "
+            "senders (one copies the files, one streams the WAL written meanwhile)",
             hint="ALTER SYSTEM SET max_wal_senders = 10; then restart the server",
+        )
+    in_place = [t for t in facts.tablespaces if not str(t.get("location") or "").startswith("/")]
+    if in_place:
+        names = ", ".join(f"{t['name']} (oid {t['oid']})" for t in in_place)
+        raise PostgresError(
+            f"{where}: in-place tablespace(s) {names}: pg_basebackup skips them without an "
+            "error, so a backup would restore without their files",
+            hint="move their tables to a tablespace with a location (ALTER TABLE ... SET "
+            "TABLESPACE) or to pg_default; in-place tablespaces are a developer setting "
+            "(allow_in_place_tablespaces)",
         )
 
 
@@ -172,21 +188,52 @@ def run_basebackup(argv: list[str], estimated_size: int) -> None:
         raise PostgresError(f"pg_basebackup failed: {detail or f'exit status {rc}'}")
 
 
-def base_file(directory: Path) -> Path:
-    """The one base archive pg_basebackup wrote; anything else (tablespaces) is refused."""
-    found = sorted(directory.glob("base.tar*"))
-    if len(found) != 1:
+def produced_archives(
+    directory: Path, facts: ServerFacts, spec: CodecSpec
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """What pg_basebackup wrote, checked against what the server has.
+
+    Returns object name -> (file, metadata entry): the base archive, ``pg_wal.tar`` and
+    one archive per tablespace the server reports in ``pg_tablespace``. A tablespace
+    without its archive (or an archive the server does not explain) fails the backup:
+    a backup that would restore without a tablespace is never kept.
+    """
+    ext = "base.tar" + suffix(CodecSpec(spec.compression, spec.level))
+    ext = ext[len("base") :]
+    found = {f.name: f for f in directory.iterdir() if f.name != MANIFEST}
+    out: dict[str, tuple[Path, dict[str, Any]]] = {}
+    if "base" + ext not in found:
         raise BackupError(
-            f"pg_basebackup left {len(found)} base archives in {directory}, expected one"
+            f"pg_basebackup wrote {', '.join(sorted(found)) or 'nothing'} in {directory}, "
+            f"not base{ext} (the expected compression)"
         )
-    others = sorted(f.name for f in directory.iterdir() if f != found[0] and f.name != MANIFEST)
-    if others:
+    out["base" + ext] = (found.pop("base" + ext), {"kind": "base"})
+    if "pg_wal.tar" not in found:
+        raise BackupError(f"pg_basebackup wrote no pg_wal.tar in {directory}")
+    out["pg_wal.tar"] = (found.pop("pg_wal.tar"), {"kind": "wal"})
+    for ts in facts.tablespaces:
+        name = f"{ts['oid']}{ext}"
+        if name not in found:
+            raise BackupError(
+                f"tablespace {ts['name']} (oid {ts['oid']}, {ts['location']}) has no archive "
+                f"in the backup ({name} is missing); refusing to keep a backup without it"
+            )
+        out[name] = (
+            found.pop(name),
+            {
+                "kind": "tablespace",
+                "oid": int(ts["oid"]),
+                "name": ts["name"],
+                "location": ts["location"],
+            },
+        )
+    if found:
         raise BackupError(
-            f"the server has tablespaces ({', '.join(others)}); pgbackup backs up only the main "
-            "data directory so far, and will not keep a backup that would restore without them",
-            hint="move the tables to pg_default, or back this server up with pg_basebackup directly",
+            f"pg_basebackup wrote archives the server's pg_tablespace does not explain: "
+            f"{', '.join(sorted(found))} (a tablespace created during the backup?)",
+            hint="run the backup again",
         )
-    return found[0]
+    return out
 
 
 def file_digest(path: Path) -> str:
@@ -210,9 +257,15 @@ def settle_in_repository(storage: PosixStorage, directory: Path) -> None:
 
 
 def upload_staged(
-    storage: Storage, source: Path, key: str, encrypted: bool, recipients_list: list[str] | None
+    storage: Storage,
+    source: Path,
+    key: str,
+    encrypted: bool,
+    recipients_list: list[str] | None,
+    compress: CodecSpec | None = None,
 ) -> dict[str, Any]:
-    """Stream a staged (already compressed) file to storage, encrypting when asked."""
+    """Stream a staged file to storage, encrypting when asked; ``compress`` compresses it
+    on the way (pg_wal.tar, which pg_basebackup writes uncompressed)."""
     digest = hashlib.sha256()
     size = 0
     with storage.open_write(key) as writer:
@@ -223,7 +276,10 @@ def upload_staged(
             size += len(data)
             writer.write(data)
 
-        encoder = Encoder(CodecSpec("none", 0, encrypted), sink, recipients=recipients_list)
+        codec = CodecSpec(compress.compression, compress.level, encrypted) if compress else None
+        encoder = Encoder(
+            codec or CodecSpec("none", 0, encrypted), sink, recipients=recipients_list
+        )
         with open(source, "rb") as f:
             while chunk := f.read(READ_SIZE):
                 encoder.write(chunk)
@@ -326,7 +382,6 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 time.sleep(1)
                 backup_id = new_backup_id()
             prefix = repo.base_prefix(target.name, backup_id)
-            base_name = "base.tar" + suffix(spec)
             manifest_spec = CodecSpec("none", 0, spec.encrypted)
             manifest_name = MANIFEST + suffix(manifest_spec)
             LOG.info(
@@ -351,29 +406,49 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 if side.side == "pgbackup":
                     step = f"compressing with {spec.compression} (the server cannot)"
                     compress_archives(directory, spec, policy.compression.workers or -1)
-                produced = base_file(directory)
+                produced = produced_archives(directory, facts, spec)
                 manifest = (directory / MANIFEST).read_bytes()
-                if produced.name != "base.tar" + suffix(CodecSpec(spec.compression, spec.level)):
-                    raise BackupError(
-                        f"pg_basebackup wrote {produced.name}, not the expected compression"
-                    )
+                objects: dict[str, dict[str, Any]] = {}
+                for name, (path, entry) in produced.items():
+                    if entry["kind"] == "wal" and not (direct and spec.compression == "none"):
+                        # pg_basebackup leaves the streamed WAL uncompressed: compress it
+                        # (and encrypt it) on its way into the repository.
+                        stored_name = "pg_wal.tar" + suffix(spec)
+                        step = f"storing {stored_name}"
+                        obj = upload_staged(
+                            storage,
+                            path,
+                            prefix + stored_name,
+                            spec.encrypted,
+                            recipients_list,
+                            compress=spec,
+                        )
+                        if direct:
+                            path.unlink()
+                        objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
+                    elif direct:
+                        step = f"checking {name}"
+                        objects[name] = {
+                            **entry,
+                            "size": path.stat().st_size,
+                            "sha256": file_digest(path),
+                            "codec": spec.to_dict(),
+                        }
+                    else:
+                        stored_name = name + suffix(CodecSpec("none", 0, spec.encrypted))
+                        step = f"storing {stored_name}"
+                        obj = upload_staged(
+                            storage, path, prefix + stored_name, spec.encrypted, recipients_list
+                        )
+                        objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
                 if direct:
-                    step = f"checking {base_name}"
                     assert isinstance(storage, PosixStorage)
                     settle_in_repository(storage, directory)
-                    base_obj: dict[str, Any] = {
-                        "size": produced.stat().st_size,
-                        "sha256": file_digest(produced),
-                    }
                     manifest_obj = {
                         "size": len(manifest),
                         "sha256": hashlib.sha256(manifest).hexdigest(),
                     }
                 else:
-                    step = f"storing {base_name}"
-                    base_obj = upload_staged(
-                        storage, produced, prefix + base_name, spec.encrypted, recipients_list
-                    )
                     step = "storing backup_manifest"
                     stored = encode_bytes(manifest_spec, manifest, recipients=recipients_list)
                     storage.write_bytes(prefix + manifest_name, stored)
@@ -400,7 +475,7 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 "stop_time": iso(stopped_at),
                 "duration_seconds": round(time.monotonic() - t0, 3),
                 "raw_bytes": m["raw_bytes"],
-                "stored_bytes": base_obj["size"] + manifest_obj["size"],
+                "stored_bytes": sum(o["size"] for o in objects.values()) + manifest_obj["size"],
                 "files": m["files"],
                 "database_size": facts.database_size,
                 "compression": {
@@ -409,8 +484,13 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                     "workers": policy.compression.workers,
                 },
                 "encrypted": spec.encrypted,
+                "source": "standby" if facts.in_recovery else "primary",
+                "tablespaces": [
+                    {"oid": int(t["oid"]), "name": t["name"], "location": t["location"]}
+                    for t in facts.tablespaces
+                ],
                 "objects": {
-                    base_name: {"kind": "base", **base_obj, "codec": spec.to_dict()},
+                    **objects,
                     manifest_name: {
                         "kind": "manifest",
                         **manifest_obj,
@@ -420,7 +500,7 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 "pgbackup_version": __version__,
                 "pg_basebackup": program,
                 "compressed_by": side.as_dict(),
-                "wal_method": "fetch",
+                "wal_method": "stream",
             }
             step = "writing metadata.json"
             repo.write_metadata(target.name, backup_id, metadata)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Any, BinaryIO
 
 from pgbackup.codecs import CodecSpec, open_decoder
 from pgbackup.config import Policy, Target
-from pgbackup.errors import PgBackupError, PostgresError, RestoreError
+from pgbackup.errors import PgBackupError, PostgresError, RestoreError, UsageError
 from pgbackup.postgres.cluster import Cluster, free_port, hand_over, server_os_user
 from pgbackup.repository import BackupInfo, Repository
 from pgbackup.storage import Storage, open_storage
@@ -75,6 +77,66 @@ def base_object(info: BackupInfo) -> tuple[str, dict[str, Any]]:
         if obj.get("kind") == "base":
             return name, obj
     raise RestoreError(f"backup {info.backup_id} metadata names no base object")
+
+
+def archive_objects(info: BackupInfo) -> list[tuple[str, dict[str, Any]]]:
+    """The backup's tar archives in restore order: base, then its WAL, then tablespaces."""
+    order = {"base": 0, "wal": 1, "tablespace": 2}
+    found = [
+        (name, obj) for name, obj in info.metadata["objects"].items() if obj.get("kind") in order
+    ]
+    return sorted(found, key=lambda item: (order[item[1]["kind"]], item[1].get("oid", 0)))
+
+
+def parse_tablespace_map(items: list[str] | None) -> dict[str, str]:
+    """``--tablespace-map NAME=DIR`` (repeatable; NAME may be the OID), pgBackRest's syntax."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, directory = item.partition("=")
+        if not sep or not name.strip() or not directory.strip():
+            raise UsageError(
+                f"--tablespace-map {item!r}: write it NAME=DIR",
+                hint="e.g. --tablespace-map ts1=/srv/ts1",
+            )
+        out[name.strip()] = directory.strip()
+    return out
+
+
+def tablespace_destinations(
+    tablespaces: list[dict[str, Any]],
+    mapping: dict[str, str],
+    map_all: str | None,
+    data_dir: Path,
+) -> dict[int, Path]:
+    """Where each tablespace of the backup goes: ``--tablespace-map`` by name or OID, then
+    ``--tablespace-map-all DIR/<name>``, else its original location. Pure: no I/O."""
+    known = {t["name"] for t in tablespaces} | {str(t["oid"]) for t in tablespaces}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        have = ", ".join(f"{t['name']} (oid {t['oid']})" for t in tablespaces) or "none"
+        raise UsageError(
+            f"--tablespace-map names {', '.join(unknown)}, which the backup does not have "
+            f"(its tablespaces: {have})"
+        )
+    out: dict[int, Path] = {}
+    for t in tablespaces:
+        chosen = mapping.get(t["name"]) or mapping.get(str(t["oid"]))
+        if chosen is None and map_all:
+            chosen = str(Path(map_all) / t["name"])
+        where = Path(chosen or t["location"])
+        if not where.is_absolute():
+            raise UsageError(f"tablespace {t['name']}: {where} is not an absolute path")
+        out[int(t["oid"])] = where
+    targets = [str(d) for d in out.values()]
+    for d in out.values():
+        if targets.count(str(d)) > 1:
+            raise UsageError(f"two tablespaces would be restored into {d}")
+        if d == data_dir or data_dir in d.parents or d in data_dir.parents:
+            raise UsageError(
+                f"tablespace directory {d} overlaps the data directory {data_dir}",
+                hint="give --tablespace-map NAME=DIR outside the data directory",
+            )
+    return out
 
 
 def identities(policy: Policy, info: BackupInfo) -> list[str] | None:
@@ -188,6 +250,35 @@ def recovery_failure(cluster: Any) -> str | None:
     return fatal[-1] if fatal else None
 
 
+def link_tablespaces(directory: Path, destinations: dict[int, Path], os_user: str | None) -> None:
+    """Make ``pg_tblspc/<oid>`` point at each restored tablespace and drop
+    ``tablespace_map``, so the server starts on the links as they are."""
+    if not destinations:
+        return
+    links = directory / "pg_tblspc"
+    links.mkdir(exist_ok=True)
+    for oid, where in destinations.items():
+        link = links / str(oid)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(where, link)
+        hand_over(where, os_user, 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        (directory / "tablespace_map").unlink()
+
+
+def independent_or_standby(directory: Path, standby: bool, info: BackupInfo) -> None:
+    """A restored cluster is a primary unless a standby was asked for: a standby.signal
+    carried over from the source is removed (``--standby`` writes its own)."""
+    for signal_file in ("standby.signal", "recovery.signal"):
+        path = directory / signal_file
+        if path.exists():
+            LOG.info(
+                "removing %s carried over from the source of backup %s", signal_file, info.backup_id
+            )
+            path.unlink()
+
+
 MINIMAL_CONF = """# written by pgbackup restore: the backup carried no postgresql.conf
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
@@ -207,43 +298,77 @@ def run_restore(
     recovery_settings: dict[str, Any] | None = None,
     storage: Storage | None = None,
     wait_for_recovery: Any = None,
+    tablespace_map: dict[str, str] | None = None,
+    tablespace_map_all: str | None = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
 ) -> RestoreResult:
-    """Restore ``backup_id`` (or the newest) of ``target`` into ``directory``."""
+    """Restore ``backup_id`` (or the newest) of ``target`` into ``directory``.
+
+    Tablespaces go to their original locations, or where ``tablespace_map`` (name or
+    OID -> directory) and ``tablespace_map_all`` say; pgbackup makes the ``pg_tblspc``
+    links itself and removes ``tablespace_map``, so the server never relocates anything
+    (a server started on a ``tablespace_map`` recreates the original links). A restored
+    cluster is an independent primary unless ``standby`` is asked for: a backup taken
+    from a standby loses its ``standby.signal`` and ``primary_conninfo``.
+    """
     t0 = time.monotonic()
     storage = storage or open_storage(policy.repository)
     repo = Repository(storage)
     info = repo.find_backup(target.name, backup_id)
-    name, obj = base_object(info)
-    spec = CodecSpec.from_dict(obj["codec"])
+    base_object(info)  # a clear error for metadata without one
     identity_list = identities(policy, info)
     directory = directory.absolute()
+    tablespaces = list(info.metadata.get("tablespaces") or [])
+    destinations = tablespace_destinations(
+        tablespaces, tablespace_map or {}, tablespace_map_all, directory
+    )
     check_destination(directory, force)
+    for where in destinations.values():
+        check_destination(where, force)  # before anything is written
     os_user = server_os_user()
     directory.mkdir(parents=True, exist_ok=True)
     hand_over(directory, os_user, 0o700)
-    key = repo.base_prefix(target.name, info.backup_id) + name
+    prefix = repo.base_prefix(target.name, info.backup_id)
     LOG.info("restoring backup %s of %s into %s", info.backup_id, target.name, directory)
+    written: list[Path] = [directory]
+    stored = 0
     try:
-        stored = extract(
-            storage,
-            key,
-            spec,
-            identity_list,
-            directory,
-            {**obj, "raw_bytes": info.metadata.get("raw_bytes", 0)},
-        )
+        for name, obj in archive_objects(info):
+            where = directory
+            if obj["kind"] == "wal":
+                where = directory / "pg_wal"
+            elif obj["kind"] == "tablespace":
+                where = destinations[int(obj["oid"])]
+                where.mkdir(parents=True, exist_ok=True)
+                written.append(where)
+            where.mkdir(parents=True, exist_ok=True)
+            stored += extract(
+                storage,
+                prefix + name,
+                CodecSpec.from_dict(obj["codec"]),
+                identity_list,
+                where,
+                {
+                    **obj,
+                    "raw_bytes": info.metadata.get("raw_bytes", 0) if obj["kind"] == "base" else 0,
+                },
+            )
+            if obj["kind"] == "base" and not (directory / "PG_VERSION").exists():
+                raise RestoreError(f"{prefix + name} did not contain a PostgreSQL data directory")
+        link_tablespaces(directory, destinations, os_user)
         raw = int(info.metadata.get("raw_bytes", 0))
-        if not (directory / "PG_VERSION").exists():
-            raise RestoreError(f"{key} did not contain a PostgreSQL data directory")
     except BaseException:
-        with contextlib.suppress(OSError):
-            empty_directory(directory)
+        for d in written:
+            with contextlib.suppress(OSError):
+                empty_directory(d)
         LOG.error(
             "restore of %s into %s failed; the directory was emptied again",
             info.backup_id,
             directory,
         )
         raise
+    independent_or_standby(directory, standby, info)
     settings: dict[str, Any] = {}
     if not (directory / "postgresql.conf").exists():
         (directory / "postgresql.conf").write_text(MINIMAL_CONF)
@@ -255,9 +380,18 @@ def run_restore(
     cluster = Cluster(
         directory, port or 0, os_user=os_user, major=info.metadata["server_version_num"] // 10000
     )
-    if recovery_settings:
+    if standby:
+        settings.update(recovery_settings or {})
+        if primary_conninfo:
+            settings["primary_conninfo"] = primary_conninfo
+        (directory / "standby.signal").write_text("")
+    elif recovery_settings:
         settings.update(recovery_settings)
         (directory / "recovery.signal").write_text("")
+    if info.metadata.get("source") == "standby" and not standby:
+        # The source's replication settings must not make the restored cluster follow it.
+        settings.setdefault("primary_conninfo", "")
+        settings.setdefault("primary_slot_name", "")
     if settings:
         cluster.configure(settings)
     hand_over(directory, os_user, 0o700)
@@ -282,18 +416,30 @@ def run_restore(
             reason = recovery_failure(cluster) if recovery_settings else None
             with contextlib.suppress(Exception):
                 cluster.stop("immediate")
-            with contextlib.suppress(OSError):
-                empty_directory(directory)
+            for d in written:  # the data directory and the tablespaces restored
+                with contextlib.suppress(OSError):
+                    empty_directory(d)
             LOG.error(
                 "recovery of %s into %s failed; the directory was emptied",
                 info.backup_id,
                 directory,
             )
             if isinstance(exc, PostgresError) and reason:
+                hint = (
+                    "the archive misses or cannot deliver a file (pgbackup verify --wal); "
+                    f"see {cluster.log_file}"
+                )
+                missing = re.search(r'directory "([^"]+)" does not exist', reason)
+                if missing:
+                    # CREATE TABLESPACE after the backup: its redo uses the path in the
+                    # WAL record and requires it to exist (tablespace.c, in recovery).
+                    hint = (
+                        f"a tablespace created after the backup is replayed into its original "
+                        f"location {missing.group(1)}: create it (empty, owned by the server's "
+                        "OS user) and restore again, or restore to a point before it was created"
+                    )
                 raise RestoreError(
-                    f"recovery stopped before reaching its target: {reason}",
-                    hint=f"the archive misses or cannot deliver a file (pgbackup verify --wal); "
-                    f"see {cluster.log_file}",
+                    f"recovery stopped before reaching its target: {reason}", hint=hint
                 ) from None
             raise
     result.seconds = round(time.monotonic() - t0, 3)

@@ -362,7 +362,14 @@ def restore_command(
     exclusive: bool,
     archive: bool,
     from_upload: str | None,
+    tablespace_map: list[str] | None = None,
+    tablespace_map_all: str | None = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
 ) -> RestoreResult:
+    from pgbackup.restore import parse_tablespace_map
+
+    mapping = parse_tablespace_map(tablespace_map)
     recovery_kind: str | None = None
     if target in RECOVERY_KEYWORDS:
         recovery_kind, target = target, None
@@ -417,6 +424,16 @@ def restore_command(
         raise UsageError(f"--target-timeline {target_timeline!r}: 'latest', 'current' or a number")
     if recovery_kind is None and (target_action or target_timeline or exclusive):
         raise UsageError("--target-action/--target-timeline/--exclusive need a recovery target")
+    if standby and recovery_kind not in (None, "latest"):
+        raise UsageError(
+            "--standby follows the archive (and the primary) without end; it takes no "
+            "recovery target",
+            hint="leave out --target-time/--target-lsn/--target-xid/--target-name",
+        )
+    if primary_conninfo and not standby:
+        raise UsageError("--primary-conninfo makes sense only with --standby")
+    if standby and from_upload:
+        raise UsageError("--standby reads WAL from the repository; leave out --from")
 
     storage = open_storage(policy.repository)
     if from_upload:
@@ -428,6 +445,20 @@ def restore_command(
         value = resolve_target_time(repo, policy_target.name, value)
     wanted_tli = int(target_timeline) if target_timeline and target_timeline.isdigit() else None
     info = choose_backup(repo, policy_target.name, backup, recovery_kind, value)
+    if standby:
+        return restore_standby(
+            policy,
+            policy_target,
+            info,
+            to,
+            storage=storage,
+            force=force,
+            start=start,
+            port=port,
+            primary_conninfo=primary_conninfo,
+            tablespace_map=mapping,
+            tablespace_map_all=tablespace_map_all,
+        )
     expected = check_chain(
         policy,
         repo,
@@ -470,4 +501,71 @@ def restore_command(
         wait_for_recovery=wait_for_recovery_end(action=action, expected=expected)
         if (start and recovery_kind)
         else None,
+        tablespace_map=mapping,
+        tablespace_map_all=tablespace_map_all,
+    )
+
+
+def restore_standby(
+    policy: Any,
+    target: Any,
+    info: BackupInfo,
+    to: Path,
+    *,
+    storage: Any,
+    force: bool,
+    start: bool,
+    port: int | None,
+    primary_conninfo: str | None,
+    tablespace_map: dict[str, str],
+    tablespace_map_all: str | None,
+) -> RestoreResult:
+    """A standby built from the repository (pgBackRest's ``--type=standby``): the backup,
+    ``standby.signal``, restore_command through wal-fetch and, when given, a primary to
+    stream from; it replays the archive and follows the newest timeline without end."""
+    from pgbackup.wal import reachable
+
+    reach = reachable(policy, storage, target.name, info.metadata)
+    if reach.get("gap"):
+        LOG.warning(
+            "the WAL archive of %r has a gap at %s: the standby will wait there until the "
+            "file appears or its primary streams past it",
+            target.name,
+            reach["gap"],
+        )
+    settings = recovery_settings(
+        policy,
+        target.name,
+        kind="latest",
+        value=None,
+        action="promote",
+        timeline="latest",
+        inclusive=True,
+    )
+
+    def standby_ready(cluster: Any) -> dict[str, Any]:
+        row = cluster.sql(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+            "(SELECT count(*) FROM pg_stat_wal_receiver)"
+        )[0]
+        if not row[0]:
+            raise RestoreError("the restored standby is not in recovery")
+        return {"state": "standby", "last_replay_lsn": row[1], "wal_receivers": row[2]}
+
+    return run_restore(
+        policy,
+        target,
+        info.backup_id,
+        to,
+        force=force,
+        start=start,
+        port=port,
+        archive=True,
+        recovery_settings=settings,
+        storage=storage,
+        wait_for_recovery=standby_ready if start else None,
+        tablespace_map=tablespace_map,
+        tablespace_map_all=tablespace_map_all,
+        standby=True,
+        primary_conninfo=primary_conninfo,
     )

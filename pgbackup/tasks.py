@@ -309,10 +309,14 @@ RESTORE_HELP = {
     "no_archive": "turn archive_mode off in the restored cluster (scratch copies)",
     "from": "restore from this upload destination instead of the repository",
     "json": "machine-readable output",
+    "tablespace_map": "NAME=DIR (repeatable; NAME or OID): restore that tablespace into DIR",
+    "tablespace_map_all": "restore every tablespace into DIR/<name>",
+    "standby": "build a standby: standby.signal, WAL from the repository (and --primary-conninfo)",
+    "primary_conninfo": "with --standby: the primary to stream from (libpq conninfo)",
 }
 
 
-@task(help=RESTORE_HELP)
+@task(help=RESTORE_HELP, iterable=["tablespace_map"])
 @command
 def restore(
     c: Any,
@@ -334,6 +338,10 @@ def restore(
     no_archive: bool = False,
     from_: str | None = None,
     json_: bool = False,
+    tablespace_map: list[str] | None = None,
+    tablespace_map_all: str | None = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
 ) -> None:
     """Restore a backup into --to DIR, optionally to a point in time (PITR)."""
     from pgbackup.restore_cli import restore_command
@@ -361,6 +369,10 @@ def restore(
         exclusive=exclusive,
         archive=not no_archive,
         from_upload=from_,
+        tablespace_map=tablespace_map,
+        tablespace_map_all=tablespace_map_all,
+        standby=standby,
+        primary_conninfo=primary_conninfo,
     )
     if json_:
         emit_json(result.as_dict())

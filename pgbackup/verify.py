@@ -22,7 +22,7 @@ from pgbackup.config import Policy, Target
 from pgbackup.errors import PgBackupError
 from pgbackup.lsn import parse_lsn, segment_name
 from pgbackup.repository import BackupInfo, Repository
-from pgbackup.restore import HashingReader, base_object, identities
+from pgbackup.restore import HashingReader, archive_objects, identities
 from pgbackup.ui import LOG, LOG_FILE_ONLY, progress
 
 READ_SIZE = 1 << 20
@@ -112,17 +112,66 @@ def verify_backup(policy: Policy, repo: Repository, info: BackupInfo) -> VerifyR
         manifest = json.loads(raw)
     if manifest is None:
         report.fail("backup_manifest missing or unusable; files cannot be checked")
-    # 2. The base tar, streamed.
-    name, obj = base_object(info)
-    key = prefix + name
+    # 2. Every tar archive (base, its WAL, each tablespace), streamed.
     expected = {f["Path"]: f for f in (manifest or {}).get("Files", [])}
     seen: set[str] = set()
     wal_seen: set[str] = set()
+    readable = True
+    for name, obj in archive_objects(info):
+        if obj["kind"] == "wal":
+            where = "pg_wal/"
+        elif obj["kind"] == "tablespace":
+            where = f"pg_tblspc/{obj['oid']}/"
+        else:
+            where = ""
+        readable &= check_archive(
+            repo,
+            prefix + name,
+            name,
+            obj,
+            where,
+            identity_list,
+            meta,
+            manifest,
+            expected,
+            seen,
+            wal_seen,
+            report,
+        )
+    if not readable:
+        return report
+    for path in sorted(set(expected) - seen):
+        report.fail(f"{path}: listed in backup_manifest but missing from the backup")
+    if manifest is not None:
+        seg_size = int(meta.get("wal_segment_size", 16 * 1024 * 1024))
+        for seg in needed_wal(manifest, seg_size):
+            if seg not in wal_seen:
+                report.fail(f"pg_wal/{seg}: WAL needed for consistency is missing from the backup")
+    return report
+
+
+def check_archive(
+    repo: Repository,
+    key: str,
+    name: str,
+    obj: dict[str, Any],
+    where: str,
+    identity_list: list[str] | None,
+    meta: dict[str, Any],
+    manifest: dict[str, Any] | None,
+    expected: dict[str, Any],
+    seen: set[str],
+    wal_seen: set[str],
+    report: VerifyReport,
+) -> bool:
+    """One stored tar archive: its sha256, then each file against the manifest (paths
+    inside it are relative to ``where`` in the data directory). False if unreadable."""
     try:
         source = HashingReader(repo.storage.open_read(key))
     except PgBackupError as exc:
         report.fail(f"{name}: {exc.message}")
-        return report
+        return False
+    total = int(meta.get("raw_bytes", 0)) if obj["kind"] == "base" else None
     try:
         with (
             contextlib.closing(source),
@@ -132,11 +181,12 @@ def verify_backup(policy: Policy, repo: Repository, info: BackupInfo) -> VerifyR
                 identities=identity_list,
                 what=name,
             ) as decoded,
-            progress(f"verify {info.backup_id}", int(meta.get("raw_bytes", 0)) or None) as bar,
+            progress(f"verify {info_label(meta)} {name}", total or None) as bar,
             tarfile.open(fileobj=decoded, mode="r|") as tar,
         ):
             for member in tar:
-                path = member.name[2:] if member.name.startswith("./") else member.name
+                inner = member.name[2:] if member.name.startswith("./") else member.name
+                path = where + inner
                 if not member.isfile():
                     continue
                 if path.startswith("pg_wal/"):
@@ -157,7 +207,7 @@ def verify_backup(policy: Policy, repo: Repository, info: BackupInfo) -> VerifyR
                     continue
                 entry = expected.get(path)
                 if entry is None:
-                    # WAL fetched into pg_wal/ is checked by name below, not by the manifest.
+                    # WAL in pg_wal/ is checked by name below, not by the manifest.
                     if not path.startswith("pg_wal/"):
                         report.fail(f"{path}: in the backup but not in backup_manifest")
                     continue
@@ -176,21 +226,17 @@ def verify_backup(policy: Policy, repo: Repository, info: BackupInfo) -> VerifyR
                 pass
     except (tarfile.TarError, EOFError) as exc:
         report.fail(f"{name}: the tar stream is damaged ({exc})")
+        return False
     except PgBackupError as exc:
         report.fail(f"{name}: {exc.message}")
-    else:
-        if source.sha256.hexdigest() != obj["sha256"] or source.count != obj["size"]:
-            report.fail(f"{name}: stored object does not match its sha256 in metadata.json")
-        for path in sorted(set(expected) - seen):
-            report.fail(f"{path}: listed in backup_manifest but missing from the backup")
-        if manifest is not None:
-            seg_size = int(meta.get("wal_segment_size", 16 * 1024 * 1024))
-            for seg in needed_wal(manifest, seg_size):
-                if seg not in wal_seen:
-                    report.fail(
-                        f"pg_wal/{seg}: WAL needed for consistency is missing from the backup"
-                    )
-    return report
+        return False
+    if source.sha256.hexdigest() != obj["sha256"] or source.count != obj["size"]:
+        report.fail(f"{name}: stored object does not match its sha256 in metadata.json")
+    return True
+
+
+def info_label(meta: dict[str, Any]) -> str:
+    return str(meta.get("backup_id", ""))
 
 
 def run_verify(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -94,6 +95,9 @@ class ServerFacts:
     #: The server's TimeZone: the zone in which PostgreSQL reads a recovery_target_time
     #: written without one (psql runs without PGTZ, so the client cannot override it).
     timezone: str | None = None
+    #: The server's own tablespaces (not pg_default/pg_global): oid, name, location. What
+    #: a backup must hold comes from here, not from the archives pg_basebackup wrote.
+    tablespaces: tuple[dict[str, Any], ...] = ()
 
     @property
     def major(self) -> int:
@@ -126,6 +130,9 @@ FACTS_SQL = (
     + _setting("max_wal_senders")
     + ", (SELECT sum(pg_database_size(oid)) FROM pg_database)"
     ", current_setting('TimeZone')"
+    ", (SELECT coalesce(json_agg(json_build_object('oid', oid, 'name', spcname, "
+    "'location', pg_tablespace_location(oid)) ORDER BY oid), '[]') FROM pg_tablespace "
+    "WHERE spcname NOT IN ('pg_default', 'pg_global'))"
 )
 
 
@@ -189,7 +196,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
             "a superuser or a role in pg_monitor can",
         )
     rows = list(csv.reader(io.StringIO(out)))
-    if len(rows) != 1 or len(rows[0]) != 15:
+    if len(rows) != 1 or len(rows[0]) != 16:
         raise PostgresError(f"{describe(conninfo)}: unexpected answer from psql: {out[:200]!r}")
     (
         version_num,
@@ -207,6 +214,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
         max_wal_senders,
         database_size,
         timezone,
+        tablespaces,
     ) = rows[0]
     return ServerFacts(
         version_num=int(version_num),
@@ -224,6 +232,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
         max_wal_senders=int(max_wal_senders or 0),
         database_size=int(database_size or 0),
         timezone=timezone or None,
+        tablespaces=tuple(json.loads(tablespaces or "[]")),
     )
 
 

@@ -1,0 +1,225 @@
+"""Steps for tablespaces.feature."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from harness import Harness, restore_and_start, switch_and_wait_archived
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from pgbackup.postgres.cluster import Cluster, hand_over
+
+scenarios("tablespaces.feature")
+
+
+def make_tablespace(h: Harness, cluster: Cluster, name: str, rows: int) -> Path:
+    location = h.root / f"ts-{name}"
+    location.mkdir()
+    hand_over(location, cluster.os_user, 0o700)
+    cluster.sql(f"CREATE TABLESPACE {name} LOCATION '{location}'")
+    cluster.sql(
+        f"CREATE TABLE in_{name} (id int, payload text) TABLESPACE {name}", dbname="platform"
+    )
+    cluster.sql(
+        f"INSERT INTO in_{name} SELECT g, md5(g::text) FROM generate_series(1, {rows}) g",
+        dbname="platform",
+    )
+    return location
+
+
+@given(parsers.parse('the sandbox has a tablespace "{name}" with {rows:d} rows in a table in it'))
+def sandbox_tablespace(h: Harness, ctx: dict[str, Any], name: str, rows: int) -> None:
+    cluster = h.sandbox()
+    ctx.setdefault("locations", {})[name] = make_tablespace(h, cluster, name, rows)
+    ctx.setdefault("sums", {})[name] = table_sum(cluster, name)
+
+
+def table_sum(cluster: Cluster, name: str) -> tuple[int, str]:
+    row = cluster.sql(
+        f"SELECT count(*), md5(string_agg(payload, ',' ORDER BY id)) FROM in_{name}",
+        dbname="platform",
+    )[0]
+    return int(row[0]), str(row[1])
+
+
+@given("the source server is gone and its tablespace directory with it")
+@given("the source server is gone and both tablespace directories with it")
+def host_lost(h: Harness, ctx: dict[str, Any]) -> None:
+    h.sandbox().stop("fast")
+    for location in ctx["locations"].values():
+        shutil.move(location, str(location) + ".lost")
+
+
+@given("a byte of the tablespace's stored archive is flipped")
+def flip_tablespace_archive(h: Harness, ctx: dict[str, Any]) -> None:
+    backup = h.backups()[-1]["backup_id"]
+    meta = json.loads((h.repo / "platform" / "base" / backup / "metadata.json").read_text())
+    name = next(n for n, o in meta["objects"].items() if o["kind"] == "tablespace")
+    path = h.repo / "platform" / "base" / backup / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+    ctx["flipped"] = name
+
+
+@given(
+    parsers.parse('a tablespace "{name}" created after the backup holds {rows:d} rows, archived')
+)
+def later_tablespace(h: Harness, ctx: dict[str, Any], name: str, rows: int) -> None:
+    cluster = h.sandbox()
+    ctx["locations"][name] = make_tablespace(h, cluster, name, rows)
+    ctx["sums"][name] = table_sum(cluster, name)
+    switch_and_wait_archived(cluster)
+
+
+@when("I restore with --tablespace-map extra=<a new directory> and start it")
+def restore_mapped(h: Harness, ctx: dict[str, Any]) -> None:
+    ctx["mapped"] = h.root / "mapped-extra"
+    restore_and_start(h, ctx, h.root / "restored", "--tablespace-map", f"extra={ctx['mapped']}")
+
+
+@when("I restore with --tablespace-map extra=<a new directory> expecting failure")
+def restore_mapped_fails(h: Harness, ctx: dict[str, Any]) -> None:
+    ctx["mapped"] = h.root / "mapped-extra"
+    restore_and_start(
+        h,
+        ctx,
+        h.root / "restored",
+        "--tablespace-map",
+        f"extra={ctx['mapped']}",
+        expect_ok=False,
+    )
+
+
+@when("I restore the latest backup into a new directory expecting failure")
+def restore_fails(h: Harness, ctx: dict[str, Any]) -> None:
+    restore_and_start(h, ctx, h.root / "restored", expect_ok=False)
+
+
+@when("I restore to the latest point with --tablespace-map-all <a new directory> and start it")
+def restore_latest_all(h: Harness, ctx: dict[str, Any]) -> None:
+    restore_latest_all_maybe(h, ctx, True)
+
+
+@when("I restore to the latest point with --tablespace-map-all <a new directory> expecting failure")
+def restore_latest_all_fails(h: Harness, ctx: dict[str, Any]) -> None:
+    restore_latest_all_maybe(h, ctx, False)
+
+
+def restore_latest_all_maybe(h: Harness, ctx: dict[str, Any], ok: bool) -> None:
+    ctx["mapped"] = h.root / "all-ts"
+    restore_and_start(
+        h,
+        ctx,
+        h.root / "restored",
+        "--target",
+        "latest",
+        "--tablespace-map-all",
+        str(ctx["mapped"]),
+        expect_ok=ok,
+    )
+
+
+@then(parsers.parse('the message names the original location of "{name}" and says to create it'))
+def names_location(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    assert h.last is not None and h.last.returncode != 0
+    text = h.last.stderr
+    assert str(ctx["locations"][name]) in text and "create" in text, text
+    assert "Traceback" not in text
+
+
+@when(parsers.parse('the original directory of "{name}" is created empty for the server'))
+def create_original(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    location = ctx["locations"][name]
+    location.mkdir()
+    hand_over(location, h.sandbox().os_user, 0o700)
+
+
+def restored(ctx: dict[str, Any]) -> Cluster:
+    directory, port = ctx["restored"]
+    return Cluster(directory, port)
+
+
+@then(parsers.parse('the restored table in "{name}" has the same {rows:d} rows'))
+def same_rows(ctx: dict[str, Any], name: str, rows: int) -> None:
+    got = table_sum(restored(ctx), name)
+    assert got == ctx["sums"][name] and got[0] == rows, (got, ctx["sums"][name])
+
+
+@then('the backup\'s metadata lists tablespace "extra" with its location')
+def metadata_lists(h: Harness, ctx: dict[str, Any]) -> None:
+    backup = h.backups()[-1]["backup_id"]
+    meta = json.loads((h.repo / "platform" / "base" / backup / "metadata.json").read_text())
+    assert [(t["name"], t["location"]) for t in meta["tablespaces"]] == [
+        ("extra", str(ctx["locations"]["extra"]))
+    ]
+    kinds = sorted(o["kind"] for o in meta["objects"].values())
+    assert kinds == ["base", "manifest", "tablespace", "wal"], kinds
+    ctx["meta"] = meta
+
+
+@then("verify checks the tablespace's files against the manifest")
+def verify_tablespace(h: Harness, ctx: dict[str, Any]) -> None:
+    report = h.json("verify")["platform"]["backups"][0]
+    assert report["ok"] is True, report
+    manifest = json.loads(
+        (h.repo / "platform" / "base" / ctx["meta"]["backup_id"] / "backup_manifest").read_text()
+    )
+    in_tablespace = [f for f in manifest["Files"] if f["Path"].startswith("pg_tblspc/")]
+    assert in_tablespace, "the manifest lists no tablespace files"
+    assert report["files_checked"] == len(manifest["Files"]), report
+
+
+@then("pg_tblspc links to the new directory and no tablespace_map is left")
+def links_mapped(ctx: dict[str, Any]) -> None:
+    directory, _port = ctx["restored"]
+    links = list((directory / "pg_tblspc").iterdir())
+    assert [os.readlink(link) for link in links] == [str(ctx["mapped"])], links
+    assert not (directory / "tablespace_map").exists()
+    assert any(ctx["mapped"].iterdir())
+
+
+@then("pg_tblspc links to the original location")
+def links_original(ctx: dict[str, Any]) -> None:
+    directory, _port = ctx["restored"]
+    links = list((directory / "pg_tblspc").iterdir())
+    assert [os.readlink(link) for link in links] == [str(ctx["locations"]["extra"])]
+
+
+@then("nothing was restored into the new directory")
+def nothing_restored(ctx: dict[str, Any]) -> None:
+    directory, _port = ctx["restored"]
+    assert not directory.exists() or not any(directory.iterdir())
+
+
+@then("verify names the tablespace's archive")
+def verify_names(h: Harness, ctx: dict[str, Any]) -> None:
+    proc = h.run("verify", expect_ok=False)
+    assert ctx["flipped"] in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+@then("nothing was restored into the new directory or the mapped one")
+def nothing_anywhere(ctx: dict[str, Any]) -> None:
+    directory, _port = ctx["restored"]
+    for d in (directory, ctx["mapped"]):
+        assert not d.exists() or not any(d.iterdir()), d
+
+
+@then(
+    parsers.parse(
+        'the table in "{name}" has {rows:d} rows, replayed into the original location of "{name2}"'
+    )
+)
+def replayed_original(ctx: dict[str, Any], name: str, rows: int, name2: str) -> None:
+    assert table_sum(restored(ctx), name) == ctx["sums"][name]
+    directory, _port = ctx["restored"]
+    cluster = restored(ctx)
+    oid = cluster.sql(f"SELECT oid FROM pg_tablespace WHERE spcname = '{name}'")[0][0]
+    link = directory / "pg_tblspc" / str(oid)
+    # PostgreSQL's CREATE TABLESPACE redo uses the path in the WAL record: the original.
+    assert os.readlink(link) == str(ctx["locations"][name2]), os.readlink(link)
+    assert any(ctx["locations"][name2].iterdir())
