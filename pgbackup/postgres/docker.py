@@ -206,6 +206,9 @@ class DockerCluster(SqlAccess):
         self._hand_over()
         uid, gid = self.image_ids()
         self.remove()
+        if self.name:  # a container of that name left by a killed run
+            with contextlib.suppress(Exception):
+                client.containers.get(self.name).remove(force=True)
         argv = ["-D", str(self.data_dir), "-c", f"port={self.port}"]
         argv += ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]
         try:
