@@ -41,6 +41,7 @@ class RestoreResult:
     port: int | None = None
     started: bool = False
     recovery: dict[str, Any] = field(default_factory=dict)
+    delta: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -199,8 +200,10 @@ def extract(
     identity_list: list[str] | None,
     directory: Path,
     expected: dict[str, Any],
-) -> int:
-    """Stream the stored object into the data directory; returns the stored bytes read.
+    keep: Any = None,
+) -> tuple[int, int]:
+    """Stream the stored object into the data directory; returns the stored bytes read
+    and the bytes written (less than the content when ``keep`` spared files).
 
     Decoding happens in this process (python-zstandard, age), the tar stream is written by
     parallel writers that fsync each file (:mod:`pgbackup.untar`). The sha256 of the stored
@@ -210,13 +213,14 @@ def extract(
 
     source = HashingReader(storage.open_read(key))
     problem: PgBackupError | None = None
+    written = 0
     with (
         contextlib.closing(source),
         open_decoder(source, spec, identities=identity_list, what=key) as decoded,  # type: ignore[arg-type]
         progress("restore", int(expected.get("raw_bytes", 0)) or None) as bar,
     ):
         try:
-            untar.extract(decoded, directory, on_bytes=bar.advance)  # type: ignore[arg-type]
+            written = untar.extract(decoded, directory, on_bytes=bar.advance, keep=keep)  # type: ignore[arg-type]
         except PgBackupError as exc:
             problem = exc  # the checksum verdict comes first
         # Drain what the tar stream did not need, so the checksum covers every byte.
@@ -230,7 +234,7 @@ def extract(
         )
     if problem is not None:
         raise RestoreError(f"cannot restore {key}: {problem.message}", hint=problem.hint)
-    return source.count
+    return source.count, written
 
 
 def recovery_failure(cluster: Any) -> str | None:
@@ -248,6 +252,115 @@ def recovery_failure(cluster: Any) -> str | None:
     if fatal and ours:
         return f"{fatal[-1]}: {ours[-1]}"
     return fatal[-1] if fatal else None
+
+
+@dataclass
+class DeltaPlan:
+    """What a delta restore keeps, and what it removed before writing."""
+
+    keep: set[str] = field(default_factory=set)
+    reused_bytes: int = 0
+    removed_files: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "kept_files": len(self.keep),
+            "reused_bytes": self.reused_bytes,
+            "removed_files": self.removed_files,
+        }
+
+
+def read_manifest(
+    storage: Storage, prefix: str, info: BackupInfo, identity_list: list[str] | None
+) -> dict[str, Any]:
+    """The backup's own backup_manifest (decoded), as PostgreSQL wrote it."""
+    import json
+
+    from pgbackup.codecs import decode_bytes
+
+    for name, obj in info.metadata["objects"].items():
+        if obj.get("kind") == "manifest":
+            stored = storage.read_bytes(prefix + name)
+            if hashlib.sha256(stored).hexdigest() != obj["sha256"]:
+                raise RestoreError(f"{name} does not match its checksum; the backup is damaged")
+            raw = decode_bytes(
+                CodecSpec.from_dict(obj["codec"]), stored, identities=identity_list, what=name
+            )
+            return dict(json.loads(raw))
+    raise RestoreError(f"backup {info.backup_id} has no backup_manifest; --delta needs one")
+
+
+def manifest_path_on_disk(path: str, directory: Path, destinations: dict[int, Path]) -> Path:
+    """Where a manifest path (relative to the data directory) lives on disk: tablespace
+    files (``pg_tblspc/<oid>/...``) under their restore destinations."""
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "pg_tblspc" and parts[1].isdigit():
+        where = destinations.get(int(parts[1]))
+        if where is not None:
+            return where.joinpath(*parts[2:])
+    return directory.joinpath(*parts)
+
+
+def plan_delta(
+    directory: Path, destinations: dict[int, Path], manifest: dict[str, Any]
+) -> DeltaPlan:
+    """Keep every file whose size and CRC32C equal the manifest's; remove every other
+    file (and link) the backup does not have, pg_wal's content included (stale WAL must
+    never be replayed). Files kept are not written again."""
+    import crc32c
+
+    plan = DeltaPlan()
+    wanted: dict[Path, dict[str, Any]] = {}
+    for entry in manifest.get("Files", []):
+        wanted[manifest_path_on_disk(entry["Path"], directory, destinations)] = entry
+    for on_disk, entry in wanted.items():
+        try:
+            if on_disk.is_symlink() or not on_disk.is_file():
+                continue
+            if on_disk.stat().st_size != int(entry["Size"]):
+                continue  # truncated or grown: rewritten
+            if entry.get("Checksum-Algorithm") != "CRC32C":
+                continue  # nothing to compare with: rewritten
+            crc = 0
+            with open(on_disk, "rb") as f:
+                while chunk := f.read(READ_SIZE):
+                    crc = crc32c.crc32c(chunk, crc)
+            if crc.to_bytes(4, "little").hex() != entry["Checksum"]:
+                continue  # right size, wrong content: rewritten
+        except OSError:
+            continue
+        plan.keep.add(entry["Path"])
+        plan.reused_bytes += int(entry["Size"])
+    keep_on_disk = {manifest_path_on_disk(p, directory, destinations) for p in plan.keep}
+    for root in [directory, *destinations.values()]:
+        if not root.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            base = Path(dirpath)
+            for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
+                path = base / name
+                if path not in keep_on_disk:
+                    path.unlink()
+                    plan.removed_files += 1
+    return plan
+
+
+def check_delta_destination(directory: Path) -> None:
+    """--delta writes into an existing, STOPPED data directory of PostgreSQL's."""
+    if not (directory / "PG_VERSION").is_file():
+        raise RestoreError(
+            f"{directory} holds no PostgreSQL data directory; --delta restores over an "
+            "existing copy",
+            hint="leave out --delta to restore into an empty or new directory",
+        )
+    if (directory / "postmaster.pid").exists():
+        probe = Cluster(directory, 0, os_user=server_os_user() or "")
+        if probe.is_running():
+            raise RestoreError(
+                f"a PostgreSQL server (pid {probe.postmaster_pid()}) is running on {directory}; "
+                "a delta restore never writes under a running server",
+                hint=f"stop it first: pg_ctl -D {directory} stop",
+            )
 
 
 def link_tablespaces(directory: Path, destinations: dict[int, Path], os_user: str | None) -> None:
@@ -302,8 +415,12 @@ def run_restore(
     tablespace_map_all: str | None = None,
     standby: bool = False,
     primary_conninfo: str | None = None,
+    delta: bool = False,
 ) -> RestoreResult:
     """Restore ``backup_id`` (or the newest) of ``target`` into ``directory``.
+
+    ``delta``: restore over an existing stopped copy, rewriting only the files whose
+    size or CRC32C differ from the backup's manifest and removing the files it lacks.
 
     Tablespaces go to their original locations, or where ``tablespace_map`` (name or
     OID -> directory) and ``tablespace_map_all`` say; pgbackup makes the ``pg_tblspc``
@@ -323,27 +440,50 @@ def run_restore(
     destinations = tablespace_destinations(
         tablespaces, tablespace_map or {}, tablespace_map_all, directory
     )
-    check_destination(directory, force)
-    for where in destinations.values():
-        check_destination(where, force)  # before anything is written
+    prefix = repo.base_prefix(target.name, info.backup_id)
+    plan: DeltaPlan | None = None
+    if delta:
+        check_delta_destination(directory)
+        manifest = read_manifest(storage, prefix, info, identity_list)
+        plan = plan_delta(directory, destinations, manifest)
+        LOG.info(
+            "delta restore into %s: %d files (%s) already equal to the backup, %d removed",
+            directory,
+            len(plan.keep),
+            human_bytes(plan.reused_bytes),
+            plan.removed_files,
+        )
+    else:
+        check_destination(directory, force)
+        for where in destinations.values():
+            check_destination(where, force)  # before anything is written
     os_user = server_os_user()
     directory.mkdir(parents=True, exist_ok=True)
     hand_over(directory, os_user, 0o700)
-    prefix = repo.base_prefix(target.name, info.backup_id)
     LOG.info("restoring backup %s of %s into %s", info.backup_id, target.name, directory)
     written: list[Path] = [directory]
     stored = 0
+    payload_written = 0  # data files written (a delta restore's measure)
+    wal_written = 0
     try:
         for name, obj in archive_objects(info):
-            where = directory
+            where, inside = directory, ""
             if obj["kind"] == "wal":
-                where = directory / "pg_wal"
+                where, inside = directory / "pg_wal", "pg_wal/"
             elif obj["kind"] == "tablespace":
                 where = destinations[int(obj["oid"])]
+                inside = f"pg_tblspc/{obj['oid']}/"
                 where.mkdir(parents=True, exist_ok=True)
                 written.append(where)
             where.mkdir(parents=True, exist_ok=True)
-            stored += extract(
+            keep = None
+            if plan is not None:
+                kept, at = plan.keep, inside
+
+                def keep(name: str, kept: set[str] = kept, at: str = at) -> bool:
+                    return at + (name[2:] if name.startswith("./") else name) in kept
+
+            stored_here, written_here = extract(
                 storage,
                 prefix + name,
                 CodecSpec.from_dict(obj["codec"]),
@@ -353,7 +493,13 @@ def run_restore(
                     **obj,
                     "raw_bytes": info.metadata.get("raw_bytes", 0) if obj["kind"] == "base" else 0,
                 },
+                keep=keep,
             )
+            stored += stored_here
+            if obj["kind"] == "wal":
+                wal_written += written_here
+            else:
+                payload_written += written_here
             if obj["kind"] == "base" and not (directory / "PG_VERSION").exists():
                 raise RestoreError(f"{prefix + name} did not contain a PostgreSQL data directory")
         link_tablespaces(directory, destinations, os_user)
@@ -403,6 +549,7 @@ def run_restore(
         raw_bytes=raw,
         seconds=0.0,
         port=port,
+        delta=({**plan.as_dict(), "written_bytes": payload_written} if plan else None),
     )
     if start:
         try:

@@ -366,6 +366,7 @@ def restore_command(
     tablespace_map_all: str | None = None,
     standby: bool = False,
     primary_conninfo: str | None = None,
+    delta: bool = False,
 ) -> RestoreResult:
     from pgbackup.restore import parse_tablespace_map
 
@@ -434,6 +435,10 @@ def restore_command(
         raise UsageError("--primary-conninfo makes sense only with --standby")
     if standby and from_upload:
         raise UsageError("--standby reads WAL from the repository; leave out --from")
+    if delta and (force or standby):
+        raise UsageError(
+            "--delta restores over an existing stopped copy; it takes neither --force nor --standby"
+        )
 
     storage = open_storage(policy.repository)
     if from_upload:
@@ -503,6 +508,7 @@ def restore_command(
         else None,
         tablespace_map=mapping,
         tablespace_map_all=tablespace_map_all,
+        delta=delta,
     )
 
 

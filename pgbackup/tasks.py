@@ -313,6 +313,7 @@ RESTORE_HELP = {
     "tablespace_map_all": "restore every tablespace into DIR/<name>",
     "standby": "build a standby: standby.signal, WAL from the repository (and --primary-conninfo)",
     "primary_conninfo": "with --standby: the primary to stream from (libpq conninfo)",
+    "delta": "restore over an existing stopped copy: rewrite only the files that differ",
 }
 
 
@@ -342,6 +343,7 @@ def restore(
     tablespace_map_all: str | None = None,
     standby: bool = False,
     primary_conninfo: str | None = None,
+    delta: bool = False,
 ) -> None:
     """Restore a backup into --to DIR, optionally to a point in time (PITR)."""
     from pgbackup.restore_cli import restore_command
@@ -373,10 +375,19 @@ def restore(
         tablespace_map_all=tablespace_map_all,
         standby=standby,
         primary_conninfo=primary_conninfo,
+        delta=delta,
     )
     if json_:
         emit_json(result.as_dict())
         return
+    if result.delta:
+        from pgbackup.ui import human_bytes
+
+        d = result.delta
+        print(
+            f"delta: {d['kept_files']} files ({human_bytes(d['reused_bytes'])}) reused, "
+            f"{human_bytes(d['written_bytes'])} written, {d['removed_files']} stale files removed"
+        )
     print(
         f"restored backup {result.backup_id} of {result.target} into {result.directory} "
         f"in {result.seconds:.1f}s"

@@ -164,11 +164,14 @@ def extract(
     workers: int = 2,
     on_bytes: Callable[[int], None] | None = None,
     sparse: Callable[[str], bool] | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> int:
     """Extract the tar ``stream`` under ``root``; returns payload bytes written.
 
     ``sparse`` (default: :data:`SPARSE`) names members whose data is read past and left
     out: the file gets its size and holds zeros (a sparse file, nothing written).
+    ``keep`` names members whose file on disk is already right (a delta restore): read
+    past, the file left as it is.
     """
     sparse = sparse if sparse is not None else SPARSE.get()
     buffers = _BufferPool(IN_FLIGHT // CHUNK, CHUNK)
@@ -273,6 +276,12 @@ def extract(
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.symlink(target, path)
                 symlinks.append(str(path))
+            elif kind in (b"0", b"\0", b"7") and keep is not None and keep(name):
+                # A delta restore found this file already equal to the backup's: untouched.
+                _skip(stream, padded)
+                if on_bytes is not None and size:
+                    on_bytes(size)
+                continue
             elif kind in (b"0", b"\0", b"7") and sparse is not None and sparse(name):
                 parent_of(path)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
