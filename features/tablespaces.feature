@@ -45,3 +45,7 @@ Feature: Tablespaces are backed up, verified and restored with the cluster
     And I restore to the latest point with --tablespace-map-all <a new directory> and start it
     Then the restored table in "extra" has the same 1000 rows
     And the table in "later" has 10 rows, replayed into the original location of "later"
+
+  Scenario: A drill restores the tablespace into its scratch directory, never the original
+    When I run a drill
+    Then the drill passed and the tablespace's original directory is untouched

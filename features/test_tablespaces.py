@@ -223,3 +223,24 @@ def replayed_original(ctx: dict[str, Any], name: str, rows: int, name2: str) -> 
     # PostgreSQL's CREATE TABLESPACE redo uses the path in the WAL record: the original.
     assert os.readlink(link) == str(ctx["locations"][name2]), os.readlink(link)
     assert any(ctx["locations"][name2].iterdir())
+
+
+@when("I run a drill")
+def drill(h: Harness, ctx: dict[str, Any]) -> None:
+    location: Path = ctx["locations"]["extra"]
+    ctx["before"] = sorted(str(p.relative_to(location)) for p in location.rglob("*"))
+    h.policy["drill"] = {
+        "checks": [
+            {"name": "extra rows", "sql": "SELECT count(*) FROM in_extra", "expect": "== 1000"}
+        ]
+    }
+    h.write_policy()
+    ctx["drill"] = h.json("drill")["platform"]
+
+
+@then("the drill passed and the tablespace's original directory is untouched")
+def drill_passed(ctx: dict[str, Any]) -> None:
+    assert ctx["drill"]["status"] == "ok", ctx["drill"]
+    location: Path = ctx["locations"]["extra"]
+    after = sorted(str(p.relative_to(location)) for p in location.rglob("*"))
+    assert after == ctx["before"]

@@ -208,6 +208,8 @@ def run_drill(
             archive=False,
             recovery_settings=settings,
             storage=storage,
+            # Never the original locations: they belong to the server being drilled.
+            tablespace_map_all=str(root / "tablespaces"),
         )
         result.raw_bytes = restored.raw_bytes
         result.stored_bytes = restored.stored_bytes

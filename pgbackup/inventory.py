@@ -67,6 +67,8 @@ def inventory(policy: Any, repo: Repository, targets: list[Any]) -> dict[str, An
                     "duration_seconds": m.get("duration_seconds"),
                     "compression": (m.get("compression") or {}).get("method"),
                     "encrypted": m.get("encrypted"),
+                    "source": m.get("source", "primary"),
+                    "tablespaces": [t.get("name") for t in m.get("tablespaces") or []],
                 }
             )
         out[t.name] = {"backups": rows, "window": recoverable_window(repo, policy, t.name)}
@@ -92,7 +94,9 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
         for r in info["backups"]:
             table.add_row(
                 r["backup_id"],
-                r["status"] + (f": {r['problem']}" if r["problem"] else ""),
+                r["status"]
+                + (" (from a standby)" if r.get("source") == "standby" else "")
+                + (f": {r['problem']}" if r["problem"] else ""),
                 (r["stop_time"] or "-").replace("T", " ").replace("Z", ""),
                 f"{r['start_lsn']}..{r['stop_lsn']}" if r["start_lsn"] else "-",
                 str(r["timeline"] or "-"),
