@@ -179,16 +179,18 @@ def marker_present_decrypted(h: Harness, ctx: dict[str, Any]) -> None:
 @when("I decrypt, decompress and untar the backup with age, zstd and tar into a new directory")
 def emergency(h: Harness, ctx: dict[str, Any]) -> None:
     (base,) = [p for p in stored_files(h) if p.name == "base.tar.zst.age"]
+    (wal,) = [p for p in stored_files(h) if p.name == "pg_wal.tar.zst.age"]
     target = h.root / "emergency"
     target.mkdir(mode=0o700)
-    # Exactly the README's line.
-    subprocess.run(
-        f"age -d -i '{ctx['identity_file']}' '{base}' | zstd -d | tar -x",
-        shell=True,
-        cwd=target,
-        check=True,
-        capture_output=True,
-    )
+    # Exactly the README's lines: the data directory, then the WAL streamed meanwhile.
+    for archive, into in ((base, "."), (wal, "pg_wal")):
+        subprocess.run(
+            f"age -d -i '{ctx['identity_file']}' '{archive}' | zstd -d | tar -x -C {into}",
+            shell=True,
+            cwd=target,
+            check=True,
+            capture_output=True,
+        )
     assert (target / "PG_VERSION").is_file() and (target / "backup_label").is_file()
     ctx["emergency"] = target
 
