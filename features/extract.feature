@@ -63,8 +63,13 @@ Feature: A table or a database as it was at a point in time, next to the live da
       | --db platform --target latest --into-db fresh                          | may not create databases             |
       | --db platform --target latest --into-db platform --user SUPERUSER      | already exists                       |
 
-  Scenario: An interrupted extraction leaves no scratch cluster behind
+  Scenario Outline: An extraction stopped by <signal> leaves no scratch cluster behind
     Given 64 MB of WAL were written and archived after the backup
-    When I start an extraction and send it SIGINT while its scratch cluster runs
+    When I start an extraction and send it <signal> while its scratch cluster runs
     Then it exits with status 130 saying "interrupted" and no traceback
     And no scratch cluster or scratch directory remains
+
+    Examples:
+      | signal  |
+      | SIGINT  |
+      | SIGTERM |

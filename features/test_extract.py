@@ -202,8 +202,8 @@ def scratch_postmasters(h: Harness) -> list[int]:
     return found
 
 
-@when("I start an extraction and send it SIGINT while its scratch cluster runs")
-def interrupt(h: Harness, ctx: dict[str, Any]) -> None:
+@when(parsers.parse("I start an extraction and send it {name} while its scratch cluster runs"))
+def interrupt(h: Harness, ctx: dict[str, Any], name: str) -> None:
     scratch_parent(h)
     proc = subprocess.Popen(
         [
@@ -234,8 +234,9 @@ def interrupt(h: Harness, ctx: dict[str, Any]) -> None:
             break
         time.sleep(0.02)
     assert seen, f"the scratch cluster never ran (exit {proc.poll()})"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, name))
     out, err = proc.communicate(timeout=120)
+    time.sleep(2)  # a server that was still starting when the signal came would be up now
     ctx["interrupted"] = (proc.returncode, out + err)
 
 

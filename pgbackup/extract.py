@@ -414,9 +414,53 @@ class Scratch:
     def close(self) -> None:
         t0 = time.monotonic()
         self.stop()
+        self.reap()
         t1 = time.monotonic()
         shutil.rmtree(self.root, ignore_errors=True)
+        self.reap()
         LOG.debug("scratch stop %.2fs, rmtree %.2fs", t1 - t0, time.monotonic() - t1)
+
+    def reap(self, timeout: float = 5.0) -> None:
+        """End every process whose command line names the scratch directory. Ctrl-C
+        during ``pg_ctl start`` leaves a postmaster that has no postmaster.pid yet (so
+        ``pg_ctl stop`` sees nothing) and would come up after we are gone. SIGQUIT is
+        PostgreSQL's immediate shutdown; SIGKILL for what outlives it."""
+        deadline = time.monotonic() + timeout
+        sig = signal.SIGQUIT
+        while True:
+            pids = processes_naming(self.root)
+            if not pids:
+                return
+            if time.monotonic() > deadline + timeout:
+                LOG.warning("processes %s outlived SIGKILL; not waiting for them", pids)
+                return
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+            time.sleep(0.1)
+
+
+def processes_naming(path: Path) -> list[int]:
+    """Pids whose command line contains ``path`` (Linux's /proc; none elsewhere)."""
+    marker = str(path).encode()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(int(name))
+    return found
 
 
 def restore_and_recover(
@@ -594,9 +638,13 @@ def pattern(schema: str, name: str | None = None) -> str:
     return quote_ident(schema) + ("" if name is None else "." + quote_ident(name))
 
 
-def dump_argv(pg_dump: str, dsn: str, req: Request, fmt: str, file: Path) -> list[str]:
+def dump_argv(
+    pg_dump: str, dsn: str, req: Request, fmt: str, file: Path, compress: int | None = None
+) -> list[str]:
     """pg_dump's argv for the asked objects: exact names, each required to match."""
     argv = [pg_dump, "--dbname", dsn, "--format", fmt, "--file", str(file)]
+    if compress is not None:
+        argv += ["--compress", str(compress)]
     argv += ["--no-password", "--strict-names"]
     for schema, name in req.tables:
         argv += ["--table", pattern(schema, name)]
@@ -760,8 +808,8 @@ def run_extract(
     scratch: Scratch | None = None
     partial: Path | None = None
     created = False
-    try:
-        with interrupts_unwind():
+    with interrupts_unwind():  # SIGTERM unwinds through the cleanup below too
+        try:
             scratch = Scratch()
             plan = sparse_plan(live, req)
             t1 = time.monotonic()
@@ -818,7 +866,8 @@ def run_extract(
             else:
                 assert live is not None and req.into_db is not None
                 dump = scratch.root / "extract.dump"
-                run_program(dump_argv(pg_dump, dsn, req, "custom", dump), "pg_dump")
+                # A file read once, next door: compressing it would only cost time.
+                run_program(dump_argv(pg_dump, dsn, req, "custom", dump, compress=0), "pg_dump")
                 result.timings["dump"] = round(time.monotonic() - t2, 3)
                 t3 = time.monotonic()
                 fks = foreign_keys_out(cluster, req)
@@ -866,45 +915,45 @@ def run_extract(
                 result.destination["server"] = describe({**live, "dbname": req.into_db})
                 result.timings["load"] = round(time.monotonic() - t3, 3)
             result.status = "ok"
-    except KeyboardInterrupt:
-        result.error = "interrupted"
-        raise
-    except PgBackupError as exc:
-        result.error = exc.message
-        if scratch is not None and scratch.cluster is not None and exc.hint:
-            # The scratch server's log goes with the scratch directory: keep its tail in
-            # pgbackup's own log, and say so instead of naming a file about to vanish.
-            log_file = scratch.cluster.log_file
-            LOG.error(
-                "the scratch server's log ends:\n%s",
-                scratch.cluster.log_tail(80),
-                extra=LOG_FILE_ONLY,
-            )
-            exc.hint = exc.hint.replace(
-                f"see {log_file}", "the scratch server's log is copied into pgbackup's log file"
-            )
-        raise
-    except Exception as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        if created and live is not None and req.into_db is not None:
-            with contextlib.suppress(Exception):
-                from pgbackup.postgres.connection import connect
+        except KeyboardInterrupt:
+            result.error = "interrupted"
+            raise
+        except PgBackupError as exc:
+            result.error = exc.message
+            if scratch is not None and scratch.cluster is not None and exc.hint:
+                # The scratch server's log goes with the scratch directory: keep its tail in
+                # pgbackup's own log, and say so instead of naming a file about to vanish.
+                log_file = scratch.cluster.log_file
+                LOG.error(
+                    "the scratch server's log ends:\n%s",
+                    scratch.cluster.log_tail(80),
+                    extra=LOG_FILE_ONLY,
+                )
+                exc.hint = exc.hint.replace(
+                    f"see {log_file}", "the scratch server's log is copied into pgbackup's log file"
+                )
+            raise
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if created and live is not None and req.into_db is not None:
+                with contextlib.suppress(Exception):
+                    from pgbackup.postgres.connection import connect
 
-                with connect({**live, "dbname": live.get("dbname") or "postgres"}) as conn:
-                    conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(req.into_db)}")  # type: ignore[arg-type]
-                LOG.warning("dropped the half-loaded database %s again", req.into_db)
-        if partial is not None:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-        if scratch is not None:
-            t_close = time.monotonic()
-            scratch.close()
-            result.timings["cleanup"] = round(time.monotonic() - t_close, 3)
-        result.seconds = round(time.monotonic() - t0, 3)
-        result.timings["total"] = result.seconds
-        repo.record_run(target.name, "extract", result.as_dict())
+                    with connect({**live, "dbname": live.get("dbname") or "postgres"}) as conn:
+                        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(req.into_db)}")  # type: ignore[arg-type]
+                    LOG.warning("dropped the half-loaded database %s again", req.into_db)
+            if partial is not None:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+            if scratch is not None:
+                t_close = time.monotonic()
+                scratch.close()
+                result.timings["cleanup"] = round(time.monotonic() - t_close, 3)
+            result.seconds = round(time.monotonic() - t0, 3)
+            result.timings["total"] = result.seconds
+            repo.record_run(target.name, "extract", result.as_dict())
     LOG.info(
         "extracted %s of %s as of %s in %.1fs (%s written of %s)",
         result.what(),
