@@ -31,7 +31,7 @@ def test_basebackup_argv_server_compressed_tar_with_wal_and_no_password() -> Non
     )
     assert argv[0] == "/usr/lib/postgresql/15/bin/pg_basebackup"
     assert "--pgdata=/repo/platform/base/20261123T020000Z" in argv
-    assert "--format=tar" in argv and "--wal-method=fetch" in argv
+    assert "--format=tar" in argv and "--wal-method=stream" in argv
     assert "--checkpoint=fast" in argv and "--manifest-checksums=CRC32C" in argv
     assert "--no-password" in argv
     assert "--compress=server-zstd:3" in argv
