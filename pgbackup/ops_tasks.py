@@ -196,6 +196,7 @@ def sla_report(
 
 @task(
     iterable=["table", "schema"],
+    auto_shortflags=False,  # seventeen flags: Invoke's generated letters would only confuse
     help={
         "config": CONFIG_HELP,
         "db": "the database the objects are in",
@@ -279,7 +280,7 @@ def extract(
         else f"the new database {dest['database']} ({dest['server']})"
     )
     print(
-        f"extracted {', '.join(result.objects)} of database {result.database} as of "
+        f"extracted {result.what()} of database {result.database} as of "
         f"{rec.get('last_replay_time') or '?'} (LSN {rec.get('last_replay_lsn')}, backup "
         f"{result.backup_id}) into {where} in {result.seconds:.1f}s"
     )
