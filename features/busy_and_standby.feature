@@ -29,3 +29,11 @@ Feature: Busy servers, backups from a standby, and standbys built from the repos
     When I restore the latest backup as a standby of the sandbox and start it
     And 5 rows are added on the primary after the backup
     Then the standby replays them from its primary and stays in recovery
+
+  Scenario: A standby promoted in the middle of its backup fails the backup clearly
+    Given a sandbox cluster with sample data
+    And a hot standby of the sandbox is the policy target "replica"
+    And the backups of "replica" are throttled to 4M per second
+    When the standby is promoted while its backup runs
+    Then the backup fails and says the standby was promoted
+    And the repository lists no complete backup of "replica"

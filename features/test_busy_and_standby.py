@@ -211,3 +211,51 @@ def standby_follows(h: Harness, ctx: dict[str, Any]) -> None:
     assert seen == ctx["added"]
     assert cluster.sql("SELECT pg_is_in_recovery()")[0][0] is True
     assert cluster.sql("SELECT status FROM pg_stat_wal_receiver")[0][0] == "streaming"
+
+
+@given(parsers.parse('the backups of "{name}" are throttled to {rate} per second'))
+def throttled(h: Harness, name: str, rate: str) -> None:
+    h.policy["targets"][name]["max_rate"] = rate
+    h.write_policy()
+
+
+@when("the standby is promoted while its backup runs")
+def promote_during_backup(h: Harness, ctx: dict[str, Any]) -> None:
+    from harness import PGBACKUP
+
+    proc = subprocess.Popen(
+        [PGBACKUP, "--config", str(h.config), "backup", "--target", "replica"],
+        env=h.env,
+        cwd=h.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    standby: Cluster = ctx["standby"]
+    # Promote once the backup is under way (its directory holds data).
+    deadline = time.monotonic() + 60
+    base = h.repo / "replica" / "base"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if base.exists() and any(f.stat().st_size > 0 for f in base.rglob("*.tar*")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the backup ended before the standby could be promoted"
+    run_as(
+        [standby.program("pg_ctl"), "-D", str(standby.data_dir), "promote", "-w"], standby.os_user
+    )
+    out, err = proc.communicate(timeout=300)
+    ctx["backup"] = (proc.returncode, out, err)
+
+
+@then("the backup fails and says the standby was promoted")
+def failed_promoted(ctx: dict[str, Any]) -> None:
+    code, out, err = ctx["backup"]
+    assert code != 0, out + err
+    assert "promoted" in err, err
+    assert "Traceback" not in err
+
+
+@then(parsers.parse('the repository lists no complete backup of "{name}"'))
+def none_complete(h: Harness, name: str) -> None:
+    backups = h.json("list")[name]["backups"]
+    assert [b for b in backups if b["status"] == "complete"] == [], backups

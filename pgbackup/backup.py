@@ -91,6 +91,7 @@ def basebackup_argv(
     directory: Path,
     spec: CodecSpec,
     workers: int = 0,
+    max_rate: str | None = None,
 ) -> list[str]:
     """pg_basebackup writing base.tar, a tar per tablespace, pg_wal.tar and the manifest
     into ``directory``.
@@ -109,6 +110,8 @@ def basebackup_argv(
         "--manifest-checksums=CRC32C",
         "--no-password",
     ]
+    if max_rate:
+        argv.append(f"--max-rate={max_rate}")
     if interactive():
         argv.append("--progress")  # the server sizes the data directory first: terminals only
     option = compress_option(spec, workers)
@@ -401,6 +404,7 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                     directory,
                     side.argv_spec(spec),
                     policy.compression.workers,
+                    target.max_rate,
                 )
                 run_basebackup(argv, facts.database_size)
                 if side.side == "pgbackup":

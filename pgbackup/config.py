@@ -156,6 +156,7 @@ class Target(NamedTuple):
     connection: dict[str, Any]  # libpq keywords, only those set
     sandbox: Sandbox | None
     pg_bin_dir: Path | None
+    max_rate: str | None = None  # pg_basebackup --max-rate: spare a busy server's disks
 
 
 class Retention(NamedTuple):
@@ -1076,6 +1077,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
             connection=conn,
             sandbox=sandbox,
             pg_bin_dir=_abs(base, bindir) if bindir else None,
+            max_rate=str(spec["max_rate"]) if spec.get("max_rate") else None,
         )
     ret = doc.get("retention") or {}
     sla = doc.get("sla") or {}

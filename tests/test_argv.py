@@ -147,3 +147,15 @@ def test_parse_time_reads_a_zoneless_time_in_the_servers_zone() -> None:
         parse_time("2025-01-09 14:30:00", None)
     with pytest.raises(UsageError, match="not one this machine knows"):
         parse_time("2025-01-09 14:30:00", "Mars/Olympus_Mons")
+
+
+def test_basebackup_argv_throttles_only_when_asked() -> None:
+    from pgbackup.backup import basebackup_argv
+    from pgbackup.codecs import CodecSpec
+
+    plain = basebackup_argv("pg_basebackup", {"host": "h"}, "l", Path("/x"), CodecSpec("zstd", 3))
+    assert not [a for a in plain if a.startswith("--max-rate")]
+    slow = basebackup_argv(
+        "pg_basebackup", {"host": "h"}, "l", Path("/x"), CodecSpec("zstd", 3), 0, "4M"
+    )
+    assert "--max-rate=4M" in slow
