@@ -49,3 +49,10 @@ Feature: Tablespaces are backed up, verified and restored with the cluster
   Scenario: A drill restores the tablespace into its scratch directory, never the original
     When I run a drill
     Then the drill passed and the tablespace's original directory is untouched
+
+  Scenario: Encrypted, uploaded off-site and restored from there, the tablespace comes back
+    Given the policy encrypts with a new age key and uploads to a local directory "offsite"
+    When another backup is taken
+    Then the upload "offsite" holds the tablespace's archive, encrypted
+    When I restore from "offsite" with --tablespace-map extra=<a new directory> and start it
+    Then the restored table in "extra" has the same 1000 rows

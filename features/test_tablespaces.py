@@ -244,3 +244,69 @@ def drill_passed(ctx: dict[str, Any]) -> None:
     location: Path = ctx["locations"]["extra"]
     after = sorted(str(p.relative_to(location)) for p in location.rglob("*"))
     assert after == ctx["before"]
+
+
+@given(
+    parsers.parse(
+        'the policy encrypts with a new age key and uploads to a local directory "{name}"'
+    )
+)
+def encrypted_and_uploaded(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    from pyrage import x25519
+
+    from pgbackup.postgres.cluster import server_os_user
+
+    identity = x25519.Identity.generate()
+    keys = h.root / "keys"
+    keys.mkdir(mode=0o755)
+    ident, recip = keys / "age-identity.txt", keys / "recipients.txt"
+    ident.write_text(f"{identity}\n")
+    os.chmod(ident, 0o600)
+    user = server_os_user()
+    if user:  # wal-fetch in the restored server reads it
+        shutil.chown(ident, user, user)
+    recip.write_text(f"{identity.to_public()}\n")
+    h.policy["encryption"] = {
+        "method": "age",
+        "recipients_file": str(recip),
+        "identity_file": str(ident),
+    }
+    h.policy["uploads"] = [{"name": name, "path": str(h.root / name)}]
+    h.write_policy()
+    ctx["upload"] = h.root / name
+
+
+@when("another backup is taken")
+def another_backup(h: Harness) -> None:
+    h.run("backup")
+
+
+@then(parsers.parse('the upload "{name}" holds the tablespace\'s archive, encrypted'))
+def uploaded_encrypted(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    backup = h.backups()[-1]["backup_id"]
+    oid = json.loads((h.repo / "platform" / "base" / backup / "metadata.json").read_text())[
+        "tablespaces"
+    ][0]["oid"]
+    copy = ctx["upload"] / "platform" / "base" / backup / f"{oid}.tar.zst.age"
+    assert copy.is_file(), sorted(p.name for p in copy.parent.iterdir())
+    assert copy.read_bytes().startswith(b"age-encryption.org/v1")
+
+
+@when(
+    parsers.parse(
+        'I restore from "{name}" with --tablespace-map extra=<a new directory> and start it'
+    )
+)
+def restore_from_upload(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    ctx["mapped"] = h.root / "mapped-offsite"
+    restore_and_start(
+        h,
+        ctx,
+        h.root / "restored-offsite",
+        "--from",
+        name,
+        "--backup",
+        "latest",
+        "--tablespace-map",
+        f"extra={ctx['mapped']}",
+    )
