@@ -157,6 +157,7 @@ class Target(NamedTuple):
     sandbox: Sandbox | None
     pg_bin_dir: Path | None
     max_rate: str | None = None  # pg_basebackup --max-rate: spare a busy server's disks
+    wal_receiver: dict[str, Any] | None = None  # wal-receive: slot, synchronous, directory
 
 
 class Retention(NamedTuple):
@@ -1043,6 +1044,16 @@ def _storage(base: Path, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _wal_receiver(base: Path, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A target's ``wal_receiver`` block with its defaults (None: no receiver)."""
+    if spec is None:
+        return None
+    out = {"slot": str(spec["slot"]), "synchronous": bool(spec.get("synchronous", False))}
+    if spec.get("directory"):
+        out["directory"] = str(_abs(base, spec["directory"]))
+    return out
+
+
 def _build(path: Path, doc: dict[str, Any]) -> Policy:
     base = path.parent
     comp = doc.get("compression") or {}
@@ -1078,6 +1089,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
             sandbox=sandbox,
             pg_bin_dir=_abs(base, bindir) if bindir else None,
             max_rate=str(spec["max_rate"]) if spec.get("max_rate") else None,
+            wal_receiver=_wal_receiver(base, spec.get("wal_receiver")),
         )
     ret = doc.get("retention") or {}
     sla = doc.get("sla") or {}

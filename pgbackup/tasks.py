@@ -584,3 +584,7 @@ ns.add_collection(sandbox)
 from pgbackup import ops_tasks  # noqa: E402  (check, drill, sla-report, schedule.*)
 
 ops_tasks.register(ns)
+
+from pgbackup import receiver_tasks  # noqa: E402  (wal-receive)
+
+receiver_tasks.register(ns)

@@ -316,9 +316,13 @@ def fetch(
     target_name = pick_target(policy, storage, target, control_sysid(Path.cwd()))
     spec = codec_for(policy)
     key = find_archived(storage, target_name, name, spec)
+    later: str | None = None
     if key is None:
         beyond_target = until is not None and is_segment(name) and name[8:] > until[8:24]
         later = None if beyond_target else later_archived(storage, target_name, name)
+        if later is None and not beyond_target and is_segment(name):
+            key = _streamed_partial(storage, target_name, name, spec)
+    if key is None:
         if later is None or (Path.cwd() / "pg_wal" / name).is_file():
             # The end of the archive; or a file the restored backup carries in pg_wal,
             # which PostgreSQL reads when restore_command has none (RestoreArchivedFile's
@@ -357,6 +361,15 @@ def fetch(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise WalError(f"cannot write {dest}: {exc.strerror}") from None
+
+
+def _streamed_partial(storage: Storage, target: str, name: str, spec: CodecSpec) -> str | None:
+    """At the end of the archive, the key to serve for segment ``name``: its ``.partial``
+    copy (the segment wal-receive is streaming; pg_receivewal pre-pads it with zeros, so
+    recovery replays its complete records and ends at the first invalid one, as at the
+    end of pg_wal), or the segment itself when the receiver completed it meanwhile."""
+    key = find_archived(storage, target, name + ".partial", spec)
+    return key if key is not None else find_archived(storage, target, name, spec)
 
 
 def later_archived(storage: Storage, target: str, name: str) -> str | None:
@@ -456,6 +469,15 @@ def newest_segment(names: dict[str, str]) -> tuple[int, int] | None:
     return max(valid) if valid else None
 
 
+def streamed_names(names: dict[str, str]) -> dict[str, str]:
+    """``names`` plus segment name -> key of its ``.partial`` copy where only that is stored."""
+    out = dict(names)
+    for name, key in names.items():
+        if is_partial(name) and name[:24] not in out:
+            out[name[:24]] = key
+    return out
+
+
 def chain_from(
     backup_meta: dict[str, Any],
     names: dict[str, str],
@@ -466,7 +488,14 @@ def chain_from(
 
     Walks the newest timeline that descends from the backup's timeline. Returns
     ``{"timeline", "last_segment", "gaps": [...], "segments": n}``.
+
+    A ``.partial`` copy stands for its segment when the segment itself is not archived
+    (wal-receive's segment in progress; wal-fetch serves it at the end of the archive),
+    so a hole before it is a gap here as it is for wal-fetch. ``newest_segment`` stays
+    the newest *complete* one: the point recovery must reach at least.
     """
+    complete = names
+    names = streamed_names(names)
     seg_size = int(backup_meta.get("wal_segment_size", 16 * 1024 * 1024))
     start_tli = int(backup_meta["timeline"])
     start_lsn = parse_lsn(backup_meta["start_lsn"])
@@ -493,6 +522,14 @@ def chain_from(
         last_on_end = max(
             (s[1] for s in tli_segments if s and s[0] == start_tli), default=start_lsn // seg_size
         )
+    newest_complete = max(
+        (
+            s[1]
+            for s in (parse_segment_name(n) for n in complete if is_segment(n))
+            if s and s[0] == end_tli
+        ),
+        default=last_on_end,
+    )
     end_lsn = (last_on_end + 1) * seg_size - 1  # the last byte of the newest segment
     expected = expected_segments(start_tli, start_lsn, end_tli, end_lsn, history, seg_size)
     gaps: list[str] = []
@@ -506,7 +543,7 @@ def chain_from(
     return {
         "timeline": end_tli,
         "last_segment": reached,
-        "newest_segment": segment_name(end_tli, last_on_end * seg_size, seg_size),
+        "newest_segment": segment_name(end_tli, newest_complete * seg_size, seg_size),
         "gaps": gaps,
         "segments": len(expected),
     }
@@ -742,7 +779,7 @@ def reachable(
     last complete record of the last segment before the hole, and ``last_commit_time``,
     the last commit found in the segments before the hole).
     """
-    names = archived_names(storage, target)
+    names = streamed_names(archived_names(storage, target))
     switches = timeline_switches(storage, target, names, policy)
     chain = chain_from(backup_meta, names, switches, timeline)
     out: dict[str, Any] = {
@@ -791,7 +828,7 @@ def window_end(
     from pgbackup.lsn import format_lsn
 
     storage = repo.storage
-    names = archived_names(storage, target)
+    names = streamed_names(archived_names(storage, target))
     switches = timeline_switches(storage, target, names, policy)
     newest = backups[-1].metadata
     chain = chain_from(newest, names, switches, timeline)
@@ -803,15 +840,14 @@ def window_end(
     assert parsed is not None
     tli, segno = parsed
     end_lsn = (segno + 1) * seg_size
+    major = int(newest.get("server_version_num", 0)) // 10000 or None
+    summary = segment_summary(policy, storage, names[last], last, major)
+    if is_partial(parse_suffix(names[last].rsplit("/", 1)[-1])[0]) and summary["last_record_lsn"]:
+        # wal-receive's segment in progress: the window ends at its last complete record.
+        end_lsn = parse_lsn(summary["last_record_lsn"])
     if end_lsn <= parse_lsn(newest["stop_lsn"]):
         return {"timeline": newest["timeline"], "gaps": chain["gaps"]}
-    when = last_commit_time(
-        policy,
-        storage,
-        names[last],
-        last,
-        int(newest.get("server_version_num", 0)) // 10000 or None,
-    )
+    when = summary.get("last_commit_time")
     return {
         "timeline": tli,
         "lsn": format_lsn(end_lsn),

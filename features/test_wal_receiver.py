@@ -1,0 +1,247 @@
+"""Steps for wal_receiver.feature: real pg_receivewal, real crashes, commits counted."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from harness import PGBACKUP, Harness, batches_in, commit_batches, restore_and_start
+from pytest_bdd import given, parsers, scenarios, then, when
+
+scenarios("wal_receiver.feature")
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[subprocess.Popen[str]]]:
+    """wal-receive processes a scenario started; killed at the end whatever happened."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@given("the source does not archive WAL")
+def no_archiving(h: Harness) -> None:
+    cluster = h.sandbox()
+    cluster.sql("ALTER SYSTEM SET archive_mode = off")
+    cluster.stop()
+    cluster.start()
+    assert cluster.sql("SHOW archive_mode")[0][0] == "off"
+
+
+@given(parsers.parse('the target streams WAL to the repository on slot "{slot}"'))
+def streams(h: Harness, ctx: dict[str, Any], slot: str) -> None:
+    h.policy["targets"]["platform"]["wal_receiver"] = {
+        "slot": slot,
+        "directory": str(h.root / "spool"),
+    }
+    h.write_policy()
+    ctx["slot"] = slot
+
+
+@when("the receiver is started")
+def start_receiver(h: Harness, ctx: dict[str, Any], receivers: list[Any]) -> None:
+    proc = subprocess.Popen(
+        [PGBACKUP, "--config", str(h.config), "wal-receive", "--target", "platform"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=h.env,
+        cwd=h.root,
+    )
+    receivers.append(proc)
+    ctx["receiver"] = proc
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("streaming platform on slot"), (
+        line,
+        proc.stderr.read() if proc.poll() is not None else "",
+    )
+    cluster = h.sandbox()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if cluster.sql(
+            f"SELECT active FROM pg_replication_slots WHERE slot_name = '{ctx['slot']}'"
+        ) == [(True,)]:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the receiver never became active on its slot")
+
+
+@when(parsers.parse("{n:d} batches are committed"))
+def batches(h: Harness, ctx: dict[str, Any], n: int) -> None:
+    ctx["points"] = commit_batches(h.sandbox(), 1, n)
+    time.sleep(1.5)  # the newest commits reach the repository's partial copy
+
+
+@then(parsers.parse("a restore to the time after batch {k:d} holds batches 1 to {k2:d}"))
+def pitr_from_stream(h: Harness, ctx: dict[str, Any], k: int, k2: int) -> None:
+    assert not list((h.repo / "platform").glob("wal/*.backup*")), "archive_command ran"
+    directory = h.root / "pitr"
+    restore_and_start(h, ctx, directory, "--target-time", ctx["points"][k - 1]["time"])
+    assert batches_in(h, ctx) == list(range(1, k2 + 1))
+    h.track(*ctx["restored"]).stop("immediate")
+
+
+def _commit_stream(h: Harness, acked: list[tuple[int, float]], stop: threading.Event) -> None:
+    cluster = h.sandbox()
+    cluster.sql("CREATE TABLE stream_log (n int PRIMARY KEY)", dbname="platform")
+    try:
+        with cluster.connect("platform") as conn:
+            conn.autocommit = True
+            n = 0
+            while not stop.is_set():
+                n += 1
+                conn.execute("INSERT INTO stream_log VALUES (%s)", (n,))
+                acked.append((n, time.monotonic()))
+    except Exception:  # the server was killed under it: the point of the scenario
+        pass
+
+
+@when(
+    parsers.parse(
+        "single-row commits stream for {seconds:d} seconds, then the primary and the receiver are killed"
+    )
+)
+def crash(h: Harness, ctx: dict[str, Any], seconds: int) -> None:
+    acked: list[tuple[int, float]] = []
+    stop = threading.Event()
+    writer = threading.Thread(target=_commit_stream, args=(h, acked, stop))
+    writer.start()
+    time.sleep(seconds)
+    h.sandbox().stop("immediate")  # pg_ctl stop -m immediate: no shutdown checkpoint
+    ctx["receiver"].kill()  # and nothing is flushed after the crash either
+    ctx["receiver"].wait()
+    stop.set()
+    writer.join(30)
+    assert len(acked) > 100, f"only {len(acked)} commits in {seconds}s"
+    ctx["acked"] = acked
+
+
+@when("the primary's data directory is discarded")
+def discard(h: Harness) -> None:
+    shutil.rmtree(h.sandbox().data_dir)
+
+
+@when("I restore the latest point from the repository and start it")
+def restore_latest_point(h: Harness, ctx: dict[str, Any]) -> None:
+    restore_and_start(h, ctx, h.root / "restored", "--target", "latest")
+
+
+@then(
+    parsers.parse(
+        "every recovered commit was acknowledged and at most {bound:d} seconds of commits are lost"
+    )
+)
+def lost_commits(h: Harness, ctx: dict[str, Any], bound: int) -> None:
+    cluster = h.track(*ctx["restored"])
+    count, highest = cluster.sql("SELECT count(*), max(n) FROM stream_log", dbname="platform")[0]
+    acked = dict(ctx["acked"])
+    last_acked = max(acked)
+    assert highest is not None and count == highest  # no hole: every commit up to it
+    assert highest <= last_acked + 1  # at most the one in flight when the server died
+    lost = max(0, last_acked - highest)
+    lost_seconds = acked[last_acked] - acked[min(highest, last_acked)]
+    print(
+        f"commits acknowledged {last_acked}, recovered {highest}, lost {lost} ({lost_seconds:.2f} s)"
+    )
+    assert lost_seconds <= bound, (lost, lost_seconds)
+
+
+@when("the receiver is killed with SIGKILL")
+def kill_receiver(ctx: dict[str, Any]) -> None:
+    ctx["receiver"].send_signal(signal.SIGKILL)
+    ctx["receiver"].wait()
+
+
+@when(parsers.parse("the server writes {n:d} WAL segments while no receiver runs"))
+def write_while_down(h: Harness, ctx: dict[str, Any], n: int) -> None:
+    cluster = h.sandbox()
+    time.sleep(1)  # pg_receivewal ends with its parent (PR_SET_PDEATHSIG)
+    assert cluster.sql(
+        f"SELECT active FROM pg_replication_slots WHERE slot_name = '{ctx['slot']}'"
+    ) == [(False,)]
+    ctx["lsn_before"] = cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0]
+    cluster.sql("CREATE TABLE down_rows (n int)", dbname="platform")
+    for i in range(n):
+        cluster.sql(
+            f"INSERT INTO down_rows SELECT g FROM generate_series({i * 1000 + 1}, {(i + 1) * 1000}) g",
+            dbname="platform",
+        )
+        cluster.sql("SELECT pg_switch_wal()")
+    cluster.sql("INSERT INTO down_rows VALUES (0)", dbname="platform")
+    ctx["down_rows"] = n * 1000 + 1
+
+
+@then("the slot holds that WAL for the receiver")
+def slot_holds(h: Harness, ctx: dict[str, Any]) -> None:
+    status, behind = h.sandbox().sql(
+        "SELECT wal_status, restart_lsn <= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s".replace(
+            "%s::pg_lsn", f"'{ctx['lsn_before']}'::pg_lsn"
+        ).replace("%s", f"'{ctx['slot']}'")
+    )[0]
+    assert status in ("reserved", "extended") and behind
+
+
+@then("every segment up to the server's current one is archived, without a gap")
+def no_gap(h: Harness, ctx: dict[str, Any]) -> None:
+    from pgbackup.lsn import parse_lsn, parse_segment_name, segment_name
+
+    current = h.sandbox().sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+    backup = h.backups()[-1]
+    tli, last = parse_segment_name(current) or (0, 0)
+    first = parse_lsn(backup["start_lsn"]) // (16 * 1024 * 1024)
+    wanted = [segment_name(tli, s * 16 * 1024 * 1024) for s in range(first, last + 1)]
+    wal = h.repo / "platform" / "wal"
+    missing: list[str] = wanted
+    deadline = time.monotonic() + 60
+    while missing and time.monotonic() < deadline:
+        time.sleep(0.5)
+        stored = {p.name for p in wal.iterdir()}
+        # the current segment may still be in progress: its .partial copy counts
+        missing = [
+            w
+            for w in wanted
+            if f"{w}.zst" not in stored and not (w == current and f"{w}.partial.zst" in stored)
+        ]
+    assert not missing, f"not archived: {missing}"
+    # the SIGKILLed receiver's stored segments are no more than once, and none is partial
+    assert all(not (wal / f"{w}.partial.zst").exists() for w in wanted[:-1])
+
+
+@then("the receiver stops on SIGTERM with exit status 0")
+def stop_receiver(ctx: dict[str, Any]) -> None:
+    proc = ctx["receiver"]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (proc.returncode, out, err)
+    assert "stopped:" in out
+
+
+@then("restoring the latest point holds every row written while the receiver was down")
+def restore_down_rows(h: Harness, ctx: dict[str, Any]) -> None:
+    restore_and_start(h, ctx, h.root / "restored", "--target", "latest")
+    cluster = h.track(*ctx["restored"])
+    assert (
+        cluster.sql("SELECT count(*) FROM down_rows", dbname="platform")[0][0] == ctx["down_rows"]
+    )
+
+
+@when("the receiver's role loses the REPLICATION attribute")
+def no_replication(h: Harness) -> None:
+    h.sandbox().sql("ALTER ROLE platform_service NOREPLICATION")
+
+
+@then(parsers.parse('wal-receive fails with exit status {code:d} and says "{text}"'))
+def receive_fails(h: Harness, code: int, text: str) -> None:
+    proc = h.run("wal-receive", "--target", "platform", expect_ok=False, timeout=60)
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert text in proc.stderr and "Traceback" not in proc.stderr
