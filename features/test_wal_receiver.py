@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -245,3 +246,58 @@ def receive_fails(h: Harness, code: int, text: str) -> None:
     proc = h.run("wal-receive", "--target", "platform", expect_ok=False, timeout=60)
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     assert text in proc.stderr and "Traceback" not in proc.stderr
+
+
+@given(parsers.parse("the server keeps at most {size} of WAL for slots"))
+def keep_size(h: Harness, size: str) -> None:
+    cluster = h.sandbox()
+    cluster.sql(f"ALTER SYSTEM SET max_slot_wal_keep_size = '{size}'")
+    cluster.sql("ALTER SYSTEM SET max_wal_size = '32MB'")
+    cluster.sql("ALTER SYSTEM SET wal_keep_size = 0")
+    cluster.sql("SELECT pg_reload_conf()")
+
+
+def _check(h: Harness, name: str) -> dict[str, Any]:
+    proc = h.run("check", "--json", "--target", "platform", expect_ok=None)
+    report = json.loads(proc.stdout)["platform"]
+    found = [c for c in report["checks"] if c["name"] == name]
+    assert found, (name, report["checks"])
+    return dict(found[0])
+
+
+SEVERITY = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+
+
+@then(parsers.parse('check reports "{name}" {status} with "{text}"'))
+def check_reports(h: Harness, name: str, status: str, text: str) -> None:
+    deadline = time.monotonic() + 20  # the slot turns inactive once pg_receivewal has gone
+    while True:
+        found = _check(h, name)
+        if status.startswith("at least "):
+            ok = SEVERITY.get(found["status"], 3) >= SEVERITY[status.removeprefix("at least ")]
+        else:
+            ok = found["status"] == status
+        if (ok and text in found["summary"]) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert ok and text in found["summary"], found
+
+
+@when(parsers.parse('a slot "{slot}" is left behind'))
+def stray_slot(h: Harness, slot: str) -> None:
+    h.sandbox().sql(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
+
+
+@when(parsers.parse('the slot "{slot}" is dropped'))
+def drop_slot(h: Harness, slot: str) -> None:
+    h.sandbox().sql(f"SELECT pg_drop_replication_slot('{slot}')")
+
+
+@then("plan shows the receiver's command and recommends max_slot_wal_keep_size")
+def plan_shows(h: Harness, ctx: dict[str, Any]) -> None:
+    rx = h.json("plan")["targets"][0]["wal_receiver"]
+    assert rx["slot"] == ctx["slot"] and "wal-receive --target platform" in rx["command"]
+    assert "max_slot_wal_keep_size" in rx["postgresql_conf"]
+    assert "synchronous_standby_names" not in rx["postgresql_conf"]
+    text = h.run("plan").stdout
+    assert "WAL receiver (asynchronous" in text and "max_slot_wal_keep_size" in text

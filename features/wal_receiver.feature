@@ -36,3 +36,21 @@ Feature: WAL streamed into the repository as it is written (wal-receive)
     And the target streams WAL to the repository on slot "pgbackup_platform"
     When the receiver's role loses the REPLICATION attribute
     Then wal-receive fails with exit status 3 and says "lacks the REPLICATION attribute"
+
+  Scenario: check reports the receiver's slot: streaming, behind, not running, dropped, left behind
+    Given a sandbox cluster with sample data
+    And the source does not archive WAL
+    And the target streams WAL to the repository on slot "pgbackup_platform"
+    And the server keeps at most 64MB of WAL for slots
+    Then plan shows the receiver's command and recommends max_slot_wal_keep_size
+    When the receiver is started
+    And I take a backup
+    Then check reports "wal_receiver" OK with "streaming on 'pgbackup_platform'"
+    When the receiver is killed with SIGKILL
+    Then check reports "wal_receiver" CRITICAL with "wal-receive is not running"
+    When the server writes 3 WAL segments while no receiver runs
+    Then check reports "wal_receiver_slot" at least WARNING with "before PostgreSQL invalidates it"
+    When a slot "removed_target" is left behind
+    Then check reports "stray_slots" at least WARNING with "removed_target holds"
+    When the slot "pgbackup_platform" is dropped
+    Then check reports "wal_receiver" CRITICAL with "does not exist (dropped?)"

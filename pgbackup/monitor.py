@@ -374,7 +374,13 @@ def check_target(
             )
         else:
             database_size = int(facts.get("database_size") or 0)
-            report.checks.extend(archiving_checks(policy, facts, now))
+            streamed = getattr(target, "wal_receiver", None)
+            if streamed and str(facts.get("archive_mode")) == "off":
+                add(
+                    Check("wal_archiving", OK, "archive_mode is off; WAL is streamed (wal-receive)")
+                )
+            else:
+                report.checks.extend(archiving_checks(policy, facts, now))
             failing, exposure = rpo_exposure(facts, now)
             report.metrics["archiver_failing"] = 1.0 if failing else 0.0
             report.metrics["archiver_failed_count"] = float(facts.get("failed_count") or 0)
@@ -384,6 +390,19 @@ def check_target(
                     now - facts["last_archived_time"]
                 ).total_seconds()
             report.metrics["database_bytes"] = float(database_size)
+            # Replication slots: the receiver's (pgbackup/slots.py) and stray ones.
+            try:
+                from pgbackup.sandbox import resolve_conninfo
+                from pgbackup.slots import slot_checks
+
+                slot_results, slot_metrics = slot_checks(
+                    policy, target, resolve_conninfo(policy, target)
+                )
+            except Exception as exc:
+                add(Check("wal_receiver", UNKNOWN, f"cannot read replication slots: {exc}"))
+            else:
+                report.checks.extend(slot_results)
+                report.metrics.update(slot_metrics)
 
     # WAL continuity in the repository.
     if complete:

@@ -54,6 +54,7 @@ def compression_plan(policy: Any, target: Any) -> dict[str, str]:
 
 def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
     from pgbackup.cleanup import plan_cleanup
+    from pgbackup.receiver import receiver_plan
     from pgbackup.schedule import cron_entries, schedule_log
 
     targets = []
@@ -66,6 +67,7 @@ def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
                 "postgresql_conf": required_settings(policy, t),
                 "compression": compression_plan(policy, t),
                 "cleanup": cleanup.as_dict(),
+                "wal_receiver": receiver_plan(policy, t),
             }
         )
     return {
@@ -111,6 +113,12 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
         console.print("  postgresql.conf:")
         for k, v in t["postgresql_conf"].items():
             console.print(f"    {k} = {v}")
+        rx = t.get("wal_receiver")
+        if rx:
+            console.print(f"  WAL receiver ({rx['mode']}, slot {rx['slot']}): {rx['command']}")
+            console.print(f"    runs as a service: {rx['unit']}; spool {rx['spool']}")
+            for k, v in rx["postgresql_conf"].items():
+                console.print(f"    {k} = {v}", markup=False)
         c = t["cleanup"]
         kept = [b for b in c["backups"] if b["keep"]]
         console.print(

@@ -388,3 +388,33 @@ def receive(policy: Any, target: Any, ready: Callable[[str], None] | None = None
         for s, handler in old.items():
             signal.signal(s, handler)
     return receiver
+
+
+def receiver_plan(policy: Any, target: Any) -> dict[str, Any] | None:
+    """What ``plan`` shows for a streaming target: the command, the slot, and the server
+    settings it needs (None for a target without ``wal_receiver``)."""
+    spec = getattr(target, "wal_receiver", None)
+    if not spec:
+        return None
+    rs = settings(policy, target)
+    conf = {
+        "max_replication_slots": ">= 1 more than the slots in use",
+        "max_wal_senders": ">= 3 (the receiver and a backup's two)",
+        # Bounds what a stalled or stopped receiver makes the server keep; check warns at
+        # half of it and is CRITICAL at a quarter left, before PostgreSQL invalidates the slot.
+        "max_slot_wal_keep_size": "10GB (the WAL written while the receiver may be down; "
+        "below pg_wal's free space)",
+    }
+    if rs.synchronous:
+        # pg_receivewal does not apply WAL: with synchronous_commit = remote_apply every
+        # commit would wait forever (pg_receivewal's documentation, --synchronous).
+        conf["synchronous_standby_names"] = f"'{rs.application_name}'"
+        conf["synchronous_commit"] = "on (not remote_apply)"
+    return {
+        "command": f"pgbackup --config {policy.path} wal-receive --target {target.name}",
+        "slot": rs.slot,
+        "mode": "synchronous (RPO 0)" if rs.synchronous else "asynchronous (RPO about 1 s)",
+        "spool": str(rs.directory),
+        "postgresql_conf": conf,
+        "unit": "examples/pgbackup-wal-receive@.service",
+    }
