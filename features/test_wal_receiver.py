@@ -113,14 +113,24 @@ def _commit_stream(h: Harness, acked: list[tuple[int, float]], stop: threading.E
     )
 )
 def crash(h: Harness, ctx: dict[str, Any], seconds: int) -> None:
+    crash_primary(h, ctx, seconds, kill_receiver=True)
+
+
+@when(
+    parsers.parse("single-row commits stream for {seconds:d} seconds, then the primary is killed")
+)
+def crash_primary(
+    h: Harness, ctx: dict[str, Any], seconds: int, kill_receiver: bool = False
+) -> None:
     acked: list[tuple[int, float]] = []
     stop = threading.Event()
     writer = threading.Thread(target=_commit_stream, args=(h, acked, stop))
     writer.start()
     time.sleep(seconds)
     h.sandbox().stop("immediate")  # pg_ctl stop -m immediate: no shutdown checkpoint
-    ctx["receiver"].kill()  # and nothing is flushed after the crash either
-    ctx["receiver"].wait()
+    if kill_receiver:
+        ctx["receiver"].kill()  # and nothing is flushed after the crash either
+        ctx["receiver"].wait()
     stop.set()
     writer.join(30)
     assert len(acked) > 100, f"only {len(acked)} commits in {seconds}s"
@@ -301,3 +311,33 @@ def plan_shows(h: Harness, ctx: dict[str, Any]) -> None:
     assert "synchronous_standby_names" not in rx["postgresql_conf"]
     text = h.run("plan").stdout
     assert "WAL receiver (asynchronous" in text and "max_slot_wal_keep_size" in text
+
+
+@given(parsers.parse('the target streams WAL synchronously on slot "{slot}"'))
+def streams_sync(h: Harness, ctx: dict[str, Any], slot: str) -> None:
+    streams(h, ctx, slot)
+    h.policy["targets"]["platform"]["wal_receiver"]["synchronous"] = True
+    h.write_policy()
+
+
+@when("the server waits for the receiver as plan says")
+def sync_standby(h: Harness, ctx: dict[str, Any]) -> None:
+    conf = h.json("plan")["targets"][0]["wal_receiver"]["postgresql_conf"]
+    names = conf["synchronous_standby_names"]
+    assert names == f"'{ctx['slot']}'"
+    cluster = h.sandbox()
+    cluster.sql(f"ALTER SYSTEM SET synchronous_standby_names = {names}")
+    cluster.sql("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 30
+    while cluster.sql("SELECT sync_state FROM pg_stat_replication") != [("sync",)]:
+        assert time.monotonic() < deadline, cluster.sql("SELECT * FROM pg_stat_replication")
+        time.sleep(0.2)
+
+
+@then("no acknowledged commit is lost")
+def none_lost(h: Harness, ctx: dict[str, Any]) -> None:
+    cluster = h.track(*ctx["restored"])
+    count, highest = cluster.sql("SELECT count(*), max(n) FROM stream_log", dbname="platform")[0]
+    last_acked = max(n for n, _t in ctx["acked"])
+    print(f"synchronous: commits acknowledged {last_acked}, recovered {highest}")
+    assert count == highest and last_acked <= highest <= last_acked + 1

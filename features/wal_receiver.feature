@@ -54,3 +54,16 @@ Feature: WAL streamed into the repository as it is written (wal-receive)
     Then check reports "stray_slots" at least WARNING with "removed_target holds"
     When the slot "pgbackup_platform" is dropped
     Then check reports "wal_receiver" CRITICAL with "does not exist (dropped?)"
+
+  Scenario: Synchronous mode: a crash of the primary loses no acknowledged commit
+    Given a sandbox cluster with sample data
+    And the source does not archive WAL
+    And the target streams WAL synchronously on slot "pgbackup_platform"
+    When the receiver is started
+    And the server waits for the receiver as plan says
+    And I take a backup
+    And single-row commits stream for 3 seconds, then the primary is killed
+    Then the receiver stops on SIGTERM with exit status 0
+    When the primary's data directory is discarded
+    And I restore the latest point from the repository and start it
+    Then no acknowledged commit is lost
