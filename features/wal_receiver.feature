@@ -41,7 +41,7 @@ Feature: WAL streamed into the repository as it is written (wal-receive)
     Given a sandbox cluster with sample data
     And the source does not archive WAL
     And the target streams WAL to the repository on slot "pgbackup_platform"
-    And the server keeps at most 64MB of WAL for slots
+    And the server keeps at most 96MB of WAL for slots
     Then plan shows the receiver's command and recommends max_slot_wal_keep_size
     When the receiver is started
     And I take a backup

@@ -104,8 +104,8 @@ def receiver_checks(
             Check(
                 "wal_receiver_slot",
                 CRITICAL,
-                f"slot {name!r} is {status}: {human_bytes(max(0, int(safe or 0)))} more WAL and the "
-                "server drops the WAL it holds for the receiver",
+                f"slot {name!r} is {status}: {human_bytes(max(0, int(safe or 0)))} of WAL "
+                "left before PostgreSQL invalidates it (and drops the WAL it holds)",
                 float(safe or 0),
             )
         )
