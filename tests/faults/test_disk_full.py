@@ -1,6 +1,7 @@
 """Disk full in the repository, during a backup and during wal-push.
 
-The repository is a 20 MiB tmpfs, filled up to a few hundred KiB. Each failure must be
+The repository is a 48 MiB tmpfs (a backup needs room for its base archive and, for a
+moment, the uncompressed WAL streamed during it), filled up to a few hundred KiB. Each failure must be
 one clear message ("no space left"), a non-zero exit, no damage to what was stored, and
 the server keeps running (and its archiving catches up once space is freed: no
 committed transaction lost).
@@ -29,7 +30,7 @@ SKIP_STATE = ("runs/", "backup.log", ".lock", "filler")
 def small_repository(h: Harness) -> Iterator[None]:
     user = server_os_user()
     owner = pwd.getpwnam(user) if user else None
-    opts = "size=20m,mode=0750" + (f",uid={owner.pw_uid},gid={owner.pw_gid}" if owner else "")
+    opts = "size=48m,mode=0750" + (f",uid={owner.pw_uid},gid={owner.pw_gid}" if owner else "")
     h.repo.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(h.repo)], capture_output=True, text=True
