@@ -524,7 +524,14 @@ def run_restore(
     if not archive:
         settings["archive_mode"] = "off"
     cluster = Cluster(
-        directory, port or 0, os_user=os_user, major=info.metadata["server_version_num"] // 10000
+        directory,
+        port or 0,
+        os_user=os_user,
+        major=info.metadata["server_version_num"] // 10000,
+        # The target's own programs, as backup used, when they include the server's.
+        bin_dir=target.pg_bin_dir
+        if target.pg_bin_dir and (Path(target.pg_bin_dir) / "pg_ctl").exists()
+        else None,
     )
     if standby:
         settings.update(recovery_settings or {})
