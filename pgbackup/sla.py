@@ -490,7 +490,7 @@ def build_reports(policy: Any, repo: Any, targets: list[Any], since: int) -> dic
 
 # --------------------------------------------------------------------------- rendering
 
-_TITLES = {
+AREA_TITLES = {  # one title per SLA area, for every rendering
     "rpo": "RPO (recovery point)",
     "rto": "RTO (recovery time)",
     "backups": "Backup frequency",
@@ -541,7 +541,7 @@ def render_markdown(reports: dict[str, Any]) -> str:
         lines += ["| Area | Verdict | Measured | Reasons |", "|---|---|---|---|"]
         for key, s in r["sections"].items():
             reasons = "; ".join(s["reasons"]).replace("|", "\\|")
-            lines.append(f"| {_TITLES[key]} | {s['verdict']} | {_measure(key, s)} | {reasons} |")
+            lines.append(f"| {AREA_TITLES[key]} | {s['verdict']} | {_measure(key, s)} | {reasons} |")
         missed = r["sections"]["backups"]["missed_runs"]
         if missed:
             lines += ["", "Missed backup runs: " + ", ".join(missed[:50])]
@@ -595,7 +595,7 @@ def render_sla_for_demo(policy: Any, console: Any, *, html: Any = None) -> None:
             table.add_column(col)
         for key, s in r["sections"].items():
             style = {COMPLIANT: "green", AT_RISK: "yellow", BREACHED: "red"}[s["verdict"]]
-            table.add_row(_TITLES[key], f"[{style}]{s['verdict']}[/]", _measure(key, s))
+            table.add_row(AREA_TITLES[key], f"[{style}]{s['verdict']}[/]", _measure(key, s))
         console.print(table)
         for reason in r["reasons"]:
             console.print(f"  - {reason}")

@@ -7,14 +7,6 @@ from typing import Any
 
 from pgbackup.report import charts
 
-_TITLES = {
-    "rpo": "RPO (recovery point)",
-    "rto": "RTO (recovery time)",
-    "backups": "Backup frequency",
-    "retention": "Retention",
-    "verification": "Verification and drills",
-    "archive": "WAL archive continuity",
-}
 _CSS_CLASS = {"COMPLIANT": "ok", "AT RISK": "risk", "BREACHED": "bad"}
 
 
@@ -49,7 +41,7 @@ def target_view(name: str, r: dict[str, Any]) -> dict[str, Any]:
     """What the template shows of one target: verdicts, measures, the charts as SVG."""
     from markupsafe import Markup
 
-    from pgbackup.sla import _measure
+    from pgbackup.sla import AREA_TITLES, _measure
 
     timeline = r.get("timeline")
     start, end = charts.view(timeline) if timeline else (None, None)
@@ -64,7 +56,7 @@ def target_view(name: str, r: dict[str, Any]) -> dict[str, Any]:
         "reasons": r["reasons"],
         "sections": [
             {
-                "title": _TITLES.get(key, key),
+                "title": AREA_TITLES.get(key, key),
                 "verdict": s["verdict"],
                 "css": _CSS_CLASS[s["verdict"]],
                 "measured": _measure(key, s),
