@@ -4,7 +4,8 @@
     .venv/bin/python bench/delta.py --scale 50 [--repeat 3] [--keep]
 
 One pgbench database; each tool takes a full backup and restores it (a full restore into
-a fresh directory: the reference), then 1 % of ``pgbench_accounts`` rows change, each tool
+a fresh directory: the reference), then 1 % of ``pgbench_accounts`` rows change (the
+first 1 %, so about 1 % of the pages; ``--spread``: every 100th row, nearly every page), each tool
 takes a new full backup and restores it with ``--delta`` over its own earlier copy. Printed
 side by side: wall time, and the bytes the whole machine wrote to disk during the restore
 (``/proc/diskstats``, so run it on a quiet machine; pgbackup's own count of bytes written
@@ -63,6 +64,9 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument(
+        "--spread", action="store_true", help="change every 100th row (nearly every page)"
+    )
     args = ap.parse_args()
     root = scratch("pgbackup-bench-delta-")
     try:
@@ -122,8 +126,11 @@ def run(args: argparse.Namespace, root: Path) -> None:
                 b,
                 True,
             )
+            # 1 % of the rows, and so about 1 % of the pages (the first ones). --spread
+            # changes every 100th row instead, which touches nearly every page.
+            where = "aid % 100 = 0" if args.spread else f"aid <= {args.scale * 1000}"
             cluster.sql(
-                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0",
+                f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE {where}",
                 dbname="postgres",
             )
             cluster.sql("CHECKPOINT")
@@ -157,7 +164,10 @@ def run(args: argparse.Namespace, root: Path) -> None:
         return median([r[key] for r in rows[name]])
 
     print()
-    print(f"delta restore after a 1 % change, pgbench scale {args.scale}, medians of {args.repeat}")
+    how = "every 100th row" if args.spread else "the first 1 % of rows"
+    print(
+        f"delta restore after changing {how}, pgbench scale {args.scale}, medians of {args.repeat}"
+    )
     out = []
     for name in rows:
         extra = (
