@@ -388,11 +388,12 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
             manifest_spec = CodecSpec("none", 0, spec.encrypted)
             manifest_name = MANIFEST + suffix(manifest_spec)
             LOG.info(
-                "backup %s of %s (%s, PostgreSQL %s) -> %s",
+                "backup %s of %s (%s, PostgreSQL %s, %s) -> %s",
                 backup_id,
                 target.name,
                 describe(conninfo),
                 facts.version,
+                "a hot standby" if facts.in_recovery else "a primary",
                 storage.describe(),
             )
             with backup_directory(storage, repo, target.name, backup_id, direct) as directory:
