@@ -13,6 +13,7 @@ Feature: Tablespaces are backed up, verified and restored with the cluster
   Scenario: A backup holds and verifies the tablespace; a mapped restore has the same rows
     Then the backup's metadata lists tablespace "extra" with its location
     And verify checks the tablespace's files against the manifest
+    And the metrics say the newest backup holds 1 tablespace
     When I restore with --tablespace-map extra=<a new directory> and start it
     Then the restored table in "extra" has the same 1000 rows
     And pg_tblspc links to the new directory and no tablespace_map is left

@@ -310,3 +310,19 @@ def restore_from_upload(h: Harness, ctx: dict[str, Any], name: str) -> None:
         "--tablespace-map",
         f"extra={ctx['mapped']}",
     )
+
+
+@then(parsers.parse("the metrics say the newest backup holds {n:d} tablespace"))
+def metrics_tablespaces(h: Harness, n: int) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    prom = h.root / "metrics.prom"
+    h.run("check", "--prometheus", str(prom), expect_ok=None)
+    values = {
+        (s.name, s.labels.get("repository")): s.value
+        for f in text_string_to_metric_families(prom.read_text())
+        for s in f.samples
+        if s.labels.get("target") == "platform"
+    }
+    assert values[("pgbackup_backup_last_tablespaces", "primary")] == n, values
+    assert values[("pgbackup_backup_last_from_standby", "primary")] == 0

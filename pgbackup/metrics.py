@@ -67,6 +67,16 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Bytes of database files in the newest restorable backup, before compression.",
         TR,
     ),
+    "pgbackup_backup_last_tablespaces": (
+        "gauge",
+        "Tablespaces (besides pg_default and pg_global) the newest restorable backup holds.",
+        TR,
+    ),
+    "pgbackup_backup_last_from_standby": (
+        "gauge",
+        "1 if the newest restorable backup was taken from a hot standby, else 0.",
+        TR,
+    ),
     "pgbackup_backups_restorable": (
         "gauge",
         "Complete backups a restore can start from.",
@@ -238,6 +248,8 @@ def repository_samples(
             meta.get("stored_bytes") or complete[-1].stored_bytes,
         )
         add("pgbackup_backup_last_database_bytes", meta.get("raw_bytes"))
+        add("pgbackup_backup_last_tablespaces", len(meta.get("tablespaces") or []))
+        add("pgbackup_backup_last_from_standby", 1.0 if meta.get("source") == "standby" else 0.0)
         if window is None:
             window = recoverable_window(repo, policy, target)
         add("pgbackup_recovery_window_start_timestamp_seconds", _ts(window.get("earliest_time")))
