@@ -38,12 +38,12 @@ from typing import Any
 from pgbackup import __version__
 from pgbackup.codecs import CodecSpec, Encoder, encode_bytes, load_recipients, suffix
 from pgbackup.config import Policy, Target
-from pgbackup.errors import BackupError, PgBackupError, PostgresError
+from pgbackup.errors import BackupError, PgBackupError, PostgresError, UsageError
 from pgbackup.locks import target_lock
 from pgbackup.lsn import format_lsn, parse_lsn
 from pgbackup.postgres.binaries import find_program
 from pgbackup.postgres.connection import ServerFacts, describe, preflight_facts, to_dsn
-from pgbackup.repository import MANIFEST, Repository, iso, new_backup_id, utcnow
+from pgbackup.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
 from pgbackup.sandbox import resolve_conninfo
 from pgbackup.storage import Storage, open_storage
 from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage
@@ -92,9 +92,10 @@ def basebackup_argv(
     spec: CodecSpec,
     workers: int = 0,
     max_rate: str | None = None,
+    incremental: Path | None = None,
 ) -> list[str]:
     """pg_basebackup writing base.tar, a tar per tablespace, pg_wal.tar and the manifest
-    into ``directory``.
+    into ``directory``; ``incremental``: the parent's manifest (PostgreSQL 17+).
 
     No password in argv: libpq takes it from PGPASSWORD or the passfile.
     """
@@ -112,6 +113,8 @@ def basebackup_argv(
     ]
     if max_rate:
         argv.append(f"--max-rate={max_rate}")
+    if incremental is not None:
+        argv.append(f"--incremental={incremental}")
     if interactive():
         argv.append("--progress")  # the server sizes the data directory first: terminals only
     option = compress_option(spec, workers)
@@ -149,6 +152,56 @@ def preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
             "TABLESPACE) or to pg_default; in-place tablespaces are a developer setting "
             "(allow_in_place_tablespaces)",
         )
+
+
+BACKUP_TYPES = ("full", "incremental")
+
+
+def incremental_preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
+    """An incremental backup needs PostgreSQL 17+ with ``summarize_wal = on``; refused
+    before anything is stored, with the fix."""
+    where = describe(conninfo)
+    if facts.major < 17:
+        raise PostgresError(
+            f"{where}: PostgreSQL {facts.version} cannot take incremental backups "
+            "(pg_basebackup --incremental came with PostgreSQL 17)",
+            hint="take full backups (pgbackup backup --type full), or upgrade to 17 or later",
+        )
+    if facts.summarize_wal != "on":
+        raise PostgresError(
+            f"{where}: summarize_wal is {facts.summarize_wal or 'off'}; an incremental "
+            "backup needs the WAL summaries it writes",
+            hint="ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a "
+            "full backup, on which the next incremental builds",
+        )
+    if facts.tablespaces:
+        names = ", ".join(str(t["name"]) for t in facts.tablespaces)
+        raise PostgresError(
+            f"{where}: the server has tablespaces ({names}); pgbackup takes incremental "
+            "backups of clusters without tablespaces only",
+            hint="take full backups of this target (pgbackup backup --type full)",
+        )
+
+
+def choose_parent(repo: Repository, target: str, facts: ServerFacts) -> BackupInfo:
+    """The backup an incremental builds on: the newest complete one of the same cluster."""
+    same = [
+        b
+        for b in repo.complete_backups(target)
+        if b.metadata.get("system_identifier") == facts.system_identifier
+    ]
+    if not same:
+        raise BackupError(
+            f"target {target!r} has no complete backup of this cluster (system identifier "
+            f"{facts.system_identifier}) for an incremental backup to build on",
+            hint="take a full backup first: pgbackup backup --type full",
+        )
+    return same[-1]
+
+
+def chain_of(parent: BackupInfo) -> list[str]:
+    """The chain an incremental on ``parent`` belongs to, full backup first."""
+    return [*(parent.metadata.get("chain") or []), parent.backup_id]
 
 
 def run_basebackup(argv: list[str], estimated_size: int) -> None:
@@ -354,8 +407,14 @@ def backup_directory(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
-    """Take one base backup of ``target``; returns its metadata."""
+def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dict[str, Any]:
+    """Take one base backup of ``target`` (``full``, or ``incremental`` on the newest
+    complete backup: PostgreSQL 17+); returns its metadata."""
+    if backup_type not in BACKUP_TYPES:
+        raise UsageError(
+            f"--type {backup_type!r}: a backup is full or incremental",
+            hint="pgbackup backup --type full|incremental",
+        )
     storage = open_storage(policy.repository)
     repo = Repository(storage)
     spec = codec_spec(policy)
@@ -376,6 +435,11 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
             step = "opening a replication connection"
             if replication_problem is not None:
                 raise replication_problem
+            parent: BackupInfo | None = None
+            if backup_type == "incremental":
+                step = "checking the server for incremental backups"
+                incremental_preflight(facts, conninfo)
+                parent = choose_parent(repo, target.name, facts)
             program = find_program("pg_basebackup", facts.major, target.pg_bin_dir)
             side = compression_side(conninfo, spec.compression)  # server's, else ours
             recipients_list = recipients(policy)
@@ -396,7 +460,25 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 "a hot standby" if facts.in_recovery else "a primary",
                 storage.describe(),
             )
-            with backup_directory(storage, repo, target.name, backup_id, direct) as directory:
+            with (
+                backup_directory(storage, repo, target.name, backup_id, direct) as directory,
+                tempfile.TemporaryDirectory(prefix="pgbackup-parent-") as scratch,
+            ):
+                parent_manifest: Path | None = None
+                if parent is not None:
+                    step = f"reading the manifest of parent backup {parent.backup_id}"
+                    from pgbackup.restore import identities, read_manifest_bytes
+
+                    parent_manifest = Path(scratch) / MANIFEST
+                    parent_manifest.write_bytes(
+                        read_manifest_bytes(
+                            storage,
+                            repo.base_prefix(target.name, parent.backup_id),
+                            parent,
+                            identities(policy, parent),
+                        )
+                    )
+                    LOG.info("incremental on %s (chain %s)", parent.backup_id, chain_of(parent))
                 step = "running pg_basebackup"
                 argv = basebackup_argv(
                     program,
@@ -406,6 +488,7 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                     side.argv_spec(spec),
                     policy.compression.workers,
                     target.max_rate,
+                    incremental=parent_manifest,
                 )
                 run_basebackup(argv, facts.database_size)
                 if side.side == "pgbackup":
@@ -506,6 +589,9 @@ def run_backup(policy: Policy, target: Target) -> dict[str, Any]:
                 "pg_basebackup": program,
                 "compressed_by": side.as_dict(),
                 "wal_method": "stream",
+                "backup_type": backup_type,
+                "parent": parent.backup_id if parent else None,
+                "chain": chain_of(parent) if parent else [],
             }
             step = "writing metadata.json"
             repo.write_metadata(target.name, backup_id, metadata)

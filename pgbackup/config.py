@@ -878,6 +878,12 @@ def _semantic_problems(doc: Any, skip: set[str]) -> list[tuple[str, str]]:
             problem = _cron_problem(expr)
             if problem:
                 add(f"schedules.{key}", problem)
+        if "incremental" in schedules and "backup" not in schedules:
+            add(
+                "schedules.incremental",
+                "incremental backups build on a full backup: schedules.backup must say when "
+                "full backups are taken",
+            )
     compression = doc.get("compression")
     if isinstance(compression, dict):
         method = compression.get("method", "zstd")

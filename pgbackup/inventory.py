@@ -69,9 +69,16 @@ def inventory(policy: Any, repo: Repository, targets: list[Any]) -> dict[str, An
                     "encrypted": m.get("encrypted"),
                     "source": m.get("source", "primary"),
                     "tablespaces": [t.get("name") for t in m.get("tablespaces") or []],
+                    "backup_type": m.get("backup_type", "full") if m else None,
+                    "parent": m.get("parent"),
+                    "chain": list(m.get("chain") or []),
                 }
             )
         out[t.name] = {"backups": rows, "window": recoverable_window(repo, policy, t.name)}
+        if policy.uploads:  # what a lost host leaves: the window at each destination
+            from pgbackup.shipper import destination_windows
+
+            out[t.name]["uploads"] = destination_windows(policy, repo, t.name)
     return out
 
 
@@ -82,6 +89,7 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
         table = Table(title=f"target {target}", title_justify="left")
         for col in (
             "backup",
+            "type",
             "status",
             "stop time (UTC)",
             "LSN range",
@@ -94,6 +102,11 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
         for r in info["backups"]:
             table.add_row(
                 r["backup_id"],
+                (
+                    f"incr. on {r['parent']} (chain of {len(r['chain']) + 1})"
+                    if r.get("parent")
+                    else (r.get("backup_type") or "-")
+                ),
                 r["status"]
                 + (" (from a standby)" if r.get("source") == "standby" else "")
                 + (f": {r['problem']}" if r["problem"] else ""),
@@ -115,3 +128,13 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
                 console.print(f"  WAL gap: {gap}")
         else:
             console.print("recoverable window: none (no complete backup)")
+        for dest, uw in (info.get("uploads") or {}).items():
+            if uw.get("error"):
+                console.print(f"  at {dest}: unreachable ({uw['error']})")
+            elif uw.get("earliest_time"):
+                console.print(
+                    f"  at {dest}: {uw['earliest_time']} .. {uw['latest_time']} "
+                    f"(LSN {uw['latest_lsn']}; {uw['lag_seconds']:.0f}s behind the repository)"
+                )
+            else:
+                console.print(f"  at {dest}: none (no complete backup copy there)")

@@ -12,13 +12,31 @@ def required_settings(policy: Any, target: Any) -> dict[str, str]:
     """postgresql.conf settings a target needs for this policy."""
     from pgbackup.sandbox import archive_command, archive_timeout
 
-    return {
+    settings = {
         "wal_level": "replica",
         "archive_mode": "on",
         "archive_command": archive_command(policy, target),
         "archive_timeout": f"{archive_timeout(policy)}s",
         "max_wal_senders": ">= 2",
     }
+    if "incremental" in policy.schedules:
+        settings["summarize_wal"] = "on  # incremental backups (PostgreSQL 17+)"
+    return settings
+
+
+def backup_types_plan(policy: Any) -> dict[str, Any]:
+    """How full and incremental backups alternate (schedules.backup, schedules.incremental)."""
+    full = policy.schedules.get("backup")
+    incremental = policy.schedules.get("incremental")
+    if not incremental:
+        text = "every backup is full" + (f" ({full})" if full else "")
+    else:
+        text = (
+            f"full backups at '{full}', incremental backups at '{incremental}', each on the "
+            "newest backup (PostgreSQL 17+ with summarize_wal = on): a chain runs from one "
+            "full backup to the next, and a restore combines it (pg_combinebackup)"
+        )
+    return {"full": full, "incremental": incremental, "explained": text}
 
 
 def compression_plan(policy: Any, target: Any) -> dict[str, str]:
@@ -83,6 +101,7 @@ def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
         },
         "sla": {"rto_seconds": policy.sla.rto, "rpo_seconds": policy.sla.rpo},
         "targets": targets,
+        "backup_types": backup_types_plan(policy),
         "cron": [
             {"name": e.name, "line": f"{e.expression} {e.command}"} for e in cron_entries(policy)
         ],
@@ -103,6 +122,7 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
     console.print(
         f"retention: {r['days']} days, {r['weekly']} weekly, {r['monthly']} monthly (at least {r['min_backups']})"
     )
+    console.print(f"backups: {data['backup_types']['explained']}", markup=False)
     for t in data["targets"]:
         console.print(f"\n[bold]target {t['name']}[/]: {t['server']}")
         comp = t["compression"]
@@ -169,6 +189,17 @@ def live_disagreements(policy: Any) -> dict[str, list[str]]:
             elif facts.archive_timeout >= policy.sla.rpo:
                 found.append(
                     f"archive_timeout {facts.archive_timeout}s is not below the RPO objective of {policy.sla.rpo}s"
+                )
+        if "incremental" in policy.schedules:
+            if facts.major < 17:
+                found.append(
+                    f"PostgreSQL {facts.version} cannot take the incremental backups "
+                    "schedules.incremental asks for (PostgreSQL 17+)"
+                )
+            elif facts.summarize_wal != "on":
+                found.append(
+                    f"summarize_wal is {facts.summarize_wal or 'off'}: incremental backups "
+                    "(schedules.incremental) need it on"
                 )
         if facts.max_wal_senders < 2:
             found.append(

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class RestoreResult:
     started: bool = False
     recovery: dict[str, Any] = field(default_factory=dict)
     delta: dict[str, int] | None = None
+    combine: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -276,6 +278,13 @@ def read_manifest(
     """The backup's own backup_manifest (decoded), as PostgreSQL wrote it."""
     import json
 
+    return dict(json.loads(read_manifest_bytes(storage, prefix, info, identity_list)))
+
+
+def read_manifest_bytes(
+    storage: Storage, prefix: str, info: BackupInfo, identity_list: list[str] | None
+) -> bytes:
+    """The backup's backup_manifest, checked against its metadata and decoded."""
     from pgbackup.codecs import decode_bytes
 
     for name, obj in info.metadata["objects"].items():
@@ -283,10 +292,9 @@ def read_manifest(
             stored = storage.read_bytes(prefix + name)
             if hashlib.sha256(stored).hexdigest() != obj["sha256"]:
                 raise RestoreError(f"{name} does not match its checksum; the backup is damaged")
-            raw = decode_bytes(
+            return decode_bytes(
                 CodecSpec.from_dict(obj["codec"]), stored, identities=identity_list, what=name
             )
-            return dict(json.loads(raw))
     raise RestoreError(f"backup {info.backup_id} has no backup_manifest; --delta needs one")
 
 
@@ -392,6 +400,109 @@ def independent_or_standby(directory: Path, standby: bool, info: BackupInfo) -> 
             path.unlink()
 
 
+def chain_members(repo: Repository, target: str, info: BackupInfo) -> list[BackupInfo]:
+    """The backups an incremental restores from, full backup first, ``info`` last; a
+    missing or incomplete member is one clear error (before anything is written)."""
+    members = []
+    for backup_id in info.metadata.get("chain") or []:
+        try:
+            member = repo.find_backup(target, backup_id)
+        except PgBackupError as exc:
+            raise RestoreError(
+                f"backup {info.backup_id} is an incremental whose chain member {backup_id} "
+                f"cannot be used: {exc.message}",
+                hint="restore another backup (pgbackup list shows the chains)",
+            ) from None
+        members.append(member)
+    return [*members, info]
+
+
+#: pg_combinebackup's ways of copying, fastest first: reflinks, copy_file_range, copy.
+COMBINE_METHODS = (("--clone",), ("--copy-file-range",), ())
+
+
+def combine_chain(
+    storage: Storage,
+    repo: Repository,
+    policy: Policy,
+    target: Target,
+    members: list[BackupInfo],
+    directory: Path,
+    os_user: str | None,
+) -> dict[str, Any]:
+    """Extract each member (full first) into a staging directory beside ``directory`` and
+    rebuild the data directory with pg_combinebackup of the backup's major; returns what
+    was read and how it was combined."""
+    from pgbackup.postgres.binaries import find_program
+    from pgbackup.postgres.cluster import run_as
+
+    last = members[-1]
+    program = find_program(
+        "pg_combinebackup", int(last.metadata["server_version_num"]) // 10000, target.pg_bin_dir
+    )
+    staging = Path(tempfile.mkdtemp(prefix=".pgbackup-combine-", dir=directory.parent))
+    stored = 0
+    try:
+        dirs = []
+        t0 = time.monotonic()
+        for member in members:
+            prefix = repo.base_prefix(target.name, member.backup_id)
+            identity_list = identities(policy, member)
+            where = staging / member.backup_id
+            for name, obj in archive_objects(member):
+                if obj["kind"] == "wal" and member is not last:
+                    continue  # only the newest member's WAL is needed
+                into = where / "pg_wal" if obj["kind"] == "wal" else where
+                into.mkdir(parents=True, exist_ok=True)
+                read, _ = extract(
+                    storage,
+                    prefix + name,
+                    CodecSpec.from_dict(obj["codec"]),
+                    identity_list,
+                    into,
+                    obj,
+                )
+                stored += read
+            (where / "backup_manifest").write_bytes(
+                read_manifest_bytes(storage, prefix, member, identity_list)
+            )
+            dirs.append(str(where))
+        extracted = time.monotonic() - t0
+        hand_over(staging, os_user, 0o700)
+        failures = []
+        for method in COMBINE_METHODS:
+            t1 = time.monotonic()
+            proc = run_as(
+                [program, "--output", str(directory), *method, *dirs],
+                os_user,
+                check=False,
+            )
+            if proc.returncode == 0:
+                LOG.info(
+                    "combined %d backups into %s with pg_combinebackup %s in %.1fs",
+                    len(members),
+                    directory,
+                    " ".join(method) or "(copy)",
+                    time.monotonic() - t1,
+                )
+                return {
+                    "members": [m.backup_id for m in members],
+                    "method": (method[0].lstrip("-") if method else "copy"),
+                    "extract_seconds": round(extracted, 3),
+                    "combine_seconds": round(time.monotonic() - t1, 3),
+                    "stored_bytes": stored,
+                }
+            failures.append(f"{' '.join(method) or 'copy'}: {(proc.stdout or '').strip()[-500:]}")
+            empty_directory(directory)
+        raise RestoreError(
+            f"pg_combinebackup could not rebuild backup {last.backup_id} from its chain "
+            f"({' <- '.join(m.backup_id for m in members)}): {failures[-1]}",
+            hint="run `pgbackup verify --backup " + last.backup_id + "`",
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 MINIMAL_CONF = """# written by pgbackup restore: the backup carried no postgresql.conf
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
@@ -441,6 +552,12 @@ def run_restore(
         tablespaces, tablespace_map or {}, tablespace_map_all, directory
     )
     prefix = repo.base_prefix(target.name, info.backup_id)
+    members = chain_members(repo, target.name, info) if info.metadata.get("parent") else []
+    if members and delta:
+        raise UsageError(
+            f"backup {info.backup_id} is incremental; --delta restores full backups only",
+            hint="restore without --delta into an empty directory",
+        )
     plan: DeltaPlan | None = None
     if delta:
         check_delta_destination(directory)
@@ -465,8 +582,12 @@ def run_restore(
     stored = 0
     payload_written = 0  # data files written (a delta restore's measure)
     wal_written = 0
+    combined: dict[str, Any] | None = None
     try:
-        for name, obj in archive_objects(info):
+        if members:
+            combined = combine_chain(storage, repo, policy, target, members, directory, os_user)
+            stored = combined["stored_bytes"]
+        for name, obj in [] if members else archive_objects(info):
             where, inside = directory, ""
             if obj["kind"] == "wal":
                 where, inside = directory / "pg_wal", "pg_wal/"
@@ -557,6 +678,7 @@ def run_restore(
         seconds=0.0,
         port=port,
         delta=({**plan.as_dict(), "written_bytes": payload_written} if plan else None),
+        combine=combined,
     )
     if start:
         try:

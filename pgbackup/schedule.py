@@ -38,7 +38,7 @@ def cron_entries(policy: Policy, program: str | None = None) -> list[CronEntry]:
     log = schedule_log(policy)
     entries = []
     for name, expression in policy.schedules.items():
-        task = "sla-report" if name == "report" else name
+        task = {"report": "sla-report", "incremental": "backup --type incremental"}.get(name, name)
         # umask 027: a log file cron creates is 0640 like the one install prepares.
         command = (
             f"umask 027; {shlex.quote(program)} --config {shlex.quote(str(policy.path))} {task}"

@@ -150,25 +150,40 @@ def plan(c: Any, config: str | None = None, json_: bool = False) -> None:
 # --- backup ---------------------------------------------------------------------------
 
 
-@task(help={"config": CONFIG_HELP, "target": "only this target (default: every target)"})
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "type": "full (default) or incremental: on the newest backup, PostgreSQL 17+ with "
+        "summarize_wal = on",
+    }
+)
 @command
-def backup(c: Any, config: str | None = None, target: str | None = None) -> None:
+def backup(
+    c: Any, config: str | None = None, target: str | None = None, type_: str = "full"
+) -> None:
     """Take a base backup of every target (or --target NAME)."""
-    from pgbackup.backup import run_backup
+    from pgbackup.backup import BACKUP_TYPES, run_backup
     from pgbackup.ui import human_bytes
 
+    if type_ not in BACKUP_TYPES:
+        raise UsageError(
+            f"--type {type_!r}: a backup is full or incremental",
+            hint="pgbackup backup --type full|incremental",
+        )
     policy = load(config)
     failures = []
     for t in targets(policy, target):
         try:
-            meta = run_backup(policy, t)
+            meta = run_backup(policy, t, type_)
         except PgBackupError as exc:
             failures.append(exc)
             print(f"pgbackup: error: {exc}", file=sys.stderr)
             _notify(policy, "backup", t.name, "failed", str(exc))
             continue
+        kind = f" (incremental on {meta['parent']})" if meta.get("parent") else ""
         print(
-            f"backup {meta['backup_id']} of {t.name}: {human_bytes(meta['raw_bytes'])} -> "
+            f"backup {meta['backup_id']}{kind} of {t.name}: {human_bytes(meta['raw_bytes'])} -> "
             f"{human_bytes(meta['stored_bytes'])} stored in {meta['duration_seconds']:.1f}s "
             f"(LSN {meta['start_lsn']}..{meta['stop_lsn']}, timeline {meta['timeline']})"
         )

@@ -98,6 +98,8 @@ class ServerFacts:
     #: The server's own tablespaces (not pg_default/pg_global): oid, name, location. What
     #: a backup must hold comes from here, not from the archives pg_basebackup wrote.
     tablespaces: tuple[dict[str, Any], ...] = ()
+    #: ``summarize_wal`` (PostgreSQL 17+; None before): incremental backups need it on.
+    summarize_wal: str | None = None
 
     @property
     def major(self) -> int:
@@ -133,6 +135,7 @@ FACTS_SQL = (
     ", (SELECT coalesce(json_agg(json_build_object('oid', oid, 'name', spcname, "
     "'location', pg_tablespace_location(oid)) ORDER BY oid), '[]') FROM pg_tablespace "
     "WHERE spcname NOT IN ('pg_default', 'pg_global'))"
+    ", " + _setting("summarize_wal")
 )
 
 
@@ -196,7 +199,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
             "a superuser or a role in pg_monitor can",
         )
     rows = list(csv.reader(io.StringIO(out)))
-    if len(rows) != 1 or len(rows[0]) != 16:
+    if len(rows) != 1 or len(rows[0]) != 17:
         raise PostgresError(f"{describe(conninfo)}: unexpected answer from psql: {out[:200]!r}")
     (
         version_num,
@@ -215,6 +218,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
         database_size,
         timezone,
         tablespaces,
+        summarize_wal,
     ) = rows[0]
     return ServerFacts(
         version_num=int(version_num),
@@ -233,6 +237,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
         database_size=int(database_size or 0),
         timezone=timezone or None,
         tablespaces=tuple(json.loads(tablespaces or "[]")),
+        summarize_wal=summarize_wal or None,
     )
 
 
