@@ -438,6 +438,13 @@ def check_target(
                     )
                 )
 
+    # WAL at each upload destination: what a lost host would lose (pgbackup/shipper.py).
+    if policy.uploads:
+        from pgbackup.shipper import offsite_checks
+
+        for name, status, text, lag in offsite_checks(policy, repo, target.name):
+            add(Check(name, status, text, lag))
+
     # Free space.
     free = None
     with contextlib.suppress(Exception):
@@ -511,6 +518,12 @@ def run_check(
                 "archiver_failing": report.metrics.get("archiver_failing"),
                 "database_bytes": report.metrics.get("database_bytes"),
                 "problems": [f"{c.name}: {c.summary}" for c in report.problems()],
+                # per destination: seconds of archived WAL it lacks (None: unreachable)
+                "offsite_lag_seconds": {
+                    c.name.split(":", 1)[1]: c.value
+                    for c in report.checks
+                    if c.name.startswith("offsite_wal:")
+                },
             },
         )
         if alert:

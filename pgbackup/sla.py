@@ -129,6 +129,7 @@ def rpo_section(
             f"largest gap between archived segments {fmt_seconds(gap)} exceeds {fmt_seconds(rpo)} "
             "(an idle server, or WAL that was not archived in time)"
         )
+    verdict = worst([verdict, _host_loss(rpo, checks, out)])
     if verdict == COMPLIANT:
         reasons.insert(
             0,
@@ -136,6 +137,49 @@ def rpo_section(
         )
     out["verdict"] = verdict
     return out
+
+
+def _host_loss(rpo: int, checks: list[dict[str, Any]], out: dict[str, Any]) -> str:
+    """The RPO when the host is lost with its local repository: restoring from the upload
+    destination that was least behind (``offsite_lag_seconds`` of each check record, from
+    pgbackup/shipper.py). No uploads recorded: nothing to judge here (COMPLIANT)."""
+    measured: list[tuple[float, Any]] = []
+    blind = 0
+    for c in checks:
+        lags = c.get("offsite_lag_seconds")
+        if not lags:
+            continue
+        known = [float(v) for v in lags.values() if v is not None]
+        at = c.get("checked_at") or c.get("recorded_at")
+        if known:
+            local = float(c.get("rpo_exposure_seconds") or 0)
+            measured.append((max(local, min(known)), at))
+        else:
+            blind += 1
+    if not measured and not blind:
+        return COMPLIANT
+    worst_off = max(measured, default=(None, None), key=lambda e: e[0] or 0)
+    out["host_loss_worst_exposure_seconds"] = worst_off[0]
+    out["host_loss_worst_exposure_at"] = worst_off[1]
+    reasons: list[str] = out["reasons"]
+    verdict = COMPLIANT
+    if worst_off[0] is not None and worst_off[0] > rpo:
+        verdict = BREACHED
+        reasons.append(
+            f"host loss (restoring from an upload destination): worst exposure "
+            f"{fmt_seconds(worst_off[0])} at {worst_off[1]} against {fmt_seconds(rpo)} "
+            "(archived WAL had not reached any destination; run `pgbackup wal-ship`)"
+        )
+    elif worst_off[0] is not None and worst_off[0] > NEAR * rpo:
+        verdict = AT_RISK
+        reasons.append(
+            f"host loss: worst exposure {fmt_seconds(worst_off[0])} restoring from an upload "
+            f"destination is close to {fmt_seconds(rpo)}"
+        )
+    if blind:
+        verdict = worst([verdict, AT_RISK])  # unknown, not measured as lost
+        reasons.append(f"host loss: no upload destination was reachable at {blind} check(s)")
+    return verdict
 
 
 def rto_section(

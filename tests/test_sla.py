@@ -115,3 +115,25 @@ def test_overall_is_the_worst_section_with_reasons() -> None:
     verdict, reasons = sla.overall(sections)
     assert verdict == BREACHED
     assert reasons == ["RPO: too old", "RTO: slow"]
+
+
+def offsite(exposure: float, lags: dict[str, float | None], minutes_ago: int = 5) -> dict:
+    return {**check(exposure, minutes_ago), "offsite_lag_seconds": lags}
+
+
+def test_rpo_host_loss_counts_the_least_behind_destination() -> None:
+    # Locally fine, but the off-site copies were a day behind: a lost host loses a day.
+    s = sla.rpo_section(300, [offsite(0, {"nas": 86400.0, "s3": None})], [])
+    assert s["verdict"] == BREACHED
+    assert s["host_loss_worst_exposure_seconds"] == 86400
+    assert any(
+        r.startswith("host loss (restoring from an upload destination)") for r in s["reasons"]
+    )
+    # One destination within the objective is enough to restore from.
+    s = sla.rpo_section(300, [offsite(2, {"nas": 86400.0, "s3": 1.5})], [])
+    assert s["verdict"] == COMPLIANT
+    assert s["host_loss_worst_exposure_seconds"] == 2
+    # Every destination unreachable: the host-loss exposure is unknown, not fine.
+    assert sla.rpo_section(300, [offsite(0, {"nas": None})], [])["verdict"] == AT_RISK
+    # No uploads recorded: the local verdict alone.
+    assert sla.rpo_section(300, [check(10)], [])["verdict"] == COMPLIANT
