@@ -73,3 +73,11 @@ Feature: A table or a database as it was at a point in time, next to the live da
       | signal  |
       | SIGINT  |
       | SIGTERM |
+
+  @docker
+  Scenario: The scratch server may run in a container (the Docker provider)
+    Given a Docker engine answers
+    When every row of pitr_batches is deleted and that WAL is archived
+    And I extract public.pitr_batches as of the time recorded after batch 2 into the new database "batches_docker" with --docker
+    Then the database "batches_docker" holds batches 1,2 and no others
+    And no scratch cluster or scratch directory remains

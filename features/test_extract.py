@@ -119,6 +119,29 @@ def extract_into(h: Harness, ctx: dict[str, Any], table: str, n: int, name: str)
     )
 
 
+@when(
+    parsers.parse(
+        'I extract {table} as of the time recorded after batch {n:d} into the new database "{name}" with --docker'
+    )
+)
+def extract_into_docker(h: Harness, ctx: dict[str, Any], table: str, n: int, name: str) -> None:
+    extract_json(
+        h,
+        ctx,
+        "--db",
+        "platform",
+        "--table",
+        table,
+        "--target-time",
+        point_time(ctx, n),
+        "--into-db",
+        name,
+        "--user",
+        superuser(h.sandbox()),
+        "--docker",
+    )
+
+
 @when(parsers.parse('I extract {table} again into the new database "{name}"'))
 def extract_again(h: Harness, ctx: dict[str, Any], table: str, name: str) -> None:
     extract(

@@ -187,6 +187,8 @@ class Request:
     fmt: str = "custom"
     into_db: str | None = None
     user: str | None = None
+    docker: bool = False  # the scratch server in a container (drill --docker's image)
+    image: str | None = None
 
     def objects(self) -> list[str]:
         return [shown(*t) for t in self.tables] + [f"schema {s}" for s in self.schemas]
@@ -409,6 +411,9 @@ class Scratch:
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.stop("immediate")
+            if hasattr(self.cluster, "remove"):  # a container
+                with contextlib.suppress(Exception):
+                    self.cluster.remove()
             self.cluster = None
 
     def close(self) -> None:
@@ -473,6 +478,7 @@ def restore_and_recover(
     expected: dict[str, Any],
     plan: SparsePlan | None,
     database: str,
+    req: Request | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], float, float]:
     """Restore (sparse where ``plan`` says) and recover the scratch cluster; returns what
     was restored, the point reached, and the seconds each step took."""
@@ -488,10 +494,18 @@ def restore_and_recover(
     t0 = time.monotonic()
     port = free_port()
     major = int(info.metadata["server_version_num"]) // 10000
-    cluster = Cluster(data, port, major=major, bin_dir=target.pg_bin_dir)
-    hba = scratch.root / "pg_hba.conf"
-    hba.write_text(scratch_hba(database, str(cluster.conninfo()["user"])))
-    hand_over(hba, cluster.os_user, 0o600)
+    cluster: Any = None
+    if req is not None and req.docker:
+        # The container sees only the data directory (and the policy and repository
+        # read-only): the scratch pg_hba.conf goes inside it, and the container is made
+        # once the restore wrote restore_command (drill_cluster points it at the image's
+        # pgbackup).
+        hba = data / "pgbackup_extract_hba.conf"
+    else:
+        cluster = Cluster(data, port, major=major, bin_dir=target.pg_bin_dir)
+        hba = scratch.root / "pg_hba.conf"
+        hba.write_text(scratch_hba(database, str(cluster.conninfo()["user"])))
+        hand_over(hba, cluster.os_user, 0o600)
     token = SPARSE.set(plan)
     try:
         restored = run_restore(
@@ -507,6 +521,12 @@ def restore_and_recover(
         )
     finally:
         SPARSE.reset(token)
+    if cluster is None:
+        from pgbackup.postgres.docker import drill_cluster
+
+        cluster = drill_cluster(policy, data, port, major, req.image if req else None)
+        hba.write_text(scratch_hba(database, str(cluster.conninfo()["user"])))
+        hand_over(hba, cluster.os_user, 0o600)
     sparse_bytes = 0
     for member in plan.sparse_members if plan else []:
         with contextlib.suppress(OSError):
@@ -816,7 +836,16 @@ def run_extract(
             why: str | None = None
             try:
                 stats, recovered, restore_s, recovery_s = restore_and_recover(
-                    policy, target, storage, scratch, info, settings, expected, plan, req.database
+                    policy,
+                    target,
+                    storage,
+                    scratch,
+                    info,
+                    settings,
+                    expected,
+                    plan,
+                    req.database,
+                    req,
                 )
             except PgBackupError as exc:
                 # Replay PANICs on a page left out only when a change came without its
@@ -833,7 +862,16 @@ def run_extract(
                 LOG.warning("%s: restoring the backup again, whole", why)
                 scratch.stop()
                 stats, recovered, restore_s2, recovery_s2 = restore_and_recover(
-                    policy, target, storage, scratch, info, settings, expected, None, req.database
+                    policy,
+                    target,
+                    storage,
+                    scratch,
+                    info,
+                    settings,
+                    expected,
+                    None,
+                    req.database,
+                    req,
                 )
                 restore_s += restore_s2
                 recovery_s += recovery_s2

@@ -214,6 +214,8 @@ def sla_report(
         "format": "--output's format: custom (default, for pg_restore) or plain (SQL)",
         "into_db": "load the objects into this NEW database on the live server",
         "user": "--into-db: connect to the live server as this role (default: the target's)",
+        "docker": "run the scratch server in a container (drill.image or --image)",
+        "image": "with --docker: the image (default: drill.image, else pgbackup:<version>)",
         "json": "machine-readable output",
     },
 )
@@ -236,6 +238,8 @@ def extract(
     format: str | None = None,
     into_db: str | None = None,
     user: str | None = None,
+    docker: bool = False,
+    image: str | None = None,
     json_: bool = False,
 ) -> None:
     """Tables or a database as they were at a recovery target: into a file or a new database."""
@@ -267,7 +271,11 @@ def extract(
         fmt=format or "custom",
         into_db=into_db,
         user=user,
+        docker=docker,
+        image=image,
     )
+    if image and not docker:
+        raise UsageError("--image names the container image of --docker")
     policy = load(config)
     result = run_extract(policy, policy.target(policy_target or target), req)
     if json_:
