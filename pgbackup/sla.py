@@ -585,7 +585,9 @@ def render_markdown(reports: dict[str, Any]) -> str:
         lines += ["| Area | Verdict | Measured | Reasons |", "|---|---|---|---|"]
         for key, s in r["sections"].items():
             reasons = "; ".join(s["reasons"]).replace("|", "\\|")
-            lines.append(f"| {AREA_TITLES[key]} | {s['verdict']} | {_measure(key, s)} | {reasons} |")
+            lines.append(
+                f"| {AREA_TITLES[key]} | {s['verdict']} | {_measure(key, s)} | {reasons} |"
+            )
         missed = r["sections"]["backups"]["missed_runs"]
         if missed:
             lines += ["", "Missed backup runs: " + ", ".join(missed[:50])]
