@@ -60,6 +60,7 @@ def to_record(info: BackupInfo) -> BackupRecord:
         complete=info.complete,
         start_lsn=parse_lsn(meta["start_lsn"]) if meta.get("start_lsn") else 0,
         timeline=int(meta.get("timeline", 1)),
+        parent=meta.get("parent"),
     )
 
 

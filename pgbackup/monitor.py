@@ -339,6 +339,15 @@ def check_target(
         report.metrics["last_backup_stored_bytes"] = float(
             complete[-1].metadata.get("stored_bytes") or 0
         )
+    if any(b.metadata.get("parent") for b in complete):
+        from pgbackup.chains import broken_chains
+
+        broken = broken_chains(repo.backups(target.name))
+        if broken:
+            detail = "; ".join(f"{b}: {', '.join(p)}" for b, p in sorted(broken.items()))
+            add(Check("backup_chains", CRITICAL, f"incremental backups cannot restore: {detail}"))
+        else:
+            add(Check("backup_chains", OK, "every incremental backup's chain is whole"))
     runs = list(repo.runs(target.name, "backup"))
     if runs and runs[-1].get("status") != "ok":
         last = runs[-1]

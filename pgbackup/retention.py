@@ -5,6 +5,12 @@ the newest of one of the last ``weekly`` ISO weeks or ``monthly`` calendar month
 period containing ``now`` counts as the first), or among the ``min_backups`` newest. The
 newest complete backup is never expired. Incomplete backups older than the newest complete
 one are expired; newer ones may be in progress and are kept (the caller checks locks).
+
+Incremental backups (PostgreSQL 17+) are restorable points like full ones: ``days``,
+``weekly``, ``monthly`` and ``min_backups`` count them the same way (the newest backup of a
+week may be an incremental). A chain is never broken: a kept incremental keeps every
+backup it is built on, down to its full backup; so a full backup (or an incremental in the
+middle of a chain) expires only together with every backup that depends on it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ __all__ = [
     "BackupRecord",
     "Decision",
     "RetentionRule",
+    "chain_ancestors",
     "expire_after_days",
     "oldest_kept",
     "plan_retention",
@@ -31,6 +38,7 @@ class BackupRecord:
     complete: bool
     start_lsn: int = 0
     timeline: int = 1
+    parent: str | None = None  # the backup an incremental is built on
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,17 @@ def plan_retention(
             seen_months.add(month)
             reasons[backup.backup_id].append(f"monthly {month[0]}-{month[1]:02d}")
 
+    # A kept incremental keeps its whole chain (newest first, so reasons read down it).
+    by_id = {b.backup_id: b for b in complete}
+    for backup in complete:
+        if not reasons[backup.backup_id]:
+            continue
+        for ancestor in chain_ancestors(backup.backup_id, by_id):
+            if ancestor in reasons and not any(
+                r.startswith("in the chain of") for r in reasons[ancestor]
+            ):
+                reasons[ancestor].append(f"in the chain of kept incremental {backup.backup_id}")
+
     newest_complete = _utc(complete[0].stop_time, "") if complete else None
     decisions = []
     for backup in ordered:
@@ -152,6 +171,17 @@ def plan_retention(
         else:
             decisions.append(Decision(backup.backup_id, False, ("incomplete backup",)))
     return decisions
+
+
+def chain_ancestors(backup_id: str, backups: dict[str, BackupRecord]) -> list[str]:
+    """The backups ``backup_id`` is built on, parent first, down to its full backup
+    (as far as ``backups`` holds them; a cycle ends the walk)."""
+    out: list[str] = []
+    current = backups.get(backup_id)
+    while current is not None and current.parent and current.parent not in out:
+        out.append(current.parent)
+        current = backups.get(current.parent)
+    return out
 
 
 def expire_after_days(

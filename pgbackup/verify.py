@@ -256,7 +256,19 @@ def run_verify(
         if not backups:
             raise PgBackupError(f"target {target.name!r} has no backups to verify")
     else:
-        reports = [verify_backup(policy, repo, repo.find_backup(target.name, which))]
+        chosen = repo.find_backup(target.name, which)
+        backups = repo.backups(target.name)
+        by_id = {b.backup_id: b for b in backups}
+        # An incremental restores only with its chain: every member is verified too.
+        members = [by_id[m] for m in chosen.metadata.get("chain") or [] if m in by_id]
+        reports = [verify_backup(policy, repo, b) for b in [*members, chosen] if b.complete]
+    from pgbackup.chains import broken_chains
+
+    for backup_id, problems in broken_chains(backups).items():
+        for r in reports:
+            if r.backup_id == backup_id:
+                for p in problems:
+                    r.fail(f"incremental chain broken: {p}")
     for r in reports:
         if r.ok:
             LOG.info("verify %s/%s: ok (%d files)", r.target, r.backup_id, r.files_checked)

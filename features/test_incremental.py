@@ -1,0 +1,146 @@
+"""Steps for incremental.feature (PostgreSQL 17+: runs on 18, skips saying why on 15/16)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from harness import (
+    Harness,
+    commit_batches,
+    do_restore,
+    restore_and_start,
+    restore_args,
+    switch_and_wait_archived,
+)
+from pytest_bdd import given, scenarios, then, when
+
+scenarios("incremental.feature")
+
+
+def incremental(h: Harness, ctx: dict[str, Any]) -> None:
+    h.run("backup", "--type", "incremental")
+    ctx["backup_ids"].append(h.backups()[-1]["backup_id"])
+
+
+@when("I take an incremental backup of a server without summarize_wal")
+def incremental_refused(h: Harness) -> None:
+    h.run("backup", "--type", "incremental", expect_ok=False)
+
+
+@then("the repository holds only the full backup")
+def only_the_full(h: Harness, ctx: dict[str, Any]) -> None:
+    assert sorted(p.name for p in (h.repo / "platform" / "base").iterdir()) == ctx["backup_ids"]
+    assert [b["backup_type"] for b in h.backups()] == ["full"]
+
+
+@given("a chain of a full backup and two incremental backups on PostgreSQL 17 or later")
+def chain(h: Harness, ctx: dict[str, Any], pg_major: int) -> None:
+    if pg_major < 17:
+        pytest.skip(f"incremental backups need PostgreSQL 17 or later (this run: {pg_major})")
+    h.start_source()
+    cluster = h.sandbox()
+    cluster.sql("ALTER SYSTEM SET summarize_wal = on")
+    cluster.sql("SELECT pg_reload_conf()")
+    h.run("backup")
+    ctx["backup_ids"] = [h.backups()[-1]["backup_id"]]
+    points = []
+    for batch in (1, 2, 3):
+        points += commit_batches(cluster, batch, batch)
+        switch_and_wait_archived(cluster)
+        if batch < 3:
+            incremental(h, ctx)
+    ctx["points"] = points
+
+
+@then("list shows the chain of the newest incremental")
+def list_chain(h: Harness, ctx: dict[str, Any]) -> None:
+    full, middle, newest = ctx["backup_ids"]
+    rows = {b["backup_id"]: b for b in h.backups()}
+    assert rows[full]["backup_type"] == "full" and rows[full]["chain"] == []
+    assert rows[middle]["parent"] == full and rows[middle]["chain"] == [full]
+    assert rows[newest]["backup_type"] == "incremental"
+    assert rows[newest]["parent"] == middle and rows[newest]["chain"] == [full, middle]
+    # Only what changed is stored: each incremental is a small part of the full backup.
+    assert rows[newest]["stored_bytes"] < rows[full]["stored_bytes"] / 4
+    assert f"incr. on {middle}" in h.run("list").stdout
+
+
+@when("I restore the newest incremental and start it")
+def restore_newest(h: Harness, ctx: dict[str, Any]) -> None:
+    do_restore(h, ctx, ["--backup", ctx["backup_ids"][2], "--target", "immediate"])
+
+
+@when("I restore the middle incremental and start it")
+def restore_middle(h: Harness, ctx: dict[str, Any]) -> None:
+    do_restore(h, ctx, ["--backup", ctx["backup_ids"][1], "--target", "immediate"])
+
+
+@then("pg_combinebackup rebuilt it from 3 backups")
+def combined(ctx: dict[str, Any]) -> None:
+    combine = ctx["restore_result"]["combine"]
+    assert combine["members"] == ctx["backup_ids"]
+    assert combine["method"] in ("clone", "copy-file-range", "copy")
+
+
+@when("I restore to the time target recorded after batch 2")
+def restore_time(h: Harness, ctx: dict[str, Any]) -> None:
+    do_restore(h, ctx, restore_args("time", ctx["points"][1]))
+
+
+@then("the restore started from the middle incremental")
+def started_from_middle(ctx: dict[str, Any]) -> None:
+    assert ctx["restore_result"]["backup_id"] == ctx["backup_ids"][1]
+    assert ctx["restore_result"]["combine"]["members"] == ctx["backup_ids"][:2]
+
+
+@when("I flip a byte in the full backup's base archive")
+def flip(h: Harness, ctx: dict[str, Any]) -> None:
+    path = h.repo / "platform" / "base" / ctx["backup_ids"][0] / "base.tar.zst"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@then("verify of the newest incremental fails naming the full backup's base archive")
+def verify_flip(h: Harness, ctx: dict[str, Any]) -> None:
+    proc = h.run("verify", "--backup", ctx["backup_ids"][2], "--json", expect_ok=False)
+    reports = {r["backup_id"]: r for r in json.loads(proc.stdout)["platform"]["backups"]}
+    assert not reports[ctx["backup_ids"][0]]["ok"]
+    assert any("base.tar.zst" in p for p in reports[ctx["backup_ids"][0]]["problems"])
+    assert reports[ctx["backup_ids"][1]]["ok"] and reports[ctx["backup_ids"][2]]["ok"]
+
+
+@when("I delete the middle incremental")
+def delete_middle(h: Harness, ctx: dict[str, Any]) -> None:
+    import shutil
+
+    shutil.rmtree(h.repo / "platform" / "base" / ctx["backup_ids"][1])
+
+
+@then("verify of the newest incremental fails saying its chain is broken")
+def verify_missing(h: Harness, ctx: dict[str, Any]) -> None:
+    proc = h.run("verify", "--backup", ctx["backup_ids"][2], "--json", expect_ok=False)
+    reports = {r["backup_id"]: r for r in json.loads(proc.stdout)["platform"]["backups"]}
+    problems = reports[ctx["backup_ids"][2]]["problems"]
+    assert f"incremental chain broken: chain member {ctx['backup_ids'][1]} is missing" in " ".join(
+        problems
+    ), problems
+
+
+@then("check reports the broken chain as critical")
+def check_broken(h: Harness, ctx: dict[str, Any]) -> None:
+    proc = h.run("check", "--json", expect_ok=False)
+    out = proc.stdout
+    assert "backup_chains" in out and ctx["backup_ids"][1] in out, out
+
+
+@then("restoring the newest incremental fails saying the chain member is missing")
+def restore_missing(h: Harness, ctx: dict[str, Any]) -> None:
+    directory = h.root / "broken"
+    restore_and_start(h, ctx, directory, "--backup", ctx["backup_ids"][2], expect_ok=False)
+    output = h.last.stdout + h.last.stderr if h.last else ""
+    assert f"chain member {ctx['backup_ids'][1]} cannot be used" in output, output
+    assert "Traceback" not in output
+    assert not directory.exists() or not any(directory.iterdir())
