@@ -32,11 +32,14 @@ Feature: Incremental backups store what changed and restore through their chain
     And the restore started from the middle incremental
 
   @core_versions
-  Scenario: Verify catches a flipped byte in a chain member and a missing parent
+  Scenario: Verify catches a flipped byte in a chain member and a missing parent; PITR then starts from the full backup
     Given a chain of a full backup and two incremental backups on PostgreSQL 17 or later
-    When I flip a byte in the full backup's base archive
-    Then verify of the newest incremental fails naming the full backup's base archive
+    When I flip a byte in the middle incremental's base archive
+    Then verify of the newest incremental fails naming the middle incremental's base archive
     When I delete the middle incremental
     Then verify of the newest incremental fails saying its chain is broken
     And check reports the broken chain as critical
     And restoring the newest incremental fails saying the chain member is missing
+    When I restore to the time target recorded after batch 2
+    Then the restored cluster holds batches 1,2 and no others
+    And the restore started from the full backup

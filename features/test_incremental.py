@@ -95,21 +95,29 @@ def started_from_middle(ctx: dict[str, Any]) -> None:
     assert ctx["restore_result"]["combine"]["members"] == ctx["backup_ids"][:2]
 
 
-@when("I flip a byte in the full backup's base archive")
+@then("the restore started from the full backup")
+def started_from_full(ctx: dict[str, Any]) -> None:
+    assert ctx["restore_result"]["backup_id"] == ctx["backup_ids"][0]
+    assert ctx["restore_result"]["combine"] is None
+
+
+@when("I flip a byte in the middle incremental's base archive")
 def flip(h: Harness, ctx: dict[str, Any]) -> None:
-    path = h.repo / "platform" / "base" / ctx["backup_ids"][0] / "base.tar.zst"
+    path = h.repo / "platform" / "base" / ctx["backup_ids"][1] / "base.tar.zst"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
 
 
-@then("verify of the newest incremental fails naming the full backup's base archive")
+@then("verify of the newest incremental fails naming the middle incremental's base archive")
 def verify_flip(h: Harness, ctx: dict[str, Any]) -> None:
-    proc = h.run("verify", "--backup", ctx["backup_ids"][2], "--json", expect_ok=False)
+    full, middle, newest = ctx["backup_ids"]
+    proc = h.run("verify", "--backup", newest, "--json", expect_ok=False)
     reports = {r["backup_id"]: r for r in json.loads(proc.stdout)["platform"]["backups"]}
-    assert not reports[ctx["backup_ids"][0]]["ok"]
-    assert any("base.tar.zst" in p for p in reports[ctx["backup_ids"][0]]["problems"])
-    assert reports[ctx["backup_ids"][1]]["ok"] and reports[ctx["backup_ids"][2]]["ok"]
+    assert sorted(reports) == [full, middle, newest]
+    assert not reports[middle]["ok"]
+    assert any("base.tar.zst" in p for p in reports[middle]["problems"]), reports[middle]
+    assert reports[full]["ok"] and reports[newest]["ok"]
 
 
 @when("I delete the middle incremental")

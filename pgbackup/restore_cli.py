@@ -126,7 +126,11 @@ def choose_backup(
     """``--backup`` as given, or the newest complete backup that ends before the target."""
     if backup not in (None, "", "latest") or kind not in ("time", "lsn"):
         return repo.find_backup(target, backup)
-    complete = repo.complete_backups(target)
+    from pgbackup.chains import broken_chains
+
+    backups = repo.backups(target)
+    broken = broken_chains(backups)  # an incremental whose chain is broken cannot restore
+    complete = [b for b in backups if b.complete and b.backup_id not in broken]
     if kind == "time":
         fitting = [b for b in complete if b.stop_time and b.stop_time <= value]
     else:

@@ -24,6 +24,7 @@ __all__ = [
     "Decision",
     "RetentionRule",
     "chain_ancestors",
+    "spare_chains",
     "expire_after_days",
     "oldest_kept",
     "plan_retention",
@@ -182,6 +183,20 @@ def chain_ancestors(backup_id: str, backups: dict[str, BackupRecord]) -> list[st
         out.append(current.parent)
         current = backups.get(current.parent)
     return out
+
+
+def spare_chains(expired: set[str], parents: dict[str, str | None]) -> set[str]:
+    """``expired`` without the backups a kept incremental is built on (``parents``: every
+    backup id -> its parent, None for a full backup): a chain expires whole or not at all."""
+    needed: set[str] = set()
+    for backup_id in parents:
+        if backup_id in expired:
+            continue
+        parent = parents.get(backup_id)
+        while parent and parent not in needed:
+            needed.add(parent)
+            parent = parents.get(parent)
+    return expired - needed
 
 
 def expire_after_days(

@@ -154,13 +154,16 @@ def missed_backups(
 
     cutoff = utcnow() - timedelta(days=int(spec.get("retention_days", 30)))
     there = {b.backup_id for b in dest.complete_backups(target)}
+    complete = source.complete_backups(target)
+    # An incremental is copied with its whole chain, however old its members are.
+    chain = {m for b in complete if b.backup_id == backup_id for m in b.metadata.get("chain") or []}
     return [
         b.backup_id
-        for b in source.complete_backups(target)
+        for b in complete
         if b.backup_id != backup_id
         and b.backup_id not in there
         and b.stop_time is not None
-        and b.stop_time >= cutoff
+        and (b.stop_time >= cutoff or b.backup_id in chain)
     ]
 
 
@@ -237,7 +240,7 @@ def cleanup_uploads(
     The newest complete copy is never removed; WAL no kept copy needs goes with the rest.
     Incomplete copies (interrupted uploads) older than the newest complete one are removed.
     """
-    from pgbackup.retention import expire_after_days
+    from pgbackup.retention import expire_after_days, spare_chains
     from pgbackup.ui import LOG
     from pgbackup.wal import plan_wal_expiry
 
@@ -252,10 +255,13 @@ def cleanup_uploads(
             for target in policy.targets:
                 backups = repo.backups(target)
                 complete = [b for b in backups if b.complete and b.stop_time is not None]
-                expired = set(
-                    expire_after_days(
-                        [(b.backup_id, b.stop_time) for b in complete if b.stop_time], days, now
-                    )
+                expired = spare_chains(
+                    set(
+                        expire_after_days(
+                            [(b.backup_id, b.stop_time) for b in complete if b.stop_time], days, now
+                        )
+                    ),
+                    {b.backup_id: b.metadata.get("parent") for b in complete},
                 )
                 newest = max((b.backup_id for b in complete), default=None)
                 leftovers = [

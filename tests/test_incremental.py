@@ -17,7 +17,13 @@ from pgbackup.codecs import CodecSpec
 from pgbackup.config import load_policy, validate_file
 from pgbackup.errors import PostgresError
 from pgbackup.postgres.connection import ServerFacts
-from pgbackup.retention import BackupRecord, RetentionRule, chain_ancestors, plan_retention
+from pgbackup.retention import (
+    BackupRecord,
+    RetentionRule,
+    chain_ancestors,
+    plan_retention,
+    spare_chains,
+)
 from pgbackup.schedule import cron_entries
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -77,6 +83,15 @@ def test_chain_ancestors_stop_at_the_full_and_at_a_cycle() -> None:
         "b": BackupRecord("b", NOW, True, parent="a"),
     }
     assert chain_ancestors("a", loop) == ["b", "a"]
+
+
+def test_upload_expiry_spares_what_a_kept_incremental_is_built_on() -> None:
+    parents = {"f1": None, "i1": "f1", "i2": "i1", "f2": None, "i3": "f2"}
+    # Days-based expiry picked the old full and its first incremental; i2 stays, so both do.
+    assert spare_chains({"f1", "i1"}, parents) == set()
+    # The whole old chain expired: it goes together.
+    assert spare_chains({"f1", "i1", "i2"}, parents) == {"f1", "i1", "i2"}
+    assert spare_chains({"f1", "i1", "i2", "f2"}, parents) == {"f1", "i1", "i2"}
 
 
 # --------------------------------------------------------------------------- chain links
