@@ -302,3 +302,54 @@ def ship_bad(h: Harness, args: str) -> None:
     else:
         h.run("wal-ship", "--once", *args.split(), expect_ok=False)
     assert h.last is not None and "Traceback" not in h.last.stderr
+
+
+# --- wal-receive ships too (steps of wal_receiver.feature, reused) ---------------------
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@given(parsers.parse('the target only streams WAL, on slot "{slot}"'))
+def streams_only(h: Harness, ctx: dict[str, Any], slot: str) -> None:
+    import test_wal_receiver as receiver
+
+    receiver.no_archiving(h)
+    receiver.streams(h, ctx, slot)
+
+
+@when("the receiver is started")
+def start_receiver(h: Harness, ctx: dict[str, Any], receivers: list[Any]) -> None:
+    import test_wal_receiver as receiver
+
+    receiver.start_receiver(h, ctx, receivers)
+
+
+@when(
+    parsers.parse(
+        "single-row commits stream for {seconds:d} seconds, then the primary and the receiver are killed"
+    )
+)
+def crash(h: Harness, ctx: dict[str, Any], seconds: int) -> None:
+    import test_wal_receiver as receiver
+
+    receiver.crash_primary(h, ctx, seconds, kill_receiver=True)
+
+
+@then(
+    parsers.parse(
+        "every recovered commit was acknowledged and at most {bound:d} seconds of commits are lost"
+    )
+)
+def lost_commits(h: Harness, ctx: dict[str, Any], bound: int) -> None:
+    import test_wal_receiver as receiver
+
+    assert not (h.repo / "platform").exists()  # restored from the destination alone
+    receiver.lost_commits(h, ctx, bound)

@@ -65,3 +65,14 @@ Feature: WAL off-site as it is archived (wal-ship)
       | --interval 0      | must be more than 0 seconds      |
       | --target nosuch   | nosuch                           |
       | no uploads        | no upload destinations           |
+
+  Scenario: wal-receive ships what it streams: a lost host loses about a second of commits off-site too
+    Given a local upload destination "nas"
+    And a sandbox cluster with sample data
+    And the target only streams WAL, on slot "pgbackup_platform"
+    When the receiver is started
+    And I take a backup
+    And single-row commits stream for 3 seconds, then the primary and the receiver are killed
+    And the local repository is lost
+    And I restore from "nas" the latest point and start it
+    Then every recovered commit was acknowledged and at most 3 seconds of commits are lost

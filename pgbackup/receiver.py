@@ -377,6 +377,15 @@ def receive(policy: Any, target: Any, ready: Callable[[str], None] | None = None
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # With upload destinations, what is stored (the .partial included) goes off-site too,
+    # a round every INTERVAL (pgbackup/shipper.py): a lost host loses about a second there.
+    shipper = None
+    if policy.uploads:
+        from pgbackup.shipper import Shipper
+
+        shipper = Shipper(policy, target.name)
+        shipping = threading.Thread(target=shipper.run, args=(stop, INTERVAL), daemon=True)
+        shipping.start()
     try:
         receiver.run(
             stop,
@@ -387,6 +396,11 @@ def receive(policy: Any, target: Any, ready: Callable[[str], None] | None = None
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        if shipper is not None:
+            stop.set()
+            shipping.join(60)
+            with contextlib.suppress(PgBackupError):
+                shipper.once()  # what the receiver's last round stored
     return receiver
 
 
