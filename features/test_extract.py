@@ -15,7 +15,6 @@ from typing import Any
 from harness import PGBACKUP, Harness, switch_and_wait_archived
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from pgbackup.postgres.binaries import find_program
 from pgbackup.postgres.cluster import Cluster
 
 scenarios("extract.feature")
@@ -336,9 +335,9 @@ def recorded(h: Harness, ctx: dict[str, Any]) -> None:
     h.run("sla-report", "--format", "json")
 
 
-def toc_entries(path: Path) -> list[tuple[str, str]]:
+def toc_entries(h: Harness, path: Path) -> list[tuple[str, str]]:
     """(kind, name) of each TABLE and TABLE DATA entry in a custom-format archive."""
-    pg_restore = find_program("pg_restore", 15)
+    pg_restore = h.sandbox().program("pg_restore")  # the server's major reads its dump
     toc = subprocess.run(
         [pg_restore, "--list", str(path)], capture_output=True, text=True, check=True
     )
@@ -355,14 +354,14 @@ def toc_entries(path: Path) -> list[tuple[str, str]]:
 
 
 @then("pg_restore --list of the file names the table users and no other table")
-def only_users(ctx: dict[str, Any]) -> None:
+def only_users(h: Harness, ctx: dict[str, Any]) -> None:
     assert ctx["output"].exists()
-    assert sorted(toc_entries(ctx["output"])) == [("TABLE", "users"), ("TABLE DATA", "users")]
+    assert sorted(toc_entries(h, ctx["output"])) == [("TABLE", "users"), ("TABLE DATA", "users")]
 
 
 @then("the file's users rows equal the live users rows")
 def same_rows(h: Harness, ctx: dict[str, Any]) -> None:
-    pg_restore = find_program("pg_restore", 15)
+    pg_restore = h.sandbox().program("pg_restore")  # the server's major reads its dump
     sql = subprocess.run(
         [pg_restore, "--data-only", "--file", "-", str(ctx["output"])],
         capture_output=True,
