@@ -79,10 +79,6 @@ def inventory(policy: Any, repo: Repository, targets: list[Any]) -> dict[str, An
             from pgbackup.shipper import destination_windows
 
             out[t.name]["uploads"] = destination_windows(policy, repo, t.name)
-        if policy.uploads:  # what a lost host leaves: the window at each destination
-            from pgbackup.shipper import destination_windows
-
-            out[t.name]["uploads"] = destination_windows(policy, repo, t.name)
     return out
 
 
@@ -132,16 +128,6 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
                 console.print(f"  WAL gap: {gap}")
         else:
             console.print("recoverable window: none (no complete backup)")
-        for dest, uw in (info.get("uploads") or {}).items():
-            if uw.get("error"):
-                console.print(f"  at {dest}: unreachable ({uw['error']})")
-            elif uw.get("earliest_time"):
-                console.print(
-                    f"  at {dest}: {uw['earliest_time']} .. {uw['latest_time']} "
-                    f"(LSN {uw['latest_lsn']}; {uw['lag_seconds']:.0f}s behind the repository)"
-                )
-            else:
-                console.print(f"  at {dest}: none (no complete backup copy there)")
         for dest, uw in (info.get("uploads") or {}).items():
             if uw.get("error"):
                 console.print(f"  at {dest}: unreachable ({uw['error']})")
