@@ -43,3 +43,11 @@ Feature: Incremental backups store what changed and restore through their chain
     When I restore to the time target recorded after batch 2
     Then the restored cluster holds batches 1,2 and no others
     And the restore started from the full backup
+
+  Scenario: Retention on dated copies keeps chains whole
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And the repository holds dated copies of it from 2026-10-01 to 2026-11-30: a full backup on Sundays, an incremental on the day before on other days
+    When I run cleanup with 7 days and 2 weekly kept on 2026-11-30T12:00:00Z
+    Then exactly the copies of 2026-11-22 to 2026-11-30 remain
+    And every remaining incremental has its whole chain

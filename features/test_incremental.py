@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +17,7 @@ from harness import (
     restore_args,
     switch_and_wait_archived,
 )
-from pytest_bdd import given, scenarios, then, when
+from pytest_bdd import given, parsers, scenarios, then, when
 
 scenarios("incremental.feature")
 
@@ -152,3 +155,69 @@ def restore_missing(h: Harness, ctx: dict[str, Any]) -> None:
     assert f"chain member {ctx['backup_ids'][1]} cannot be used" in output, output
     assert "Traceback" not in output
     assert not directory.exists() or not any(directory.iterdir())
+
+
+@given(
+    parsers.parse(
+        "the repository holds dated copies of it from {first} to {last}: a full backup on "
+        "Sundays, an incremental on the day before on other days"
+    )
+)
+def dated_chains(h: Harness, ctx: dict[str, Any], first: str, last: str) -> None:
+    """Copies of one real backup under dated ids (cleanup reads metadata only): weekly
+    chains from a Sunday full backup to the Saturday after it."""
+    base = h.repo / "platform" / "base"
+    real = base / h.backups()[-1]["backup_id"]
+    meta = json.loads((real / "metadata.json").read_text())
+    day = date.fromisoformat(first)
+    chain: list[str] = []
+    while day <= date.fromisoformat(last):
+        stamp = datetime(day.year, day.month, day.day, 2, 0, tzinfo=UTC)
+        backup_id = stamp.strftime("%Y%m%dT%H%M%SZ")
+        if day.isoweekday() == 7 or not chain:
+            chain = []
+        d = base / backup_id
+        d.mkdir()
+        for f in real.iterdir():
+            if f.name != "metadata.json":
+                os.link(f, d / f.name)
+        m = dict(
+            meta,
+            backup_id=backup_id,
+            start_time=stamp.isoformat().replace("+00:00", "Z"),
+            stop_time=(stamp + timedelta(minutes=5)).isoformat().replace("+00:00", "Z"),
+            backup_type="incremental" if chain else "full",
+            parent=chain[-1] if chain else None,
+            chain=list(chain),
+        )
+        (d / "metadata.json").write_text(json.dumps(m))
+        chain.append(backup_id)
+        day += timedelta(days=1)
+    shutil.rmtree(real)
+
+
+@when(parsers.parse("I run cleanup with {days:d} days and {weekly:d} weekly kept on {now}"))
+def cleanup_at(h: Harness, days: int, weekly: int, now: str) -> None:
+    h.policy["retention"] = {"days": days, "weekly": weekly, "monthly": 0}
+    h.write_policy()
+    h.env["PGBACKUP_NOW"] = now
+    h.run("cleanup")
+
+
+@then(parsers.parse("exactly the copies of {first} to {last} remain"))
+def copies_remain(h: Harness, first: str, last: str) -> None:
+    day, expected = date.fromisoformat(first), []
+    while day <= date.fromisoformat(last):
+        expected.append(day.strftime("%Y%m%d") + "T020000Z")
+        day += timedelta(days=1)
+    assert sorted(p.name for p in (h.repo / "platform" / "base").iterdir()) == expected
+
+
+@then("every remaining incremental has its whole chain")
+def chains_whole(h: Harness) -> None:
+    rows = h.backups()
+    present = {r["backup_id"] for r in rows}
+    incrementals = [r for r in rows if r["backup_type"] == "incremental"]
+    assert incrementals
+    for r in incrementals:
+        assert set(r["chain"]) <= present, r
