@@ -188,6 +188,7 @@ def list_window(h: Harness, name: str, lag: int) -> None:
     assert there["lag_seconds"] == lag
     text = h.run("list").stdout
     assert f"at {name}: {there['earliest_time']} .. {there['latest_time']}" in text, text
+    assert text.count(f"  at {name}: ") == 1, text
 
 
 @then(parsers.parse('the SLA report\'s RPO verdict is {verdict}, saying "{text}"'))
