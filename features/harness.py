@@ -201,6 +201,10 @@ def module_harness() -> Iterator[Harness]:
 
 def switch_and_wait_archived(cluster: Cluster, timeout: float = 90) -> str:
     """Close the current WAL segment and wait until archive_command has stored it."""
+    # A record first, so that the switch always closes a segment: with nothing written
+    # since the last switch, pg_switch_wal() is a no-op, and on 18 the name it then
+    # yields is of a segment that is never archived.
+    cluster.sql("SELECT pg_logical_emit_message(false, 'pgbackup-test', 'switch')")
     closed = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
     deadline = time.monotonic() + timeout
     failed = None

@@ -48,7 +48,7 @@ Feature: WAL streamed into the repository as it is written (wal-receive)
     Then check reports "wal_receiver" OK with "streaming on 'pgbackup_platform'"
     When the receiver is killed with SIGKILL
     Then check reports "wal_receiver" CRITICAL with "wal-receive is not running"
-    When the server writes 3 WAL segments while no receiver runs
+    When the server writes 4 WAL segments while no receiver runs
     Then check reports "wal_receiver_slot" at least WARNING with "before PostgreSQL invalidates it"
     When a slot "removed_target" is left behind
     Then check reports "stray_slots" at least WARNING with "removed_target holds"
