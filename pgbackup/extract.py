@@ -909,9 +909,11 @@ def run_extract(
                 result.timings["dump"] = round(time.monotonic() - t2, 3)
                 t3 = time.monotonic()
                 fks = foreign_keys_out(cluster, req)
+                # PostgreSQL 17 renamed pg_database.daticulocale to datlocale.
+                locale_column = "datlocale" if major >= 17 else "daticulocale"
                 source = cluster.sql(
                     "SELECT pg_encoding_to_char(encoding), datcollate, datctype, "
-                    "datlocprovider::text, daticulocale FROM pg_database WHERE datname = "
+                    f"datlocprovider::text, {locale_column} FROM pg_database WHERE datname = "
                     + quote_literal(req.database)
                 )[0]
                 pg_restore = find_program("pg_restore", major, target.pg_bin_dir)
