@@ -140,7 +140,7 @@ def main() -> None:
         )
         print(table(["step", "median s", "runs", "peak RSS"], rows))
 
-        # cProfile of one backup (in-process: python -m cProfile -m pgbackup.cli).
+        # cProfile of one backup (in-process: python -m cProfile -m pgbackup.interface.console).
         prof = root / "backup.prof"
         must(
             timed(
@@ -151,7 +151,7 @@ def main() -> None:
                     "-o",
                     str(prof),
                     "-m",
-                    "pgbackup.cli",
+                    "pgbackup.interface.console",
                     "--config",
                     str(policy),
                     "backup",

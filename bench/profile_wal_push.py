@@ -5,7 +5,7 @@
 
 On real segments from a pgbench run, median of ``--repeat`` runs each:
   - process floors: ``python -S -c pass``, ``python -c pass`` (site + venv .pth files),
-    ``python -c 'import zstandard'``, ``python -c 'import yaml'``, ``python -c 'import pgbackup.cli'``
+    ``python -c 'import zstandard'``, ``python -c 'import yaml'``, ``python -c 'import pgbackup.interface.console'``
   - the whole ``pgbackup wal-push`` (a fresh store each time) and ``pgbackrest archive-push``
   - in one process, each step of the push: policy load (cached), open_storage, read,
     sha256, zstd level 3 compress (threads=0), durable write (temp + fsync + link + dir fsync)
@@ -97,7 +97,11 @@ def main() -> None:
             ("python -c pass (venv site)", [py, "-c", "pass"], None),
             ("python -c 'import zstandard'", [py, "-c", "import zstandard"], None),
             ("python -c 'import yaml'", [py, "-c", "import yaml"], None),
-            ("python -c 'import pgbackup.cli'", [py, "-c", "import pgbackup.cli"], None),
+            (
+                "python -c 'import pgbackup.interface.console'",
+                [py, "-c", "import pgbackup.interface.console"],
+                None,
+            ),
             (
                 "zstd -3 (CLI, 1 thread) > file",
                 ["sh", "-c", f"zstd -q -f -3 -o {root}/segments/z.zst {seg}"],
@@ -126,9 +130,9 @@ def main() -> None:
 
         # In-process step timing (the same calls wal.push makes, split up).
         os.environ.update({k: env[k] for k in ("XDG_CACHE_HOME",)})
-        from pgbackup import wal
-        from pgbackup.codecs import encode_bytes
-        from pgbackup.config import load_policy_fast
+        from pgbackup.engine import wal
+        from pgbackup.formats.codecs import encode_bytes
+        from pgbackup.policy.config import load_policy_fast
         from pgbackup.storage import open_storage
 
         steps: dict[str, list[float]] = {}

@@ -133,10 +133,10 @@ def docker_source_up(h: Harness) -> Any:
     policy's target becomes an ordinary connection to it."""
     from harness import PGBACKUP
 
-    from pgbackup.config import parse_duration
+    from pgbackup.policy.config import parse_duration
     from pgbackup.postgres.cluster import free_port, hand_over, server_os_user
     from pgbackup.postgres.docker import DockerCluster
-    from pgbackup.sandbox import SAMPLE_SCHEMA, sample_data_sql
+    from pgbackup.postgres.sandbox import SAMPLE_SCHEMA, sample_data_sql
 
     image = docker_image()
     target = h.policy["targets"]["platform"]

@@ -127,7 +127,7 @@ def earlier_verifies(h: Harness) -> None:
 
 @given("another process holds the target's backup lock")
 def hold_lock(h: Harness, ctx: dict[str, Any]) -> None:
-    from pgbackup.locks import lock_path
+    from pgbackup.engine.locks import lock_path
 
     path = lock_path({"path": str(h.repo)}, "platform")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -305,7 +305,7 @@ def copies_remain(ctx: dict[str, Any], name: str, ages: str) -> None:
 
 @then(parsers.parse('at "{name}" no WAL older than the oldest remaining copy is left'))
 def wal_trimmed(ctx: dict[str, Any], name: str) -> None:
-    from pgbackup.lsn import parse_lsn, segment_name
+    from pgbackup.formats.lsn import parse_lsn, segment_name
 
     with service_env(ctx):
         storage = service_storage(ctx, ctx["upload"])

@@ -48,7 +48,7 @@ def restore_bad_lsn(h: Harness, value: str) -> None:
 
 @then("list shows a recoverable window reaching past batch 5")
 def window(h: Harness, ctx: dict[str, Any]) -> None:
-    from pgbackup.lsn import parse_lsn
+    from pgbackup.formats.lsn import parse_lsn
 
     w = h.json("list")["platform"]["window"]
     assert parse_lsn(w["latest_lsn"]) >= parse_lsn(ctx["points"][-1]["lsn"])
@@ -61,7 +61,7 @@ def window(h: Harness, ctx: dict[str, Any]) -> None:
 
 @when("I delete an archived WAL segment after the backup")
 def delete_segment(h: Harness, ctx: dict[str, Any]) -> None:
-    from pgbackup.lsn import parse_lsn, segment_name
+    from pgbackup.formats.lsn import parse_lsn, segment_name
 
     # Two more archived segments, so the one deleted is in the middle of the chain.
     cluster = h.sandbox()
@@ -85,6 +85,6 @@ def wal_gap(h: Harness, ctx: dict[str, Any]) -> None:
     proc = h.run("verify", "--wal", expect_ok=False)
     assert ctx["deleted"] in proc.stdout
     w = h.json("list")["platform"]["window"]
-    from pgbackup.lsn import parse_lsn
+    from pgbackup.formats.lsn import parse_lsn
 
     assert parse_lsn(w["latest_lsn"]) <= parse_lsn(ctx["points"][-1]["lsn"])

@@ -196,7 +196,7 @@ def fetch_equal(h: Harness, ctx: dict[str, Any]) -> None:
 
 @then("every object in the fresh archive's wal/ decodes completely")
 def wal_whole(ctx: dict[str, Any]) -> None:
-    from pgbackup.codecs import decode_bytes, parse_suffix
+    from pgbackup.formats.codecs import decode_bytes, parse_suffix
     from pgbackup.storage import open_storage
 
     with mock.patch.dict(os.environ, ctx["env"]):

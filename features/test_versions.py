@@ -13,7 +13,7 @@ scenarios("versions.feature")
 
 
 def server_has(h: Harness, method: str) -> tuple[int, bool]:
-    """(server major, whether its build offers ``method``: pgbackup/streamcompress.py)."""
+    """(server major, whether its build offers ``method``: pgbackup/engine/streamcompress.py)."""
     num, enumvals = h.sql(
         h.sandbox(),
         "SELECT current_setting('server_version_num')::int, "

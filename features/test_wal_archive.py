@@ -220,6 +220,6 @@ def no_heavy_imports(h: Harness, ctx: dict[str, Any], modules: str) -> None:
         for line in proc.stderr.splitlines()
         if line.startswith("import time:") and "|" in line
     }
-    assert "pgbackup.wal" in loaded, proc.stderr[-2000:]
+    assert "pgbackup.engine.wal" in loaded, proc.stderr[-2000:]
     bad = [m for m in forbidden if m in loaded]
     assert bad == [], bad

@@ -204,7 +204,7 @@ def slot_holds(h: Harness, ctx: dict[str, Any]) -> None:
 
 @then("every segment up to the server's current one is archived, without a gap")
 def no_gap(h: Harness, ctx: dict[str, Any]) -> None:
-    from pgbackup.lsn import parse_lsn, parse_segment_name, segment_name
+    from pgbackup.formats.lsn import parse_lsn, parse_segment_name, segment_name
 
     current = h.sandbox().sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
     backup = h.backups()[-1]

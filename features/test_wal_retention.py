@@ -7,7 +7,7 @@ from typing import Any
 from harness import Harness, commit_batches, do_restore, switch_and_wait_archived
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from pgbackup.lsn import parse_lsn, parse_segment_name, segment_name
+from pgbackup.formats.lsn import parse_lsn, parse_segment_name, segment_name
 
 scenarios("wal_retention.feature")
 

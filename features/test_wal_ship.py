@@ -106,7 +106,7 @@ def archived_names(h: Harness, ctx: dict[str, Any]) -> set[str]:
 
 @when("wal-ship is started")
 def start_shipper(h: Harness, ctx: dict[str, Any], shippers: list[Any]) -> None:
-    from pgbackup.lsn import parse_lsn, segment_name
+    from pgbackup.formats.lsn import parse_lsn, segment_name
 
     ctx["after_backup"] = names_at(ctx)
     [backup] = h.backups()

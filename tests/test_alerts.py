@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pgbackup import alerts
+from pgbackup.operations import alerts
 from pgbackup.postgres.cluster import free_port
 
 

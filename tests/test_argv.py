@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgbackup.backup import basebackup_argv, compress_option, wal_range
-from pgbackup.codecs import CodecSpec
+from pgbackup.engine.backup import basebackup_argv, compress_option, wal_range
+from pgbackup.engine.restore_command import parse_time, recovery_settings
 from pgbackup.errors import UsageError
+from pgbackup.formats.codecs import CodecSpec
 from pgbackup.postgres.connection import to_dsn
-from pgbackup.restore_cli import parse_time, recovery_settings
 
 
 def test_basebackup_argv_server_compressed_tar_with_wal_and_no_password() -> None:
@@ -150,8 +150,8 @@ def test_parse_time_reads_a_zoneless_time_in_the_servers_zone() -> None:
 
 
 def test_basebackup_argv_throttles_only_when_asked() -> None:
-    from pgbackup.backup import basebackup_argv
-    from pgbackup.codecs import CodecSpec
+    from pgbackup.engine.backup import basebackup_argv
+    from pgbackup.formats.codecs import CodecSpec
 
     plain = basebackup_argv("pg_basebackup", {"host": "h"}, "l", Path("/x"), CodecSpec("zstd", 3))
     assert not [a for a in plain if a.startswith("--max-rate")]

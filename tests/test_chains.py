@@ -11,20 +11,20 @@ from typing import Any
 import pytest
 import yaml
 
-from pgbackup.backup import basebackup_argv, incremental_preflight
-from pgbackup.chains import link_problems
-from pgbackup.codecs import CodecSpec
-from pgbackup.config import load_policy, validate_file
+from pgbackup.engine.backup import basebackup_argv, incremental_preflight
 from pgbackup.errors import PostgresError
-from pgbackup.postgres.connection import ServerFacts
-from pgbackup.retention import (
+from pgbackup.formats.codecs import CodecSpec
+from pgbackup.operations.schedule import cron_entries
+from pgbackup.policy.chains import link_problems
+from pgbackup.policy.config import load_policy, validate_file
+from pgbackup.policy.retention import (
     BackupRecord,
     RetentionRule,
     chain_ancestors,
     plan_retention,
     spare_chains,
 )
-from pgbackup.schedule import cron_entries
+from pgbackup.postgres.connection import ServerFacts
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

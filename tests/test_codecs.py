@@ -12,7 +12,8 @@ from typing import BinaryIO, cast
 
 import pytest
 
-from pgbackup.codecs import (
+from pgbackup.errors import EncryptionError, PgBackupError, VerifyError
+from pgbackup.formats.codecs import (
     CHUNK_SIZE,
     CodecError,
     CodecSpec,
@@ -26,7 +27,6 @@ from pgbackup.codecs import (
     parse_suffix,
     suffix,
 )
-from pgbackup.errors import EncryptionError, PgBackupError, VerifyError
 
 pyrage = pytest.importorskip("pyrage")
 

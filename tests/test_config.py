@@ -1,4 +1,4 @@
-"""Unit tests for pgbackup.config: loading, interpolation, validation, typed objects."""
+"""Unit tests for pgbackup.policy.config: loading, interpolation, validation, typed objects."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pgbackup import config
-from pgbackup.config import (
+from pgbackup.policy import config
+from pgbackup.policy.config import (
     ConfigError,
     find_config,
     load_policy,
@@ -766,7 +766,7 @@ def test_find_config_explicit_or_env_missing_never_falls_back(tmp_path: Path, mo
 
 FAST_SCRIPT = """
 import sys
-from pgbackup.config import load_policy_fast
+from pgbackup.policy.config import load_policy_fast
 p = load_policy_fast(sys.argv[1])
 assert p.targets
 mods = [m for m in ("jsonschema", "croniter", "yaml") if m in sys.modules]

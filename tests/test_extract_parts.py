@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pgbackup.errors import UsageError
-from pgbackup.extract import (
+from pgbackup.operations.extract import (
     Request,
     SparsePlan,
     check_request,

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from pgbackup.metrics import SPECS
+from pgbackup.operations.metrics import SPECS
 
 DASHBOARD = Path(__file__).parents[1] / "examples" / "grafana" / "pgbackup-dashboard.json"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgbackup.lsn import (
+from pgbackup.formats.lsn import (
     format_lsn,
     history_file_name,
     is_backup_label_file,

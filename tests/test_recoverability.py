@@ -1,4 +1,4 @@
-"""The recoverability timeline (pgbackup.recoverability) and its chart (pgbackup.report)
+"""The recoverability timeline (pgbackup.operations.recoverability) and its chart (pgbackup.operations.report)
 over a real posix repository laid out by hand: backups' metadata and WAL segments whose
 arrival times are set, one segment missing."""
 
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from pgbackup.recoverability import lane, render_text
-from pgbackup.report import charts
-from pgbackup.repository import Repository
+from pgbackup.engine.repository import Repository
+from pgbackup.operations.recoverability import lane, render_text
+from pgbackup.operations.report import charts
 from pgbackup.storage import open_storage
 
 T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)

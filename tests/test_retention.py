@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pgbackup.retention import (
+from pgbackup.policy.retention import (
     BackupRecord,
     Decision,
     RetentionRule,

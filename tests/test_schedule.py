@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgbackup import schedule
-from pgbackup.config import load_policy
-from pgbackup.repository import Repository
+from pgbackup.engine.repository import Repository
+from pgbackup.operations import schedule
+from pgbackup.policy.config import load_policy
 from pgbackup.storage import open_storage
 
 USER = "pgbackup-crontest"

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pgbackup.shipper import Shipper
+from pgbackup.engine.shipper import Shipper
 from pgbackup.storage import open_storage
 
 SEG = "0000000100000000000000{:02X}"

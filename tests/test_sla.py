@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pgbackup import sla
-from pgbackup.sla import AT_RISK, BREACHED, COMPLIANT
+from pgbackup.operations import sla
+from pgbackup.operations.sla import AT_RISK, BREACHED, COMPLIANT
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

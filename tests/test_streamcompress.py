@@ -1,4 +1,4 @@
-"""Which side compresses a base backup (pgbackup/streamcompress.py), and pgbackup's own
+"""Which side compresses a base backup (pgbackup/engine/streamcompress.py), and pgbackup's own
 compression of pg_basebackup's tar archives."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pgbackup.codecs import CodecSpec, open_decoder
-from pgbackup.streamcompress import compress_archives, decide, server_methods
+from pgbackup.engine.streamcompress import compress_archives, decide, server_methods
+from pgbackup.formats.codecs import CodecSpec, open_decoder
 
 DEBIAN_15 = ["pglz", "lz4", "zstd", "on", "off"]  # pg_settings.enumvals, read off real servers
 PYPI_16_18 = ["pglz", "on", "off"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgbackup.errors import RestoreError
-from pgbackup.untar import extract
+from pgbackup.formats.untar import extract
 
 
 def make_tar(
@@ -86,7 +86,7 @@ def test_truncated_stream_is_an_error(tmp_path: Path) -> None:
 
 def test_sparse_members_keep_their_size_but_no_data(tmp_path: Path) -> None:
     """extract's filter: a skipped relation is a file of its size, all zeros, no blocks."""
-    from pgbackup.untar import SPARSE
+    from pgbackup.formats.untar import SPARSE
 
     big = os.urandom(9 * 1024 * 1024 + 5)
     members = [

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgbackup.cli import EXIT_ABORT_RECOVERY, EXIT_FETCH_FAILED, fetch_failure_status
-from pgbackup.sla import BREACHED, COMPLIANT, archive_section
+from pgbackup.engine.wal import later_archived
+from pgbackup.interface.console import EXIT_ABORT_RECOVERY, EXIT_FETCH_FAILED, fetch_failure_status
+from pgbackup.operations.sla import BREACHED, COMPLIANT, archive_section
 from pgbackup.storage.posix import PosixStorage
-from pgbackup.wal import later_archived
 
 
 def test_a_failed_fetch_aborts_archive_recovery_only(tmp_path: Path) -> None:

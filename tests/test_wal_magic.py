@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from pgbackup.wal import MAGIC_MAJOR, WAL_PAGE_MAGIC, segment_sysid, wal_major
+from pgbackup.engine.wal import MAGIC_MAJOR, WAL_PAGE_MAGIC, segment_sysid, wal_major
 
 SEG = 16 * 1024 * 1024
 

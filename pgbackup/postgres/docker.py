@@ -318,7 +318,7 @@ def drill_cluster(
 ) -> DockerCluster:
     """The scratch cluster of ``drill --docker``: WAL is replayed by the image's pgbackup,
     reading the policy and (posix) repository mounted at their host paths."""
-    from pgbackup.sandbox import pgbackup_program
+    from pgbackup.postgres.sandbox import pgbackup_program
 
     read_only = [Path(policy.path)]
     if policy.repository.get("kind", "posix") == "posix":

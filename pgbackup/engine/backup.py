@@ -1,0 +1,652 @@
+"""Base backups: pg_basebackup with server-side compression -> repository, metadata last.
+
+The server compresses the tar stream (``--compress=server-zstd:LEVEL``; gzip and lz4
+likewise), so the uncompressed stream never crosses a pipe or touches a disk: it is the
+fastest way PostgreSQL offers (see bench/backup.py). pg_basebackup writes
+``base.tar.zst``, one ``<oid>.tar.zst`` per tablespace, ``pg_wal.tar`` and
+``backup_manifest``. The WAL is streamed while the files are copied (``-X stream`` on a
+temporary replication slot, pg_basebackup's own default): with ``-X fetch`` a backup that
+runs longer than the server takes to write ``max_wal_size`` fails at its very end because
+the WAL it needs was recycled. ``pg_wal.tar`` holds the WAL from the backup's start to its
+end, so every backup restores on its own; pgbackup compresses it (``pg_wal.tar.zst``).
+
+- straight into the backup's own directory of a posix repository (fsynced by
+  pg_basebackup; nothing is copied), or
+- into a local staging directory, from which the compressed objects are streamed to
+  object storage and/or through age encryption. Only the compressed form is staged.
+
+Only when every object is stored do we write ``metadata.json``. On any failure the
+backup's own directory is removed and the failure recorded; earlier backups are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pgbackup import __version__
+from pgbackup.engine.locks import target_lock
+from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
+from pgbackup.engine.streamcompress import compress_archives
+from pgbackup.engine.streamcompress import probe as compression_side
+from pgbackup.errors import BackupError, PgBackupError, PostgresError, UsageError
+from pgbackup.formats.codecs import CodecSpec, Encoder, encode_bytes, load_recipients, suffix
+from pgbackup.formats.lsn import format_lsn, parse_lsn
+from pgbackup.policy.config import Policy, Target
+from pgbackup.postgres.binaries import find_program
+from pgbackup.postgres.connection import ServerFacts, describe, preflight_facts, to_dsn
+from pgbackup.postgres.sandbox import resolve_conninfo
+from pgbackup.storage import Storage, open_storage
+from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage
+from pgbackup.ui import LOG, human_bytes, interactive, progress
+
+READ_SIZE = 1 << 20
+# pg_basebackup's names for our compression methods, and the levels it accepts.
+SERVER_COMPRESSION = {"zstd": ("zstd", 1, 22), "gzip": ("gzip", 1, 9), "lz4": ("lz4", 1, 12)}
+PROGRESS_RE = re.compile(r"(\d+)/(\d+) kB")
+
+
+def codec_spec(policy: Policy) -> CodecSpec:
+    return CodecSpec(
+        compression=policy.compression.method,
+        level=policy.compression.level,
+        encrypted=policy.encryption is not None,
+    )
+
+
+def recipients(policy: Policy) -> list[str] | None:
+    return load_recipients(policy.encryption.recipients_file) if policy.encryption else None
+
+
+def compress_option(spec: CodecSpec, workers: int = 0) -> str | None:
+    """``--compress=server-zstd:3`` and friends; None for no compression.
+
+    ``workers`` (zstd only) are threads in the server's WAL sender; without them one
+    thread compresses the whole cluster and is the backup's bottleneck.
+    """
+    if spec.compression == "none":
+        return None
+    name, low, high = SERVER_COMPRESSION[spec.compression]
+    level = min(max(spec.level, low), high)
+    if workers and spec.compression == "zstd":
+        return f"--compress=server-{name}:level={level},workers={workers}"
+    return f"--compress=server-{name}:{level}"
+
+
+def basebackup_argv(
+    program: str,
+    conninfo: dict[str, Any],
+    label: str,
+    directory: Path,
+    spec: CodecSpec,
+    workers: int = 0,
+    max_rate: str | None = None,
+    incremental: Path | None = None,
+) -> list[str]:
+    """pg_basebackup writing base.tar, a tar per tablespace, pg_wal.tar and the manifest
+    into ``directory``; ``incremental``: the parent's manifest (PostgreSQL 17+).
+
+    No password in argv: libpq takes it from PGPASSWORD or the passfile.
+    """
+    argv = [
+        program,
+        "--dbname",
+        to_dsn(conninfo),
+        f"--pgdata={directory}",
+        "--format=tar",
+        "--wal-method=stream",
+        "--checkpoint=fast",
+        f"--label={label}",
+        "--manifest-checksums=CRC32C",
+        "--no-password",
+    ]
+    if max_rate:
+        argv.append(f"--max-rate={max_rate}")
+    if incremental is not None:
+        argv.append(f"--incremental={incremental}")
+    if interactive():
+        argv.append("--progress")  # the server sizes the data directory first: terminals only
+    option = compress_option(spec, workers)
+    if option:
+        argv.append(option)
+    return argv
+
+
+def preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
+    """Say precisely what is missing before copying anything."""
+    where = describe(conninfo)
+    if facts.wal_level not in ("replica", "logical"):
+        raise PostgresError(
+            f"{where}: wal_level is {facts.wal_level!r}; a base backup needs 'replica' or 'logical'",
+            hint="ALTER SYSTEM SET wal_level = 'replica'; then restart the server",
+        )
+    if not facts.can_replicate:
+        raise PostgresError(
+            f"{where}: role {conninfo.get('user')!r} lacks the REPLICATION attribute",
+            hint=f"ALTER ROLE {conninfo.get('user')} REPLICATION;",
+        )
+    if facts.max_wal_senders < 2:
+        raise PostgresError(
+            f"{where}: max_wal_senders is {facts.max_wal_senders}; a backup needs two WAL "
+            "senders (one copies the files, one streams the WAL written meanwhile)",
+            hint="ALTER SYSTEM SET max_wal_senders = 10; then restart the server",
+        )
+    in_place = [t for t in facts.tablespaces if not str(t.get("location") or "").startswith("/")]
+    if in_place:
+        names = ", ".join(f"{t['name']} (oid {t['oid']})" for t in in_place)
+        raise PostgresError(
+            f"{where}: in-place tablespace(s) {names}: pg_basebackup skips them without an "
+            "error, so a backup would restore without their files",
+            hint="move their tables to a tablespace with a location (ALTER TABLE ... SET "
+            "TABLESPACE) or to pg_default; in-place tablespaces are a developer setting "
+            "(allow_in_place_tablespaces)",
+        )
+
+
+BACKUP_TYPES = ("full", "incremental")
+
+
+def incremental_preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
+    """An incremental backup needs PostgreSQL 17+ with ``summarize_wal = on``; refused
+    before anything is stored, with the fix."""
+    where = describe(conninfo)
+    if facts.major < 17:
+        raise PostgresError(
+            f"{where}: PostgreSQL {facts.version} cannot take incremental backups "
+            "(pg_basebackup --incremental came with PostgreSQL 17)",
+            hint="take full backups (pgbackup backup --type full), or upgrade to 17 or later",
+        )
+    if facts.summarize_wal != "on":
+        raise PostgresError(
+            f"{where}: summarize_wal is {facts.summarize_wal or 'off'}; an incremental "
+            "backup needs the WAL summaries it writes",
+            hint="ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a "
+            "full backup, on which the next incremental builds",
+        )
+    if facts.tablespaces:
+        names = ", ".join(str(t["name"]) for t in facts.tablespaces)
+        raise PostgresError(
+            f"{where}: the server has tablespaces ({names}); pgbackup takes incremental "
+            "backups of clusters without tablespaces only",
+            hint="take full backups of this target (pgbackup backup --type full)",
+        )
+
+
+def choose_parent(repo: Repository, target: str, facts: ServerFacts) -> BackupInfo:
+    """The backup an incremental builds on: the newest complete one of the same cluster."""
+    same = [
+        b
+        for b in repo.complete_backups(target)
+        if b.metadata.get("system_identifier") == facts.system_identifier
+    ]
+    if not same:
+        raise BackupError(
+            f"target {target!r} has no complete backup of this cluster (system identifier "
+            f"{facts.system_identifier}) for an incremental backup to build on",
+            hint="take a full backup first: pgbackup backup --type full",
+        )
+    return same[-1]
+
+
+def chain_of(parent: BackupInfo) -> list[str]:
+    """The chain an incremental on ``parent`` belongs to, full backup first."""
+    return [*(parent.metadata.get("chain") or []), parent.backup_id]
+
+
+def run_basebackup(argv: list[str], estimated_size: int) -> None:
+    """Run pg_basebackup, turning its own progress report into a bar; explain a failure."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert proc.stderr is not None
+    messages: list[str] = []
+    try:
+        with progress("backup", estimated_size or None) as bar:
+            done = 0
+            pending = b""
+            while chunk := proc.stderr.read1(4096):  # type: ignore[attr-defined]
+                *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+                for raw in lines:
+                    line = raw.decode(errors="replace").strip()
+                    m = PROGRESS_RE.search(line)
+                    if m:
+                        now, total = int(m.group(1)) * 1024, int(m.group(2)) * 1024
+                        bar.update_total(total)
+                        bar.advance(max(0, now - done))
+                        done = max(done, now)
+                    elif line:
+                        messages.append(line)
+            if pending.strip():
+                messages.append(pending.decode(errors="replace").strip())
+            rc = proc.wait()
+    except BaseException:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
+    if rc != 0:
+        detail = "; ".join(m.removeprefix("pg_basebackup: ") for m in messages)
+        raise PostgresError(f"pg_basebackup failed: {detail or f'exit status {rc}'}")
+
+
+def produced_archives(
+    directory: Path, facts: ServerFacts, spec: CodecSpec
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """What pg_basebackup wrote, checked against what the server has.
+
+    Returns object name -> (file, metadata entry): the base archive, ``pg_wal.tar`` and
+    one archive per tablespace the server reports in ``pg_tablespace``. A tablespace
+    without its archive (or an archive the server does not explain) fails the backup:
+    a backup that would restore without a tablespace is never kept.
+    """
+    ext = "base.tar" + suffix(CodecSpec(spec.compression, spec.level))
+    ext = ext[len("base") :]
+    found = {f.name: f for f in directory.iterdir() if f.name != MANIFEST}
+    out: dict[str, tuple[Path, dict[str, Any]]] = {}
+    if "base" + ext not in found:
+        raise BackupError(
+            f"pg_basebackup wrote {', '.join(sorted(found)) or 'nothing'} in {directory}, "
+            f"not base{ext} (the expected compression)"
+        )
+    out["base" + ext] = (found.pop("base" + ext), {"kind": "base"})
+    if "pg_wal.tar" not in found:
+        raise BackupError(f"pg_basebackup wrote no pg_wal.tar in {directory}")
+    out["pg_wal.tar"] = (found.pop("pg_wal.tar"), {"kind": "wal"})
+    for ts in facts.tablespaces:
+        name = f"{ts['oid']}{ext}"
+        if name not in found:
+            raise BackupError(
+                f"tablespace {ts['name']} (oid {ts['oid']}, {ts['location']}) has no archive "
+                f"in the backup ({name} is missing); refusing to keep a backup without it"
+            )
+        out[name] = (
+            found.pop(name),
+            {
+                "kind": "tablespace",
+                "oid": int(ts["oid"]),
+                "name": ts["name"],
+                "location": ts["location"],
+            },
+        )
+    if found:
+        raise BackupError(
+            f"pg_basebackup wrote archives the server's pg_tablespace does not explain: "
+            f"{', '.join(sorted(found))} (a tablespace created during the backup?)",
+            hint="run the backup again",
+        )
+    return out
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def settle_in_repository(storage: PosixStorage, directory: Path) -> None:
+    """pg_basebackup's files get the repository's modes (0750/0640) and owner."""
+    owner = storage.owner()
+    os.chmod(directory, DIR_MODE)
+    if owner:
+        os.chown(directory, *owner)
+    for f in directory.iterdir():
+        os.chmod(f, FILE_MODE)
+        if owner:
+            os.chown(f, *owner)
+
+
+def upload_staged(
+    storage: Storage,
+    source: Path,
+    key: str,
+    encrypted: bool,
+    recipients_list: list[str] | None,
+    compress: CodecSpec | None = None,
+) -> dict[str, Any]:
+    """Stream a staged file to storage, encrypting when asked; ``compress`` compresses it
+    on the way (pg_wal.tar, which pg_basebackup writes uncompressed)."""
+    digest = hashlib.sha256()
+    size = 0
+    with storage.open_write(key) as writer:
+
+        def sink(data: bytes) -> None:
+            nonlocal size
+            digest.update(data)
+            size += len(data)
+            writer.write(data)
+
+        codec = CodecSpec(compress.compression, compress.level, encrypted) if compress else None
+        encoder = Encoder(
+            codec or CodecSpec("none", 0, encrypted), sink, recipients=recipients_list
+        )
+        with open(source, "rb") as f:
+            while chunk := f.read(READ_SIZE):
+                encoder.write(chunk)
+        encoder.close()
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def manifest_facts(manifest: bytes, seg_size: int) -> dict[str, Any]:
+    """Files, bytes and WAL range from PostgreSQL's manifest."""
+    files = json.loads(manifest).get("Files", [])
+    timeline, start, end = wal_range(manifest)
+    wal_bytes = ((end - 1) // seg_size - start // seg_size + 1) * seg_size
+    return {
+        "files": len(files),
+        "raw_bytes": sum(int(f.get("Size", 0)) for f in files) + wal_bytes,
+        "timeline": timeline,
+        "start_lsn": start,
+        "stop_lsn": end,
+    }
+
+
+def wal_range(manifest: bytes) -> tuple[int, int, int]:
+    """(timeline, start LSN, end LSN) from the manifest's WAL-Ranges (last range's end)."""
+    ranges = json.loads(manifest).get("WAL-Ranges") or []
+    if not ranges:
+        raise BackupError("backup_manifest has no WAL-Ranges")
+    return (
+        int(ranges[-1]["Timeline"]),
+        parse_lsn(ranges[0]["Start-LSN"]),
+        parse_lsn(ranges[-1]["End-LSN"]),
+    )
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so a stopped backup still cleans up after itself."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def backup_directory(
+    storage: Storage, repo: Repository, target: str, backup_id: str, direct: bool
+) -> Iterator[Path]:
+    """Where pg_basebackup writes: the backup's own repository directory, or a staging dir."""
+    if direct:
+        assert isinstance(storage, PosixStorage)
+        parent = storage.path_of(repo.base_prefix(target, backup_id)).parent
+        storage.ensure_dir(parent)
+        yield parent / backup_id
+        return
+    stage = Path(
+        tempfile.mkdtemp(prefix="pgbackup-stage-", dir=os.environ.get("PGBACKUP_STAGING_DIR"))
+    )
+    try:
+        yield stage / backup_id
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dict[str, Any]:
+    """Take one base backup of ``target`` (``full``, or ``incremental`` on the newest
+    complete backup: PostgreSQL 17+); returns its metadata."""
+    if backup_type not in BACKUP_TYPES:
+        raise UsageError(
+            f"--type {backup_type!r}: a backup is full or incremental",
+            hint="pgbackup backup --type full|incremental",
+        )
+    storage = open_storage(policy.repository)
+    repo = Repository(storage)
+    spec = codec_spec(policy)
+    direct = isinstance(storage, PosixStorage) and not spec.encrypted
+    t0 = time.monotonic()
+    started_at = utcnow()
+    step = "taking the lock"
+    backup_id = ""
+    with (
+        _terminate_as_interrupt(),
+        target_lock(policy.repository, target.name, "backup", wait_for=("cleanup",)),
+    ):
+        try:
+            step = "connecting to the server"
+            conninfo = resolve_conninfo(policy, target, LOG)
+            facts, replication_problem = preflight_facts(conninfo, target.pg_bin_dir)
+            preflight(facts, conninfo)
+            step = "opening a replication connection"
+            if replication_problem is not None:
+                raise replication_problem
+            parent: BackupInfo | None = None
+            if backup_type == "incremental":
+                step = "checking the server for incremental backups"
+                incremental_preflight(facts, conninfo)
+                parent = choose_parent(repo, target.name, facts)
+            program = find_program("pg_basebackup", facts.major, target.pg_bin_dir)
+            side = compression_side(conninfo, spec.compression)  # server's, else ours
+            recipients_list = recipients(policy)
+
+            backup_id = new_backup_id(started_at)
+            while any(True for _ in storage.list(repo.base_prefix(target.name, backup_id))):
+                time.sleep(1)
+                backup_id = new_backup_id()
+            prefix = repo.base_prefix(target.name, backup_id)
+            manifest_spec = CodecSpec("none", 0, spec.encrypted)
+            manifest_name = MANIFEST + suffix(manifest_spec)
+            LOG.info(
+                "backup %s of %s (%s, PostgreSQL %s, %s) -> %s",
+                backup_id,
+                target.name,
+                describe(conninfo),
+                facts.version,
+                "a hot standby" if facts.in_recovery else "a primary",
+                storage.describe(),
+            )
+            with (
+                backup_directory(storage, repo, target.name, backup_id, direct) as directory,
+                tempfile.TemporaryDirectory(prefix="pgbackup-parent-") as scratch,
+            ):
+                parent_manifest: Path | None = None
+                if parent is not None:
+                    step = f"reading the manifest of parent backup {parent.backup_id}"
+                    from pgbackup.engine.restore import identities, read_manifest_bytes
+
+                    parent_manifest = Path(scratch) / MANIFEST
+                    parent_manifest.write_bytes(
+                        read_manifest_bytes(
+                            storage,
+                            repo.base_prefix(target.name, parent.backup_id),
+                            parent,
+                            identities(policy, parent),
+                        )
+                    )
+                    LOG.info("incremental on %s (chain %s)", parent.backup_id, chain_of(parent))
+                step = "running pg_basebackup"
+                argv = basebackup_argv(
+                    program,
+                    conninfo,
+                    f"pgbackup {backup_id}",
+                    directory,
+                    side.argv_spec(spec),
+                    policy.compression.workers,
+                    target.max_rate,
+                    incremental=parent_manifest,
+                )
+                run_basebackup(argv, facts.database_size)
+                if side.side == "pgbackup":
+                    step = f"compressing with {spec.compression} (the server cannot)"
+                    compress_archives(directory, spec, policy.compression.workers or -1)
+                produced = produced_archives(directory, facts, spec)
+                manifest = (directory / MANIFEST).read_bytes()
+                objects: dict[str, dict[str, Any]] = {}
+                for name, (path, entry) in produced.items():
+                    if entry["kind"] == "wal" and not (direct and spec.compression == "none"):
+                        # pg_basebackup leaves the streamed WAL uncompressed: compress it
+                        # (and encrypt it) on its way into the repository.
+                        stored_name = "pg_wal.tar" + suffix(spec)
+                        step = f"storing {stored_name}"
+                        obj = upload_staged(
+                            storage,
+                            path,
+                            prefix + stored_name,
+                            spec.encrypted,
+                            recipients_list,
+                            compress=spec,
+                        )
+                        if direct:
+                            path.unlink()
+                        objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
+                    elif direct:
+                        step = f"checking {name}"
+                        objects[name] = {
+                            **entry,
+                            "size": path.stat().st_size,
+                            "sha256": file_digest(path),
+                            "codec": spec.to_dict(),
+                        }
+                    else:
+                        stored_name = name + suffix(CodecSpec("none", 0, spec.encrypted))
+                        step = f"storing {stored_name}"
+                        obj = upload_staged(
+                            storage, path, prefix + stored_name, spec.encrypted, recipients_list
+                        )
+                        objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
+                if direct:
+                    assert isinstance(storage, PosixStorage)
+                    settle_in_repository(storage, directory)
+                    manifest_obj = {
+                        "size": len(manifest),
+                        "sha256": hashlib.sha256(manifest).hexdigest(),
+                    }
+                else:
+                    step = "storing backup_manifest"
+                    stored = encode_bytes(manifest_spec, manifest, recipients=recipients_list)
+                    storage.write_bytes(prefix + manifest_name, stored)
+                    manifest_obj = {
+                        "size": len(stored),
+                        "sha256": hashlib.sha256(stored).hexdigest(),
+                    }
+            m = manifest_facts(manifest, facts.wal_segment_size)
+            stopped_at = utcnow()
+            metadata: dict[str, Any] = {
+                "format_version": 1,
+                "backup_id": backup_id,
+                "target": target.name,
+                "status": "complete",
+                "system_identifier": facts.system_identifier,
+                "server_version": facts.version,
+                "server_version_num": facts.version_num,
+                "timezone": facts.timezone,
+                "wal_segment_size": facts.wal_segment_size,
+                "timeline": m["timeline"],
+                "start_lsn": format_lsn(m["start_lsn"]),
+                "stop_lsn": format_lsn(m["stop_lsn"]),
+                "start_time": iso(started_at),
+                "stop_time": iso(stopped_at),
+                "duration_seconds": round(time.monotonic() - t0, 3),
+                "raw_bytes": m["raw_bytes"],
+                "stored_bytes": sum(o["size"] for o in objects.values()) + manifest_obj["size"],
+                "files": m["files"],
+                "database_size": facts.database_size,
+                "compression": {
+                    "method": spec.compression,
+                    "level": spec.level,
+                    "workers": policy.compression.workers,
+                },
+                "encrypted": spec.encrypted,
+                "source": "standby" if facts.in_recovery else "primary",
+                "tablespaces": [
+                    {"oid": int(t["oid"]), "name": t["name"], "location": t["location"]}
+                    for t in facts.tablespaces
+                ],
+                "objects": {
+                    **objects,
+                    manifest_name: {
+                        "kind": "manifest",
+                        **manifest_obj,
+                        "codec": manifest_spec.to_dict(),
+                    },
+                },
+                "pgbackup_version": __version__,
+                "pg_basebackup": program,
+                "compressed_by": side.as_dict(),
+                "wal_method": "stream",
+                "backup_type": backup_type,
+                "parent": parent.backup_id if parent else None,
+                "chain": chain_of(parent) if parent else [],
+            }
+            step = "writing metadata.json"
+            repo.write_metadata(target.name, backup_id, metadata)
+        except BaseException as exc:
+            message = (
+                exc.message if isinstance(exc, PgBackupError) else (str(exc) or type(exc).__name__)
+            )
+            if isinstance(exc, KeyboardInterrupt):
+                message = "interrupted"
+            if backup_id:
+                with contextlib.suppress(Exception):
+                    storage.delete_prefix(repo.base_prefix(target.name, backup_id))
+            repo.record_run(
+                target.name,
+                "backup",
+                {
+                    "status": "failed",
+                    "backup_id": backup_id or None,
+                    "step": step,
+                    "error": message,
+                    "started_at": iso(started_at),
+                    "duration_seconds": round(time.monotonic() - t0, 3),
+                },
+            )
+            LOG.error("backup of %s failed while %s: %s", target.name, step, message)
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise BackupError(
+                    f"backup of {target.name!r} interrupted while {step}; nothing was kept"
+                ) from None
+            if isinstance(exc, PgBackupError):
+                raise BackupError(
+                    f"backup of {target.name!r} failed while {step}: {exc.message}",
+                    hint=exc.hint,
+                ) from None
+            raise
+    repo.record_run(
+        target.name,
+        "backup",
+        {
+            "status": "ok",
+            "backup_id": backup_id,
+            "started_at": metadata["start_time"],
+            "duration_seconds": metadata["duration_seconds"],
+            "stored_bytes": metadata["stored_bytes"],
+            "raw_bytes": metadata["raw_bytes"],
+        },
+    )
+    LOG.info(
+        "backup %s of %s complete: %s read, %s stored, %.1fs, LSN %s..%s",
+        backup_id,
+        target.name,
+        human_bytes(metadata["raw_bytes"]),
+        human_bytes(metadata["stored_bytes"]),
+        metadata["duration_seconds"],
+        metadata["start_lsn"],
+        metadata["stop_lsn"],
+    )
+    return metadata

@@ -1,0 +1,143 @@
+"""Retention, carried out: expire base backups (and, with them, WAL nobody needs).
+
+Decisions come from the pure functions in :mod:`pgbackup.policy.retention`; this module only
+reads the repository and deletes. ``metadata.json`` goes first in every removal, so an
+interrupted cleanup never leaves something that looks complete with parts missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pgbackup.engine.locks import target_lock
+from pgbackup.engine.repository import BackupInfo, Repository
+from pgbackup.errors import LockError
+from pgbackup.formats.lsn import parse_lsn
+from pgbackup.policy.config import Policy, Target
+from pgbackup.policy.retention import BackupRecord, Decision, RetentionRule, plan_retention
+from pgbackup.ui import LOG
+
+
+@dataclass
+class CleanupPlan:
+    target: str
+    decisions: list[Decision] = field(default_factory=list)
+    expire_backups: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # incomplete backups safe to remove
+    expire_wal: list[str] = field(default_factory=list)  # storage keys
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "backups": [
+                {"backup_id": d.backup_id, "keep": d.keep, "reasons": list(d.reasons)}
+                for d in self.decisions
+            ],
+            "expire_backups": self.expire_backups,
+            "remove_incomplete": self.leftovers,
+            "expire_wal": self.expire_wal,
+            "notes": self.notes,
+        }
+
+
+def id_time(backup_id: str) -> datetime:
+    """The time encoded in a backup id (for incomplete backups without metadata)."""
+    try:
+        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.fromtimestamp(0, UTC)
+
+
+def to_record(info: BackupInfo) -> BackupRecord:
+    meta = info.metadata
+    return BackupRecord(
+        backup_id=info.backup_id,
+        stop_time=info.stop_time or id_time(info.backup_id),
+        complete=info.complete,
+        start_lsn=parse_lsn(meta["start_lsn"]) if meta.get("start_lsn") else 0,
+        timeline=int(meta.get("timeline", 1)),
+        parent=meta.get("parent"),
+    )
+
+
+def plan_cleanup(
+    policy: Policy, repo: Repository, target: Target, now: datetime, backup_running: bool
+) -> CleanupPlan:
+    backups = repo.backups(target.name)
+    rule = RetentionRule(
+        days=policy.retention.days,
+        weekly=policy.retention.weekly,
+        monthly=policy.retention.monthly,
+        min_backups=policy.retention.min_backups,
+    )
+    plan = CleanupPlan(target.name)
+    plan.decisions = plan_retention([to_record(b) for b in backups], rule, now)
+    complete_ids = {b.backup_id for b in backups if b.complete}
+    for d in plan.decisions:
+        if d.keep:
+            continue
+        if d.backup_id in complete_ids:
+            plan.expire_backups.append(d.backup_id)
+        elif backup_running:
+            plan.notes.append(f"{d.backup_id}: incomplete, left alone while a backup is running")
+        else:
+            plan.leftovers.append(d.backup_id)
+    if backup_running:
+        # The newest incomplete one may be the running backup: never touch it.
+        plan.decisions = [
+            Decision(d.backup_id, True, ("a backup is running",))
+            if d.backup_id not in complete_ids and d.backup_id not in plan.leftovers and not d.keep
+            else d
+            for d in plan.decisions
+        ]
+    from pgbackup.engine.wal import plan_wal_expiry
+
+    kept = [b for b in backups if b.complete and b.backup_id not in plan.expire_backups]
+    plan.expire_wal = plan_wal_expiry(repo, target.name, kept)
+    return plan
+
+
+def run_cleanup(
+    policy: Policy, repo: Repository, target: Target, *, dry_run: bool, now: datetime
+) -> CleanupPlan:
+    lock = target_lock(policy.repository, target.name, "cleanup")
+    backup_running = False
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock)
+        except LockError:
+            backup_running = True
+        plan = plan_cleanup(policy, repo, target, now, backup_running)
+        if dry_run:
+            return plan
+        for backup_id in plan.expire_backups + plan.leftovers:
+            n = repo.storage.delete_prefix(repo.base_prefix(target.name, backup_id))
+            LOG.info("cleanup %s: removed backup %s (%d objects)", target.name, backup_id, n)
+        for key in plan.expire_wal:
+            repo.storage.delete(key)
+        if plan.expire_wal:
+            LOG.info("cleanup %s: removed %d archived WAL files", target.name, len(plan.expire_wal))
+        remover = getattr(repo.storage, "remove_leftover_temp_files", None)
+        if remover is not None and not backup_running:
+            removed = remover(target.name)
+            if removed:
+                LOG.info(
+                    "cleanup %s: removed %d temporary files of interrupted writes",
+                    target.name,
+                    removed,
+                )
+    repo.record_run(
+        target.name,
+        "cleanup",
+        {
+            "status": "ok",
+            "expired_backups": plan.expire_backups,
+            "removed_incomplete": plan.leftovers,
+            "expired_wal": len(plan.expire_wal),
+        },
+    )
+    return plan

@@ -1,0 +1,730 @@
+"""Restore a base backup into a data directory, optionally recovering to a target.
+
+The stored object is streamed: storage -> checksum -> codecs -> ``tar -x`` running as
+the server's OS user (so ownership is right) with umask 077 (so permissions are
+PostgreSQL's 0700/0600). If anything fails - wrong key, corrupt object, checksum
+mismatch - the directory is emptied again: a half-written data directory is never left
+behind looking usable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pgbackup.engine.repository import BackupInfo, Repository
+from pgbackup.errors import PgBackupError, PostgresError, RestoreError, UsageError
+from pgbackup.formats.codecs import CodecSpec, open_decoder
+from pgbackup.policy.config import Policy, Target
+from pgbackup.postgres.cluster import Cluster, free_port, hand_over, server_os_user
+from pgbackup.storage import Storage, open_storage
+from pgbackup.ui import LOG, human_bytes, progress
+
+READ_SIZE = 1 << 20
+
+
+@dataclass
+class RestoreResult:
+    backup_id: str
+    target: str
+    directory: str
+    stored_bytes: int
+    raw_bytes: int
+    seconds: float
+    port: int | None = None
+    started: bool = False
+    recovery: dict[str, Any] = field(default_factory=dict)
+    delta: dict[str, int] | None = None
+    combine: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class HashingReader:
+    """Wraps a stream and hashes (and counts) what is read through it."""
+
+    def __init__(self, inner: BinaryIO):
+        self.inner = inner
+        self.sha256 = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.sha256.update(data)
+        self.count += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def base_object(info: BackupInfo) -> tuple[str, dict[str, Any]]:
+    for name, obj in info.metadata["objects"].items():
+        if obj.get("kind") == "base":
+            return name, obj
+    raise RestoreError(f"backup {info.backup_id} metadata names no base object")
+
+
+def archive_objects(info: BackupInfo) -> list[tuple[str, dict[str, Any]]]:
+    """The backup's tar archives in restore order: base, then its WAL, then tablespaces."""
+    order = {"base": 0, "wal": 1, "tablespace": 2}
+    found = [
+        (name, obj) for name, obj in info.metadata["objects"].items() if obj.get("kind") in order
+    ]
+    return sorted(found, key=lambda item: (order[item[1]["kind"]], item[1].get("oid", 0)))
+
+
+def parse_tablespace_map(items: list[str] | None) -> dict[str, str]:
+    """``--tablespace-map NAME=DIR`` (repeatable; NAME may be the OID), pgBackRest's syntax."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, directory = item.partition("=")
+        if not sep or not name.strip() or not directory.strip():
+            raise UsageError(
+                f"--tablespace-map {item!r}: write it NAME=DIR",
+                hint="e.g. --tablespace-map ts1=/srv/ts1",
+            )
+        out[name.strip()] = directory.strip()
+    return out
+
+
+def tablespace_destinations(
+    tablespaces: list[dict[str, Any]],
+    mapping: dict[str, str],
+    map_all: str | None,
+    data_dir: Path,
+) -> dict[int, Path]:
+    """Where each tablespace of the backup goes: ``--tablespace-map`` by name or OID, then
+    ``--tablespace-map-all DIR/<name>``, else its original location. Pure: no I/O."""
+    known = {t["name"] for t in tablespaces} | {str(t["oid"]) for t in tablespaces}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        have = ", ".join(f"{t['name']} (oid {t['oid']})" for t in tablespaces) or "none"
+        raise UsageError(
+            f"--tablespace-map names {', '.join(unknown)}, which the backup does not have "
+            f"(its tablespaces: {have})"
+        )
+    out: dict[int, Path] = {}
+    for t in tablespaces:
+        chosen = mapping.get(t["name"]) or mapping.get(str(t["oid"]))
+        if chosen is None and map_all:
+            chosen = str(Path(map_all) / t["name"])
+        where = Path(chosen or t["location"])
+        if not where.is_absolute():
+            raise UsageError(f"tablespace {t['name']}: {where} is not an absolute path")
+        out[int(t["oid"])] = where
+    targets = [str(d) for d in out.values()]
+    for d in out.values():
+        if targets.count(str(d)) > 1:
+            raise UsageError(f"two tablespaces would be restored into {d}")
+        if d == data_dir or data_dir in d.parents or d in data_dir.parents:
+            raise UsageError(
+                f"tablespace directory {d} overlaps the data directory {data_dir}",
+                hint="give --tablespace-map NAME=DIR outside the data directory",
+            )
+    return out
+
+
+def identities(policy: Policy, info: BackupInfo) -> list[str] | None:
+    """The age identities an encrypted backup needs; a clear error when none is named."""
+    if not info.metadata.get("encrypted"):
+        return None
+    from pgbackup.engine.wal import policy_identities
+
+    found = policy_identities(policy)
+    if found is None:
+        raise PgBackupError(
+            f"backup {info.backup_id} is encrypted and the policy names no identity",
+            hint="set encryption.identity_file in backup.yaml to the age key that decrypts it",
+        )
+    return found
+
+
+def check_destination(directory: Path, force: bool) -> None:
+    """Refuse a non-empty directory or a running postmaster unless forced."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise RestoreError(f"{directory} exists and is not a directory")
+    pid_file = directory / "postmaster.pid"
+    if pid_file.exists():
+        probe = Cluster(directory, 0, os_user=server_os_user() or "")
+        if probe.is_running():
+            if not force:
+                raise RestoreError(
+                    f"a PostgreSQL server (pid {probe.postmaster_pid()}) is running on {directory}",
+                    hint=f"stop it first (pg_ctl -D {directory} stop) or pass --force to stop it and replace its data",
+                )
+            LOG.warning("stopping the server running on %s (--force)", directory)
+            probe.os_user = server_os_user()
+            probe.stop("fast")
+    if any(directory.iterdir()):
+        if not force:
+            raise RestoreError(
+                f"{directory} is not empty; restore refuses to write into it",
+                hint="choose an empty or new directory, or pass --force to replace its contents",
+            )
+        if directory.resolve() in (Path("/"), Path.home().resolve()):
+            raise RestoreError(f"refusing to empty {directory}")
+        LOG.warning("emptying %s (--force)", directory)
+        empty_directory(directory)
+
+
+def empty_directory(directory: Path) -> None:
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def extract(
+    storage: Storage,
+    key: str,
+    spec: CodecSpec,
+    identity_list: list[str] | None,
+    directory: Path,
+    expected: dict[str, Any],
+    keep: Any = None,
+) -> tuple[int, int]:
+    """Stream the stored object into the data directory; returns the stored bytes read
+    and the bytes written (less than the content when ``keep`` spared files).
+
+    Decoding happens in this process (python-zstandard, age), the tar stream is written by
+    parallel writers that fsync each file (:mod:`pgbackup.formats.untar`). The sha256 of the stored
+    bytes is checked against ``expected`` before anything else is believed.
+    """
+    from pgbackup.formats import untar
+
+    source = HashingReader(storage.open_read(key))
+    problem: PgBackupError | None = None
+    written = 0
+    with (
+        contextlib.closing(source),
+        open_decoder(source, spec, identities=identity_list, what=key) as decoded,  # type: ignore[arg-type]
+        progress("restore", int(expected.get("raw_bytes", 0)) or None) as bar,
+    ):
+        try:
+            written = untar.extract(decoded, directory, on_bytes=bar.advance, keep=keep)  # type: ignore[arg-type]
+        except PgBackupError as exc:
+            problem = exc  # the checksum verdict comes first
+        # Drain what the tar stream did not need, so the checksum covers every byte.
+        while source.read(READ_SIZE):
+            pass
+    if source.sha256.hexdigest() != expected["sha256"] or source.count != expected["size"]:
+        raise RestoreError(
+            f"{key} does not match the checksum recorded in its metadata "
+            f"({source.count} bytes read, {expected['size']} expected); the stored backup is damaged",
+            hint="run `pgbackup verify --backup all` and restore from another backup",
+        )
+    if problem is not None:
+        raise RestoreError(f"cannot restore {key}: {problem.message}", hint=problem.hint)
+    return source.count, written
+
+
+def recovery_failure(cluster: Any) -> str | None:
+    """The reason PostgreSQL gave for stopping recovery, from its log (None if it did not)."""
+    tail = cluster.log_tail(60)
+    fatal = [ln.split("FATAL:", 1)[1].strip() for ln in tail.splitlines() if "FATAL:" in ln]
+    fatal = [f for f in fatal if "the database system is" not in f and "role " not in f]
+    # wal-fetch's own line (stderr of restore_command lands in the server log) says why
+    # a file could not be restored; PostgreSQL's FATAL only names the file.
+    ours = [
+        ln.split("error:", 1)[1].strip()
+        for ln in tail.splitlines()
+        if ln.startswith("pgbackup wal-fetch: error:")
+    ]
+    if fatal and ours:
+        return f"{fatal[-1]}: {ours[-1]}"
+    return fatal[-1] if fatal else None
+
+
+@dataclass
+class DeltaPlan:
+    """What a delta restore keeps, and what it removed before writing."""
+
+    keep: set[str] = field(default_factory=set)
+    reused_bytes: int = 0
+    removed_files: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "kept_files": len(self.keep),
+            "reused_bytes": self.reused_bytes,
+            "removed_files": self.removed_files,
+        }
+
+
+def read_manifest(
+    storage: Storage, prefix: str, info: BackupInfo, identity_list: list[str] | None
+) -> dict[str, Any]:
+    """The backup's own backup_manifest (decoded), as PostgreSQL wrote it."""
+    import json
+
+    return dict(json.loads(read_manifest_bytes(storage, prefix, info, identity_list)))
+
+
+def read_manifest_bytes(
+    storage: Storage, prefix: str, info: BackupInfo, identity_list: list[str] | None
+) -> bytes:
+    """The backup's backup_manifest, checked against its metadata and decoded."""
+    from pgbackup.formats.codecs import decode_bytes
+
+    for name, obj in info.metadata["objects"].items():
+        if obj.get("kind") == "manifest":
+            stored = storage.read_bytes(prefix + name)
+            if hashlib.sha256(stored).hexdigest() != obj["sha256"]:
+                raise RestoreError(f"{name} does not match its checksum; the backup is damaged")
+            return decode_bytes(
+                CodecSpec.from_dict(obj["codec"]), stored, identities=identity_list, what=name
+            )
+    raise RestoreError(f"backup {info.backup_id} has no backup_manifest; --delta needs one")
+
+
+def manifest_path_on_disk(path: str, directory: Path, destinations: dict[int, Path]) -> Path:
+    """Where a manifest path (relative to the data directory) lives on disk: tablespace
+    files (``pg_tblspc/<oid>/...``) under their restore destinations."""
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "pg_tblspc" and parts[1].isdigit():
+        where = destinations.get(int(parts[1]))
+        if where is not None:
+            return where.joinpath(*parts[2:])
+    return directory.joinpath(*parts)
+
+
+def plan_delta(
+    directory: Path, destinations: dict[int, Path], manifest: dict[str, Any]
+) -> DeltaPlan:
+    """Keep every file whose size and CRC32C equal the manifest's; remove every other
+    file (and link) the backup does not have, pg_wal's content included (stale WAL must
+    never be replayed). Files kept are not written again."""
+    import crc32c
+
+    plan = DeltaPlan()
+    wanted: dict[Path, dict[str, Any]] = {}
+    for entry in manifest.get("Files", []):
+        wanted[manifest_path_on_disk(entry["Path"], directory, destinations)] = entry
+    for on_disk, entry in wanted.items():
+        try:
+            if on_disk.is_symlink() or not on_disk.is_file():
+                continue
+            if on_disk.stat().st_size != int(entry["Size"]):
+                continue  # truncated or grown: rewritten
+            if entry.get("Checksum-Algorithm") != "CRC32C":
+                continue  # nothing to compare with: rewritten
+            crc = 0
+            with open(on_disk, "rb") as f:
+                while chunk := f.read(READ_SIZE):
+                    crc = crc32c.crc32c(chunk, crc)
+            if crc.to_bytes(4, "little").hex() != entry["Checksum"]:
+                continue  # right size, wrong content: rewritten
+        except OSError:
+            continue
+        plan.keep.add(entry["Path"])
+        plan.reused_bytes += int(entry["Size"])
+    keep_on_disk = {manifest_path_on_disk(p, directory, destinations) for p in plan.keep}
+    for root in [directory, *destinations.values()]:
+        if not root.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            base = Path(dirpath)
+            for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
+                path = base / name
+                if path not in keep_on_disk:
+                    path.unlink()
+                    plan.removed_files += 1
+    return plan
+
+
+def check_delta_destination(directory: Path) -> None:
+    """--delta writes into an existing, STOPPED data directory of PostgreSQL's."""
+    if not (directory / "PG_VERSION").is_file():
+        raise RestoreError(
+            f"{directory} holds no PostgreSQL data directory; --delta restores over an "
+            "existing copy",
+            hint="leave out --delta to restore into an empty or new directory",
+        )
+    if (directory / "postmaster.pid").exists():
+        probe = Cluster(directory, 0, os_user=server_os_user() or "")
+        if probe.is_running():
+            raise RestoreError(
+                f"a PostgreSQL server (pid {probe.postmaster_pid()}) is running on {directory}; "
+                "a delta restore never writes under a running server",
+                hint=f"stop it first: pg_ctl -D {directory} stop",
+            )
+
+
+def link_tablespaces(directory: Path, destinations: dict[int, Path], os_user: str | None) -> None:
+    """Make ``pg_tblspc/<oid>`` point at each restored tablespace and drop
+    ``tablespace_map``, so the server starts on the links as they are."""
+    if not destinations:
+        return
+    links = directory / "pg_tblspc"
+    links.mkdir(exist_ok=True)
+    for oid, where in destinations.items():
+        link = links / str(oid)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(where, link)
+        hand_over(where, os_user, 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        (directory / "tablespace_map").unlink()
+
+
+def independent_or_standby(directory: Path, standby: bool, info: BackupInfo) -> None:
+    """A restored cluster is a primary unless a standby was asked for: a standby.signal
+    carried over from the source is removed (``--standby`` writes its own)."""
+    for signal_file in ("standby.signal", "recovery.signal"):
+        path = directory / signal_file
+        if path.exists():
+            LOG.info(
+                "removing %s carried over from the source of backup %s", signal_file, info.backup_id
+            )
+            path.unlink()
+
+
+def chain_members(repo: Repository, target: str, info: BackupInfo) -> list[BackupInfo]:
+    """The backups an incremental restores from, full backup first, ``info`` last; a
+    missing or incomplete member is one clear error (before anything is written)."""
+    members = []
+    for backup_id in info.metadata.get("chain") or []:
+        try:
+            member = repo.find_backup(target, backup_id)
+        except PgBackupError as exc:
+            raise RestoreError(
+                f"backup {info.backup_id} is an incremental whose chain member {backup_id} "
+                f"cannot be used: {exc.message}",
+                hint="restore another backup (pgbackup list shows the chains)",
+            ) from None
+        members.append(member)
+    return [*members, info]
+
+
+#: pg_combinebackup's ways of copying, fastest first: reflinks, copy_file_range, copy.
+COMBINE_METHODS = (("--clone",), ("--copy-file-range",), ())
+
+
+def combine_chain(
+    storage: Storage,
+    repo: Repository,
+    policy: Policy,
+    target: Target,
+    members: list[BackupInfo],
+    directory: Path,
+    os_user: str | None,
+) -> dict[str, Any]:
+    """Extract each member (full first) into a staging directory beside ``directory`` and
+    rebuild the data directory with pg_combinebackup of the backup's major; returns what
+    was read and how it was combined."""
+    from pgbackup.postgres.binaries import find_program
+    from pgbackup.postgres.cluster import run_as
+
+    last = members[-1]
+    program = find_program(
+        "pg_combinebackup", int(last.metadata["server_version_num"]) // 10000, target.pg_bin_dir
+    )
+    staging = Path(tempfile.mkdtemp(prefix=".pgbackup-combine-", dir=directory.parent))
+    stored = 0
+    try:
+        dirs = []
+        t0 = time.monotonic()
+        for member in members:
+            prefix = repo.base_prefix(target.name, member.backup_id)
+            identity_list = identities(policy, member)
+            where = staging / member.backup_id
+            for name, obj in archive_objects(member):
+                if obj["kind"] == "wal" and member is not last:
+                    continue  # only the newest member's WAL is needed
+                into = where / "pg_wal" if obj["kind"] == "wal" else where
+                into.mkdir(parents=True, exist_ok=True)
+                read, _ = extract(
+                    storage,
+                    prefix + name,
+                    CodecSpec.from_dict(obj["codec"]),
+                    identity_list,
+                    into,
+                    obj,
+                )
+                stored += read
+            (where / "backup_manifest").write_bytes(
+                read_manifest_bytes(storage, prefix, member, identity_list)
+            )
+            dirs.append(str(where))
+        extracted = time.monotonic() - t0
+        hand_over(staging, os_user, 0o700)
+        failures = []
+        for method in COMBINE_METHODS:
+            t1 = time.monotonic()
+            proc = run_as(
+                [program, "--output", str(directory), *method, *dirs],
+                os_user,
+                check=False,
+            )
+            if proc.returncode == 0:
+                LOG.info(
+                    "combined %d backups into %s with pg_combinebackup %s in %.1fs",
+                    len(members),
+                    directory,
+                    " ".join(method) or "(copy)",
+                    time.monotonic() - t1,
+                )
+                return {
+                    "members": [m.backup_id for m in members],
+                    "method": (method[0].lstrip("-") if method else "copy"),
+                    "extract_seconds": round(extracted, 3),
+                    "combine_seconds": round(time.monotonic() - t1, 3),
+                    "stored_bytes": stored,
+                }
+            failures.append(f"{' '.join(method) or 'copy'}: {(proc.stdout or '').strip()[-500:]}")
+            empty_directory(directory)
+        raise RestoreError(
+            f"pg_combinebackup could not rebuild backup {last.backup_id} from its chain "
+            f"({' <- '.join(m.backup_id for m in members)}): {failures[-1]}",
+            hint="run `pgbackup verify --backup " + last.backup_id + "`",
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+MINIMAL_CONF = """# written by pgbackup restore: the backup carried no postgresql.conf
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+"""
+
+
+def run_restore(
+    policy: Policy,
+    target: Target,
+    backup_id: str | None,
+    directory: Path,
+    *,
+    force: bool = False,
+    start: bool = False,
+    port: int | None = None,
+    archive: bool = True,
+    recovery_settings: dict[str, Any] | None = None,
+    storage: Storage | None = None,
+    wait_for_recovery: Any = None,
+    tablespace_map: dict[str, str] | None = None,
+    tablespace_map_all: str | None = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
+    delta: bool = False,
+) -> RestoreResult:
+    """Restore ``backup_id`` (or the newest) of ``target`` into ``directory``.
+
+    ``delta``: restore over an existing stopped copy, rewriting only the files whose
+    size or CRC32C differ from the backup's manifest and removing the files it lacks.
+
+    Tablespaces go to their original locations, or where ``tablespace_map`` (name or
+    OID -> directory) and ``tablespace_map_all`` say; pgbackup makes the ``pg_tblspc``
+    links itself and removes ``tablespace_map``, so the server never relocates anything
+    (a server started on a ``tablespace_map`` recreates the original links). A restored
+    cluster is an independent primary unless ``standby`` is asked for: a backup taken
+    from a standby loses its ``standby.signal`` and ``primary_conninfo``.
+    """
+    t0 = time.monotonic()
+    storage = storage or open_storage(policy.repository)
+    repo = Repository(storage)
+    info = repo.find_backup(target.name, backup_id)
+    base_object(info)  # a clear error for metadata without one
+    identity_list = identities(policy, info)
+    directory = directory.absolute()
+    tablespaces = list(info.metadata.get("tablespaces") or [])
+    destinations = tablespace_destinations(
+        tablespaces, tablespace_map or {}, tablespace_map_all, directory
+    )
+    prefix = repo.base_prefix(target.name, info.backup_id)
+    members = chain_members(repo, target.name, info) if info.metadata.get("parent") else []
+    if members and delta:
+        raise UsageError(
+            f"backup {info.backup_id} is incremental; --delta restores full backups only",
+            hint="restore without --delta into an empty directory",
+        )
+    plan: DeltaPlan | None = None
+    if delta:
+        check_delta_destination(directory)
+        manifest = read_manifest(storage, prefix, info, identity_list)
+        plan = plan_delta(directory, destinations, manifest)
+        LOG.info(
+            "delta restore into %s: %d files (%s) already equal to the backup, %d removed",
+            directory,
+            len(plan.keep),
+            human_bytes(plan.reused_bytes),
+            plan.removed_files,
+        )
+    else:
+        check_destination(directory, force)
+        for where in destinations.values():
+            check_destination(where, force)  # before anything is written
+    os_user = server_os_user()
+    directory.mkdir(parents=True, exist_ok=True)
+    hand_over(directory, os_user, 0o700)
+    LOG.info("restoring backup %s of %s into %s", info.backup_id, target.name, directory)
+    written: list[Path] = [directory]
+    stored = 0
+    payload_written = 0  # data files written (a delta restore's measure)
+    wal_written = 0
+    combined: dict[str, Any] | None = None
+    try:
+        if members:
+            combined = combine_chain(storage, repo, policy, target, members, directory, os_user)
+            stored = combined["stored_bytes"]
+        for name, obj in [] if members else archive_objects(info):
+            where, inside = directory, ""
+            if obj["kind"] == "wal":
+                where, inside = directory / "pg_wal", "pg_wal/"
+            elif obj["kind"] == "tablespace":
+                where = destinations[int(obj["oid"])]
+                inside = f"pg_tblspc/{obj['oid']}/"
+                where.mkdir(parents=True, exist_ok=True)
+                written.append(where)
+            where.mkdir(parents=True, exist_ok=True)
+            keep = None
+            if plan is not None:
+                kept, at = plan.keep, inside
+
+                def keep(name: str, kept: set[str] = kept, at: str = at) -> bool:
+                    return at + (name[2:] if name.startswith("./") else name) in kept
+
+            stored_here, written_here = extract(
+                storage,
+                prefix + name,
+                CodecSpec.from_dict(obj["codec"]),
+                identity_list,
+                where,
+                {
+                    **obj,
+                    "raw_bytes": info.metadata.get("raw_bytes", 0) if obj["kind"] == "base" else 0,
+                },
+                keep=keep,
+            )
+            stored += stored_here
+            if obj["kind"] == "wal":
+                wal_written += written_here
+            else:
+                payload_written += written_here
+            if obj["kind"] == "base" and not (directory / "PG_VERSION").exists():
+                raise RestoreError(f"{prefix + name} did not contain a PostgreSQL data directory")
+        link_tablespaces(directory, destinations, os_user)
+        raw = int(info.metadata.get("raw_bytes", 0))
+    except BaseException:
+        for d in written:
+            with contextlib.suppress(OSError):
+                empty_directory(d)
+        LOG.error(
+            "restore of %s into %s failed; the directory was emptied again",
+            info.backup_id,
+            directory,
+        )
+        raise
+    independent_or_standby(directory, standby, info)
+    settings: dict[str, Any] = {}
+    if not (directory / "postgresql.conf").exists():
+        (directory / "postgresql.conf").write_text(MINIMAL_CONF)
+    if port or start:
+        port = port or free_port()
+        settings["port"] = port
+    if not archive:
+        settings["archive_mode"] = "off"
+    cluster = Cluster(
+        directory,
+        port or 0,
+        os_user=os_user,
+        major=info.metadata["server_version_num"] // 10000,
+        # The target's own programs, as backup used, when they include the server's.
+        bin_dir=target.pg_bin_dir
+        if target.pg_bin_dir and (Path(target.pg_bin_dir) / "pg_ctl").exists()
+        else None,
+    )
+    if standby:
+        settings.update(recovery_settings or {})
+        if primary_conninfo:
+            settings["primary_conninfo"] = primary_conninfo
+        (directory / "standby.signal").write_text("")
+    elif recovery_settings:
+        settings.update(recovery_settings)
+        (directory / "recovery.signal").write_text("")
+    if info.metadata.get("source") == "standby" and not standby:
+        # The source's replication settings must not make the restored cluster follow it.
+        settings.setdefault("primary_conninfo", "")
+        settings.setdefault("primary_slot_name", "")
+    if settings:
+        cluster.configure(settings)
+    hand_over(directory, os_user, 0o700)
+    result = RestoreResult(
+        backup_id=info.backup_id,
+        target=target.name,
+        directory=str(directory),
+        stored_bytes=stored,
+        raw_bytes=raw,
+        seconds=0.0,
+        port=port,
+        delta=({**plan.as_dict(), "written_bytes": payload_written} if plan else None),
+        combine=combined,
+    )
+    if start:
+        try:
+            cluster.start()
+            result.started = True
+            if wait_for_recovery is not None:
+                result.recovery = wait_for_recovery(cluster)
+        except BaseException as exc:
+            # Not where it was asked to be (a server that died in recovery included):
+            # leave nothing that looks usable.
+            reason = recovery_failure(cluster) if recovery_settings else None
+            with contextlib.suppress(Exception):
+                cluster.stop("immediate")
+            for d in written:  # the data directory and the tablespaces restored
+                with contextlib.suppress(OSError):
+                    empty_directory(d)
+            LOG.error(
+                "recovery of %s into %s failed; the directory was emptied",
+                info.backup_id,
+                directory,
+            )
+            if isinstance(exc, PostgresError) and reason:
+                hint = (
+                    "the archive misses or cannot deliver a file (pgbackup verify --wal); "
+                    f"see {cluster.log_file}"
+                )
+                missing = re.search(r'directory "([^"]+)" does not exist', reason)
+                if missing:
+                    # CREATE TABLESPACE after the backup: its redo uses the path in the
+                    # WAL record and requires it to exist (tablespace.c, in recovery).
+                    hint = (
+                        f"a tablespace created after the backup is replayed into its original "
+                        f"location {missing.group(1)}: create it (empty, owned by the server's "
+                        "OS user) and restore again, or restore to a point before it was created"
+                    )
+                raise RestoreError(
+                    f"recovery stopped before reaching its target: {reason}", hint=hint
+                ) from None
+            raise
+    result.seconds = round(time.monotonic() - t0, 3)
+    LOG.info(
+        "restored %s (%s) into %s in %.1fs%s",
+        info.backup_id,
+        human_bytes(raw),
+        directory,
+        result.seconds,
+        f", server on port {port}" if start else "",
+    )
+    return result

@@ -1,0 +1,581 @@
+"""The restore command: choose target and backup, check the recovery target, restore.
+
+Recovery targets follow PostgreSQL's own settings (recovery_target_time/lsn/xid/name,
+recovery_target = 'immediate', recovery_target_action, recovery_target_timeline). With
+no recovery target the backup is restored as taken (consistent at its end, from the WAL
+it carries); ``--target latest`` replays every archived WAL file.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pgbackup.engine.repository import BackupInfo, Repository, parse_iso
+from pgbackup.engine.restore import RestoreResult, recovery_failure, run_restore
+from pgbackup.errors import RestoreError, UsageError
+from pgbackup.formats.lsn import format_lsn, parse_lsn, segment_name, segment_start_lsn
+from pgbackup.postgres.sandbox import pgbackup_program
+from pgbackup.storage import open_storage
+from pgbackup.ui import LOG
+
+RECOVERY_KEYWORDS = ("immediate", "latest")
+ACTIONS = ("promote", "pause", "shutdown")
+
+
+def parse_time(text: str, zone: str | None = None) -> datetime:
+    """ISO 8601 (``2026-11-23 14:30:00``, ``...+01:00``, ``...Z``) as an aware instant.
+
+    A time without a zone is read in ``zone``, the server's TimeZone, because that is
+    how PostgreSQL reads a zone-less recovery_target_time (the restored cluster's
+    ``timezone`` setting, the one ``SELECT now()`` shows); with no known zone it is
+    refused rather than guessed.
+    """
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--target-time {text!r} is not a timestamp",
+            hint="use ISO 8601 with an offset, e.g. '2026-11-23 14:30:00+01:00'",
+        ) from None
+    if value.tzinfo:
+        return value
+    if zone is None:
+        raise UsageError(
+            f"--target-time {text!r} has no time zone, and the backups do not record the "
+            "server's timezone (they were taken by an older pgbackup)",
+            hint="add the offset the server's clock uses, e.g. "
+            f"'{value.isoformat(sep=' ')}+01:00', or Z for UTC",
+        )
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return value.replace(tzinfo=ZoneInfo(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(
+            f"--target-time {text!r} has no time zone, and the server's timezone {zone!r} "
+            "is not one this machine knows",
+            hint="add the offset explicitly, e.g. '2026-11-23 14:30:00+01:00'",
+        ) from None
+
+
+def server_timezone(repo: Repository, target: str) -> str | None:
+    """The TimeZone the newest complete backup recorded (the server's, as of then)."""
+    backups = repo.complete_backups(target)
+    return backups[-1].metadata.get("timezone") if backups else None
+
+
+def resolve_target_time(repo: Repository, target: str, text: str) -> datetime:
+    """``--target-time`` as PostgreSQL will read it, said before anything is written."""
+    zone = server_timezone(repo, target)
+    value = parse_time(text, zone)
+    utc = value.astimezone(UTC)
+    if datetime.fromisoformat(text.strip().replace("Z", "+00:00")).tzinfo is None:
+        LOG.warning(
+            "recovery target time %s has no zone: read in the server's timezone %s, it is %s (%s UTC)",
+            text.strip(),
+            zone,
+            value.isoformat(sep=" "),
+            utc.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    else:
+        LOG.info("recovery target time %s (%s UTC)", value.isoformat(sep=" "), utc)
+    return value
+
+
+def recovery_settings(
+    policy: Any,
+    target_name: str,
+    *,
+    kind: str | None,
+    value: Any,
+    action: str,
+    timeline: str | None,
+    inclusive: bool,
+    until: str | None = None,
+) -> dict[str, Any]:
+    bound = f"--until {until} " if until else ""
+    settings: dict[str, Any] = {
+        "restore_command": f"'{pgbackup_program()}' --config '{policy.path}' wal-fetch --target {target_name} {bound}%f %p",
+        "recovery_target_action": action,
+    }
+    if timeline:
+        settings["recovery_target_timeline"] = timeline
+    if kind == "time":
+        settings["recovery_target_time"] = value.isoformat(sep=" ")
+    elif kind == "lsn":
+        settings["recovery_target_lsn"] = format_lsn(value)
+    elif kind == "xid":
+        settings["recovery_target_xid"] = str(value)
+    elif kind == "name":
+        settings["recovery_target_name"] = value
+    elif kind == "immediate":
+        settings["recovery_target"] = "immediate"
+    if kind in ("time", "lsn", "xid"):
+        settings["recovery_target_inclusive"] = "on" if inclusive else "off"
+    if kind == "latest":
+        settings.pop("recovery_target_action")
+    return settings
+
+
+def choose_backup(
+    repo: Repository, target: str, backup: str | None, kind: str | None, value: Any
+) -> BackupInfo:
+    """``--backup`` as given, or the newest complete backup that ends before the target."""
+    if backup not in (None, "", "latest") or kind not in ("time", "lsn"):
+        return repo.find_backup(target, backup)
+    from pgbackup.policy.chains import broken_chains
+
+    backups = repo.backups(target)
+    broken = broken_chains(backups)  # an incremental whose chain is broken cannot restore
+    complete = [b for b in backups if b.complete and b.backup_id not in broken]
+    if kind == "time":
+        fitting = [b for b in complete if b.stop_time and b.stop_time <= value]
+    else:
+        fitting = [b for b in complete if parse_lsn(b.metadata["stop_lsn"]) <= value]
+    if not fitting:
+        if not complete:
+            return repo.find_backup(target, None)  # raises: no complete backup
+        first = complete[0].metadata
+        shown = value.isoformat() if kind == "time" else format_lsn(value)
+        raise RestoreError(
+            f"recovery target {shown} is before the recoverable window of {target!r}, which starts at "
+            f"{first['stop_time']} (LSN {first['stop_lsn']}), the end of the oldest backup",
+            hint="pick a later target; nothing was written",
+        )
+    return fitting[-1]
+
+
+def check_window(
+    policy: Any,
+    repo: Repository,
+    target: str,
+    kind: str | None,
+    value: Any,
+    timeline: int | None = None,
+) -> dict[str, Any]:
+    """Refuse a time/LSN target past the end of the archive, before anything is written."""
+    from pgbackup.engine.inventory import recoverable_window
+
+    window = recoverable_window(repo, policy, target, timeline)
+    if kind not in ("time", "lsn") or not window["latest_lsn"]:
+        return window
+    text = (
+        f"{window['earliest_time']} (LSN {window['earliest_lsn']}) .. "
+        f"{window['latest_time']} (LSN {window['latest_lsn']})"
+    )
+    if kind == "time" and window["latest_time"] and value > parse_iso(window["latest_time"]):
+        raise RestoreError(
+            f"recovery target {value.isoformat()} is after the end of the archive; "
+            f"recoverable window of {target!r}: {text}",
+            hint="pick a target inside the window (is archiving running? see `pgbackup check`)",
+        )
+    if kind == "lsn" and value > parse_lsn(window["latest_lsn"]):
+        raise RestoreError(
+            f"recovery target LSN {format_lsn(value)} is after the end of the archive; "
+            f"recoverable window of {target!r}: {text}",
+            hint="pick a target inside the window",
+        )
+    return window
+
+
+def check_chain(
+    policy: Any,
+    repo: Repository,
+    target: str,
+    info: BackupInfo,
+    kind: str | None,
+    value: Any,
+    timeline: int | None = None,
+    inclusive: bool = True,
+) -> dict[str, Any]:
+    """Refuse, before anything is written, a recovery the archive cannot carry to its
+    target because a segment is missing in the middle of the chain; return the point
+    recovery must reach at least (``min_lsn`` and ``why``), checked once it has ended.
+
+    PostgreSQL cannot see a hole: at the missing file restore_command says "not there",
+    and recovery ends and promotes with everything after the hole silently dropped.
+    """
+    if kind is None:
+        return {}
+    from pgbackup.engine.wal import reachable
+
+    meta = info.metadata
+    seg_size = int(meta.get("wal_segment_size", 16 * 1024 * 1024))
+    reach = reachable(policy, repo.storage, target, meta, timeline)
+    expected: dict[str, Any] = {}
+    newest = reach.get("newest_segment")
+    if kind == "latest" and newest:
+        start = max(segment_start_lsn(newest, seg_size), parse_lsn(meta["stop_lsn"]))
+        expected = {"min_lsn": format_lsn(start), "why": f"the newest archived segment {newest}"}
+    elif kind == "immediate":
+        expected = {"min_lsn": meta["stop_lsn"], "why": f"the end of backup {info.backup_id}"}
+    elif kind == "lsn" and inclusive:
+        expected = {"min_lsn": format_lsn(value), "why": "the recovery target"}
+    gap = reach.get("gap")
+    if gap is None:
+        return expected
+    if kind == "immediate":  # the backup's own WAL; read-ahead must not trip on the hole
+        expected["until"] = segment_name(
+            int(meta["timeline"]), parse_lsn(meta["stop_lsn"]), seg_size
+        )
+        return expected
+    last_lsn = reach.get("last_lsn") or meta["stop_lsn"]
+    last_time = reach.get("last_commit_time")
+    last_segment = reach.get("last_segment") or segment_name(
+        int(meta["timeline"]), parse_lsn(meta["stop_lsn"]), seg_size
+    )
+    wanted: str | None = None
+    # With a hole ahead, wal-fetch must know how far the target needs WAL: PostgreSQL
+    # reads ahead (recovery_prefetch) and asks for the missing file even when it stops
+    # before it. ``until`` is the last segment the target needs.
+    until = last_segment
+    if kind == "latest":
+        wanted = f"the end of the archive ({newest})"
+    elif kind == "lsn":
+        if value > parse_lsn(last_lsn):
+            wanted = f"LSN {format_lsn(value)}"
+        else:
+            until = segment_name(int(reach["timeline"]), value, seg_size)
+    elif kind == "time":
+        # Recovery to a time stops at the first commit AFTER it; that commit must be
+        # readable, so the last commit before the hole is itself out of reach.
+        reachable_time = parse_iso(last_time) if last_time else None
+        if reachable_time is None or value >= reachable_time:
+            wanted = value.isoformat(sep=" ")
+    else:  # xid, name: find the record in the WAL before the hole
+        from pgbackup.engine.wal import locate_record
+
+        found = locate_record(policy, repo.storage, target, meta, last_segment, kind, value)
+        if found is None:
+            wanted = f"{'transaction' if kind == 'xid' else 'restore point'} {value!r}"
+        else:
+            until = found
+    if wanted is None:
+        expected["until"] = until
+        LOG.warning(
+            "the WAL archive of %r has a gap at %s; the recovery target lies before it "
+            "(in %s or earlier), so the restore goes on",
+            target,
+            gap,
+            until,
+        )
+        return expected
+    reach_text = f"LSN {last_lsn} on timeline {reach['timeline']}"
+    if last_time:
+        reach_text += f" (last commit before it: {last_time})"
+    raise RestoreError(
+        f"the WAL archive of {target!r} has a gap: {gap} is missing while later WAL is archived "
+        f"(up to {newest}); recovery from backup {info.backup_id} cannot get past it, so "
+        f"{wanted} cannot be reached. The last point that can be reached is {reach_text}. "
+        f"The segment at the gap starts at LSN {format_lsn(segment_start_lsn(gap, seg_size))}",
+        hint=f"to restore up to the gap explicitly: pgbackup restore --backup {info.backup_id} "
+        f"--target-lsn {last_lsn} --to DIR; or put {gap} back into the archive (from an upload "
+        "copy: --from NAME) and retry. Nothing was written",
+    )
+
+
+def wait_for_recovery_end(
+    timeout: float = 600, action: str = "promote", expected: dict[str, Any] | None = None
+) -> Any:
+    """A callback for run_restore: wait until recovery ends, report the point reached.
+
+    A server that stops is a failure (with PostgreSQL's reason, e.g. "recovery ended
+    before configured recovery target was reached"), unless the action was ``shutdown``
+    and it stopped at the target. A recovery that ends short of ``expected["min_lsn"]``
+    (the newest archived segment for ``latest``) is a failure too, with both points.
+    """
+
+    def waiter(cluster: Any) -> dict[str, Any]:
+        info = wait(cluster)
+        reached = info.get("last_replay_lsn")
+        minimum = (expected or {}).get("min_lsn")
+        if expected and minimum and reached and parse_lsn(reached) < parse_lsn(minimum):
+            raise RestoreError(
+                f"recovery ended at LSN {reached}, short of {expected['why']} at LSN "
+                f"{minimum}: WAL the archive holds was not replayed",
+                hint=f"see {cluster.log_file}; run `pgbackup verify --wal`",
+            )
+        if expected:
+            info["expected_min_lsn"] = expected.get("min_lsn")
+        return info
+
+    def wait(cluster: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        info: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                row = cluster.sql(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+                    "pg_last_xact_replay_timestamp(), "
+                    "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE 'not paused' END, "
+                    "(SELECT timeline_id FROM pg_control_checkpoint())"
+                )[0]
+            except Exception:
+                if not cluster.is_running():
+                    reason = recovery_failure(cluster)
+                    if action == "shutdown" and reason is None:
+                        return {"state": "shut down at target", "last_replay_lsn": None}
+                    raise RestoreError(
+                        f"recovery stopped before reaching its target: {reason or 'the server exited'}",
+                        hint=f"the archive may end earlier or miss a file (pgbackup verify --wal); see {cluster.log_file}",
+                    ) from None
+                time.sleep(0.3)
+                continue
+            in_recovery, lsn, ts, pause, tli = row
+            info = {
+                "last_replay_lsn": lsn,
+                "last_replay_time": ts.astimezone(UTC).isoformat() if ts else None,
+                "timeline": tli,
+            }
+            if not in_recovery:
+                info["state"] = "promoted"
+                # After promotion replay functions return NULL: report the insert position.
+                if lsn is None:
+                    info["last_replay_lsn"] = cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0]
+                return info
+            if pause == "paused":
+                info["state"] = "paused at target"
+                return info
+            time.sleep(0.3)
+        raise RestoreError(
+            f"recovery did not finish within {timeout:.0f}s", hint=f"see {cluster.log_file}"
+        )
+
+    return waiter
+
+
+def restore_command(
+    policy: Any,
+    *,
+    to: Path,
+    backup: str | None,
+    force: bool,
+    start: bool,
+    port: int | None,
+    target: str | None,
+    target_time: str | None,
+    db: str | None = None,
+    target_lsn: str | None,
+    target_xid: str | None,
+    target_name: str | None,
+    target_action: str | None,
+    target_timeline: str | None,
+    exclusive: bool,
+    archive: bool,
+    from_upload: str | None,
+    tablespace_map: list[str] | None = None,
+    tablespace_map_all: str | None = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
+    delta: bool = False,
+) -> RestoreResult:
+    from pgbackup.engine.restore import parse_tablespace_map
+
+    mapping = parse_tablespace_map(tablespace_map)
+    recovery_kind: str | None = None
+    if target in RECOVERY_KEYWORDS:
+        recovery_kind, target = target, None
+    if db and target and db != target:
+        raise UsageError(f"--db {db!r} and --target {target!r} name different policy targets")
+    policy_target = policy.target(db or target)
+    given = [
+        (k, v)
+        for k, v in (
+            ("time", target_time),
+            ("lsn", target_lsn),
+            ("xid", target_xid),
+            ("name", target_name),
+        )
+        if v is not None
+    ]
+    if len(given) + (1 if recovery_kind else 0) > 1:
+        raise UsageError(
+            "give at most one recovery target (--target-time, --target-lsn, --target-xid, --target-name, --target immediate|latest)"
+        )
+    value: Any = None
+    if given:
+        recovery_kind, raw = given[0]
+        if not str(raw).strip():
+            raise UsageError(
+                f"--target-{recovery_kind} is empty", hint="give a value, or leave the flag out"
+            )
+        if recovery_kind == "time":
+            value = str(raw)  # resolved below, in the zone the server reads it in
+        elif recovery_kind == "lsn":
+            try:
+                value = parse_lsn(str(raw))
+            except ValueError:
+                raise UsageError(
+                    f"--target-lsn {raw!r} is not an LSN",
+                    hint="write it as PostgreSQL does, e.g. 0/3000060",
+                ) from None
+        elif recovery_kind == "xid":
+            if not str(raw).isdigit():
+                raise UsageError(
+                    f"--target-xid {raw!r} is not a transaction id (a positive integer)"
+                )
+            value = int(str(raw))
+        else:
+            value = str(raw)
+    action = target_action or "promote"
+    if action not in ACTIONS:
+        raise UsageError(f"--target-action {action!r}: must be one of {', '.join(ACTIONS)}")
+    if target_timeline and not (
+        target_timeline in ("latest", "current") or target_timeline.isdigit()
+    ):
+        raise UsageError(f"--target-timeline {target_timeline!r}: 'latest', 'current' or a number")
+    if recovery_kind is None and (target_action or target_timeline or exclusive):
+        raise UsageError("--target-action/--target-timeline/--exclusive need a recovery target")
+    if standby and recovery_kind not in (None, "latest"):
+        raise UsageError(
+            "--standby follows the archive (and the primary) without end; it takes no "
+            "recovery target",
+            hint="leave out --target-time/--target-lsn/--target-xid/--target-name",
+        )
+    if primary_conninfo and not standby:
+        raise UsageError("--primary-conninfo makes sense only with --standby")
+    if standby and from_upload:
+        raise UsageError("--standby reads WAL from the repository; leave out --from")
+    if delta and (force or standby):
+        raise UsageError(
+            "--delta restores over an existing stopped copy; it takes neither --force nor --standby"
+        )
+
+    storage = open_storage(policy.repository)
+    if from_upload:
+        from pgbackup.engine.uploads import upload_storage
+
+        storage = upload_storage(policy, from_upload)
+    repo = Repository(storage)
+    if recovery_kind == "time":
+        value = resolve_target_time(repo, policy_target.name, value)
+    wanted_tli = int(target_timeline) if target_timeline and target_timeline.isdigit() else None
+    info = choose_backup(repo, policy_target.name, backup, recovery_kind, value)
+    if standby:
+        return restore_standby(
+            policy,
+            policy_target,
+            info,
+            to,
+            storage=storage,
+            force=force,
+            start=start,
+            port=port,
+            primary_conninfo=primary_conninfo,
+            tablespace_map=mapping,
+            tablespace_map_all=tablespace_map_all,
+        )
+    expected = check_chain(
+        policy,
+        repo,
+        policy_target.name,
+        info,
+        recovery_kind,
+        value,
+        wanted_tli,
+        inclusive=not exclusive,
+    )
+    if recovery_kind in ("time", "lsn"):
+        check_window(policy, repo, policy_target.name, recovery_kind, value, wanted_tli)
+    settings = None
+    if recovery_kind is not None:
+        settings = recovery_settings(
+            policy,
+            policy_target.name,
+            kind=recovery_kind,
+            value=value,
+            action=action,
+            timeline=target_timeline,
+            inclusive=not exclusive,
+            until=expected.get("until"),
+        )
+        if from_upload:
+            settings["restore_command"] = settings["restore_command"].replace(
+                " wal-fetch ", f" wal-fetch --from {from_upload} "
+            )
+    return run_restore(
+        policy,
+        policy_target,
+        info.backup_id,
+        to,
+        force=force,
+        start=start,
+        port=port,
+        archive=archive,
+        recovery_settings=settings,
+        storage=storage,
+        wait_for_recovery=wait_for_recovery_end(action=action, expected=expected)
+        if (start and recovery_kind)
+        else None,
+        tablespace_map=mapping,
+        tablespace_map_all=tablespace_map_all,
+        delta=delta,
+    )
+
+
+def restore_standby(
+    policy: Any,
+    target: Any,
+    info: BackupInfo,
+    to: Path,
+    *,
+    storage: Any,
+    force: bool,
+    start: bool,
+    port: int | None,
+    primary_conninfo: str | None,
+    tablespace_map: dict[str, str],
+    tablespace_map_all: str | None,
+) -> RestoreResult:
+    """A standby built from the repository (pgBackRest's ``--type=standby``): the backup,
+    ``standby.signal``, restore_command through wal-fetch and, when given, a primary to
+    stream from; it replays the archive and follows the newest timeline without end."""
+    from pgbackup.engine.wal import reachable
+
+    reach = reachable(policy, storage, target.name, info.metadata)
+    if reach.get("gap"):
+        LOG.warning(
+            "the WAL archive of %r has a gap at %s: the standby will wait there until the "
+            "file appears or its primary streams past it",
+            target.name,
+            reach["gap"],
+        )
+    settings = recovery_settings(
+        policy,
+        target.name,
+        kind="latest",
+        value=None,
+        action="promote",
+        timeline="latest",
+        inclusive=True,
+    )
+
+    def standby_ready(cluster: Any) -> dict[str, Any]:
+        row = cluster.sql(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+            "(SELECT count(*) FROM pg_stat_wal_receiver)"
+        )[0]
+        if not row[0]:
+            raise RestoreError("the restored standby is not in recovery")
+        return {"state": "standby", "last_replay_lsn": row[1], "wal_receivers": row[2]}
+
+    return run_restore(
+        policy,
+        target,
+        info.backup_id,
+        to,
+        force=force,
+        start=start,
+        port=port,
+        archive=True,
+        recovery_settings=settings,
+        storage=storage,
+        wait_for_recovery=standby_ready if start else None,
+        tablespace_map=tablespace_map,
+        tablespace_map_all=tablespace_map_all,
+        standby=True,
+        primary_conninfo=primary_conninfo,
+    )

@@ -1,0 +1,410 @@
+"""WAL off-site as it is archived: ``pgbackup wal-ship`` copies every archived WAL file to
+every upload destination within about one ``--interval`` of its arrival.
+
+No queue: the archive itself is the queue. Each round lists the target's ``wal/`` prefix
+in the repository and copies, per destination and in name order (a timeline's segments in
+LSN order), what that destination does not hold yet, with uploads.py's rules: create-only
+writes, an object already there is not copied again, different content is refused. A
+destination that fails stops at that file (so it never holds N+1 without N) and is retried
+the next round; the others go on. wal-push and PostgreSQL never wait for a destination.
+
+The segment being written by ``wal-receive`` (``NAME.partial``) is the one object that
+changes: it is copied again whenever the repository's copy changed, and removed at the
+destination once the completed segment is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgbackup.engine.repository import Repository
+from pgbackup.errors import ObjectExists, PgBackupError
+from pgbackup.storage import ObjectInfo, open_storage
+from pgbackup.ui import LOG
+
+#: default seconds between two rounds (the bound is about one round plus the copy time)
+INTERVAL = 1.0
+#: the shipper's state, next to archive.json; rewritten at least this often while it runs
+STATUS = "wal-ship.json"
+HEARTBEAT = 30.0
+#: seconds after which a destination is listed again (retention and backups change it)
+RELIST = 300.0
+
+
+def _base(key: str) -> str:
+    """The WAL file name of a stored key (``…/wal/NAME.zst[.age]`` -> ``NAME``)."""
+    from pgbackup.formats.codecs import parse_suffix
+
+    name = key.rsplit("/", 1)[-1]
+    if name.endswith(".sha256"):
+        return name[: -len(".sha256")]
+    return parse_suffix(name)[0]
+
+
+def _order(obj: ObjectInfo) -> tuple[str, int, str]:
+    """Completed files before the partial segment that follows them; history files of a
+    timeline before its segments."""
+    from pgbackup.formats.lsn import is_history, is_partial
+
+    base = _base(obj.key)
+    if is_history(base):
+        return (base[:8], 0, base)
+    return (base[:8], 2 if is_partial(base) else 1, base[:24])
+
+
+@dataclass
+class DestinationState:
+    """What one destination holds, as far as this shipper knows (listed once, then kept)."""
+
+    name: str
+    present: dict[str, int] | None = None  # key -> size; None: list it again
+    partials: dict[str, tuple[int, float]] = field(
+        default_factory=dict
+    )  # key -> source (size, mtime)
+    shipped: int = 0
+    listed_at: float = 0.0
+    first: str | None = None  # the oldest segment its copies need (None: no copy yet)
+    error: str | None = None
+    failing_since: float | None = None
+
+
+class Shipper:
+    """Copies one target's archived WAL to every upload destination, round after round."""
+
+    def __init__(self, policy: Any, target: str, only: list[str] | None = None) -> None:
+        from pgbackup.engine.uploads import upload_spec
+
+        self.policy = policy
+        self.target = target
+        names = [str(u.get("name")) for u in policy.uploads or []]
+        for name in only or []:
+            upload_spec(policy, name)  # an unknown name is one clear error
+        self.names = list(only) if only else names
+        self.source = Repository(open_storage(policy.repository))
+        self.states = {n: DestinationState(n) for n in self.names}
+        self._dests: dict[str, Repository] = {}
+        self._published: dict[str, Any] = {}
+        self._published_at = 0.0
+
+    def _dest(self, name: str) -> Repository:
+        from pgbackup.engine.uploads import upload_storage
+
+        if name not in self._dests:
+            self._dests[name] = Repository(upload_storage(self.policy, name))
+        return self._dests[name]
+
+    def once(self) -> dict[str, dict[str, Any]]:
+        """One round over every destination; destination -> {status, shipped, error}."""
+        listing = sorted(self.source.storage.list(Repository.wal_prefix(self.target)), key=_order)
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.names:
+            state = self.states[name]
+            try:
+                n = self._ship(self._dest(name), state, listing)
+                if state.error is not None:
+                    LOG.info("wal-ship %s: %s reachable again", self.target, name)
+                state.error, state.failing_since = None, None
+                out[name] = {"status": "ok", "shipped": n}
+            except Exception as exc:  # a storage error, or an OS error below it
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                if state.error is None:
+                    LOG.error("wal-ship %s: %s: %s (retrying)", self.target, name, message)
+                    state.failing_since = time.time()
+                state.error = message
+                state.present = None  # what got there before the failure: list again
+                out[name] = {"status": "failed", "error": message}
+        self._publish()
+        return out
+
+    def _publish(self) -> None:
+        """``<target>/wal-ship.json``: each destination's state, for ``check``; written when
+        a state changes and every HEARTBEAT seconds (its age says the shipper is alive)."""
+        import json
+
+        states = {n: (s.error, s.failing_since) for n, s in self.states.items()}
+        now = time.time()
+        if states == self._published and now - self._published_at < HEARTBEAT:
+            return
+        body = {
+            "updated_at": now,
+            "destinations": {
+                n: {"error": err, "failing_since": since} for n, (err, since) in states.items()
+            },
+        }
+        with contextlib.suppress(PgBackupError):
+            self.source.storage.write_bytes(
+                f"{self.target}/{STATUS}", json.dumps(body, sort_keys=True).encode()
+            )
+            self._published, self._published_at = states, now
+
+    def _ship(self, dest: Repository, state: DestinationState, listing: list[ObjectInfo]) -> int:
+        from pgbackup.engine.uploads import UploadError, _copy_object, _first_needed
+        from pgbackup.engine.wal import ARCHIVE_INFO
+        from pgbackup.formats.lsn import is_history, is_partial
+
+        if time.monotonic() - state.listed_at > RELIST:
+            state.present = None  # what retention or a backup's upload changed there
+        if state.present is None:
+            info_key = f"{self.target}/{ARCHIVE_INFO}"
+            if (
+                self.source.storage.stat(info_key) is not None
+                and dest.storage.stat(info_key) is None
+            ):
+                with contextlib.suppress(ObjectExists):
+                    _copy_object(self.source.storage, dest.storage, info_key, if_absent=True)
+            state.present = {
+                i.key: i.size for i in dest.storage.list(Repository.wal_prefix(self.target))
+            }
+            state.partials.clear()
+            state.listed_at = time.monotonic()
+            state.first = _first_needed(dest, self.target, dest.complete_backups(self.target))
+        present = state.present
+        shipped = 0
+        completed = {_base(o.key) for o in listing if not is_partial(_base(o.key))}
+        for obj in listing:
+            base = _base(obj.key)
+            if is_partial(base):
+                if base[: -len(".partial")] in completed:
+                    continue  # the receiver's stale copy, about to go
+                if obj.key in present and state.partials.get(obj.key) == (obj.size, obj.mtime):
+                    continue
+                _copy_object(self.source.storage, dest.storage, obj.key)
+                present[obj.key] = obj.size
+                state.partials[obj.key] = (obj.size, obj.mtime)
+                shipped += 1
+                continue
+            if state.first is not None and not is_history(base) and base[8:24] < state.first[8:24]:
+                continue  # older than anything a copy there needs (maybe expired there)
+            if obj.key in present:
+                if present[obj.key] != obj.size and not obj.key.endswith(".sha256"):
+                    raise UploadError(
+                        f"{obj.key} differs at the destination ({present[obj.key]} bytes there, "
+                        f"{obj.size} here); refusing to overwrite archived WAL",
+                        hint="two clusters may be uploading into one destination prefix",
+                    )
+                continue
+            try:
+                _copy_object(self.source.storage, dest.storage, obj.key, if_absent=True)
+                shipped += 1
+            except ObjectExists:
+                pass  # a backup's upload stored it first
+            present[obj.key] = obj.size
+            # the segment is complete there: its partial copy is stale
+            for key in [k for k in present if _base(k) == base + ".partial"]:
+                with contextlib.suppress(PgBackupError):
+                    dest.storage.delete(key)
+                present.pop(key, None)
+                state.partials.pop(key, None)
+        if shipped:
+            state.shipped += shipped
+            LOG.info("wal-ship %s: %d WAL files to %s", self.target, shipped, state.name)
+        return shipped
+
+    def run(self, stop: threading.Event, interval: float = INTERVAL) -> None:
+        """Round after round until ``stop``; a last round after it (what arrived meanwhile)."""
+        while not stop.is_set():
+            try:
+                self.once()
+            except PgBackupError as exc:  # the repository itself: say it, retry
+                LOG.error("wal-ship %s: %s (retrying)", self.target, exc.message)
+            stop.wait(interval)
+        with contextlib.suppress(PgBackupError):
+            self.once()
+
+
+def ship(
+    policy: Any,
+    targets: list[str],
+    only: list[str] | None = None,
+    *,
+    once: bool = False,
+    interval: float = INTERVAL,
+    ready: Any = None,
+) -> list[str]:
+    """``wal-ship``: one round (``once``) or rounds until SIGTERM/SIGINT.
+
+    Returns "TARGET -> DEST: error" for each destination still failing at the end.
+    """
+    import signal
+
+    shippers = [Shipper(policy, t, only) for t in targets]
+    if once:
+        for s in shippers:
+            s.once()
+    else:
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            stop.set()
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if ready is not None:
+                ready(
+                    f"shipping WAL of {', '.join(targets)} to {', '.join(shippers[0].names)} "
+                    f"every {interval:g}s"
+                )
+            threads = [
+                threading.Thread(target=s.run, args=(stop, interval), daemon=True) for s in shippers
+            ]
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(0.2)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+    return [
+        f"{s.target} -> {name}: {state.error}"
+        for s in shippers
+        for name, state in s.states.items()
+        if state.error
+    ]
+
+
+# --- what check says of each destination ---------------------------------------------
+
+#: seconds a destination may take to answer check's listing before it counts as down
+PROBE_TIMEOUT = 10.0
+
+
+def _completed_needed(listing: list[ObjectInfo], dest: Repository, target: str) -> list[ObjectInfo]:
+    """The source's WAL files a destination should hold: everything from the oldest segment
+    its copies need (everything when it holds no copy yet)."""
+    from pgbackup.engine.uploads import _first_needed
+    from pgbackup.formats.lsn import is_history, is_partial
+
+    first = _first_needed(dest, target, dest.complete_backups(target))
+    out = []
+    for obj in listing:
+        base = _base(obj.key)
+        if obj.key.endswith(".sha256"):
+            continue
+        if first is not None and not is_history(base) and base[8:24] < first[8:24]:
+            continue
+        if is_partial(base) and any(_base(o.key) == base[: -len(".partial")] for o in listing):
+            continue
+        out.append(obj)
+    return out
+
+
+def destination_lag(policy: Any, source: Repository, target: str, name: str) -> dict[str, Any]:
+    """How far destination ``name`` is behind the repository's WAL archive, now.
+
+    ``lag_seconds``: the age of the oldest archived WAL file the destination lacks (0 when
+    it holds everything): the commits a lost host would take with it beyond what the
+    destination restores. Raises PgBackupError when the destination cannot be read.
+    """
+    from pgbackup.engine.uploads import upload_storage
+
+    dest = Repository(upload_storage(policy, name))
+    listing = sorted(source.storage.list(Repository.wal_prefix(target)), key=_order)
+    there = {i.key: i.size for i in dest.storage.list(Repository.wal_prefix(target))}
+    missing = [o for o in _completed_needed(listing, dest, target) if there.get(o.key) != o.size]
+    now = time.time()
+    return {
+        "missing": len(missing),
+        "oldest_missing": _base(missing[0].key) if missing else None,
+        "lag_seconds": max(0.0, now - min(o.mtime for o in missing)) if missing else 0.0,
+    }
+
+
+def _probe(fn: Any, timeout: float) -> Any:
+    """``fn()`` in a thread, at most ``timeout`` seconds (a dead network hangs, not fails)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except Exception as exc:  # reported as the destination's problem
+            box["error"] = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        return {"error": f"no answer within {timeout:g}s"}
+    return box
+
+
+def offsite_checks(
+    policy: Any, source: Repository, target: str
+) -> list[tuple[str, str, str, float | None]]:
+    """(check name, status, summary, lag seconds) per upload destination for ``check``.
+
+    CRITICAL when the destination cannot be read or its lag exceeds ``sla.rpo`` (what a
+    lost host would lose, restoring from there), WARNING over half of it.
+    """
+    from pgbackup.operations.monitor import CRITICAL, OK, WARNING, human_age
+
+    rpo = policy.sla.rpo
+    out: list[tuple[str, str, str, float | None]] = []
+    shipping: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        import json
+
+        status = json.loads(source.storage.read_bytes(f"{target}/{STATUS}"))
+        if time.time() - float(status["updated_at"]) < 3 * HEARTBEAT:  # a live shipper's
+            shipping = dict(status["destinations"])
+    for spec in policy.uploads or []:
+        name = str(spec.get("name"))
+        check = f"offsite_wal:{name}"
+        failing = shipping.get(name) or {}
+        if failing.get("error"):
+            since = time.time() - float(failing.get("failing_since") or time.time())
+            out.append(
+                (
+                    check,
+                    CRITICAL,
+                    f"{name} unreachable for wal-ship for {human_age(since)}: {failing['error']}",
+                    None,
+                )
+            )
+            continue
+        got = _probe(lambda name=name: destination_lag(policy, source, target, name), PROBE_TIMEOUT)
+        if "error" in got:
+            out.append((check, CRITICAL, f"{name} unreachable: {got['error']}", None))
+            continue
+        lag = got["value"]
+        seconds = float(lag["lag_seconds"])
+        if not lag["missing"]:
+            out.append((check, OK, f"{name} holds every archived WAL file", 0.0))
+            continue
+        text = (
+            f"{name} lacks {lag['missing']} archived WAL file(s) from {lag['oldest_missing']}, "
+            f"{human_age(seconds)} behind"
+        )
+        if rpo is None:
+            status = OK
+        else:
+            status = CRITICAL if seconds > rpo else WARNING if seconds > rpo / 2 else OK
+            text += f" (RPO {human_age(rpo)}; run `pgbackup wal-ship`)" if status != OK else ""
+        out.append((check, status, text, seconds))
+    return out
+
+
+def destination_windows(policy: Any, source: Repository, target: str) -> dict[str, dict[str, Any]]:
+    """``list``: per upload destination, the window a restore ``--from`` it reaches and
+    its lag behind the repository (what a lost host loses restoring from there), or
+    ``error`` when it cannot be read within PROBE_TIMEOUT."""
+    from pgbackup.engine.inventory import recoverable_window
+    from pgbackup.engine.uploads import upload_storage
+
+    out: dict[str, dict[str, Any]] = {}
+    for spec in policy.uploads or []:
+        name = str(spec.get("name"))
+
+        def read(name: str = name) -> dict[str, Any]:
+            dest = Repository(upload_storage(policy, name))
+            window = recoverable_window(dest, policy, target)
+            window["lag_seconds"] = destination_lag(policy, source, target, name)["lag_seconds"]
+            return window
+
+        got = _probe(read, PROBE_TIMEOUT)
+        out[name] = got["value"] if "value" in got else {"error": got["error"]}
+    return out

@@ -1,0 +1,467 @@
+"""Operations tasks: check, drill, sla-report, exporter and the schedule collection.
+
+``pgbackup.interface.tasks`` calls ``register(ns)`` at import. Tasks stay thin: flags in, engine
+call, rendering out.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, task
+from invoke.exceptions import Exit
+
+from pgbackup.interface.tasks import (
+    CONFIG_HELP,
+    command,
+    console,
+    emit_json,
+    load,
+    repository,
+    targets,
+)
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "json": "machine-readable output",
+        "nagios": "one status line, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN",
+        "prometheus": "also write a node_exporter textfile here (atomically)",
+        "no_alert": "do not send alerts for state changes",
+    }
+)
+@command
+def check(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    json_: bool = False,
+    nagios: bool = False,
+    prometheus: str | None = None,
+    no_alert: bool = False,
+) -> None:
+    """Monitoring: backups, WAL archiving, free space, permissions, drills; alerts on change."""
+    from pgbackup.operations import monitor
+
+    try:
+        policy = load(config)
+        reports = monitor.run_check(
+            policy, repository(policy), targets(policy, target), alert=not no_alert
+        )
+    except Exit:
+        if nagios:
+            print("PGBACKUP UNKNOWN - the policy could not be loaded")
+            raise Exit(code=3) from None
+        raise
+    except Exception as exc:
+        if nagios:
+            print(f"PGBACKUP UNKNOWN - {getattr(exc, 'message', exc)}")
+            raise Exit(code=3) from None
+        raise
+    if prometheus:
+        from pgbackup.operations.metrics import check_textfile
+
+        text = check_textfile(policy, targets(policy, target), reports)
+        monitor.write_textfile(Path(prometheus), text)
+    code, line = monitor.nagios(reports)
+    if nagios:
+        print(line)
+        raise Exit(code=code)
+    if json_:
+        emit_json({r.target: r.as_dict() for r in reports})
+    else:
+        out = console()
+        colors = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red", "UNKNOWN": "magenta"}
+        for r in reports:
+            out.print(f"[bold]{r.target}[/]: [{colors[r.status]}]{r.status}[/]")
+            for ch in r.checks:
+                out.print(f"  [{colors[ch.status]}]{ch.status:<8}[/] {ch.name}: {ch.summary}")
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "backup": "backup id or 'latest' (default: the newest, or the newest before --target-time)",
+        "target_time": "recover to this time instead of the end of the archive",
+        "docker": "run the scratch cluster in a container (Docker engine); WAL is replayed by "
+        "the pgbackup inside it",
+        "image": "the --docker image (default: drill.image, else pgbackup:<version>)",
+        "json": "machine-readable output",
+    }
+)
+@command
+def drill(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    backup: str | None = None,
+    target_time: str | None = None,
+    docker: bool = False,
+    image: str | None = None,
+    json_: bool = False,
+) -> None:
+    """Restore drill: scratch cluster, WAL replay, declared checks, measured RTO."""
+    from pgbackup.operations.drill import run_drill
+
+    policy = load(config)
+    results = [
+        run_drill(
+            policy,
+            t,
+            backup=backup,
+            target_time=target_time,
+            provider="docker" if docker or image else "local",
+            image=image,
+        )
+        for t in targets(policy, target)
+    ]
+    if json_:
+        emit_json({r.target: r.as_dict() for r in results})
+    else:
+        for r in results:
+            head = f"drill of {r.target}: {r.status.upper()}"
+            if r.backup_id:
+                head += f" (backup {r.backup_id})"
+            print(head)
+            if r.recovered_to:
+                rec = r.recovered_to
+                print(
+                    f"  recovered to {rec.get('last_replay_time') or '?'} "
+                    f"(LSN {rec.get('last_replay_lsn')}, timeline {rec.get('timeline')})"
+                )
+            for ch in r.checks:
+                mark = "ok  " if ch["ok"] else "FAIL"
+                extra = f" ({ch['error']})" if ch.get("error") else ""
+                print(f"  {mark} {ch['name']}: {ch['value']!r} {ch['expect']}{extra}")
+            t = r.timings
+            if r.rto_seconds is not None:
+                print(
+                    f"  RTO {r.rto_seconds:.1f}s = fetch {t.get('fetch', 0):.1f}s + restore "
+                    f"{t.get('restore', 0):.1f}s + recovery {t.get('recovery', 0):.1f}s + checks "
+                    f"{t.get('checks', 0):.1f}s"
+                    + (
+                        f" (objective {r.rto_objective_seconds}s)"
+                        if r.rto_objective_seconds
+                        else ""
+                    )
+                )
+            if r.error:
+                print(f"  error: {r.error}", file=sys.stderr)
+    if any(r.status != "ok" for r in results):
+        raise Exit(code=1)
+
+
+@task(
+    name="sla-report",
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "since": "period to report on, e.g. 30d, 12h (default 30d)",
+        "format": "md (default), json or html",
+        "output": "write the report to this file instead of standard output",
+    },
+)
+@command
+def sla_report(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    since: str = "30d",
+    format: str = "md",
+    output: str | None = None,
+) -> None:
+    """SLA compliance per target: RPO, RTO, backup frequency, retention, verification."""
+    from pgbackup.errors import UsageError
+    from pgbackup.operations.sla import build_reports, render
+    from pgbackup.policy.config import parse_duration
+
+    try:
+        period = parse_duration(since)
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+    if format not in ("md", "json", "html"):
+        raise UsageError(f"--format {format!r}: use md, json or html")
+    policy = load(config)
+    reports = build_reports(policy, repository(policy), targets(policy, target), period)
+    text = render(reports, format)
+    if output:
+        Path(output).write_text(text)
+        verdicts = ", ".join(f"{n}: {r['verdict']}" for n, r in reports.items())
+        print(f"wrote {output} ({verdicts})")
+    else:
+        sys.stdout.write(text)
+
+
+# --- extract --------------------------------------------------------------------------
+
+
+@task(
+    iterable=["table", "schema"],
+    auto_shortflags=False,  # seventeen flags: Invoke's generated letters would only confuse
+    help={
+        "config": CONFIG_HELP,
+        "db": "the database the objects are in",
+        "table": "SCHEMA.TABLE to extract (repeatable; default: every table of --db)",
+        "schema": "every object of this schema (repeatable)",
+        "target": "recovery target 'latest' or 'immediate', or the policy target's name",
+        "policy_target": "the policy target, when --target names a recovery target",
+        "backup": "backup id (default: the newest before the recovery target)",
+        "target_time": "as it was at this time (ISO 8601, e.g. '2026-11-23 14:30:00+01:00')",
+        "target_lsn": "as it was at this LSN",
+        "target_xid": "as it was when this transaction committed",
+        "target_name": "as it was at this restore point",
+        "exclusive": "stop just before the target instead of just after it",
+        "output": "write a pg_dump archive of the objects here (never overwritten)",
+        "format": "--output's format: custom (default, for pg_restore) or plain (SQL)",
+        "into_db": "load the objects into this NEW database on the live server",
+        "user": "--into-db: connect to the live server as this role (default: the target's)",
+        "docker": "run the scratch server in a container (drill.image or --image)",
+        "image": "with --docker: the image (default: drill.image, else pgbackup:<version>)",
+        "json": "machine-readable output",
+    },
+)
+@command
+def extract(
+    c: Any,
+    db: str | None = None,
+    table: list[str] | None = None,
+    schema: list[str] | None = None,
+    config: str | None = None,
+    target: str | None = None,
+    policy_target: str | None = None,
+    backup: str | None = None,
+    target_time: str | None = None,
+    target_lsn: str | None = None,
+    target_xid: str | None = None,
+    target_name: str | None = None,
+    exclusive: bool = False,
+    output: str | None = None,
+    format: str | None = None,
+    into_db: str | None = None,
+    user: str | None = None,
+    docker: bool = False,
+    image: str | None = None,
+    json_: bool = False,
+) -> None:
+    """Tables or a database as they were at a recovery target: into a file or a new database."""
+    from pgbackup.engine.restore_command import RECOVERY_KEYWORDS
+    from pgbackup.errors import UsageError
+    from pgbackup.operations.extract import (
+        Request,
+        parse_qualified,
+        parse_recovery_flags,
+        run_extract,
+    )
+
+    if not db:
+        raise UsageError("extract needs --db NAME (the database the objects are in)")
+    if format is not None and output is None:
+        raise UsageError("--format applies to --output FILE")
+    keyword = None
+    if target in RECOVERY_KEYWORDS:
+        keyword, target = target, None
+    if target and policy_target and target != policy_target:
+        raise UsageError(
+            f"--target {target!r} and --policy-target {policy_target!r} name different targets"
+        )
+    kind, value = parse_recovery_flags(keyword, target_time, target_lsn, target_xid, target_name)
+    req = Request(
+        database=db,
+        tables=list(dict.fromkeys(parse_qualified(t) for t in table or [])),
+        schemas=list(dict.fromkeys(parse_qualified(f"{s}.x", "--schema")[0] for s in schema or [])),
+        kind=kind,  # type: ignore[arg-type]
+        value=value,
+        inclusive=not exclusive,
+        backup=backup,
+        output=Path(output).absolute() if output else None,
+        fmt=format or "custom",
+        into_db=into_db,
+        user=user,
+        docker=docker,
+        image=image,
+    )
+    if image and not docker:
+        raise UsageError("--image names the container image of --docker")
+    policy = load(config)
+    result = run_extract(policy, policy.target(policy_target or target), req)
+    if json_:
+        emit_json(result.as_dict())
+        return
+    rec, dest, r = result.recovered_to, result.destination, result.restored
+    where = (
+        f"{dest['file']} ({dest['format']} format, {dest['bytes']} bytes)"
+        if "file" in dest
+        else f"the new database {dest['database']} ({dest['server']})"
+    )
+    print(
+        f"extracted {result.what()} of database {result.database} as of "
+        f"{rec.get('last_replay_time') or '?'} (LSN {rec.get('last_replay_lsn')}, backup "
+        f"{result.backup_id}) into {where} in {result.seconds:.1f}s"
+    )
+    from pgbackup.ui import human_bytes
+
+    left_out = (
+        "the whole backup"
+        if r.get("restored_whole")
+        else f"{r.get('left_out_files', 0)} files left out"
+        + (
+            f", databases {', '.join(r['databases_left_out'])}"
+            if r.get("databases_left_out")
+            else ""
+        )
+    )
+    print(
+        f"  scratch restore wrote {human_bytes(r.get('written_bytes', 0))} of "
+        f"{human_bytes(r.get('raw_bytes', 0))} ({left_out})"
+    )
+    for fk in result.skipped_foreign_keys:
+        print(f"  foreign key not created (its table was not extracted): {fk}")
+
+
+# --- exporter -------------------------------------------------------------------------
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "listen": "ADDR:PORT to serve /metrics on (default 127.0.0.1:9188; :9188 = every interface)",
+        "interval": "read each repository at most this often (default 60s)",
+        "timeout": "a scrape waits this long at most for a read, then serves the last values (default 5s)",
+    }
+)
+@command
+def exporter(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    listen: str = "127.0.0.1:9188",
+    interval: str = "60s",
+    timeout: str = "5s",
+) -> None:
+    """Prometheus exporter: serve /metrics of every repository until stopped."""
+    from pgbackup.errors import UsageError
+    from pgbackup.operations.metrics import parse_listen, serve
+    from pgbackup.policy.config import parse_duration
+
+    durations = {}
+    for flag, text in (("interval", interval), ("timeout", timeout)):
+        try:
+            durations[flag] = parse_duration(text)
+        except ValueError as exc:
+            raise UsageError(f"--{flag}: {exc}") from None
+        if durations[flag] <= 0:
+            raise UsageError(f"--{flag} {text!r}: must be longer than 0s")
+    parse_listen(listen)  # a bad address fails before the policy is read
+    policy = load(config)
+    chosen = targets(policy, target)
+
+    def ready(url: str) -> None:
+        names = ", ".join(t.name for t in chosen)
+        print(f"serving metrics of {names} on {url} (repositories read at most every {interval})")
+        sys.stdout.flush()
+
+    serve(
+        policy,
+        chosen,
+        listen,
+        interval=durations["interval"],
+        timeout=durations["timeout"],
+        ready=ready,
+    )
+
+
+# --- schedule -------------------------------------------------------------------------
+
+SCHEDULE_HELP = {
+    "config": CONFIG_HELP,
+    "user": "OS user whose crontab to change (default: the current user)",
+    "json": "machine-readable output",
+}
+
+
+@task(name="install", help=SCHEDULE_HELP)
+@command
+def schedule_install(
+    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
+) -> None:
+    """Put one tagged crontab line per schedule of the policy (idempotent)."""
+    from pgbackup.operations import schedule
+
+    policy = load(config)
+    result = schedule.install(policy, user)
+    if json_:
+        emit_json(result)
+        return
+    for line in result["installed"]:
+        print(line)
+    print(
+        f"{len(result['installed'])} schedule(s) {'installed' if result['changed'] else 'already installed'}"
+        f"; output goes to {result['log']}"
+    )
+
+
+@task(name="remove", help=SCHEDULE_HELP)
+@command
+def schedule_remove(
+    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
+) -> None:
+    """Remove this policy's crontab lines; every other line stays."""
+    from pgbackup.operations import schedule
+
+    policy = load(config)
+    result = schedule.remove(policy, user)
+    if json_:
+        emit_json(result)
+    else:
+        print(f"removed {result['removed']} line(s)")
+
+
+@task(name="status", help=SCHEDULE_HELP)
+@command
+def schedule_status(
+    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
+) -> None:
+    """Each schedule: cron line, installed or not, next run, last run and its outcome."""
+    from pgbackup.operations import schedule
+
+    policy = load(config)
+    rows = schedule.status(policy, repository(policy), user)
+    if json_:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="schedules", title_justify="left")
+    for col in ("name", "cron", "installed", "next run", "last run", "outcome"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["expression"],
+            "yes" if r["installed"] else "[red]no[/]",
+            r["next_run"],
+            r["last_run"] or "-",
+            r["last_status"] or "-",
+        )
+    console().print(table)
+
+
+def register(ns: Collection) -> None:
+    ns.add_task(check)
+    ns.add_task(drill)
+    ns.add_task(extract)
+    ns.add_task(sla_report)
+    ns.add_task(exporter)
+    sched = Collection("schedule")
+    sched.add_task(schedule_install)
+    sched.add_task(schedule_remove)
+    sched.add_task(schedule_status)
+    ns.add_collection(sched)

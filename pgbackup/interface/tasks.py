@@ -1,0 +1,605 @@
+"""The Invoke collection: parse flags -> call the engine -> render.
+
+``invoke <task>`` (through the root ``tasks.py``) and the ``pgbackup`` console script
+run this same collection. Tasks stay thin: every decision lives in the engine modules,
+so it is tested there, not through ``c.run`` mocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json as jsonlib
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from invoke import Collection, task
+from invoke.exceptions import Exit
+
+from pgbackup.errors import PgBackupError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(fn: F) -> F:
+    """Turn pgbackup errors into one clear message and an exit status, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PgBackupError as exc:
+            raise Exit(f"pgbackup: error: {exc}", code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("pgbackup: interrupted", code=130) from None
+        except Exit:
+            raise
+        except Exception as exc:  # a bug: say so plainly, keep the details in the log
+            from pgbackup.ui import LOG
+
+            LOG.debug("internal error\n%s", traceback.format_exc())
+            raise Exit(
+                f"pgbackup: internal error: {type(exc).__name__}: {exc}\n"
+                "  this is a bug in pgbackup; the traceback is in the log file",
+                code=70,
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load(config: str | None, *, verbose: bool = False) -> Any:
+    """Find, load and validate the policy, then set up logging."""
+    from pgbackup.policy.config import find_config, load_policy_fast
+    from pgbackup.ui import setup_logging
+
+    # Validated in full, once per content (and referenced environment): a cache of hashes.
+    policy = load_policy_fast(find_config(config), for_wal=False)
+    setup_logging(policy, verbose=verbose)
+    return policy
+
+
+def repository(policy: Any) -> Any:
+    from pgbackup.engine.repository import Repository
+    from pgbackup.storage import open_storage
+
+    return Repository(open_storage(policy.repository))
+
+
+def targets(policy: Any, name: str | None) -> list[Any]:
+    """``--target NAME`` or every target of the policy."""
+    return [policy.target(name)] if name else list(policy.targets.values())
+
+
+def policy_now() -> datetime:
+    """Now, or the instant in $PGBACKUP_NOW: lets `plan`/`cleanup` answer "what on date X?"."""
+    override = os.environ.get("PGBACKUP_NOW")
+    if not override:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(override.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"PGBACKUP_NOW={override!r} is not an ISO 8601 timestamp") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def emit_json(data: Any) -> None:
+    print(jsonlib.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    # Wide enough for a listing when piped (cron mail, log files); a terminal sets its own.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+CONFIG_HELP = "policy file (default: $PGBACKUP_CONFIG, ./backup.yaml, /etc/pgbackup/backup.yaml)"
+
+
+# --- validate & plan ------------------------------------------------------------------
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "live": "also compare each target's server settings with the policy",
+    }
+)
+@command
+def validate(c: Any, config: str | None = None, live: bool = False) -> None:
+    """Check backup.yaml against the schema and the semantic rules; exit 0 only when valid."""
+    from pgbackup.policy.config import find_config, validate_file
+
+    path = find_config(config)
+    problems = validate_file(path)
+    if problems:
+        lines = "\n".join(f"  - {p}: {m}" for p, m in problems)
+        raise Exit(f"pgbackup: {path} is invalid ({len(problems)} problem(s)):\n{lines}", code=2)
+    print(f"{path}: valid")
+    if live:
+        from pgbackup.operations.plan import live_disagreements
+
+        policy = load(config)
+        issues = live_disagreements(policy)
+        for target_name, found in issues.items():
+            for item in found:
+                print(f"  {target_name}: {item}")
+        if any(issues.values()):
+            raise Exit("pgbackup: server settings disagree with the policy", code=1)
+        print("server settings agree with the policy")
+
+
+@task(help={"config": CONFIG_HELP, "json": "machine-readable output"})
+@command
+def plan(c: Any, config: str | None = None, json_: bool = False) -> None:
+    """Show what the policy implies now: targets, server settings, retention, cron lines."""
+    from pgbackup.operations.plan import build_plan, render_plan
+
+    policy = load(config)
+    data = build_plan(policy, repository(policy), policy_now())
+    if json_:
+        emit_json(data)
+    else:
+        render_plan(console(), data)
+
+
+# --- backup ---------------------------------------------------------------------------
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target (default: every target)",
+        "type": "full (default) or incremental: on the newest backup, PostgreSQL 17+ with "
+        "summarize_wal = on",
+    }
+)
+@command
+def backup(
+    c: Any, config: str | None = None, target: str | None = None, type_: str = "full"
+) -> None:
+    """Take a base backup of every target (or --target NAME)."""
+    from pgbackup.engine.backup import BACKUP_TYPES, run_backup
+    from pgbackup.ui import human_bytes
+
+    if type_ not in BACKUP_TYPES:
+        raise UsageError(
+            f"--type {type_!r}: a backup is full or incremental",
+            hint="pgbackup backup --type full|incremental",
+        )
+    policy = load(config)
+    failures = []
+    for t in targets(policy, target):
+        try:
+            meta = run_backup(policy, t, type_)
+        except PgBackupError as exc:
+            failures.append(exc)
+            print(f"pgbackup: error: {exc}", file=sys.stderr)
+            _notify(policy, "backup", t.name, "failed", str(exc))
+            continue
+        kind = f" (incremental on {meta['parent']})" if meta.get("parent") else ""
+        print(
+            f"backup {meta['backup_id']}{kind} of {t.name}: {human_bytes(meta['raw_bytes'])} -> "
+            f"{human_bytes(meta['stored_bytes'])} stored in {meta['duration_seconds']:.1f}s "
+            f"(LSN {meta['start_lsn']}..{meta['stop_lsn']}, timeline {meta['timeline']})"
+        )
+        try:
+            _after_backup(policy, t, meta)
+        except PgBackupError as exc:  # the local backup stays complete; the copy failed
+            failures.append(exc)
+            print(f"pgbackup: error: {exc}", file=sys.stderr)
+            _notify(policy, "backup", t.name, "failed", f"upload of {meta['backup_id']}: {exc}")
+    if failures:
+        raise Exit(code=max(f.exit_code for f in failures))
+
+
+def _after_backup(policy: Any, target: Any, meta: dict[str, Any]) -> None:
+    """Copies to upload destinations, when the policy declares them."""
+    if not policy.uploads:
+        return
+    from pgbackup.engine.uploads import upload_backup
+
+    upload_backup(policy, target, meta["backup_id"])
+
+
+def _notify(policy: Any, event: str, target: str, status: str, message: str) -> None:
+    from pgbackup.operations.alerts import notify_event
+
+    notify_event(policy, event, target, status, message)
+
+
+# --- list -----------------------------------------------------------------------------
+
+
+@task(
+    name="list",
+    help={"config": CONFIG_HELP, "target": "only this target", "json": "machine-readable output"},
+)
+@command
+def list_(
+    c: Any, config: str | None = None, target: str | None = None, json_: bool = False
+) -> None:
+    """Backups with status, sizes, times, LSNs, and the recoverable window per target."""
+    from pgbackup.engine.inventory import inventory, render_inventory
+
+    policy = load(config)
+    repo = repository(policy)
+    data = inventory(policy, repo, targets(policy, target))
+    if json_:
+        emit_json(data)
+    else:
+        from pgbackup.operations.recoverability import print_windows
+
+        out = console()
+        render_inventory(out, data)
+        print_windows(out, policy, repo, data, policy_now())
+
+
+# --- verify ---------------------------------------------------------------------------
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target",
+        "backup": "backup id, 'latest' (default) or 'all'",
+        "wal": "also check WAL continuity from each backup to the newest archived segment",
+        "json": "machine-readable output",
+    }
+)
+@command
+def verify(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    backup: str | None = None,
+    wal: bool = False,
+    json_: bool = False,
+) -> None:
+    """Check stored checksums and every file against PostgreSQL's backup_manifest."""
+    from pgbackup.engine.verify import run_verify
+
+    policy = load(config)
+    repo = repository(policy)
+    out: dict[str, Any] = {}
+    ok = True
+    for t in targets(policy, target):
+        reports = run_verify(policy, t, backup, repo)
+        out[t.name] = {"backups": [r.as_dict() for r in reports]}
+        ok = ok and all(r.ok for r in reports)
+        if wal:
+            from pgbackup.engine.wal import verify_wal_chain
+
+            chain = verify_wal_chain(policy, repo, t)
+            out[t.name]["wal"] = chain
+            ok = ok and not chain["gaps"]
+        if not json_:
+            for r in reports:
+                if r.ok:
+                    print(
+                        f"{t.name}/{r.backup_id}: OK ({r.files_checked} files, {r.bytes_checked} bytes checked)"
+                    )
+                else:
+                    print(f"{t.name}/{r.backup_id}: FAILED")
+                    for p in r.problems:
+                        print(f"  - {p}")
+            if wal:
+                chain = out[t.name]["wal"]
+                if chain["gaps"]:
+                    print(f"{t.name} WAL: {len(chain['gaps'])} problem(s)")
+                    for g in chain["gaps"]:
+                        print(f"  - {g}")
+                else:
+                    print(f"{t.name} WAL: continuous ({chain['segments']} segments checked)")
+    if json_:
+        emit_json(out)
+    if not ok:
+        for t in targets(policy, target):
+            _notify(policy, "verify", t.name, "failed", "verification found problems")
+        raise Exit(code=1)
+
+
+# --- restore --------------------------------------------------------------------------
+
+RESTORE_HELP = {
+    "config": CONFIG_HELP,
+    "backup": "backup id or 'latest' (default: newest, or the newest before the recovery target)",
+    "to": "data directory to restore into (must be empty or absent unless --force)",
+    "force": "replace a non-empty directory (stopping a server running on it)",
+    "start": "start the restored server and wait until it accepts connections",
+    "port": "port for the restored server (default: a free one with --start)",
+    "target": "policy target name; or a recovery target: 'immediate' (backup end) or 'latest' (end of archive)",
+    "db": "policy target name, when --target names a recovery target (immediate|latest)",
+    "target_time": "recover to this time (ISO 8601, e.g. '2026-11-23 14:30:00+00')",
+    "target_lsn": "recover to this LSN (e.g. 0/3000060)",
+    "target_xid": "recover to this transaction id",
+    "target_name": "recover to this restore point (pg_create_restore_point)",
+    "target_action": "promote (default), pause or shutdown when the target is reached",
+    "target_timeline": "timeline to follow: 'latest', 'current' or a number",
+    "exclusive": "stop just before the target instead of just after it",
+    "no_archive": "turn archive_mode off in the restored cluster (scratch copies)",
+    "from": "restore from this upload destination instead of the repository",
+    "json": "machine-readable output",
+    "tablespace_map": "NAME=DIR (repeatable; NAME or OID): restore that tablespace into DIR",
+    "tablespace_map_all": "restore every tablespace into DIR/<name>",
+    "standby": "build a standby: standby.signal, WAL from the repository (and --primary-conninfo)",
+    "primary_conninfo": "with --standby: the primary to stream from (libpq conninfo)",
+    "delta": "restore over an existing stopped copy: rewrite only the files that differ",
+}
+
+
+@task(help=RESTORE_HELP, iterable=["tablespace_map"])
+@command
+def restore(
+    c: Any,
+    to: str | None = None,
+    config: str | None = None,
+    backup: str | None = None,
+    force: bool = False,
+    start: bool = False,
+    port: int | None = None,
+    target: str | None = None,
+    db: str | None = None,
+    target_time: str | None = None,
+    target_lsn: str | None = None,
+    target_xid: str | None = None,
+    target_name: str | None = None,
+    target_action: str | None = None,
+    target_timeline: str | None = None,
+    exclusive: bool = False,
+    no_archive: bool = False,
+    from_: str | None = None,
+    json_: bool = False,
+    tablespace_map: list[str] | None = None,
+    tablespace_map_all: str | None = None,
+    standby: bool = False,
+    primary_conninfo: str | None = None,
+    delta: bool = False,
+) -> None:
+    """Restore a backup into --to DIR, optionally to a point in time (PITR)."""
+    from pgbackup.engine.restore_command import restore_command
+
+    if not to:
+        raise UsageError("restore needs --to DIR (an empty or new directory)")
+    if port is not None and not str(port).isdigit():
+        raise UsageError(f"--port {port!r} is not a port number")
+    policy = load(config)
+    result = restore_command(
+        policy,
+        to=Path(to),
+        backup=backup,
+        force=force,
+        start=start,
+        port=int(port) if port is not None else None,
+        target=target,
+        db=db,
+        target_time=target_time,
+        target_lsn=target_lsn,
+        target_xid=target_xid,
+        target_name=target_name,
+        target_action=target_action,
+        target_timeline=target_timeline,
+        exclusive=exclusive,
+        archive=not no_archive,
+        from_upload=from_,
+        tablespace_map=tablespace_map,
+        tablespace_map_all=tablespace_map_all,
+        standby=standby,
+        primary_conninfo=primary_conninfo,
+        delta=delta,
+    )
+    if json_:
+        emit_json(result.as_dict())
+        return
+    if result.delta:
+        from pgbackup.ui import human_bytes
+
+        d = result.delta
+        print(
+            f"delta: {d['kept_files']} files ({human_bytes(d['reused_bytes'])}) reused, "
+            f"{human_bytes(d['written_bytes'])} written, {d['removed_files']} stale files removed"
+        )
+    print(
+        f"restored backup {result.backup_id} of {result.target} into {result.directory} "
+        f"in {result.seconds:.1f}s"
+        + (f"; server running on port {result.port}" if result.started else "")
+    )
+    if result.recovery:
+        rec = result.recovery
+        print(
+            f"recovered to {rec.get('last_replay_time') or '?'} (LSN {rec.get('last_replay_lsn')}, "
+            f"timeline {rec.get('timeline')}); state: {rec.get('state')}"
+        )
+
+
+# --- cleanup --------------------------------------------------------------------------
+
+
+@task(
+    help={
+        "config": CONFIG_HELP,
+        "target": "only this target",
+        "dry_run": "only show what would be removed",
+        "json": "machine-readable output",
+    }
+)
+@command
+def cleanup(
+    c: Any,
+    config: str | None = None,
+    target: str | None = None,
+    dry_run: bool = False,
+    json_: bool = False,
+) -> None:
+    """Apply retention (days + weekly/monthly) to base backups and WAL, locally and remotely."""
+    from pgbackup.engine.cleanup import run_cleanup
+
+    policy = load(config)
+    repo = repository(policy)
+    now = policy_now()
+    out: list[dict[str, Any]] = []
+    for t in targets(policy, target):
+        p = run_cleanup(policy, repo, t, dry_run=dry_run, now=now)
+        out.append(p.as_dict())
+        if json_:
+            continue
+        verb = "would remove" if dry_run else "removed"
+        for d in p.decisions:
+            mark = "keep  " if d.keep else ("expire" if dry_run else "gone  ")
+            print(f"{t.name}/{d.backup_id}: {mark} ({', '.join(d.reasons)})")
+        print(
+            f"{t.name}: {verb} {len(p.expire_backups)} backup(s), {len(p.leftovers)} incomplete, "
+            f"{len(p.expire_wal)} WAL file(s)"
+        )
+        for note in p.notes:
+            print(f"  note: {note}")
+    if policy.uploads:
+        from pgbackup.engine.uploads import cleanup_uploads
+
+        removed = cleanup_uploads(policy, now, dry_run=dry_run)
+        for plan in out:  # each target's copies, per destination
+            plan["uploads"] = {
+                dest: by_target.get(plan["target"], []) for dest, by_target in removed.items()
+            }
+        if not json_:
+            for dest, by_target in removed.items():
+                count = sum(len(ids) for ids in by_target.values())
+                print(
+                    f"upload {dest}: {'would remove' if dry_run else 'removed'} {count} copy(ies)"
+                )
+    if json_:
+        emit_json(out)
+
+
+# --- WAL (PostgreSQL's archive_command / restore_command) ------------------------------
+
+
+@task(
+    name="wal-push",
+    help={"config": CONFIG_HELP, "target": "policy target (default: found from the cluster)"},
+)
+def wal_push(c: Any, path: str, config: str | None = None, target: str | None = None) -> None:
+    """Archive one WAL file (archive_command = 'pgbackup wal-push --config ... %p')."""
+    from pgbackup.interface.console import wal_main
+
+    code = wal_main(
+        ["wal-push", path]
+        + (["--config", config] if config else [])
+        + (["--target", target] if target else [])
+    )
+    if code:
+        raise Exit(code=code)
+
+
+@task(name="wal-fetch", help={"config": CONFIG_HELP, "target": "policy target"})
+def wal_fetch(
+    c: Any, name: str, path: str, config: str | None = None, target: str | None = None
+) -> None:
+    """Fetch one WAL file (restore_command = 'pgbackup wal-fetch --config ... %f %p')."""
+    from pgbackup.interface.console import wal_main
+
+    code = wal_main(
+        ["wal-fetch", name, path]
+        + (["--config", config] if config else [])
+        + (["--target", target] if target else [])
+    )
+    if code:
+        raise Exit(code=code)
+
+
+# --- sandbox --------------------------------------------------------------------------
+
+
+@task(name="up", help={"config": CONFIG_HELP, "target": "sandbox target (default: every sandbox)"})
+@command
+def sandbox_up(c: Any, config: str | None = None, target: str | None = None) -> None:
+    """Provision (first time) and start the local sandbox cluster(s)."""
+    from pgbackup.postgres.sandbox import Sandbox
+
+    policy = load(config)
+    for t in targets(policy, target):
+        if t.sandbox is None:
+            continue
+        sb = Sandbox(policy, t)
+        cluster = sb.up()
+        print(f"sandbox {t.name}: running on 127.0.0.1:{cluster.port}, data in {cluster.data_dir}")
+
+
+@task(
+    name="down",
+    help={"config": CONFIG_HELP, "target": "sandbox target", "destroy": "also delete its data"},
+)
+@command
+def sandbox_down(
+    c: Any, config: str | None = None, target: str | None = None, destroy: bool = False
+) -> None:
+    """Stop the sandbox cluster(s); --destroy also removes their data."""
+    from pgbackup.postgres.sandbox import Sandbox
+
+    policy = load(config)
+    for t in targets(policy, target):
+        if t.sandbox is None:
+            continue
+        Sandbox(policy, t).down(destroy=destroy)
+        print(f"sandbox {t.name}: {'destroyed' if destroy else 'stopped'}")
+
+
+@task(name="status", help={"config": CONFIG_HELP, "json": "machine-readable output"})
+@command
+def sandbox_status(c: Any, config: str | None = None, json_: bool = False) -> None:
+    """Show whether each sandbox exists and runs."""
+    from pgbackup.postgres.sandbox import Sandbox
+
+    policy = load(config)
+    rows = []
+    for t in policy.targets.values():
+        if t.sandbox is None:
+            continue
+        cl = Sandbox(policy, t).cluster()
+        rows.append(
+            {"target": t.name, "exists": cl.exists(), "running": cl.is_running(), "port": cl.port}
+        )
+    if json_:
+        emit_json(rows)
+    else:
+        for r in rows:
+            print(
+                f"{r['target']}: {'running' if r['running'] else 'stopped'}{'' if r['exists'] else ' (not provisioned)'}, port {r['port']}"
+            )
+
+
+# --- demo -----------------------------------------------------------------------------
+
+
+@task(help={"config": CONFIG_HELP})
+@command
+def demo(c: Any, config: str | None = None) -> None:
+    """The main job end to end on the sandbox: back up, change data, restore, verify, report."""
+    from pgbackup.operations.demo import run_demo
+
+    policy = load(config)
+    run_demo(policy, console())
+
+
+sandbox = Collection("sandbox")
+sandbox.add_task(sandbox_up)
+sandbox.add_task(sandbox_down)
+sandbox.add_task(sandbox_status)
+
+ns = Collection()
+for t in (validate, plan, backup, list_, verify, restore, cleanup, wal_push, wal_fetch, demo):
+    ns.add_task(t)
+ns.add_collection(sandbox)
+
+
+from pgbackup.interface import ops_tasks  # noqa: E402  (check, drill, sla-report, schedule.*)
+
+ops_tasks.register(ns)
+
+from pgbackup.interface import receiver_tasks  # noqa: E402  (wal-receive)
+
+receiver_tasks.register(ns)

@@ -1,0 +1,321 @@
+"""Restore drills: restore into a scratch cluster, replay WAL, run the declared checks.
+
+The scratch cluster lives in a temporary directory on a free loopback port, with
+``archive_mode = off`` so it never writes into the repository, and is torn down whatever
+happens. The result goes to ``<target>/drills/<timestamp>.json``:
+
+- the backup used, the recovered-to time, LSN and timeline;
+- every check with its value and verdict;
+- wall time split into fetch (choose the backup, read its metadata), restore (download,
+  decode and unpack — streamed together), recovery (server start until WAL replay ends)
+  and checks; ``rto_seconds`` is the whole drill from start to checks answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pgbackup.engine.repository import Repository, iso, new_backup_id
+from pgbackup.errors import PgBackupError
+from pgbackup.policy.config import DrillCheck, parse_expect
+
+LOG = logging.getLogger("pgbackup")
+
+
+class DrillFailed(PgBackupError):
+    exit_code = 1
+
+
+@dataclass
+class DrillResult:
+    target: str
+    drill_id: str
+    started_at: str
+    status: str = "failed"
+    finished_at: str | None = None
+    backup_id: str | None = None
+    backup_stop_time: str | None = None
+    recovery_target: dict[str, Any] = field(default_factory=dict)
+    recovered_to: dict[str, Any] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    rto_seconds: float | None = None
+    rto_objective_seconds: int | None = None
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    restore_throughput_bytes_per_second: float | None = None
+    provider: str = "local"
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def evaluate(expect: str, value: Any) -> bool:
+    """Does ``value`` (the first column of the first row) satisfy ``expect``?"""
+    op, operand = parse_expect(expect)
+    if isinstance(operand, str):
+        if value is None:
+            return operand.lower() in ("null", "none")
+        if str(value) == operand:
+            return True
+        if isinstance(value, bool):
+            return operand.lower() in (("true", "t", "on") if value else ("false", "f", "off"))
+        try:
+            return float(value) == float(operand)
+        except (TypeError, ValueError):
+            return False
+    if value is None or isinstance(value, bool):
+        return False
+    try:
+        number = float(value) if not isinstance(value, Decimal) else float(value)
+    except (TypeError, ValueError):
+        return False
+    return {
+        "==": number == operand,
+        "!=": number != operand,
+        ">": number > operand,
+        ">=": number >= operand,
+        "<": number < operand,
+        "<=": number <= operand,
+    }[op]
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return float(value) if value % 1 else int(value)
+    if isinstance(value, datetime):
+        return iso(value)
+    return str(value)
+
+
+def run_checks(cluster: Any, checks: list[DrillCheck], default_db: str) -> list[dict[str, Any]]:
+    out = []
+    for check in checks:
+        row: dict[str, Any] = {"name": check.name, "sql": check.sql, "expect": check.expect}
+        t0 = time.monotonic()
+        try:
+            rows = cluster.sql(check.sql, dbname=check.dbname or default_db)
+            value = rows[0][0] if rows and rows[0] else None
+            row["value"] = _jsonable(value)
+            row["ok"] = evaluate(check.expect, value)
+        except Exception as exc:
+            row["value"] = None
+            row["ok"] = False
+            row["error"] = (
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            )
+        row["seconds"] = round(time.monotonic() - t0, 3)
+        out.append(row)
+    return out
+
+
+def scratch_root(prefix: str = "pgbackup-drill-") -> Path:
+    """A temporary directory the server's OS user can work in."""
+    from pgbackup.postgres.cluster import hand_over, server_os_user
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    hand_over(root, server_os_user(), 0o700)
+    return root
+
+
+def drill_key(target: str, drill_id: str) -> str:
+    return f"{target}/drills/{drill_id}.json"
+
+
+def run_drill(
+    policy: Any,
+    target: Any,
+    *,
+    backup: str | None = None,
+    target_time: str | None = None,
+    provider: str = "local",
+    storage: Any = None,
+    image: str | None = None,
+) -> DrillResult:
+    """Run one drill of ``target`` and record it; never raises for a failed drill."""
+    from pgbackup.engine.restore import run_restore
+    from pgbackup.engine.restore_command import (
+        check_chain,
+        check_window,
+        choose_backup,
+        recovery_settings,
+        resolve_target_time,
+        wait_for_recovery_end,
+    )
+    from pgbackup.storage import open_storage
+
+    t0 = time.monotonic()
+    started = datetime.now(UTC)
+    drill_id = new_backup_id(started)
+    result = DrillResult(target.name, drill_id, iso(started), provider=provider)
+    result.rto_objective_seconds = policy.sla.rto
+    storage = storage or open_storage(policy.repository)
+    repo = Repository(storage)
+    root: Path | None = None
+    cluster: Any = None
+    step = "choosing the backup"
+    try:
+        kind, value = "latest", None
+        if target_time:
+            kind, value = "time", resolve_target_time(repo, target.name, target_time)
+        info = choose_backup(repo, target.name, backup, kind, value)
+        # A hole in the WAL chain fails the drill before anything is restored; the point
+        # recovery must reach is checked once it has ended.
+        expected = check_chain(policy, repo, target.name, info, kind, value)
+        if target_time:
+            check_window(policy, repo, target.name, "time", value)
+        result.backup_id = info.backup_id
+        result.backup_stop_time = info.metadata.get("stop_time")
+        result.recovery_target = {"kind": kind, "value": _jsonable(value)}
+        settings = recovery_settings(
+            policy,
+            target.name,
+            kind=kind,
+            value=value,
+            action="promote",
+            timeline=None,
+            inclusive=True,
+            until=expected.get("until"),
+        )
+        result.timings["fetch"] = round(time.monotonic() - t0, 3)
+
+        step = "restoring"
+        t1 = time.monotonic()
+        root = scratch_root()
+        from pgbackup.postgres.cluster import free_port
+
+        port = free_port()
+        restored = run_restore(
+            policy,
+            target,
+            info.backup_id,
+            root / "data",
+            start=False,
+            port=port,
+            archive=False,
+            recovery_settings=settings,
+            storage=storage,
+            # Never the original locations: they belong to the server being drilled.
+            tablespace_map_all=str(root / "tablespaces"),
+        )
+        result.raw_bytes = restored.raw_bytes
+        result.stored_bytes = restored.stored_bytes
+        result.timings["restore"] = round(time.monotonic() - t1, 3)
+
+        step = "recovering"
+        t2 = time.monotonic()
+        major = int(info.metadata["server_version_num"]) // 10000
+        cluster = _scratch_cluster(provider, root / "data", port, major, target, policy, image)
+        try:
+            cluster.start()
+        except PgBackupError:
+            reason = _recovery_failure(cluster)
+            if reason:
+                raise PgBackupError(
+                    f"recovery stopped before reaching its target: {reason}"
+                ) from None
+            raise
+        result.recovered_to = wait_for_recovery_end(expected=expected)(cluster)
+        result.timings["recovery"] = round(time.monotonic() - t2, 3)
+
+        step = "running the checks"
+        t3 = time.monotonic()
+        default_db = str(target.connection.get("dbname") or "postgres")
+        result.checks = run_checks(cluster, policy.drill_checks, default_db)
+        result.timings["checks"] = round(time.monotonic() - t3, 3)
+        result.rto_seconds = round(time.monotonic() - t0, 3)
+        restore_s = result.timings["restore"]
+        if restore_s > 0:
+            result.restore_throughput_bytes_per_second = round(result.raw_bytes / restore_s, 1)
+        failed = [c for c in result.checks if not c["ok"]]
+        if failed:
+            result.error = "check(s) failed: " + "; ".join(
+                f"{c['name']} (got {c['value']!r}, expected {c['expect']}"
+                + (f": {c['error']}" if c.get("error") else "")
+                + ")"
+                for c in failed
+            )
+        else:
+            result.status = "ok"
+    except PgBackupError as exc:
+        result.error = f"{step}: {exc}"
+    except Exception as exc:  # the drill reports; it does not crash
+        result.error = f"{step}: {type(exc).__name__}: {exc}"
+    finally:
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.stop("immediate")
+            if hasattr(cluster, "remove"):  # a container
+                with contextlib.suppress(Exception):
+                    cluster.remove()
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+        result.timings["total"] = round(time.monotonic() - t0, 3)
+        result.finished_at = iso(datetime.now(UTC))
+    _record(repo, result)
+    _notify(policy, result)
+    return result
+
+
+def _recovery_failure(cluster: Any) -> str | None:
+    """PostgreSQL's reason (and wal-fetch's) for a server that died in recovery."""
+    from pgbackup.engine.restore import recovery_failure
+
+    try:
+        return recovery_failure(cluster)
+    except Exception:  # a provider without a readable log
+        return None
+
+
+def _scratch_cluster(
+    provider: str,
+    data_dir: Path,
+    port: int,
+    major: int,
+    target: Any,
+    policy: Any,
+    image: str | None = None,
+) -> Any:
+    if provider == "docker":  # image: --image, else drill.image, else pgbackup:<version>
+        from pgbackup.postgres.docker import drill_cluster
+
+        return drill_cluster(policy, data_dir, port, major, image)
+    from pgbackup.postgres.cluster import Cluster
+
+    return Cluster(data_dir, port, major=major, bin_dir=target.pg_bin_dir)
+
+
+def _record(repo: Repository, result: DrillResult) -> None:
+    key = drill_key(result.target, result.drill_id)
+    try:
+        repo.storage.write_bytes(
+            key, json.dumps(result.as_dict(), indent=2, sort_keys=True).encode() + b"\n"
+        )
+    except PgBackupError as exc:
+        LOG.error("could not record the drill result %s: %s", key, exc)
+        result.error = (result.error + "; " if result.error else "") + f"result not recorded: {exc}"
+        result.status = "failed"
+
+
+def _notify(policy: Any, result: DrillResult) -> None:
+    with contextlib.suppress(Exception):
+        from pgbackup.operations.alerts import notify_event
+
+        if result.status == "ok":
+            msg = f"drill of backup {result.backup_id} passed in {result.rto_seconds:.1f}s"
+        else:
+            msg = f"drill failed: {result.error}"
+        notify_event(policy, "drill", result.target, result.status, msg)

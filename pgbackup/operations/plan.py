@@ -1,0 +1,209 @@
+"""What the policy implies right now (``invoke plan``) and whether servers agree (``validate --live``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pgbackup.postgres.connection import describe
+
+
+def required_settings(policy: Any, target: Any) -> dict[str, str]:
+    """postgresql.conf settings a target needs for this policy."""
+    from pgbackup.postgres.sandbox import archive_command, archive_timeout
+
+    settings = {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": archive_command(policy, target),
+        "archive_timeout": f"{archive_timeout(policy)}s",
+        "max_wal_senders": ">= 2",
+    }
+    if "incremental" in policy.schedules:
+        settings["summarize_wal"] = "on  # incremental backups (PostgreSQL 17+)"
+    return settings
+
+
+def backup_types_plan(policy: Any) -> dict[str, Any]:
+    """How full and incremental backups alternate (schedules.backup, schedules.incremental)."""
+    full = policy.schedules.get("backup")
+    incremental = policy.schedules.get("incremental")
+    if not incremental:
+        text = "every backup is full" + (f" ({full})" if full else "")
+    else:
+        text = (
+            f"full backups at '{full}', incremental backups at '{incremental}', each on the "
+            "newest backup (PostgreSQL 17+ with summarize_wal = on): a chain runs from one "
+            "full backup to the next, and a restore combines it (pg_combinebackup)"
+        )
+    return {"full": full, "incremental": incremental, "explained": text}
+
+
+def compression_plan(policy: Any, target: Any) -> dict[str, str]:
+    """Which side compresses this target's base backups, and why (pgbackup/engine/streamcompress.py).
+
+    Asks a running server (a sandbox is never started for it); an unreachable one is
+    decided at each backup."""
+    from pgbackup.engine.streamcompress import probe
+    from pgbackup.errors import PgBackupError
+    from pgbackup.postgres.sandbox import Sandbox
+
+    method = policy.compression.method
+    if target.sandbox is not None:
+        sandbox = Sandbox(policy, target)
+        cluster = sandbox.cluster()
+        conninfo = sandbox.conninfo(cluster) if cluster.is_running() else None
+    else:
+        conninfo = {**target.connection, "connect_timeout": 5}
+    if conninfo is not None:
+        try:
+            return probe(conninfo, method).as_dict()
+        except PgBackupError as exc:
+            why = f"the server cannot be asked now ({exc.message})"
+    else:
+        why = "the sandbox is not running"
+    return {
+        "method": method,
+        "side": "decided at each backup",
+        "reason": f"{why}: the server compresses when it was built with {method}, "
+        "else pgbackup compresses the stream itself",
+    }
+
+
+def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
+    from pgbackup.engine.cleanup import plan_cleanup
+    from pgbackup.engine.receiver import receiver_plan
+    from pgbackup.operations.schedule import cron_entries, schedule_log
+
+    targets = []
+    for t in policy.targets.values():
+        cleanup = plan_cleanup(policy, repo, t, now, backup_running=False)
+        targets.append(
+            {
+                "name": t.name,
+                "server": f"sandbox in {t.sandbox.path}" if t.sandbox else describe(t.connection),
+                "postgresql_conf": required_settings(policy, t),
+                "compression": compression_plan(policy, t),
+                "cleanup": cleanup.as_dict(),
+                "wal_receiver": receiver_plan(policy, t),
+            }
+        )
+    return {
+        "policy": str(policy.path),
+        "repository": repo.storage.describe(),
+        "compression": f"{policy.compression.method} level {policy.compression.level}",
+        "encryption": "age" if policy.encryption else "none",
+        "retention": {
+            "days": policy.retention.days,
+            "weekly": policy.retention.weekly,
+            "monthly": policy.retention.monthly,
+            "min_backups": policy.retention.min_backups,
+        },
+        "sla": {"rto_seconds": policy.sla.rto, "rpo_seconds": policy.sla.rpo},
+        "targets": targets,
+        "backup_types": backup_types_plan(policy),
+        "cron": [
+            {"name": e.name, "line": f"{e.expression} {e.command}"} for e in cron_entries(policy)
+        ],
+        "schedule_log": str(schedule_log(policy)),
+        "uploads": [
+            {"name": u["name"], "kind": u["kind"], "retention_days": u.get("retention_days", 30)}
+            for u in policy.uploads
+        ],
+    }
+
+
+def render_plan(console: Any, data: dict[str, Any]) -> None:
+    console.print(f"[bold]policy[/] {data['policy']}")
+    console.print(
+        f"repository: {data['repository']}  compression: {data['compression']}  encryption: {data['encryption']}"
+    )
+    r = data["retention"]
+    console.print(
+        f"retention: {r['days']} days, {r['weekly']} weekly, {r['monthly']} monthly (at least {r['min_backups']})"
+    )
+    console.print(f"backups: {data['backup_types']['explained']}", markup=False)
+    for t in data["targets"]:
+        console.print(f"\n[bold]target {t['name']}[/]: {t['server']}")
+        comp = t["compression"]
+        console.print(
+            f"  base backups compressed ({comp['method']}) by: {comp['side']}: {comp['reason']}",
+            markup=False,
+        )
+        console.print("  postgresql.conf:")
+        for k, v in t["postgresql_conf"].items():
+            console.print(f"    {k} = {v}")
+        rx = t.get("wal_receiver")
+        if rx:
+            console.print(f"  WAL receiver ({rx['mode']}, slot {rx['slot']}): {rx['command']}")
+            console.print(f"    runs as a service: {rx['unit']}; spool {rx['spool']}")
+            for k, v in rx["postgresql_conf"].items():
+                console.print(f"    {k} = {v}", markup=False)
+        c = t["cleanup"]
+        kept = [b for b in c["backups"] if b["keep"]]
+        console.print(
+            f"  retention now: keep {len(kept)} backup(s); cleanup would remove {len(c['expire_backups'])} "
+            f"backup(s), {len(c['remove_incomplete'])} incomplete, {len(c['expire_wal'])} WAL file(s)"
+        )
+        for b in c["backups"]:
+            console.print(
+                f"    {b['backup_id']}: {'keep' if b['keep'] else 'expire'} ({', '.join(b['reasons'])})"
+            )
+    console.print("\n[bold]crontab[/] (invoke schedule.install writes these):")
+    for e in data["cron"]:
+        console.print(f"  {e['line']}", markup=False)
+    for u in data["uploads"]:
+        console.print(f"upload {u['name']} ({u['kind']}): copies kept {u['retention_days']} days")
+
+
+def live_disagreements(policy: Any) -> dict[str, list[str]]:
+    """Compare each target's running settings with what the policy needs."""
+    from pgbackup.errors import PgBackupError
+    from pgbackup.postgres.connection import server_facts
+    from pgbackup.postgres.sandbox import archive_command, resolve_conninfo
+
+    result: dict[str, list[str]] = {}
+    for t in policy.targets.values():
+        found: list[str] = []
+        try:
+            facts = server_facts(resolve_conninfo(policy, t), t.pg_bin_dir)
+        except PgBackupError as exc:
+            result[t.name] = [f"cannot check: {exc.message}"]
+            continue
+        if facts.wal_level not in ("replica", "logical"):
+            found.append(f"wal_level is {facts.wal_level}, needs replica")
+        if facts.archive_mode not in ("on", "always"):
+            found.append(f"archive_mode is {facts.archive_mode}: WAL archiving is off")
+        wanted = archive_command(policy, t)
+        if facts.archive_command.strip() != wanted and (
+            "wal-push" not in facts.archive_command or str(policy.path) not in facts.archive_command
+        ):
+            found.append(
+                f"archive_command is {facts.archive_command!r}, not this policy's wal-push ({wanted})"
+            )
+        if policy.sla.rpo:
+            if facts.archive_timeout == 0:
+                found.append(
+                    f"archive_timeout is 0 (off): a quiet server may keep WAL longer than the RPO of {policy.sla.rpo}s"
+                )
+            elif facts.archive_timeout >= policy.sla.rpo:
+                found.append(
+                    f"archive_timeout {facts.archive_timeout}s is not below the RPO objective of {policy.sla.rpo}s"
+                )
+        if "incremental" in policy.schedules:
+            if facts.major < 17:
+                found.append(
+                    f"PostgreSQL {facts.version} cannot take the incremental backups "
+                    "schedules.incremental asks for (PostgreSQL 17+)"
+                )
+            elif facts.summarize_wal != "on":
+                found.append(
+                    f"summarize_wal is {facts.summarize_wal or 'off'}: incremental backups "
+                    "(schedules.incremental) need it on"
+                )
+        if facts.max_wal_senders < 2:
+            found.append(
+                f"max_wal_senders is {facts.max_wal_senders}; backups need at least 1 free (2 recommended)"
+            )
+        result[t.name] = found
+    return result

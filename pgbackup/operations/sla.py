@@ -1,0 +1,650 @@
+"""SLA compliance: the policy's objectives against the repository's own records.
+
+The arithmetic (``rpo_section`` ... ``overall``) is pure: plain numbers, datetimes and
+dicts in, a section out — tested without a server. ``build_report`` gathers the evidence
+(run records of backups, verifications and checks, drill results, archived WAL times,
+the recoverable window, the recoverability timeline of ``pgbackup.operations.recoverability``) and
+``render_*`` turn a report into Markdown, JSON or a self-contained HTML page
+(``pgbackup.operations.report``: Jinja2 templates, matplotlib charts inlined as SVG, no network).
+
+Each section and each target get a verdict: COMPLIANT, AT RISK or BREACHED, with reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+COMPLIANT, AT_RISK, BREACHED = "COMPLIANT", "AT RISK", "BREACHED"
+_RANK = {COMPLIANT: 0, AT_RISK: 1, BREACHED: 2}
+GRACE = timedelta(minutes=30)
+NEAR = 0.8  # measured above 80 % of an objective is AT RISK
+
+
+def worst(verdicts: Iterable[str]) -> str:
+    out = COMPLIANT
+    for v in verdicts:
+        if _RANK[v] > _RANK[out]:
+            out = v
+    return out
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s:.1f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}m"
+    if s < 172800:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def _ts(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _text(t: datetime) -> str:
+    """A point in time as a reader wants it in a reason: UTC, seconds, no microseconds."""
+    return t.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- pure sections
+
+
+def rpo_section(
+    rpo: int | None, checks: list[dict[str, Any]], wal_times: list[datetime]
+) -> dict[str, Any]:
+    """Objective vs measured exposure at each check, and the largest archive gap.
+
+    ``checks``: check records (``checked_at``, ``rpo_exposure_seconds``,
+    ``wal_last_archived_age_seconds``). ``wal_times``: when each archived segment arrived.
+    A check that saw more exposure than the objective is a breach; an archive gap longer
+    than the objective is a risk (it may be an idle period, or unnoticed loss).
+    """
+    exposures = [
+        (float(c["rpo_exposure_seconds"]), c.get("checked_at") or c.get("recorded_at"))
+        for c in checks
+        if c.get("rpo_exposure_seconds") is not None
+    ]
+    ages = [
+        float(c["wal_last_archived_age_seconds"])
+        for c in checks
+        if c.get("wal_last_archived_age_seconds") is not None
+    ]
+    times = sorted(wal_times)
+    gap, gap_at = 0.0, None
+    for a, b in zip(times, times[1:], strict=False):
+        d = (b - a).total_seconds()
+        if d > gap:
+            gap, gap_at = d, a
+    worst_exposure = max(exposures, default=(None, None), key=lambda e: e[0] or 0)
+    out: dict[str, Any] = {
+        "objective_seconds": rpo,
+        "checks": len(checks),
+        "worst_exposure_seconds": worst_exposure[0],
+        "worst_exposure_at": worst_exposure[1],
+        "worst_archived_wal_age_seconds": max(ages) if ages else None,
+        "largest_archive_gap_seconds": gap if len(times) > 1 else None,
+        "largest_archive_gap_after": _text(gap_at) if gap_at else None,
+        "segments_archived": len(times),
+        "reasons": [],
+    }
+    reasons: list[str] = out["reasons"]
+    if rpo is None:
+        out["verdict"] = COMPLIANT
+        reasons.append("no RPO declared")
+        return out
+    verdict = COMPLIANT
+    breaches = [e for e in exposures if e[0] > rpo]
+    if breaches:
+        verdict = BREACHED
+        reasons.append(
+            f"RPO breached at {len(breaches)} check(s): worst exposure {fmt_seconds(worst_exposure[0])} "
+            f"at {worst_exposure[1]} against an objective of {fmt_seconds(rpo)}"
+        )
+    elif exposures and worst_exposure[0] is not None and worst_exposure[0] > NEAR * rpo:
+        verdict = AT_RISK
+        reasons.append(
+            f"worst exposure {fmt_seconds(worst_exposure[0])} is close to the objective {fmt_seconds(rpo)}"
+        )
+    if not exposures:
+        verdict = worst([verdict, AT_RISK])
+        reasons.append("no check measured the RPO in the period (schedule `pgbackup check`)")
+    if gap > rpo and len(times) > 1:
+        # Idle servers archive nothing, so a gap alone proves no loss: it counts only
+        # when no check measured the exposure; otherwise it is a note.
+        if not exposures:
+            verdict = worst([verdict, AT_RISK])
+        reasons.append(
+            f"largest gap between archived segments {fmt_seconds(gap)} exceeds {fmt_seconds(rpo)} "
+            "(an idle server, or WAL that was not archived in time)"
+        )
+    verdict = worst([verdict, _host_loss(rpo, checks, out)])
+    if verdict == COMPLIANT:
+        reasons.insert(
+            0,
+            f"worst exposure {fmt_seconds(worst_exposure[0] or 0)} within {fmt_seconds(rpo)} over {len(checks)} check(s)",
+        )
+    out["verdict"] = verdict
+    return out
+
+
+def _host_loss(rpo: int, checks: list[dict[str, Any]], out: dict[str, Any]) -> str:
+    """The RPO when the host is lost with its local repository: restoring from the upload
+    destination that was least behind (``offsite_lag_seconds`` of each check record, from
+    pgbackup/engine/shipper.py). No uploads recorded: nothing to judge here (COMPLIANT)."""
+    measured: list[tuple[float, Any]] = []
+    blind = 0
+    for c in checks:
+        lags = c.get("offsite_lag_seconds")
+        if not lags:
+            continue
+        known = [float(v) for v in lags.values() if v is not None]
+        at = c.get("checked_at") or c.get("recorded_at")
+        if known:
+            local = float(c.get("rpo_exposure_seconds") or 0)
+            measured.append((max(local, min(known)), at))
+        else:
+            blind += 1
+    if not measured and not blind:
+        return COMPLIANT
+    worst_off = max(measured, default=(None, None), key=lambda e: e[0] or 0)
+    out["host_loss_worst_exposure_seconds"] = worst_off[0]
+    out["host_loss_worst_exposure_at"] = worst_off[1]
+    reasons: list[str] = out["reasons"]
+    verdict = COMPLIANT
+    if worst_off[0] is not None and worst_off[0] > rpo:
+        verdict = BREACHED
+        reasons.append(
+            f"host loss (restoring from an upload destination): worst exposure "
+            f"{fmt_seconds(worst_off[0])} at {worst_off[1]} against {fmt_seconds(rpo)} "
+            "(archived WAL had not reached any destination; run `pgbackup wal-ship`)"
+        )
+    elif worst_off[0] is not None and worst_off[0] > NEAR * rpo:
+        verdict = AT_RISK
+        reasons.append(
+            f"host loss: worst exposure {fmt_seconds(worst_off[0])} restoring from an upload "
+            f"destination is close to {fmt_seconds(rpo)}"
+        )
+    if blind:
+        verdict = worst([verdict, AT_RISK])  # unknown, not measured as lost
+        reasons.append(f"host loss: no upload destination was reachable at {blind} check(s)")
+    return verdict
+
+
+def rto_section(
+    rto: int | None, drills: list[dict[str, Any]], database_bytes: float | None
+) -> dict[str, Any]:
+    """Objective vs measured drill times, and a projection for the current database size."""
+    good = [d for d in drills if d.get("status") == "ok" and d.get("rto_seconds") is not None]
+    failed = [d for d in drills if d.get("status") != "ok"]
+    measured = [float(d["rto_seconds"]) for d in good]
+    projection = None
+    if good and database_bytes:
+        last = good[-1]
+        tp = last.get("restore_throughput_bytes_per_second")
+        if tp:
+            t = last.get("timings") or {}
+            fixed = (
+                float(t.get("fetch", 0)) + float(t.get("recovery", 0)) + float(t.get("checks", 0))
+            )
+            projection = round(float(database_bytes) / float(tp) + fixed, 1)
+    out: dict[str, Any] = {
+        "objective_seconds": rto,
+        "drills": len(drills),
+        "drills_ok": len(good),
+        "drills_failed": len(failed),
+        "measured_seconds": measured,
+        "worst_seconds": max(measured) if measured else None,
+        "latest_seconds": measured[-1] if measured else None,
+        "projected_seconds": projection,
+        "database_bytes": database_bytes,
+        "reasons": [],
+    }
+    reasons: list[str] = out["reasons"]
+    verdict = COMPLIANT
+    if drills and drills[-1].get("status") != "ok":
+        verdict = BREACHED
+        reasons.append(
+            f"the latest drill ({drills[-1].get('started_at')}) failed: {drills[-1].get('error')}"
+        )
+    elif failed:
+        verdict = AT_RISK
+        reasons.append(f"{len(failed)} drill(s) failed in the period")
+    if rto is not None:
+        over = [m for m in measured if m > rto]
+        if over:
+            verdict = BREACHED
+            reasons.append(
+                f"{len(over)} drill(s) took longer than the objective {fmt_seconds(rto)} (worst {fmt_seconds(max(over))})"
+            )
+        elif measured and max(measured) > NEAR * rto:
+            verdict = worst([verdict, AT_RISK])
+            reasons.append(
+                f"worst drill {fmt_seconds(max(measured))} is close to the objective {fmt_seconds(rto)}"
+            )
+        if projection is not None and projection > rto:
+            verdict = worst([verdict, AT_RISK])
+            reasons.append(
+                f"projected restore time for the current size {fmt_seconds(projection)} exceeds {fmt_seconds(rto)}"
+            )
+    if not good:
+        verdict = worst([verdict, AT_RISK])
+        reasons.append("no successful drill measured the RTO in the period (run `pgbackup drill`)")
+    if verdict == COMPLIANT:
+        reasons.append(
+            f"worst drill {fmt_seconds(out['worst_seconds'])} within {fmt_seconds(rto)}"
+            if rto is not None
+            else "no RTO declared"
+        )
+    out["verdict"] = verdict
+    return out
+
+
+def scheduled_times(expression: str, start: datetime, end: datetime) -> list[datetime]:
+    from croniter import croniter
+
+    it = croniter(expression, start)
+    out: list[datetime] = []
+    while len(out) < 10000:
+        t = it.get_next(datetime)
+        if t > end:
+            break
+        out.append(t)
+    return out
+
+
+def frequency_section(
+    expression: str | None,
+    backup_times: list[datetime],
+    period_start: datetime,
+    now: datetime,
+) -> dict[str, Any]:
+    """Gaps between successful backups vs the schedule; scheduled runs with no backup."""
+    times = sorted(t for t in backup_times if t >= period_start)
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    missed: list[str] = []
+    interval = None
+    if expression:
+        due = scheduled_times(expression, period_start, now - GRACE)
+        bounds = [*due, now]
+        for t, nxt in zip(due, bounds[1:], strict=False):
+            if not any(t <= b < nxt for b in times):
+                missed.append(t.isoformat())
+        probe = scheduled_times(expression, now, now + timedelta(days=400))[:2]
+        if len(probe) == 2:
+            interval = (probe[1] - probe[0]).total_seconds()
+    out: dict[str, Any] = {
+        "schedule": expression,
+        "successful_backups": len(times),
+        "largest_gap_seconds": max(gaps) if gaps else None,
+        "interval_seconds": interval,
+        "missed_runs": missed,
+        "reasons": [],
+    }
+    reasons: list[str] = out["reasons"]
+    if not backup_times:
+        out["verdict"] = BREACHED
+        reasons.append("no successful backup at all")
+        return out
+    verdict = COMPLIANT
+    if missed:
+        verdict = AT_RISK
+        reasons.append(f"{len(missed)} scheduled backup run(s) produced no backup")
+    if verdict == COMPLIANT:
+        reasons.append(f"{len(times)} successful backup(s), no scheduled run missed")
+    out["verdict"] = verdict
+    return out
+
+
+def retention_section(
+    days: int,
+    earliest_restorable: datetime | None,
+    first_seen: datetime | None,
+    backups_held: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """The policy promises `days` of history; does the repository hold that far back?"""
+    promised_from = now - timedelta(days=days)
+    out: dict[str, Any] = {
+        "promised_days": days,
+        "promised_from": _text(promised_from),
+        "oldest_restorable": _text(earliest_restorable) if earliest_restorable else None,
+        "backups_held": backups_held,
+        "reasons": [],
+    }
+    reasons: list[str] = out["reasons"]
+    if earliest_restorable is None:
+        out["verdict"] = BREACHED
+        reasons.append("nothing is restorable")
+        return out
+    if earliest_restorable <= promised_from:
+        out["verdict"] = COMPLIANT
+        reasons.append(f"restorable back to {_text(earliest_restorable)} ({days}d promised)")
+    elif first_seen is not None and first_seen > promised_from - GRACE:
+        out["verdict"] = COMPLIANT
+        reasons.append(
+            f"the repository is younger than the {days}-day retention; everything since {_text(earliest_restorable)} is kept"
+        )
+    else:
+        out["verdict"] = AT_RISK
+        reasons.append(
+            f"the oldest restorable point {_text(earliest_restorable)} is newer than the promised {_text(promised_from)}"
+        )
+    return out
+
+
+def outcomes_section(
+    verify_runs: list[dict[str, Any]], drills: list[dict[str, Any]]
+) -> dict[str, Any]:
+    ok = sum(1 for r in verify_runs if r.get("status") == "ok")
+    bad = [r for r in verify_runs if r.get("status") != "ok"]
+    out: dict[str, Any] = {
+        "verify_ok": ok,
+        "verify_failed": len(bad),
+        "drills_ok": sum(1 for d in drills if d.get("status") == "ok"),
+        "drills_failed": sum(1 for d in drills if d.get("status") != "ok"),
+        "drills": [
+            {
+                "started_at": d.get("started_at"),
+                "status": d.get("status"),
+                "backup_id": d.get("backup_id"),
+                "rto_seconds": d.get("rto_seconds"),
+                "error": d.get("error"),
+            }
+            for d in drills
+        ],
+        "reasons": [],
+    }
+    verdict = COMPLIANT
+    if verify_runs and verify_runs[-1].get("status") != "ok":
+        verdict = AT_RISK
+        out["reasons"].append("the latest verification found problems")
+    elif bad:
+        out["reasons"].append(f"{len(bad)} verification(s) failed earlier in the period")
+    if not verify_runs:
+        out["reasons"].append("no verification in the period")
+    out["verdict"] = verdict
+    return out
+
+
+def archive_section(window: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Is the WAL archive whole inside the recoverable window?
+
+    A hole cuts the window (its end is the last point before the hole, whatever was
+    archived after it); a segment that is there but unreadable or damaged is found by
+    ``check`` (which decodes every archived file) and counts while the newest check in
+    the period still sees it.
+    """
+    reasons: list[str] = []
+    if window.get("wal_gaps"):
+        reasons.append(window.get("cut_reason") or f"WAL gap at {window['wal_gaps'][0]}")
+    newest = checks[-1] if checks else None
+    damaged = [p for p in (newest or {}).get("problems", []) if p.startswith("wal_chain:")]
+    for problem in damaged:
+        text = f"the newest check ({newest.get('checked_at') if newest else '-'}) found {problem}"
+        if not any(g in problem for g in window.get("wal_gaps", [])) or not reasons:
+            reasons.append(text)
+    if reasons:
+        return {"verdict": BREACHED, "reasons": reasons, "wal_gaps": window.get("wal_gaps", [])}
+    return {
+        "verdict": COMPLIANT,
+        "reasons": ["the archive is continuous across the recoverable window"],
+        "wal_gaps": [],
+    }
+
+
+def overall(sections: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
+    verdict = worst(s["verdict"] for s in sections.values())
+    reasons = [
+        f"{name.upper()}: {r}"
+        for name, s in sections.items()
+        if s["verdict"] != COMPLIANT
+        for r in s["reasons"]
+    ]
+    return verdict, reasons
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def build_report(
+    policy: Any,
+    repo: Any,
+    target: Any,
+    since: int,
+    now: datetime | None = None,
+    *,
+    timeline: bool = True,
+) -> dict[str, Any]:
+    """The report of one target over the last ``since`` seconds.
+
+    ``timeline``: also draw up the recoverability timeline (which reads every upload
+    destination); the exporter reads those on their own and leaves it out."""
+    from pgbackup.engine.inventory import recoverable_window
+    from pgbackup.engine.wal import is_wal_name
+    from pgbackup.operations.monitor import drill_records
+
+    now = now or datetime.now(UTC)
+    start = now - timedelta(seconds=since)
+
+    def in_period(rec: dict[str, Any], *keys: str) -> bool:
+        for k in keys:
+            t = _ts(rec.get(k))
+            if t is not None:
+                return t >= start
+        return False
+
+    all_runs = list(repo.runs(target.name))
+    checks = [
+        r
+        for r in all_runs
+        if r.get("kind") == "check" and in_period(r, "checked_at", "recorded_at")
+    ]
+    verifies = [r for r in all_runs if r.get("kind") == "verify" and in_period(r, "recorded_at")]
+    backup_runs = [
+        r
+        for r in all_runs
+        if r.get("kind") == "backup" and in_period(r, "started_at", "recorded_at")
+    ]
+    drills = [d for d in drill_records(repo, target.name) if in_period(d, "started_at")]
+    complete = repo.complete_backups(target.name)
+    wal_times = []
+    for obj in repo.storage.list(f"{target.name}/wal/"):
+        name = obj.key.rsplit("/", 1)[-1][:24]
+        if is_wal_name(name) and obj.mtime >= start.timestamp():
+            wal_times.append(datetime.fromtimestamp(obj.mtime, UTC))
+    backup_times = [_ts(b.metadata.get("start_time")) for b in complete]
+    backup_times += [_ts(r.get("started_at")) for r in backup_runs if r.get("status") == "ok"]
+    times = sorted({t for t in backup_times if t is not None})
+    firsts = [t for t in [*(_ts(r.get("recorded_at")) for r in all_runs), *times] if t is not None]
+    first_seen = min(firsts) if firsts else None
+    period_start = max(start, first_seen) if first_seen else start
+    database_bytes = next(
+        (float(c["database_bytes"]) for c in reversed(checks) if c.get("database_bytes")),
+        float(complete[-1].metadata.get("raw_bytes") or 0) if complete else None,
+    )
+    window = recoverable_window(repo, policy, target.name) if complete else {}
+    sections = {
+        "rpo": rpo_section(policy.sla.rpo, checks, wal_times),
+        "rto": rto_section(policy.sla.rto, drills, database_bytes),
+        "backups": frequency_section(policy.schedules.get("backup"), times, period_start, now),
+        "retention": retention_section(
+            policy.retention.days, _ts(window.get("earliest_time")), first_seen, len(complete), now
+        ),
+        "verification": outcomes_section(verifies, drills),
+        "archive": archive_section(window, checks),
+    }
+    verdict, reasons = overall(sections)
+    recoverability = None
+    if timeline:
+        from pgbackup.operations.recoverability import build_timeline
+
+        recoverability = build_timeline(
+            policy, repo, target.name, start, now, window=window or None, drills=drills
+        )
+    return {
+        "target": target.name,
+        "generated_at": now.isoformat(),
+        "period_start": start.isoformat(),
+        "period_seconds": since,
+        "verdict": verdict,
+        "reasons": reasons,
+        "sections": sections,
+        "window": window,
+        "timeline": recoverability,
+        "series": {
+            "backups": [
+                {
+                    "backup_id": b.backup_id,
+                    "start_time": b.metadata.get("start_time"),
+                    "duration_seconds": b.metadata.get("duration_seconds"),
+                    "stored_bytes": b.metadata.get("stored_bytes"),
+                    "raw_bytes": b.metadata.get("raw_bytes"),
+                }
+                for b in complete
+                if in_period(b.metadata, "start_time")
+            ],
+            "drills": [
+                {
+                    "started_at": d.get("started_at"),
+                    "rto_seconds": d.get("rto_seconds"),
+                    "status": d.get("status"),
+                }
+                for d in drills
+            ],
+        },
+    }
+
+
+def build_reports(policy: Any, repo: Any, targets: list[Any], since: int) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {t.name: build_report(policy, repo, t, since, now) for t in targets}
+
+
+# --------------------------------------------------------------------------- rendering
+
+AREA_TITLES = {  # one title per SLA area, for every rendering
+    "rpo": "RPO (recovery point)",
+    "rto": "RTO (recovery time)",
+    "backups": "Backup frequency",
+    "retention": "Retention",
+    "verification": "Verification and drills",
+    "archive": "WAL archive continuity",
+}
+
+
+def _measure(name: str, s: dict[str, Any]) -> str:
+    if name == "rpo":
+        return (
+            f"objective {fmt_seconds(s['objective_seconds'])}; worst exposure {fmt_seconds(s['worst_exposure_seconds'])} "
+            f"over {s['checks']} check(s); largest archive gap {fmt_seconds(s['largest_archive_gap_seconds'])}"
+        )
+    if name == "rto":
+        return (
+            f"objective {fmt_seconds(s['objective_seconds'])}; drills {s['drills_ok']} ok / {s['drills_failed']} failed; "
+            f"worst {fmt_seconds(s['worst_seconds'])}, latest {fmt_seconds(s['latest_seconds'])}; "
+            f"projected for the current size {fmt_seconds(s['projected_seconds'])}"
+        )
+    if name == "backups":
+        return (
+            f"schedule {s['schedule'] or '-'}; {s['successful_backups']} successful; largest gap "
+            f"{fmt_seconds(s['largest_gap_seconds'])}; missed runs: {len(s['missed_runs'])}"
+        )
+    if name == "archive":
+        gaps = s.get("wal_gaps") or []
+        return f"{len(gaps)} hole(s) in the window" + (f", first {gaps[0]}" if gaps else "")
+    if name == "retention":
+        return f"{s['promised_days']} days promised; oldest restorable {s['oldest_restorable'] or '-'}; {s['backups_held']} backup(s) held"
+    return f"verify {s['verify_ok']} ok / {s['verify_failed']} failed; drills {s['drills_ok']} ok / {s['drills_failed']} failed"
+
+
+def render_markdown(reports: dict[str, Any]) -> str:
+    lines = ["# pgbackup SLA compliance report", ""]
+    for name, r in reports.items():
+        lines += [
+            f"## Target `{name}`: **{r['verdict']}**",
+            "",
+            f"Period: {r['period_start']} to {r['generated_at']}",
+            "",
+        ]
+        for reason in r["reasons"]:
+            lines.append(f"- {reason}")
+        if r["reasons"]:
+            lines.append("")
+        lines += ["| Area | Verdict | Measured | Reasons |", "|---|---|---|---|"]
+        for key, s in r["sections"].items():
+            reasons = "; ".join(s["reasons"]).replace("|", "\\|")
+            lines.append(
+                f"| {AREA_TITLES[key]} | {s['verdict']} | {_measure(key, s)} | {reasons} |"
+            )
+        missed = r["sections"]["backups"]["missed_runs"]
+        if missed:
+            lines += ["", "Missed backup runs: " + ", ".join(missed[:50])]
+        drills = r["sections"]["verification"]["drills"]
+        if drills:
+            lines += ["", "| Drill | Status | Backup | RTO | Error |", "|---|---|---|---|---|"]
+            for d in drills:
+                lines.append(
+                    f"| {d['started_at']} | {d['status']} | {d['backup_id']} | {fmt_seconds(d['rto_seconds'])} | {d['error'] or ''} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_json(reports: dict[str, Any]) -> str:
+    return json.dumps(reports, indent=2, sort_keys=True, default=str)
+
+
+def render_html(reports: dict[str, Any]) -> str:
+    """One self-contained HTML page (Jinja2 templates, matplotlib charts inlined as SVG)."""
+    from pgbackup.operations.report import render_html as render_page
+
+    return render_page(reports)
+
+
+def render(reports: dict[str, Any], fmt: str) -> str:
+    if fmt == "md":
+        return render_markdown(reports)
+    if fmt == "json":
+        return render_json(reports)
+    if fmt == "html":
+        return render_html(reports)
+    from pgbackup.errors import UsageError
+
+    raise UsageError(f"--format {fmt!r}: use md, json or html")
+
+
+def render_sla_for_demo(policy: Any, console: Any, *, html: Any = None) -> None:
+    """The last step of ``invoke demo``: the sandbox's SLA verdicts, in the terminal, and
+    the HTML report (with its recoverability timeline) in the file ``html``."""
+    from rich.table import Table
+
+    from pgbackup.engine.repository import Repository
+    from pgbackup.storage import open_storage
+
+    repo = Repository(open_storage(policy.repository))
+    reports = build_reports(policy, repo, list(policy.targets.values()), 30 * 86400)
+    for name, r in reports.items():
+        table = Table(title=f"SLA of {name}: {r['verdict']}", title_justify="left")
+        for col in ("area", "verdict", "measured"):
+            table.add_column(col)
+        for key, s in r["sections"].items():
+            style = {COMPLIANT: "green", AT_RISK: "yellow", BREACHED: "red"}[s["verdict"]]
+            table.add_row(AREA_TITLES[key], f"[{style}]{s['verdict']}[/]", _measure(key, s))
+        console.print(table)
+        for reason in r["reasons"]:
+            console.print(f"  - {reason}")
+    if html is not None:
+        html.write_text(render_html(reports))
+        console.print(f"   the HTML report, with the recoverability timeline: {html}")

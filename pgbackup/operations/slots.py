@@ -1,0 +1,210 @@
+"""Slot health for ``check``: the receiver's slot, its lag, and slots nobody uses.
+
+A physical slot makes the server keep every WAL file its consumer has not confirmed; with
+``max_slot_wal_keep_size`` set, PostgreSQL invalidates a slot that falls further behind
+(``wal_status`` goes ``extended`` -> ``unreserved`` -> ``lost``; ``safe_wal_size`` is
+"the number of bytes that can be written to WAL such that this slot is not in danger of
+getting in state lost", PostgreSQL's pg_replication_slots documentation). Without it, a
+stalled receiver fills the server's disk instead. Lag is measured against
+``pg_current_wal_lsn()`` (how much WAL the repository lacks), not from whether the slot
+moved, which looks stalled on an idle server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgbackup.operations.monitor import CRITICAL, OK, WARNING, Check, human_age
+
+SLOT_SQL = (
+    "SELECT s.slot_name, s.slot_type, s.active, s.wal_status, s.safe_wal_size, "
+    "pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, "
+    "pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(r.write_lsn, s.restart_lsn))::bigint, "
+    "extract(epoch FROM r.write_lag), extract(epoch FROM now() - r.reply_time), "
+    "r.sync_state "
+    "FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid "
+    "WHERE NOT s.temporary"
+)
+
+
+def slot_facts(conninfo: dict[str, Any]) -> tuple[list[dict[str, Any]], int | None]:
+    """Every permanent slot of the server and ``max_slot_wal_keep_size`` in bytes (None: -1)."""
+    from pgbackup.postgres.connection import connect
+
+    keys = (
+        "slot",
+        "type",
+        "active",
+        "wal_status",
+        "safe_wal_size",
+        "retained_bytes",
+        "lag_bytes",
+        "write_lag",
+        "reply_age",
+        "sync_state",
+    )
+    with connect(conninfo) as conn:
+        rows = conn.execute(SLOT_SQL).fetchall()
+        keep = conn.execute(
+            "SELECT setting::bigint * 1024 * 1024 FROM pg_settings "
+            "WHERE name = 'max_slot_wal_keep_size' AND setting <> '-1'"
+        ).fetchone()
+    return [dict(zip(keys, r, strict=True)) for r in rows], int(keep[0]) if keep else None
+
+
+def lag_seconds(slot: dict[str, Any]) -> float:
+    """How old the newest WAL the receiver lacks is, as the server sees it: 0 when caught up."""
+    if not slot.get("active"):
+        return float("inf")
+    if not slot.get("lag_bytes"):
+        return 0.0
+    for key in ("write_lag", "reply_age"):
+        if slot.get(key) is not None:
+            return float(slot[key])
+    return 0.0
+
+
+def receiver_checks(
+    policy: Any, target: Any, slots: list[dict[str, Any]], keep: int | None
+) -> tuple[list[Check], dict[str, float]]:
+    """The receiver's slot: present, streaming, how far behind, how close to invalidation."""
+    from pgbackup.ui import human_bytes
+
+    name = target.wal_receiver["slot"]
+    metrics: dict[str, float] = {}
+    slot = next((s for s in slots if s["slot"] == name), None)
+    if slot is None:
+        return [
+            Check(
+                "wal_receiver",
+                CRITICAL,
+                f"replication slot {name!r} does not exist (dropped?): WAL written since is not "
+                "streamed; start `pgbackup wal-receive` (it creates the slot) and take a backup",
+            )
+        ], {"receiver_running": 0.0}
+    checks: list[Check] = []
+    status = slot.get("wal_status")
+    retained = int(slot.get("retained_bytes") or 0)
+    metrics["slot_retained_bytes"] = float(retained)
+    metrics["receiver_running"] = 1.0 if slot["active"] else 0.0
+    if status == "lost":
+        checks.append(
+            Check(
+                "wal_receiver_slot",
+                CRITICAL,
+                f"slot {name!r} is lost: the server removed WAL it had not streamed "
+                f"(max_slot_wal_keep_size); drop and recreate it and take a backup",
+            )
+        )
+    elif status == "unreserved" or (
+        keep and slot.get("safe_wal_size") is not None and slot["safe_wal_size"] < keep // 4
+    ):
+        safe = slot.get("safe_wal_size")
+        checks.append(
+            Check(
+                "wal_receiver_slot",
+                CRITICAL,
+                f"slot {name!r} is {status}: {human_bytes(max(0, int(safe or 0)))} of WAL "
+                "left before PostgreSQL invalidates it (and drops the WAL it holds)",
+                float(safe or 0),
+            )
+        )
+    elif status == "extended" or (
+        keep and slot.get("safe_wal_size") is not None and slot["safe_wal_size"] < keep // 2
+    ):
+        checks.append(
+            Check(
+                "wal_receiver_slot",
+                WARNING,
+                f"slot {name!r} holds {human_bytes(retained)} of WAL ({status}); "
+                f"{human_bytes(int(slot.get('safe_wal_size') or 0))} left before PostgreSQL "
+                "invalidates it"
+                if keep
+                else f"slot {name!r} holds {human_bytes(retained)} of WAL beyond max_wal_size",
+                float(retained),
+            )
+        )
+    else:
+        limit = (
+            f"{human_bytes(int(slot['safe_wal_size']))} left before invalidation"
+            if keep and slot.get("safe_wal_size") is not None
+            else "no max_slot_wal_keep_size: a stalled receiver fills the server's disk"
+        )
+        checks.append(
+            Check(
+                "wal_receiver_slot",
+                OK,
+                f"slot {name!r} {status}, holds {human_bytes(retained)}; {limit}",
+                float(retained),
+            )
+        )
+    if slot.get("safe_wal_size") is not None:
+        metrics["slot_safe_wal_bytes"] = float(slot["safe_wal_size"])
+    if not slot["active"]:
+        checks.append(
+            Check(
+                "wal_receiver",
+                CRITICAL,
+                f"wal-receive is not running: slot {name!r} is inactive, "
+                f"{human_bytes(retained)} of WAL not streamed",
+                float(retained),
+            )
+        )
+        metrics["receiver_lag_bytes"] = float(retained)
+        return checks, metrics
+    lag = int(slot.get("lag_bytes") or 0)
+    seconds = lag_seconds(slot)
+    metrics["receiver_lag_bytes"] = float(lag)
+    metrics["receiver_lag_seconds"] = seconds
+    rpo = policy.sla.rpo
+    state = OK
+    if rpo is not None and seconds > rpo:
+        state = CRITICAL
+    elif rpo is not None and seconds > rpo / 2:
+        state = WARNING
+    mode = f", {slot.get('sync_state')}" if slot.get("sync_state") else ""
+    checks.append(
+        Check(
+            "wal_receiver",
+            state,
+            f"wal-receive streaming on {name!r}{mode}: {human_bytes(lag)} / "
+            f"{human_age(seconds)} behind pg_current_wal_lsn()",
+            seconds,
+        )
+    )
+    return checks, metrics
+
+
+def stray_slot_checks(policy: Any, slots: list[dict[str, Any]]) -> list[Check]:
+    """Inactive slots no target of the policy streams from: each keeps WAL on the server
+    for nobody (a removed target's receiver, an abandoned standby)."""
+    from pgbackup.ui import human_bytes
+
+    ours = {t.wal_receiver["slot"] for t in policy.targets.values() if t.wal_receiver}
+    stray = [s for s in slots if not s["active"] and s["slot"] not in ours]
+    if not stray:
+        return []
+    text = "; ".join(
+        f"{s['slot']} holds {human_bytes(int(s.get('retained_bytes') or 0))}" for s in stray
+    )
+    return [
+        Check(
+            "stray_slots",
+            WARNING,
+            f"inactive replication slot(s) no target uses: {text} "
+            "(if nothing needs one: SELECT pg_drop_replication_slot('NAME'))",
+            float(len(stray)),
+        )
+    ]
+
+
+def slot_checks(
+    policy: Any, target: Any, conninfo: dict[str, Any]
+) -> tuple[list[Check], dict[str, float]]:
+    """All slot checks of one target's server."""
+    slots, keep = slot_facts(conninfo)
+    checks: list[Check] = []
+    metrics: dict[str, float] = {}
+    if target.wal_receiver:
+        checks, metrics = receiver_checks(policy, target, slots, keep)
+    return checks + stray_slot_checks(policy, slots), metrics
