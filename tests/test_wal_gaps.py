@@ -8,7 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgbackup.engine.wal import later_archived
-from pgbackup.interface.console import EXIT_ABORT_RECOVERY, EXIT_FETCH_FAILED, fetch_failure_status
+from pgbackup.interface.wal_commands import (
+    EXIT_ABORT_RECOVERY,
+    EXIT_FETCH_FAILED,
+    fetch_failure_status,
+)
 from pgbackup.operations.sla import BREACHED, COMPLIANT, archive_section
 from pgbackup.storage.posix import PosixStorage
 

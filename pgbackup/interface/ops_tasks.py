@@ -1,6 +1,6 @@
 """Operations tasks: check, drill, sla-report, exporter and the schedule collection.
 
-``pgbackup.interface.tasks`` calls ``register(ns)`` at import. Tasks stay thin: flags in, engine
+``pgbackup.interface.collection`` calls ``register(ns)``. Tasks stay thin: flags in, engine
 call, rendering out.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from invoke import Collection, task
 from invoke.exceptions import Exit
 
-from pgbackup.interface.tasks import (
+from pgbackup.interface.taskkit import (
     CONFIG_HELP,
     command,
     console,

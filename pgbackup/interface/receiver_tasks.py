@@ -9,7 +9,7 @@ from invoke import Collection, task
 
 from pgbackup.engine.uploads import UploadError
 from pgbackup.errors import UsageError
-from pgbackup.interface.tasks import CONFIG_HELP, command, load
+from pgbackup.interface.taskkit import CONFIG_HELP, command, load
 
 
 @task(

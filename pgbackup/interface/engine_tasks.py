@@ -1,104 +1,30 @@
-"""The Invoke collection: parse flags -> call the engine -> render.
+"""The engine's commands as tasks: validate, plan, backup, list, verify, restore, cleanup,
+wal-push/wal-fetch, the sandbox, the demo. Parse flags, call the engine, render.
 
-``invoke <task>`` (through the root ``tasks.py``) and the ``pgbackup`` console script
-run this same collection. Tasks stay thin: every decision lives in the engine modules,
-so it is tested there, not through ``c.run`` mocks.
+``invoke <task>`` (through the root ``tasks.py``) and the ``pgbackup`` console script run
+these same tasks. Every decision lives in the engine, so it is tested there.
 """
 
 from __future__ import annotations
 
-import functools
-import json as jsonlib
-import os
 import sys
-import traceback
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from invoke import Collection, task
 from invoke.exceptions import Exit
 
 from pgbackup.errors import PgBackupError, UsageError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def command(fn: F) -> F:
-    """Turn pgbackup errors into one clear message and an exit status, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PgBackupError as exc:
-            raise Exit(f"pgbackup: error: {exc}", code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise Exit("pgbackup: interrupted", code=130) from None
-        except Exit:
-            raise
-        except Exception as exc:  # a bug: say so plainly, keep the details in the log
-            from pgbackup.ui import LOG
-
-            LOG.debug("internal error\n%s", traceback.format_exc())
-            raise Exit(
-                f"pgbackup: internal error: {type(exc).__name__}: {exc}\n"
-                "  this is a bug in pgbackup; the traceback is in the log file",
-                code=70,
-            ) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def load(config: str | None, *, verbose: bool = False) -> Any:
-    """Find, load and validate the policy, then set up logging."""
-    from pgbackup.policy.config import find_config, load_policy_fast
-    from pgbackup.ui import setup_logging
-
-    # Validated in full, once per content (and referenced environment): a cache of hashes.
-    policy = load_policy_fast(find_config(config), for_wal=False)
-    setup_logging(policy, verbose=verbose)
-    return policy
-
-
-def repository(policy: Any) -> Any:
-    from pgbackup.engine.repository import Repository
-    from pgbackup.storage import open_storage
-
-    return Repository(open_storage(policy.repository))
-
-
-def targets(policy: Any, name: str | None) -> list[Any]:
-    """``--target NAME`` or every target of the policy."""
-    return [policy.target(name)] if name else list(policy.targets.values())
-
-
-def policy_now() -> datetime:
-    """Now, or the instant in $PGBACKUP_NOW: lets `plan`/`cleanup` answer "what on date X?"."""
-    override = os.environ.get("PGBACKUP_NOW")
-    if not override:
-        return datetime.now(UTC)
-    try:
-        value = datetime.fromisoformat(override.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"PGBACKUP_NOW={override!r} is not an ISO 8601 timestamp") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def emit_json(data: Any) -> None:
-    print(jsonlib.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def console() -> Any:
-    from rich.console import Console
-
-    # Wide enough for a listing when piped (cron mail, log files); a terminal sets its own.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-CONFIG_HELP = "policy file (default: $PGBACKUP_CONFIG, ./backup.yaml, /etc/pgbackup/backup.yaml)"
-
+from pgbackup.interface.taskkit import (
+    CONFIG_HELP,
+    command,
+    console,
+    emit_json,
+    load,
+    policy_now,
+    repository,
+    targets,
+)
 
 # --- validate & plan ------------------------------------------------------------------
 
@@ -484,7 +410,7 @@ def cleanup(
 )
 def wal_push(c: Any, path: str, config: str | None = None, target: str | None = None) -> None:
     """Archive one WAL file (archive_command = 'pgbackup wal-push --config ... %p')."""
-    from pgbackup.interface.console import wal_main
+    from pgbackup.interface.wal_commands import wal_main
 
     code = wal_main(
         ["wal-push", path]
@@ -500,7 +426,7 @@ def wal_fetch(
     c: Any, name: str, path: str, config: str | None = None, target: str | None = None
 ) -> None:
     """Fetch one WAL file (restore_command = 'pgbackup wal-fetch --config ... %f %p')."""
-    from pgbackup.interface.console import wal_main
+    from pgbackup.interface.wal_commands import wal_main
 
     code = wal_main(
         ["wal-fetch", name, path]
@@ -585,21 +511,11 @@ def demo(c: Any, config: str | None = None) -> None:
     run_demo(policy, console())
 
 
-sandbox = Collection("sandbox")
-sandbox.add_task(sandbox_up)
-sandbox.add_task(sandbox_down)
-sandbox.add_task(sandbox_status)
-
-ns = Collection()
-for t in (validate, plan, backup, list_, verify, restore, cleanup, wal_push, wal_fetch, demo):
-    ns.add_task(t)
-ns.add_collection(sandbox)
-
-
-from pgbackup.interface import ops_tasks  # noqa: E402  (check, drill, sla-report, schedule.*)
-
-ops_tasks.register(ns)
-
-from pgbackup.interface import receiver_tasks  # noqa: E402  (wal-receive)
-
-receiver_tasks.register(ns)
+def register(ns: Collection) -> None:
+    for t in (validate, plan, backup, list_, verify, restore, cleanup, wal_push, wal_fetch, demo):
+        ns.add_task(t)
+    sandbox = Collection("sandbox")
+    sandbox.add_task(sandbox_up)
+    sandbox.add_task(sandbox_down)
+    sandbox.add_task(sandbox_status)
+    ns.add_collection(sandbox)
