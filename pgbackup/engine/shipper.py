@@ -314,7 +314,7 @@ def destination_lag(policy: Any, source: Repository, target: str, name: str) -> 
     }
 
 
-def _probe(fn: Any, timeout: float) -> Any:
+def probe_within(fn: Any, timeout: float) -> Any:
     """``fn()`` in a thread, at most ``timeout`` seconds (a dead network hangs, not fails)."""
     box: dict[str, Any] = {}
 
@@ -330,62 +330,6 @@ def _probe(fn: Any, timeout: float) -> Any:
     if t.is_alive():
         return {"error": f"no answer within {timeout:g}s"}
     return box
-
-
-def offsite_checks(
-    policy: Any, source: Repository, target: str
-) -> list[tuple[str, str, str, float | None]]:
-    """(check name, status, summary, lag seconds) per upload destination for ``check``.
-
-    CRITICAL when the destination cannot be read or its lag exceeds ``sla.rpo`` (what a
-    lost host would lose, restoring from there), WARNING over half of it.
-    """
-    from pgbackup.operations.monitor import CRITICAL, OK, WARNING, human_age
-
-    rpo = policy.sla.rpo
-    out: list[tuple[str, str, str, float | None]] = []
-    shipping: dict[str, Any] = {}
-    with contextlib.suppress(Exception):
-        import json
-
-        status = json.loads(source.storage.read_bytes(f"{target}/{STATUS}"))
-        if time.time() - float(status["updated_at"]) < 3 * HEARTBEAT:  # a live shipper's
-            shipping = dict(status["destinations"])
-    for spec in policy.uploads or []:
-        name = str(spec.get("name"))
-        check = f"offsite_wal:{name}"
-        failing = shipping.get(name) or {}
-        if failing.get("error"):
-            since = time.time() - float(failing.get("failing_since") or time.time())
-            out.append(
-                (
-                    check,
-                    CRITICAL,
-                    f"{name} unreachable for wal-ship for {human_age(since)}: {failing['error']}",
-                    None,
-                )
-            )
-            continue
-        got = _probe(lambda name=name: destination_lag(policy, source, target, name), PROBE_TIMEOUT)
-        if "error" in got:
-            out.append((check, CRITICAL, f"{name} unreachable: {got['error']}", None))
-            continue
-        lag = got["value"]
-        seconds = float(lag["lag_seconds"])
-        if not lag["missing"]:
-            out.append((check, OK, f"{name} holds every archived WAL file", 0.0))
-            continue
-        text = (
-            f"{name} lacks {lag['missing']} archived WAL file(s) from {lag['oldest_missing']}, "
-            f"{human_age(seconds)} behind"
-        )
-        if rpo is None:
-            status = OK
-        else:
-            status = CRITICAL if seconds > rpo else WARNING if seconds > rpo / 2 else OK
-            text += f" (RPO {human_age(rpo)}; run `pgbackup wal-ship`)" if status != OK else ""
-        out.append((check, status, text, seconds))
-    return out
 
 
 def destination_windows(policy: Any, source: Repository, target: str) -> dict[str, dict[str, Any]]:
@@ -405,6 +349,6 @@ def destination_windows(policy: Any, source: Repository, target: str) -> dict[st
             window["lag_seconds"] = destination_lag(policy, source, target, name)["lag_seconds"]
             return window
 
-        got = _probe(read, PROBE_TIMEOUT)
+        got = probe_within(read, PROBE_TIMEOUT)
         out[name] = got["value"] if "value" in got else {"error": got["error"]}
     return out

@@ -449,7 +449,7 @@ def check_target(
 
     # WAL at each upload destination: what a lost host would lose (pgbackup/engine/shipper.py).
     if policy.uploads:
-        from pgbackup.engine.shipper import offsite_checks
+        from pgbackup.operations.offsite_checks import offsite_checks
 
         for name, status, text, lag in offsite_checks(policy, repo, target.name):
             add(Check(name, status, text, lag))
