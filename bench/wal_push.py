@@ -2,6 +2,7 @@
 """WAL archiving: ``pgbackup wal-push`` against ``pgbackrest archive-push``, and a sustained run.
 
     .venv/bin/python bench/wal_push.py [--segments 40] [--passes 3] [--sustained 120]
+        [--compare OTHER/.venv/bin/pgbackup]   # before/after a change, in the same rotation
 
 Latency mode (always): a pgbench workload fills ``--segments`` real 16 MiB WAL segments,
 which are copied out of pg_wal. Each segment is then pushed by both tools, one process
@@ -117,9 +118,11 @@ def latency(
     pgbackrest(conf, "stanza-create")
     pbr_archive = root / "pgbackrest" / "repo" / "archive" / "bench"
 
-    def pgbackup_push(seg: Path, env: dict[str, str] = env) -> tuple[float, int]:
+    def pgbackup_push(
+        seg: Path, env: dict[str, str] = env, program: str = PGBACKUP
+    ) -> tuple[float, int]:
         dt = push_time(
-            [PGBACKUP, "--config", str(policy), "wal-push", "--target", "bench", str(seg)],
+            [program, "--config", str(policy), "wal-push", "--target", "bench", str(seg)],
             cluster.data_dir,
             env,
         )
@@ -144,6 +147,12 @@ def latency(
         return dt, size
 
     tools = {"pgbackup wal-push": pgbackup_push, "pgbackrest archive-push": pgbackrest_push}
+    for other in args.compare or []:
+        # Another pgbackup install (an older commit, say), in the same rotation: a
+        # before/after comparison that the machine's load cannot skew one way.
+        tools[f"pgbackup wal-push ({other})"] = lambda seg, other=other: pgbackup_push(
+            seg, program=other
+        )
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         tools["pgbackup wal-push, no .pyc (PYTHONDONTWRITEBYTECODE=1)"] = pgbackup_push_nopyc
     # Warm-up (policy validation cache, page cache for both programs); not measured.
@@ -336,6 +345,13 @@ def main() -> None:
         help="also run the sustained archiving test for this long (e.g. 120)",
     )
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument(
+        "--compare",
+        action="append",
+        metavar="PGBACKUP",
+        help="also push each segment with this pgbackup executable (e.g. an older "
+        "checkout's .venv/bin/pgbackup), alternating with the others",
+    )
     ap.add_argument(
         "--heavy",
         action="store_true",
