@@ -51,3 +51,10 @@ Feature: Incremental backups store what changed and restore through their chain
     When I run cleanup with 7 days and 2 weekly kept on 2026-11-30T12:00:00Z
     Then exactly the copies of 2026-11-22 to 2026-11-30 remain
     And every remaining incremental has its whole chain
+
+  @core_versions
+  Scenario: A drill of the newest incremental times the combine inside its RTO; the SLA report projects the chain
+    Given a chain of a full backup and two incremental backups on PostgreSQL 17 or later
+    When I run a drill of the newest backup
+    Then the drill restored the chain of 3 and timed its staging and its combine inside the RTO
+    And the SLA report projects a restore of a chain of 3 with the drill's combine rate

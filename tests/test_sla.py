@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 from pgbackup.operations import sla
 from pgbackup.operations.sla import AT_RISK, BREACHED, COMPLIANT
@@ -67,6 +68,48 @@ def test_rto_projection_over_the_objective_is_at_risk() -> None:
     s = sla.rto_section(60, [drill(16.0)], 100e6)
     assert s["verdict"] == AT_RISK
     assert any("projected" in r for r in s["reasons"])
+
+
+def test_rto_projection_counts_the_chain_staged_then_combined() -> None:
+    # 100 MB full + two 5 MB incrementals staged at 1 MB/s (110 s), then pg_combinebackup
+    # writes the 100 MB directory again; no drill has combined yet, so at 1 MB/s (100 s);
+    # plus the drill's fixed 6 s.
+    seconds, note = sla.project_restore_seconds([drill(16.0)], 100e6, [5e6, 5e6])
+    assert seconds == 216.0
+    assert note is not None and "chain of 3" in note and "not yet measured" in note
+    # Once a drill has measured pg_combinebackup (4 MB/s here), its rate is used.
+    combined = {**drill(30.0), "combine_throughput_bytes_per_second": 4e6}
+    seconds, note = sla.project_restore_seconds([drill(16.0), combined], 100e6, [5e6, 5e6])
+    assert seconds == 110.0 + 25.0 + 6.0
+    assert note is not None and "not yet measured" not in note
+    # A full backup: no chain, no combine, the figure of before.
+    assert sla.project_restore_seconds([drill(16.0)], 100e6, []) == (106.0, None)
+
+
+def test_rto_projection_of_a_long_chain_is_at_risk_and_says_why() -> None:
+    full = sla.rto_section(120, [drill(16.0)], 100e6, [])
+    assert full["verdict"] == COMPLIANT and full["projected_chain_length"] == 1
+    chain = sla.rto_section(120, [drill(16.0)], 100e6, [5e6] * 6)
+    assert chain["verdict"] == AT_RISK
+    assert chain["projected_chain_length"] == 7
+    assert chain["projected_seconds"] == 130.0 + 100.0 + 6.0
+    assert any("chain of 7" in r for r in chain["reasons"]), chain["reasons"]
+
+
+def test_chain_increments_reads_the_newest_backups_chain() -> None:
+    def backup(backup_id: str, raw: int, parent: str | None = None, chain: list | None = None):
+        meta = {"raw_bytes": raw, "parent": parent, "chain": chain or []}
+        return SimpleNamespace(backup_id=backup_id, metadata=meta)
+
+    full = backup("F", 100)
+    inc1 = backup("I1", 7, "F", ["F"])
+    inc2 = backup("I2", 9, "I1", ["F", "I1"])
+    assert sla.chain_increments([full, inc1, inc2]) == [7.0, 9.0]
+    # The database an incremental stands for is its full backup's size, not its own.
+    assert sla.full_backup_bytes([full, inc1, inc2]) == 100.0
+    assert sla.full_backup_bytes([full]) == 100.0
+    assert sla.chain_increments([inc1, inc2, backup("F2", 100)]) == []
+    assert sla.chain_increments([]) == []
 
 
 def test_rto_breached_by_a_slow_drill_or_a_failed_latest_drill() -> None:

@@ -182,23 +182,88 @@ def _host_loss(rpo: int, checks: list[dict[str, Any]], out: dict[str, Any]) -> s
     return verdict
 
 
+def project_restore_seconds(
+    drills: list[dict[str, Any]], database_bytes: float, increments: list[float]
+) -> tuple[float | None, str | None]:
+    """How long restoring the newest backup would take now, from the latest good drill.
+
+    A full backup writes the data directory once: ``database_bytes`` at the drill's restore
+    throughput. A chain of incrementals (PostgreSQL 17+) writes more: every member is
+    staged (the full backup at today's size, each incremental at its own raw size), then
+    pg_combinebackup writes the whole data directory again. The combine rate comes from
+    the latest drill that combined a chain; until one has, it is taken to equal the restore
+    rate (a second full write) and the note says so. The drill's fixed costs (fetching,
+    recovery, checks) are added unchanged. Returns (seconds, note), or (None, None)
+    without a good drill that measured its throughput.
+    """
+    good = [d for d in drills if d.get("status") == "ok" and d.get("rto_seconds") is not None]
+    measured = [d for d in good if d.get("restore_throughput_bytes_per_second")]
+    if not measured:
+        return None, None
+    last = measured[-1]
+    rate = float(last["restore_throughput_bytes_per_second"])
+    t = last.get("timings") or {}
+    fixed = float(t.get("fetch", 0)) + float(t.get("recovery", 0)) + float(t.get("checks", 0))
+    seconds = (database_bytes + sum(increments)) / rate + fixed
+    note = None
+    if increments:
+        combined = [d for d in good if d.get("combine_throughput_bytes_per_second")]
+        combine_rate = (
+            float(combined[-1]["combine_throughput_bytes_per_second"]) if combined else rate
+        )
+        seconds += database_bytes / combine_rate
+        note = (
+            f"the newest backup is a chain of {len(increments) + 1} (full + "
+            f"{len(increments)} incremental): staged, then combined"
+            + ("" if combined else "; combine speed not yet measured by a drill")
+        )
+    return round(seconds, 1), note
+
+
+def full_backup_bytes(complete: list[Any]) -> float | None:
+    """The database size the newest backup stands for when no check has measured it: its
+    raw size, or for an incremental (which holds only what changed) its full backup's."""
+    if not complete:
+        return None
+    newest = complete[-1]
+    chain = list(newest.metadata.get("chain") or [])
+    if chain:
+        full = next((b for b in complete if b.backup_id == chain[0]), None)
+        if full is not None:
+            return float(full.metadata.get("raw_bytes") or 0)
+    return float(newest.metadata.get("raw_bytes") or 0)
+
+
+def chain_increments(complete: list[Any]) -> list[float]:
+    """Raw bytes of each incremental a restore of the newest complete backup stages on top
+    of its full backup (empty when the newest is a full backup)."""
+    if not complete:
+        return []
+    newest = complete[-1]
+    if not newest.metadata.get("parent"):
+        return []
+    raw = {b.backup_id: float(b.metadata.get("raw_bytes") or 0) for b in complete}
+    chain = list(newest.metadata.get("chain") or [])[1:]  # the full backup is chain[0]
+    return [raw.get(member, 0.0) for member in chain] + [raw[newest.backup_id]]
+
+
 def rto_section(
-    rto: int | None, drills: list[dict[str, Any]], database_bytes: float | None
+    rto: int | None,
+    drills: list[dict[str, Any]],
+    database_bytes: float | None,
+    increments: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Objective vs measured drill times, and a projection for the current database size."""
+    """Objective vs measured drill times, and a projection for the current database size
+    and the newest backup's chain (``increments``: raw bytes of each incremental on top of
+    its full backup; empty or None for a full backup)."""
     good = [d for d in drills if d.get("status") == "ok" and d.get("rto_seconds") is not None]
     failed = [d for d in drills if d.get("status") != "ok"]
     measured = [float(d["rto_seconds"]) for d in good]
-    projection = None
-    if good and database_bytes:
-        last = good[-1]
-        tp = last.get("restore_throughput_bytes_per_second")
-        if tp:
-            t = last.get("timings") or {}
-            fixed = (
-                float(t.get("fetch", 0)) + float(t.get("recovery", 0)) + float(t.get("checks", 0))
-            )
-            projection = round(float(database_bytes) / float(tp) + fixed, 1)
+    projection, chain_note = (
+        project_restore_seconds(drills, database_bytes, list(increments or []))
+        if database_bytes
+        else (None, None)
+    )
     out: dict[str, Any] = {
         "objective_seconds": rto,
         "drills": len(drills),
@@ -208,6 +273,7 @@ def rto_section(
         "worst_seconds": max(measured) if measured else None,
         "latest_seconds": measured[-1] if measured else None,
         "projected_seconds": projection,
+        "projected_chain_length": len(increments or []) + 1,
         "database_bytes": database_bytes,
         "reasons": [],
     }
@@ -237,6 +303,7 @@ def rto_section(
             verdict = worst([verdict, AT_RISK])
             reasons.append(
                 f"projected restore time for the current size {fmt_seconds(projection)} exceeds {fmt_seconds(rto)}"
+                + (f" ({chain_note})" if chain_note else "")
             )
     if not good:
         verdict = worst([verdict, AT_RISK])
@@ -472,12 +539,12 @@ def build_report(
     period_start = max(start, first_seen) if first_seen else start
     database_bytes = next(
         (float(c["database_bytes"]) for c in reversed(checks) if c.get("database_bytes")),
-        float(complete[-1].metadata.get("raw_bytes") or 0) if complete else None,
+        full_backup_bytes(complete),
     )
     window = recoverable_window(repo, policy, target.name) if complete else {}
     sections = {
         "rpo": rpo_section(policy.sla.rpo, checks, wal_times),
-        "rto": rto_section(policy.sla.rto, drills, database_bytes),
+        "rto": rto_section(policy.sla.rto, drills, database_bytes, chain_increments(complete)),
         "backups": frequency_section(policy.schedules.get("backup"), times, period_start, now),
         "retention": retention_section(
             policy.retention.days, _ts(window.get("earliest_time")), first_seen, len(complete), now
