@@ -305,6 +305,53 @@ def ship_bad(h: Harness, args: str) -> None:
     assert h.last is not None and "Traceback" not in h.last.stderr
 
 
+@then(
+    parsers.parse(
+        'plan says to run wal-ship as a service: WAL at "{name}" about {seconds:g} second after it is archived'
+    )
+)
+def plan_wal_ship(h: Harness, name: str, seconds: float) -> None:
+    ship = h.json("plan")["targets"][0]["wal_shipping"]
+    assert ship["by"] == "wal-ship" and ship["destinations"] == [name], ship
+    assert "wal-ship --target platform" in ship["command"], ship
+    assert ship["interval_seconds"] == seconds, ship
+    assert ship["unit"] == "examples/pgbackup-wal-ship@.service"
+    assert (Path(__file__).resolve().parent.parent / ship["unit"]).is_file()
+    # archive_timeout: half the 5-minute RPO; the off-site RPO is that plus a round
+    assert ship["archive_timeout_seconds"] == 150, ship
+    text = " ".join(h.run("plan").stdout.split())  # rich wraps long lines
+    assert (
+        f"WAL to upload destinations: run `pgbackup --config {h.config} wal-ship --target "
+        f"platform` as a service" in text
+    ), text
+    assert f"at {name} about {seconds:g}s plus the copy time after it is archived" in text, text
+    assert "off-site RPO is about 151s" in text, text
+
+
+@when(parsers.parse('the target streams WAL on slot "{slot}"'))
+def streams_policy_only(h: Harness, slot: str) -> None:
+    h.policy["targets"]["platform"]["wal_receiver"] = {"slot": slot}
+    h.write_policy()
+
+
+@then(
+    parsers.parse(
+        'plan says wal-receive ships what it streams to "{name}", a round every {seconds:g} seconds'
+    )
+)
+def plan_receiver_ships(h: Harness, name: str, seconds: float) -> None:
+    ship = h.json("plan")["targets"][0]["wal_shipping"]
+    assert ship["by"] == "wal-receive" and ship["destinations"] == [name], ship
+    assert "wal-receive --target platform" in ship["command"], ship
+    assert ship["interval_seconds"] == seconds, ship
+    text = " ".join(h.run("plan").stdout.split())
+    assert (
+        f"wal-receive ships what it streams (its .partial included) to {name} itself, "
+        f"a round every {seconds:g}s" in text
+    ), text
+    assert "no wal-ship needed for this target" in text and "wal-ship --target" not in text, text
+
+
 # --- wal-receive ships too (steps of wal_receiver.feature, reused) ---------------------
 
 

@@ -54,6 +54,12 @@ Feature: WAL off-site as it is archived (wal-ship)
     Then check reports "offsite_wal:nas" OK with "nas holds every archived WAL file"
     And list shows at "nas" the repository's recoverable window, 0 seconds behind
 
+  Scenario: plan says how WAL reaches the upload destinations, and within what bound
+    Given a local upload destination "nas"
+    Then plan says to run wal-ship as a service: WAL at "nas" about 1 second after it is archived
+    When the target streams WAL on slot "pgbackup_platform"
+    Then plan says wal-receive ships what it streams to "nas", a round every 0.5 seconds
+
   Scenario Outline: Bad input to wal-ship is one clear message
     Given a local upload destination "nas"
     When I run wal-ship with <args> expecting failure

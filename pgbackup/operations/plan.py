@@ -70,6 +70,57 @@ def compression_plan(policy: Any, target: Any) -> dict[str, str]:
     }
 
 
+def shipping_plan(policy: Any, target: Any) -> dict[str, Any] | None:
+    """How a target's WAL reaches the upload destinations, and within what bound (None
+    without ``uploads``).
+
+    A target with ``wal_receiver`` needs nothing more: ``wal-receive`` runs a shipper
+    round every receiver interval over everything stored in ``<target>/wal/`` (what it
+    streams, its ``.partial`` included, and anything wal-push archived) and a last round
+    before it exits (``receive`` in pgbackup/engine/receiver.py). Any other target needs
+    ``wal-ship`` running beside PostgreSQL (pgbackup/engine/shipper.py); without it WAL
+    reaches the destinations only with each backup's upload."""
+    if not policy.uploads:
+        return None
+    from pgbackup.engine import receiver, shipper
+    from pgbackup.postgres.sandbox import archive_timeout
+
+    names = [str(u["name"]) for u in policy.uploads]
+    where = ", ".join(names)
+    if getattr(target, "wal_receiver", None):
+        interval = receiver.INTERVAL
+        return {
+            "by": "wal-receive",
+            "command": f"pgbackup --config {policy.path} wal-receive --target {target.name}",
+            "unit": "examples/pgbackup-wal-receive@.service",
+            "destinations": names,
+            "interval_seconds": interval,
+            "explained": (
+                f"wal-receive ships what it streams (its .partial included) to {where} itself, "
+                f"a round every {interval:g}s: WAL is there about {interval:g}s plus the copy "
+                "time after the receiver stores it; no wal-ship needed for this target"
+            ),
+        }
+    interval = shipper.INTERVAL
+    timeout = archive_timeout(policy)
+    return {
+        "by": "wal-ship",
+        "command": f"pgbackup --config {policy.path} wal-ship --target {target.name}",
+        "unit": "examples/pgbackup-wal-ship@.service",
+        "destinations": names,
+        "interval_seconds": interval,
+        "archive_timeout_seconds": timeout,
+        "explained": (
+            f"run `pgbackup --config {policy.path} wal-ship --target {target.name}` as a "
+            f"service (examples/pgbackup-wal-ship@.service): each archived WAL file is at "
+            f"{where} about {interval:g}s plus the copy time after it is archived, and "
+            f"archive_timeout ({timeout}s) bounds when a segment is archived, so off-site "
+            f"RPO is about {timeout + interval:g}s; without it, WAL reaches them only with "
+            "each backup's upload"
+        ),
+    }
+
+
 def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
     from pgbackup.engine.cleanup import plan_cleanup
     from pgbackup.engine.receiver import receiver_plan
@@ -86,6 +137,7 @@ def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
                 "compression": compression_plan(policy, t),
                 "cleanup": cleanup.as_dict(),
                 "wal_receiver": receiver_plan(policy, t),
+                "wal_shipping": shipping_plan(policy, t),
             }
         )
     return {
@@ -139,6 +191,9 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
             console.print(f"    runs as a service: {rx['unit']}; spool {rx['spool']}")
             for k, v in rx["postgresql_conf"].items():
                 console.print(f"    {k} = {v}", markup=False)
+        ship = t.get("wal_shipping")
+        if ship:
+            console.print(f"  WAL to upload destinations: {ship['explained']}", markup=False)
         c = t["cleanup"]
         kept = [b for b in c["backups"] if b["keep"]]
         console.print(
