@@ -132,7 +132,7 @@ def main() -> None:
         os.environ.update({k: env[k] for k in ("XDG_CACHE_HOME",)})
         from pgbackup.engine import wal
         from pgbackup.formats.codecs import encode_bytes
-        from pgbackup.policy.config import load_policy_fast
+        from pgbackup.policy import load_policy_fast
         from pgbackup.storage import open_storage
 
         steps: dict[str, list[float]] = {}

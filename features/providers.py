@@ -133,7 +133,7 @@ def docker_source_up(h: Harness) -> Any:
     policy's target becomes an ordinary connection to it."""
     from harness import PGBACKUP
 
-    from pgbackup.policy.config import parse_duration
+    from pgbackup.policy import parse_duration
     from pgbackup.postgres.cluster import free_port, hand_over, server_os_user
     from pgbackup.postgres.docker import DockerCluster
     from pgbackup.postgres.sandbox import SAMPLE_SCHEMA, sample_data_sql

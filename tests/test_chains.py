@@ -15,8 +15,8 @@ from pgbackup.engine.backup import basebackup_argv, incremental_preflight
 from pgbackup.errors import PostgresError
 from pgbackup.formats.codecs import CodecSpec
 from pgbackup.operations.schedule import cron_entries
+from pgbackup.policy import load_policy, validate_file
 from pgbackup.policy.chains import link_problems
-from pgbackup.policy.config import load_policy, validate_file
 from pgbackup.policy.retention import (
     BackupRecord,
     RetentionRule,

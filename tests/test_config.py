@@ -1,4 +1,4 @@
-"""Unit tests for pgbackup.policy.config: loading, interpolation, validation, typed objects."""
+"""Unit tests for pgbackup.policy: loading, interpolation, validation, typed objects."""
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from pgbackup.policy import config
-from pgbackup.policy.config import (
-    ConfigError,
+from pgbackup.errors import ConfigError
+from pgbackup.policy import (
+    Compression,
+    Encryption,
+    Retention,
+    Sandbox,
+    Sla,
     find_config,
     load_policy,
     load_policy_fast,
+    loading,
     parse_duration,
     parse_expect,
     validate_file,
@@ -88,10 +93,10 @@ def test_minimal_policy_defaults(tmp_path: Path) -> None:
     policy = load_policy(write(tmp_path, MINIMAL))
     assert policy.path == tmp_path / "backup.yaml"
     assert policy.repository == {"kind": "posix", "path": tmp_path / "repo"}
-    assert policy.compression == config.Compression("zstd", 3)
+    assert policy.compression == Compression("zstd", 3)
     assert policy.encryption is None
-    assert policy.retention == config.Retention(days=7, weekly=0, monthly=0, min_backups=1)
-    assert policy.sla == config.Sla(None, None)
+    assert policy.retention == Retention(days=7, weekly=0, monthly=0, min_backups=1)
+    assert policy.sla == Sla(None, None)
     assert policy.schedules == {}
     assert policy.uploads == []
     assert policy.alerts == {}
@@ -129,8 +134,8 @@ def test_relative_paths_resolve_against_config_dir(tmp_path: Path, monkeypatch) 
     monkeypatch.chdir(tmp_path)  # cwd must not matter
     policy = load_policy(p)
     assert policy.repository["path"] == sub / "repo"
-    assert policy.encryption == config.Encryption("age", sub / "keys/r.txt", Path("/abs/id.txt"))
-    assert policy.targets["a"].sandbox == config.Sandbox(sub / "sb", 5999, 2)
+    assert policy.encryption == Encryption("age", sub / "keys/r.txt", Path("/abs/id.txt"))
+    assert policy.targets["a"].sandbox == Sandbox(sub / "sb", 5999, 2)
     assert policy.targets["a"].pg_bin_dir == sub / "bin"
     assert policy.targets["b"].connection["passfile"] == str(sub / "pgpass")
     assert policy.uploads == [
@@ -489,7 +494,7 @@ def test_compression_level_range(tmp_path: Path) -> None:
 
 def test_compression_workers(tmp_path: Path) -> None:
     path = write(tmp_path, with_extra("compression: {method: zstd, level: 3, workers: 2}\n"))
-    assert load_policy(path).compression == config.Compression("zstd", 3, 2)
+    assert load_policy(path).compression == Compression("zstd", 3, 2)
     assert problems_of(tmp_path, with_extra("compression: {method: gzip, workers: 2}\n")) == [
         (
             "compression.workers",
@@ -733,7 +738,7 @@ def test_find_config_falls_back_to_etc(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     etc = write(tmp_path, MINIMAL, "etc.yaml")
     monkeypatch.setattr(
-        config, "CONFIG_SEARCH_PATH", ("$PGBACKUP_CONFIG", "./backup.yaml", str(etc))
+        loading, "CONFIG_SEARCH_PATH", ("$PGBACKUP_CONFIG", "./backup.yaml", str(etc))
     )
     assert find_config() == etc
 
@@ -766,7 +771,7 @@ def test_find_config_explicit_or_env_missing_never_falls_back(tmp_path: Path, mo
 
 FAST_SCRIPT = """
 import sys
-from pgbackup.policy.config import load_policy_fast
+from pgbackup.policy import load_policy_fast
 p = load_policy_fast(sys.argv[1])
 assert p.targets
 mods = [m for m in ("jsonschema", "croniter", "yaml") if m in sys.modules]
@@ -847,10 +852,10 @@ def test_shipped_backup_yaml_validates(monkeypatch) -> None:
     assert policy.repository == {"kind": "posix", "path": REPO / "var" / "backups"}
     target = policy.target(None)
     assert target.name == "platform"
-    assert target.sandbox == config.Sandbox(REPO / "var" / "sandbox", 0, 1)
+    assert target.sandbox == Sandbox(REPO / "var" / "sandbox", 0, 1)
     assert target.connection == {"user": "platform_service", "dbname": "platform"}
-    assert policy.retention == config.Retention(7, 4, 12, 1)
-    assert policy.sla == config.Sla(3600, 300)
+    assert policy.retention == Retention(7, 4, 12, 1)
+    assert policy.sla == Sla(3600, 300)
     assert set(policy.schedules) == {"backup", "verify", "cleanup", "check", "drill"}
     assert [c.expect for c in policy.drill_checks] == ["> 0", ">= 1"]
 
@@ -926,8 +931,8 @@ def test_wal_path_tolerates_unresolvable_alert_settings(tmp_path: Path, monkeypa
         "targets:\n  a:\n    connection: {host: h, port: 5432, user: u, dbname: d}\n"
         "alerts:\n  webhooks: [{name: w, url: '${PGB_TEST_HOOK}', format: json}]\n"
     )
-    policy = config.load_policy_fast(f)
+    policy = load_policy_fast(f)
     assert policy.alerts == {} or not policy.alerts.get("webhooks")
     assert list(policy.targets) == ["a"]
     with pytest.raises(ConfigError, match="PGB_TEST_HOOK"):
-        config.load_policy(f)
+        load_policy(f)

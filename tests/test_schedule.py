@@ -15,7 +15,7 @@ import yaml
 
 from pgbackup.engine.repository import Repository
 from pgbackup.operations import schedule
-from pgbackup.policy.config import load_policy
+from pgbackup.policy import load_policy
 from pgbackup.storage import open_storage
 
 USER = "pgbackup-crontest"

@@ -43,7 +43,7 @@ from pgbackup.engine.streamcompress import probe as compression_side
 from pgbackup.errors import BackupError, PgBackupError, PostgresError, UsageError
 from pgbackup.formats.codecs import CodecSpec, Encoder, encode_bytes, load_recipients, suffix
 from pgbackup.formats.lsn import format_lsn, parse_lsn
-from pgbackup.policy.config import Policy, Target
+from pgbackup.policy import Policy, Target
 from pgbackup.postgres.binaries import find_program
 from pgbackup.postgres.connection import ServerFacts, describe, preflight_facts, to_dsn
 from pgbackup.postgres.sandbox import resolve_conninfo

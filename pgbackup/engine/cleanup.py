@@ -16,7 +16,7 @@ from pgbackup.engine.locks import target_lock
 from pgbackup.engine.repository import BackupInfo, Repository
 from pgbackup.errors import LockError
 from pgbackup.formats.lsn import parse_lsn
-from pgbackup.policy.config import Policy, Target
+from pgbackup.policy import Policy, Target
 from pgbackup.policy.retention import BackupRecord, Decision, RetentionRule, plan_retention
 from pgbackup.ui import LOG
 

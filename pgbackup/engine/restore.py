@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from pgbackup.engine.repository import BackupInfo, Repository
 from pgbackup.errors import PgBackupError, PostgresError, RestoreError, UsageError
 from pgbackup.formats.codecs import CodecSpec, open_decoder
-from pgbackup.policy.config import Policy, Target
+from pgbackup.policy import Policy, Target
 from pgbackup.postgres.cluster import Cluster, free_port, hand_over, server_os_user
 from pgbackup.storage import Storage, open_storage
 from pgbackup.ui import LOG, human_bytes, progress

@@ -22,7 +22,7 @@ from pgbackup.engine.restore import HashingReader, archive_objects, identities
 from pgbackup.errors import PgBackupError
 from pgbackup.formats.codecs import CodecSpec, decode_bytes, open_decoder
 from pgbackup.formats.lsn import parse_lsn, segment_name
-from pgbackup.policy.config import Policy, Target
+from pgbackup.policy import Policy, Target
 from pgbackup.ui import LOG, LOG_FILE_ONLY, progress
 
 READ_SIZE = 1 << 20

@@ -122,7 +122,7 @@ def run_pusher(config: str, target: str | None, spool: str, data_dir: str) -> in
 
     from pgbackup.engine import wal
     from pgbackup.errors import PgBackupError
-    from pgbackup.policy.config import load_policy_fast
+    from pgbackup.policy import load_policy_fast
 
     fd = os.open(os.path.join(spool, "pusher.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -38,7 +38,7 @@ from pgbackup.interface.taskkit import (
 @command
 def validate(c: Any, config: str | None = None, live: bool = False) -> None:
     """Check backup.yaml against the schema and the semantic rules; exit 0 only when valid."""
-    from pgbackup.policy.config import find_config, validate_file
+    from pgbackup.policy import find_config, validate_file
 
     path = find_config(config)
     problems = validate_file(path)

@@ -180,7 +180,7 @@ def sla_report(
     """SLA compliance per target: RPO, RTO, backup frequency, retention, verification."""
     from pgbackup.errors import UsageError
     from pgbackup.operations.sla import build_reports, render
-    from pgbackup.policy.config import parse_duration
+    from pgbackup.policy import parse_duration
 
     try:
         period = parse_duration(since)
@@ -349,7 +349,7 @@ def exporter(
     """Prometheus exporter: serve /metrics of every repository until stopped."""
     from pgbackup.errors import UsageError
     from pgbackup.operations.metrics import parse_listen, serve
-    from pgbackup.policy.config import parse_duration
+    from pgbackup.policy import parse_duration
 
     durations = {}
     for flag, text in (("interval", interval), ("timeout", timeout)):

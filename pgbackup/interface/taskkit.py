@@ -51,7 +51,7 @@ def command(fn: F) -> F:
 
 def load(config: str | None, *, verbose: bool = False) -> Any:
     """Find, load and validate the policy, then set up logging."""
-    from pgbackup.policy.config import find_config, load_policy_fast
+    from pgbackup.policy import find_config, load_policy_fast
     from pgbackup.ui import setup_logging
 
     # Validated in full, once per content (and referenced environment): a cache of hashes.

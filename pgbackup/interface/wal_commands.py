@@ -105,7 +105,7 @@ def wal_main(argv: list[str]) -> int:
     policy = None
     try:
         from pgbackup.engine import wal
-        from pgbackup.policy.config import find_config, load_policy_fast
+        from pgbackup.policy import find_config, load_policy_fast
 
         policy = load_policy_fast(find_config(config))
         if command == "wal-push":

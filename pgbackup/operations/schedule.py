@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgbackup.policy.config import Policy
+from pgbackup.policy import Policy
 from pgbackup.postgres.sandbox import pgbackup_program
 
 # Order in which a day's jobs naturally run; unknown names keep policy order after these.

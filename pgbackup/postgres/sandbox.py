@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pgbackup.errors import PostgresError
-from pgbackup.policy.config import Policy, Target
+from pgbackup.policy import Policy, Target
 from pgbackup.postgres.cluster import Cluster, free_port, hand_over, run_as, server_os_user
 
 STATE_FILE = "sandbox.json"

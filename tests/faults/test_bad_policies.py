@@ -1,5 +1,5 @@
 """A corpus of malformed policies: every one a clear message with its YAML path, exit 2,
-no traceback. Most run in-process through ``pgbackup.policy.config.validate_file`` (fast); a
+no traceback. Most run in-process through ``pgbackup.policy.validate_file`` (fast); a
 sample runs through the real CLI (``pgbackup --config FILE validate``).
 
 Generated with hypothesis (mutations of the shipped ``backup.yaml``: wrong types, unknown
@@ -24,7 +24,9 @@ from harness import PGBACKUP
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pgbackup.policy.config import ConfigError, _cron_problem, parse_duration, validate_file
+from pgbackup.errors import ConfigError
+from pgbackup.policy import parse_duration, validate_file
+from pgbackup.policy.parsers import _cron_problem
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = yaml.safe_load((REPO / "backup.yaml").read_text())
