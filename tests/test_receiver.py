@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgbackup.engine.receiver import ReceiverSettings, create_slot_argv, receivewal_argv
-from pgbackup.engine.wal import chain_from, streamed_names
+from pgbackup.engine.walchain import chain_from, streamed_names
 
 RS = ReceiverSettings("pgbackup_main", False, Path("/spool"), "pgbackup_main")
 META = {"timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100"}

@@ -94,7 +94,7 @@ def plan_cleanup(
             else d
             for d in plan.decisions
         ]
-    from pgbackup.engine.wal import plan_wal_expiry
+    from pgbackup.engine.walchain import plan_wal_expiry
 
     kept = [b for b in backups if b.complete and b.backup_id not in plan.expire_backups]
     plan.expire_wal = plan_wal_expiry(repo, target.name, kept)

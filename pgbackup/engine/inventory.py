@@ -17,7 +17,7 @@ def recoverable_window(
     of the unbroken run of archived WAL after the newest backup, or that backup's end
     when no WAL follows it.
     """
-    from pgbackup.engine.wal import window_end
+    from pgbackup.engine.walchain import window_end
 
     backups = repo.complete_backups(target)
     if not backups:

@@ -200,7 +200,7 @@ def check_chain(
     """
     if kind is None:
         return {}
-    from pgbackup.engine.wal import reachable
+    from pgbackup.engine.walchain import reachable
 
     meta = info.metadata
     seg_size = int(meta.get("wal_segment_size", 16 * 1024 * 1024))
@@ -246,7 +246,7 @@ def check_chain(
         if reachable_time is None or value >= reachable_time:
             wanted = value.isoformat(sep=" ")
     else:  # xid, name: find the record in the WAL before the hole
-        from pgbackup.engine.wal import locate_record
+        from pgbackup.engine.walchain import locate_record
 
         found = locate_record(policy, repo.storage, target, meta, last_segment, kind, value)
         if found is None:
@@ -533,7 +533,7 @@ def restore_standby(
     """A standby built from the repository (pgBackRest's ``--type=standby``): the backup,
     ``standby.signal``, restore_command through wal-fetch and, when given, a primary to
     stream from; it replays the archive and follows the newest timeline without end."""
-    from pgbackup.engine.wal import reachable
+    from pgbackup.engine.walchain import reachable
 
     reach = reachable(policy, storage, target.name, info.metadata)
     if reach.get("gap"):

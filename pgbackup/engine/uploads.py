@@ -240,7 +240,7 @@ def cleanup_uploads(
     The newest complete copy is never removed; WAL no kept copy needs goes with the rest.
     Incomplete copies (interrupted uploads) older than the newest complete one are removed.
     """
-    from pgbackup.engine.wal import plan_wal_expiry
+    from pgbackup.engine.walchain import plan_wal_expiry
     from pgbackup.policy.retention import expire_after_days, spare_chains
     from pgbackup.ui import LOG
 

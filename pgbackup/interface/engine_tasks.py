@@ -198,7 +198,7 @@ def verify(
         out[t.name] = {"backups": [r.as_dict() for r in reports]}
         ok = ok and all(r.ok for r in reports)
         if wal:
-            from pgbackup.engine.wal import verify_wal_chain
+            from pgbackup.engine.walchain import verify_wal_chain
 
             chain = verify_wal_chain(policy, repo, t)
             out[t.name]["wal"] = chain

@@ -416,7 +416,7 @@ def check_target(
     # WAL continuity in the repository.
     if complete:
         try:
-            from pgbackup.engine.wal import verify_wal_chain
+            from pgbackup.engine.walchain import verify_wal_chain
 
             chain = verify_wal_chain(policy, repo, target)
         except Exception as exc:
