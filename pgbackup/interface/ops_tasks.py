@@ -179,7 +179,7 @@ def sla_report(
 ) -> None:
     """SLA compliance per target: RPO, RTO, backup frequency, retention, verification."""
     from pgbackup.errors import UsageError
-    from pgbackup.operations.sla import build_reports, render
+    from pgbackup.operations.sla_report import build_reports, render
     from pgbackup.policy import parse_duration
 
     try:

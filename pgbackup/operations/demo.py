@@ -129,7 +129,7 @@ def run_demo(policy: Any, console: Any) -> None:
     render_inventory(console, inventory(policy, repo, [target]))
     from pgbackup.operations.drill import run_drill
     from pgbackup.operations.monitor import run_check
-    from pgbackup.operations.sla import render_sla_for_demo
+    from pgbackup.operations.sla_report import render_sla_for_demo
 
     step(
         "[bold]8. restore drill[/]: scratch cluster, WAL replay to the newest archived point, declared checks"

@@ -268,7 +268,7 @@ def target_samples(policy: Any, repo: Any, target: Any) -> tuple[list[Sample], d
 
     Returns the samples and the SLA report (whose recoverable window is reused)."""
     from pgbackup.operations.monitor import drill_records
-    from pgbackup.operations.sla import build_report
+    from pgbackup.operations.sla_report import build_report
 
     labels = {"target": target.name}
     out: list[Sample] = []

@@ -1,4 +1,4 @@
-"""Render SLA reports (``pgbackup.operations.sla.build_reports``) as one self-contained HTML page."""
+"""Render SLA reports (``pgbackup.operations.sla_report.build_reports``) as one self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def target_view(name: str, r: dict[str, Any]) -> dict[str, Any]:
     """What the template shows of one target: verdicts, measures, the charts as SVG."""
     from markupsafe import Markup
 
-    from pgbackup.operations.sla import AREA_TITLES, _measure
+    from pgbackup.operations.sla_report import AREA_TITLES, measure
 
     timeline = r.get("timeline")
     start, end = charts.view(timeline) if timeline else (None, None)
@@ -59,7 +59,7 @@ def target_view(name: str, r: dict[str, Any]) -> dict[str, Any]:
                 "title": AREA_TITLES.get(key, key),
                 "verdict": s["verdict"],
                 "css": _CSS_CLASS[s["verdict"]],
-                "measured": _measure(key, s),
+                "measured": measure(key, s),
                 "reasons": s["reasons"],
             }
             for key, s in r["sections"].items()

@@ -1,0 +1,274 @@
+"""The SLA report: evidence gathered from the repository, judged, and rendered.
+
+``build_report`` gathers the evidence (run records of backups, verifications and checks,
+drill results, archived WAL times, the recoverable window, the recoverability timeline of
+:mod:`pgbackup.operations.recoverability`) and judges it with the pure sections of
+:mod:`pgbackup.operations.sla`; ``render_*`` turn a report into Markdown, JSON or a
+self-contained HTML page (:mod:`pgbackup.operations.report`: Jinja2 templates, matplotlib
+charts inlined as SVG, no network).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pgbackup.operations.sla import (
+    AT_RISK,
+    BREACHED,
+    COMPLIANT,
+    archive_section,
+    chain_increments,
+    fmt_seconds,
+    frequency_section,
+    full_backup_bytes,
+    outcomes_section,
+    overall,
+    parse_timestamp,
+    retention_section,
+    rpo_section,
+    rto_section,
+)
+
+# --------------------------------------------------------------------------- evidence
+
+
+def build_report(
+    policy: Any,
+    repo: Any,
+    target: Any,
+    since: int,
+    now: datetime | None = None,
+    *,
+    timeline: bool = True,
+) -> dict[str, Any]:
+    """The report of one target over the last ``since`` seconds.
+
+    ``timeline``: also draw up the recoverability timeline (which reads every upload
+    destination); the exporter reads those on their own and leaves it out."""
+    from pgbackup.engine.inventory import recoverable_window
+    from pgbackup.engine.wal import is_wal_name
+    from pgbackup.operations.monitor import drill_records
+
+    now = now or datetime.now(UTC)
+    start = now - timedelta(seconds=since)
+
+    def in_period(rec: dict[str, Any], *keys: str) -> bool:
+        for k in keys:
+            t = parse_timestamp(rec.get(k))
+            if t is not None:
+                return t >= start
+        return False
+
+    all_runs = list(repo.runs(target.name))
+    checks = [
+        r
+        for r in all_runs
+        if r.get("kind") == "check" and in_period(r, "checked_at", "recorded_at")
+    ]
+    verifies = [r for r in all_runs if r.get("kind") == "verify" and in_period(r, "recorded_at")]
+    backup_runs = [
+        r
+        for r in all_runs
+        if r.get("kind") == "backup" and in_period(r, "started_at", "recorded_at")
+    ]
+    drills = [d for d in drill_records(repo, target.name) if in_period(d, "started_at")]
+    complete = repo.complete_backups(target.name)
+    wal_times = []
+    for obj in repo.storage.list(f"{target.name}/wal/"):
+        name = obj.key.rsplit("/", 1)[-1][:24]
+        if is_wal_name(name) and obj.mtime >= start.timestamp():
+            wal_times.append(datetime.fromtimestamp(obj.mtime, UTC))
+    backup_times = [parse_timestamp(b.metadata.get("start_time")) for b in complete]
+    backup_times += [
+        parse_timestamp(r.get("started_at")) for r in backup_runs if r.get("status") == "ok"
+    ]
+    times = sorted({t for t in backup_times if t is not None})
+    firsts = [
+        t
+        for t in [*(parse_timestamp(r.get("recorded_at")) for r in all_runs), *times]
+        if t is not None
+    ]
+    first_seen = min(firsts) if firsts else None
+    period_start = max(start, first_seen) if first_seen else start
+    database_bytes = next(
+        (float(c["database_bytes"]) for c in reversed(checks) if c.get("database_bytes")),
+        full_backup_bytes(complete),
+    )
+    window = recoverable_window(repo, policy, target.name) if complete else {}
+    sections = {
+        "rpo": rpo_section(policy.sla.rpo, checks, wal_times),
+        "rto": rto_section(policy.sla.rto, drills, database_bytes, chain_increments(complete)),
+        "backups": frequency_section(policy.schedules.get("backup"), times, period_start, now),
+        "retention": retention_section(
+            policy.retention.days,
+            parse_timestamp(window.get("earliest_time")),
+            first_seen,
+            len(complete),
+            now,
+        ),
+        "verification": outcomes_section(verifies, drills),
+        "archive": archive_section(window, checks),
+    }
+    verdict, reasons = overall(sections)
+    recoverability = None
+    if timeline:
+        from pgbackup.operations.recoverability import build_timeline
+
+        recoverability = build_timeline(
+            policy, repo, target.name, start, now, window=window or None, drills=drills
+        )
+    return {
+        "target": target.name,
+        "generated_at": now.isoformat(),
+        "period_start": start.isoformat(),
+        "period_seconds": since,
+        "verdict": verdict,
+        "reasons": reasons,
+        "sections": sections,
+        "window": window,
+        "timeline": recoverability,
+        "series": {
+            "backups": [
+                {
+                    "backup_id": b.backup_id,
+                    "start_time": b.metadata.get("start_time"),
+                    "duration_seconds": b.metadata.get("duration_seconds"),
+                    "stored_bytes": b.metadata.get("stored_bytes"),
+                    "raw_bytes": b.metadata.get("raw_bytes"),
+                }
+                for b in complete
+                if in_period(b.metadata, "start_time")
+            ],
+            "drills": [
+                {
+                    "started_at": d.get("started_at"),
+                    "rto_seconds": d.get("rto_seconds"),
+                    "status": d.get("status"),
+                }
+                for d in drills
+            ],
+        },
+    }
+
+
+def build_reports(policy: Any, repo: Any, targets: list[Any], since: int) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {t.name: build_report(policy, repo, t, since, now) for t in targets}
+
+
+# --------------------------------------------------------------------------- rendering
+
+AREA_TITLES = {  # one title per SLA area, for every rendering
+    "rpo": "RPO (recovery point)",
+    "rto": "RTO (recovery time)",
+    "backups": "Backup frequency",
+    "retention": "Retention",
+    "verification": "Verification and drills",
+    "archive": "WAL archive continuity",
+}
+
+
+def measure(name: str, s: dict[str, Any]) -> str:
+    if name == "rpo":
+        return (
+            f"objective {fmt_seconds(s['objective_seconds'])}; worst exposure {fmt_seconds(s['worst_exposure_seconds'])} "
+            f"over {s['checks']} check(s); largest archive gap {fmt_seconds(s['largest_archive_gap_seconds'])}"
+        )
+    if name == "rto":
+        return (
+            f"objective {fmt_seconds(s['objective_seconds'])}; drills {s['drills_ok']} ok / {s['drills_failed']} failed; "
+            f"worst {fmt_seconds(s['worst_seconds'])}, latest {fmt_seconds(s['latest_seconds'])}; "
+            f"projected for the current size {fmt_seconds(s['projected_seconds'])}"
+        )
+    if name == "backups":
+        return (
+            f"schedule {s['schedule'] or '-'}; {s['successful_backups']} successful; largest gap "
+            f"{fmt_seconds(s['largest_gap_seconds'])}; missed runs: {len(s['missed_runs'])}"
+        )
+    if name == "archive":
+        gaps = s.get("wal_gaps") or []
+        return f"{len(gaps)} hole(s) in the window" + (f", first {gaps[0]}" if gaps else "")
+    if name == "retention":
+        return f"{s['promised_days']} days promised; oldest restorable {s['oldest_restorable'] or '-'}; {s['backups_held']} backup(s) held"
+    return f"verify {s['verify_ok']} ok / {s['verify_failed']} failed; drills {s['drills_ok']} ok / {s['drills_failed']} failed"
+
+
+def render_markdown(reports: dict[str, Any]) -> str:
+    lines = ["# pgbackup SLA compliance report", ""]
+    for name, r in reports.items():
+        lines += [
+            f"## Target `{name}`: **{r['verdict']}**",
+            "",
+            f"Period: {r['period_start']} to {r['generated_at']}",
+            "",
+        ]
+        for reason in r["reasons"]:
+            lines.append(f"- {reason}")
+        if r["reasons"]:
+            lines.append("")
+        lines += ["| Area | Verdict | Measured | Reasons |", "|---|---|---|---|"]
+        for key, s in r["sections"].items():
+            reasons = "; ".join(s["reasons"]).replace("|", "\\|")
+            lines.append(f"| {AREA_TITLES[key]} | {s['verdict']} | {measure(key, s)} | {reasons} |")
+        missed = r["sections"]["backups"]["missed_runs"]
+        if missed:
+            lines += ["", "Missed backup runs: " + ", ".join(missed[:50])]
+        drills = r["sections"]["verification"]["drills"]
+        if drills:
+            lines += ["", "| Drill | Status | Backup | RTO | Error |", "|---|---|---|---|---|"]
+            for d in drills:
+                lines.append(
+                    f"| {d['started_at']} | {d['status']} | {d['backup_id']} | {fmt_seconds(d['rto_seconds'])} | {d['error'] or ''} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_json(reports: dict[str, Any]) -> str:
+    return json.dumps(reports, indent=2, sort_keys=True, default=str)
+
+
+def render_html(reports: dict[str, Any]) -> str:
+    """One self-contained HTML page (Jinja2 templates, matplotlib charts inlined as SVG)."""
+    from pgbackup.operations.report import render_html as render_page
+
+    return render_page(reports)
+
+
+def render(reports: dict[str, Any], fmt: str) -> str:
+    if fmt == "md":
+        return render_markdown(reports)
+    if fmt == "json":
+        return render_json(reports)
+    if fmt == "html":
+        return render_html(reports)
+    from pgbackup.errors import UsageError
+
+    raise UsageError(f"--format {fmt!r}: use md, json or html")
+
+
+def render_sla_for_demo(policy: Any, console: Any, *, html: Any = None) -> None:
+    """The last step of ``invoke demo``: the sandbox's SLA verdicts, in the terminal, and
+    the HTML report (with its recoverability timeline) in the file ``html``."""
+    from rich.table import Table
+
+    from pgbackup.engine.repository import Repository
+    from pgbackup.storage import open_storage
+
+    repo = Repository(open_storage(policy.repository))
+    reports = build_reports(policy, repo, list(policy.targets.values()), 30 * 86400)
+    for name, r in reports.items():
+        table = Table(title=f"SLA of {name}: {r['verdict']}", title_justify="left")
+        for col in ("area", "verdict", "measured"):
+            table.add_column(col)
+        for key, s in r["sections"].items():
+            style = {COMPLIANT: "green", AT_RISK: "yellow", BREACHED: "red"}[s["verdict"]]
+            table.add_row(AREA_TITLES[key], f"[{style}]{s['verdict']}[/]", measure(key, s))
+        console.print(table)
+        for reason in r["reasons"]:
+            console.print(f"  - {reason}")
+    if html is not None:
+        html.write_text(render_html(reports))
+        console.print(f"   the HTML report, with the recoverability timeline: {html}")
