@@ -47,6 +47,7 @@ from pgbackup.policy import Policy, Target
 from pgbackup.postgres.binaries import find_program
 from pgbackup.postgres.connection import ServerFacts, describe, preflight_facts, to_dsn
 from pgbackup.postgres.sandbox import resolve_conninfo
+from pgbackup.signals import terminate_as_interrupt
 from pgbackup.storage import Storage, open_storage
 from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage
 from pgbackup.ui import LOG, human_bytes, interactive, progress
@@ -370,24 +371,6 @@ def wal_range(manifest: bytes) -> tuple[int, int, int]:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so a stopped backup still cleans up after itself."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
 def backup_directory(
     storage: Storage, repo: Repository, target: str, backup_id: str, direct: bool
 ) -> Iterator[Path]:
@@ -424,7 +407,7 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
     step = "taking the lock"
     backup_id = ""
     with (
-        _terminate_as_interrupt(),
+        terminate_as_interrupt(),  # a stopped backup still cleans up after itself
         target_lock(policy.repository, target.name, "backup", wait_for=("cleanup",)),
     ):
         try:

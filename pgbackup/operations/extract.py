@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 from pgbackup.engine.repository import Repository, iso
 from pgbackup.errors import PgBackupError, PostgresError, RestoreError, UsageError
+from pgbackup.signals import terminate_as_interrupt
 from pgbackup.ui import LOG, LOG_FILE_ONLY, human_bytes
 
 FORMATS = ("custom", "plain")
@@ -372,27 +372,6 @@ def sparse_plan(conninfo: dict[str, Any] | None, req: Request) -> SparsePlan | N
     except Exception as exc:  # psycopg's errors: a role without CONNECT, say
         LOG.info("cannot read the relations of %s on the live server (%s)", req.database, exc)
     return plan
-
-
-# --- signals --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def interrupts_unwind() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so the scratch cluster is removed."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --- the scratch cluster --------------------------------------------------------------------
@@ -828,7 +807,7 @@ def run_extract(
     scratch: Scratch | None = None
     partial: Path | None = None
     created = False
-    with interrupts_unwind():  # SIGTERM unwinds through the cleanup below too
+    with terminate_as_interrupt():  # SIGTERM unwinds through the cleanup below too
         try:
             scratch = Scratch()
             plan = sparse_plan(live, req)
