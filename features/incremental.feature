@@ -58,3 +58,12 @@ Feature: Incremental backups store what changed and restore through their chain
     When I run a drill of the newest backup
     Then the drill restored the chain of 3 and timed its staging and its combine inside the RTO
     And the SLA report projects a restore of a chain of 3 with the drill's combine rate
+
+  @core_versions
+  Scenario: An encrypted chain: each parent's manifest is decrypted from the repository, and the chain restores exactly
+    Given the policy encrypts with a new age key
+    And a chain of a full backup and two incremental backups on PostgreSQL 17 or later
+    Then every stored file of the chain is age-encrypted, manifests included
+    When I restore the newest incremental and start it
+    Then the restored cluster holds batches 1,2 and no others
+    And pg_combinebackup rebuilt it from 3 backups

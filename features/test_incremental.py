@@ -253,3 +253,33 @@ def sla_projects_chain(h: Harness, ctx: dict[str, Any]) -> None:
     combine = size / drill["combine_throughput_bytes_per_second"]
     # The chain costs more than a full backup would: at least the combine's second write.
     assert rto["projected_seconds"] >= round(full_only + combine, 1) - 0.1, (rto, drill)
+
+
+@given("the policy encrypts with a new age key")
+def encrypted_policy(h: Harness, ctx: dict[str, Any]) -> None:
+    from test_encryption import new_identity, write_key
+
+    identity = new_identity()
+    keys = h.root / "keys"
+    keys.mkdir(mode=0o755)
+    write_key(keys / "age-identity.txt", f"{identity}\n")
+    (keys / "recipients.txt").write_text(f"{identity.to_public()}\n")
+    h.policy["encryption"] = {
+        "method": "age",
+        "recipients_file": str(keys / "recipients.txt"),
+        "identity_file": str(keys / "age-identity.txt"),
+    }
+    h.write_policy()
+
+
+@then("every stored file of the chain is age-encrypted, manifests included")
+def chain_encrypted(h: Harness, ctx: dict[str, Any]) -> None:
+    from test_encryption import AGE_MAGIC
+
+    for backup_id in ctx["backup_ids"]:
+        stored = sorted((h.repo / "platform" / "base" / backup_id).iterdir())
+        data = [p for p in stored if p.name != "metadata.json"]
+        assert any(p.name.startswith("backup_manifest") for p in data), stored
+        for path in data:
+            with path.open("rb") as f:
+                assert f.read(len(AGE_MAGIC)) == AGE_MAGIC, path
