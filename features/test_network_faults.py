@@ -1,6 +1,7 @@
-"""Steps for network_faults.feature: a moto S3 server in a network namespace of its own,
-pgbackup's network commands in a second one, a veth pair between them (10.x addresses in
-those namespaces only), the link cut with ``ip link set down`` and healed."""
+"""Steps for network_faults.feature: a moto S3 server, or the PostgreSQL server, in a
+network namespace of its own, pgbackup's network commands in a second one, a veth pair
+between them (10.x addresses in those namespaces only; features/netns.py), the link cut
+with ``ip link set down`` and healed."""
 
 from __future__ import annotations
 
@@ -8,19 +9,22 @@ import contextlib
 import hashlib
 import json
 import secrets
-import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from harness import PGBACKUP, Harness, commit_batches, switch_and_wait
+from netns import Net, start_in_namespace, veth_pair
 from pytest_bdd import given, parsers, scenarios, then, when
+
+from pgbackup.postgres.cluster import free_port
 
 scenarios("network_faults.feature")
 
@@ -36,89 +40,37 @@ AWS_ENV = {
 }
 
 
-def ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-
-
-@dataclass
-class Net:
-    server_ns: str
-    client_ns: str
-    server_if: str
-    address: str
-    port: int = 5000
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{self.address}:{self.port}"
-
-    def client(self, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.client_ns, *argv]
-
-    def cut(self) -> None:
-        assert ip("-n", self.server_ns, "link", "set", self.server_if, "down").returncode == 0
-
-    def heal(self) -> None:
-        assert ip("-n", self.server_ns, "link", "set", self.server_if, "up").returncode == 0
-
-
 @contextlib.contextmanager
 def namespaces() -> Iterator[Net]:
-    tag = secrets.token_hex(3)
-    server_ns, client_ns = f"pgbk-s3-{tag}", f"pgbk-cl-{tag}"
-    server_if, client_if = f"pgs{tag}", f"pgc{tag}"
-    octet = int(tag[:2], 16)
-    created: list[str] = []
+    """The veth pair of features/netns.py with moto's S3 server in the server namespace."""
     proc: subprocess.Popen[bytes] | None = None
-    if shutil.which("ip") is None:
-        pytest.skip("no `ip` command (iproute2) to make network namespaces with")
-    try:
-        probe = ip("netns", "add", server_ns)
-        if probe.returncode != 0:
-            pytest.skip(f"ip netns add is not permitted here: {probe.stderr.strip()}")
-        created.append(server_ns)
-        for step in (
-            ("netns", "add", client_ns),
-            ("link", "add", server_if, "type", "veth", "peer", "name", client_if),
-            ("link", "set", server_if, "netns", server_ns),
-            ("link", "set", client_if, "netns", client_ns),
-            ("-n", server_ns, "addr", "add", f"10.231.{octet}.1/30", "dev", server_if),
-            ("-n", client_ns, "addr", "add", f"10.231.{octet}.2/30", "dev", client_if),
-            ("-n", server_ns, "link", "set", "lo", "up"),
-            ("-n", client_ns, "link", "set", "lo", "up"),
-            ("-n", server_ns, "link", "set", server_if, "up"),
-            ("-n", client_ns, "link", "set", client_if, "up"),
-        ):
-            done = ip(*step)
-            assert done.returncode == 0, (step, done.stderr)
-            if step[:2] == ("netns", "add"):
-                created.append(step[2])
-        net = Net(server_ns, client_ns, server_if, f"10.231.{octet}.1")
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", server_ns, MOTO, "-H", net.address, "-p", str(net.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait = (
-            "import socket,sys,time\n"
-            "for _ in range(150):\n"
-            "    try:\n"
-            f"        socket.create_connection(('{net.address}', {net.port}), 1).close(); sys.exit(0)\n"
-            "    except OSError: time.sleep(0.2)\n"
-            "sys.exit(1)\n"
-        )
-        assert subprocess.run(net.client(PYTHON, "-c", wait)).returncode == 0, "moto never listened"
-        yield net
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for ns in created:  # deleting a namespace deletes its end of the veth pair, and so both
-            ip("netns", "del", ns)
+    with veth_pair("s3") as net:
+        try:
+            proc = subprocess.Popen(
+                net.server(MOTO, "-H", net.address, "-p", str(net.port)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait = (
+                "import socket,sys,time\n"
+                "for _ in range(150):\n"
+                "    try:\n"
+                f"        socket.create_connection(('{net.address}', {net.port}), 1).close(); sys.exit(0)\n"
+                "    except OSError: time.sleep(0.2)\n"
+                "sys.exit(1)\n"
+            )
+            assert subprocess.run(net.client(PYTHON, "-c", wait)).returncode == 0, (
+                "moto never listened"
+            )
+            yield net
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 @pytest.fixture
@@ -394,3 +346,318 @@ def fetched_equal(h: Harness, ctx: dict[str, Any]) -> None:
         proc = fetch(h, ctx, path.name, out / path.name)
         assert proc.returncode == 0, proc.stderr
         assert (out / path.name).read_bytes() == path.read_bytes()
+
+
+# --- wal-receive through the cut link ---------------------------------------------------
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@given(
+    "the server runs in its own network namespace, the receiver in a second one, a veth pair between them"
+)
+def server_in_namespace(h: Harness, ctx: dict[str, Any], stack: contextlib.ExitStack) -> None:
+    """The sandbox's cluster moves into the server namespace, on its 10.x address; the
+    policy names it by that address, archiving is off (only the receiver stores WAL)."""
+    net = stack.enter_context(veth_pair("pg"))
+    cluster = h.sandbox()
+    # wal_sender_timeout: the walsender of a receiver that no longer answers ends after
+    # it ("Terminate replication connections that are inactive for longer than this
+    # amount of time", PostgreSQL's documentation), so the slot turns inactive during a
+    # long outage and the receiver must come back through its slot.
+    ctx["server"] = start_in_namespace(
+        cluster,
+        net.server_ns,
+        net.address,
+        h.root / "sock",
+        {"archive_mode": "off", "wal_sender_timeout": "5s"},
+    )
+    assert ctx["server"].sql("SHOW archive_mode") == [("off",)]
+    target = h.policy["targets"]["platform"]
+    target.pop("sandbox")
+    target["connection"] = {
+        "host": net.address,
+        "port": cluster.port,
+        "user": "platform_service",
+        "dbname": "platform",
+    }
+    target["wal_receiver"] = {"slot": "pgbackup_platform", "directory": str(h.root / "spool")}
+    h.write_policy()
+    ctx["net"], ctx["slot"] = net, "pgbackup_platform"
+
+
+def in_ns(h: Harness, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=h.env, cwd=h.root, timeout=timeout
+    )
+
+
+def receiver_state(ctx: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The receiver's walsender: state, the WAL it reported written (pg_receivewal without
+    --synchronous reports a flush only when it closes a segment: receivelog.c; what it
+    wrote is what the receiver stores as .partial), the server's position, caught up."""
+    return list(
+        ctx["server"].sql(
+            "SELECT r.state, r.write_lsn::text, pg_current_wal_lsn()::text, "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), r.write_lsn) < 256 * 1024 "
+            "FROM pg_stat_replication r WHERE r.application_name = 'pgbackup_platform'"
+        )
+    )
+
+
+@when("wal-receive is started in the client namespace")
+def receiver_in_client(h: Harness, ctx: dict[str, Any], receivers: list[Any]) -> None:
+    net: Net = ctx["net"]
+    proc = subprocess.Popen(
+        net.client(PGBACKUP, "--config", str(h.config), "wal-receive", "--target", "platform"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**h.env, "PGBACKUP_QUIET": "0"},
+        cwd=h.root,
+    )
+    receivers.append(proc)
+    ctx["receiver"] = proc
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("streaming platform on slot"), (line, proc.poll())
+    deadline = time.monotonic() + 30
+    while not [r for r in receiver_state(ctx) if r[0] == "streaming"]:
+        assert time.monotonic() < deadline, "the receiver never streamed"
+        time.sleep(0.2)
+    # the replication connection comes from the client namespace's address
+    peer = ctx["server"].sql(
+        "SELECT client_addr::text FROM pg_stat_replication WHERE application_name = 'pgbackup_platform'"
+    )
+    assert peer == [(f"{net.client_address}/32",)], peer
+
+
+@when("a backup is taken from the client namespace")
+def backup_in_client(h: Harness, ctx: dict[str, Any]) -> None:
+    proc = in_ns(h, ctx["net"].client(PGBACKUP, "--config", str(h.config), "backup"))
+    assert proc.returncode == 0, proc.stderr
+    listed = in_ns(h, ctx["net"].client(PGBACKUP, "--config", str(h.config), "list", "--json"))
+    ctx["backup"] = json.loads(listed.stdout)["platform"]["backups"][-1]
+
+
+def _commit(server: Any, acked: list[tuple[int, str, float]], stop: threading.Event) -> None:
+    """One row per commit; after each, the WAL insert position (at or past the commit
+    record's end), so a commit counts as flushed by the receiver when it is <= its flush."""
+    server.sql("CREATE TABLE stream_log (n int PRIMARY KEY)", dbname="platform")
+    try:
+        with server.connect("platform") as conn:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                conn.execute("INSERT INTO stream_log VALUES (%s)", (n,))
+                lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+                acked.append((n, lsn, time.monotonic()))
+                time.sleep(0.005)
+    except Exception as exc:  # the server's fast shutdown ends the session
+        acked.append((-1, str(exc), time.monotonic()))
+
+
+@when("single-row commits run on the server")
+def commits_run(ctx: dict[str, Any]) -> None:
+    ctx["acked"], ctx["stop"] = [], threading.Event()
+    ctx["writer"] = threading.Thread(
+        target=_commit, args=(ctx["server"], ctx["acked"], ctx["stop"]), daemon=True
+    )
+    ctx["writer"].start()
+    time.sleep(2)
+    assert len(ctx["acked"]) > 50, ctx["acked"][-3:]
+
+
+@when("the link is cut on the receiver's side")
+def cut_client(ctx: dict[str, Any]) -> None:
+    ctx["net"].cut("client")
+    ctx["cut_at"] = time.monotonic()
+    ctx["commits_at_cut"] = len(ctx["acked"])
+
+
+def check_in_server_ns(h: Harness, ctx: dict[str, Any], name: str) -> dict[str, Any]:
+    proc = in_ns(
+        h,
+        ctx["net"].server(
+            PGBACKUP,
+            "--config",
+            str(h.config),
+            "check",
+            "--no-alert",
+            "--json",
+            "--target",
+            "platform",
+        ),
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    found = [c for c in json.loads(proc.stdout)["platform"]["checks"] if c["name"] == name]
+    assert found, proc.stdout
+    return dict(found[0])
+
+
+@then(
+    parsers.parse('check in the server namespace reports "{name}" {status} while the link is down')
+)
+def check_while_down(h: Harness, ctx: dict[str, Any], name: str, status: str) -> None:
+    seen = []
+    deadline = time.monotonic() + 30
+    while True:
+        found = check_in_server_ns(h, ctx, name)
+        seen.append((round(time.monotonic() - ctx["cut_at"], 1), found["status"], found["summary"]))
+        if found["status"] == status:
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(1)
+    print("check during the outage:", *seen, sep="\n  ")
+    time.sleep(max(0.0, ctx["cut_at"] + 10 - time.monotonic()))  # an outage of 10 s at least
+
+
+@then("the server went on committing, across 2 segment switches, while the link was down")
+def committed_while_down(ctx: dict[str, Any]) -> None:
+    for _ in range(2):  # segments the receiver must fetch whole from its slot later
+        ctx["server"].sql("SELECT pg_switch_wal()")
+        time.sleep(0.5)
+    during = len(ctx["acked"]) - ctx["commits_at_cut"]
+    assert during > 100, during
+    ctx["commits_while_down"] = during
+
+
+@when("the link is healed on the receiver's side")
+def heal_client(ctx: dict[str, Any]) -> None:
+    ctx["net"].heal("client")
+    ctx["healed_at"] = time.monotonic()
+
+
+@then("the receiver streams from its slot again and catches up")
+def resumes(h: Harness, ctx: dict[str, Any]) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        rows = receiver_state(ctx)
+        if rows and rows[0][0] == "streaming" and rows[0][3]:
+            break
+        assert time.monotonic() < deadline, (rows, ctx["receiver"].poll())
+        time.sleep(0.3)
+    print(f"streaming and caught up {time.monotonic() - ctx['healed_at']:.1f}s after healing")
+    found = check_in_server_ns(h, ctx, "wal_receiver")
+    assert found["status"] == "OK" and "streaming on" in found["summary"], found
+
+
+@when("the commits stop and the server is stopped")
+def stop_server(h: Harness, ctx: dict[str, Any]) -> None:
+    time.sleep(1)
+    ctx["stop"].set()
+    ctx["writer"].join(30)
+    time.sleep(1.5)  # a status packet after the last commit (--status-interval 1)
+    rows = receiver_state(ctx)
+    ctx["ack_flush"] = rows[0][1]
+    # A fast shutdown's walsender sends everything up to the shutdown checkpoint and waits
+    # for the receiver to confirm its flush before it exits (WalSndDone in
+    # src/backend/replication/walsender.c).
+    h.sandbox().stop("fast")
+
+
+@then("wal-receive stops on SIGTERM with exit status 0")
+def receiver_stops(ctx: dict[str, Any]) -> None:
+    proc = ctx["receiver"]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (proc.returncode, out, err[-3000:])
+    assert "stopped:" in out and "Traceback" not in err, (out, err[-3000:])
+    ctx["receiver_log"] = err
+    print(out.strip().splitlines()[-1])
+    print("restarts of pg_receivewal:", [ln for ln in err.splitlines() if "restarting in" in ln])
+
+
+@then(
+    "every segment since the backup is in the repository, each the server's bytes or a prefix of them"
+)
+def no_gap(h: Harness, ctx: dict[str, Any]) -> None:
+    from pgbackup.formats.lsn import parse_lsn, segment_name
+
+    size = 16 * 1024 * 1024
+    cluster = h.sandbox()
+    pg_wal = cluster.data_dir / "pg_wal"
+    # the shutdown checkpoint's segment: the last one written (pg_wal may hold recycled
+    # segments with later names, renamed ahead of use: xlog.c, InstallXLogFileSegment)
+    control = subprocess.run(
+        [cluster.program("pg_controldata"), str(cluster.data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**h.env, "LC_ALL": "C"},
+    ).stdout
+    checkpoint = next(
+        ln.split(":", 1)[1].strip()
+        for ln in control.splitlines()
+        if ln.startswith("Latest checkpoint location:")
+    )
+    first = parse_lsn(ctx["backup"]["start_lsn"]) // size
+    wanted = [segment_name(1, s * size) for s in range(first, parse_lsn(checkpoint) // size + 1)]
+    wal = h.repo / "platform" / "wal"
+    stored = {p.name for p in wal.iterdir()}
+    out = h.root / "fetched"
+    out.mkdir()
+    partials = 0
+    for name in wanted:
+        complete = f"{name}.zst" in stored
+        assert complete or (name == wanted[-1] and f"{name}.partial.zst" in stored), (
+            name,
+            sorted(stored),
+        )
+        got = h.run("wal-fetch", "--target", "platform", name, str(out / name))
+        assert got.returncode == 0
+        fetched = (out / name).read_bytes()
+        server = (pg_wal / name).read_bytes()
+        if complete:
+            assert fetched == server, name
+        else:
+            partials += 1
+            written = len(fetched.rstrip(b"\0"))
+            assert written > 0 and fetched[:written] == server[:written], name
+    # no stale .partial of a completed segment is left to be served
+    assert not [n for n in stored if n.endswith(".partial.zst") and n[:24] != wanted[-1]], stored
+    print(f"{len(wanted)} segments since the backup, {partials} of them as a .partial prefix")
+
+
+@then(
+    "a restore of the latest point holds every commit up to the receiver's last acknowledged flush"
+)
+def restore_holds(h: Harness, ctx: dict[str, Any]) -> None:
+    from pgbackup.formats.lsn import parse_lsn
+
+    port = free_port()
+    directory = h.root / "restored"
+    cluster = h.track(directory, port)
+    h.run(
+        "restore",
+        "--to",
+        str(directory),
+        "--start",
+        "--port",
+        str(port),
+        "--no-archive",
+        "--target",
+        "latest",
+    )
+    count, highest = cluster.sql("SELECT count(*), max(n) FROM stream_log", dbname="platform")[0]
+    acked = [(n, lsn) for n, lsn, _t in ctx["acked"] if n > 0]
+    last_acked = acked[-1][0]
+    flush = parse_lsn(ctx["ack_flush"])
+    covered = max(n for n, lsn in acked if parse_lsn(lsn) <= flush)
+    print(
+        f"commits acknowledged {last_acked} ({ctx['commits_while_down']} while the link was "
+        f"down), covered by the receiver's flush {covered}, recovered {highest}"
+    )
+    assert count == highest  # no hole: every commit up to the highest
+    assert covered <= highest <= last_acked + 1
+    # the fast shutdown waited for the receiver: every acknowledged commit is there
+    assert highest >= last_acked
