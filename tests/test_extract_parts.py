@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pgbackup.engine.restore_command import parse_recovery_flags
 from pgbackup.errors import UsageError
 from pgbackup.operations.extract import (
     Request,
@@ -13,7 +14,6 @@ from pgbackup.operations.extract import (
     check_request,
     dump_argv,
     parse_qualified,
-    parse_recovery_flags,
     restore_list,
 )
 

@@ -25,6 +25,50 @@ RECOVERY_KEYWORDS = ("immediate", "latest")
 ACTIONS = ("promote", "pause", "shutdown")
 
 
+def parse_recovery_flags(
+    keyword: str | None,
+    target_time: str | None,
+    target_lsn: str | None,
+    target_xid: str | None,
+    target_name: str | None,
+) -> tuple[str | None, Any]:
+    """The one recovery target the flags give (restore's and extract's): (kind, value),
+    ``keyword`` (``--target immediate|latest``) with no value when no flag is given. A
+    time stays text until it is resolved in the zone the server reads it in."""
+    given = [
+        (k, v)
+        for k, v in (
+            ("time", target_time),
+            ("lsn", target_lsn),
+            ("xid", target_xid),
+            ("name", target_name),
+        )
+        if v is not None
+    ]
+    if len(given) + (1 if keyword else 0) > 1:
+        raise UsageError(
+            "give at most one recovery target (--target-time, --target-lsn, --target-xid, --target-name, --target immediate|latest)"
+        )
+    if not given:
+        return keyword, None
+    kind, raw = given[0][0], str(given[0][1])
+    if not raw.strip():
+        raise UsageError(f"--target-{kind} is empty", hint="give a value, or leave the flag out")
+    if kind == "lsn":
+        try:
+            return kind, parse_lsn(raw)
+        except ValueError:
+            raise UsageError(
+                f"--target-lsn {raw!r} is not an LSN",
+                hint="write it as PostgreSQL does, e.g. 0/3000060",
+            ) from None
+    if kind == "xid":
+        if not raw.isdigit():
+            raise UsageError(f"--target-xid {raw!r} is not a transaction id (a positive integer)")
+        return kind, int(raw)
+    return kind, raw  # a time (resolved later) or a restore point's name
+
+
 def parse_time(text: str, zone: str | None = None) -> datetime:
     """ISO 8601 (``2026-11-23 14:30:00``, ``...+01:00``, ``...Z``) as an aware instant.
 
@@ -381,45 +425,9 @@ def restore_command(
     if db and target and db != target:
         raise UsageError(f"--db {db!r} and --target {target!r} name different policy targets")
     policy_target = policy.target(db or target)
-    given = [
-        (k, v)
-        for k, v in (
-            ("time", target_time),
-            ("lsn", target_lsn),
-            ("xid", target_xid),
-            ("name", target_name),
-        )
-        if v is not None
-    ]
-    if len(given) + (1 if recovery_kind else 0) > 1:
-        raise UsageError(
-            "give at most one recovery target (--target-time, --target-lsn, --target-xid, --target-name, --target immediate|latest)"
-        )
-    value: Any = None
-    if given:
-        recovery_kind, raw = given[0]
-        if not str(raw).strip():
-            raise UsageError(
-                f"--target-{recovery_kind} is empty", hint="give a value, or leave the flag out"
-            )
-        if recovery_kind == "time":
-            value = str(raw)  # resolved below, in the zone the server reads it in
-        elif recovery_kind == "lsn":
-            try:
-                value = parse_lsn(str(raw))
-            except ValueError:
-                raise UsageError(
-                    f"--target-lsn {raw!r} is not an LSN",
-                    hint="write it as PostgreSQL does, e.g. 0/3000060",
-                ) from None
-        elif recovery_kind == "xid":
-            if not str(raw).isdigit():
-                raise UsageError(
-                    f"--target-xid {raw!r} is not a transaction id (a positive integer)"
-                )
-            value = int(str(raw))
-        else:
-            value = str(raw)
+    recovery_kind, value = parse_recovery_flags(
+        recovery_kind, target_time, target_lsn, target_xid, target_name
+    )
     action = target_action or "promote"
     if action not in ACTIONS:
         raise UsageError(f"--target-action {action!r}: must be one of {', '.join(ACTIONS)}")

@@ -251,14 +251,9 @@ def extract(
     json_: bool = False,
 ) -> None:
     """Tables or a database as they were at a recovery target: into a file or a new database."""
-    from pgbackup.engine.restore_command import RECOVERY_KEYWORDS
+    from pgbackup.engine.restore_command import RECOVERY_KEYWORDS, parse_recovery_flags
     from pgbackup.errors import UsageError
-    from pgbackup.operations.extract import (
-        Request,
-        parse_qualified,
-        parse_recovery_flags,
-        run_extract,
-    )
+    from pgbackup.operations.extract import Request, parse_qualified, run_extract
 
     if not db:
         raise UsageError("extract needs --db NAME (the database the objects are in)")

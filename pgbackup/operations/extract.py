@@ -125,52 +125,6 @@ def shown(schema: str, name: str) -> str:
     return f"{schema}.{name}"
 
 
-def parse_recovery_flags(
-    keyword: str | None,
-    target_time: str | None,
-    target_lsn: str | None,
-    target_xid: str | None,
-    target_name: str | None,
-) -> tuple[str | None, Any]:
-    """The one recovery target the flags give, as restore reads them: (kind, value); a
-    time stays text until it is resolved in the server's zone."""
-    from pgbackup.formats.lsn import parse_lsn
-
-    given = [
-        (k, v)
-        for k, v in (
-            ("time", target_time),
-            ("lsn", target_lsn),
-            ("xid", target_xid),
-            ("name", target_name),
-        )
-        if v is not None
-    ]
-    if len(given) + (1 if keyword else 0) > 1:
-        raise UsageError(
-            "give one recovery target (--target-time, --target-lsn, --target-xid, "
-            "--target-name, --target immediate|latest)"
-        )
-    if not given:
-        return keyword, None
-    kind, raw = given[0][0], str(given[0][1])
-    if not raw.strip():
-        raise UsageError(f"--target-{kind} is empty", hint="give a value, or leave the flag out")
-    if kind == "lsn":
-        try:
-            return kind, parse_lsn(raw)
-        except ValueError:
-            raise UsageError(
-                f"--target-lsn {raw!r} is not an LSN",
-                hint="write it as PostgreSQL does, e.g. 0/3000060",
-            ) from None
-    if kind == "xid":
-        if not raw.isdigit():
-            raise UsageError(f"--target-xid {raw!r} is not a transaction id (a positive integer)")
-        return kind, int(raw)
-    return kind, raw
-
-
 # --- the request and its result -----------------------------------------------------------
 
 
