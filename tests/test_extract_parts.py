@@ -8,13 +8,12 @@ import pytest
 
 from pgbackup.engine.restore_command import parse_recovery_flags
 from pgbackup.errors import UsageError
-from pgbackup.operations.extract import (
+from pgbackup.operations.extract.command import dump_argv, restore_list
+from pgbackup.operations.extract.request import (
     Request,
     SparsePlan,
     check_request,
-    dump_argv,
     parse_qualified,
-    restore_list,
 )
 
 

@@ -253,7 +253,8 @@ def extract(
     """Tables or a database as they were at a recovery target: into a file or a new database."""
     from pgbackup.engine.restore_command import RECOVERY_KEYWORDS, parse_recovery_flags
     from pgbackup.errors import UsageError
-    from pgbackup.operations.extract import Request, parse_qualified, run_extract
+    from pgbackup.operations.extract.command import run_extract
+    from pgbackup.operations.extract.request import Request, parse_qualified
 
     if not db:
         raise UsageError("extract needs --db NAME (the database the objects are in)")
