@@ -21,7 +21,7 @@ SLOT_SQL = (
     "pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, "
     "pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(r.write_lsn, s.restart_lsn))::bigint, "
     "extract(epoch FROM r.write_lag), extract(epoch FROM now() - r.reply_time), "
-    "r.sync_state "
+    "r.sync_state, r.pid IS NOT NULL AND r.state IS NULL "
     "FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid "
     "WHERE NOT s.temporary"
 )
@@ -42,6 +42,7 @@ def slot_facts(conninfo: dict[str, Any]) -> tuple[list[dict[str, Any]], int | No
         "write_lag",
         "reply_age",
         "sync_state",
+        "details_hidden",
     )
     with connect(conninfo) as conn:
         rows = conn.execute(SLOT_SQL).fetchall()
@@ -53,15 +54,21 @@ def slot_facts(conninfo: dict[str, Any]) -> tuple[list[dict[str, Any]], int | No
 
 
 def lag_seconds(slot: dict[str, Any]) -> float:
-    """How old the newest WAL the receiver lacks is, as the server sees it: 0 when caught up."""
+    """How far behind the receiver is, as the server sees it: 0 when caught up.
+
+    ``write_lag`` is measured from the receiver's replies, so it freezes when they stop (a
+    cut link): the walsender keeps the connection until ``wal_sender_timeout`` (60 s by
+    default) and the slot stays active meanwhile. pg_receivewal replies every
+    ``--status-interval`` (1 s here), so the age of its last reply (``now() -
+    reply_time``, pg_stat_replication) is the other bound: behind by WAL, the receiver is
+    at least as late as its silence is long.
+    """
     if not slot.get("active"):
         return float("inf")
     if not slot.get("lag_bytes"):
         return 0.0
-    for key in ("write_lag", "reply_age"):
-        if slot.get(key) is not None:
-            return float(slot[key])
-    return 0.0
+    known = [float(slot[k]) for k in ("write_lag", "reply_age") if slot.get(k) is not None]
+    return max(known, default=0.0)
 
 
 def receiver_checks(
@@ -151,6 +158,19 @@ def receiver_checks(
             )
         )
         metrics["receiver_lag_bytes"] = float(retained)
+        return checks, metrics
+    if slot.get("details_hidden"):
+        # pg_stat_get_wal_senders (walsender.c) shows a role without the privileges of
+        # pg_read_all_stats only the walsender's pid: no write position, no reply time.
+        checks.append(
+            Check(
+                "wal_receiver",
+                WARNING,
+                f"wal-receive is connected on {name!r}, but this role cannot see how far "
+                "behind it is (pg_stat_replication shows it no details): "
+                "GRANT pg_read_all_stats TO the policy's role",
+            )
+        )
         return checks, metrics
     lag = int(slot.get("lag_bytes") or 0)
     seconds = lag_seconds(slot)

@@ -130,6 +130,9 @@ class Sandbox:
         self.state_path.write_text(json.dumps({"port": cluster.port}) + "\n")
         cluster.start()
         cluster.sql(f"CREATE ROLE {self.user} LOGIN REPLICATION")
+        # As Barman asks of its role: check reads the receiver's lag in pg_stat_replication,
+        # whose details only roles with pg_read_all_stats' privileges see.
+        cluster.sql(f"GRANT pg_read_all_stats TO {self.user}")
         cluster.sql(f"CREATE DATABASE {self.dbname} OWNER {self.user}")
         scale = self.target.sandbox.scale if self.target.sandbox else 1
         cluster.sql(SAMPLE_SCHEMA + sample_data_sql(scale), dbname=self.dbname, user=self.user)
