@@ -178,7 +178,34 @@ class Cluster(SqlAccess):
         return pid
 
     def is_running(self) -> bool:
-        return self.postmaster_pid() is not None
+        """A postmaster holds this data directory: its pid is alive, or, when that pid is
+        not visible here (a server in a container sharing the directory runs in another
+        PID namespace, where kill(0) cannot see it), its lock file's port answers."""
+        return self.postmaster_pid() is not None or self._lock_file_port_answers()
+
+    def _lock_file_port_answers(self) -> bool:
+        # postmaster.pid, line by line (LOCK_FILE_LINE_* in src/include/miscadmin.h): pid,
+        # data directory, start time, port, socket directory, listen address, shmem key,
+        # status. A stale file of a crashed server names a port nobody answers on.
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().split("\n")
+            port = int(lines[3])
+        except (OSError, ValueError, IndexError):
+            return False
+        sockets: list[tuple[int, Any]] = []
+        if len(lines) > 4 and lines[4].strip():
+            sockets.append((socket.AF_UNIX, f"{lines[4].strip()}/.s.PGSQL.{port}"))
+        if len(lines) > 5 and lines[5].strip():
+            sockets.append((socket.AF_INET, ("127.0.0.1", port)))
+        for family, address in sockets:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1.0)
+                try:
+                    probe.connect(address)
+                except OSError:
+                    continue
+                return True
+        return False
 
     # --- lifecycle ----------------------------------------------------------------------
 
