@@ -450,7 +450,8 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
                 parent_manifest: Path | None = None
                 if parent is not None:
                     step = f"reading the manifest of parent backup {parent.backup_id}"
-                    from pgbackup.engine.restore import identities, read_manifest_bytes
+                    from pgbackup.engine.delta import read_manifest_bytes
+                    from pgbackup.engine.restore import identities
 
                     parent_manifest = Path(scratch) / MANIFEST
                     parent_manifest.write_bytes(

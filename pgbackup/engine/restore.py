@@ -14,12 +14,13 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pgbackup.engine.combine import chain_members, combine_chain
+from pgbackup.engine.delta import DeltaPlan, check_delta_destination, plan_delta, read_manifest
 from pgbackup.engine.repository import BackupInfo, Repository
 from pgbackup.errors import PgBackupError, PostgresError, RestoreError, UsageError
 from pgbackup.formats.codecs import CodecSpec, open_decoder
@@ -256,121 +257,6 @@ def recovery_failure(cluster: Any) -> str | None:
     return fatal[-1] if fatal else None
 
 
-@dataclass
-class DeltaPlan:
-    """What a delta restore keeps, and what it removed before writing."""
-
-    keep: set[str] = field(default_factory=set)
-    reused_bytes: int = 0
-    removed_files: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "kept_files": len(self.keep),
-            "reused_bytes": self.reused_bytes,
-            "removed_files": self.removed_files,
-        }
-
-
-def read_manifest(
-    storage: Storage, prefix: str, info: BackupInfo, identity_list: list[str] | None
-) -> dict[str, Any]:
-    """The backup's own backup_manifest (decoded), as PostgreSQL wrote it."""
-    import json
-
-    return dict(json.loads(read_manifest_bytes(storage, prefix, info, identity_list)))
-
-
-def read_manifest_bytes(
-    storage: Storage, prefix: str, info: BackupInfo, identity_list: list[str] | None
-) -> bytes:
-    """The backup's backup_manifest, checked against its metadata and decoded."""
-    from pgbackup.formats.codecs import decode_bytes
-
-    for name, obj in info.metadata["objects"].items():
-        if obj.get("kind") == "manifest":
-            stored = storage.read_bytes(prefix + name)
-            if hashlib.sha256(stored).hexdigest() != obj["sha256"]:
-                raise RestoreError(f"{name} does not match its checksum; the backup is damaged")
-            return decode_bytes(
-                CodecSpec.from_dict(obj["codec"]), stored, identities=identity_list, what=name
-            )
-    raise RestoreError(f"backup {info.backup_id} has no backup_manifest; --delta needs one")
-
-
-def manifest_path_on_disk(path: str, directory: Path, destinations: dict[int, Path]) -> Path:
-    """Where a manifest path (relative to the data directory) lives on disk: tablespace
-    files (``pg_tblspc/<oid>/...``) under their restore destinations."""
-    parts = path.split("/")
-    if len(parts) > 2 and parts[0] == "pg_tblspc" and parts[1].isdigit():
-        where = destinations.get(int(parts[1]))
-        if where is not None:
-            return where.joinpath(*parts[2:])
-    return directory.joinpath(*parts)
-
-
-def plan_delta(
-    directory: Path, destinations: dict[int, Path], manifest: dict[str, Any]
-) -> DeltaPlan:
-    """Keep every file whose size and CRC32C equal the manifest's; remove every other
-    file (and link) the backup does not have, pg_wal's content included (stale WAL must
-    never be replayed). Files kept are not written again."""
-    import crc32c
-
-    plan = DeltaPlan()
-    wanted: dict[Path, dict[str, Any]] = {}
-    for entry in manifest.get("Files", []):
-        wanted[manifest_path_on_disk(entry["Path"], directory, destinations)] = entry
-    for on_disk, entry in wanted.items():
-        try:
-            if on_disk.is_symlink() or not on_disk.is_file():
-                continue
-            if on_disk.stat().st_size != int(entry["Size"]):
-                continue  # truncated or grown: rewritten
-            if entry.get("Checksum-Algorithm") != "CRC32C":
-                continue  # nothing to compare with: rewritten
-            crc = 0
-            with open(on_disk, "rb") as f:
-                while chunk := f.read(READ_SIZE):
-                    crc = crc32c.crc32c(chunk, crc)
-            if crc.to_bytes(4, "little").hex() != entry["Checksum"]:
-                continue  # right size, wrong content: rewritten
-        except OSError:
-            continue
-        plan.keep.add(entry["Path"])
-        plan.reused_bytes += int(entry["Size"])
-    keep_on_disk = {manifest_path_on_disk(p, directory, destinations) for p in plan.keep}
-    for root in [directory, *destinations.values()]:
-        if not root.exists():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            base = Path(dirpath)
-            for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
-                path = base / name
-                if path not in keep_on_disk:
-                    path.unlink()
-                    plan.removed_files += 1
-    return plan
-
-
-def check_delta_destination(directory: Path) -> None:
-    """--delta writes into an existing, STOPPED data directory of PostgreSQL's."""
-    if not (directory / "PG_VERSION").is_file():
-        raise RestoreError(
-            f"{directory} holds no PostgreSQL data directory; --delta restores over an "
-            "existing copy",
-            hint="leave out --delta to restore into an empty or new directory",
-        )
-    if (directory / "postmaster.pid").exists():
-        probe = Cluster(directory, 0, os_user=server_os_user() or "")
-        if probe.is_running():
-            raise RestoreError(
-                f"a PostgreSQL server (pid {probe.postmaster_pid()}) is running on {directory}; "
-                "a delta restore never writes under a running server",
-                hint=f"stop it first: pg_ctl -D {directory} stop",
-            )
-
-
 def link_tablespaces(directory: Path, destinations: dict[int, Path], os_user: str | None) -> None:
     """Make ``pg_tblspc/<oid>`` point at each restored tablespace and drop
     ``tablespace_map``, so the server starts on the links as they are."""
@@ -398,109 +284,6 @@ def independent_or_standby(directory: Path, standby: bool, info: BackupInfo) -> 
                 "removing %s carried over from the source of backup %s", signal_file, info.backup_id
             )
             path.unlink()
-
-
-def chain_members(repo: Repository, target: str, info: BackupInfo) -> list[BackupInfo]:
-    """The backups an incremental restores from, full backup first, ``info`` last; a
-    missing or incomplete member is one clear error (before anything is written)."""
-    members = []
-    for backup_id in info.metadata.get("chain") or []:
-        try:
-            member = repo.find_backup(target, backup_id)
-        except PgBackupError as exc:
-            raise RestoreError(
-                f"backup {info.backup_id} is an incremental whose chain member {backup_id} "
-                f"cannot be used: {exc.message}",
-                hint="restore another backup (pgbackup list shows the chains)",
-            ) from None
-        members.append(member)
-    return [*members, info]
-
-
-#: pg_combinebackup's ways of copying, fastest first: reflinks, copy_file_range, copy.
-COMBINE_METHODS = (("--clone",), ("--copy-file-range",), ())
-
-
-def combine_chain(
-    storage: Storage,
-    repo: Repository,
-    policy: Policy,
-    target: Target,
-    members: list[BackupInfo],
-    directory: Path,
-    os_user: str | None,
-) -> dict[str, Any]:
-    """Extract each member (full first) into a staging directory beside ``directory`` and
-    rebuild the data directory with pg_combinebackup of the backup's major; returns what
-    was read and how it was combined."""
-    from pgbackup.postgres.binaries import find_program
-    from pgbackup.postgres.cluster import run_as
-
-    last = members[-1]
-    program = find_program(
-        "pg_combinebackup", int(last.metadata["server_version_num"]) // 10000, target.pg_bin_dir
-    )
-    staging = Path(tempfile.mkdtemp(prefix=".pgbackup-combine-", dir=directory.parent))
-    stored = 0
-    try:
-        dirs = []
-        t0 = time.monotonic()
-        for member in members:
-            prefix = repo.base_prefix(target.name, member.backup_id)
-            identity_list = identities(policy, member)
-            where = staging / member.backup_id
-            for name, obj in archive_objects(member):
-                if obj["kind"] == "wal" and member is not last:
-                    continue  # only the newest member's WAL is needed
-                into = where / "pg_wal" if obj["kind"] == "wal" else where
-                into.mkdir(parents=True, exist_ok=True)
-                read, _ = extract(
-                    storage,
-                    prefix + name,
-                    CodecSpec.from_dict(obj["codec"]),
-                    identity_list,
-                    into,
-                    obj,
-                )
-                stored += read
-            (where / "backup_manifest").write_bytes(
-                read_manifest_bytes(storage, prefix, member, identity_list)
-            )
-            dirs.append(str(where))
-        extracted = time.monotonic() - t0
-        hand_over(staging, os_user, 0o700)
-        failures = []
-        for method in COMBINE_METHODS:
-            t1 = time.monotonic()
-            proc = run_as(
-                [program, "--output", str(directory), *method, *dirs],
-                os_user,
-                check=False,
-            )
-            if proc.returncode == 0:
-                LOG.info(
-                    "combined %d backups into %s with pg_combinebackup %s in %.1fs",
-                    len(members),
-                    directory,
-                    " ".join(method) or "(copy)",
-                    time.monotonic() - t1,
-                )
-                return {
-                    "members": [m.backup_id for m in members],
-                    "method": (method[0].lstrip("-") if method else "copy"),
-                    "extract_seconds": round(extracted, 3),
-                    "combine_seconds": round(time.monotonic() - t1, 3),
-                    "stored_bytes": stored,
-                }
-            failures.append(f"{' '.join(method) or 'copy'}: {(proc.stdout or '').strip()[-500:]}")
-            empty_directory(directory)
-        raise RestoreError(
-            f"pg_combinebackup could not rebuild backup {last.backup_id} from its chain "
-            f"({' <- '.join(m.backup_id for m in members)}): {failures[-1]}",
-            hint="run `pgbackup verify --backup " + last.backup_id + "`",
-        )
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 MINIMAL_CONF = """# written by pgbackup restore: the backup carried no postgresql.conf
