@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import stat
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,27 @@ from pgbackup.postgres.cluster import server_os_user
 from pgbackup.postgres.connection import connect, table_checksums
 
 SAMPLE_TABLES = ["public.tenants", "public.users", "public.sessions"]
+
+
+def _killed_at_teardown() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[subprocess.Popen[str]]]:
+    """wal-receive processes a scenario started; killed at the end whatever happened."""
+    yield from _killed_at_teardown()
+
+
+@pytest.fixture
+def shippers() -> Iterator[list[subprocess.Popen[str]]]:
+    """wal-ship processes a scenario started; killed at the end whatever happened."""
+    yield from _killed_at_teardown()
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import PGBACKUP, Harness, commit_batches, switch_and_wait
+from harness import PGBACKUP, Harness, commit_batches, restore_and_start, switch_and_wait
 from netns import Net, start_in_namespace, veth_pair
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from pgbackup.postgres.cluster import free_port
+from pgbackup.postgres.cluster import Cluster
 
 scenarios("network_faults.feature")
 
@@ -77,16 +77,6 @@ def namespaces() -> Iterator[Net]:
 def stack() -> Iterator[contextlib.ExitStack]:
     with contextlib.ExitStack() as s:
         yield s
-
-
-@pytest.fixture
-def shippers() -> Iterator[list[subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def spec_for(net: Net, bucket: str, prefix: str) -> dict[str, Any]:
@@ -349,16 +339,6 @@ def fetched_equal(h: Harness, ctx: dict[str, Any]) -> None:
 
 
 # --- wal-receive through the cut link ---------------------------------------------------
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @given(
@@ -639,20 +619,8 @@ def no_gap(h: Harness, ctx: dict[str, Any]) -> None:
 def restore_holds(h: Harness, ctx: dict[str, Any]) -> None:
     from pgbackup.formats.lsn import parse_lsn
 
-    port = free_port()
-    directory = h.root / "restored"
-    cluster = h.track(directory, port)
-    h.run(
-        "restore",
-        "--to",
-        str(directory),
-        "--start",
-        "--port",
-        str(port),
-        "--no-archive",
-        "--target",
-        "latest",
-    )
+    restore_and_start(h, ctx, h.root / "restored", "--target", "latest")
+    cluster = Cluster(*ctx["restored"])
     count, highest = cluster.sql("SELECT count(*), max(n) FROM stream_log", dbname="platform")[0]
     acked = [(n, lsn) for n, lsn, _t in ctx["acked"] if n > 0]
     last_acked = acked[-1][0]

@@ -8,25 +8,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from harness import PGBACKUP, Harness, batches_in, commit_batches, restore_and_start
 from pytest_bdd import given, parsers, scenarios, then, when
 
 scenarios("wal_receiver.feature")
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[subprocess.Popen[str]]]:
-    """wal-receive processes a scenario started; killed at the end whatever happened."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @given("the source does not archive WAL")

@@ -39,17 +39,6 @@ def stack() -> Iterator[contextlib.ExitStack]:
         yield s
 
 
-@pytest.fixture
-def shippers() -> Iterator[list[subprocess.Popen[str]]]:
-    """wal-ship processes a scenario started; killed at the end whatever happened."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 @given(parsers.parse('a {kind} upload destination "{name}"'))
 def destination(
     h: Harness, ctx: dict[str, Any], stack: contextlib.ExitStack, kind: str, name: str
@@ -353,16 +342,6 @@ def plan_receiver_ships(h: Harness, name: str, seconds: float) -> None:
 
 
 # --- wal-receive ships too (steps of wal_receiver.feature, reused) ---------------------
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @given(parsers.parse('the target only streams WAL, on slot "{slot}"'))
