@@ -32,19 +32,24 @@ DEFAULT_SEG_SIZE = 16 * 1024 * 1024
 _MAX_LSN = (1 << 64) - 1
 _MAX_TLI = 0xFFFFFFFF
 
-_LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-_SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
-_HISTORY_RE = re.compile(r"[0-9A-F]{8}\.history")
-_BACKUP_RE = re.compile(r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup")
-_PARTIAL_RE = re.compile(r"[0-9A-F]{24}\.partial")
-_HISTORY_LINE_RE = re.compile(r"(\d+)\s+([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})(?:\s+(.*))?")
+# WAL file names are checked with string operations, and the two patterns below compiled
+# on first use: wal-push imports this module once per segment, and compiling six regular
+# expressions cost more than the rest of the module.
+_HEX_UPPER = "0123456789ABCDEF"
+_LSN_PATTERN = r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})"
+_HISTORY_LINE_PATTERN = r"(\d+)\s+([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})(?:\s+(.*))?"
+
+
+def _upper_hex(text: str, length: int) -> bool:
+    """``text`` is exactly ``length`` upper-case hexadecimal digits (``[0-9A-F]{length}``)."""
+    return len(text) == length and not text.strip(_HEX_UPPER)
 
 
 def parse_lsn(text: str) -> int:
     """``"0/3000028"`` -> ``0x3000028``; ValueError naming the bad input otherwise."""
     if not isinstance(text, str):
         raise ValueError(f"invalid LSN {text!r}: expected a string like '0/3000028'")
-    match = _LSN_RE.fullmatch(text.strip())
+    match = re.fullmatch(_LSN_PATTERN, text.strip())
     if not match:
         raise ValueError(
             f"invalid LSN {text!r}: expected two hexadecimal numbers of at most 8 digits "
@@ -125,19 +130,25 @@ def history_file_name(timeline: int) -> str:
 
 
 def is_segment(name: str) -> bool:
-    return _SEGMENT_RE.fullmatch(name) is not None
+    return _upper_hex(name, 24)
 
 
 def is_history(name: str) -> bool:
-    return _HISTORY_RE.fullmatch(name) is not None
+    return name.endswith(".history") and _upper_hex(name[:-8], 8)
 
 
 def is_backup_label_file(name: str) -> bool:
-    return _BACKUP_RE.fullmatch(name) is not None
+    return (
+        len(name) == 40
+        and name.endswith(".backup")
+        and name[24] == "."
+        and _upper_hex(name[:24], 24)
+        and _upper_hex(name[25:33], 8)
+    )
 
 
 def is_partial(name: str) -> bool:
-    return _PARTIAL_RE.fullmatch(name) is not None
+    return name.endswith(".partial") and _upper_hex(name[:-8], 24)
 
 
 def parse_history(text: str) -> list[tuple[int, int, str]]:
@@ -151,7 +162,7 @@ def parse_history(text: str) -> list[tuple[int, int, str]]:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        match = _HISTORY_LINE_RE.fullmatch(stripped)
+        match = re.fullmatch(_HISTORY_LINE_PATTERN, stripped)
         if not match:
             raise ValueError(
                 f"syntax error in timeline history line {number}: {line!r} "

@@ -19,14 +19,16 @@ The compression libraries and pyrage are imported on first use so that ``wal-pus
 The code is split by stage: :mod:`.spec` (specs and name suffixes), :mod:`.keys` (age
 recipients and identities), :mod:`.encode` (the push-style pipeline), :mod:`.decode`
 (the pull-style readers) and :mod:`.oneshot` (small objects in one call); this package
-re-exports their public API.
+re-exports their public API. The streaming modules (:mod:`.encode`, :mod:`.decode`, with
+their threads and queues) and :mod:`.keys` are imported when one of their names is first
+asked for: wal-push needs only :mod:`.spec` and :mod:`.oneshot`.
 """
 
 from __future__ import annotations
 
-from pgbackup.formats.codecs.decode import open_decoder
-from pgbackup.formats.codecs.encode import Encoder
-from pgbackup.formats.codecs.keys import load_identities, load_recipients
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from pgbackup.formats.codecs.oneshot import decode_bytes, encode_bytes
 from pgbackup.formats.codecs.spec import (
     CHUNK_SIZE,
@@ -37,6 +39,28 @@ from pgbackup.formats.codecs.spec import (
     parse_suffix,
     suffix,
 )
+
+if TYPE_CHECKING:
+    from pgbackup.formats.codecs.decode import open_decoder
+    from pgbackup.formats.codecs.encode import Encoder
+    from pgbackup.formats.codecs.keys import load_identities, load_recipients
+
+_LAZY = {
+    "open_decoder": "decode",
+    "Encoder": "encode",
+    "load_identities": "keys",
+    "load_recipients": "keys",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CHUNK_SIZE",

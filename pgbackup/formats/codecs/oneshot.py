@@ -7,19 +7,9 @@ path wal-push and wal-fetch take for every segment.
 
 from __future__ import annotations
 
-import io
-from typing import cast
+from typing import Any, cast
 
 from pgbackup.errors import EncryptionError
-from pgbackup.formats.codecs.decode import open_decoder
-from pgbackup.formats.codecs.encode import _make_compress
-from pgbackup.formats.codecs.keys import (
-    _age,
-    _decrypt_error,
-    _missing_identity,
-    _parse_identities,
-    _parse_recipients,
-)
 from pgbackup.formats.codecs.spec import _AGE_MAGIC, WHOLE_JOB_SIZE, CodecSpec
 
 
@@ -32,8 +22,9 @@ def encode_bytes(
 ) -> bytes:
     """Encode a small object in memory (WAL segments, metadata), in one call."""
     if spec.compression == "zstd":
-        import zstandard
+        from pgbackup.formats.zstdlib import load
 
+        zstandard: Any = load()  # the C backend, without the package's imports
         # One-shot: no streaming context and no chunk joins (and the frame records the
         # content size); the bytes decode like any other zstd frame. With workers, 2 MiB
         # jobs keep every core busy on a 16 MiB segment (zstd's default job is 8 MiB,
@@ -47,6 +38,8 @@ def encode_bytes(
         )
         compressed = zstandard.ZstdCompressor(compression_params=params).compress(data)
     else:
+        from pgbackup.formats.codecs.encode import _make_compress
+
         compress, flush = _make_compress(spec, threads)
         compressed = compress(data) + flush()
     if not spec.encrypted:
@@ -56,6 +49,8 @@ def encode_bytes(
             "encryption is enabled but no age recipients were given",
             hint="set encryption.recipients_file in backup.yaml to a file of 'age1...' public keys",
         )
+    from pgbackup.formats.codecs.keys import _age, _parse_recipients
+
     try:
         return cast(bytes, _age().encrypt(compressed, _parse_recipients(recipients)))
     except EncryptionError:
@@ -72,6 +67,16 @@ def decode_bytes(
     what: str = "stored object",
 ) -> bytes:
     """Decode a small object in memory; errors as for :func:`open_decoder`."""
+    import io
+
+    from pgbackup.formats.codecs.decode import open_decoder
+    from pgbackup.formats.codecs.keys import (
+        _age,
+        _decrypt_error,
+        _missing_identity,
+        _parse_identities,
+    )
+
     if spec.encrypted:
         if not identities:
             raise _missing_identity()
