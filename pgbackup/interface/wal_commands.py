@@ -9,10 +9,14 @@ a cached, already validated policy and import nothing else they do not need
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from pathlib import Path
+
+# pathlib and contextlib (with re, enum, urllib...) are imported only where needed: the
+# wal-push fast path (wal_fastpush) must not pay for them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 WAL_COMMANDS = ("wal-push", "wal-fetch")
 
@@ -103,11 +107,27 @@ def wal_main(argv: list[str]) -> int:
             config or os.environ.get("PGBACKUP_CONFIG") or "backup.yaml", target, args[0]
         )
     policy = None
+    unsynced: OSError | None = None
     try:
+        if command == "wal-push":
+            # The common case, with none of the imports below (wal_fastpush says which
+            # case and why); anything else, or any doubt, goes the general way.
+            from pgbackup.interface.wal_fastpush import fast_push
+
+            try:
+                if fast_push(config, target, args[0]):
+                    return 0
+            except OSError as exc:  # linked into place, but its directory not fsynced
+                unsynced = exc
         from pgbackup.engine import wal
         from pgbackup.policy import find_config, load_policy_fast
 
         policy = load_policy_fast(find_config(config))
+        if unsynced is not None:
+            raise wal.WalError(
+                f"cannot make {os.path.basename(args[0])} durable in the archive "
+                f"(fsync of its directory): {unsynced.strerror or unsynced}"
+            )
         if command == "wal-push":
             wal.push(policy, args[0], target)
         else:
@@ -125,13 +145,19 @@ def wal_main(argv: list[str]) -> int:
         print(f"pgbackup {command}: error: {exc}", file=sys.stderr)
         _alert_wal_failure(policy, command, target, args, exc)
         if command == "wal-fetch":
-            return fetch_failure_status(Path.cwd())
+            return fetch_failure_status(_cwd())
         return max(exc.exit_code, 1)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug; still one line, never a traceback in the server log
         print(f"pgbackup {command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return fetch_failure_status(Path.cwd()) if command == "wal-fetch" else 70
+        return fetch_failure_status(_cwd()) if command == "wal-fetch" else 70
+
+
+def _cwd() -> Path:
+    from pathlib import Path
+
+    return Path.cwd()
 
 
 def fetch_failure_status(data_dir: Path) -> int:
@@ -170,6 +196,8 @@ def _alert_wal_failure(
     """A failed push or fetch alerts (on state change) without slowing the happy path."""
     if policy is None:
         return
+    import contextlib
+
     from pgbackup.operations.alerts import notify_event
 
     with contextlib.suppress(Exception):
