@@ -10,25 +10,11 @@ from typing import Any
 
 from harness import Harness, restore_and_start, switch_and_wait_archived
 from pytest_bdd import given, parsers, scenarios, then, when
+from tablespace_helpers import assert_linked_to, make_tablespace, restored, table_sum
 
-from pgbackup.postgres.cluster import Cluster, hand_over
+from pgbackup.postgres.cluster import hand_over
 
 scenarios("tablespaces.feature")
-
-
-def make_tablespace(h: Harness, cluster: Cluster, name: str, rows: int) -> Path:
-    location = h.root / f"ts-{name}"
-    location.mkdir()
-    hand_over(location, cluster.os_user, 0o700)
-    cluster.sql(f"CREATE TABLESPACE {name} LOCATION '{location}'")
-    cluster.sql(
-        f"CREATE TABLE in_{name} (id int, payload text) TABLESPACE {name}", dbname="platform"
-    )
-    cluster.sql(
-        f"INSERT INTO in_{name} SELECT g, md5(g::text) FROM generate_series(1, {rows}) g",
-        dbname="platform",
-    )
-    return location
 
 
 @given(parsers.parse('the sandbox has a tablespace "{name}" with {rows:d} rows in a table in it'))
@@ -36,14 +22,6 @@ def sandbox_tablespace(h: Harness, ctx: dict[str, Any], name: str, rows: int) ->
     cluster = h.sandbox()
     ctx.setdefault("locations", {})[name] = make_tablespace(h, cluster, name, rows)
     ctx.setdefault("sums", {})[name] = table_sum(cluster, name)
-
-
-def table_sum(cluster: Cluster, name: str) -> tuple[int, str]:
-    row = cluster.sql(
-        f"SELECT count(*), md5(string_agg(payload, ',' ORDER BY id)) FROM in_{name}",
-        dbname="platform",
-    )[0]
-    return int(row[0]), str(row[1])
 
 
 @given("the source server is gone and its tablespace directory with it")
@@ -139,11 +117,6 @@ def create_original(h: Harness, ctx: dict[str, Any], name: str) -> None:
     hand_over(location, h.sandbox().os_user, 0o700)
 
 
-def restored(ctx: dict[str, Any]) -> Cluster:
-    directory, port = ctx["restored"]
-    return Cluster(directory, port)
-
-
 @then(parsers.parse('the restored table in "{name}" has the same {rows:d} rows'))
 def same_rows(ctx: dict[str, Any], name: str, rows: int) -> None:
     got = table_sum(restored(ctx), name)
@@ -177,10 +150,7 @@ def verify_tablespace(h: Harness, ctx: dict[str, Any]) -> None:
 @then("pg_tblspc links to the new directory and no tablespace_map is left")
 def links_mapped(ctx: dict[str, Any]) -> None:
     directory, _port = ctx["restored"]
-    links = list((directory / "pg_tblspc").iterdir())
-    assert [os.readlink(link) for link in links] == [str(ctx["mapped"])], links
-    assert not (directory / "tablespace_map").exists()
-    assert any(ctx["mapped"].iterdir())
+    assert_linked_to(directory, ctx["mapped"])
 
 
 @then("pg_tblspc links to the original location")
