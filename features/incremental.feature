@@ -67,3 +67,21 @@ Feature: Incremental backups store what changed and restore through their chain
     When I restore the newest incremental and start it
     Then the restored cluster holds batches 1,2 and no others
     And pg_combinebackup rebuilt it from 3 backups
+
+  @core_versions
+  Scenario: A chain of a cluster with a tablespace restores into mapped directories, and drills
+    pg_basebackup writes the tablespace as <oid>.tar in every member; pgbackup stages each
+    member as a plain backup (pg_tblspc/<oid> linking to the member's tablespace files),
+    and pg_combinebackup -T writes the tablespace where the restore maps it.
+    Given a chain of a full backup and two incremental backups of a cluster with a tablespace "extra" on PostgreSQL 17 or later
+    When I restore the newest incremental with --tablespace-map-all <a new directory> and start it
+    Then the restored cluster holds batches 1,2 and no others
+    And the table in "extra" holds exactly its rows of batch 2
+    And the tablespace's files are in the mapped directory, linked from pg_tblspc
+    And pg_combinebackup rebuilt it from 3 backups
+    When I restore the middle incremental with --tablespace-map <the OID of "extra">=<a new directory> and start it
+    Then the restored cluster holds batches 1 and no others
+    And the table in "extra" holds exactly its rows of batch 1
+    And the tablespace's files are in the mapped directory, linked from pg_tblspc
+    When I run a drill of the newest backup, checking the rows of batch 3 in "extra"
+    Then the drill restored the chain of 3 and timed its staging and its combine inside the RTO

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,9 @@ from harness import (
     switch_and_wait_archived,
 )
 from pytest_bdd import given, parsers, scenarios, then, when
+from tablespace_helpers import add_rows, assert_linked_to, make_tablespace, restored, table_sum
+
+from pgbackup.postgres.cluster import Cluster
 
 scenarios("incremental.feature")
 
@@ -38,23 +42,65 @@ def only_the_full(h: Harness, ctx: dict[str, Any]) -> None:
     assert [b["backup_type"] for b in h.backups()] == ["full"]
 
 
-@given("a chain of a full backup and two incremental backups on PostgreSQL 17 or later")
-def chain(h: Harness, ctx: dict[str, Any], pg_major: int) -> None:
+def source_for_incrementals(h: Harness, pg_major: int) -> Cluster:
+    """The sandbox with summarize_wal on; a skip below PostgreSQL 17."""
     if pg_major < 17:
         pytest.skip(f"incremental backups need PostgreSQL 17 or later (this run: {pg_major})")
     h.start_source()
     cluster = h.sandbox()
     cluster.sql("ALTER SYSTEM SET summarize_wal = on")
     cluster.sql("SELECT pg_reload_conf()")
+    return cluster
+
+
+def build_chain(
+    h: Harness, ctx: dict[str, Any], cluster: Cluster, change: Callable[[int], None] | None = None
+) -> None:
+    """A full backup, batch 1, an incremental, batch 2, an incremental, batch 3; ``change``
+    (given the batch number) runs beside each batch's commit."""
     h.run("backup")
     ctx["backup_ids"] = [h.backups()[-1]["backup_id"]]
     points = []
     for batch in (1, 2, 3):
         points += commit_batches(cluster, batch, batch)
+        if change is not None:
+            change(batch)
         switch_and_wait_archived(cluster)
         if batch < 3:
             incremental(h, ctx)
     ctx["points"] = points
+
+
+@given("a chain of a full backup and two incremental backups on PostgreSQL 17 or later")
+def chain(h: Harness, ctx: dict[str, Any], pg_major: int) -> None:
+    build_chain(h, ctx, source_for_incrementals(h, pg_major))
+
+
+@given(
+    parsers.parse(
+        "a chain of a full backup and two incremental backups of a cluster with a tablespace "
+        '"{name}" on PostgreSQL 17 or later'
+    )
+)
+def chain_with_tablespace(h: Harness, ctx: dict[str, Any], pg_major: int, name: str) -> None:
+    """Each batch adds 500 rows to the table in the tablespace and rewrites a tenth of the
+    older ones, so every incremental carries changed blocks of the tablespace's files."""
+    cluster = source_for_incrementals(h, pg_major)
+    ctx["locations"] = {name: make_tablespace(h, cluster, name, 1000)}
+    ctx["ts_oid"] = cluster.sql(f"SELECT oid FROM pg_tablespace WHERE spcname = '{name}'")[0][0]
+    sums: dict[int, tuple[int, str]] = {}
+
+    def change(batch: int) -> None:
+        add_rows(cluster, name, 1000 + 500 * (batch - 1) + 1, 1000 + 500 * batch)
+        cluster.sql(
+            f"UPDATE in_{name} SET payload = md5(payload) WHERE id % 10 = {batch}",
+            dbname="platform",
+        )
+        sums[batch] = table_sum(cluster, name)
+
+    build_chain(h, ctx, cluster, change)
+    ctx["ts_sums"] = sums
+    assert len(set(sums.values())) == 3  # each batch changed the table
 
 
 @then("list shows the chain of the newest incremental")
@@ -283,3 +329,59 @@ def chain_encrypted(h: Harness, ctx: dict[str, Any]) -> None:
         for path in data:
             with path.open("rb") as f:
                 assert f.read(len(AGE_MAGIC)) == AGE_MAGIC, path
+
+
+@when("I restore the newest incremental with --tablespace-map-all <a new directory> and start it")
+def restore_newest_mapped_all(h: Harness, ctx: dict[str, Any]) -> None:
+    everything = h.root / "all-tablespaces"
+    ctx["mapped"] = everything / "extra"  # --tablespace-map-all DIR puts each in DIR/<name>
+    args = ["--backup", ctx["backup_ids"][2], "--target", "immediate"]
+    do_restore(h, ctx, [*args, "--tablespace-map-all", str(everything)])
+
+
+@when(
+    'I restore the middle incremental with --tablespace-map <the OID of "extra">=<a new '
+    "directory> and start it"
+)
+def restore_middle_mapped_oid(h: Harness, ctx: dict[str, Any]) -> None:
+    ctx["mapped"] = h.root / "extra-by-oid"
+    args = ["--backup", ctx["backup_ids"][1], "--target", "immediate"]
+    do_restore(h, ctx, [*args, "--tablespace-map", f"{ctx['ts_oid']}={ctx['mapped']}"])
+
+
+@then(parsers.parse('the table in "{name}" holds exactly its rows of batch {batch:d}'))
+def tablespace_rows(ctx: dict[str, Any], name: str, batch: int) -> None:
+    got = table_sum(restored(ctx), name)
+    assert got == ctx["ts_sums"][batch], (got, ctx["ts_sums"])
+    assert got[0] == 1000 + 500 * batch
+
+
+@then("the tablespace's files are in the mapped directory, linked from pg_tblspc")
+def tablespace_mapped(h: Harness, ctx: dict[str, Any]) -> None:
+    directory, _port = ctx["restored"]
+    assert_linked_to(directory, ctx["mapped"])
+    assert (directory / "pg_tblspc" / str(ctx["ts_oid"])).is_symlink()
+    # The table's relation file is under the mapped directory (PG_<major>_<catversion>/
+    # <database oid>/<relfilenode>), not in the data directory or the original location.
+    path = restored(ctx).sql("SELECT pg_relation_filepath('in_extra')", dbname="platform")[0][0]
+    relation = (directory / path).resolve()
+    assert relation.is_file() and ctx["mapped"].resolve() in relation.parents, relation
+    staging = [p for p in h.root.iterdir() if p.name.startswith(".pgbackup-combine-")]
+    assert not staging, staging  # the staged members are gone
+
+
+@when(parsers.parse('I run a drill of the newest backup, checking the rows of batch 3 in "{name}"'))
+def drill_with_tablespace(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    # A drill recovers to the newest archived WAL: batch 3's rows, replayed into the
+    # tablespace the chain restored.
+    h.policy["drill"] = {
+        "checks": [
+            {
+                "name": f"rows in {name}",
+                "sql": f"SELECT count(*) FROM in_{name}",
+                "expect": f"== {ctx['ts_sums'][3][0]}",
+            }
+        ]
+    }
+    h.write_policy()
+    drill_newest(h, ctx)

@@ -175,13 +175,9 @@ def incremental_preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
             hint="ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a "
             "full backup, on which the next incremental builds",
         )
-    if facts.tablespaces:
-        names = ", ".join(str(t["name"]) for t in facts.tablespaces)
-        raise PostgresError(
-            f"{where}: the server has tablespaces ({names}); pgbackup takes incremental "
-            "backups of clusters without tablespaces only",
-            hint="take full backups of this target (pgbackup backup --type full)",
-        )
+    # Tablespaces need nothing more: pg_basebackup --incremental -Ft writes each as
+    # <oid>.tar like a full backup (in-place ones are refused by preflight for every
+    # backup), and a restore combines them with pg_combinebackup -T (engine/combine.py).
 
 
 def choose_parent(repo: Repository, target: str, facts: ServerFacts) -> BackupInfo:

@@ -5,10 +5,26 @@ member, full backup first, is extracted into a staging directory and PostgreSQL'
 pg_combinebackup rebuilds the data directory from them. That is a restore of several
 backups and a program of its own, so it lives beside restore.py, which calls it for a
 backup that has a parent.
+
+Tablespaces. A tar-format backup holds each tablespace as ``<oid>.tar`` and, in base.tar,
+a ``tablespace_map`` instead of the ``pg_tblspc`` links (pg_basebackup asks the server
+for TABLESPACE_MAP when ``format == 't'``: src/bin/pg_basebackup/pg_basebackup.c). But
+pg_combinebackup reads plain directories: it lists the tablespaces by scanning
+``pg_tblspc`` of the FINAL backup for links (``scan_for_existing_tablespaces``), demands
+a ``-T OLDDIR=NEWDIR`` for each link target there ("tablespace at ... has no tablespace
+mapping"), and reaches a tablespace's files in the earlier backups through
+``<backup>/pg_tblspc/<oid>/`` (src/bin/pg_combinebackup/pg_combinebackup.c,
+reconstruct.c). So each member's ``<oid>.tar`` is extracted into a staging directory of
+its own with ``pg_tblspc/<oid>`` a link to it, and the final member's staging
+directories are mapped to the restore's destinations. ``tablespace_map`` is an ordinary
+file to pg_combinebackup and is copied into the output; restore.py's
+``link_tablespaces`` then removes it, as for a full restore (a server started on it
+would recreate the original links).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -54,10 +70,13 @@ def combine_chain(
     members: list[BackupInfo],
     directory: Path,
     os_user: str | None,
+    destinations: dict[int, Path] | None = None,
 ) -> dict[str, Any]:
     """Extract each member (full first) into a staging directory beside ``directory`` and
     rebuild the data directory with pg_combinebackup of the backup's major; returns what
-    was read and how it was combined."""
+    was read and how it was combined. ``destinations``: where each tablespace of the
+    newest member (by OID) is written (restore.py's ``tablespace_destinations``; the
+    caller has checked they are empty or absent)."""
     # restore.py's own steps; restore.py imports this module, so not at the top
     from pgbackup.engine.restore import archive_objects, empty_directory, extract, identities
     from pgbackup.postgres.binaries import find_program
@@ -69,8 +88,10 @@ def combine_chain(
     )
     staging = Path(tempfile.mkdtemp(prefix=".pgbackup-combine-", dir=directory.parent))
     stored = 0
+    destinations = destinations or {}
     try:
         dirs = []
+        mappings: list[str] = []
         t0 = time.monotonic()
         for member in members:
             prefix = repo.base_prefix(target.name, member.backup_id)
@@ -80,6 +101,10 @@ def combine_chain(
                 if obj["kind"] == "wal" and member is not last:
                     continue  # only the newest member's WAL is needed
                 into = where / "pg_wal" if obj["kind"] == "wal" else where
+                if obj["kind"] == "tablespace":
+                    into = staged_tablespace(staging, member.backup_id, where, int(obj["oid"]))
+                    if member is last:
+                        mappings += tablespace_mapping(into, obj, destinations)
                 into.mkdir(parents=True, exist_ok=True)
                 read, _ = extract(
                     storage,
@@ -96,11 +121,16 @@ def combine_chain(
             dirs.append(str(where))
         extracted = time.monotonic() - t0
         hand_over(staging, os_user, 0o700)
+        for where in destinations.values():
+            # pg_combinebackup, run as the server's OS user, fills an existing empty
+            # directory or creates a missing one (create_output_directory).
+            where.mkdir(parents=True, exist_ok=True)
+            hand_over(where, os_user, 0o700)
         failures = []
         for method in COMBINE_METHODS:
             t1 = time.monotonic()
             proc = run_as(
-                [program, "--output", str(directory), *method, *dirs],
+                [program, "--output", str(directory), *mappings, *method, *dirs],
                 os_user,
                 check=False,
             )
@@ -120,7 +150,8 @@ def combine_chain(
                     "stored_bytes": stored,
                 }
             failures.append(f"{' '.join(method) or 'copy'}: {(proc.stdout or '').strip()[-500:]}")
-            empty_directory(directory)
+            for out in (directory, *destinations.values()):
+                empty_directory(out)
         raise RestoreError(
             f"pg_combinebackup could not rebuild backup {last.backup_id} from its chain "
             f"({' <- '.join(m.backup_id for m in members)}): {failures[-1]}",
@@ -128,3 +159,35 @@ def combine_chain(
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def staged_tablespace(staging: Path, backup_id: str, member_dir: Path, oid: int) -> Path:
+    """The staging directory of tablespace ``oid`` of one member, linked from the member's
+    ``pg_tblspc/<oid>`` as in a plain-format backup (the link target must be absolute:
+    pg_combinebackup refuses a relative one)."""
+    into = (staging / f"{backup_id}.tablespaces" / str(oid)).absolute()
+    links = member_dir / "pg_tblspc"
+    links.mkdir(parents=True, exist_ok=True)
+    link = links / str(oid)
+    if not link.is_symlink():
+        os.symlink(into, link)
+    return into
+
+
+def tablespace_mapping(
+    staged: Path, obj: dict[str, Any], destinations: dict[int, Path]
+) -> list[str]:
+    """``-T STAGED=DESTINATION`` for one tablespace of the newest member; pg_combinebackup
+    reads a backslash before ``=`` as a literal ``=`` (add_tablespace_mapping)."""
+    oid = int(obj["oid"])
+    if oid not in destinations:
+        raise RestoreError(
+            f"tablespace {obj.get('name', oid)} (oid {oid}) is in the backup's archives but "
+            "not in its metadata's tablespaces; cannot tell where to restore it",
+            hint="run `pgbackup verify` on the backup",
+        )
+
+    def escape(path: Path) -> str:
+        return str(path).replace("=", "\\=")
+
+    return [f"--tablespace-mapping={escape(staged)}={escape(destinations[oid])}"]

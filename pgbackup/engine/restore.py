@@ -368,7 +368,10 @@ def run_restore(
     combined: dict[str, Any] | None = None
     try:
         if members:
-            combined = combine_chain(storage, repo, policy, target, members, directory, os_user)
+            written += destinations.values()  # pg_combinebackup -T writes each tablespace there
+            combined = combine_chain(
+                storage, repo, policy, target, members, directory, os_user, destinations
+            )
             stored = combined["stored_bytes"]
         for name, obj in [] if members else archive_objects(info):
             where, inside = directory, ""
