@@ -33,9 +33,9 @@ from pgbackup.formats.lsn import (
 from pgbackup.storage import Storage, open_storage
 
 ARCHIVE_INFO = "archive.json"
-# zstd worker threads for one segment (-1: one per core, 0: the calling thread). Measured
-# on pgbench segments with 2 cores: a full-page-image-heavy segment (5.7 MiB stored)
-# compresses in 37 ms instead of 50; a light one (1.3 MiB) gains nothing and loses nothing.
+# zstd worker threads for one segment in the long-running receiver (-1: one per core, 0:
+# the calling thread). wal-push decides per segment (formats.zstdlib.wal_threads: workers
+# only on idle cores).
 WAL_THREADS = int(os.environ.get("PGBACKUP_WAL_THREADS", "-1"))
 MAP_THRESHOLD = 1024 * 1024
 XLP_LONG_HEADER = 0x0002
@@ -236,7 +236,9 @@ def push(policy: Any, path: str | Path, target: str | None = None) -> str:
 
         digest = hashlib.sha256(data).hexdigest()
         _claim_checksum(storage, f"{target_name}/wal/{name}.sha256", digest, name)
-    encoded = encode_bytes(spec, data, recipients=recipients, threads=WAL_THREADS)
+    from pgbackup.formats.zstdlib import wal_threads
+
+    encoded = encode_bytes(spec, data, recipients=recipients, threads=wal_threads())
     key = wal_key(target_name, name, spec)
     try:
         storage.write_bytes(key, encoded, if_absent=True)

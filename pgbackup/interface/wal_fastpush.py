@@ -133,7 +133,9 @@ def _plan(
                 return None  # archived already: the general path compares
     if not os.path.isdir(wal_dir):
         return None  # the general path creates it, durably
-    threads = int(os.environ.get("PGBACKUP_WAL_THREADS", "-1"))
+    from pgbackup.formats.zstdlib import wal_threads
+
+    threads = wal_threads()
     # storage.posix.PosixStorage.owner: root writing into a repository owned by another
     # user (the server's) gives the new file to that user.
     owner = None
