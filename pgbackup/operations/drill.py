@@ -79,7 +79,8 @@ def _record_combine(
     )
     combined = sum(
         os.lstat(os.path.join(top, name)).st_size
-        for top, _dirs, files in os.walk(data)
+        # followlinks: the tablespaces pg_combinebackup wrote, through pg_tblspc/<oid>
+        for top, _dirs, files in os.walk(data, followlinks=True)
         for name in files
     )
     result.timings["stage"] = float(combine["extract_seconds"])
