@@ -11,6 +11,11 @@ On real segments from a pgbench run, median of ``--repeat`` runs each:
     sha256, zstd level 3 compress (threads=0), durable write (temp + fsync + link + dir fsync)
   - ``zstd -3 -q`` CLI and ``zstd -3 -T0`` CLI on the same segment (C reference)
 Then ``python -X importtime`` of one push (largest cumulative imports) and a cProfile.
+
+``--callgrind``: instructions instead of time (valgrind --tool=callgrind counts them the
+same whatever the machine's load): one push of a light (bulk-load) and of a heavy
+(full-page-image) segment by each tool, split by the object that ran them (the Python
+interpreter, zstd, OpenSSL's SHA-1, the dynamic loader, libc), plus the interpreter floors.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from common import (  # noqa: E402
     table,
     write_policy,
 )
-from wal_push import generate_segments  # noqa: E402
+from wal_push import generate_light, generate_segments  # noqa: E402
 
 
 def wall(argv: list[str], env: dict[str, str], cwd: Path, n: int, after=None) -> list[float]:
@@ -60,12 +65,121 @@ def wall(argv: list[str], env: dict[str, str], cwd: Path, n: int, after=None) ->
     return out
 
 
+def _objects(out: Path) -> dict[str, float]:
+    """Millions of instructions per object (self cost) from a callgrind output file."""
+    proc = subprocess.run(
+        ["callgrind_annotate", "--inclusive=no", "--threshold=100", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    groups = {
+        "python3": "interpreter",
+        "backend_c": "zstd",
+        "libzstd": "zstd",
+        "libcrypto": "OpenSSL (SHA-1)",
+        "ld-linux": "dynamic loader",
+        "libc.so": "libc",
+    }
+    res: dict[str, float] = {}
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if not line or not line[0].isdigit() or "PROGRAM TOTALS" in line:
+            continue
+        count = int(line.split()[0].replace(",", ""))
+        obj = line.rsplit("[", 1)[-1] if line.endswith("]") else ""
+        group = next((g for k, g in groups.items() if k in obj), "other")
+        res[group] = res.get(group, 0.0) + count / 1e6
+    return res
+
+
+def instructions(
+    root: Path, data_dir: Path, env: dict[str, str], policy: Path, conf: Path, segs: dict[str, Path]
+) -> None:
+    """One push per tool per kind under callgrind; instructions by object."""
+    py = sys.executable
+    out_dir = give(root / "callgrind", 0o777)
+    repo_wal = Path(str(policy)).parent / "repo" / "bench" / "wal"
+    pbr = root / "pgbackrest" / "repo" / "archive" / "bench"
+    rows = []
+    for label, argv in [
+        ("python -S -c pass", [py, "-S", "-c", "pass"]),
+        ("python -c pass (venv site)", [py, "-c", "pass"]),
+    ]:
+        out = out_dir / "floor.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+            env=env,
+            cwd=data_dir,
+            capture_output=True,
+            check=True,
+            **as_server_user(),
+        )
+        rows.append(["-", label, f"{sum(_objects(out).values()):.0f}", "", "", "", ""])
+    for kind, seg in segs.items():
+        tools = {
+            "pgbackup wal-push": (
+                [py, PGBACKUP, "--config", str(policy), "wal-push", "--target", "bench", str(seg)],
+                lambda seg=seg: (repo_wal / f"{seg.name}.zst").unlink(),
+            ),
+            "pgbackrest archive-push": (
+                ["pgbackrest", f"--config={conf}", "--stanza=bench", "archive-push", str(seg)],
+                lambda seg=seg: [f.unlink() for f in pbr.glob(f"*/*/{seg.name}-*")],
+            ),
+        }
+        for name, (argv, clean) in tools.items():
+            wall(argv, env, data_dir, 1, clean)  # binds the archive, warms the caches
+            out = out_dir / f"{kind}.out"
+            proc = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+                env=env,
+                cwd=data_dir,
+                capture_output=True,
+                **as_server_user(),
+            )
+            if proc.returncode != 0:
+                raise SystemExit(f"{argv} under valgrind failed: {proc.stderr.decode()[-2000:]}")
+            clean()
+            o = _objects(out)
+            rows.append(
+                [
+                    kind,
+                    name,
+                    f"{sum(o.values()):.0f}",
+                    f"{o.get('interpreter', 0):.0f}",
+                    f"{o.get('zstd', 0):.0f}",
+                    f"{o.get('OpenSSL (SHA-1)', 0):.0f}",
+                    f"{sum(v for k, v in o.items() if k not in ('interpreter', 'zstd', 'OpenSSL (SHA-1)')):.0f}",
+                ]
+            )
+            log(f"{kind} {name}: {rows[-1][2]} M instructions")
+    print()
+    print("instructions per push, millions (valgrind --tool=callgrind; independent of load)")
+    print(
+        table(
+            [
+                "kind",
+                "process",
+                "total",
+                "Python interpreter",
+                "zstd",
+                "SHA-1",
+                "loader, libc, other",
+            ],
+            rows,
+        )
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument(
+        "--callgrind", action="store_true", help="count instructions (valgrind) instead of timing"
+    )
     args = ap.parse_args()
     root = scratch("pgbackup-profile-wal-")
     log(f"scratch {root}; {loadavg()}")
@@ -79,6 +193,12 @@ def main() -> None:
         conf = pgbackrest_conf(root, cluster, process_max=1)
         pgbackrest(conf, "stanza-create")
         env = pgbackup_env(root, as_server=True)  # with .pyc, as installed (see common.py)
+        if args.callgrind:
+            light = generate_light(cluster, 2, root / "segments-light")
+            instructions(
+                root, cluster.data_dir, env, policy, conf, {"light": light[1], "heavy": seg}
+            )
+            return
         py = sys.executable
         n = args.repeat
         stored = repo / "bench" / "wal" / f"{seg.name}.zst"

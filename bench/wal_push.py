@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
 """WAL archiving: ``pgbackup wal-push`` against ``pgbackrest archive-push``, and a sustained run.
 
-    .venv/bin/python bench/wal_push.py [--segments 40] [--passes 3] [--sustained 120]
+    .venv/bin/python bench/wal_push.py [--segments 30] [--passes 3] [--sustained 120]
         [--compare OTHER/.venv/bin/pgbackup]   # before/after a change, in the same rotation
 
-Latency mode (always): a pgbench workload fills ``--segments`` real 16 MiB WAL segments,
-which are copied out of pg_wal. Each segment is then pushed by both tools, one process
-per segment exactly as PostgreSQL's archive_command would run it (as the server's OS
-user, cwd = the data directory), alternating who goes first; ``--passes`` passes over all
-segments (the archived copy is deleted after each push so every push is a fresh store).
+Latency mode (always): two kinds of real 16 MiB WAL segments, ``--segments`` of each,
+copied out of pg_wal:
+  - light: a bulk load (INSERT ... SELECT generate_series into a fresh table): almost no
+    full-page images, compresses to ~1 MiB;
+  - heavy: pgbench updates right after a CHECKPOINT: full-page images dominate (the share
+    is printed, from pg_waldump --stats), ~5-6 MiB stored.
+Each segment is pushed by every tool, one process per segment exactly as PostgreSQL's
+archive_command runs it (as the server's OS user, cwd = the data directory); light and
+heavy segments alternate and who goes first rotates per segment, over ``--passes``
+passes (the archived copy is deleted after each push so every push is a fresh store).
 Both compress with zstd level 3 and return only once the file is durable
-(pgBackRest: archive-async=n). Reported: median, p90 and mean latency per segment, and
-stored bytes per segment.
+(pgBackRest: archive-async=n, process-max=1). Reported per kind and tool: median, p90 and
+mean wall time, median CPU time (user+sys, from wait4: less sensitive to the machine's
+load than wall time), stored bytes; then the ratio pgbackup/pgBackRest per kind.
 
 Sustained mode (``--sustained SECONDS``): pgbench at full speed for that long with
 ``pgbackup wal-push`` as archive_command, sampling every 5 s the archiver backlog (.ready
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -57,6 +64,8 @@ from common import (  # noqa: E402
 )
 
 SEG = 16 * 1024 * 1024
+PGB = "pgbackup wal-push"
+PBR = "pgbackrest archive-push"
 
 
 def seg_no(name: str) -> int:
@@ -68,19 +77,12 @@ def current_segment(cluster: Cluster) -> str:
     return str(cluster.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")[0][0])
 
 
-def generate_segments(cluster: Cluster, want: int, out: Path) -> list[Path]:
-    """Run pgbench until ``want`` complete segments exist past the start; copy them to out."""
-    pgbench(cluster, "-i", "-q", "-s", "10")
-    cluster.sql("CHECKPOINT")  # so the run carries full-page images, like any real workload
-    start = seg_no(current_segment(cluster))
-    while seg_no(current_segment(cluster)) - start < want + 1:
-        pgbench(cluster, "-c", "4", "-j", "2", "-T", "10", "-n")
-    cur = current_segment(cluster)
-    tli = cur[:8]
-    last = seg_no(cur) - 1
+def _copy_out(cluster: Cluster, first: int, last: int, tli: str, out: Path) -> list[Path]:
+    """Copy the completed segments ``first..last`` out of pg_wal (before any checkpoint
+    can recycle them)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for n in range(last - want + 1, last + 1):
+    for n in range(first, last + 1):
         name = f"{tli}{n // 256:08X}{n % 256:08X}"
         dst = out / name
         shutil.copyfile(cluster.data_dir / "pg_wal" / name, dst)
@@ -90,25 +92,109 @@ def generate_segments(cluster: Cluster, want: int, out: Path) -> list[Path]:
     return paths
 
 
-def push_time(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+def generate_light(cluster: Cluster, want: int, out: Path) -> list[Path]:
+    """``want`` bulk-load segments: INSERT ... SELECT generate_series into a fresh table.
+
+    A new heap page is logged as an initialised page, not an image: almost no full-page
+    images, many small similar records, so the segment compresses well (~1 MiB stored).
+    """
+    cluster.sql("DROP TABLE IF EXISTS bench_bulk")
+    cluster.sql("CREATE TABLE bench_bulk (id bigint, v text)")
+    cluster.sql("SELECT pg_switch_wal()")
+    cluster.sql("CHECKPOINT")
+    start = seg_no(current_segment(cluster))
+    batch = 0
+    while seg_no(current_segment(cluster)) - start < want + 1:
+        cluster.sql(
+            f"INSERT INTO bench_bulk SELECT g, 'row ' || g || ' of a bulk load' "
+            f"FROM generate_series({batch * 500_000 + 1}, {(batch + 1) * 500_000}) g"
+        )
+        batch += 1
+    cur = current_segment(cluster)
+    # The first segment after the switch holds the checkpoint record; skip it.
+    return _copy_out(cluster, seg_no(cur) - want, seg_no(cur) - 1, cur[:8], out)
+
+
+def generate_heavy(cluster: Cluster, want: int, out: Path) -> list[Path]:
+    """``want`` update-workload segments dominated by full-page images: pgbench (scale
+    10, 1M random accounts) right after a CHECKPOINT, so the first change to each page
+    logs its whole 8 KiB. A CHECKPOINT every two segments keeps it that way."""
+    if not cluster.sql("SELECT to_regclass('pgbench_accounts') IS NOT NULL")[0][0]:
+        pgbench(cluster, "-i", "-q", "-s", "10")
+        # pgbench's filler is blanks; real rows are not: page images of md5 text compress
+        # like a real table's (~5 MiB stored per segment instead of ~1.5).
+        cluster.sql("UPDATE pgbench_accounts SET filler = md5(aid::text)")
+        cluster.sql("VACUUM pgbench_accounts")
+    paths: list[Path] = []
+    while len(paths) < want:
+        cluster.sql("CHECKPOINT")
+        start = seg_no(current_segment(cluster))
+        while seg_no(current_segment(cluster)) - start < 3:
+            pgbench(cluster, "-c", "4", "-j", "2", "-t", "500", "-n")
+        cur = current_segment(cluster)
+        # Segments completed since the checkpoint, before the next one recycles them.
+        take = min(2, want - len(paths))
+        paths += _copy_out(cluster, start + 1, start + take, cur[:8], out)
+    return paths
+
+
+def generate_segments(cluster: Cluster, want: int, out: Path) -> list[Path]:
+    """Full-page-image-heavy pgbench segments (profile_wal_push.py uses this)."""
+    return generate_heavy(cluster, want, out)
+
+
+def fpi_share(cluster: Cluster, seg: Path) -> str:
+    """pg_waldump --stats: the share of the segment's bytes that are full-page images."""
+    proc = subprocess.run(
+        [cluster.program("pg_waldump"), "--stats", str(seg)], capture_output=True, text=True
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("Total"):
+            # Total  records  rec-bytes [..%]  fpi-bytes [..%]  combined [100%]
+            parts = line.split()
+            try:
+                return parts[-3].strip("[]")
+            except IndexError:
+                break
+    return "?"
+
+
+def push_time(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+sys) of one archive_command-style process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         argv, cwd=cwd, env=env, capture_output=True, text=True, **as_server_user()
     )
     dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(
             f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
         )
-    return dt
+    return dt, cpu
+
+
+KINDS = ("light", "heavy")
 
 
 def latency(
     args: argparse.Namespace, root: Path, cluster: Cluster, conf: Path
-) -> dict[str, dict[str, list[float]]]:
-    log(f"generating {args.segments} WAL segments with pgbench")
-    segs = generate_segments(cluster, args.segments, root / "segments")
-    log(f"{len(segs)} segments {segs[0].name}..{segs[-1].name}; {loadavg()}")
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """{kind: {tool: {"seconds", "cpu", "stored"}}}, both kinds pushed in one rotation."""
+    log(f"generating {args.segments} light (bulk-load) WAL segments")
+    light = generate_light(cluster, args.segments, root / "segments-light")
+    log(f"generating {args.segments} heavy (full-page-image) WAL segments with pgbench")
+    heavy = generate_heavy(cluster, args.segments, root / "segments-heavy")
+    kinds = {"light": light, "heavy": heavy}
+    for kind, segs in kinds.items():
+        log(
+            f"{kind}: {len(segs)} segments {segs[0].name}..{segs[-1].name}, full-page images "
+            f"{fpi_share(cluster, segs[0])} / {fpi_share(cluster, segs[-1])} of the bytes "
+            "(first / last, pg_waldump --stats)"
+        )
+    log(loadavg())
     repo = give(root / "pgbackup-repo", 0o755)
     policy = write_policy(root / "backup.yaml", repo, cluster.port)
     env = pgbackup_env(root, as_server=True)
@@ -120,8 +206,8 @@ def latency(
 
     def pgbackup_push(
         seg: Path, env: dict[str, str] = env, program: str = PGBACKUP
-    ) -> tuple[float, int]:
-        dt = push_time(
+    ) -> tuple[float, float, int]:
+        dt, cpu = push_time(
             [program, "--config", str(policy), "wal-push", "--target", "bench", str(seg)],
             cluster.data_dir,
             env,
@@ -129,13 +215,13 @@ def latency(
         stored = repo / "bench" / "wal" / f"{seg.name}.zst"
         size = stored.stat().st_size
         stored.unlink()
-        return dt, size
+        return dt, cpu, size
 
-    def pgbackup_push_nopyc(seg: Path) -> tuple[float, int]:
+    def pgbackup_push_nopyc(seg: Path) -> tuple[float, float, int]:
         return pgbackup_push(seg, raw_env)
 
-    def pgbackrest_push(seg: Path) -> tuple[float, int]:
-        dt = push_time(
+    def pgbackrest_push(seg: Path) -> tuple[float, float, int]:
+        dt, cpu = push_time(
             ["pgbackrest", f"--config={conf}", "--stanza=bench", "archive-push", str(seg)],
             cluster.data_dir,
             env,
@@ -144,35 +230,54 @@ def latency(
         assert len(found) == 1, found
         size = found[0].stat().st_size
         found[0].unlink()
-        return dt, size
+        return dt, cpu, size
 
-    tools = {"pgbackup wal-push": pgbackup_push, "pgbackrest archive-push": pgbackrest_push}
+    tools = {PGB: pgbackup_push, PBR: pgbackrest_push}
     for other in args.compare or []:
         # Another pgbackup install (an older commit, say), in the same rotation: a
         # before/after comparison that the machine's load cannot skew one way.
         tools[f"pgbackup wal-push ({other})"] = lambda seg, other=other: pgbackup_push(
             seg, program=other
         )
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    if os.environ.get("PYTHONDONTWRITEBYTECODE") and not args.no_nopyc:
         tools["pgbackup wal-push, no .pyc (PYTHONDONTWRITEBYTECODE=1)"] = pgbackup_push_nopyc
     # Warm-up (policy validation cache, page cache for both programs); not measured.
     for fn in tools.values():
-        fn(segs[0])
-    res: dict[str, dict[str, list[float]]] = {n: {"seconds": [], "stored": []} for n in tools}
+        fn(light[0])
+        fn(heavy[0])
+    res: dict[str, dict[str, dict[str, list[float]]]] = {
+        kind: {n: {"seconds": [], "cpu": [], "stored": []} for n in tools} for kind in kinds
+    }
     names = list(tools)
+    # Light and heavy segments interleaved, and who goes first rotates per segment: the
+    # machine's load drifts over a run, and must not land on one tool or one kind.
+    rotation = [
+        (kind, seg)
+        for pair in zip(light, heavy, strict=True)
+        for kind, seg in zip(KINDS, pair, strict=True)
+    ]
     for p in range(args.passes):
-        for i, seg in enumerate(segs):
+        for i, (kind, seg) in enumerate(rotation):
             k = (i + p) % len(names)
-            order = names[k:] + names[:k]
-            for name in order:
-                dt, size = tools[name](seg)
-                res[name]["seconds"].append(dt)
-                res[name]["stored"].append(size)
+            for name in names[k:] + names[:k]:
+                dt, cpu, size = tools[name](seg)
+                r = res[kind][name]
+                r["seconds"].append(dt)
+                r["cpu"].append(cpu)
+                r["stored"].append(size)
         log(
-            f"pass {p + 1}: "
-            + ", ".join(f"{n} median {median(res[n]['seconds']) * 1000:.0f} ms" for n in names)
+            f"pass {p + 1} ({loadavg()}): "
+            + "; ".join(
+                f"{kind} "
+                + ", ".join(
+                    f"{n.split()[0]} {median(res[kind][n]['seconds']) * 1000:.0f} ms"
+                    for n in names[:2]
+                )
+                for kind in kinds
+            )
         )
-    res["pgbackup wal-push --async"] = async_latency(args, root, segs, policy, repo, env)
+    if not args.no_async:
+        res["heavy"][f"{PGB} --async"] = async_latency(args, root, heavy, policy, repo, env)
     return res
 
 
@@ -187,7 +292,7 @@ def async_latency(
     """``wal-push --async`` as PostgreSQL drives it: every segment .ready in a data
     directory, archive_command called for each in order, .ready renamed to .done after
     success. Each call's latency is measured; the background pusher works ahead."""
-    out: dict[str, list[float]] = {"seconds": [], "stored": []}
+    out: dict[str, list[float]] = {"seconds": [], "cpu": [], "stored": []}
     for p in range(args.passes):
         data = give(root / f"async-data-{p}", 0o755)
         status = give(data / "pg_wal" / "archive_status", 0o755)
@@ -196,7 +301,7 @@ def async_latency(
             (status / f"{seg.name}.ready").touch()
         give(data, 0o755)
         for seg in segs:
-            dt = push_time(
+            dt, cpu = push_time(
                 [
                     PGBACKUP,
                     "--config",
@@ -212,6 +317,7 @@ def async_latency(
             )
             (status / f"{seg.name}.ready").rename(status / f"{seg.name}.done")
             out["seconds"].append(dt)
+            out["cpu"].append(cpu)
         for seg in segs:
             stored = repo / "bench" / "wal" / f"{seg.name}.zst"
             out["stored"].append(stored.stat().st_size)
@@ -331,11 +437,74 @@ def _drain(seconds: object) -> str:
     return f"in {seconds:.1f}s" if isinstance(seconds, float) else "NOT within 120 s"
 
 
+def print_latency(
+    args: argparse.Namespace, res: dict[str, dict[str, dict[str, list[float]]]]
+) -> None:
+    print()
+    print(
+        f"WAL push latency per 16 MiB segment ({args.segments} light + {args.segments} heavy real "
+        f"segments x {args.passes} passes, interleaved; zstd level 3, synchronous, one process "
+        f"per segment as the server's OS user, cwd = data directory; {os.cpu_count()} CPUs, "
+        f"{loadavg()})"
+    )
+    rows = []
+    for kind, tools in res.items():
+        for name, r in tools.items():
+            s, c = r["seconds"], r["cpu"]
+            rows.append(
+                [
+                    kind,
+                    name,
+                    f"{median(s) * 1000:.0f}",
+                    f"{percentile(s, 90) * 1000:.0f}",
+                    f"{sum(s) / len(s) * 1000:.0f}",
+                    f"{median(c) * 1000:.0f}",
+                    f"{median(r['stored']) / 1048576:.2f} MiB",
+                    len(s),
+                ]
+            )
+    print(
+        table(
+            [
+                "kind",
+                "tool",
+                "median ms",
+                "p90 ms",
+                "mean ms",
+                "CPU ms (median)",
+                "stored/seg",
+                "n",
+            ],
+            rows,
+        )
+    )
+    print()
+    met = True
+    for kind, tools in res.items():
+        a, b = median(tools[PGB]["seconds"]), median(tools[PBR]["seconds"])
+        ca, cb = median(tools[PGB]["cpu"]), median(tools[PBR]["cpu"])
+        ok = a <= b
+        met = met and ok
+        print(
+            f"  {kind.upper():5} median ratio pgbackup/pgBackRest: {a / b:.2f} "
+            f"({a * 1000:.0f} vs {b * 1000:.0f} ms; CPU {ca / cb:.2f}) -> "
+            f"{'met' if ok else 'NOT MET'}"
+        )
+        asy = tools.get(f"{PGB} --async")
+        if asy:
+            c = median(asy["seconds"])
+            print(
+                f"  {kind.upper():5} median ratio pgbackup --async/pgBackRest (synchronous): "
+                f"{c / b:.2f} (each archive_command call; the pusher works ahead)"
+            )
+    print(f"GOAL (median <= 1.0 x pgBackRest on both kinds): {'MET' if met else 'NOT MET'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--segments", type=int, default=40)
+    ap.add_argument("--segments", type=int, default=30, help="segments of each kind (default 30)")
     ap.add_argument("--passes", type=int, default=3, help="passes over the segments (default 3)")
     ap.add_argument(
         "--sustained",
@@ -356,6 +525,10 @@ def main() -> None:
         "--heavy",
         action="store_true",
         help="sustained run with synchronous_commit=off and checkpoint_timeout=1min (more WAL/s)",
+    )
+    ap.add_argument("--no-async", action="store_true", help="skip the wal-push --async pass")
+    ap.add_argument(
+        "--no-nopyc", action="store_true", help="skip the no-.pyc line (PYTHONDONTWRITEBYTECODE)"
     )
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", metavar="FILE")
@@ -381,49 +554,8 @@ def main() -> None:
         if not args.skip_latency:
             res = latency(args, root, cluster, conf)
             report["latency"] = res
-            print()
-            print(
-                f"WAL push latency per 16 MiB segment ({args.segments} real pgbench segments x {args.passes} passes, "
-                f"zstd level 3, synchronous, one process per segment; {os.cpu_count()} CPUs, {loadavg()})"
-            )
-            rows = []
-            for name, r in res.items():
-                s = r["seconds"]
-                rows.append(
-                    [
-                        name,
-                        f"{median(s) * 1000:.0f}",
-                        f"{percentile(s, 90) * 1000:.0f}",
-                        f"{sum(s) / len(s) * 1000:.0f}",
-                        f"{median(r['stored']) / 1048576:.2f} MiB",
-                        f"{sum(r['stored']) / len(r['stored']) / 1048576:.2f} MiB",
-                    ]
-                )
-            print(
-                table(
-                    [
-                        "tool",
-                        "median ms",
-                        "p90 ms",
-                        "mean ms",
-                        "stored/seg (median)",
-                        "stored/seg (mean)",
-                    ],
-                    rows,
-                )
-            )
-            a, b = (
-                median(res["pgbackup wal-push"]["seconds"]),
-                median(res["pgbackrest archive-push"]["seconds"]),
-            )
-            print(
-                f"median ratio pgbackup/pgBackRest: {a / b:.2f} -> goal (no higher) {'MET' if a <= b else 'NOT MET'}"
-            )
-            c = median(res["pgbackup wal-push --async"]["seconds"])
-            print(
-                f"median ratio pgbackup --async/pgBackRest (synchronous): {c / b:.2f} -> "
-                f"{'MET' if c <= b else 'NOT MET'} (each archive_command call; the pusher works ahead)"
-            )
+            report["load_after"] = loadavg()
+            print_latency(args, res)
         if args.sustained:
             s = sustained(args, root, cluster)
             report["sustained"] = s
