@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ from pgbackup import __version__
 from pgbackup.engine.locks import target_lock
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
 from pgbackup.engine.streamcompress import compress_archives
-from pgbackup.engine.streamcompress import probe as compression_side
+from pgbackup.engine.streamcompress import from_facts as compression_side
 from pgbackup.errors import BackupError, PgBackupError, PostgresError, UsageError
 from pgbackup.formats.codecs import CodecSpec, Encoder, encode_bytes, load_recipients, suffix
 from pgbackup.formats.lsn import format_lsn, parse_lsn
@@ -297,6 +298,31 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def digests_meanwhile(paths: list[Path]) -> Any:
+    """sha256 of ``paths`` in a thread while the caller compresses ``pg_wal.tar`` (hashlib
+    and zstd both release the GIL): returns a function that waits and gives path -> hex."""
+    out: dict[Path, str] = {}
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for p in paths:
+                out[p] = file_digest(p)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=work, name="pgbackup-sha256", daemon=True)
+    worker.start()
+
+    def result() -> dict[Path, str]:
+        worker.join()
+        if failed:
+            raise failed[0]
+        return out
+
+    return result
+
+
 def settle_in_repository(storage: PosixStorage, directory: Path) -> None:
     """pg_basebackup's files get the repository's modes (0750/0640) and owner."""
     owner = storage.owner()
@@ -420,7 +446,7 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
                 incremental_preflight(facts, conninfo)
                 parent = choose_parent(repo, target.name, facts)
             program = find_program("pg_basebackup", facts.major, target.pg_bin_dir)
-            side = compression_side(conninfo, spec.compression)  # server's, else ours
+            side = compression_side(facts, spec.compression)  # server's, else ours
             recipients_list = recipients(policy)
 
             backup_id = new_backup_id(started_at)
@@ -477,7 +503,16 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
                 produced = produced_archives(directory, facts, spec)
                 manifest = (directory / MANIFEST).read_bytes()
                 objects: dict[str, dict[str, Any]] = {}
-                for name, (path, entry) in produced.items():
+                digests = digests_meanwhile(  # what the direct branch below stores as is
+                    [
+                        p
+                        for p, e in produced.values()
+                        if direct and (e["kind"] != "wal" or spec.compression == "none")
+                    ]
+                )
+                # pg_wal.tar first: it is compressed while the thread hashes the rest.
+                wal_first = sorted(produced.items(), key=lambda item: item[1][1]["kind"] != "wal")
+                for name, (path, entry) in wal_first:
                     if entry["kind"] == "wal" and not (direct and spec.compression == "none"):
                         # pg_basebackup leaves the streamed WAL uncompressed: compress it
                         # (and encrypt it) on its way into the repository.
@@ -499,7 +534,7 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
                         objects[name] = {
                             **entry,
                             "size": path.stat().st_size,
-                            "sha256": file_digest(path),
+                            "sha256": digests()[path],
                             "codec": spec.to_dict(),
                         }
                     else:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pgbackup.formats.codecs import CodecSpec, Encoder, suffix
+from pgbackup.postgres.connection import ServerFacts
 
 READ_SIZE = 4 << 20
 SERVER_SIDE_SINCE = 15  # BASE_BACKUP ... COMPRESSION: PostgreSQL 15 and later
@@ -84,8 +85,15 @@ def server_methods(enumvals: Any) -> set[str]:
     return {"gzip"} | (values & {"lz4", "zstd"})
 
 
+def from_facts(facts: ServerFacts, method: str) -> CompressionSide:
+    """Decide from what the server said in a backup's preflight query (its version and
+    ``wal_compression``'s values): no connection of its own, so a backup pays neither
+    for importing psycopg nor for another handshake."""
+    return decide(method, facts.version_num, server_methods(facts.wal_compression_methods))
+
+
 def probe(conninfo: Mapping[str, Any], method: str) -> CompressionSide:
-    """Ask the server (one short query) and decide."""
+    """Ask the server (one short query) and decide (``plan``)."""
     if method == "none":
         return decide(method, SERVER_SIDE_SINCE * 10000, set())
     from pgbackup.postgres.connection import connect

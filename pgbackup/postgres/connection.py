@@ -100,6 +100,10 @@ class ServerFacts:
     tablespaces: tuple[dict[str, Any], ...] = ()
     #: ``summarize_wal`` (PostgreSQL 17+; None before): incremental backups need it on.
     summarize_wal: str | None = None
+    #: The values ``wal_compression`` accepts (PostgreSQL 15+: ``pglz``, and ``lz4``/``zstd``
+    #: exactly when the server was built with them); () before 15, where it is a boolean.
+    #: Which side compresses a base backup follows from it (engine/streamcompress.py).
+    wal_compression_methods: tuple[str, ...] = ()
 
     @property
     def major(self) -> int:
@@ -135,7 +139,8 @@ FACTS_SQL = (
     ", (SELECT coalesce(json_agg(json_build_object('oid', oid, 'name', spcname, "
     "'location', pg_tablespace_location(oid)) ORDER BY oid), '[]') FROM pg_tablespace "
     "WHERE spcname NOT IN ('pg_default', 'pg_global'))"
-    ", " + _setting("summarize_wal")
+    ", " + _setting("summarize_wal") + ", "
+    "(SELECT enumvals FROM pg_settings WHERE name = 'wal_compression')"
 )
 
 
@@ -199,7 +204,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
             "a superuser or a role in pg_monitor can",
         )
     rows = list(csv.reader(io.StringIO(out)))
-    if len(rows) != 1 or len(rows[0]) != 17:
+    if len(rows) != 1 or len(rows[0]) != 18:
         raise PostgresError(f"{describe(conninfo)}: unexpected answer from psql: {out[:200]!r}")
     (
         version_num,
@@ -219,6 +224,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
         timezone,
         tablespaces,
         summarize_wal,
+        wal_compression,
     ) = rows[0]
     return ServerFacts(
         version_num=int(version_num),
@@ -238,6 +244,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
         timezone=timezone or None,
         tablespaces=tuple(json.loads(tablespaces or "[]")),
         summarize_wal=summarize_wal or None,
+        wal_compression_methods=tuple(v for v in wal_compression.strip("{}").split(",") if v),
     )
 
 
