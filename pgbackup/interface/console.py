@@ -2,7 +2,8 @@
 
 ``wal-push``/``wal-fetch`` go straight to :mod:`pgbackup.interface.wal_commands` (no Invoke,
 no rich, no jsonschema: they run once per WAL segment); every other command runs the same
-task collection as ``invoke`` does (:mod:`pgbackup.interface.collection`).
+task collection as ``invoke`` does (:mod:`pgbackup.interface.collection`), except a plain
+``backup``/``restore`` line, which :mod:`pgbackup.interface.direct` runs without Invoke.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import sys
 
 from pgbackup.interface.wal_commands import WAL_COMMANDS, split_config, wal_main
+
+DIRECT_COMMANDS = ("backup", "restore")  # see pgbackup.interface.direct
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,12 +35,22 @@ def main(argv: list[str] | None = None) -> None:
         # `pgbackup --config FILE task` (the documented form) means the policy, not
         # Invoke's own runtime config file.
         os.environ["PGBACKUP_CONFIG"] = os.path.abspath(config)
-    from pgbackup import __version__
-    from pgbackup.interface.collection import ns
-    from pgbackup.interface.program import PgBackupProgram
-
-    program = PgBackupProgram(namespace=ns, version=__version__, name="pgbackup", binary="pgbackup")
     try:
+        if first in DIRECT_COMMANDS:
+            from pgbackup.interface.direct import main as direct_main
+
+            # A plain backup/restore line runs without importing Invoke (a tenth of a
+            # second); any other line of theirs (--help included) is Invoke's.
+            direct_code = direct_main(rest)
+            if direct_code is not None:
+                sys.exit(direct_code)
+        from pgbackup import __version__
+        from pgbackup.interface.collection import ns
+        from pgbackup.interface.program import PgBackupProgram
+
+        program = PgBackupProgram(
+            namespace=ns, version=__version__, name="pgbackup", binary="pgbackup"
+        )
         program.run(["pgbackup", *rest])
     except BrokenPipeError:  # `pgbackup --help | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -7,14 +7,13 @@ these same tasks. Every decision lives in the engine, so it is tested there.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 from invoke import Collection, task
 from invoke.exceptions import Exit
 
-from pgbackup.errors import PgBackupError, UsageError
+from pgbackup.interface.direct import backup_targets, restore_one
+from pgbackup.interface.direct import notify as _notify
 from pgbackup.interface.taskkit import (
     CONFIG_HELP,
     command,
@@ -89,53 +88,9 @@ def backup(
     c: Any, config: str | None = None, target: str | None = None, type_: str = "full"
 ) -> None:
     """Take a base backup of every target (or --target NAME)."""
-    from pgbackup.engine.backup import BACKUP_TYPES, run_backup
-    from pgbackup.ui import human_bytes
-
-    if type_ not in BACKUP_TYPES:
-        raise UsageError(
-            f"--type {type_!r}: a backup is full or incremental",
-            hint="pgbackup backup --type full|incremental",
-        )
-    policy = load(config)
-    failures = []
-    for t in targets(policy, target):
-        try:
-            meta = run_backup(policy, t, type_)
-        except PgBackupError as exc:
-            failures.append(exc)
-            print(f"pgbackup: error: {exc}", file=sys.stderr)
-            _notify(policy, "backup", t.name, "failed", str(exc))
-            continue
-        kind = f" (incremental on {meta['parent']})" if meta.get("parent") else ""
-        print(
-            f"backup {meta['backup_id']}{kind} of {t.name}: {human_bytes(meta['raw_bytes'])} -> "
-            f"{human_bytes(meta['stored_bytes'])} stored in {meta['duration_seconds']:.1f}s "
-            f"(LSN {meta['start_lsn']}..{meta['stop_lsn']}, timeline {meta['timeline']})"
-        )
-        try:
-            _after_backup(policy, t, meta)
-        except PgBackupError as exc:  # the local backup stays complete; the copy failed
-            failures.append(exc)
-            print(f"pgbackup: error: {exc}", file=sys.stderr)
-            _notify(policy, "backup", t.name, "failed", f"upload of {meta['backup_id']}: {exc}")
-    if failures:
-        raise Exit(code=max(f.exit_code for f in failures))
-
-
-def _after_backup(policy: Any, target: Any, meta: dict[str, Any]) -> None:
-    """Copies to upload destinations, when the policy declares them."""
-    if not policy.uploads:
-        return
-    from pgbackup.engine.uploads import upload_backup
-
-    upload_backup(policy, target, meta["backup_id"])
-
-
-def _notify(policy: Any, event: str, target: str, status: str, message: str) -> None:
-    from pgbackup.operations.alerts import notify_event
-
-    notify_event(policy, event, target, status, message)
+    code = backup_targets(config, target, type_)  # also run without Invoke: interface/direct
+    if code:
+        raise Exit(code=code)
 
 
 # --- list -----------------------------------------------------------------------------
@@ -287,20 +242,13 @@ def restore(
     delta: bool = False,
 ) -> None:
     """Restore a backup into --to DIR, optionally to a point in time (PITR)."""
-    from pgbackup.engine.restore_command import restore_command
-
-    if not to:
-        raise UsageError("restore needs --to DIR (an empty or new directory)")
-    if port is not None and not str(port).isdigit():
-        raise UsageError(f"--port {port!r} is not a port number")
-    policy = load(config)
-    result = restore_command(
-        policy,
-        to=Path(to),
+    restore_one(  # also run without Invoke: interface/direct
+        to=to,
+        config=config,
         backup=backup,
         force=force,
         start=start,
-        port=int(port) if port is not None else None,
+        port=port,
         target=target,
         db=db,
         target_time=target_time,
@@ -310,36 +258,15 @@ def restore(
         target_action=target_action,
         target_timeline=target_timeline,
         exclusive=exclusive,
-        archive=not no_archive,
-        from_upload=from_,
+        no_archive=no_archive,
+        from_=from_,
+        json_=json_,
         tablespace_map=tablespace_map,
         tablespace_map_all=tablespace_map_all,
         standby=standby,
         primary_conninfo=primary_conninfo,
         delta=delta,
     )
-    if json_:
-        emit_json(result.as_dict())
-        return
-    if result.delta:
-        from pgbackup.ui import human_bytes
-
-        d = result.delta
-        print(
-            f"delta: {d['kept_files']} files ({human_bytes(d['reused_bytes'])}) reused, "
-            f"{human_bytes(d['written_bytes'])} written, {d['removed_files']} stale files removed"
-        )
-    print(
-        f"restored backup {result.backup_id} of {result.target} into {result.directory} "
-        f"in {result.seconds:.1f}s"
-        + (f"; server running on port {result.port}" if result.started else "")
-    )
-    if result.recovery:
-        rec = result.recovery
-        print(
-            f"recovered to {rec.get('last_replay_time') or '?'} (LSN {rec.get('last_replay_lsn')}, "
-            f"timeline {rec.get('timeline')}); state: {rec.get('state')}"
-        )
 
 
 # --- cleanup --------------------------------------------------------------------------

@@ -11,14 +11,16 @@ import functools
 import json as jsonlib
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from invoke.exceptions import Exit
 
-from pgbackup.errors import PgBackupError, UsageError
+from pgbackup.errors import UsageError
+from pgbackup.interface.direct import load, outcome, targets
+
+__all__ = ["load", "targets"]  # shared with the commands run without Invoke (direct.py)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,34 +32,13 @@ def command(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except PgBackupError as exc:
-            raise Exit(f"pgbackup: error: {exc}", code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise Exit("pgbackup: interrupted", code=130) from None
         except Exit:
             raise
-        except Exception as exc:  # a bug: say so plainly, keep the details in the log
-            from pgbackup.ui import LOG
-
-            LOG.debug("internal error\n%s", traceback.format_exc())
-            raise Exit(
-                f"pgbackup: internal error: {type(exc).__name__}: {exc}\n"
-                "  this is a bug in pgbackup; the traceback is in the log file",
-                code=70,
-            ) from None
+        except (Exception, KeyboardInterrupt) as exc:
+            message, code = outcome(exc)
+            raise Exit(message, code=code) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def load(config: str | None, *, verbose: bool = False) -> Any:
-    """Find, load and validate the policy, then set up logging."""
-    from pgbackup.policy import find_config, load_policy_fast
-    from pgbackup.ui import setup_logging
-
-    # Validated in full, once per content (and referenced environment): a cache of hashes.
-    policy = load_policy_fast(find_config(config), for_wal=False)
-    setup_logging(policy, verbose=verbose)
-    return policy
 
 
 def repository(policy: Any) -> Any:
@@ -65,11 +46,6 @@ def repository(policy: Any) -> Any:
     from pgbackup.storage import open_storage
 
     return Repository(open_storage(policy.repository))
-
-
-def targets(policy: Any, name: str | None) -> list[Any]:
-    """``--target NAME`` or every target of the policy."""
-    return [policy.target(name)] if name else list(policy.targets.values())
 
 
 def policy_now() -> datetime:
