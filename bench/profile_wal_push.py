@@ -73,10 +73,10 @@ def _objects(out: Path) -> dict[str, float]:
         text=True,
         check=True,
     )
-    groups = {
-        "python3": "interpreter",
+    groups = {  # the first match wins: zstd's extension lives under .../python3.11/...
         "backend_c": "zstd",
         "libzstd": "zstd",
+        "python3": "interpreter",
         "libcrypto": "OpenSSL (SHA-1)",
         "ld-linux": "dynamic loader",
         "libc.so": "libc",
@@ -107,6 +107,7 @@ def instructions(
         ("python -c pass (venv site)", [py, "-c", "pass"]),
     ]:
         out = out_dir / "floor.out"
+        wall(argv, env, data_dir, 1)  # its .pyc written (PYTHONPYCACHEPREFIX is fresh)
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
             env=env,
