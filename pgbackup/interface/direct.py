@@ -17,7 +17,6 @@ translation of an exception into a message and a status.
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +73,8 @@ def outcome(exc: BaseException) -> tuple[str, int]:
         return f"pgbackup: error: {exc}", exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return "pgbackup: interrupted", 130
+    import traceback
+
     from pgbackup.ui import LOG
 
     LOG.debug("internal error\n%s", "".join(traceback.format_exception(exc)))
