@@ -187,3 +187,23 @@ def test_a_fast_push_imports_no_pathlib_typing_json_or_re(setup: dict[str, Path]
     ).stdout.split()
     assert out == ["0"], out  # exit 0, none of them imported
     assert (setup["repo"] / "main" / "wal" / f"{NAME}.zst").exists()
+
+
+def test_a_retry_of_an_archived_segment_makes_the_stored_copy_durable(
+    setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push that died between linking the file and fsyncing its directory is retried by
+    PostgreSQL; the retry finds identical content and must fsync before saying "archived"."""
+    from pgbackup.storage.posix import PosixStorage
+
+    bind(setup)
+    synced: list[str] = []
+    real = PosixStorage.make_durable
+
+    def spy(self: PosixStorage, key: str) -> None:
+        synced.append(key)
+        real(self, key)
+
+    monkeypatch.setattr(PosixStorage, "make_durable", spy)
+    wal.push(load_policy_fast(setup["policy"]), setup["first"], "main")  # the retry
+    assert synced == ["main/wal/000000010000000000000002.zst"]

@@ -293,6 +293,10 @@ def _compare_existing(
     else:
         same = hashlib.sha256(decode_bytes(spec, stored, what=key)).hexdigest() == digest
     if same:
+        # A retry: the first push may have died after linking the file but before its
+        # directory was fsynced; PostgreSQL counts exit 0 as "archived" and may recycle
+        # the segment, so the stored copy is made durable before we say so.
+        storage.make_durable(key)
         return "already archived"
     raise WalError(
         f"{name} is already archived with DIFFERENT content ({key}); refusing to overwrite it",

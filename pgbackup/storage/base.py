@@ -124,6 +124,12 @@ class Storage(ABC):
         """Free space where the repository lives, when the kind can tell (posix); else None."""
         return None
 
+    def make_durable(self, key: str) -> None:
+        """Make an object found already stored durable before it is counted: a retry may
+        follow a crash between the object's link and its directory's fsync. Object stores
+        acknowledge only durable objects, so by default there is nothing to do."""
+        return None
+
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Storage:
         raise NotImplementedError

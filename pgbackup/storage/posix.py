@@ -200,6 +200,18 @@ class PosixStorage(Storage):
             return None
         return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
 
+    def make_durable(self, key: str) -> None:
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise storage_error("make durable", path, exc) from None
+
     def delete(self, key: str) -> None:
         path = self.path_of(key)
         try:
