@@ -296,6 +296,10 @@ def async_latency(
     for p in range(args.passes):
         data = give(root / f"async-data-{p}", 0o755)
         status = give(data / "pg_wal" / "archive_status", 0o755)
+        # A spool of its own per pass, as a fresh server would have: the previous pass's
+        # pusher (bound to its own data directory) and its outcomes must not answer for
+        # segments this pass stores again after the last pass deleted them.
+        env = {**env, "PGBACKUP_SPOOL": str(give(root / f"async-spool-{p}", 0o700))}
         for seg in segs:
             shutil.copy(seg, data / "pg_wal" / seg.name)
             (status / f"{seg.name}.ready").touch()
