@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgbackup.engine.backup import basebackup_argv, compress_option, wal_range
+from pgbackup.engine.backup import basebackup_argv, compress_option
 from pgbackup.engine.restore_command import parse_time, recovery_settings
 from pgbackup.errors import UsageError
 from pgbackup.formats.codecs import CodecSpec
+from pgbackup.formats.manifest import wal_range
 from pgbackup.postgres.connection import to_dsn
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pgbackup.engine.backup import basebackup_argv, incremental_preflight
+from pgbackup.engine.backup import basebackup_argv
+from pgbackup.engine.backup_preflight import incremental_preflight
 from pgbackup.errors import PostgresError
 from pgbackup.formats.codecs import CodecSpec
 from pgbackup.operations.schedule import cron_entries

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -37,13 +36,21 @@ from pathlib import Path
 from typing import Any
 
 from pgbackup import __version__
+from pgbackup.engine.backup_preflight import (
+    BACKUP_TYPES,
+    chain_of,
+    choose_parent,
+    incremental_preflight,
+    preflight,
+)
 from pgbackup.engine.locks import target_lock
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
 from pgbackup.engine.streamcompress import compress_archives
 from pgbackup.engine.streamcompress import from_facts as compression_side
 from pgbackup.errors import BackupError, PgBackupError, PostgresError, UsageError
 from pgbackup.formats.codecs import CodecSpec, Encoder, encode_bytes, load_recipients, suffix
-from pgbackup.formats.lsn import format_lsn, parse_lsn
+from pgbackup.formats.lsn import format_lsn
+from pgbackup.formats.manifest import manifest_facts
 from pgbackup.policy import Policy, Target
 from pgbackup.postgres.binaries import find_program
 from pgbackup.postgres.connection import ServerFacts, describe, preflight_facts, to_dsn
@@ -123,83 +130,6 @@ def basebackup_argv(
     if option:
         argv.append(option)
     return argv
-
-
-def preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
-    """Say precisely what is missing before copying anything."""
-    where = describe(conninfo)
-    if facts.wal_level not in ("replica", "logical"):
-        raise PostgresError(
-            f"{where}: wal_level is {facts.wal_level!r}; a base backup needs 'replica' or 'logical'",
-            hint="ALTER SYSTEM SET wal_level = 'replica'; then restart the server",
-        )
-    if not facts.can_replicate:
-        raise PostgresError(
-            f"{where}: role {conninfo.get('user')!r} lacks the REPLICATION attribute",
-            hint=f"ALTER ROLE {conninfo.get('user')} REPLICATION;",
-        )
-    if facts.max_wal_senders < 2:
-        raise PostgresError(
-            f"{where}: max_wal_senders is {facts.max_wal_senders}; a backup needs two WAL "
-            "senders (one copies the files, one streams the WAL written meanwhile)",
-            hint="ALTER SYSTEM SET max_wal_senders = 10; then restart the server",
-        )
-    in_place = [t for t in facts.tablespaces if not str(t.get("location") or "").startswith("/")]
-    if in_place:
-        names = ", ".join(f"{t['name']} (oid {t['oid']})" for t in in_place)
-        raise PostgresError(
-            f"{where}: in-place tablespace(s) {names}: pg_basebackup skips them without an "
-            "error, so a backup would restore without their files",
-            hint="move their tables to a tablespace with a location (ALTER TABLE ... SET "
-            "TABLESPACE) or to pg_default; in-place tablespaces are a developer setting "
-            "(allow_in_place_tablespaces)",
-        )
-
-
-BACKUP_TYPES = ("full", "incremental")
-
-
-def incremental_preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
-    """An incremental backup needs PostgreSQL 17+ with ``summarize_wal = on``; refused
-    before anything is stored, with the fix."""
-    where = describe(conninfo)
-    if facts.major < 17:
-        raise PostgresError(
-            f"{where}: PostgreSQL {facts.version} cannot take incremental backups "
-            "(pg_basebackup --incremental came with PostgreSQL 17)",
-            hint="take full backups (pgbackup backup --type full), or upgrade to 17 or later",
-        )
-    if facts.summarize_wal != "on":
-        raise PostgresError(
-            f"{where}: summarize_wal is {facts.summarize_wal or 'off'}; an incremental "
-            "backup needs the WAL summaries it writes",
-            hint="ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a "
-            "full backup, on which the next incremental builds",
-        )
-    # Tablespaces need nothing more: pg_basebackup --incremental -Ft writes each as
-    # <oid>.tar like a full backup (in-place ones are refused by preflight for every
-    # backup), and a restore combines them with pg_combinebackup -T (engine/combine.py).
-
-
-def choose_parent(repo: Repository, target: str, facts: ServerFacts) -> BackupInfo:
-    """The backup an incremental builds on: the newest complete one of the same cluster."""
-    same = [
-        b
-        for b in repo.complete_backups(target)
-        if b.metadata.get("system_identifier") == facts.system_identifier
-    ]
-    if not same:
-        raise BackupError(
-            f"target {target!r} has no complete backup of this cluster (system identifier "
-            f"{facts.system_identifier}) for an incremental backup to build on",
-            hint="take a full backup first: pgbackup backup --type full",
-        )
-    return same[-1]
-
-
-def chain_of(parent: BackupInfo) -> list[str]:
-    """The chain an incremental on ``parent`` belongs to, full backup first."""
-    return [*(parent.metadata.get("chain") or []), parent.backup_id]
 
 
 def run_basebackup(argv: list[str], estimated_size: int) -> None:
@@ -364,32 +294,6 @@ def upload_staged(
                 encoder.write(chunk)
         encoder.close()
     return {"size": size, "sha256": digest.hexdigest()}
-
-
-def manifest_facts(manifest: bytes, seg_size: int) -> dict[str, Any]:
-    """Files, bytes and WAL range from PostgreSQL's manifest."""
-    files = json.loads(manifest).get("Files", [])
-    timeline, start, end = wal_range(manifest)
-    wal_bytes = ((end - 1) // seg_size - start // seg_size + 1) * seg_size
-    return {
-        "files": len(files),
-        "raw_bytes": sum(int(f.get("Size", 0)) for f in files) + wal_bytes,
-        "timeline": timeline,
-        "start_lsn": start,
-        "stop_lsn": end,
-    }
-
-
-def wal_range(manifest: bytes) -> tuple[int, int, int]:
-    """(timeline, start LSN, end LSN) from the manifest's WAL-Ranges (last range's end)."""
-    ranges = json.loads(manifest).get("WAL-Ranges") or []
-    if not ranges:
-        raise BackupError("backup_manifest has no WAL-Ranges")
-    return (
-        int(ranges[-1]["Timeline"]),
-        parse_lsn(ranges[0]["Start-LSN"]),
-        parse_lsn(ranges[-1]["End-LSN"]),
-    )
 
 
 @contextlib.contextmanager

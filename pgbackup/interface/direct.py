@@ -122,7 +122,8 @@ def backup_targets(
 ) -> int:
     """The ``backup`` task: every target (or ``target``); 0, or the worst failure's status
     (each failure already said on stderr and notified)."""
-    from pgbackup.engine.backup import BACKUP_TYPES, run_backup
+    from pgbackup.engine.backup import run_backup
+    from pgbackup.engine.backup_preflight import BACKUP_TYPES
     from pgbackup.ui import human_bytes
 
     if type_ not in BACKUP_TYPES:
