@@ -13,7 +13,8 @@ Feature: Base backups restore to exactly the data at backup time
     Then the restored tables have the recorded checksums
     And the restored data directory has mode 0700 and belongs to the server user
 
-  @core_versions
+  # On 15 in CI; on 16 and 18 in the long mode (--all-versions): the zstd round trip above
+  # runs on every major in CI already, and CI must stay under 30 minutes.
   Scenario Outline: Every compression method round-trips
     Given a sandbox cluster with sample data
     And the policy compresses with <method>
