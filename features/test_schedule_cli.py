@@ -40,6 +40,12 @@ def foreign_line(h: Harness, ctx: dict[str, Any], user: str) -> None:
     ctx["user"] = user
     h.policy["schedules"] = {"backup": "0 2 * * *", "verify": "30 3 * * *", "cleanup": "0 4 * * *"}
     h.policy["log"] = {"file": str(h.root / "logs" / "pgbackup.log")}
+    bin_dirs = os.environ.get("PGBACKUP_PG_BIN_DIRS")
+    if bin_dirs:
+        # A run on 16 or 18 finds that major's programs through the environment, which
+        # cron does not pass on: the policy names them, as it must in production for a
+        # major whose client programs are not installed system-wide.
+        h.policy["targets"]["platform"]["pg_bin_dir"] = bin_dirs.split(os.pathsep)[0]
     h.write_policy()
 
 
