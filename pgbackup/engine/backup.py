@@ -37,12 +37,12 @@ from typing import Any
 
 from pgbackup import __version__
 from pgbackup.engine.backup_preflight import (
-    BACKUP_TYPES,
     chain_of,
     choose_parent,
     incremental_preflight,
     preflight,
 )
+from pgbackup.engine.follow import ArchiveFollower
 from pgbackup.engine.locks import target_lock
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
 from pgbackup.engine.streamcompress import compress_archives
@@ -52,8 +52,9 @@ from pgbackup.formats.codecs import CodecSpec, Encoder, encode_bytes, load_recip
 from pgbackup.formats.lsn import format_lsn
 from pgbackup.formats.manifest import manifest_facts
 from pgbackup.policy import Policy, Target
+from pgbackup.policy.records import BACKUP_TYPES
 from pgbackup.postgres.binaries import find_program
-from pgbackup.postgres.connection import ServerFacts, describe, preflight_facts, to_dsn
+from pgbackup.postgres.connection import PendingPreflight, ServerFacts, describe, to_dsn
 from pgbackup.postgres.sandbox import resolve_conninfo
 from pgbackup.signals import terminate_as_interrupt
 from pgbackup.storage import Storage, open_storage
@@ -119,6 +120,12 @@ def basebackup_argv(
         f"--label={label}",
         "--manifest-checksums=CRC32C",
         "--no-password",
+        # pgbackup makes durable what it keeps, itself (hash_and_sync_meanwhile): the
+        # streamed pg_wal.tar is replaced by its compressed copy, so its 16 MB or more
+        # never need to reach the disk, and the other files are synced while pg_wal.tar
+        # is compressed. pg_basebackup's --no-sync: "return without waiting" for the
+        # files to be written safely to disk (PostgreSQL manual, pg_basebackup).
+        "--no-sync",
     ]
     if max_rate:
         argv.append(f"--max-rate={max_rate}")
@@ -182,8 +189,7 @@ def produced_archives(
     without its archive (or an archive the server does not explain) fails the backup:
     a backup that would restore without a tablespace is never kept.
     """
-    ext = "base.tar" + suffix(CodecSpec(spec.compression, spec.level))
-    ext = ext[len("base") :]
+    ext = archive_suffix(spec)
     found = {f.name: f for f in directory.iterdir() if f.name != MANIFEST}
     out: dict[str, tuple[Path, dict[str, Any]]] = {}
     if "base" + ext not in found:
@@ -220,24 +226,56 @@ def produced_archives(
     return out
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: Path, *, sync: bool = False) -> str:
+    """sha256 of a file; ``sync``: fsync it too (one open, while its pages are cached)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(READ_SIZE):
             digest.update(chunk)
+        if sync:
+            os.fsync(f.fileno())
     return digest.hexdigest()
 
 
-def digests_meanwhile(paths: list[Path]) -> Any:
-    """sha256 of ``paths`` in a thread while the caller compresses ``pg_wal.tar`` (hashlib
-    and zstd both release the GIL): returns a function that waits and gives path -> hex."""
-    out: dict[Path, str] = {}
+def preload_codec(spec: CodecSpec) -> None:
+    """Import the compression library in a thread while pg_basebackup runs: pg_wal.tar is
+    compressed right after it, and ``import zstandard`` alone takes ~10 ms (issue #15)."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # the real import, later, says what is wrong
+            Encoder(CodecSpec(spec.compression, spec.level), lambda _data: None).close()
+
+    threading.Thread(target=load, name="pgbackup-preload", daemon=True).start()
+
+
+def archive_suffix(spec: CodecSpec) -> str:
+    """``.tar.zst`` and friends: how pg_basebackup names the archives it writes."""
+    return ".tar" + suffix(CodecSpec(spec.compression, spec.level))
+
+
+def hash_and_sync_meanwhile(
+    hash_paths: list[Path], sync_paths: list[Path], known: dict[Path, str] | None = None
+) -> Any:
+    """In a thread while the caller compresses ``pg_wal.tar`` (hashlib, fsync and zstd all
+    release the GIL): sha256 of ``hash_paths``, fsync of every file in ``sync_paths``.
+
+    Returns a function that waits and gives path -> hex digest (``known`` digests
+    included); it raises what the thread met (a read or fsync error fails the backup).
+    """
+    out: dict[Path, str] = dict(known or {})
     failed: list[BaseException] = []
 
     def work() -> None:
         try:
-            for p in paths:
-                out[p] = file_digest(p)
+            for p in hash_paths:
+                out[p] = file_digest(p, sync=p in sync_paths)
+            for p in sync_paths:
+                if p not in hash_paths:
+                    fd = os.open(p, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
         except BaseException as exc:  # re-raised in the caller's thread
             failed.append(exc)
 
@@ -251,6 +289,17 @@ def digests_meanwhile(paths: list[Path]) -> Any:
         return out
 
     return result
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync ``directory`` and its parent: the names pg_basebackup created (it ran with
+    --no-sync) are durable before metadata.json says the backup is complete."""
+    for d in (directory, directory.parent):
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def settle_in_repository(storage: PosixStorage, directory: Path) -> None:
@@ -316,9 +365,22 @@ def backup_directory(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dict[str, Any]:
+#: A preflight started before the lock was taken is used only if the lock came at once:
+#: after a wait (for a cleanup), the server is asked again.
+PREFLIGHT_FRESH_SECONDS = 1.0
+
+
+def run_backup(
+    policy: Policy,
+    target: Target,
+    backup_type: str = "full",
+    started: PendingPreflight | None = None,
+) -> dict[str, Any]:
     """Take one base backup of ``target`` (``full``, or ``incremental`` on the newest
-    complete backup: PostgreSQL 17+); returns its metadata."""
+    complete backup: PostgreSQL 17+); returns its metadata.
+
+    ``started``: the preflight of this target, already under way (interface/direct.py
+    starts it before importing this module, so the handshakes overlap the imports)."""
     if backup_type not in BACKUP_TYPES:
         raise UsageError(
             f"--type {backup_type!r}: a backup is full or incremental",
@@ -339,7 +401,12 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
         try:
             step = "connecting to the server"
             conninfo = resolve_conninfo(policy, target, LOG)
-            facts, replication_problem = preflight_facts(conninfo, target.pg_bin_dir)
+            fresh = time.monotonic() - t0 < PREFLIGHT_FRESH_SECONDS
+            if started is None or not fresh or started.conninfo != conninfo:
+                if started is not None:
+                    started.close()
+                started = PendingPreflight(conninfo, target.pg_bin_dir)
+            facts, replication_problem = started.wait()
             preflight(facts, conninfo)
             step = "opening a replication connection"
             if replication_problem is not None:
@@ -400,19 +467,41 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
                     target.max_rate,
                     incremental=parent_manifest,
                 )
-                run_basebackup(argv, facts.database_size)
+                # Hash the archives while pg_basebackup writes them (direct only: they
+                # are stored as written; a staged upload hashes what it sends).
+                follower = (
+                    ArchiveFollower(directory, archive_suffix(spec)).start()
+                    if direct and side.side != "pgbackup"
+                    else None
+                )
+                preload_codec(spec)
+                try:
+                    run_basebackup(argv, facts.database_size)
+                finally:
+                    followed = follower.finish() if follower else {}
                 if side.side == "pgbackup":
                     step = f"compressing with {spec.compression} (the server cannot)"
                     compress_archives(directory, spec, policy.compression.workers or -1)
                 produced = produced_archives(directory, facts, spec)
+                if direct:
+                    assert isinstance(storage, PosixStorage)
+                    settle_in_repository(storage, directory)  # before the fsyncs below
                 manifest = (directory / MANIFEST).read_bytes()
                 objects: dict[str, dict[str, Any]] = {}
-                digests = digests_meanwhile(  # what the direct branch below stores as is
-                    [
-                        p
-                        for p, e in produced.values()
-                        if direct and (e["kind"] != "wal" or spec.compression == "none")
-                    ]
+                kept_as_is = [  # what the direct branch below stores as pg_basebackup wrote it
+                    p
+                    for p, e in produced.values()
+                    if direct and (e["kind"] != "wal" or spec.compression == "none")
+                ]
+                known = {  # followed to the end: the size now is the size hashed
+                    p: followed[p][1]
+                    for p in kept_as_is
+                    if p in followed and followed[p][0] == p.stat().st_size
+                }
+                digests = hash_and_sync_meanwhile(
+                    [p for p in kept_as_is if p not in known],
+                    [*kept_as_is, directory / MANIFEST] if direct else [],
+                    known,
                 )
                 # pg_wal.tar first: it is compressed while the thread hashes the rest.
                 wal_first = sorted(produced.items(), key=lambda item: item[1][1]["kind"] != "wal")
@@ -449,8 +538,8 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
                         )
                         objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
                 if direct:
-                    assert isinstance(storage, PosixStorage)
-                    settle_in_repository(storage, directory)
+                    digests()  # every kept file hashed and synced
+                    sync_directory(directory)
                     manifest_obj = {
                         "size": len(manifest),
                         "sha256": hashlib.sha256(manifest).hexdigest(),

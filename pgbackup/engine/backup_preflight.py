@@ -46,9 +46,6 @@ def preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
         )
 
 
-BACKUP_TYPES = ("full", "incremental")
-
-
 def incremental_preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
     """An incremental backup needs PostgreSQL 17+ with ``summarize_wal = on``; refused
     before anything is stored, with the fix."""

@@ -16,6 +16,17 @@ from pgbackup.interface.wal_commands import WAL_COMMANDS, split_config, wal_main
 DIRECT_COMMANDS = ("backup", "restore")  # see pgbackup.interface.direct
 
 
+def exit_now(code: int) -> None:
+    """End the process once a command has said everything and made it durable: tearing
+    the interpreter down (every module, the mapped segment) adds ~5 ms to each archived
+    WAL segment and ~10 ms to a backup (issue #15). Log handlers are flushed first."""
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -24,11 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     if first in WAL_COMMANDS:
         code = wal_main(argv)
         if from_console:
-            # Everything is durable and said; tearing the interpreter down (modules,
-            # the mapped segment) would only add ~5 ms to every archived segment.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            exit_now(code)
         sys.exit(code)
     config, rest = split_config(argv)
     if config is not None:
@@ -43,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
             # second); any other line of theirs (--help included) is Invoke's.
             direct_code = direct_main(rest)
             if direct_code is not None:
+                if from_console:
+                    exit_now(direct_code)
                 sys.exit(direct_code)
         from pgbackup import __version__
         from pgbackup.interface.collection import ns

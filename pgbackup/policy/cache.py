@@ -19,10 +19,14 @@ from pgbackup.policy.interpolation import _referenced_vars
 from pgbackup.policy.schema import _schema_bytes
 
 
-def _cache_dir() -> Path:
+def cache_root() -> Path:
+    """pgbackup's own cache directory: ``$XDG_CACHE_HOME/pgbackup`` (``~/.cache/pgbackup``)."""
     xdg = os.environ.get("XDG_CACHE_HOME")
-    root = Path(xdg) if xdg else Path.home() / ".cache"
-    return root / "pgbackup" / "validated"
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "pgbackup"
+
+
+def _cache_dir() -> Path:
+    return cache_root() / "validated"
 
 
 def _digest() -> Any:

@@ -14,6 +14,10 @@ from typing import Any, NamedTuple
 
 from pgbackup.errors import ConfigError
 
+#: What ``backup --type`` accepts: a full backup, or an incremental on the newest complete
+#: one (PostgreSQL 17+).
+BACKUP_TYPES = ("full", "incremental")
+
 # Immutable records. NamedTuple, not dataclasses: wal-push builds them once per segment,
 # and importing dataclasses (with inspect) plus building eight classes cost it ~8 ms.
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from pgbackup.errors import BinaryError
 
@@ -24,13 +26,61 @@ _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 @functools.lru_cache(maxsize=64)
 def program_major(path: str) -> int | None:
-    """The major version a PostgreSQL program reports with ``--version`` (None if unknown)."""
+    """The major version a PostgreSQL program reports with ``--version`` (None if unknown).
+
+    Asked once per installed file: the answer is kept in pgbackup's cache under the
+    file's identity (device, inode, size, modification time; a package upgrade changes
+    it), so that a backup does not start a process for it every time (issue #15).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    identity = f"{path}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    known = _known_majors()
+    if isinstance(known.get(identity), int):
+        return int(known[identity])
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     m = _VERSION_RE.search(out)
-    return int(m.group(1)) if m else None
+    major = int(m.group(1)) if m else None
+    if major is not None:
+        _remember_major(identity, major)
+    return major
+
+
+def _majors_file() -> Path:
+    from pgbackup.policy.cache import cache_root
+
+    return cache_root() / "program-majors.json"
+
+
+def _known_majors() -> dict[str, Any]:
+    try:
+        known = json.loads(_majors_file().read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _remember_major(identity: str, major: int) -> None:
+    """Add one answer to the cache (atomically replaced; a lost race only costs a
+    ``--version`` next time). A cache that cannot be written is simply not used."""
+    path = _majors_file()
+    known = _known_majors()
+    # Entries of replaced files are dropped: keep only paths other than this one.
+    name = identity.split("|", 1)[0]
+    known = {k: v for k, v in known.items() if k.split("|", 1)[0] != name}
+    known[identity] = major
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def candidate_dirs(major: int | None, pg_bin_dir: str | os.PathLike[str] | None) -> list[Path]:

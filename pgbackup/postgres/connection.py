@@ -272,6 +272,49 @@ def _replication_problem(
     return PostgresError(f"replication handshake with {describe(conninfo)} failed: {text}")
 
 
+class PendingPreflight:
+    """:func:`preflight_facts`'s two psql processes, started now and read by :meth:`wait`.
+
+    A plain ``backup`` line starts them as soon as the policy is read, before it imports
+    the engine, so that the two handshakes and the query run while Python loads the rest
+    (issue #15: the fixed cost of a backup). Any failure to start them (psql missing)
+    is raised by :meth:`wait`, where the caller records a failed run as usual.
+    """
+
+    def __init__(self, conninfo: Mapping[str, Any], pg_bin_dir: Any = None) -> None:
+        self.conninfo = dict(conninfo)
+        self._error: Exception | None = None
+        self._procs: tuple[subprocess.Popen[str], subprocess.Popen[str]] | None = None
+        try:
+            program = find_program("psql", None, pg_bin_dir)
+            self._procs = (
+                _psql(program, conninfo, FACTS_SQL),
+                _psql(program, conninfo, "IDENTIFY_SYSTEM", replication=True),
+            )
+        except Exception as exc:  # raised by wait()
+            self._error = exc
+
+    def wait(self) -> tuple[ServerFacts, PostgresError | None]:
+        """(server facts, what is wrong with a replication connection or None)."""
+        if self._error is not None:
+            raise self._error
+        assert self._procs is not None, "wait() called twice"
+        facts_proc, repl_proc = self._procs
+        self._procs = None
+        try:
+            facts = _facts_from(self.conninfo, facts_proc)
+        finally:
+            problem = _replication_problem(self.conninfo, repl_proc)
+        return facts, problem
+
+    def close(self) -> None:
+        """Reap the processes of a preflight that will not be read."""
+        for proc in self._procs or ():
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                proc.communicate(timeout=15)
+        self._procs = None
+
+
 def preflight_facts(
     conninfo: Mapping[str, Any], pg_bin_dir: Any = None
 ) -> tuple[ServerFacts, PostgresError | None]:
@@ -282,14 +325,7 @@ def preflight_facts(
     copied. Its problem is returned, not raised: the facts may explain it more precisely
     (a role without the REPLICATION attribute is refused too).
     """
-    program = find_program("psql", None, pg_bin_dir)
-    facts_proc = _psql(program, conninfo, FACTS_SQL)
-    repl_proc = _psql(program, conninfo, "IDENTIFY_SYSTEM", replication=True)
-    try:
-        facts = _facts_from(conninfo, facts_proc)
-    finally:
-        problem = _replication_problem(conninfo, repl_proc)
-    return facts, problem
+    return PendingPreflight(conninfo, pg_bin_dir).wait()
 
 
 def table_checksums(conn: Any, tables: list[str] | None = None) -> dict[str, str]:
