@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,15 @@ from pgbackup.storage import Storage
 READ_SIZE = 1 << 20
 
 
-@dataclass
 class DeltaPlan:
     """What a delta restore keeps, and what it removed before writing."""
 
-    keep: set[str] = field(default_factory=set)
-    reused_bytes: int = 0
-    removed_files: int = 0
+    def __init__(
+        self, keep: set[str] | None = None, reused_bytes: int = 0, removed_files: int = 0
+    ) -> None:
+        self.keep: set[str] = set() if keep is None else keep
+        self.reused_bytes = reused_bytes
+        self.removed_files = removed_files
 
     def as_dict(self) -> dict[str, int]:
         return {

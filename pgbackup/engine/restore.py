@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,19 +31,35 @@ from pgbackup.ui import LOG, human_bytes, progress
 READ_SIZE = 1 << 20
 
 
-@dataclass
 class RestoreResult:
-    backup_id: str
-    target: str
-    directory: str
-    stored_bytes: int
-    raw_bytes: int
-    seconds: float
-    port: int | None = None
-    started: bool = False
-    recovery: dict[str, Any] = field(default_factory=dict)
-    delta: dict[str, int] | None = None
-    combine: dict[str, Any] | None = None
+    """What a restore did (``restore --json``). A plain class: importing dataclasses costs
+    every restore ~10 ms (issue #15)."""
+
+    def __init__(
+        self,
+        backup_id: str,
+        target: str,
+        directory: str,
+        stored_bytes: int,
+        raw_bytes: int,
+        seconds: float,
+        port: int | None = None,
+        started: bool = False,
+        recovery: dict[str, Any] | None = None,
+        delta: dict[str, int] | None = None,
+        combine: dict[str, Any] | None = None,
+    ) -> None:
+        self.backup_id = backup_id
+        self.target = target
+        self.directory = directory
+        self.stored_bytes = stored_bytes
+        self.raw_bytes = raw_bytes
+        self.seconds = seconds
+        self.port = port
+        self.started = started
+        self.recovery: dict[str, Any] = {} if recovery is None else recovery
+        self.delta = delta
+        self.combine = combine
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pgbackup.formats.codecs import CodecSpec, Encoder, suffix
 from pgbackup.postgres.connection import ServerFacts
@@ -42,8 +41,7 @@ SUPPORT_SQL = (
 )
 
 
-@dataclass(frozen=True)
-class CompressionSide:
+class CompressionSide(NamedTuple):
     """Where the policy's compression happens for one server, and why."""
 
     method: str
