@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +27,7 @@ from pgbackup.formats.codecs import CodecSpec, open_decoder
 from pgbackup.policy import Policy, Target
 from pgbackup.postgres.cluster import Cluster, free_port, hand_over, server_os_user
 from pgbackup.storage import Storage, open_storage
-from pgbackup.ui import LOG, human_bytes, progress
+from pgbackup.ui import LOG, Progress, human_bytes, progress
 
 READ_SIZE = 1 << 20
 
@@ -219,6 +220,7 @@ def extract(
     directory: Path,
     expected: dict[str, Any],
     keep: Any = None,
+    bar: bool = True,
 ) -> tuple[int, int]:
     """Stream the stored object into the data directory; returns the stored bytes read
     and the bytes written (less than the content when ``keep`` spared files).
@@ -235,10 +237,12 @@ def extract(
     with (
         contextlib.closing(source),
         open_decoder(source, spec, identities=identity_list, what=key) as decoded,  # type: ignore[arg-type]
-        progress("restore", int(expected.get("raw_bytes", 0)) or None) as bar,
+        progress("restore", int(expected.get("raw_bytes", 0)) or None)
+        if bar
+        else contextlib.nullcontext(Progress("", None)) as progress_bar,
     ):
         try:
-            written = untar.extract(decoded, directory, on_bytes=bar.advance, keep=keep)  # type: ignore[arg-type]
+            written = untar.extract(decoded, directory, on_bytes=progress_bar.advance, keep=keep)  # type: ignore[arg-type]
         except PgBackupError as exc:
             problem = exc  # the checksum verdict comes first
         # Drain what the tar stream did not need, so the checksum covers every byte.
@@ -388,7 +392,8 @@ def run_restore(
                 storage, repo, policy, target, members, directory, os_user, destinations
             )
             stored = combined["stored_bytes"]
-        for name, obj in [] if members else archive_objects(info):
+
+        def restore_object(name: str, obj: dict[str, Any], bar: bool = True) -> tuple[int, int]:
             where, inside = directory, ""
             if obj["kind"] == "wal":
                 where, inside = directory / "pg_wal", "pg_wal/"
@@ -405,7 +410,7 @@ def run_restore(
                 def keep(name: str, kept: set[str] = kept, at: str = at) -> bool:
                     return at + (name[2:] if name.startswith("./") else name) in kept
 
-            stored_here, written_here = extract(
+            return extract(
                 storage,
                 prefix + name,
                 CodecSpec.from_dict(obj["codec"]),
@@ -416,14 +421,36 @@ def run_restore(
                     "raw_bytes": info.metadata.get("raw_bytes", 0) if obj["kind"] == "base" else 0,
                 },
                 keep=keep,
+                bar=bar,
             )
-            stored += stored_here
-            if obj["kind"] == "wal":
+
+        objects = [] if members else archive_objects(info)
+        # The WAL archive is restored beside the base archive, not after it: its 16 MB
+        # or more are decoded and written while the base's writers wait on the disk
+        # (issue #15). Not for a delta restore, which compares files as it goes.
+        beside = [o for o in objects if o[1]["kind"] == "wal"] if plan is None else []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-wal") as pool:
+            wal_jobs = [pool.submit(restore_object, n, o, False) for n, o in beside]
+            try:
+                for name, obj in objects:
+                    if (name, obj) in beside:
+                        continue
+                    stored_here, written_here = restore_object(name, obj)
+                    stored += stored_here
+                    if obj["kind"] == "wal":
+                        wal_written += written_here
+                    else:
+                        payload_written += written_here
+                    if obj["kind"] == "base" and not (directory / "PG_VERSION").exists():
+                        raise RestoreError(
+                            f"{prefix + name} did not contain a PostgreSQL data directory"
+                        )
+            finally:
+                wait(wal_jobs)  # nothing may still write when the directory is emptied
+            for job in wal_jobs:
+                stored_here, written_here = job.result()
+                stored += stored_here
                 wal_written += written_here
-            else:
-                payload_written += written_here
-            if obj["kind"] == "base" and not (directory / "PG_VERSION").exists():
-                raise RestoreError(f"{prefix + name} did not contain a PostgreSQL data directory")
         link_tablespaces(directory, destinations, os_user)
         raw = int(info.metadata.get("raw_bytes", 0))
     except BaseException:
