@@ -74,16 +74,18 @@ def test_rto_projection_counts_the_chain_staged_then_combined() -> None:
     # 100 MB full + two 5 MB incrementals staged at 1 MB/s (110 s), then pg_combinebackup
     # writes the 100 MB directory again; no drill has combined yet, so at 1 MB/s (100 s);
     # plus the drill's fixed 6 s.
-    seconds, note = sla.project_restore_seconds([drill(16.0)], 100e6, [5e6, 5e6])
+    seconds, note = sla.project_restore_seconds(sla.good_drills([drill(16.0)]), 100e6, [5e6, 5e6])
     assert seconds == 216.0
     assert note is not None and "chain of 3" in note and "not yet measured" in note
     # Once a drill has measured pg_combinebackup (4 MB/s here), its rate is used.
     combined = {**drill(30.0), "combine_throughput_bytes_per_second": 4e6}
-    seconds, note = sla.project_restore_seconds([drill(16.0), combined], 100e6, [5e6, 5e6])
+    seconds, note = sla.project_restore_seconds(
+        sla.good_drills([drill(16.0), combined]), 100e6, [5e6, 5e6]
+    )
     assert seconds == 110.0 + 25.0 + 6.0
     assert note is not None and "not yet measured" not in note
     # A full backup: no chain, no combine, the figure of before.
-    assert sla.project_restore_seconds([drill(16.0)], 100e6, []) == (106.0, None)
+    assert sla.project_restore_seconds(sla.good_drills([drill(16.0)]), 100e6, []) == (106.0, None)
 
 
 def test_rto_projection_of_a_long_chain_is_at_risk_and_says_why() -> None:

@@ -444,7 +444,7 @@ def run_backup(
                 if parent is not None:
                     step = f"reading the manifest of parent backup {parent.backup_id}"
                     from pgbackup.engine.delta import read_manifest_bytes
-                    from pgbackup.engine.restore import identities
+                    from pgbackup.engine.objects import identities
 
                     parent_manifest = Path(scratch) / MANIFEST
                     parent_manifest.write_bytes(

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pgbackup.engine.delta import read_manifest_bytes
+from pgbackup.engine.objects import archive_objects, empty_directory, extract, identities
 from pgbackup.engine.repository import BackupInfo, Repository
 from pgbackup.errors import PgBackupError, RestoreError
 from pgbackup.formats.codecs import CodecSpec
@@ -77,8 +78,6 @@ def combine_chain(
     was read and how it was combined. ``destinations``: where each tablespace of the
     newest member (by OID) is written (restore.py's ``tablespace_destinations``; the
     caller has checked they are empty or absent)."""
-    # restore.py's own steps; restore.py imports this module, so not at the top
-    from pgbackup.engine.restore import archive_objects, empty_directory, extract, identities
     from pgbackup.postgres.binaries import find_program
     from pgbackup.postgres.cluster import run_as
 

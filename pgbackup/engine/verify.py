@@ -17,8 +17,8 @@ from typing import Any, BinaryIO, cast
 
 import crc32c
 
+from pgbackup.engine.objects import HashingReader, archive_objects, identities
 from pgbackup.engine.repository import BackupInfo, Repository
-from pgbackup.engine.restore import HashingReader, archive_objects, identities
 from pgbackup.errors import PgBackupError
 from pgbackup.formats.codecs import CodecSpec, decode_bytes, open_decoder
 from pgbackup.formats.lsn import parse_lsn, segment_name

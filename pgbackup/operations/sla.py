@@ -177,10 +177,16 @@ def _host_loss(rpo: int, checks: list[dict[str, Any]], out: dict[str, Any]) -> s
     return verdict
 
 
+def good_drills(drills: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The drills that passed and measured their restore time, oldest first."""
+    return [d for d in drills if d.get("status") == "ok" and d.get("rto_seconds") is not None]
+
+
 def project_restore_seconds(
-    drills: list[dict[str, Any]], database_bytes: float, increments: list[float]
+    good: list[dict[str, Any]], database_bytes: float, increments: list[float]
 ) -> tuple[float | None, str | None]:
-    """How long restoring the newest backup would take now, from the latest good drill.
+    """How long restoring the newest backup would take now, from the latest good drill
+    (``good``: :func:`good_drills`).
 
     A full backup writes the data directory once: ``database_bytes`` at the drill's restore
     throughput. A chain of incrementals (PostgreSQL 17+) writes more: every member is
@@ -191,7 +197,6 @@ def project_restore_seconds(
     recovery, checks) are added unchanged. Returns (seconds, note), or (None, None)
     without a good drill that measured its throughput.
     """
-    good = [d for d in drills if d.get("status") == "ok" and d.get("rto_seconds") is not None]
     measured = [d for d in good if d.get("restore_throughput_bytes_per_second")]
     if not measured:
         return None, None
@@ -251,11 +256,11 @@ def rto_section(
     """Objective vs measured drill times, and a projection for the current database size
     and the newest backup's chain (``increments``: raw bytes of each incremental on top of
     its full backup; empty or None for a full backup)."""
-    good = [d for d in drills if d.get("status") == "ok" and d.get("rto_seconds") is not None]
+    good = good_drills(drills)
     failed = [d for d in drills if d.get("status") != "ok"]
     measured = [float(d["rto_seconds"]) for d in good]
     projection, chain_note = (
-        project_restore_seconds(drills, database_bytes, list(increments or []))
+        project_restore_seconds(good, database_bytes, list(increments or []))
         if database_bytes
         else (None, None)
     )
