@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import os
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pgbackup.errors import RestoreError
+from pgbackup.formats import untar
 from pgbackup.formats.untar import extract
 
 
@@ -112,3 +116,79 @@ def test_sparse_members_keep_their_size_but_no_data(tmp_path: Path) -> None:
         SPARSE.reset(token)
     assert (tmp_path / "b/base/16384/16391").read_bytes() == b"\0" * 5
     assert (tmp_path / "b/base/5/1259").read_bytes() == b"catalog"
+
+
+def relation_segment() -> bytes:
+    """Several write chunks, a multiple of the direct-write alignment (as relation and
+    WAL segments are): the O_DIRECT path."""
+    return os.urandom(2 * untar.CHUNK + 5 * untar.DIRECT_ALIGN)
+
+
+def test_aligned_large_files_are_written_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    real = untar._open_for_chunks
+
+    def spy(path: Path, mode: int, size: int) -> tuple[int, bool]:
+        fd, direct = real(path, mode, size)
+        seen.append(direct)
+        return fd, direct
+
+    monkeypatch.setattr(untar, "_open_for_chunks", spy)
+    data = relation_segment()
+    odd = os.urandom(untar.CHUNK + 1000)  # not aligned: through the page cache
+    extract(make_tar([("base/1/16384", data, None), ("base/1/odd", odd, None)]), tmp_path)
+    assert (tmp_path / "base/1/16384").read_bytes() == data
+    assert (tmp_path / "base/1/odd").read_bytes() == odd
+    # Only the aligned file is written directly (where the filesystem allows it).
+    assert seen == [_direct_works(tmp_path), False]
+
+
+def test_a_filesystem_refusing_o_direct_at_open_gets_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def refusing(path: Any, flags: int, mode: int = 0o777) -> int:
+        if flags & untar._O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(untar.os, "open", refusing)
+    data = relation_segment()
+    extract(make_tar([("base/1/16384", data, None)]), tmp_path)
+    assert (tmp_path / "base/1/16384").read_bytes() == data
+
+
+def test_a_direct_write_refused_switches_the_file_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not _direct_works(tmp_path):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    real_pwrite = untar._pwrite_all
+    refused: list[int] = []
+
+    def picky(fd: int, data: memoryview, offset: int) -> None:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & untar._O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(untar, "_pwrite_all", picky)
+    data = relation_segment()
+    extract(make_tar([("base/1/16384", data, None)]), tmp_path)
+    assert (tmp_path / "base/1/16384").read_bytes() == data
+    assert refused == [0]  # refused once, then the file was buffered
+
+
+def _direct_works(where: Path) -> bool:
+    if not untar._O_DIRECT:
+        return False
+    try:
+        os.close(os.open(where / ".probe", os.O_WRONLY | os.O_CREAT | untar._O_DIRECT, 0o600))
+        return True
+    except OSError:
+        return False
+    finally:
+        (where / ".probe").unlink(missing_ok=True)
