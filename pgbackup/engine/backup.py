@@ -488,6 +488,7 @@ def run_backup(
                     settle_in_repository(storage, directory)  # before the fsyncs below
                 manifest = (directory / MANIFEST).read_bytes()
                 objects: dict[str, dict[str, Any]] = {}
+                unlinking: threading.Thread | None = None
                 kept_as_is = [  # what the direct branch below stores as pg_basebackup wrote it
                     p
                     for p, e in produced.values()
@@ -519,8 +520,9 @@ def run_backup(
                             recipients_list,
                             compress=spec,
                         )
-                        if direct:
-                            path.unlink()
+                        if direct:  # the streamed original goes, off the critical path
+                            unlinking = threading.Thread(target=path.unlink, daemon=True)
+                            unlinking.start()
                         objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
                     elif direct:
                         step = f"checking {name}"
@@ -601,6 +603,8 @@ def run_backup(
                 "parent": parent.backup_id if parent else None,
                 "chain": chain_of(parent) if parent else [],
             }
+            if unlinking is not None:
+                unlinking.join()  # nothing but what metadata.json lists stays behind
             step = "writing metadata.json"
             repo.write_metadata(target.name, backup_id, metadata)
         except BaseException as exc:
