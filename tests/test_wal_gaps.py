@@ -70,3 +70,28 @@ def test_the_sla_report_breaches_while_the_newest_check_sees_a_damaged_segment()
     assert archive_section({"wal_gaps": []}, [damaged])["verdict"] == BREACHED
     assert "damaged 0000000100000000000000AA" in archive_section({}, [damaged])["reasons"][0]
     assert archive_section({"wal_gaps": []}, [damaged, healed])["verdict"] == COMPLIANT
+
+
+def test_one_listing_lists_the_archive_once_per_scope() -> None:
+    """A restore's checks share one listing of the archive; outside the scope every call
+    lists again (long-running processes must see new segments)."""
+    from pgbackup.engine import walchain
+    from pgbackup.storage.base import ObjectInfo
+
+    class CountingStorage:
+        calls = 0
+
+        def list(self, prefix: str) -> list[ObjectInfo]:
+            CountingStorage.calls += 1
+            return [ObjectInfo(f"{prefix}000000010000000000000003.zst", 10, 0.0)]
+
+    storage = CountingStorage()
+    with walchain.one_listing():
+        first = walchain.archived_names(storage, "db")  # type: ignore[arg-type]
+        first["mutated"] = "by a caller"
+        again = walchain.archived_names(storage, "db")  # type: ignore[arg-type]
+    assert CountingStorage.calls == 1
+    assert again == {"000000010000000000000003": "db/wal/000000010000000000000003.zst"}
+    walchain.archived_names(storage, "db")  # type: ignore[arg-type]
+    walchain.archived_names(storage, "db")  # type: ignore[arg-type]
+    assert CountingStorage.calls == 3

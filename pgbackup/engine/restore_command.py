@@ -476,18 +476,21 @@ def restore_command(
             tablespace_map=mapping,
             tablespace_map_all=tablespace_map_all,
         )
-    expected = check_chain(
-        policy,
-        repo,
-        policy_target.name,
-        info,
-        recovery_kind,
-        value,
-        wanted_tli,
-        inclusive=not exclusive,
-    )
-    if recovery_kind in ("time", "lsn"):
-        check_window(policy, repo, policy_target.name, recovery_kind, value, wanted_tli)
+    from pgbackup.engine.walchain import one_listing
+
+    with one_listing():  # both checks read one listing of the archive
+        expected = check_chain(
+            policy,
+            repo,
+            policy_target.name,
+            info,
+            recovery_kind,
+            value,
+            wanted_tli,
+            inclusive=not exclusive,
+        )
+        if recovery_kind in ("time", "lsn"):
+            check_window(policy, repo, policy_target.name, recovery_kind, value, wanted_tli)
     settings = None
     if recovery_kind is not None:
         settings = recovery_settings(

@@ -11,8 +11,11 @@ monitor use it; wal-push and wal-fetch never import it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +40,37 @@ from pgbackup.formats.lsn import (
 )
 from pgbackup.storage import Storage
 
+#: Listings taken inside :func:`one_listing`, by (storage, target); None outside one.
+_LISTINGS: contextvars.ContextVar[dict[tuple[int, str], dict[str, str]] | None] = (
+    contextvars.ContextVar("pgbackup_wal_listings", default=None)
+)
+
+
+@contextlib.contextmanager
+def one_listing() -> Iterator[None]:
+    """Inside this block a target's archive is listed once: a restore's checks (the chain
+    to the target, the recoverable window, the search for a transaction) all read the
+    same listing, one LIST instead of three on object storage. Scoped, never global: a
+    long-running process (receiver, exporter) must see the archive as it is now."""
+    token = _LISTINGS.set({})
+    try:
+        yield
+    finally:
+        _LISTINGS.reset(token)
+
 
 def archived_names(storage: Storage, target: str) -> dict[str, str]:
     """Plain WAL name -> stored key, for everything in a target's archive."""
+    listings = _LISTINGS.get()
+    if listings is not None and (id(storage), target) in listings:
+        return dict(listings[(id(storage), target)])
     names: dict[str, str] = {}
     for info in storage.list(f"{target}/wal/"):
         base, _spec = parse_suffix(info.key.rsplit("/", 1)[-1])
         if is_wal_name(base):
             names[base] = info.key
+    if listings is not None:
+        listings[(id(storage), target)] = dict(names)
     return names
 
 
