@@ -511,3 +511,61 @@ def test_importing_storage_imports_no_cloud_sdk() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_posix_unreadable_is_an_error_never_an_empty_listing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """wal-fetch reads "nothing listed" as "not archived", and PostgreSQL then ends
+    recovery there: a directory that cannot be read must say so instead. (Tests run as
+    root, whom permission bits do not stop, so the refusals are simulated.)"""
+    import errno
+
+    from pgbackup.storage import posix
+
+    store = posix.PosixStorage(tmp_path)
+    store.write_bytes("db/wal/000000010000000000000001", b"x")
+    real_walk, real_stat = os.walk, os.stat
+
+    def walk_refused(top: Any, onerror: Any = None, **kw: Any) -> Any:
+        onerror(PermissionError(errno.EACCES, "Permission denied", str(top)))
+        yield from real_walk(top, onerror=onerror, **kw)
+
+    monkeypatch.setattr(posix.os, "walk", walk_refused)
+    with pytest.raises(StorageError, match="cannot list .*permission denied"):
+        list(store.list("db/wal/"))
+    monkeypatch.setattr(posix.os, "walk", real_walk)
+
+    def stat_refused(path: Any, *a: Any, **kw: Any) -> Any:
+        if str(path).endswith("wal"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_stat(path, *a, **kw)
+
+    monkeypatch.setattr(posix.os, "stat", stat_refused)
+    with pytest.raises(StorageError, match="cannot list .*permission denied"):
+        list(store.list("db/wal/"))
+    monkeypatch.setattr(posix.os, "stat", real_stat)
+    # A missing directory is an empty listing, and a missing object is absent.
+    assert list(store.list("other/wal/")) == []
+    assert store.stat("db/wal/000000010000000000000002") is None
+
+
+def test_posix_stat_of_an_unreadable_object_is_an_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import pathlib
+
+    from pgbackup.storage import posix
+
+    store = posix.PosixStorage(tmp_path)
+    real = pathlib.Path.stat
+
+    def refused(self: pathlib.Path, *a: Any, **kw: Any) -> Any:
+        if self.name == "000000010000000000000001":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "stat", refused)
+    with pytest.raises(StorageError, match="cannot read .*permission denied"):
+        store.stat("db/wal/000000010000000000000001")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat as stat_module
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -173,12 +174,25 @@ class PosixStorage(Storage):
             raise storage_error("cannot read", path, exc) from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under ``prefix``. A directory that cannot be read is an error, never an
+        empty listing: wal-fetch would report "not archived", and PostgreSQL would end
+        recovery there (engine/wal.fetch)."""
         # Walk only the directory that contains the prefix, then filter by name.
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / base_dir if base_dir else self.root
-        if not start.is_dir():
+        try:
+            if not stat_module.S_ISDIR(os.stat(start).st_mode):
+                return
+        except FileNotFoundError:
             return
-        for dirpath, dirnames, filenames in os.walk(start):
+        except OSError as exc:
+            raise storage_error("cannot list", start, exc) from None
+
+        def refuse(exc: OSError) -> None:
+            if not isinstance(exc, FileNotFoundError):  # a directory removed meanwhile
+                raise storage_error("cannot list", Path(exc.filename or start), exc) from None
+
+        for dirpath, dirnames, filenames in os.walk(start, onerror=refuse):
             dirnames.sort()
             for name in sorted(filenames):
                 if name.endswith(TMP_SUFFIX) or name.endswith(".lock") or name == "backup.log":
@@ -191,13 +205,18 @@ class PosixStorage(Storage):
                     st = full.stat()
                 except FileNotFoundError:
                     continue
+                except OSError as exc:
+                    raise storage_error("cannot read", full, exc) from None
                 yield ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
 
     def stat(self, key: str) -> ObjectInfo | None:
+        path = self.path_of(key)
         try:
-            st = self.path_of(key).stat()
+            st = path.stat()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # unreadable is not absent
+            raise storage_error("cannot read", path, exc) from None
         return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
 
     def make_durable(self, key: str) -> None:
