@@ -247,6 +247,11 @@ def interrupt(h: Harness, ctx: dict[str, Any], name: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C reaches a program whose SIGINT is at its default. A test run started in
+        # the background (`bash .ci/run &`) ignores SIGINT, as POSIX shells do for
+        # asynchronous commands, and every child inherits that (Python keeps an ignored
+        # SIGINT ignored): the extraction would then rightly run to its end.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     seen = False

@@ -135,14 +135,7 @@ def destination(h: Harness, ctx: dict[str, Any], name: str) -> None:
 @when("wal-ship is started in the client namespace")
 def start_shipper(h: Harness, ctx: dict[str, Any], shippers: list[Any]) -> None:
     net: Net = ctx["net"]
-    proc = subprocess.Popen(
-        net.client(PGBACKUP, "--config", str(h.config), "wal-ship", "--interval", "0.5"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=h.env,
-        cwd=h.root,
-    )
+    proc = start_in_client(h, net, "--config", str(h.config), "wal-ship", "--interval", "0.5")
     shippers.append(proc)
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith("shipping WAL of platform")
@@ -244,22 +237,30 @@ def s3_policy(h: Harness, ctx: dict[str, Any]) -> None:
     ctx["s3_config"].write_text(yaml.safe_dump(policy, sort_keys=False))
 
 
-def push(h: Harness, ctx: dict[str, Any], path: Path) -> subprocess.Popen[str]:
+def start_in_client(
+    h: Harness, net: Net, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``pgbackup ARGV`` in the client namespace, its output captured."""
     return subprocess.Popen(
-        ctx["net"].client(
-            PGBACKUP,
-            "--config",
-            str(ctx["s3_config"]),
-            "wal-push",
-            "--target",
-            "platform",
-            str(path),
-        ),
+        net.client(PGBACKUP, *argv),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=h.env,
+        env=env or h.env,
         cwd=h.root,
+    )
+
+
+def push(h: Harness, ctx: dict[str, Any], path: Path) -> subprocess.Popen[str]:
+    return start_in_client(
+        h,
+        ctx["net"],
+        "--config",
+        str(ctx["s3_config"]),
+        "wal-push",
+        "--target",
+        "platform",
+        str(path),
     )
 
 
@@ -396,13 +397,11 @@ def receiver_state(ctx: dict[str, Any]) -> list[tuple[Any, ...]]:
 @when("wal-receive is started in the client namespace")
 def receiver_in_client(h: Harness, ctx: dict[str, Any], receivers: list[Any]) -> None:
     net: Net = ctx["net"]
-    proc = subprocess.Popen(
-        net.client(PGBACKUP, "--config", str(h.config), "wal-receive", "--target", "platform"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_in_client(
+        h,
+        net,
+        *("--config", str(h.config), "wal-receive", "--target", "platform"),
         env={**h.env, "PGBACKUP_QUIET": "0"},
-        cwd=h.root,
     )
     receivers.append(proc)
     ctx["receiver"] = proc

@@ -42,6 +42,16 @@ from pgbackup.storage import Storage
 from pgbackup.ui import LOG
 
 
+def tree_bytes(directory: Path) -> int:
+    """Bytes of the files under ``directory``, the tablespaces it links to included
+    (pg_combinebackup reports no size of its own)."""
+    return sum(
+        os.lstat(os.path.join(top, name)).st_size
+        for top, _dirs, files in os.walk(directory, followlinks=True)
+        for name in files
+    )
+
+
 def chain_members(repo: Repository, target: str, info: BackupInfo) -> list[BackupInfo]:
     """The backups an incremental restores from, full backup first, ``info`` last; a
     missing or incomplete member is one clear error (before anything is written)."""
@@ -87,6 +97,7 @@ def combine_chain(
     )
     staging = Path(tempfile.mkdtemp(prefix=".pgbackup-combine-", dir=directory.parent))
     stored = 0
+    staged = 0  # bytes written into the staging directories
     destinations = destinations or {}
     try:
         dirs = []
@@ -105,7 +116,7 @@ def combine_chain(
                     if member is last:
                         mappings += tablespace_mapping(into, obj, destinations)
                 into.mkdir(parents=True, exist_ok=True)
-                read, _ = extract(
+                read, wrote = extract(
                     storage,
                     prefix + name,
                     CodecSpec.from_dict(obj["codec"]),
@@ -114,6 +125,7 @@ def combine_chain(
                     obj,
                 )
                 stored += read
+                staged += wrote
             (where / "backup_manifest").write_bytes(
                 read_manifest_bytes(storage, prefix, member, identity_list)
             )
@@ -147,6 +159,8 @@ def combine_chain(
                     "extract_seconds": round(extracted, 3),
                     "combine_seconds": round(time.monotonic() - t1, 3),
                     "stored_bytes": stored,
+                    "staged_bytes": staged,
+                    "combined_bytes": tree_bytes(directory),
                 }
             failures.append(f"{' '.join(method) or 'copy'}: {(proc.stdout or '').strip()[-500:]}")
             for out in (directory, *destinations.values()):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -66,29 +65,21 @@ class DrillResult:
         return dict(self.__dict__)
 
 
-def _record_combine(
-    result: DrillResult, repo: Repository, target: str, combine: dict[str, Any], data: Path
-) -> None:
-    """A chain restore in two measured stages: staging every member (their raw bytes over
+def _record_combine(result: DrillResult, combine: dict[str, Any]) -> None:
+    """A chain restore in two measured stages: staging every member (the bytes staged over
     the staging time) and pg_combinebackup writing the data directory (its size over the
-    combine time). The restore's own raw_bytes is only the newest incremental's."""
+    combine time), both as engine/combine.py measured them."""
     result.chain = list(combine["members"])
-    staged = sum(
-        int(repo.find_backup(target, member).metadata.get("raw_bytes") or 0)
-        for member in result.chain
-    )
-    combined = sum(
-        os.lstat(os.path.join(top, name)).st_size
-        # followlinks: the tablespaces pg_combinebackup wrote, through pg_tblspc/<oid>
-        for top, _dirs, files in os.walk(data, followlinks=True)
-        for name in files
-    )
     result.timings["stage"] = float(combine["extract_seconds"])
     result.timings["combine"] = float(combine["combine_seconds"])
     if combine["extract_seconds"] > 0:
-        result.restore_throughput_bytes_per_second = round(staged / combine["extract_seconds"], 1)
+        result.restore_throughput_bytes_per_second = round(
+            combine["staged_bytes"] / combine["extract_seconds"], 1
+        )
     if combine["combine_seconds"] > 0:
-        result.combine_throughput_bytes_per_second = round(combined / combine["combine_seconds"], 1)
+        result.combine_throughput_bytes_per_second = round(
+            combine["combined_bytes"] / combine["combine_seconds"], 1
+        )
 
 
 def evaluate(expect: str, value: Any) -> bool:
@@ -245,7 +236,7 @@ def run_drill(
         result.stored_bytes = restored.stored_bytes
         result.timings["restore"] = round(time.monotonic() - t1, 3)
         if restored.combine:
-            _record_combine(result, repo, target.name, restored.combine, root / "data")
+            _record_combine(result, restored.combine)
 
         step = "recovering"
         t2 = time.monotonic()
