@@ -58,7 +58,7 @@ from pgbackup.postgres.connection import PendingPreflight, ServerFacts, describe
 from pgbackup.postgres.sandbox import resolve_conninfo
 from pgbackup.signals import terminate_as_interrupt
 from pgbackup.storage import Storage, open_storage
-from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage
+from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage, fsync_path
 from pgbackup.ui import LOG, human_bytes, interactive, progress
 
 READ_SIZE = 1 << 20
@@ -271,11 +271,7 @@ def hash_and_sync_meanwhile(
                 out[p] = file_digest(p, sync=p in sync_paths)
             for p in sync_paths:
                 if p not in hash_paths:
-                    fd = os.open(p, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    fsync_path(p)
         except BaseException as exc:  # re-raised in the caller's thread
             failed.append(exc)
 
@@ -289,17 +285,6 @@ def hash_and_sync_meanwhile(
         return out
 
     return result
-
-
-def sync_directory(directory: Path) -> None:
-    """fsync ``directory`` and its parent: the names pg_basebackup created (it ran with
-    --no-sync) are durable before metadata.json says the backup is complete."""
-    for d in (directory, directory.parent):
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def settle_in_repository(storage: PosixStorage, directory: Path) -> None:
@@ -541,7 +526,10 @@ def run_backup(
                         objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
                 if direct:
                     digests()  # every kept file hashed and synced
-                    sync_directory(directory)
+                    # The names pg_basebackup created (it ran with --no-sync) are durable
+                    # before metadata.json says the backup is complete.
+                    fsync_path(directory)
+                    fsync_path(directory.parent)
                     manifest_obj = {
                         "size": len(manifest),
                         "sha256": hashlib.sha256(manifest).hexdigest(),

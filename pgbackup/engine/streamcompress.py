@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from pgbackup.formats.codecs import CodecSpec, Encoder, suffix
 from pgbackup.postgres.connection import ServerFacts
+from pgbackup.storage.posix import fsync_path
 
 READ_SIZE = 4 << 20
 SERVER_SIDE_SINCE = 15  # BASE_BACKUP ... COMPRESSION: PostgreSQL 15 and later
@@ -124,9 +125,5 @@ def compress_archives(
         raw.unlink()
         done.append(out)
     if done:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(directory)
     return done

@@ -23,8 +23,9 @@ FILE_MODE = 0o640
 TMP_SUFFIX = ".pgbackup-tmp"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory, by its path (Linux lets a read-only descriptor sync)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -92,7 +93,7 @@ class PosixWriter(ObjectWriter):
                 os.unlink(self.tmp)
             else:
                 os.replace(self.tmp, self.final)
-            _fsync_dir(self.final.parent)
+            fsync_path(self.final.parent)
             self.done = True
         except OSError as exc:
             raise storage_error("cannot store", self.final, exc) from None
@@ -222,12 +223,8 @@ class PosixStorage(Storage):
     def make_durable(self, key: str) -> None:
         path = self.path_of(key)
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _fsync_dir(path.parent)
+            fsync_path(path)
+            fsync_path(path.parent)
         except OSError as exc:
             raise storage_error("make durable", path, exc) from None
 
