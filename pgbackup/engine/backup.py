@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +257,8 @@ def hash_and_sync_meanwhile(
     hash_paths: list[Path], sync_paths: list[Path], known: dict[Path, str] | None = None
 ) -> Any:
     """In a thread while the caller compresses ``pg_wal.tar`` (hashlib, fsync and zstd all
-    release the GIL): sha256 of ``hash_paths``, fsync of every file in ``sync_paths``.
+    release the GIL): sha256 of ``hash_paths``, then fsync of each file or directory in
+    ``sync_paths``, in their order.
 
     Returns a function that waits and gives path -> hex digest (``known`` digests
     included); it raises what the thread met (a read or fsync error fails the backup).
@@ -287,6 +288,31 @@ def hash_and_sync_meanwhile(
     return result
 
 
+class Removal:
+    """Unlink a file in a thread (dropping 16 MiB or more of page cache takes a few ms of
+    a backup's critical path, issue #15); :meth:`wait` raises what the unlink met. A file
+    already gone is no error: a failed backup's directory may be removed meanwhile."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._failed: list[OSError] = []
+        self._thread = threading.Thread(target=self._remove, name="pgbackup-unlink", daemon=True)
+
+    def _remove(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:  # raised by wait(), in the caller's thread
+            self._failed.append(exc)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._failed:
+            raise BackupError(f"cannot remove {self.path}: {self._failed[0].strerror}")
+
+
 def settle_in_repository(storage: PosixStorage, directory: Path) -> None:
     """pg_basebackup's files get the repository's modes (0750/0640) and owner."""
     owner = storage.owner()
@@ -306,9 +332,11 @@ def upload_staged(
     encrypted: bool,
     recipients_list: list[str] | None,
     compress: CodecSpec | None = None,
+    when_read: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Stream a staged file to storage, encrypting when asked; ``compress`` compresses it
-    on the way (pg_wal.tar, which pg_basebackup writes uncompressed)."""
+    on the way (pg_wal.tar, which pg_basebackup writes uncompressed). ``when_read`` is
+    called once every byte of the file is read, before the stored copy is committed."""
     digest = hashlib.sha256()
     size = 0
     with storage.open_write(key) as writer:
@@ -326,6 +354,8 @@ def upload_staged(
         with open(source, "rb") as f:
             while chunk := f.read(READ_SIZE):
                 encoder.write(chunk)
+        if when_read is not None:
+            when_read()
         encoder.close()
     return {"size": size, "sha256": digest.hexdigest()}
 
@@ -473,7 +503,7 @@ def run_backup(
                     settle_in_repository(storage, directory)  # before the fsyncs below
                 manifest = (directory / MANIFEST).read_bytes()
                 objects: dict[str, dict[str, Any]] = {}
-                unlinking: threading.Thread | None = None
+                unlinking: Removal | None = None
                 kept_as_is = [  # what the direct branch below stores as pg_basebackup wrote it
                     p
                     for p, e in produced.values()
@@ -484,11 +514,19 @@ def run_backup(
                     for p in kept_as_is
                     if p in followed and followed[p][0] == p.stat().st_size
                 }
+                # Synced in the thread: the kept files, then the names pg_basebackup
+                # created (it ran with --no-sync): the backup's directory and its parent.
+                # pg_wal.tar's compressed copy is stored below by a writer that syncs
+                # itself and its directory. All before metadata.json says "complete".
                 digests = hash_and_sync_meanwhile(
                     [p for p in kept_as_is if p not in known],
-                    [*kept_as_is, directory / MANIFEST] if direct else [],
+                    [*kept_as_is, directory / MANIFEST, directory, directory.parent]
+                    if direct
+                    else [],
                     known,
                 )
+                # Parsed while the thread syncs and before pg_wal.tar is compressed.
+                m = manifest_facts(manifest, facts.wal_segment_size)
                 # pg_wal.tar first: it is compressed while the thread hashes the rest.
                 wal_first = sorted(produced.items(), key=lambda item: item[1][1]["kind"] != "wal")
                 for name, (path, entry) in wal_first:
@@ -497,6 +535,8 @@ def run_backup(
                         # (and encrypt it) on its way into the repository.
                         stored_name = "pg_wal.tar" + suffix(spec)
                         step = f"storing {stored_name}"
+                        if direct:  # the streamed original goes once read, meanwhile
+                            unlinking = Removal(path)
                         obj = upload_staged(
                             storage,
                             path,
@@ -504,10 +544,8 @@ def run_backup(
                             spec.encrypted,
                             recipients_list,
                             compress=spec,
+                            when_read=unlinking.start if unlinking else None,
                         )
-                        if direct:  # the streamed original goes, off the critical path
-                            unlinking = threading.Thread(target=path.unlink, daemon=True)
-                            unlinking.start()
                         objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
                     elif direct:
                         step = f"checking {name}"
@@ -525,11 +563,7 @@ def run_backup(
                         )
                         objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
                 if direct:
-                    digests()  # every kept file hashed and synced
-                    # The names pg_basebackup created (it ran with --no-sync) are durable
-                    # before metadata.json says the backup is complete.
-                    fsync_path(directory)
-                    fsync_path(directory.parent)
+                    digests()  # every kept file hashed and synced, and the directories
                     manifest_obj = {
                         "size": len(manifest),
                         "sha256": hashlib.sha256(manifest).hexdigest(),
@@ -542,7 +576,6 @@ def run_backup(
                         "size": len(stored),
                         "sha256": hashlib.sha256(stored).hexdigest(),
                     }
-            m = manifest_facts(manifest, facts.wal_segment_size)
             stopped_at = utcnow()
             metadata: dict[str, Any] = {
                 "format_version": 1,
@@ -592,7 +625,7 @@ def run_backup(
                 "chain": chain_of(parent) if parent else [],
             }
             if unlinking is not None:
-                unlinking.join()  # nothing but what metadata.json lists stays behind
+                unlinking.wait()  # nothing but what metadata.json lists stays behind
             step = "writing metadata.json"
             repo.write_metadata(target.name, backup_id, metadata)
         except BaseException as exc:
