@@ -54,7 +54,13 @@ from pgbackup.formats.manifest import manifest_facts
 from pgbackup.policy import Policy, Target
 from pgbackup.policy.records import BACKUP_TYPES
 from pgbackup.postgres.binaries import find_program
-from pgbackup.postgres.connection import PendingPreflight, ServerFacts, describe, to_dsn
+from pgbackup.postgres.connection import (
+    PendingPreflight,
+    ServerFacts,
+    describe,
+    replication_refused,
+    to_dsn,
+)
 from pgbackup.postgres.sandbox import resolve_conninfo
 from pgbackup.signals import terminate_as_interrupt
 from pgbackup.storage import Storage, open_storage
@@ -420,12 +426,9 @@ def run_backup(
             if started is None or not fresh or started.conninfo != conninfo:
                 if started is not None:
                     started.close()
-                started = PendingPreflight(conninfo, target.pg_bin_dir)
-            facts, replication_problem = started.wait()
+                started = PendingPreflight(conninfo, target.pg_bin_dir, replication=False)
+            facts, _ = started.wait()  # no replication handshake: see run_basebackup
             preflight(facts, conninfo)
-            step = "opening a replication connection"
-            if replication_problem is not None:
-                raise replication_problem
             parent: BackupInfo | None = None
             if backup_type == "incremental":
                 step = "checking the server for incremental backups"
@@ -491,7 +494,11 @@ def run_backup(
                 )
                 preload_codec(spec)
                 try:
-                    run_basebackup(argv, facts.database_size)
+                    try:
+                        run_basebackup(argv, facts.database_size)
+                    except PostgresError as exc:
+                        # pg_hba.conf has no replication line for us: say which one to add.
+                        raise replication_refused(conninfo, exc.message) or exc from None
                 finally:
                     followed = follower.finish() if follower else {}
                 if side.side == "pgbackup":

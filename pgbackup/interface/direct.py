@@ -146,7 +146,7 @@ def start_preflight(target: Any) -> Any:
         return None
     from pgbackup.postgres.connection import PendingPreflight
 
-    return PendingPreflight(target.connection, target.pg_bin_dir)
+    return PendingPreflight(target.connection, target.pg_bin_dir, replication=False)
 
 
 def backup_each(policy: Any, chosen: list[Any], type_: str, started: Any) -> int:
