@@ -22,18 +22,16 @@ backup's own directory is removed and the failure recorded; earlier backups are 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pgbackup import __version__
 from pgbackup.engine.backup_preflight import (
@@ -61,13 +59,13 @@ from pgbackup.postgres.connection import (
     replication_refused,
     to_dsn,
 )
-from pgbackup.postgres.sandbox import resolve_conninfo
 from pgbackup.signals import terminate_as_interrupt
 from pgbackup.storage import Storage, open_storage
 from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage, fsync_path
 from pgbackup.ui import LOG, human_bytes, interactive, progress
 
 READ_SIZE = 1 << 20
+T = TypeVar("T")
 # pg_basebackup's names for our compression methods, and the levels it accepts.
 SERVER_COMPRESSION = {"zstd": ("zstd", 1, 22), "gzip": ("gzip", 1, 9), "lz4": ("lz4", 1, 12)}
 PROGRESS_RE = re.compile(r"(\d+)/(\d+) kB")
@@ -126,7 +124,7 @@ def basebackup_argv(
         f"--label={label}",
         "--manifest-checksums=CRC32C",
         "--no-password",
-        # pgbackup makes durable what it keeps, itself (hash_and_sync_meanwhile): the
+        # pgbackup makes durable what it keeps, itself (hash_and_sync): the
         # streamed pg_wal.tar is replaced by its compressed copy, so its 16 MB or more
         # never need to reach the disk, and the other files are synced while pg_wal.tar
         # is compressed. pg_basebackup's --no-sync: "return without waiting" for the
@@ -234,6 +232,8 @@ def produced_archives(
 
 def file_digest(path: Path, *, sync: bool = False) -> str:
     """sha256 of a file; ``sync``: fsync it too (one open, while its pages are cached)."""
+    import hashlib  # here, not at the top: after pg_basebackup started (issue #15)
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(READ_SIZE):
@@ -259,39 +259,44 @@ def archive_suffix(spec: CodecSpec) -> str:
     return ".tar" + suffix(CodecSpec(spec.compression, spec.level))
 
 
-def hash_and_sync_meanwhile(
-    hash_paths: list[Path], sync_paths: list[Path], known: dict[Path, str] | None = None
-) -> Any:
-    """In a thread while the caller compresses ``pg_wal.tar`` (hashlib, fsync and zstd all
-    release the GIL): sha256 of ``hash_paths``, then fsync of each file or directory in
-    ``sync_paths``, in their order.
-
-    Returns a function that waits and gives path -> hex digest (``known`` digests
-    included); it raises what the thread met (a read or fsync error fails the backup).
-    """
-    out: dict[Path, str] = dict(known or {})
+def meanwhile(work: Callable[[], T]) -> Callable[[], T]:
+    """Run ``work`` in a thread; the function returned waits for it and gives its result,
+    or raises its error in the caller's thread (never a thread traceback)."""
+    result: list[T] = []
     failed: list[BaseException] = []
 
-    def work() -> None:
+    def run() -> None:
         try:
-            for p in hash_paths:
-                out[p] = file_digest(p, sync=p in sync_paths)
-            for p in sync_paths:
-                if p not in hash_paths:
-                    fsync_path(p)
-        except BaseException as exc:  # re-raised in the caller's thread
+            result.append(work())
+        except BaseException as exc:
             failed.append(exc)
 
-    worker = threading.Thread(target=work, name="pgbackup-sha256", daemon=True)
+    worker = threading.Thread(target=run, name="pgbackup-meanwhile", daemon=True)
     worker.start()
 
-    def result() -> dict[Path, str]:
+    def wait() -> T:
         worker.join()
         if failed:
             raise failed[0]
-        return out
+        return result[0]
 
-    return result
+    return wait
+
+
+def hash_and_sync(
+    hash_paths: list[Path], sync_paths: list[Path], known: dict[Path, str] | None = None
+) -> dict[Path, str]:
+    """sha256 of ``hash_paths`` (path -> hex digest, ``known`` digests included), then
+    fsync of each file or directory in ``sync_paths``, in their order. Run
+    :func:`meanwhile` while the caller compresses ``pg_wal.tar``: hashlib, fsync and zstd
+    all release the GIL."""
+    out: dict[Path, str] = dict(known or {})
+    for p in hash_paths:
+        out[p] = file_digest(p, sync=p in sync_paths)
+    for p in sync_paths:
+        if p not in hash_paths:
+            fsync_path(p)
+    return out
 
 
 class Removal:
@@ -343,6 +348,8 @@ def upload_staged(
     """Stream a staged file to storage, encrypting when asked; ``compress`` compresses it
     on the way (pg_wal.tar, which pg_basebackup writes uncompressed). ``when_read`` is
     called once every byte of the file is read, before the stored copy is committed."""
+    import hashlib  # here, not at the top: after pg_basebackup started (issue #15)
+
     digest = hashlib.sha256()
     size = 0
     with storage.open_write(key) as writer:
@@ -377,6 +384,8 @@ def backup_directory(
         storage.ensure_dir(parent)
         yield parent / backup_id
         return
+    import tempfile
+
     stage = Path(
         tempfile.mkdtemp(prefix="pgbackup-stage-", dir=os.environ.get("PGBACKUP_STAGING_DIR"))
     )
@@ -384,6 +393,44 @@ def backup_directory(
         yield stage / backup_id
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def target_conninfo(policy: Policy, target: Target) -> dict[str, Any]:
+    """The target's connection keywords; a sandbox's module (and its imports: socket,
+    pwd, the cluster code) only for a sandbox target (issue #15: a backup's start)."""
+    if target.sandbox is None:
+        return dict(target.connection)
+    from pgbackup.postgres.sandbox import resolve_conninfo
+
+    return resolve_conninfo(policy, target, LOG)
+
+
+@contextlib.contextmanager
+def parent_manifest_file(
+    policy: Policy, storage: Storage, repo: Repository, target: str, parent: BackupInfo | None
+) -> Iterator[Path | None]:
+    """The parent's ``backup_manifest``, read from the repository (decrypted when needed)
+    into a temporary file for ``pg_basebackup --incremental``; None for a full backup."""
+    if parent is None:
+        yield None
+        return
+    import tempfile
+
+    from pgbackup.engine.delta import read_manifest_bytes
+    from pgbackup.engine.objects import identities
+
+    with tempfile.TemporaryDirectory(prefix="pgbackup-parent-") as scratch:
+        path = Path(scratch) / MANIFEST
+        path.write_bytes(
+            read_manifest_bytes(
+                storage,
+                repo.base_prefix(target, parent.backup_id),
+                parent,
+                identities(policy, parent),
+            )
+        )
+        LOG.info("incremental on %s (chain %s)", parent.backup_id, chain_of(parent))
+        yield path
 
 
 #: A preflight started before the lock was taken is used only if the lock came at once:
@@ -421,7 +468,7 @@ def run_backup(
     ):
         try:
             step = "connecting to the server"
-            conninfo = resolve_conninfo(policy, target, LOG)
+            conninfo = target_conninfo(policy, target)
             fresh = time.monotonic() - t0 < PREFLIGHT_FRESH_SECONDS
             if started is None or not fresh or started.conninfo != conninfo:
                 if started is not None:
@@ -454,26 +501,12 @@ def run_backup(
                 "a hot standby" if facts.in_recovery else "a primary",
                 storage.describe(),
             )
+            if parent is not None:
+                step = f"reading the manifest of parent backup {parent.backup_id}"
             with (
                 backup_directory(storage, repo, target.name, backup_id, direct) as directory,
-                tempfile.TemporaryDirectory(prefix="pgbackup-parent-") as scratch,
+                parent_manifest_file(policy, storage, repo, target.name, parent) as parent_manifest,
             ):
-                parent_manifest: Path | None = None
-                if parent is not None:
-                    step = f"reading the manifest of parent backup {parent.backup_id}"
-                    from pgbackup.engine.delta import read_manifest_bytes
-                    from pgbackup.engine.objects import identities
-
-                    parent_manifest = Path(scratch) / MANIFEST
-                    parent_manifest.write_bytes(
-                        read_manifest_bytes(
-                            storage,
-                            repo.base_prefix(target.name, parent.backup_id),
-                            parent,
-                            identities(policy, parent),
-                        )
-                    )
-                    LOG.info("incremental on %s (chain %s)", parent.backup_id, chain_of(parent))
                 step = "running pg_basebackup"
                 argv = basebackup_argv(
                     program,
@@ -525,15 +558,12 @@ def run_backup(
                 # created (it ran with --no-sync): the backup's directory and its parent.
                 # pg_wal.tar's compressed copy is stored below by a writer that syncs
                 # itself and its directory. All before metadata.json says "complete".
-                digests = hash_and_sync_meanwhile(
-                    [p for p in kept_as_is if p not in known],
-                    [*kept_as_is, directory / MANIFEST, directory, directory.parent]
-                    if direct
-                    else [],
-                    known,
+                to_hash = [p for p in kept_as_is if p not in known]
+                to_sync = [*kept_as_is, directory / MANIFEST, directory, directory.parent]
+                digests = meanwhile(
+                    lambda: hash_and_sync(to_hash, to_sync if direct else [], known)
                 )
-                # Parsed while the thread syncs and before pg_wal.tar is compressed.
-                m = manifest_facts(manifest, facts.wal_segment_size)
+                manifest_read = meanwhile(lambda: manifest_facts(manifest, facts.wal_segment_size))
                 # pg_wal.tar first: it is compressed while the thread hashes the rest.
                 wal_first = sorted(produced.items(), key=lambda item: item[1][1]["kind"] != "wal")
                 for name, (path, entry) in wal_first:
@@ -569,6 +599,8 @@ def run_backup(
                             storage, path, prefix + stored_name, spec.encrypted, recipients_list
                         )
                         objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
+                import hashlib  # not at the top: after pg_basebackup started (issue #15)
+
                 if direct:
                     digests()  # every kept file hashed and synced, and the directories
                     manifest_obj = {
@@ -583,6 +615,7 @@ def run_backup(
                         "size": len(stored),
                         "sha256": hashlib.sha256(stored).hexdigest(),
                     }
+                m = manifest_read()
             stopped_at = utcnow()
             metadata: dict[str, Any] = {
                 "format_version": 1,

@@ -24,11 +24,13 @@ left to do.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    import hashlib
 
 READ_SIZE = 1 << 20
 WRITEBACK_BYTES = 8 << 20
@@ -55,6 +57,8 @@ class ArchiveFollower:
         return name.endswith(self.suffix) and name != "pg_wal.tar" and not name.startswith(".")
 
     def _discover(self) -> None:
+        import hashlib  # in this thread: off the main thread's way to pg_basebackup (#15)
+
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(self.directory):
                 if entry.name not in self._files and self._wanted(entry.name):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -24,6 +23,8 @@ from pgbackup.errors import LockError
 def lock_path(repository: dict[str, Any], target: str) -> Path:
     if repository.get("kind", "posix") == "posix":
         return Path(repository["path"]) / target / "backup.lock"
+    import hashlib  # only here: a posix repository's backup needs none (issue #15)
+
     ident = json.dumps({k: repository.get(k) for k in sorted(repository)}, sort_keys=True)
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
