@@ -62,3 +62,9 @@ def test_a_rewritten_file_is_caught_by_its_size(tmp_path: Path) -> None:
     path.write_bytes(b"y" * 100)  # truncated and rewritten in place
     hashed, _digest = follower.finish()[path]
     assert hashed != path.stat().st_size
+
+
+def test_a_follower_never_started_finishes_with_nothing(tmp_path: Path) -> None:
+    """pg_basebackup could not be started: the follower's thread never ran."""
+    (tmp_path / "base.tar.zst").write_bytes(b"x" * 10)
+    assert ArchiveFollower(tmp_path, ".tar.zst").finish() == {}

@@ -143,14 +143,19 @@ def basebackup_argv(
     return argv
 
 
-def run_basebackup(argv: list[str], estimated_size: int) -> None:
-    """Run pg_basebackup, turning its own progress report into a bar; explain a failure."""
+def run_basebackup(
+    argv: list[str], estimated_size: int, started: Callable[[], None] | None = None
+) -> None:
+    """Run pg_basebackup, turning its own progress report into a bar; explain a failure.
+    ``started`` is called once it runs."""
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
     assert proc.stderr is not None
     messages: list[str] = []
     try:
+        if started is not None:
+            started()
         with progress("backup", estimated_size or None) as bar:
             done = 0
             pending = b""
@@ -521,14 +526,21 @@ def run_backup(
                 # Hash the archives while pg_basebackup writes them (direct only: they
                 # are stored as written; a staged upload hashes what it sends).
                 follower = (
-                    ArchiveFollower(directory, archive_suffix(spec)).start()
+                    ArchiveFollower(directory, archive_suffix(spec))
                     if direct and side.side != "pgbackup"
                     else None
                 )
-                preload_codec(spec)
+
+                def meanwhile_start() -> None:
+                    # Threads start once pg_basebackup runs: before, their first steps
+                    # (importing zstandard) would take the GIL from the process start.
+                    if follower is not None:
+                        follower.start()
+                    preload_codec(spec)
+
                 try:
                     try:
-                        run_basebackup(argv, facts.database_size)
+                        run_basebackup(argv, facts.database_size, meanwhile_start)
                     except PostgresError as exc:
                         # pg_hba.conf has no replication line for us: say which one to add.
                         raise replication_refused(conninfo, exc.message) or exc from None

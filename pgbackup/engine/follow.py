@@ -95,6 +95,8 @@ class ArchiveFollower:
         """Stop following; path -> (bytes hashed, sha256 hex) for each file followed to its
         end without an error. Call after pg_basebackup has exited (also on failure)."""
         self._done.set()
+        if self._thread.ident is None:  # never started: pg_basebackup did not run
+            return {}
         self._thread.join()
         out: dict[Path, tuple[int, str]] = {}
         for name, (f, digest, counts) in self._files.items():

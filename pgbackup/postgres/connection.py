@@ -109,37 +109,40 @@ class ServerFacts(NamedTuple):
         return self.version_num // 10000
 
 
-def _setting(name: str) -> str:
-    return f"(SELECT setting FROM pg_settings WHERE name = '{name}')"
+#: The settings a backup reads, in one scan of pg_settings: each scan builds the whole
+#: view (~1.5 ms on the server), and ten subselects made the preflight query the slowest
+#: step before pg_basebackup could start (issue #15). pg_settings gives raw values
+#: (seconds, bytes), and hides superuser-only rows such as data_directory from other
+#: roles (absent then); ``wal_compression``'s accepted values (PostgreSQL 15+) come from
+#: its enumvals.
+SETTINGS = (
+    "wal_level",
+    "archive_mode",
+    "archive_command",
+    "archive_timeout",
+    "wal_segment_size",
+    "data_directory",
+    "max_wal_senders",
+    "summarize_wal",
+    "wal_compression",
+)
 
-
-# Every fact in one round trip. pg_settings gives raw values (seconds, bytes), and hides
-# superuser-only rows such as data_directory from other roles (NULL then).
+# Every fact in one round trip.
 FACTS_SQL = (
     "SELECT current_setting('server_version_num'), current_setting('server_version'), "
     "(SELECT system_identifier FROM pg_control_system()), "
     "(SELECT timeline_id FROM pg_control_checkpoint()), "
-    + ", ".join(
-        _setting(n)
-        for n in (
-            "wal_level",
-            "archive_mode",
-            "archive_command",
-            "archive_timeout",
-            "wal_segment_size",
-            "data_directory",
-        )
-    )
-    + ", pg_is_in_recovery(), "
+    "pg_is_in_recovery(), "
     "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), "
-    + _setting("max_wal_senders")
-    + ", (SELECT sum(pg_database_size(oid)) FROM pg_database)"
-    ", current_setting('TimeZone')"
-    ", (SELECT coalesce(json_agg(json_build_object('oid', oid, 'name', spcname, "
+    "(SELECT sum(pg_database_size(oid)) FROM pg_database), "
+    "current_setting('TimeZone'), "
+    "(SELECT coalesce(json_agg(json_build_object('oid', oid, 'name', spcname, "
     "'location', pg_tablespace_location(oid)) ORDER BY oid), '[]') FROM pg_tablespace "
-    "WHERE spcname NOT IN ('pg_default', 'pg_global'))"
-    ", " + _setting("summarize_wal") + ", "
-    "(SELECT enumvals FROM pg_settings WHERE name = 'wal_compression')"
+    "WHERE spcname NOT IN ('pg_default', 'pg_global')), "
+    "(SELECT json_object_agg(name, CASE WHEN name = 'wal_compression' THEN to_json(enumvals) "
+    "ELSE to_json(setting) END) FROM pg_settings WHERE name IN ("
+    + ", ".join(f"'{n}'" for n in SETTINGS)
+    + "))"
 )
 
 
@@ -203,47 +206,41 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
             "a superuser or a role in pg_monitor can",
         )
     rows = list(csv.reader(io.StringIO(out)))
-    if len(rows) != 1 or len(rows[0]) != 18:
+    if len(rows) != 1 or len(rows[0]) != 10:
         raise PostgresError(f"{describe(conninfo)}: unexpected answer from psql: {out[:200]!r}")
     (
         version_num,
         version,
         sysid,
         timeline,
-        wal_level,
-        archive_mode,
-        archive_command,
-        archive_timeout,
-        segment_size,
-        data_directory,
         in_recovery,
         can_replicate,
-        max_wal_senders,
         database_size,
         timezone,
         tablespaces,
-        summarize_wal,
-        wal_compression,
+        settings_json,
     ) = rows[0]
+    settings: dict[str, Any] = json.loads(settings_json or "{}")
     return ServerFacts(
         version_num=int(version_num),
         version=version,
         system_identifier=sysid,
         timeline=int(timeline),
-        wal_level=wal_level or "?",
-        archive_mode=archive_mode or "?",
-        archive_command=archive_command,
-        archive_timeout=int(archive_timeout or 0),
-        wal_segment_size=int(segment_size or 16 * 1024 * 1024),
-        data_directory=data_directory or None,
+        wal_level=settings.get("wal_level") or "?",
+        archive_mode=settings.get("archive_mode") or "?",
+        archive_command=settings.get("archive_command") or "",
+        archive_timeout=int(settings.get("archive_timeout") or 0),
+        wal_segment_size=int(settings.get("wal_segment_size") or 16 * 1024 * 1024),
+        data_directory=settings.get("data_directory") or None,
         in_recovery=in_recovery == "t",
         can_replicate=can_replicate == "t",
-        max_wal_senders=int(max_wal_senders or 0),
+        max_wal_senders=int(settings.get("max_wal_senders") or 0),
         database_size=int(database_size or 0),
         timezone=timezone or None,
         tablespaces=tuple(json.loads(tablespaces or "[]")),
-        summarize_wal=summarize_wal or None,
-        wal_compression_methods=tuple(v for v in wal_compression.strip("{}").split(",") if v),
+        summarize_wal=settings.get("summarize_wal") or None,
+        # A list from 15 on; null before, where wal_compression is a boolean.
+        wal_compression_methods=tuple(settings.get("wal_compression") or ()),
     )
 
 
