@@ -110,6 +110,28 @@ def test_round_trip(spec: CodecSpec, data: bytes, keypair: tuple[str, str]) -> N
         assert len(blob) < len(data) // 2
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [CodecSpec(m, LEVELS[m][1 % len(LEVELS[m])], e) for m in METHODS for e in (False, True)],
+    ids=str,
+)
+def test_one_buffer_written_again_and_again(spec: CodecSpec, keypair: tuple[str, str]) -> None:
+    """A caller may reuse its buffer once write() returns (engine/backup.upload_staged
+    reads pg_wal.tar into one): every codec consumes the bytes before returning."""
+    recipient, identity = keypair
+    parts: list[bytes] = []
+    encoder = Encoder(spec, parts.append, recipients=[recipient])
+    buffer = bytearray(100_000)
+    view = memoryview(buffer)
+    for start in range(0, len(TEXTY), len(buffer)):
+        piece = TEXTY[start : start + len(buffer)]
+        buffer[: len(piece)] = piece
+        encoder.write(view[: len(piece)])
+        buffer[:] = b"\xff" * len(buffer)  # what the next read would overwrite
+    encoder.close()
+    assert _decode_stream(spec, b"".join(parts), [identity]) == TEXTY
+
+
 def test_zstd_multithreaded_and_many_small_writes(keypair: tuple[str, str]) -> None:
     recipient, identity = keypair
     spec = CodecSpec("zstd", 3, True)

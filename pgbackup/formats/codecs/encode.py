@@ -23,7 +23,7 @@ from pgbackup.formats.codecs.spec import _QUEUE_DEPTH, CHUNK_SIZE, CodecSpec
 
 def _make_compress(
     spec: CodecSpec, threads: int
-) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
+) -> tuple[Callable[[bytes | memoryview], bytes], Callable[[], bytes]]:
     """(compress(data) -> bytes, flush() -> bytes) for the spec's method."""
     if spec.compression == "zstd":
         import zstandard
@@ -42,7 +42,7 @@ def _make_compress(
         )
         header = [comp.begin()]
 
-        def lz4_compress(data: bytes) -> bytes:
+        def lz4_compress(data: bytes | memoryview) -> bytes:
             out = comp.compress(data)
             if header:
                 out = header.pop() + out
@@ -240,7 +240,8 @@ class Encoder:
             self._pending.clear()
 
     # input side -------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """Take ``data``; it is consumed before this returns (the caller may reuse it)."""
         if self._closed:
             raise ValueError("write to a closed Encoder")
         if not data:
