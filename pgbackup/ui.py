@@ -8,14 +8,36 @@ progress bar; without one (cron, CI), only warnings and the summary line are pri
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-LOG = logging.getLogger("pgbackup")
+if TYPE_CHECKING:
+    import logging
+
+
+class _DeferredLogger:
+    """``logging.getLogger("pgbackup")``, reached on first use. A plain backup imports
+    logging (~5 ms with traceback, string and weakref) only once pg_basebackup runs:
+    before, it is the only work between the start and pg_basebackup (issue #15).
+    ``setup_logging(..., deferred=True)`` configures it then too."""
+
+    def __init__(self) -> None:
+        self.pending: tuple[Any, bool] | None = None  # setup_logging's arguments
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            _configure(*pending)
+        return getattr(logging.getLogger("pgbackup"), name)
+
+
+_DEFERRED = _DeferredLogger()
+LOG = cast("logging.Logger", _DEFERRED)
 _FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
 #: ``LOG.error(..., extra=LOG_FILE_ONLY)``: for the log file, not the terminal, where the
 #: command's own report already says it (verify's problems would be printed twice).
@@ -35,8 +57,20 @@ def default_log_file(policy: Any) -> Path | None:
     return None
 
 
-def setup_logging(policy: Any = None, *, verbose: bool = False) -> None:
-    """Console handler (stderr) plus the policy's log file; safe to call more than once."""
+def setup_logging(policy: Any = None, *, verbose: bool = False, deferred: bool = False) -> None:
+    """Console handler (stderr) plus the policy's log file; safe to call more than once.
+    ``deferred``: at the first use of :data:`LOG` (unless logging is already imported)."""
+    if deferred and "logging" not in sys.modules:
+        _DEFERRED.pending = (policy, verbose)
+        return
+    _DEFERRED.pending = None
+    _configure(policy, verbose)
+
+
+def _configure(policy: Any, verbose: bool) -> None:
+    import logging
+
+    LOG = logging.getLogger("pgbackup")  # noqa: N806 - the module's LOG, itself
     LOG.setLevel(logging.DEBUG)
     LOG.propagate = False
     for handler in list(LOG.handlers):

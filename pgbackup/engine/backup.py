@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -394,6 +393,7 @@ def backup_directory(
         storage.ensure_dir(parent)
         yield parent / backup_id
         return
+    import shutil
     import tempfile
 
     stage = Path(
@@ -502,15 +502,6 @@ def run_backup(
             prefix = repo.base_prefix(target.name, backup_id)
             manifest_spec = CodecSpec("none", 0, spec.encrypted)
             manifest_name = MANIFEST + suffix(manifest_spec)
-            LOG.info(
-                "backup %s of %s (%s, PostgreSQL %s, %s) -> %s",
-                backup_id,
-                target.name,
-                describe(conninfo),
-                facts.version,
-                "a hot standby" if facts.in_recovery else "a primary",
-                storage.describe(),
-            )
             if parent is not None:
                 step = f"reading the manifest of parent backup {parent.backup_id}"
             with (
@@ -539,9 +530,19 @@ def run_backup(
                 def meanwhile_start() -> None:
                     # Threads start once pg_basebackup runs: before, their first steps
                     # (importing zstandard) would take the GIL from the process start.
+                    # The first message, too, imports logging (pgbackup.ui.LOG).
                     if follower is not None:
                         follower.start()
                     preload_codec(spec)
+                    LOG.info(
+                        "backup %s of %s (%s, PostgreSQL %s, %s) -> %s",
+                        backup_id,
+                        target.name,
+                        describe(conninfo),
+                        facts.version,
+                        "a hot standby" if facts.in_recovery else "a primary",
+                        storage.describe(),
+                    )
 
                 try:
                     try:

@@ -105,7 +105,7 @@ def load(config: str | None, *, verbose: bool = False) -> Any:
 
     # Validated in full, once per content (and referenced environment): a cache of hashes.
     policy = load_policy_fast(find_config(config), for_wal=False)
-    setup_logging(policy, verbose=verbose)
+    setup_logging(policy, verbose=verbose, deferred=True)  # at the first message
     return policy
 
 

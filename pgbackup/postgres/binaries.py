@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -126,6 +125,8 @@ def find_program(
             hint=f"install the PostgreSQL {major} client programs (Debian: apt-get install "
             f"postgresql-client-{major}) or set pg_bin_dir for the target in backup.yaml",
         )
+    import shutil  # only to name a program not found (a backup's start: issue #15)
+
     where = shutil.which(name)
     raise BinaryError(
         f"{name} not found"
