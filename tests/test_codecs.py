@@ -132,6 +132,27 @@ def test_one_buffer_written_again_and_again(spec: CodecSpec, keypair: tuple[str,
     assert _decode_stream(spec, b"".join(parts), [identity]) == TEXTY
 
 
+@pytest.mark.parametrize("threads", [0, 2], ids=["one-thread", "zstd-workers"])
+def test_write_file_reads_every_byte_through_one_buffer(
+    threads: int, tmp_path: Path, keypair: tuple[str, str]
+) -> None:
+    """Encoder.write_file (pg_wal.tar, and the archives a pre-15 server cannot compress,
+    with zstd workers): a read size that does not divide the file, every byte through."""
+    recipient, identity = keypair
+    source = tmp_path / "archive.tar"
+    source.write_bytes(TEXTY)
+    for spec in (
+        CodecSpec("zstd", 3, False),
+        CodecSpec("zstd", 3, True),
+        CodecSpec("gzip", 6, False),
+    ):
+        parts: list[bytes] = []
+        with Encoder(spec, parts.append, recipients=[recipient], threads=threads) as encoder:
+            encoder.write_file(source, read_size=65_537)
+        assert encoder.raw_bytes == len(TEXTY)
+        assert _decode_stream(spec, b"".join(parts), [identity]) == TEXTY
+
+
 def test_zstd_multithreaded_and_many_small_writes(keypair: tuple[str, str]) -> None:
     recipient, identity = keypair
     spec = CodecSpec("zstd", 3, True)

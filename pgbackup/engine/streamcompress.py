@@ -117,9 +117,8 @@ def compress_archives(
             continue
         out = raw.with_name(raw.name + suffix(codec))
         with open(out, "wb") as f:
-            with Encoder(codec, f.write, threads=threads) as enc, open(raw, "rb") as src:
-                while chunk := src.read(READ_SIZE):
-                    enc.write(chunk)
+            with Encoder(codec, f.write, threads=threads) as enc:
+                enc.write_file(raw, READ_SIZE)
             f.flush()
             os.fsync(f.fileno())
         raw.unlink()

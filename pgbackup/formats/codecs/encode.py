@@ -9,6 +9,7 @@ pull-style readers; the compression libraries are imported on first use.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 import zlib
@@ -254,6 +255,16 @@ class Encoder:
         except BaseException:
             self.abort()  # a failing sink or encryption thread: the output is unusable
             raise
+
+    def write_file(self, path: str | os.PathLike[str], read_size: int = 1 << 20) -> None:
+        """Every byte of the file at ``path``, read into one buffer again and again: a
+        fresh object per read costs its page faults each time (16 MiB of pg_wal.tar:
+        ~2 ms of a backup's end, issue #15). :meth:`write` consumes what it is given."""
+        buffer = bytearray(read_size)
+        view = memoryview(buffer)
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                self.write(view[:n])
 
     def close(self) -> None:
         if self._closed:
