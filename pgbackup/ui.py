@@ -70,11 +70,11 @@ def setup_logging(policy: Any = None, *, verbose: bool = False, deferred: bool =
 def _configure(policy: Any, verbose: bool) -> None:
     import logging
 
-    LOG = logging.getLogger("pgbackup")  # noqa: N806 - the module's LOG, itself
-    LOG.setLevel(logging.DEBUG)
-    LOG.propagate = False
-    for handler in list(LOG.handlers):
-        LOG.removeHandler(handler)
+    logger = logging.getLogger("pgbackup")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
         handler.close()
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(
@@ -82,7 +82,7 @@ def _configure(policy: Any, verbose: bool) -> None:
     )
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(lambda record: getattr(record, "console", True))
-    LOG.addHandler(console)
+    logger.addHandler(console)
     if policy is None:
         return
     path = default_log_file(policy)
@@ -98,12 +98,12 @@ def _configure(policy: Any, verbose: bool) -> None:
                 os.chown(path, st.st_uid, st.st_gid)
         file_handler = logging.FileHandler(path)
     except OSError as exc:
-        LOG.warning("cannot write log file %s: %s", path, exc.strerror or exc)
+        logger.warning("cannot write log file %s: %s", path, exc.strerror or exc)
         return
     level = getattr(logging, str(getattr(policy, "log_level", "info")).upper(), logging.INFO)
     file_handler.setLevel(level)
     file_handler.setFormatter(logging.Formatter(_FORMAT))
-    LOG.addHandler(file_handler)
+    logger.addHandler(file_handler)
 
 
 class Progress:
