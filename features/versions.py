@@ -104,6 +104,22 @@ def pytest_generate_tests(metafunc: Any) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """In the default run, an outline's rows tagged ``@long_versions`` run on 15 only;
+    the long mode (``--all-versions``) runs them on every major. Keeps CI under its time."""
+    if chosen(config) != str(DEFAULT):
+        return
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("pg_version")
+        later = marker is not None and marker.args[0] != DEFAULT
+        (dropped if later and item.get_closest_marker("long_versions") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture
 def pg_major(request: Any) -> int:
     """The PostgreSQL major of this test's clusters."""
