@@ -19,6 +19,7 @@
 ARG BASE=pgbackup-base:bookworm
 FROM ${BASE}
 
+ARG PG_MAJOR=15
 ARG PG_UID=999
 ARG PG_GID=999
 ARG EXTRAS=s3,gcs,azure
@@ -41,7 +42,9 @@ RUN python3 -m venv /opt/pgbackup \
  && rm -rf /tmp/wheels \
  && pgbackup --version
 
-LABEL org.pgbackup.postgres-uid="${PG_UID}" org.pgbackup.postgres-gid="${PG_GID}"
+# The server's major: drill --docker refuses a backup of another (pgbackup/postgres/docker.py).
+LABEL org.pgbackup.postgres-uid="${PG_UID}" org.pgbackup.postgres-gid="${PG_GID}" \
+      org.pgbackup.postgres-major="${PG_MAJOR}"
 USER postgres
 WORKDIR /var/lib/postgresql
 ENTRYPOINT ["pgbackup"]

@@ -231,6 +231,7 @@ def build_pgbackup(uid: int = 999, gid: int = 999, extras: str = "s3,gcs,azure")
                 ["docker", "build", "--network", "none", "-q", "-t", tag]
                 + ["--build-arg", f"BASE={base}", "--build-arg", f"PG_UID={uid}"]
                 + ["--build-arg", f"PG_GID={gid}", "--build-arg", f"EXTRAS={extras}"]
+                + ["--build-arg", f"PG_MAJOR={PG_MAJOR}"]
                 + [str(context)],
                 what="docker build",
             )

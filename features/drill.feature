@@ -21,6 +21,15 @@ Feature: Restore drills prove that backups restore and measure the RTO
     And the drill ran in a container
 
   @docker
+  Scenario: A drill whose image carries another PostgreSQL major fails before restoring
+    Given a Docker engine answers
+    And a sandbox cluster with sample data
+    And a backup was taken
+    And the policy's drill image carries PostgreSQL 14
+    When I run a drill with --docker expecting failure
+    Then the command fails and says "carries PostgreSQL 14, but the backup is of PostgreSQL"
+
+  @docker
   Scenario: A drill whose image the engine lacks fails, naming the image
     Given a Docker engine answers
     And a sandbox cluster with sample data

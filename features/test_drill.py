@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
+import pytest
 from harness import Harness
+from providers import docker_image
 from pytest_bdd import given, parsers, scenarios, then, when
+from versions import DEFAULT
 
 scenarios("drill.feature")
 
@@ -33,7 +37,9 @@ def run_drill(h: Harness, ctx: dict[str, Any]) -> None:
 
 
 @when("I run a drill with --docker")
-def run_docker_drill(h: Harness, ctx: dict[str, Any]) -> None:
+def run_docker_drill(h: Harness, ctx: dict[str, Any], pg_major: int) -> None:
+    if pg_major != DEFAULT:  # the drill would refuse it, as the next scenario proves
+        pytest.skip(f"PostgreSQL {pg_major}: pgbackup's image carries PostgreSQL {DEFAULT} only")
     late_rows_checks(h)
     ctx["drill"] = h.json("drill", "--docker")["platform"]
 
@@ -41,6 +47,21 @@ def run_docker_drill(h: Harness, ctx: dict[str, Any]) -> None:
 @given(parsers.parse('the policy\'s drill image is "{image}"'))
 def drill_image(h: Harness, image: str) -> None:
     h.policy.setdefault("drill", {})["image"] = image
+    h.write_policy()
+
+
+@given(parsers.parse("the policy's drill image carries PostgreSQL {major:d}"))
+def drill_image_of_major(h: Harness, major: int) -> None:
+    """pgbackup's image, labelled as a server of ``major`` (a build of labels only)."""
+    tag = f"pgbackup:test-postgres-{major}"
+    subprocess.run(
+        ["docker", "build", "-q", "--network", "none", "-t", tag, "-"],
+        input=f"FROM {docker_image()}\nLABEL org.pgbackup.postgres-major={major}\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    h.policy.setdefault("drill", {})["image"] = tag
     h.write_policy()
 
 

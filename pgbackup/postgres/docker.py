@@ -107,23 +107,41 @@ class DockerCluster(SqlAccess):
             self.client = docker_client()
         return self.client
 
+    def _image(self) -> Any:
+        """The image on the engine, or PostgresError naming it."""
+        import docker.errors
+
+        try:
+            return self._client().images.get(self.image)
+        except docker.errors.ImageNotFound:
+            raise PostgresError(
+                f"the image {self.image} is not on this Docker engine",
+                hint="build it with `python containers/images.py` (see docs/containers.md), "
+                "or name another with drill.image / --image",
+            ) from None
+
     def image_ids(self) -> tuple[int, int]:
         """The uid/gid the image's postgres user has (its labels), or PostgresError."""
         if self._ids is None:
-            import docker.errors
-
-            try:
-                labels = self._client().images.get(self.image).labels or {}
-            except docker.errors.ImageNotFound:
-                raise PostgresError(
-                    f"the image {self.image} is not on this Docker engine",
-                    hint="build it with `python containers/images.py` (see docs/containers.md), "
-                    "or name another with drill.image / --image",
-                ) from None
+            labels = self._image().labels or {}
             uid = int(labels.get("org.pgbackup.postgres-uid", DEFAULT_UID))
             gid = int(labels.get("org.pgbackup.postgres-gid", uid))
             self._ids = (uid, gid)
         return self._ids
+
+    def image_major(self) -> int | None:
+        """The PostgreSQL major the image serves: pgbackup's label
+        ``org.pgbackup.postgres-major``, else ``PG_MAJOR`` in its environment (the official
+        postgres images set it); None when the image says neither."""
+        image = self._image()
+        found = (image.labels or {}).get("org.pgbackup.postgres-major")
+        if found is None:
+            env = (image.attrs.get("Config") or {}).get("Env") or []
+            found = next((e.split("=", 1)[1] for e in env if e.startswith("PG_MAJOR=")), None)
+        try:
+            return int(found) if found is not None else None
+        except ValueError:
+            return None
 
     def _volumes(self) -> dict[str, dict[str, str]]:
         volumes = {str(self.data_dir): {"bind": str(self.data_dir), "mode": "rw"}}
@@ -331,6 +349,16 @@ def drill_cluster(
         read_only=read_only,
     )
     cluster.image_ids()  # a missing image is said before anything starts
+    served = cluster.image_major()
+    if served is not None and served != major:
+        # A server of another major refuses the data directory (or, first, the
+        # postgresql.conf it does not know): say so before anything is restored.
+        raise PostgresError(
+            f"the image {cluster.image} carries PostgreSQL {served}, but the backup is "
+            f"of PostgreSQL {major}",
+            hint=f"name an image with PostgreSQL {major} in drill.image or --image, "
+            "or drill without --docker",
+        )
     with contextlib.suppress(PostgresError, OSError):
         cluster.use_image_pgbackup(pgbackup_program())
     return cluster
