@@ -199,29 +199,14 @@ def notify(policy: Any, event: str, target: str, status: str, message: str) -> N
 def restore_one(
     to: str | None = None,
     config: str | None = None,
-    backup: str | None = None,
-    force: bool = False,
-    start: bool = False,
     port: int | str | None = None,
-    target: str | None = None,
-    db: str | None = None,
-    target_time: str | None = None,
-    target_lsn: str | None = None,
-    target_xid: str | None = None,
-    target_name: str | None = None,
-    target_action: str | None = None,
-    target_timeline: str | None = None,
-    exclusive: bool = False,
     no_archive: bool = False,
     from_: str | None = None,
     json_: bool = False,
-    tablespace_map: list[str] | None = None,
-    tablespace_map_all: str | None = None,
-    standby: bool = False,
-    primary_conninfo: str | None = None,
-    delta: bool = False,
+    **options: Any,
 ) -> int:
-    """The ``restore`` task, with its options' names and defaults."""
+    """The ``restore`` task's body: its options as the task names them (``--no-archive``,
+    ``--from``, ``--json``); the others go to the engine's restore_command as they are."""
     from pgbackup.engine.restore_command import restore_command
 
     if not to:
@@ -232,26 +217,10 @@ def restore_one(
     result = restore_command(
         policy,
         to=Path(to),
-        backup=backup,
-        force=force,
-        start=start,
         port=int(port) if port is not None else None,
-        target=target,
-        db=db,
-        target_time=target_time,
-        target_lsn=target_lsn,
-        target_xid=target_xid,
-        target_name=target_name,
-        target_action=target_action,
-        target_timeline=target_timeline,
-        exclusive=exclusive,
         archive=not no_archive,
         from_upload=from_,
-        tablespace_map=tablespace_map,
-        tablespace_map_all=tablespace_map_all,
-        standby=standby,
-        primary_conninfo=primary_conninfo,
-        delta=delta,
+        **options,
     )
     if json_:
         import json

@@ -242,31 +242,9 @@ def restore(
     delta: bool = False,
 ) -> None:
     """Restore a backup into --to DIR, optionally to a point in time (PITR)."""
-    restore_one(  # also run without Invoke: interface/direct
-        to=to,
-        config=config,
-        backup=backup,
-        force=force,
-        start=start,
-        port=port,
-        target=target,
-        db=db,
-        target_time=target_time,
-        target_lsn=target_lsn,
-        target_xid=target_xid,
-        target_name=target_name,
-        target_action=target_action,
-        target_timeline=target_timeline,
-        exclusive=exclusive,
-        no_archive=no_archive,
-        from_=from_,
-        json_=json_,
-        tablespace_map=tablespace_map,
-        tablespace_map_all=tablespace_map_all,
-        standby=standby,
-        primary_conninfo=primary_conninfo,
-        delta=delta,
-    )
+    options = dict(locals())  # every option, by the name the signature above gives it
+    del options["c"]
+    restore_one(**options)  # also run without Invoke: interface/direct
 
 
 # --- cleanup --------------------------------------------------------------------------
