@@ -10,7 +10,7 @@ Feature: Prometheus metrics of what the repository holds
     And a backup was taken
     And the backups were verified
     And a drill ran
-    When I start the exporter with an interval of 20s
+    When I start the exporter with an interval of 12s
     Then a scrape says 2 restorable backups and the newest backup's end time
     And the scraped recoverable window is the one list shows
     And the scraped drill RTO and verify result are the recorded ones

@@ -4,7 +4,7 @@ Feature: SLA compliance is proven from measured evidence
 
   @both_providers
   Scenario: Compliant, then archiving breaks: one alert per channel and an RPO breach
-    Given a policy with rto 1h and rpo 30s that alerts a local SMTP server and a local webhook
+    Given a policy with rto 1h and rpo 12s that alerts a local SMTP server and a local webhook
     And a sandbox cluster with sample data
     And a backup was taken
     When I run a drill

@@ -69,11 +69,16 @@ def receivers() -> Iterator[Receivers]:
     r.stop()
 
 
-@given("a policy with rto 1h and rpo 30s that alerts a local SMTP server and a local webhook")
-def policy_with_alerts(h: Harness, receivers: Receivers) -> None:
+@given(
+    parsers.parse(
+        "a policy with rto 1h and rpo {rpo:d}s that alerts a local SMTP server and a local webhook"
+    )
+)
+def policy_with_alerts(h: Harness, receivers: Receivers, ctx: dict[str, Any], rpo: int) -> None:
+    ctx["rpo"] = rpo
     h.env["XDG_STATE_HOME"] = str(h.root / "state")
     h.env["PGBACKUP_TEST_WEBHOOK"] = f"http://127.0.0.1:{receivers.http_port}/hook/s3cr3t"
-    h.policy["sla"] = {"rto": "1h", "rpo": "30s"}
+    h.policy["sla"] = {"rto": "1h", "rpo": f"{rpo}s"}
     h.policy["alerts"] = {
         "smtp": {
             "host": "127.0.0.1",
@@ -136,7 +141,7 @@ def report_compliant(h: Harness, ctx: dict[str, Any]) -> None:
     assert rto["objective_seconds"] == 3600
     assert rto["latest_seconds"] == pytest.approx(ctx["drill"]["rto_seconds"])
     assert 0 < rto["latest_seconds"] < 3600
-    assert report["sections"]["rpo"]["objective_seconds"] == 30
+    assert report["sections"]["rpo"]["objective_seconds"] == ctx["rpo"]
     assert report["sections"]["rpo"]["worst_exposure_seconds"] is not None
     md = h.run("sla-report").stdout
     assert "**COMPLIANT**" in md
@@ -150,7 +155,7 @@ def break_archiving(h: Harness) -> None:
 
 
 @when("WAL is written and switched until archiving fails for longer than the RPO")
-def write_wal_until_breach(h: Harness) -> None:
+def write_wal_until_breach(h: Harness, ctx: dict[str, Any]) -> None:
     cluster = h.sandbox()
     h.sql(
         cluster,
@@ -167,8 +172,8 @@ def write_wal_until_breach(h: Harness) -> None:
         time.sleep(0.5)
     else:
         raise AssertionError("the archiver never reported a failure")
-    # The exposure runs from the last successful archive; let it pass the 30 s objective.
-    wait = 31 - (datetime.now(UTC) - ok_time).total_seconds()
+    # The exposure runs from the last successful archive; let it pass the objective.
+    wait = ctx["rpo"] + 1 - (datetime.now(UTC) - ok_time).total_seconds()
     if wait > 0:
         time.sleep(wait)
 
