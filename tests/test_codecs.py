@@ -27,6 +27,7 @@ from pgbackup.formats.codecs import (
     parse_suffix,
     suffix,
 )
+from pgbackup.formats.codecs.encode import zero_frame
 
 pyrage = pytest.importorskip("pyrage")
 
@@ -151,6 +152,43 @@ def test_write_file_reads_every_byte_through_one_buffer(
             encoder.write_file(source, read_size=65_537)
         assert encoder.raw_bytes == len(TEXTY)
         assert _decode_stream(spec, b"".join(parts), [identity]) == TEXTY
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "zeros",  # nothing but zeros: frames of zeros only
+        "data,zeros,zeros",  # pg_wal.tar: a header and some WAL, then the padding
+        "zeros,data,zeros,data",  # alternating: a frame ends and another starts
+        "data,zeros,partial",  # a last read shorter than the buffer is compressed
+        "",  # an empty file is still one valid (empty) frame
+    ],
+)
+@pytest.mark.parametrize("threads", [0, 2], ids=["one-thread", "zstd-workers"])
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "age"])
+def test_write_file_stores_runs_of_zeros_as_frames_of_their_own(
+    layout: str, threads: int, encrypted: bool, tmp_path: Path, keypair: tuple[str, str]
+) -> None:
+    """A whole read of zeros becomes a ready-made zstd frame (the end of pg_wal.tar, issue
+    #15): the frames decode to exactly the file, with pgbackup's decoder and with the zstd
+    program of the emergency procedure, and a run of zeros costs a few bytes."""
+    recipient, identity = keypair
+    size = 65_536
+    pieces = {"zeros": bytes(size), "data": TEXTY[:size], "partial": bytes(size // 3)}
+    content = b"".join(pieces[p] for p in layout.split(",") if p)
+    source = tmp_path / "pg_wal.tar"
+    source.write_bytes(content)
+    spec = CodecSpec("zstd", 3, encrypted)
+    parts: list[bytes] = []
+    with Encoder(spec, parts.append, recipients=[recipient], threads=threads) as encoder:
+        encoder.write_file(source, read_size=size)
+    stored = b"".join(parts)
+    assert encoder.raw_bytes == len(content)
+    assert _decode_stream(spec, stored, [identity]) == content
+    if not encrypted:
+        assert stored.count(zero_frame(size, 3)) == layout.split(",").count("zeros")
+        cli = subprocess.run(["zstd", "-dc"], input=stored, capture_output=True, check=True)
+        assert cli.stdout == content
 
 
 def test_zstd_multithreaded_and_many_small_writes(keypair: tuple[str, str]) -> None:

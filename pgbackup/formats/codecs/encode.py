@@ -27,11 +27,7 @@ def _make_compress(
 ) -> tuple[Callable[[bytes | memoryview], bytes], Callable[[], bytes]]:
     """(compress(data) -> bytes, flush() -> bytes) for the spec's method."""
     if spec.compression == "zstd":
-        import zstandard
-
-        cobj = zstandard.ZstdCompressor(
-            level=spec.level, threads=threads, write_checksum=True
-        ).compressobj()
+        cobj = _zstd_compressor(spec.level, threads).compressobj()
         return cobj.compress, cobj.flush
     if spec.compression == "lz4":
         import lz4.frame
@@ -58,6 +54,32 @@ def _make_compress(
         zobj = zlib.compressobj(spec.level, zlib.DEFLATED, 31)
         return zobj.compress, zobj.flush
     return bytes, lambda: b""
+
+
+def _zstd_compressor(level: int, threads: int) -> Any:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+
+
+_zero_frames: dict[tuple[int, int], bytes] = {}
+
+
+def zero_frame(size: int, level: int) -> bytes:
+    """One zstd frame of ``size`` zero bytes, made once per process.
+
+    zstd frames written one after another decode as the concatenation of their contents
+    (RFC 8878, section 3.1: "Zstandard compressed data is made of one or more frames";
+    `zstd -d` and pgbackup's decoder, ``read_across_frames``, read them all). A run of
+    zeros is common at the end of a streamed WAL segment (pg_basebackup pads
+    ``pg_wal.tar`` to the segment size before it writes the WAL over it), and comparing a
+    MiB with zeros costs a small part of compressing it (issue #15: the end of a backup).
+    """
+    key = (size, level)
+    frame = _zero_frames.get(key)
+    if frame is None:
+        frame = _zero_frames[key] = _zstd_compressor(level, 0).compress(bytes(size))
+    return frame
 
 
 class _QueueReader:
@@ -201,7 +223,10 @@ class Encoder:
         self._closed = False
         self._out = bytearray()
         self._pending = bytearray()
+        self._threads = threads
         self._compress, self._flush = _make_compress(spec, threads)
+        self._frame_open = False  # zstd: data went into the current frame
+        self._zero_frames = 0  # ready-made frames of zeros written (:meth:`write_file`)
         self._pipe: _AgeEncryptPipe | None = None
         if spec.encrypted:
             if not recipients:
@@ -248,6 +273,7 @@ class Encoder:
         if not data:
             return
         self.raw_bytes += len(data)
+        self._frame_open = True
         try:
             out = self._compress(data)
             if out:
@@ -256,22 +282,45 @@ class Encoder:
             self.abort()  # a failing sink or encryption thread: the output is unusable
             raise
 
+    def _write_zeros(self, size: int) -> None:
+        """``size`` zero bytes as a frame of their own (zstd; see :func:`zero_frame`):
+        the current frame, if it holds data, ends first, and the next data starts one."""
+        try:
+            if self._frame_open:
+                self._stage(self._flush())
+                self._compress, self._flush = _make_compress(self.spec, self._threads)
+                self._frame_open = False
+            self._stage(zero_frame(size, self.spec.level))
+            self._zero_frames += 1
+            self.raw_bytes += size
+        except BaseException:
+            self.abort()
+            raise
+
     def write_file(self, path: str | os.PathLike[str], read_size: int = 1 << 20) -> None:
         """Every byte of the file at ``path``, read into one buffer again and again: a
         fresh object per read costs its page faults each time (16 MiB of pg_wal.tar:
-        ~2 ms of a backup's end, issue #15). :meth:`write` consumes what it is given."""
+        ~2 ms of a backup's end, issue #15). :meth:`write` consumes what it is given.
+        With zstd, a whole read of zeros is stored as a ready-made frame."""
+        if self._closed:
+            raise ValueError("write to a closed Encoder")
         buffer = bytearray(read_size)
         view = memoryview(buffer)
+        zeros = bytes(read_size) if self.spec.compression == "zstd" else None
         with open(path, "rb", buffering=0) as f:
             while n := f.readinto(buffer):
-                self.write(view[:n])
+                if n == read_size and buffer == zeros:  # a memcmp
+                    self._write_zeros(n)
+                else:
+                    self.write(view[:n])
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._stage(self._flush())
+            if self._frame_open or not self._zero_frames:  # (no frame yet: an empty one)
+                self._stage(self._flush())
             if self._pipe is not None:
                 self._pipe.feed(bytes(self._pending))
                 self._pending.clear()
