@@ -79,6 +79,22 @@ Feature: Base backups restore to exactly the data at backup time
       | has no pg_hba.conf line for replication        | add to pg_hba.conf: host replication platform_service |
       | runs with wal_level minimal                    | a base backup needs 'replica' or 'logical'    |
 
+  Scenario Outline: A backup started on the facts the last one met checks the server's answer
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And pgbackup remembers the sandbox as <remembered>
+    When I take a backup
+    Then the repository lists exactly 2 complete backup and no incomplete ones
+    And the newest backup was compressed by the server, as the server's answer says
+    And pgbackup remembers the sandbox as it is
+    And the earlier backup still verifies
+
+    Examples:
+      | remembered                                      |
+      | it is                                           |
+      | a server that cannot compress with zstd         |
+      | PostgreSQL 14, whose programs are not installed |
+
   Scenario: Two backups of one target never run at once
     Given a sandbox cluster with sample data
     And another process holds the target's backup lock

@@ -146,3 +146,50 @@ def in_place_tablespace(h: Harness) -> None:
     cluster.sql("SELECT pg_reload_conf()")
     cluster.sql("CREATE TABLESPACE inplace LOCATION ''")
     cluster.sql("CREATE TABLE near (id int) TABLESPACE inplace", dbname="platform")
+
+
+# --- the facts the last backup met (pgbackup/engine/known_server.py) --------------------
+
+
+def remembered_servers(h: Harness) -> dict[str, Any]:
+    path = h.root / "cache" / "pgbackup" / "servers.json"  # the harness's XDG_CACHE_HOME
+    return dict(json.loads(path.read_text()))
+
+
+@given(parsers.parse("pgbackup remembers the sandbox as {what}"))
+def remember_sandbox_as(h: Harness, what: str) -> None:
+    known = remembered_servers(h)
+    (key,) = known  # the one target through its one connection
+    entry = known[key]
+    if what == "a server that cannot compress with zstd":
+        # pg_basebackup would start without --compress=server-zstd: pgbackup would compress
+        entry["wal_compression_methods"] = ["pglz", "on", "off"]
+    elif what == "PostgreSQL 14, whose programs are not installed":
+        entry.update(version_num=140011, version="14.11")
+    else:
+        assert what == "it is", what
+        return
+    path = h.root / "cache" / "pgbackup" / "servers.json"
+    path.write_text(json.dumps(known))
+
+
+@then("the newest backup was compressed by the server, as the server's answer says")
+def compressed_by_server(h: Harness) -> None:
+    backup_id = h.backups()[-1]["backup_id"]
+    meta = json.loads((h.repo / "platform" / "base" / backup_id / "metadata.json").read_text())
+    assert meta["compressed_by"]["side"] == "server", meta["compressed_by"]
+    version_num = int(h.sql(h.sandbox(), "SHOW server_version_num")[0][0])
+    assert meta["server_version_num"] == version_num
+    assert "base.tar.zst" in meta["objects"], meta["objects"]
+
+
+@then("pgbackup remembers the sandbox as it is")
+def remembers_as_it_is(h: Harness) -> None:
+    (entry,) = remembered_servers(h).values()
+    cluster = h.sandbox()
+    assert entry["version_num"] == int(h.sql(cluster, "SHOW server_version_num")[0][0])
+    assert "zstd" in entry["wal_compression_methods"], entry
+    assert entry["system_identifier"] == str(
+        h.sql(cluster, "SELECT system_identifier FROM pg_control_system()")[0][0]
+    )
+    assert entry["archive_command"] == ""  # not kept: it may hold what is nobody's business

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pgbackup import __version__
+from pgbackup.engine import known_server
 from pgbackup.engine.backup_preflight import (
     chain_of,
     choose_parent,
@@ -40,6 +41,7 @@ from pgbackup.engine.backup_preflight import (
     preflight,
 )
 from pgbackup.engine.follow import ArchiveFollower
+from pgbackup.engine.known_server import ServerChanged
 from pgbackup.engine.locks import target_lock
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
 from pgbackup.engine.streamcompress import compress_archives
@@ -453,6 +455,25 @@ def run_backup(
 
     ``started``: the preflight of this target, already under way (interface/direct.py
     starts it before importing this module, so the handshakes overlap the imports)."""
+    try:
+        return _run_backup(policy, target, backup_type, started, guess=True)
+    except ServerChanged as changed:  # nothing was kept of the first start
+        LOG.info("the server changed since the last backup: starting again")
+        return _run_backup(policy, target, backup_type, None, guess=False, answer=changed.facts)
+
+
+def _run_backup(
+    policy: Policy,
+    target: Target,
+    backup_type: str,
+    started: PendingPreflight | None,
+    *,
+    guess: bool,
+    answer: ServerFacts | None = None,
+) -> dict[str, Any]:
+    """:func:`run_backup`. ``guess``: a full backup may start pg_basebackup on the facts
+    the last backup met (engine/known_server.py) and check the server's answer while it
+    runs; ``answer``: the server's answer, already had (a start again)."""
     if backup_type not in BACKUP_TYPES:
         raise UsageError(
             f"--type {backup_type!r}: a backup is full or incremental",
@@ -474,18 +495,38 @@ def run_backup(
             step = "connecting to the server"
             conninfo = target_conninfo(policy, target)
             fresh = time.monotonic() - t0 < PREFLIGHT_FRESH_SECONDS
-            if started is None or not fresh or started.conninfo != conninfo:
+            if answer is None and (started is None or not fresh or started.conninfo != conninfo):
                 if started is not None:
                     started.close()
                 started = PendingPreflight(conninfo, target.pg_bin_dir, replication=False)
-            facts, _ = started.wait()  # no replication handshake: see run_basebackup
-            preflight(facts, conninfo)
+            # A full backup starts pg_basebackup on the facts the last one met, if its
+            # program is here; the server's answer is checked once it runs (meanwhile_start).
+            guessed = (
+                known_server.recall(target.name, conninfo, target.pg_bin_dir)
+                if guess and backup_type == "full"
+                else None
+            )
+            program = ""
+            if guessed is not None:
+                try:
+                    program = find_program("pg_basebackup", guessed.major, target.pg_bin_dir)
+                except PgBackupError:
+                    guessed = None  # the server's answer decides, as without a guess
+            facts: ServerFacts
+            if guessed is not None:
+                facts = guessed
+            else:
+                if answer is None:
+                    assert started is not None
+                    answer, _ = started.wait()  # no replication handshake: see run_basebackup
+                facts = answer
+                preflight(facts, conninfo)
             parent: BackupInfo | None = None
             if backup_type == "incremental":
                 step = "checking the server for incremental backups"
                 incremental_preflight(facts, conninfo)
                 parent = choose_parent(repo, target.name, facts)
-            program = find_program("pg_basebackup", facts.major, target.pg_bin_dir)
+            program = program or find_program("pg_basebackup", facts.major, target.pg_bin_dir)
             side = compression_side(facts, spec.compression)  # server's, else ours
             recipients_list = recipients(policy)
 
@@ -522,6 +563,20 @@ def run_backup(
                 )
 
                 def meanwhile_start() -> None:
+                    nonlocal facts, side, step
+                    if guessed is not None:  # the server's answer, now: as good as before?
+                        assert started is not None
+                        step = "connecting to the server"
+                        said, _ = started.wait()
+                        preflight(said, conninfo)  # a refusal stops pg_basebackup
+                        said_side = compression_side(said, spec.compression)
+                        said_program = find_program("pg_basebackup", said.major, target.pg_bin_dir)
+                        if said_program != program or said_side.argv_spec(spec) != side.argv_spec(
+                            spec
+                        ):
+                            raise ServerChanged(said)  # stops pg_basebackup
+                        facts, side = said, said_side  # what metadata.json records
+                        step = "running pg_basebackup"
                     # Threads start once pg_basebackup runs: before, their first steps
                     # (importing zstandard) would take the GIL from the process start.
                     # The first message, too, imports logging (pgbackup.ui.LOG).
@@ -689,6 +744,8 @@ def run_backup(
             if backup_id:
                 with contextlib.suppress(Exception):
                     storage.delete_prefix(repo.base_prefix(target.name, backup_id))
+            if isinstance(exc, ServerChanged):
+                raise  # not a failure: run_backup starts again
             repo.record_run(
                 target.name,
                 "backup",
@@ -724,6 +781,7 @@ def run_backup(
             "raw_bytes": metadata["raw_bytes"],
         },
     )
+    known_server.remember(target.name, conninfo, target.pg_bin_dir, facts)
     LOG.info(
         "backup %s of %s complete: %s read, %s stored, %.1fs, LSN %s..%s",
         backup_id,
