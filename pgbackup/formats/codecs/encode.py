@@ -69,7 +69,7 @@ def zero_frame(size: int, level: int) -> bytes:
     """One zstd frame of ``size`` zero bytes, made once per process.
 
     zstd frames written one after another decode as the concatenation of their contents
-    (RFC 8878, section 3.1: "Zstandard compressed data is made of one or more frames";
+    (RFC 8878, section 3.1: zstd data is made up of one or more independent frames;
     `zstd -d` and pgbackup's decoder, ``read_across_frames``, read them all). A run of
     zeros is common at the end of a streamed WAL segment (pg_basebackup pads
     ``pg_wal.tar`` to the segment size before it writes the WAL over it), and comparing a
