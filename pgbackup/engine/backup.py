@@ -44,7 +44,7 @@ from pgbackup.engine.follow import ArchiveFollower
 from pgbackup.engine.known_server import ServerChanged
 from pgbackup.engine.locks import target_lock
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
-from pgbackup.engine.streamcompress import compress_archives
+from pgbackup.engine.streamcompress import CompressionSide, compress_archives
 from pgbackup.engine.streamcompress import from_facts as compression_side
 from pgbackup.errors import BackupError, PgBackupError, PostgresError, UsageError
 from pgbackup.formats.codecs import CodecSpec, Encoder, encode_bytes, load_recipients, suffix
@@ -506,10 +506,16 @@ def _run_backup(
                 if guess and backup_type == "full"
                 else None
             )
-            program = ""
+
+            def start_plan(server: ServerFacts) -> tuple[str, CompressionSide]:
+                """All pg_basebackup's command line takes from the server: which
+                pg_basebackup runs, and which side compresses."""
+                program = find_program("pg_basebackup", server.major, target.pg_bin_dir)
+                return program, compression_side(server, spec.compression)  # server's, else ours
+
             if guessed is not None:
                 try:
-                    program = find_program("pg_basebackup", guessed.major, target.pg_bin_dir)
+                    program, side = start_plan(guessed)
                 except PgBackupError:
                     guessed = None  # the server's answer decides, as without a guess
             facts: ServerFacts
@@ -526,8 +532,8 @@ def _run_backup(
                 step = "checking the server for incremental backups"
                 incremental_preflight(facts, conninfo)
                 parent = choose_parent(repo, target.name, facts)
-            program = program or find_program("pg_basebackup", facts.major, target.pg_bin_dir)
-            side = compression_side(facts, spec.compression)  # server's, else ours
+            if guessed is None:
+                program, side = start_plan(facts)
             recipients_list = recipients(policy)
 
             backup_id = new_backup_id(started_at)
@@ -569,8 +575,7 @@ def _run_backup(
                         step = "connecting to the server"
                         said, _ = started.wait()
                         preflight(said, conninfo)  # a refusal stops pg_basebackup
-                        said_side = compression_side(said, spec.compression)
-                        said_program = find_program("pg_basebackup", said.major, target.pg_bin_dir)
+                        said_program, said_side = start_plan(said)
                         if said_program != program or said_side.argv_spec(spec) != side.argv_spec(
                             spec
                         ):

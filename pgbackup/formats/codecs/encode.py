@@ -226,7 +226,6 @@ class Encoder:
         self._threads = threads
         self._compress, self._flush = _make_compress(spec, threads)
         self._frame_open = False  # zstd: data went into the current frame
-        self._zero_frames = 0  # ready-made frames of zeros written (:meth:`write_file`)
         self._pipe: _AgeEncryptPipe | None = None
         if spec.encrypted:
             if not recipients:
@@ -291,7 +290,6 @@ class Encoder:
                 self._compress, self._flush = _make_compress(self.spec, self._threads)
                 self._frame_open = False
             self._stage(zero_frame(size, self.spec.level))
-            self._zero_frames += 1
             self.raw_bytes += size
         except BaseException:
             self.abort()
@@ -319,7 +317,9 @@ class Encoder:
             return
         self._closed = True
         try:
-            if self._frame_open or not self._zero_frames:  # (no frame yet: an empty one)
+            # A frame holds data, or nothing was written at all (then an empty frame);
+            # after only ready-made frames of zeros, there is nothing to end.
+            if self._frame_open or not self.raw_bytes:
                 self._stage(self._flush())
             if self._pipe is not None:
                 self._pipe.feed(bytes(self._pending))
