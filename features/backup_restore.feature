@@ -95,6 +95,63 @@ Feature: Base backups restore to exactly the data at backup time
       | a server that cannot compress with zstd         |
       | PostgreSQL 14, whose programs are not installed |
 
+  Scenario: The next run of the same backup command starts pg_basebackup at once and restores
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And the clock has left that backup's second, its id
+    When I record the table checksums
+    And I take a backup
+    Then the backup log says "pg_basebackup was started early, as the last backup ran it: adopted"
+    And the repository lists exactly 2 complete backup and no incomplete ones
+    And no pg_basebackup of this scenario is still running
+    When I restore the latest backup into a new directory and start it
+    Then the restored tables have the recorded checksums
+
+  Scenario Outline: An early start the engine would not have made leaves nothing behind
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And the clock has left that backup's second, its id
+    And <change>
+    When I take a backup
+    Then the backup log says "pg_basebackup's early start differed from this backup's (or had failed)"
+    And the repository lists exactly 2 complete backup and no incomplete ones
+    And no pg_basebackup of this scenario is still running
+    And the earlier backup still verifies
+
+    Examples:
+      | change                                                    |
+      | the remembered pg_basebackup command line asks for another label |
+      | the sandbox server is stopped, for pgbackup to start again |
+
+  Scenario: A remembered command line in a file that others may write is not run
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And the clock has left that backup's second, its id
+    And the remembered pg_basebackup command line is in a file that others may write
+    When I take a backup
+    Then the backup log does not mention an early start
+    And the remembered command line is in a file of mode 0600 again
+    And the repository lists exactly 2 complete backup and no incomplete ones
+
+  Scenario: A busy target starts no early pg_basebackup and touches nothing
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And the clock has left that backup's second, its id
+    And another process holds the target's backup lock
+    When I take a backup expecting failure
+    Then the command fails and says "is busy"
+    And the repository lists exactly 1 complete backup and no incomplete ones
+    And no pg_basebackup of this scenario is still running
+
+  Scenario: A backup stopped right after its early start leaves nothing running or stored
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And the clock has left that backup's second, its id
+    When a backup is sent SIGTERM as soon as its pg_basebackup runs
+    Then the command fails and says "interrupted"
+    And the repository lists exactly 1 complete backup and no incomplete ones
+    And no pg_basebackup of this scenario is still running
+
   Scenario: Two backups of one target never run at once
     Given a sandbox cluster with sample data
     And another process holds the target's backup lock

@@ -5,10 +5,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
-from harness import Harness
+from harness import PGBACKUP, Harness
 from pytest_bdd import given, parsers, scenarios, then, when
 
 scenarios("backup_restore.feature")
@@ -193,3 +196,102 @@ def remembers_as_it_is(h: Harness) -> None:
         h.sql(cluster, "SELECT system_identifier FROM pg_control_system()")[0][0]
     )
     assert entry["archive_command"] == ""  # not kept: it may hold what is nobody's business
+
+
+# --- the early start (pgbackup/engine/early_start.py) -------------------------------------
+
+
+def plan_path(h: Harness) -> Path:
+    return h.root / "cache" / "pgbackup" / "early-start"  # the harness's XDG_CACHE_HOME
+
+
+def backup_log(h: Harness) -> str:
+    return (h.repo / "backup.log").read_text()
+
+
+@given("the clock has left that backup's second, its id")
+def next_second(h: Harness) -> None:
+    """Backup ids are UTC seconds: an early start never takes the name of a backup just
+    taken (its os.mkdir fails, and the engine starts as without one)."""
+    last = h.backups()[-1]["backup_id"]
+    while time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) <= last:
+        time.sleep(0.02)
+
+
+@given("the remembered pg_basebackup command line asks for another label")
+def plan_other_label(h: Harness) -> None:
+    path = plan_path(h)
+    fields = path.read_bytes().split(b"\0")
+    labels = [i for i, f in enumerate(fields) if f.startswith(b"--label=")]
+    assert len(labels) == 1, fields
+    fields[labels[0]] = b"--label=not what pgbackup asks for {backup_id}"
+    path.write_bytes(b"\0".join(fields))
+
+
+@given("the sandbox server is stopped, for pgbackup to start again")
+def sandbox_stopped_known(h: Harness) -> None:
+    h.sandbox().stop("fast")  # the policy is unchanged: the early start meets no server
+
+
+@given("the remembered pg_basebackup command line is in a file that others may write")
+def plan_group_writable(h: Harness) -> None:
+    path = plan_path(h)
+    assert path.exists()
+    path.chmod(0o666)
+
+
+@then(parsers.parse('the backup log says "{text}"'))
+def log_says(h: Harness, text: str) -> None:
+    assert text in backup_log(h), backup_log(h)[-3000:]
+
+
+@then("the backup log does not mention an early start")
+def log_no_early(h: Harness) -> None:
+    assert "early" not in backup_log(h), backup_log(h)[-3000:]
+
+
+@then("the remembered command line is in a file of mode 0600 again")
+def plan_mode(h: Harness) -> None:
+    assert plan_path(h).stat().st_mode & 0o777 == 0o600
+
+
+def basebackups_of(h: Harness) -> list[str]:
+    """pg_basebackup processes writing under this scenario's repository."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"pg_basebackup") and str(h.repo).encode() in b" ".join(argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
+
+
+@then("no pg_basebackup of this scenario is still running")
+def no_basebackup_left(h: Harness) -> None:
+    deadline = time.monotonic() + 5  # a stopped one's WAL child may take a moment
+    while (left := basebackups_of(h)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, left
+
+
+@when("a backup is sent SIGTERM as soon as its pg_basebackup runs")
+def backup_sigterm(h: Harness) -> None:
+    """The early start's window: pg_basebackup runs, the engine may not have adopted it."""
+    proc = subprocess.Popen(
+        [PGBACKUP, "--config", str(h.config), "backup"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=h.env,
+        cwd=h.root,
+    )
+    deadline = time.monotonic() + 30
+    while not basebackups_of(h) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    h.last = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -29,11 +29,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pgbackup import __version__
-from pgbackup.engine import known_server
+from pgbackup.engine import early_start, known_server
 from pgbackup.engine.backup_preflight import (
     chain_of,
     choose_parent,
@@ -42,7 +43,7 @@ from pgbackup.engine.backup_preflight import (
 )
 from pgbackup.engine.follow import ArchiveFollower
 from pgbackup.engine.known_server import ServerChanged
-from pgbackup.engine.locks import target_lock
+from pgbackup.engine.locks import lock_path, target_lock
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
 from pgbackup.engine.streamcompress import CompressionSide, compress_archives
 from pgbackup.engine.streamcompress import from_facts as compression_side
@@ -145,11 +146,15 @@ def basebackup_argv(
 
 
 def run_basebackup(
-    argv: list[str], estimated_size: int, started: Callable[[], None] | None = None
+    argv: list[str],
+    estimated_size: int,
+    started: Callable[[], None] | None = None,
+    running: Any = None,
 ) -> None:
     """Run pg_basebackup, turning its own progress report into a bar; explain a failure.
-    ``started`` is called once it runs."""
-    proc = subprocess.Popen(
+    ``started`` is called once it runs; ``running``: that command line, already started
+    (engine/early_start.py), instead of a new process."""
+    proc: Any = running or subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
     assert proc.stderr is not None
@@ -160,7 +165,7 @@ def run_basebackup(
         with progress("backup", estimated_size or None) as bar:
             done = 0
             pending = b""
-            while chunk := proc.stderr.read1(4096):  # type: ignore[attr-defined]
+            while chunk := proc.stderr.read1(4096):
                 *lines, pending = re.split(rb"[\r\n]", pending + chunk)
                 for raw in lines:
                     line = raw.decode(errors="replace").strip()
@@ -483,8 +488,14 @@ def _run_backup(
     repo = Repository(storage)
     spec = codec_spec(policy)
     direct = isinstance(storage, PosixStorage) and not spec.encrypted
-    t0 = time.monotonic()
-    started_at = utcnow()
+    # The console script may have started this command's pg_basebackup already, under
+    # this target's lock: the first backup of the process claims it (or stops it).
+    lock_file = str(lock_path(policy.repository, target.name))
+    early = early_start.claim(lock_file)
+    if early is not None and not (direct and backup_type == "full" and answer is None):
+        early.stop()  # not a start it could have made; the lock is still handed over
+    t0 = time.monotonic() if early is None else early.started_monotonic
+    started_at = utcnow() if early is None else datetime.fromtimestamp(early.started_at, UTC)
     step = "taking the lock"
     backup_id = ""
     with (
@@ -536,8 +547,13 @@ def _run_backup(
                 program, side = start_plan(facts)
             recipients_list = recipients(policy)
 
-            backup_id = new_backup_id(started_at)
-            while any(True for _ in storage.list(repo.base_prefix(target.name, backup_id))):
+            if early is not None and not early.stopped:  # its directory, made under the lock
+                backup_id = early.backup_id
+            else:
+                backup_id = new_backup_id(started_at)
+            while (early is None or early.stopped) and any(
+                True for _ in storage.list(repo.base_prefix(target.name, backup_id))
+            ):
                 time.sleep(1)
                 backup_id = new_backup_id()
             prefix = repo.base_prefix(target.name, backup_id)
@@ -597,10 +613,20 @@ def _run_backup(
                         "a hot standby" if facts.in_recovery else "a primary",
                         storage.describe(),
                     )
+                    if running is not None:
+                        LOG.info(
+                            "pg_basebackup was started early, as the last backup ran it: adopted"
+                        )
+                    elif early is not None:
+                        LOG.info(
+                            "pg_basebackup's early start differed from this backup's "
+                            "(or had failed): stopped, its directory removed, started again"
+                        )
 
+                running = early.adopt(argv) if early is not None else None
                 try:
                     try:
-                        run_basebackup(argv, facts.database_size, meanwhile_start)
+                        run_basebackup(argv, facts.database_size, meanwhile_start, running)
                     except PostgresError as exc:
                         # pg_hba.conf has no replication line for us: say which one to add.
                         raise replication_refused(conninfo, exc.message) or exc from None
@@ -741,6 +767,8 @@ def _run_backup(
             step = "writing metadata.json"
             repo.write_metadata(target.name, backup_id, metadata)
         except BaseException as exc:
+            if early is not None:
+                early.stop()  # unless adopted: then run_basebackup has stopped it
             message = (
                 exc.message if isinstance(exc, PgBackupError) else (str(exc) or type(exc).__name__)
             )
@@ -787,6 +815,8 @@ def _run_backup(
         },
     )
     known_server.remember(target.name, conninfo, target.pg_bin_dir, facts)
+    if direct and backup_type == "full":
+        early_start.note(lock_file, str(directory), backup_id, argv)
     LOG.info(
         "backup %s of %s complete: %s read, %s stored, %.1fs, LSN %s..%s",
         backup_id,

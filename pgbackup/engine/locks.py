@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pgbackup.engine import early_start
 from pgbackup.errors import LockError
 
 
@@ -43,6 +44,13 @@ def target_lock(
     """Hold the target's lock; refuse at once if busy, except that a holder doing one of
     ``wait_for`` (a short job, like cleanup) is waited for, at most ``wait_seconds``."""
     path = lock_path(repository, target)
+    held = early_start.held_lock(str(path))  # taken by the console script, for this backup
+    if held is not None:
+        try:
+            yield
+        finally:
+            os.close(held)
+        return
     owner = None
     if repository.get("kind", "posix") == "posix":
         from pgbackup.storage.posix import PosixStorage

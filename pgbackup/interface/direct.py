@@ -133,7 +133,12 @@ def backup_targets(
     chosen = targets(policy, target)
     started = start_preflight(chosen[0]) if len(chosen) == 1 else None
     try:
-        return backup_each(policy, chosen, type_, started)
+        code = backup_each(policy, chosen, type_, started)
+        if code == 0 and len(chosen) == 1:  # the next run of this command starts sooner
+            from pgbackup.engine import early_start
+
+            early_start.remember()
+        return code
     finally:
         if started is not None:
             started.close()
