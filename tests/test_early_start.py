@@ -231,3 +231,12 @@ def test_the_policy_file_is_part_of_the_key(layout: dict[str, Path], tmp_path: P
     (tmp_path / "backup.yaml").write_text("version: 1\n# edited\n")
     early_start.begin(WORDS)
     assert early_start._pending is None
+
+
+def test_its_backup_id_is_the_engines() -> None:
+    from datetime import UTC, datetime
+
+    from pgbackup.engine.repository import new_backup_id
+
+    now = time.time()
+    assert early_start.backup_id_at(now) == new_backup_id(datetime.fromtimestamp(now, UTC))

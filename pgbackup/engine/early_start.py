@@ -18,14 +18,17 @@ What makes starting first safe:
   same ``flock`` engine/locks.py takes, and handed to the engine (:func:`held_lock`); a
   busy lock means no early start. The directory is made under it with ``os.mkdir``, which
   fails if the name exists: an early start only ever removes what it created.
-- **Nothing left running.** Until the engine adopts it, SIGTERM interrupts the command
-  like Ctrl-C, and the console script stops an unadopted start (:func:`stop_unadopted`)
-  before it exits. The first backup of the process claims it (:func:`claim`); another
-  target, a second target or a failure before pg_basebackup's turn stops it.
+- **Nothing left running.** Until the engine adopts it, SIGTERM and SIGHUP interrupt the
+  command like Ctrl-C, and the console script stops an unadopted start
+  (:func:`stop_unadopted`) before it exits. pg_basebackup runs in a process group of its
+  own, so a stop reaches the child that streams its WAL into ``pg_wal.tar`` too. The
+  first backup of the process claims it (:func:`claim`); another target, a second target
+  or a failure before pg_basebackup's turn stops it.
 - **Only this user's file.** The plan lives in ``$XDG_CACHE_HOME/pgbackup/early-start``,
-  written 0600; a file of another owner, or that others may write, is ignored (it names a
-  program to run). It holds no password: pg_basebackup's command line never has one
-  (engine/backup.basebackup_argv; libpq reads PGPASSWORD or the passfile).
+  written 0600; a file of another owner, or that others may write, is ignored, and so is
+  a plan whose program is not an absolute path named ``pg_basebackup``. It holds no
+  password: pg_basebackup's command line never has one (engine/backup.basebackup_argv;
+  libpq reads PGPASSWORD or the passfile).
 - **Keyed by the command:** the words after ``pgbackup``, the working directory, and the
   policy file's path, size, mtime and inode. Any change: no early start, and the next
   successful backup writes the plan again.
@@ -67,6 +70,11 @@ def command_key(words: list[str]) -> str:
 def backup_id_at(when: float) -> str:
     """engine/repository.new_backup_id's form (``20261123T020000Z``), without datetime."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+
+
+def holder_line(action: str) -> bytes:
+    """What a lock's holder writes in the lock file (engine/locks.py shows it to the next)."""
+    return f"{action} by pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode()
 
 
 class EarlyStart:
@@ -213,15 +221,15 @@ def begin(words: list[str]) -> None:
     except OSError:  # busy, or this second's name is taken: the engine decides
         os.close(lock_fd)
         return
-    # The holder's line, as engine/locks.target_lock writes it.
-    holder = f"backup by pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
     os.ftruncate(lock_fd, 0)
-    os.pwrite(lock_fd, holder.encode(), 0)
+    os.pwrite(lock_fd, holder_line("backup"), 0)
     argv = [a.replace(ID_MARK, backup_id) for a in argv_template]
     start = EarlyStart(argv, backup_id, directory, lock_path, lock_fd)
-    # A stop by SIGTERM unwinds (and stops pg_basebackup) like Ctrl-C; signals.py's
-    # terminate_as_interrupt does the same later, and puts this handler back after it.
+    # A stop by SIGTERM (or a hangup) unwinds and stops pg_basebackup like Ctrl-C, which
+    # no longer reaches it (its own process group); signals.py's terminate_as_interrupt
+    # does the same for SIGTERM later, and puts this handler back after it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     read_end, write_end = os.pipe()
     try:
         start.pid = os.posix_spawn(

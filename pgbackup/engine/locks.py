@@ -79,11 +79,7 @@ def target_lock(
                 hint="wait for it to finish (or, if that process is gone, run again: the lock is released with it)",
             )
         os.ftruncate(fd, 0)
-        os.pwrite(
-            fd,
-            f"{action} by pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(),
-            0,
-        )
+        os.pwrite(fd, early_start.holder_line(action), 0)
         yield
     finally:
         os.close(fd)
