@@ -204,7 +204,15 @@ def test_a_taken_name_starts_nothing_and_is_left_alone(layout: dict[str, Path]) 
 
 @pytest.mark.parametrize(
     "spoil",
-    ["group-writable", "another owner", "another command", "another program", "not a plan"],
+    [
+        "group-writable",
+        "another owner",
+        "another command",
+        "another program",
+        "not a plan",
+        "another lock file",
+        "a directory elsewhere",
+    ],
 )
 def test_a_doubtful_plan_is_not_run(layout: dict[str, Path], spoil: str) -> None:
     plan = write_plan(
@@ -218,12 +226,27 @@ def test_a_doubtful_plan_is_not_run(layout: dict[str, Path], spoil: str) -> None
         if os.geteuid() != 0:
             pytest.skip("changing a file's owner needs root")
         os.chown(plan, 65534, 65534)
+    elif spoil in ("another lock file", "a directory elsewhere"):
+        fields = plan.read_bytes().split(b"\0")
+        if spoil == "another lock file":
+            fields[2] = fields[2].replace(b"backup.lock", b"other.lock")
+            (layout["lock"].with_name("other.lock")).write_text("keep me")
+        else:
+            fields[3] = str(layout["base"].parent / "{backup_id}").encode()
+        plan.write_bytes(b"\0".join(fields))
     elif spoil == "not a plan":
         plan.write_bytes(b"pgbackup-early-start 0\0" + plan.read_bytes().split(b"\0", 1)[1])
     early_start.begin(WORDS)
     assert early_start._pending is None
     assert list(layout["base"].iterdir()) == []
+    assert sorted(p.name for p in layout["base"].parent.iterdir()) == [
+        "backup.lock",
+        "base",
+        *(["other.lock"] if spoil == "another lock file" else []),
+    ]
     assert lock_is_free(layout["lock"])
+    if spoil == "another lock file":
+        assert layout["lock"].with_name("other.lock").read_text() == "keep me"
 
 
 def test_the_policy_file_is_part_of_the_key(layout: dict[str, Path], tmp_path: Path) -> None:

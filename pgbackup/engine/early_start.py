@@ -26,7 +26,9 @@ What makes starting first safe:
   or a failure before pg_basebackup's turn stops it.
 - **Only this user's file.** The plan lives in ``$XDG_CACHE_HOME/pgbackup/early-start``,
   written 0600; a file of another owner, or that others may write, is ignored, and so is
-  a plan whose program is not an absolute path named ``pg_basebackup``. It holds no
+  a plan whose program is not an absolute path named ``pg_basebackup``, or whose lock and
+  directory are not a posix repository's ``<target>/backup.lock`` and
+  ``<target>/base/<id>`` (engine/locks.lock_path, engine/backup.backup_directory). It holds no
   password: pg_basebackup's command line never has one (engine/backup.basebackup_argv;
   libpq reads PGPASSWORD or the passfile).
 - **Keyed by the command:** the words after ``pgbackup``, the working directory, and the
@@ -206,6 +208,13 @@ def begin(words: list[str]) -> None:
     program = argv_template[0]
     if not os.path.isabs(program) or os.path.basename(program) != "pg_basebackup":
         return  # the plan runs pg_basebackup and nothing else
+    target_dir = os.path.dirname(lock_path)
+    if (
+        not os.path.isabs(lock_path)
+        or os.path.basename(lock_path) != "backup.lock"
+        or dir_template != os.path.join(target_dir, "base", ID_MARK)
+    ):
+        return  # and touches only <repository>/<target>/backup.lock and base/<id>
     import fcntl
 
     try:
