@@ -73,6 +73,19 @@ def chain_members(repo: Repository, target: str, info: BackupInfo) -> list[Backu
 COMBINE_METHODS = (("--clone",), ("--copy-file-range",), ())
 
 
+def combine_methods(major: int) -> tuple[tuple[str, ...], ...]:
+    """The ways to try, fastest first. PostgreSQL 18 adds ``--link`` (hard links:
+    src/bin/pg_combinebackup/copy_file.c, copy_file_link), which its manual says is "best
+    used when the input directories are only copies that will be removed after
+    pg_combinebackup has completed" and needs inputs and output on one filesystem: the
+    staging directories here are exactly that (ours, beside the output, removed when it
+    ends), so a file whole in one member is linked rather than written a second time.
+    Output on another filesystem (a mount point, a tablespace elsewhere) fails with EXDEV
+    and the next way is tried. pg_combinebackup still fsyncs the output (sync_pgdata),
+    which covers the linked files' data."""
+    return ((("--link",),) if major >= 18 else ()) + COMBINE_METHODS
+
+
 def combine_chain(
     storage: Storage,
     repo: Repository,
@@ -92,9 +105,8 @@ def combine_chain(
     from pgbackup.postgres.cluster import run_as
 
     last = members[-1]
-    program = find_program(
-        "pg_combinebackup", int(last.metadata["server_version_num"]) // 10000, target.pg_bin_dir
-    )
+    major = int(last.metadata["server_version_num"]) // 10000
+    program = find_program("pg_combinebackup", major, target.pg_bin_dir)
     staging = Path(tempfile.mkdtemp(prefix=".pgbackup-combine-", dir=directory.parent))
     stored = 0
     staged = 0  # bytes written into the staging directories
@@ -138,7 +150,7 @@ def combine_chain(
             where.mkdir(parents=True, exist_ok=True)
             hand_over(where, os_user, 0o700)
         failures = []
-        for method in COMBINE_METHODS:
+        for method in combine_methods(major):
             t1 = time.monotonic()
             proc = run_as(
                 [program, "--output", str(directory), *mappings, *method, *dirs],
