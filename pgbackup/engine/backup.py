@@ -554,7 +554,9 @@ def _run_backup(
             while (early is None or early.stopped) and any(
                 True for _ in storage.list(repo.base_prefix(target.name, backup_id))
             ):
-                time.sleep(1)
+                # A backup of this target began this second (ids have one-second
+                # resolution): wait for the next second, not a whole one.
+                time.sleep(1.001 - time.time() % 1)
                 backup_id = new_backup_id()
             prefix = repo.base_prefix(target.name, backup_id)
             manifest_spec = CodecSpec("none", 0, spec.encrypted)
