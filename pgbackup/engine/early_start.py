@@ -36,13 +36,15 @@ What makes starting first safe:
   successful backup writes the plan again.
 
 Imports here are what the interpreter has loaded at its start (os, time) and
-``signal``: this module runs before everything else.
+``_signal``, the C half of ``signal``: this module runs before everything else, and
+``import signal`` would first import ``enum`` (with ``functools`` and ``collections``),
+3 ms before pg_basebackup could start (the engine imports them later, beside it).
 """
 
 from __future__ import annotations
 
+import _signal
 import os
-import signal
 import time
 
 MAGIC = "pgbackup-early-start 1"
@@ -129,7 +131,7 @@ class EarlyStart:
             os.killpg(self.pid, signum)
 
     def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+        self.send_signal(_signal.SIGKILL)
 
     # -- the engine's side ------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class EarlyStart:
             return
         self.stopped = True
         if self.poll() is None:
-            self.send_signal(signal.SIGTERM)
+            self.send_signal(_signal.SIGTERM)
             try:
                 self.wait(timeout=10)
             except Exception:
@@ -237,8 +239,8 @@ def begin(words: list[str]) -> None:
     # A stop by SIGTERM (or a hangup) unwinds and stops pg_basebackup like Ctrl-C, which
     # no longer reaches it (its own process group); signals.py's terminate_as_interrupt
     # does the same for SIGTERM later, and puts this handler back after it.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    _signal.signal(_signal.SIGTERM, _interrupt)
+    _signal.signal(_signal.SIGHUP, _interrupt)
     read_end, write_end = os.pipe()
     try:
         start.pid = os.posix_spawn(
