@@ -107,21 +107,27 @@ Feature: Base backups restore to exactly the data at backup time
     When I restore the latest backup into a new directory and start it
     Then the restored tables have the recorded checksums
 
-  Scenario Outline: An early start the engine would not have made leaves nothing behind
+  Scenario: An early start the engine would not have made leaves nothing behind
     Given a sandbox cluster with sample data
     And a backup was taken
     And the clock has left that backup's second, its id
-    And <change>
+    And the remembered pg_basebackup command line asks for another label
     When I take a backup
-    Then the backup log says "pg_basebackup's early start differed from this backup's (or had failed)"
+    Then the backup log says "pg_basebackup's early start differed from this backup's"
     And the repository lists exactly 2 complete backup and no incomplete ones
     And no pg_basebackup of this scenario is still running
     And the earlier backup still verifies
 
-    Examples:
-      | change                                                    |
-      | the remembered pg_basebackup command line asks for another label |
-      | the sandbox server is stopped, for pgbackup to start again |
+  Scenario: A sandbox that is down gets no early start: pgbackup starts it, then pg_basebackup
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    And the clock has left that backup's second, its id
+    And the sandbox server is stopped, for pgbackup to start again
+    When I take a backup
+    Then the backup log does not mention an early start
+    And the repository lists exactly 2 complete backup and no incomplete ones
+    And no pg_basebackup of this scenario is still running
+    And the earlier backup still verifies
 
   Scenario: A remembered command line in a file that others may write is not run
     Given a sandbox cluster with sample data
@@ -149,6 +155,17 @@ Feature: Base backups restore to exactly the data at backup time
     And the clock has left that backup's second, its id
     When a backup is sent SIGTERM as soon as its pg_basebackup runs
     Then the command fails and says "interrupted"
+    And the repository lists exactly 1 complete backup and no incomplete ones
+    And no pg_basebackup of this scenario is still running
+
+  Scenario: A server stopped while an early pg_basebackup streams fails that backup, not a second one
+    Given the backups of the sandbox are throttled to 4M per second
+    And a sandbox cluster with sample data
+    And a backup was taken
+    And the clock has left that backup's second, its id
+    When the sandbox server stops while an early pg_basebackup streams, before the engine adopts it
+    Then the command fails and says "pg_basebackup failed"
+    And it says "pgbackup: error:" once
     And the repository lists exactly 1 complete backup and no incomplete ones
     And no pg_basebackup of this scenario is still running
 

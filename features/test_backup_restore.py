@@ -278,6 +278,57 @@ def no_basebackup_left(h: Harness) -> None:
     assert not left, left
 
 
+@given(parsers.parse("the backups of the sandbox are throttled to {rate} per second"))
+def sandbox_throttled(h: Harness, rate: str) -> None:
+    h.policy["targets"]["platform"]["max_rate"] = rate  # pg_basebackup --max-rate
+    h.write_policy()
+
+
+@when("the sandbox server stops while an early pg_basebackup streams, before the engine adopts it")
+def server_stops_under_early_start(h: Harness) -> None:
+    """The race CI met (tests/faults/test_server_stop.py): the server went away while the
+    early start streamed and before the engine had adopted it, which then started the
+    sandbox again and took a second, successful backup. pgbackup is held (SIGSTOP) as soon
+    as its pg_basebackup runs, about 10 ms into a start whose engine needs far longer, and
+    let go once the server has stopped and pg_basebackup has failed."""
+    proc = subprocess.Popen(
+        [PGBACKUP, "--config", str(h.config), "backup"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=h.env,
+        cwd=h.root,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not basebackups_of(h) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGSTOP)
+        assert basebackups_of(h), "no early pg_basebackup ran"
+        cluster = h.sandbox()
+        streaming = False
+        with cluster.connect() as conn:
+            while not streaming and time.monotonic() < deadline:
+                row = conn.execute("SELECT phase FROM pg_stat_progress_basebackup").fetchone()
+                streaming = bool(row) and row[0] == "streaming database files"
+                time.sleep(0.005)
+        assert streaming, "the early pg_basebackup never streamed"
+        cluster.stop("immediate")
+        while basebackups_of(h) and time.monotonic() < deadline:  # failed: a zombie now
+            time.sleep(0.01)
+        assert not basebackups_of(h), "pg_basebackup outlived its server"
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    h.last = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@then(parsers.parse('it says "{text}" once'))
+def says_once(h: Harness, text: str) -> None:
+    assert h.last is not None
+    assert (h.last.stdout + h.last.stderr).count(text) == 1, h.last.stderr
+
+
 @when("a backup is sent SIGTERM as soon as its pg_basebackup runs")
 def backup_sigterm(h: Harness) -> None:
     """The early start's window: pg_basebackup runs, the engine may not have adopted it."""

@@ -54,12 +54,14 @@ def layout(tmp_path: Path) -> dict[str, Path]:
     return {"base": base, "lock": lock, "program": program}
 
 
-def write_plan(layout: dict[str, Path], *, key: str | None = None, program: str = "") -> Path:
+def write_plan(
+    layout: dict[str, Path], *, key: str | None = None, program: str = "", pid_file: str = ""
+) -> Path:
     """The plan a successful backup of WORDS leaves (engine's note + remember)."""
     early_start._key = key if key is not None else early_start.command_key(WORDS)
     directory = layout["base"] / "20260101T000000Z"
     argv = [program or str(layout["program"]), "--pgdata", str(directory)]
-    early_start.note(str(layout["lock"]), str(directory), "20260101T000000Z", argv)
+    early_start.note(str(layout["lock"]), str(directory), "20260101T000000Z", argv, pid_file)
     early_start.remember()
     early_start._key = None
     return Path(early_start.plan_file())
@@ -160,6 +162,49 @@ def test_the_engine_adopts_only_its_own_command_line(layout: dict[str, Path]) ->
     assert again is not None and again.adopt(list(again.argv)) is again
     again.send_signal(15)
     assert again.wait(timeout=5) != 0
+
+
+def test_a_failed_start_is_adopted_so_its_failure_is_the_backups(
+    layout: dict[str, Path],
+) -> None:
+    """Cut off after the server had begun it (the server stopped in the middle): the
+    engine adopts it and reports its failure; a second start would hide the cut."""
+    layout["program"].write_text('#!/bin/sh\n: > "$2/pg_wal.tar"\nexit 1\n')
+    write_plan(layout)
+    early_start.begin(WORDS)
+    start = early_start.claim(str(layout["lock"]))
+    assert start is not None
+    fd = early_start.held_lock(str(layout["lock"]))
+    assert fd is not None
+    try:
+        assert wait_for(lambda: start.poll() is not None)
+        assert start.adopt(list(start.argv)) is start
+        assert start.wait(timeout=5) == 1  # what run_basebackup reports as the failure
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("server", ["alive", "dead", "absent", "garbage"])
+def test_a_sandbox_plan_starts_only_while_its_server_runs(
+    layout: dict[str, Path], tmp_path: Path, server: str
+) -> None:
+    """A sandbox that is down is started by the engine before pg_basebackup: no early
+    start meets a server that is not there."""
+    pid_file = tmp_path / "sandbox" / "data" / "postmaster.pid"
+    pid_file.parent.mkdir(parents=True)
+    if server == "alive":
+        pid_file.write_text(f"{os.getpid()}\n/data\n")
+    elif server == "dead":
+        gone = os.fork()
+        if gone == 0:
+            os._exit(0)
+        os.waitpid(gone, 0)
+        pid_file.write_text(f"{gone}\n/data\n")
+    elif server == "garbage":
+        pid_file.write_text("not a pid\n")
+    write_plan(layout, pid_file=str(pid_file))
+    early_start.begin(WORDS)
+    assert (early_start._pending is not None) == (server == "alive")
 
 
 def test_a_claim_for_another_target_stops_it(layout: dict[str, Path]) -> None:

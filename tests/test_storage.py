@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -569,3 +570,28 @@ def test_posix_stat_of_an_unreadable_object_is_an_error(
     monkeypatch.setattr(pathlib.Path, "stat", refused)
     with pytest.raises(StorageError, match="cannot read .*permission denied"):
         store.stat("db/wal/000000010000000000000001")
+
+
+def test_posix_delete_prefix_removes_an_empty_directory_and_keeps_a_foreign_file(
+    tmp_path: Path,
+) -> None:
+    """An early-started pg_basebackup's directory, failed before writing, goes with its
+    backup; a directory that still holds a file that is not an object (say a writer's
+    temporary file) stays, as does anything outside the prefix."""
+    from pgbackup.storage import posix
+
+    store = posix.PosixStorage(tmp_path)
+    (tmp_path / "main" / "base" / "20260101T000000Z").mkdir(parents=True)
+    (tmp_path / "main" / "base" / "20260101T000001Z").mkdir(parents=True)
+    assert store.delete_prefix("main/base/20260101T000000Z/") == 0
+    assert not (tmp_path / "main" / "base" / "20260101T000000Z").exists()
+    assert (tmp_path / "main" / "base" / "20260101T000001Z").is_dir()
+    store.write_bytes("main/base/20260101T000002Z/base.tar.zst", b"x")
+    assert store.delete_prefix("main/base/20260101T000002Z/") == 1
+    assert not (tmp_path / "main" / "base" / "20260101T000002Z").exists()
+    assert (tmp_path / "main" / "base").is_dir()
+    writing = tmp_path / "main" / "base" / "20260101T000003Z" / f"base.tar.zst{posix.TMP_SUFFIX}"
+    writing.parent.mkdir()
+    writing.write_bytes(b"x")
+    assert store.delete_prefix("main/base/20260101T000003Z/") == 0
+    assert writing.read_bytes() == b"x"

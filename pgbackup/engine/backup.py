@@ -416,6 +416,16 @@ def target_conninfo(policy: Policy, target: Target) -> dict[str, Any]:
     return resolve_conninfo(policy, target, LOG)
 
 
+def server_pid_file(policy: Policy, target: Target) -> str:
+    """A sandbox's ``postmaster.pid``: its next backup starts early only while that names a
+    live server (else the engine starts the sandbox first); "" for any other target."""
+    if target.sandbox is None:
+        return ""
+    from pgbackup.postgres.sandbox import Sandbox
+
+    return str(Sandbox(policy, target).data_dir / "postmaster.pid")
+
+
 @contextlib.contextmanager
 def parent_manifest_file(
     policy: Policy, storage: Storage, repo: Repository, target: str, parent: BackupInfo | None
@@ -621,8 +631,8 @@ def _run_backup(
                         )
                     elif early is not None:
                         LOG.info(
-                            "pg_basebackup's early start differed from this backup's "
-                            "(or had failed): stopped, its directory removed, started again"
+                            "pg_basebackup's early start differed from this backup's: "
+                            "stopped, its directory removed, started again"
                         )
 
                 running = early.adopt(argv) if early is not None else None
@@ -818,7 +828,9 @@ def _run_backup(
     )
     known_server.remember(target.name, conninfo, target.pg_bin_dir, facts)
     if direct and backup_type == "full":
-        early_start.note(lock_file, str(directory), backup_id, argv)
+        early_start.note(
+            lock_file, str(directory), backup_id, argv, server_pid_file(policy, target)
+        )
     LOG.info(
         "backup %s of %s complete: %s read, %s stored, %.1fs, LSN %s..%s",
         backup_id,

@@ -31,6 +31,11 @@ What makes starting first safe:
   ``<target>/base/<id>`` (engine/locks.lock_path, engine/backup.backup_directory). It holds no
   password: pg_basebackup's command line never has one (engine/backup.basebackup_argv;
   libpq reads PGPASSWORD or the passfile).
+- **Its outcome is the backup's.** An adopted start that fails fails the backup, as the
+  engine's own start would have; it is never started again, which would hide that the
+  server went away in the middle. So a plan for a sandbox names its ``postmaster.pid``,
+  and there is no early start unless that names a live server: a sandbox that is down is
+  started by the engine first, as without an early start.
 - **Keyed by the command:** the words after ``pgbackup``, the working directory, and the
   policy file's path, size, mtime and inode. Any change: no early start, and the next
   successful backup writes the plan again.
@@ -47,7 +52,7 @@ import _signal
 import os
 import time
 
-MAGIC = "pgbackup-early-start 1"
+MAGIC = "pgbackup-early-start 2"
 ID_MARK = "{backup_id}"
 SEP = "\0"
 PLAN_MAX_BYTES = 1 << 16
@@ -138,9 +143,12 @@ class EarlyStart:
     def adopt(self, argv: list[str]) -> EarlyStart | None:
         """This process, if ``argv`` (the engine's own command line) is the one it runs;
         else it is stopped and its directory removed (the engine then starts its own)."""
-        # A start that already failed (a sandbox not yet up, say) is not adopted: the
-        # engine's own start then says what is wrong, as without an early start.
-        if argv == self.argv and not self.stopped and self.poll() in (None, 0):
+        # Its outcome is the backup's, failed or not: the engine's own start of the same
+        # command line would meet the same server. Starting again after a failure would
+        # hide that the backup was cut off (the server stopped in the middle, say). A
+        # sandbox that was down, which the engine starts first, gets no early start
+        # (begin: the plan's postmaster.pid).
+        if argv == self.argv and not self.stopped:
             self.adopted = True
             return self
         self.stop()
@@ -190,7 +198,21 @@ def _read(path: str) -> list[str] | None:
     finally:
         os.close(fd)
     fields = data.decode("utf-8", "replace").split(SEP)
-    return fields if len(fields) >= 5 and fields[0] == MAGIC else None
+    return fields if len(fields) >= 6 and fields[0] == MAGIC else None
+
+
+def _server_runs(pid_file: str) -> bool:
+    """The postmaster named in ``pid_file`` is alive: its first line is the postmaster's
+    pid (LOCK_FILE_LINE_PID, src/include/miscadmin.h); kill(pid, 0) asks without a
+    signal. The same test as postgres/cluster.Cluster.postmaster_pid."""
+    try:
+        with open(pid_file, "rb") as f:
+            os.kill(int(f.readline()), 0)
+    except PermissionError:  # alive, another user's
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def begin(words: list[str]) -> None:
@@ -206,7 +228,7 @@ def begin(words: list[str]) -> None:
     _read_plan = fields
     if fields is None or fields[1] != _key:
         return
-    lock_path, dir_template, argv_template = fields[2], fields[3], fields[4:]
+    lock_path, dir_template, pid_file, argv_template = fields[2], fields[3], fields[4], fields[5:]
     program = argv_template[0]
     if not os.path.isabs(program) or os.path.basename(program) != "pg_basebackup":
         return  # the plan runs pg_basebackup and nothing else
@@ -217,6 +239,8 @@ def begin(words: list[str]) -> None:
         or dir_template != os.path.join(target_dir, "base", ID_MARK)
     ):
         return  # and touches only <repository>/<target>/backup.lock and base/<id>
+    if pid_file and not _server_runs(pid_file):
+        return  # a sandbox that is down: the engine starts it, then pg_basebackup
     import fcntl
 
     try:
@@ -301,11 +325,16 @@ def stop_unadopted() -> None:
         _pending.lock_fd = None
 
 
-def note(lock_path: str, directory: str, backup_id: str, argv: list[str]) -> None:
-    """The engine ran a direct full backup with ``argv``: what :func:`remember` would keep."""
+def note(
+    lock_path: str, directory: str, backup_id: str, argv: list[str], server_pid_file: str = ""
+) -> None:
+    """The engine ran a direct full backup with ``argv``: what :func:`remember` would keep.
+    ``server_pid_file``: a sandbox's postmaster.pid, which must name a live server for the
+    next run to start early ("" for a server pgbackup does not start)."""
     global _noted
     template = [a.replace(backup_id, ID_MARK) for a in argv]
-    _noted = [MAGIC, _key or "", lock_path, directory.replace(backup_id, ID_MARK), *template]
+    directory_template = directory.replace(backup_id, ID_MARK)
+    _noted = [MAGIC, _key or "", lock_path, directory_template, server_pid_file, *template]
 
 
 def remember() -> None:

@@ -80,10 +80,14 @@ class Sandbox:
         except (OSError, ValueError):
             return {}
 
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
     def cluster(self) -> Cluster:
         state = self.state()
         port = int(state.get("port") or self.target.sandbox.port or 0)  # type: ignore[union-attr]
-        return Cluster(self.root / "data", port or free_port(), bin_dir=self.target.pg_bin_dir)
+        return Cluster(self.data_dir, port or free_port(), bin_dir=self.target.pg_bin_dir)
 
     @property
     def user(self) -> str:

@@ -245,6 +245,18 @@ class PosixStorage(Storage):
                 break
             parent = parent.parent
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Objects under ``prefix``, then a directory that names it and holds nothing: one
+        a writer made and never filled (an early-started pg_basebackup's, failed before
+        writing) is no object, but is not left behind either."""
+        removed = super().delete_prefix(prefix)
+        if prefix.endswith("/"):
+            path = self.path_of(prefix.rstrip("/"))
+            if path != self.root and path.is_relative_to(self.root):
+                with contextlib.suppress(OSError):  # absent, or not empty: leave it
+                    path.rmdir()
+        return removed
+
     def remove_leftover_temp_files(self, prefix: str = "", min_age: float = 3600) -> int:
         """Remove temporary files of interrupted writes older than ``min_age`` seconds
         (younger ones may belong to a write still in progress)."""
