@@ -323,6 +323,22 @@ def server_stops_under_early_start(h: Harness) -> None:
     h.last = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@then(parsers.parse('the backup fails and says either "{one}" or "{other}"'))
+def fails_saying_either(h: Harness, one: str, other: str) -> None:
+    """Which words depend on what noticed first: pg_basebackup, cut off, or the engine's
+    own question to the server, which is no longer there."""
+    assert h.last is not None
+    output = h.last.stdout + h.last.stderr
+    assert h.last.returncode != 0, output
+    assert one in output or other in output, output
+    assert "Traceback" not in output
+
+
+@then("the sandbox server is still down")
+def sandbox_down(h: Harness) -> None:
+    assert not h.sandbox().is_running()  # the backup did not start it to try again
+
+
 @then(parsers.parse('it says "{text}" once'))
 def says_once(h: Harness, text: str) -> None:
     assert h.last is not None

@@ -406,14 +406,15 @@ def backup_directory(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def target_conninfo(policy: Policy, target: Target) -> dict[str, Any]:
+def target_conninfo(policy: Policy, target: Target, *, start: bool = True) -> dict[str, Any]:
     """The target's connection keywords; a sandbox's module (and its imports: socket,
-    pwd, the cluster code) only for a sandbox target (issue #15: a backup's start)."""
+    pwd, the cluster code) only for a sandbox target (issue #15: a backup's start).
+    ``start=False``: a sandbox that is down stays down (see _run_backup)."""
     if target.sandbox is None:
         return dict(target.connection)
     from pgbackup.postgres.sandbox import resolve_conninfo
 
-    return resolve_conninfo(policy, target, LOG)
+    return resolve_conninfo(policy, target, LOG, start=start)
 
 
 def server_pid_file(policy: Policy, target: Target) -> str:
@@ -514,7 +515,10 @@ def _run_backup(
     ):
         try:
             step = "connecting to the server"
-            conninfo = target_conninfo(policy, target)
+            # A sandbox that is down is started first, unless pg_basebackup already runs:
+            # it started early only because the sandbox was up (early_start.begin), so
+            # down now means stopped in the middle, which fails this backup.
+            conninfo = target_conninfo(policy, target, start=early is None or early.stopped)
             fresh = time.monotonic() - t0 < PREFLIGHT_FRESH_SECONDS
             if answer is None and (started is None or not fresh or started.conninfo != conninfo):
                 if started is not None:

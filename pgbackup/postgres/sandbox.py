@@ -176,9 +176,12 @@ class Sandbox:
             cluster.stop()
 
 
-def resolve_conninfo(policy: Policy, target: Target, log: Any = None) -> dict[str, Any]:
-    """Connection keywords for a target; a sandbox is provisioned/started on first use."""
+def resolve_conninfo(
+    policy: Policy, target: Target, log: Any = None, *, start: bool = True
+) -> dict[str, Any]:
+    """Connection keywords for a target; a sandbox is provisioned/started on first use
+    (``start=False``: its keywords as it is, up or not)."""
     if target.sandbox is not None:
         sandbox = Sandbox(policy, target)
-        return sandbox.conninfo(sandbox.up(log))
+        return sandbox.conninfo(sandbox.up(log) if start else sandbox.cluster())
     return dict(target.connection)
