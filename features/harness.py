@@ -52,8 +52,9 @@ def base_policy(root: Path) -> dict[str, Any]:
 
 
 class Harness:
-    def __init__(self, provider: str = "local") -> None:
+    def __init__(self, provider: str = "local", major: int | None = None) -> None:
         self.provider = provider  # where the source cluster runs: features/providers.py
+        self.major = major  # the PostgreSQL major of its clusters (None: the default, 15)
         self.source: Any = None  # that cluster, when it is not the local sandbox
         self.root = Path(tempfile.mkdtemp(prefix="pgbackup-test-", dir="/tmp"))
         os.chmod(self.root, 0o755)
@@ -173,12 +174,12 @@ def harness_fixture(request: Any, provider: str) -> Iterator[Harness]:
     Its clusters are of the test's PostgreSQL major (features/versions.py)."""
     from versions import selected_major, use_major
 
-    with use_major(selected_major(request), provider):
+    with use_major(selected_major(request)):
         if provider == "docker":
             from providers import docker_image
 
             docker_image()  # built once per session; skips when no engine can be had
-        harness = Harness(provider)
+        harness = Harness(provider, selected_major(request))
         yield harness
         harness.teardown(failed=getattr(request.node, "harness_failed", False))
 

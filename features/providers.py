@@ -7,7 +7,8 @@ or ``PGBACKUP_TEST_PROVIDER=docker``; with the default (local), scenarios tagged
 
 The Docker provider's source cluster is a container of the locally built pgbackup image
 (``containers/images.py``: debootstrap'd Debian, PostgreSQL 15 and pgbackup, cached by
-content) on the host's network, listening on 127.0.0.1: its ``archive_command`` is the
+content; on 16 and 18 the host's relocatable build of that major, mounted read-only,
+serves instead of the image's 15) on the host's network, listening on 127.0.0.1: its ``archive_command`` is the
 pgbackup *inside* the container, writing to the scenario's repository, mounted at the
 same path. Backups, restores and drills run from the host, as a DBA's would.
 """
@@ -132,6 +133,7 @@ def docker_source_up(h: Harness) -> Any:
     """The scenario's source cluster in a container, with the sandbox's sample data; the
     policy's target becomes an ordinary connection to it."""
     from harness import PGBACKUP
+    from versions import DEFAULT, bin_dir
 
     from pgbackup.policy import parse_duration
     from pgbackup.postgres.cluster import free_port, hand_over, server_os_user
@@ -139,6 +141,13 @@ def docker_source_up(h: Harness) -> Any:
     from pgbackup.postgres.sandbox import SAMPLE_SCHEMA, sample_data_sql
 
     image = docker_image()
+    programs = None  # the image's own PostgreSQL (Debian's 15)
+    if h.major is not None and h.major != DEFAULT:
+        # Another major's relocatable build (features/versions.py), mounted read-only and
+        # run inside the container, as the host's tests run it.
+        programs, why = bin_dir(h.major)
+        if programs is None:
+            pytest.fail(why, pytrace=False)
     target = h.policy["targets"]["platform"]
     user = target["connection"]["user"]
     dbname = target["connection"]["dbname"]
@@ -153,6 +162,7 @@ def docker_source_up(h: Harness) -> Any:
         mounts=[h.root],
         name=f"pgbackup-test-{port}",
         label="test",
+        bin_dir=programs,
         # What the policy reads from the environment, and where alert state is kept:
         # the server's wal-push sees them, as a local sandbox's inherits them.
         environment={
@@ -173,6 +183,8 @@ def docker_source_up(h: Harness) -> Any:
         }
     )
     cluster.start()
+    served = int(cluster.sql("SHOW server_version_num")[0][0]) // 10000
+    assert served == (h.major or DEFAULT), f"the container serves PostgreSQL {served}"
     cluster.sql(f"CREATE ROLE {user} LOGIN REPLICATION")
     cluster.sql(f"CREATE DATABASE {dbname} OWNER {user}")
     cluster.sql(SAMPLE_SCHEMA + sample_data_sql(1), dbname=dbname, user=user)

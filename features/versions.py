@@ -139,17 +139,12 @@ def selected_major(request: Any) -> int:
 
 
 @contextlib.contextmanager
-def use_major(major: int, provider: str = "local") -> Iterator[None]:
+def use_major(major: int) -> Iterator[None]:
     """Make this test (and the pgbackup processes it starts) use ``major``'s programs;
     skips, saying why, when that major cannot run here."""
     if major == DEFAULT:
         yield
         return
-    if provider != "local":
-        pytest.skip(
-            f"PostgreSQL {major}: the Docker provider's image carries Debian's PostgreSQL 15 "
-            "only (containers/images.py)"
-        )
     path, why = bin_dir(major)
     if path is None:
         if os.environ.get("CI"):

