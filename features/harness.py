@@ -200,6 +200,22 @@ def module_harness() -> Iterator[Harness]:
 # --- PostgreSQL helpers shared by features ---------------------------------------------
 
 
+def wait_streaming(cluster: Any, proc: subprocess.Popen[str], timeout: float = 60) -> bool:
+    """True once the server reports the base backup streaming database files; False if
+    ``proc`` (the backup) ends first or ``timeout`` passes.
+
+    Watches pg_stat_progress_basebackup on the server itself, so it does not depend on
+    how pgbackup writes into the repository."""
+    deadline = time.monotonic() + timeout
+    with cluster.connect() as conn:
+        while time.monotonic() < deadline and proc.poll() is None:
+            row = conn.execute("SELECT phase FROM pg_stat_progress_basebackup").fetchone()
+            if row and row[0] == "streaming database files":
+                return True
+            time.sleep(0.005)
+    return False
+
+
 def switch_and_wait_archived(cluster: Cluster, timeout: float = 90) -> str:
     """Close the current WAL segment and wait until archive_command has stored it."""
     # A record first, so that the switch always closes a segment: with nothing written

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import PGBACKUP, Harness
+from harness import PGBACKUP, Harness, wait_streaming
 from pytest_bdd import given, parsers, scenarios, then, when
 
 scenarios("backup_restore.feature")
@@ -278,6 +278,24 @@ def no_basebackup_left(h: Harness) -> None:
     assert not left, left
 
 
+def backup_once_basebackup_runs(h: Harness) -> subprocess.Popen[str]:
+    """``pgbackup backup`` started, returned as soon as its pg_basebackup runs (polled
+    every millisecond: the early start's window, before the engine can adopt it), or
+    when it ends or 30 s pass."""
+    proc = subprocess.Popen(
+        [PGBACKUP, "--config", str(h.config), "backup"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=h.env,
+        cwd=h.root,
+    )
+    deadline = time.monotonic() + 30
+    while not basebackups_of(h) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return proc
+
+
 @given(parsers.parse("the backups of the sandbox are throttled to {rate} per second"))
 def sandbox_throttled(h: Harness, rate: str) -> None:
     h.policy["targets"]["platform"]["max_rate"] = rate  # pg_basebackup --max-rate
@@ -291,29 +309,15 @@ def server_stops_under_early_start(h: Harness) -> None:
     sandbox again and took a second, successful backup. pgbackup is held (SIGSTOP) as soon
     as its pg_basebackup runs, about 10 ms into a start whose engine needs far longer, and
     let go once the server has stopped and pg_basebackup has failed."""
-    proc = subprocess.Popen(
-        [PGBACKUP, "--config", str(h.config), "backup"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=h.env,
-        cwd=h.root,
-    )
+    proc = backup_once_basebackup_runs(h)
     try:
-        deadline = time.monotonic() + 30
-        while not basebackups_of(h) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.001)
         os.kill(proc.pid, signal.SIGSTOP)
         assert basebackups_of(h), "no early pg_basebackup ran"
         cluster = h.sandbox()
-        streaming = False
-        with cluster.connect() as conn:
-            while not streaming and time.monotonic() < deadline:
-                row = conn.execute("SELECT phase FROM pg_stat_progress_basebackup").fetchone()
-                streaming = bool(row) and row[0] == "streaming database files"
-                time.sleep(0.005)
-        assert streaming, "the early pg_basebackup never streamed"
+        # proc is stopped, not ended: this waits for the server alone.
+        assert wait_streaming(cluster, proc, 30), "the early pg_basebackup never streamed"
         cluster.stop("immediate")
+        deadline = time.monotonic() + 30
         while basebackups_of(h) and time.monotonic() < deadline:  # failed: a zombie now
             time.sleep(0.01)
         assert not basebackups_of(h), "pg_basebackup outlived its server"
@@ -348,17 +352,7 @@ def says_once(h: Harness, text: str) -> None:
 @when("a backup is sent SIGTERM as soon as its pg_basebackup runs")
 def backup_sigterm(h: Harness) -> None:
     """The early start's window: pg_basebackup runs, the engine may not have adopted it."""
-    proc = subprocess.Popen(
-        [PGBACKUP, "--config", str(h.config), "backup"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=h.env,
-        cwd=h.root,
-    )
-    deadline = time.monotonic() + 30
-    while not basebackups_of(h) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
+    proc = backup_once_basebackup_runs(h)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     h.last = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

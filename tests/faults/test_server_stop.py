@@ -9,30 +9,12 @@ backup that succeeds; a final PITR holds every batch committed before the faults
 from __future__ import annotations
 
 import subprocess
-import time
-from typing import Any
 
 import counts
 from faultlib import batches, clean_output, listed, popen, restored
-from harness import Harness, commit_batches, switch_and_wait_archived
+from harness import Harness, commit_batches, switch_and_wait_archived, wait_streaming
 
 from pgbackup.postgres.cluster import run_as
-
-
-def wait_streaming(cluster: Any, proc: subprocess.Popen[str], timeout: float = 60) -> bool:
-    """True once the server reports the base backup streaming database files.
-
-    Watches pg_stat_progress_basebackup on the server itself, so it does not depend on
-    how pgbackup writes into the repository.
-    """
-    deadline = time.monotonic() + timeout
-    with cluster.connect() as conn:
-        while time.monotonic() < deadline and proc.poll() is None:
-            row = conn.execute("SELECT phase FROM pg_stat_progress_basebackup").fetchone()
-            if row and row[0] == "streaming database files":
-                return True
-            time.sleep(0.005)
-    return False
 
 
 def test_server_stopped_or_restarted_mid_backup(h: Harness) -> None:
