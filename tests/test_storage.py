@@ -431,12 +431,13 @@ def test_transient_failures_are_retried_with_backoff(monkeypatch: pytest.MonkeyP
 
         def _upload_part(self, upload, name, number, offset, data):  # type: ignore[no-untyped-def]
             self._flake()
-            upload.append(data)
+            upload.append((number, data))  # parts arrive in any order
             return number
 
         def _complete(self, upload, name, parts, offset, last, if_absent):  # type: ignore[no-untyped-def]
             self._flake()
-            self.objects[name] = b"".join(upload) + last
+            assert parts == list(range(1, len(parts) + 1))
+            self.objects[name] = b"".join(d for _, d in sorted(upload)) + last
 
         def _abort_upload(self, upload, name):  # type: ignore[no-untyped-def]
             pass

@@ -39,6 +39,7 @@ from pgbackup.storage.cloud import (
     TRANSIENT,
     CloudStorage,
     MiB,
+    ObjectChanged,
     _short,
 )
 
@@ -61,6 +62,7 @@ def account_name_from_url(url: str) -> str | None:
 
 class AzureStorage(CloudStorage):
     kind = "azure"
+    ranged_reads = True
     max_part_size = 4000 * MiB  # Put Block limit
 
     def __init__(
@@ -283,6 +285,31 @@ class AzureStorage(CloudStorage):
 
     def _open_read(self, name: str, start: int) -> Any:
         return self._blob(name).download_blob(offset=start or None, max_concurrency=1)
+
+    def _open_read_info(self, name: str) -> tuple[Any, int | None, Any]:
+        downloader = self._blob(name).download_blob(max_concurrency=1)
+        size = getattr(downloader, "size", None)
+        etag = getattr(getattr(downloader, "properties", None), "etag", None)
+        return downloader, int(size) if size is not None else None, etag
+
+    def _read_range(self, name: str, start: int, length: int, version: Any) -> bytes:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+
+        extra: dict[str, Any] = (
+            {"etag": version, "match_condition": MatchConditions.IfNotModified} if version else {}
+        )
+        try:
+            downloader = self._blob(name).download_blob(
+                offset=start, length=length, max_concurrency=1, **extra
+            )
+            return bytes(downloader.readall())
+        except ResourceModifiedError:
+            raise ObjectChanged(
+                f"{self.location(self.key_of(name))} was overwritten while it was being read "
+                "(its ETag changed); nothing of the new object was used",
+                hint="something else writes to this repository; read it again",
+            ) from None
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         for blob in self.container.list_blobs(name_starts_with=prefix or None):

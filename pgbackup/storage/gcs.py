@@ -32,6 +32,8 @@ from pgbackup.storage.cloud import (
     NOT_FOUND,
     TRANSIENT,
     CloudStorage,
+    ObjectChanged,
+    ShortRange,
     _short,
 )
 
@@ -50,6 +52,10 @@ class HTTPStatusError(Exception):
 class GCSStorage(CloudStorage):
     kind = "gcs"
     part_multiple = 256 * 1024  # resumable chunks must be multiples of 256 KiB
+    # A resumable session takes its chunks in order: one part in flight (in the
+    # background, while the next fills); reads use ``streams`` ranged GETs.
+    parallel_parts = False
+    ranged_reads = True
 
     def __init__(
         self,
@@ -113,6 +119,12 @@ class GCSStorage(CloudStorage):
             ) from None
         self.bucket = self.client.bucket(bucket)
         self.api_base = self.endpoint_url or GCS_ENDPOINT
+        if self.streams > 4:  # requests keeps 10 connections per host by default
+            from requests.adapters import HTTPAdapter
+
+            adapter = HTTPAdapter(pool_maxsize=2 * self.streams + 2)
+            for scheme in ("https://", "http://"):
+                self.http.mount(scheme, adapter)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> GCSStorage:
@@ -305,23 +317,68 @@ class GCSStorage(CloudStorage):
         # an unfinished session is never visible and expires on its own.
         self.http.delete(upload["url"], timeout=(5, 10))
 
-    def _open_read(self, name: str, start: int) -> Any:
-        url = (
+    def _media_url(self, name: str) -> str:
+        return (
             f"{self.api_base}/download/storage/v1/b/{urllib.parse.quote(self.bucket_name, safe='')}"
             f"/o/{urllib.parse.quote(name, safe='')}?alt=media"
         )
+
+    def _get(self, url: str, start: int, end: int | None = None, *, stream: bool = True) -> Any:
         headers = {"Accept-Encoding": "identity"}
-        if start:
-            headers["Range"] = f"bytes={start}-"
-        resp = self.http.get(url, headers=headers, stream=True, timeout=TIMEOUT)
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+        resp = self.http.get(url, headers=headers, stream=stream, timeout=TIMEOUT)
         if resp.status_code not in (200, 206):
             text = resp.text
             resp.close()
             raise HTTPStatusError(resp.status_code, text)
         self._bucket_verified = True
-        raw = resp.raw
-        raw.decode_content = False
+        return resp
+
+    def _open_read(self, name: str, start: int) -> Any:
+        resp = self._get(self._media_url(name), start)
+        resp.raw.decode_content = False
         return _ResponseReader(resp)
+
+    def _open_read_info(self, name: str) -> tuple[Any, int | None, Any]:
+        resp = self._get(self._media_url(name), 0)
+        resp.raw.decode_content = False
+        length = resp.headers.get("Content-Length")
+        encoded = resp.headers.get("Content-Encoding", "identity") not in ("", "identity")
+        size = int(length) if length is not None and not encoded else None
+        # GCS names the generation; gcp-storage-emulator does not (then only the size,
+        # in each range's Content-Range, tells an overwrite).
+        version = {"generation": resp.headers.get("x-goog-generation"), "size": size}
+        return _ResponseReader(resp), size, version
+
+    def _read_range(self, name: str, start: int, length: int, version: Any) -> bytes:
+        url = self._media_url(name)
+        generation = (version or {}).get("generation")
+        if generation:
+            url += f"&ifGenerationMatch={generation}"
+        try:
+            resp = self._get(url, start, start + length - 1, stream=False)
+        except HTTPStatusError as exc:
+            if exc.status == 412:
+                raise self._changed(name) from None
+            raise
+        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        got = resp.headers.get("x-goog-generation")
+        size = (version or {}).get("size")
+        if (generation and got and got != generation) or (
+            size is not None and total.isdigit() and int(total) != size
+        ):
+            raise self._changed(name)
+        if resp.status_code != 206:
+            raise ShortRange(f"{name}: HTTP {resp.status_code} to a ranged GET")
+        return bytes(resp.content)
+
+    def _changed(self, name: str) -> ObjectChanged:
+        return ObjectChanged(
+            f"{self.location(self.key_of(name))} was overwritten while it was being read "
+            "(its generation changed); nothing of the new object was used",
+            hint="something else writes to this repository; read it again",
+        )
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         for blob in self.client.list_blobs(self.bucket_name, prefix=prefix, timeout=TIMEOUT):

@@ -28,6 +28,7 @@ from pgbackup.storage.cloud import (
     TRANSIENT,
     CloudStorage,
     MiB,
+    ObjectChanged,
     _short,
 )
 
@@ -62,6 +63,7 @@ CREDENTIAL_CODES = {
 
 class S3Storage(CloudStorage):
     kind = "s3"
+    ranged_reads = True
     min_part_size = 5 * MiB  # S3's minimum for every part but the last
     max_part_size = 5 * 1024 * MiB
 
@@ -99,6 +101,9 @@ class S3Storage(CloudStorage):
             retries={"mode": "standard", "max_attempts": max(1, sdk_attempts)},
             connect_timeout=10,
             read_timeout=60,
+            # A writer and a reader may each have ``streams`` requests in flight, and a
+            # restore reads two objects at once: keep their connections pooled.
+            max_pool_connections=max(10, 2 * self.streams + 2),
             s3={"addressing_style": style},
             signature_version="s3v4",
         )
@@ -280,6 +285,33 @@ class S3Storage(CloudStorage):
     def _open_read(self, name: str, start: int) -> Any:
         extra = {"Range": f"bytes={start}-"} if start else {}
         return self.client.get_object(Bucket=self.bucket, Key=name, **extra)["Body"]
+
+    def _open_read_info(self, name: str) -> tuple[Any, int | None, Any]:
+        resp = self.client.get_object(Bucket=self.bucket, Key=name)
+        size = resp.get("ContentLength")
+        return resp["Body"], int(size) if size is not None else None, resp.get("ETag")
+
+    def _read_range(self, name: str, start: int, length: int, version: Any) -> bytes:
+        extra = {"IfMatch": version} if version else {}
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket, Key=name, Range=f"bytes={start}-{start + length - 1}", **extra
+            )
+        except Exception as exc:
+            err = getattr(exc, "response", None) or {}
+            status = err.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 412 or err.get("Error", {}).get("Code") == "PreconditionFailed":
+                raise ObjectChanged(
+                    f"{self.location(self.key_of(name))} was overwritten while it was being "
+                    "read (its ETag changed); nothing of the new object was used",
+                    hint="something else writes to this repository; read it again",
+                ) from None
+            raise
+        body = resp["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         paginator = self.client.get_paginator("list_objects_v2")
