@@ -79,91 +79,38 @@ Feature: Base backups restore to exactly the data at backup time
       | has no pg_hba.conf line for replication        | add to pg_hba.conf: host replication platform_service |
       | runs with wal_level minimal                    | a base backup needs 'replica' or 'logical'    |
 
-  Scenario Outline: A backup started on the facts the last one met checks the server's answer
+  Scenario: A sandbox that is down is started first, then backed up
     Given a sandbox cluster with sample data
     And a backup was taken
-    And pgbackup remembers the sandbox as <remembered>
-    When I take a backup
-    Then the repository lists exactly 2 complete backup and no incomplete ones
-    And the newest backup was compressed by the server, as the server's answer says
-    And pgbackup remembers the sandbox as it is
-    And the earlier backup still verifies
-
-    Examples:
-      | remembered                                      |
-      | it is                                           |
-      | a server that cannot compress with zstd         |
-      | PostgreSQL 14, whose programs are not installed |
-
-  Scenario: The next run of the same backup command starts pg_basebackup at once and restores
-    Given a sandbox cluster with sample data
-    And a backup was taken
-    And the clock has left that backup's second, its id
-    When I record the table checksums
-    And I take a backup
-    Then the backup log says "pg_basebackup was started early, as the last backup ran it: adopted"
-    And the repository lists exactly 2 complete backup and no incomplete ones
-    And no pg_basebackup of this scenario is still running
-    When I restore the latest backup into a new directory and start it
-    Then the restored tables have the recorded checksums
-
-  Scenario: An early start the engine would not have made leaves nothing behind
-    Given a sandbox cluster with sample data
-    And a backup was taken
-    And the clock has left that backup's second, its id
-    And the remembered pg_basebackup command line asks for another label
-    When I take a backup
-    Then the backup log says "pg_basebackup's early start differed from this backup's"
-    And the repository lists exactly 2 complete backup and no incomplete ones
-    And no pg_basebackup of this scenario is still running
-    And the earlier backup still verifies
-
-  Scenario: A sandbox that is down gets no early start: pgbackup starts it, then pg_basebackup
-    Given a sandbox cluster with sample data
-    And a backup was taken
-    And the clock has left that backup's second, its id
     And the sandbox server is stopped, for pgbackup to start again
     When I take a backup
-    Then the backup log does not mention an early start
-    And the repository lists exactly 2 complete backup and no incomplete ones
+    Then the repository lists exactly 2 complete backup and no incomplete ones
     And no pg_basebackup of this scenario is still running
     And the earlier backup still verifies
 
-  Scenario: A remembered command line in a file that others may write is not run
+  Scenario: A backup asks the server before it takes the lock
     Given a sandbox cluster with sample data
     And a backup was taken
-    And the clock has left that backup's second, its id
-    And the remembered pg_basebackup command line is in a file that others may write
-    When I take a backup
-    Then the backup log does not mention an early start
-    And the remembered command line is in a file of mode 0600 again
-    And the repository lists exactly 2 complete backup and no incomplete ones
-
-  Scenario: A busy target starts no early pg_basebackup and touches nothing
-    Given a sandbox cluster with sample data
-    And a backup was taken
-    And the clock has left that backup's second, its id
+    And the sandbox backup role has no REPLICATION attribute
     And another process holds the target's backup lock
     When I take a backup expecting failure
-    Then the command fails and says "is busy"
+    Then the command fails and says "lacks the REPLICATION attribute"
+    And the command fails and says "failed while connecting to the server"
     And the repository lists exactly 1 complete backup and no incomplete ones
-    And no pg_basebackup of this scenario is still running
 
-  Scenario: A backup stopped right after its early start leaves nothing running or stored
+  Scenario: A backup stopped while its pg_basebackup runs leaves nothing running or stored
     Given a sandbox cluster with sample data
     And a backup was taken
-    And the clock has left that backup's second, its id
     When a backup is sent SIGTERM as soon as its pg_basebackup runs
     Then the command fails and says "interrupted"
     And the repository lists exactly 1 complete backup and no incomplete ones
     And no pg_basebackup of this scenario is still running
 
-  Scenario: A server stopped while an early pg_basebackup streams fails that backup, not a second one
+  Scenario: A server stopped while pg_basebackup streams fails that backup and is not started again
     Given the backups of the sandbox are throttled to 4M per second
     And a sandbox cluster with sample data
     And a backup was taken
-    And the clock has left that backup's second, its id
-    When the sandbox server stops while an early pg_basebackup streams, before the engine adopts it
+    When the sandbox server stops while pg_basebackup streams
     Then the backup fails and says either "pg_basebackup failed" or "cannot connect"
     And it says "pgbackup: error:" once
     And the sandbox server is still down

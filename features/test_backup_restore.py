@@ -151,108 +151,12 @@ def in_place_tablespace(h: Harness) -> None:
     cluster.sql("CREATE TABLE near (id int) TABLESPACE inplace", dbname="platform")
 
 
-# --- the facts the last backup met (pgbackup/engine/known_server.py) --------------------
-
-
-def remembered_servers(h: Harness) -> dict[str, Any]:
-    path = h.root / "cache" / "pgbackup" / "servers.json"  # the harness's XDG_CACHE_HOME
-    return dict(json.loads(path.read_text()))
-
-
-@given(parsers.parse("pgbackup remembers the sandbox as {what}"))
-def remember_sandbox_as(h: Harness, what: str) -> None:
-    known = remembered_servers(h)
-    (key,) = known  # the one target through its one connection
-    entry = known[key]
-    if what == "a server that cannot compress with zstd":
-        # pg_basebackup would start without --compress=server-zstd: pgbackup would compress
-        entry["wal_compression_methods"] = ["pglz", "on", "off"]
-    elif what == "PostgreSQL 14, whose programs are not installed":
-        entry.update(version_num=140011, version="14.11")
-    else:
-        assert what == "it is", what
-        return
-    path = h.root / "cache" / "pgbackup" / "servers.json"
-    path.write_text(json.dumps(known))
-
-
-@then("the newest backup was compressed by the server, as the server's answer says")
-def compressed_by_server(h: Harness) -> None:
-    backup_id = h.backups()[-1]["backup_id"]
-    meta = json.loads((h.repo / "platform" / "base" / backup_id / "metadata.json").read_text())
-    assert meta["compressed_by"]["side"] == "server", meta["compressed_by"]
-    version_num = int(h.sql(h.sandbox(), "SHOW server_version_num")[0][0])
-    assert meta["server_version_num"] == version_num
-    assert "base.tar.zst" in meta["objects"], meta["objects"]
-
-
-@then("pgbackup remembers the sandbox as it is")
-def remembers_as_it_is(h: Harness) -> None:
-    (entry,) = remembered_servers(h).values()
-    cluster = h.sandbox()
-    assert entry["version_num"] == int(h.sql(cluster, "SHOW server_version_num")[0][0])
-    assert "zstd" in entry["wal_compression_methods"], entry
-    assert entry["system_identifier"] == str(
-        h.sql(cluster, "SELECT system_identifier FROM pg_control_system()")[0][0]
-    )
-    assert entry["archive_command"] == ""  # not kept: it may hold what is nobody's business
-
-
-# --- the early start (pgbackup/engine/early_start.py) -------------------------------------
-
-
-def plan_path(h: Harness) -> Path:
-    return h.root / "cache" / "pgbackup" / "early-start"  # the harness's XDG_CACHE_HOME
-
-
-def backup_log(h: Harness) -> str:
-    return (h.repo / "backup.log").read_text()
-
-
-@given("the clock has left that backup's second, its id")
-def next_second(h: Harness) -> None:
-    """Backup ids are UTC seconds: an early start never takes the name of a backup just
-    taken (its os.mkdir fails, and the engine starts as without one)."""
-    last = h.backups()[-1]["backup_id"]
-    while time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) <= last:
-        time.sleep(0.02)
-
-
-@given("the remembered pg_basebackup command line asks for another label")
-def plan_other_label(h: Harness) -> None:
-    path = plan_path(h)
-    fields = path.read_bytes().split(b"\0")
-    labels = [i for i, f in enumerate(fields) if f.startswith(b"--label=")]
-    assert len(labels) == 1, fields
-    fields[labels[0]] = b"--label=not what pgbackup asks for {backup_id}"
-    path.write_bytes(b"\0".join(fields))
+# --- a backup's procedure: ask the server, take the lock, run pg_basebackup ------------
 
 
 @given("the sandbox server is stopped, for pgbackup to start again")
 def sandbox_stopped_known(h: Harness) -> None:
-    h.sandbox().stop("fast")  # the policy is unchanged: the early start meets no server
-
-
-@given("the remembered pg_basebackup command line is in a file that others may write")
-def plan_group_writable(h: Harness) -> None:
-    path = plan_path(h)
-    assert path.exists()
-    path.chmod(0o666)
-
-
-@then(parsers.parse('the backup log says "{text}"'))
-def log_says(h: Harness, text: str) -> None:
-    assert text in backup_log(h), backup_log(h)[-3000:]
-
-
-@then("the backup log does not mention an early start")
-def log_no_early(h: Harness) -> None:
-    assert "early" not in backup_log(h), backup_log(h)[-3000:]
-
-
-@then("the remembered command line is in a file of mode 0600 again")
-def plan_mode(h: Harness) -> None:
-    assert plan_path(h).stat().st_mode & 0o777 == 0o600
+    h.sandbox().stop("fast")  # the policy is unchanged: the backup finds it down
 
 
 def basebackups_of(h: Harness) -> list[str]:
@@ -280,8 +184,7 @@ def no_basebackup_left(h: Harness) -> None:
 
 def backup_once_basebackup_runs(h: Harness) -> subprocess.Popen[str]:
     """``pgbackup backup`` started, returned as soon as its pg_basebackup runs (polled
-    every millisecond: the early start's window, before the engine can adopt it), or
-    when it ends or 30 s pass."""
+    every millisecond), or when it ends or 30 s pass."""
     proc = subprocess.Popen(
         [PGBACKUP, "--config", str(h.config), "backup"],
         stdout=subprocess.PIPE,
@@ -302,20 +205,19 @@ def sandbox_throttled(h: Harness, rate: str) -> None:
     h.write_policy()
 
 
-@when("the sandbox server stops while an early pg_basebackup streams, before the engine adopts it")
-def server_stops_under_early_start(h: Harness) -> None:
-    """The race CI met (tests/faults/test_server_stop.py): the server went away while the
-    early start streamed and before the engine had adopted it, which then started the
-    sandbox again and took a second, successful backup. pgbackup is held (SIGSTOP) as soon
-    as its pg_basebackup runs, about 10 ms into a start whose engine needs far longer, and
-    let go once the server has stopped and pg_basebackup has failed."""
+@when("the sandbox server stops while pg_basebackup streams")
+def server_stops_while_streaming(h: Harness) -> None:
+    """A server that goes away in the middle of a backup fails that backup: it is never
+    started again to take a second one, which would hide the failure. pgbackup is held
+    (SIGSTOP) as soon as its pg_basebackup runs and let go once the server has stopped and
+    pg_basebackup has failed, so the engine sees exactly that."""
     proc = backup_once_basebackup_runs(h)
     try:
         os.kill(proc.pid, signal.SIGSTOP)
-        assert basebackups_of(h), "no early pg_basebackup ran"
+        assert basebackups_of(h), "no pg_basebackup ran"
         cluster = h.sandbox()
         # proc is stopped, not ended: this waits for the server alone.
-        assert wait_streaming(cluster, proc, 30), "the early pg_basebackup never streamed"
+        assert wait_streaming(cluster, proc, 30), "pg_basebackup never streamed"
         cluster.stop("immediate")
         deadline = time.monotonic() + 30
         while basebackups_of(h) and time.monotonic() < deadline:  # failed: a zombie now
@@ -351,7 +253,7 @@ def says_once(h: Harness, text: str) -> None:
 
 @when("a backup is sent SIGTERM as soon as its pg_basebackup runs")
 def backup_sigterm(h: Harness) -> None:
-    """The early start's window: pg_basebackup runs, the engine may not have adopted it."""
+    """pg_basebackup runs: the backup's directory and the process must both go."""
     proc = backup_once_basebackup_runs(h)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

@@ -29,12 +29,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pgbackup import __version__
-from pgbackup.engine import early_start, known_server
 from pgbackup.engine.backup_preflight import (
     chain_of,
     choose_parent,
@@ -42,8 +40,7 @@ from pgbackup.engine.backup_preflight import (
     preflight,
 )
 from pgbackup.engine.follow import ArchiveFollower
-from pgbackup.engine.known_server import ServerChanged
-from pgbackup.engine.locks import lock_path, target_lock
+from pgbackup.engine.locks import target_lock
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
 from pgbackup.engine.streamcompress import CompressionSide, compress_archives
 from pgbackup.engine.streamcompress import from_facts as compression_side
@@ -55,10 +52,10 @@ from pgbackup.policy import Policy, Target
 from pgbackup.policy.records import BACKUP_TYPES
 from pgbackup.postgres.binaries import find_program
 from pgbackup.postgres.connection import (
-    PendingPreflight,
     ServerFacts,
     describe,
     replication_refused,
+    server_facts,
     to_dsn,
 )
 from pgbackup.signals import terminate_as_interrupt
@@ -149,12 +146,10 @@ def run_basebackup(
     argv: list[str],
     estimated_size: int,
     started: Callable[[], None] | None = None,
-    running: Any = None,
 ) -> None:
     """Run pg_basebackup, turning its own progress report into a bar; explain a failure.
-    ``started`` is called once it runs; ``running``: that command line, already started
-    (engine/early_start.py), instead of a new process."""
-    proc: Any = running or subprocess.Popen(
+    ``started`` is called once it runs."""
+    proc: Any = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
     assert proc.stderr is not None
@@ -406,25 +401,13 @@ def backup_directory(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def target_conninfo(policy: Policy, target: Target, *, start: bool = True) -> dict[str, Any]:
-    """The target's connection keywords; a sandbox's module (and its imports: socket,
-    pwd, the cluster code) only for a sandbox target (issue #15: a backup's start).
-    ``start=False``: a sandbox that is down stays down (see _run_backup)."""
+def target_conninfo(policy: Policy, target: Target) -> dict[str, Any]:
+    """The target's connection keywords; a sandbox that is down is started first."""
     if target.sandbox is None:
         return dict(target.connection)
     from pgbackup.postgres.sandbox import resolve_conninfo
 
-    return resolve_conninfo(policy, target, LOG, start=start)
-
-
-def server_pid_file(policy: Policy, target: Target) -> str:
-    """A sandbox's ``postmaster.pid``: its next backup starts early only while that names a
-    live server (else the engine starts the sandbox first); "" for any other target."""
-    if target.sandbox is None:
-        return ""
-    from pgbackup.postgres.sandbox import Sandbox
-
-    return str(Sandbox(policy, target).data_dir / "postmaster.pid")
+    return resolve_conninfo(policy, target, LOG)
 
 
 @contextlib.contextmanager
@@ -455,389 +438,129 @@ def parent_manifest_file(
         yield path
 
 
-#: A preflight started before the lock was taken is used only if the lock came at once:
-#: after a wait (for a cleanup), the server is asked again.
-PREFLIGHT_FRESH_SECONDS = 1.0
+class BackupRun:
+    """One backup of one target, as the procedure :func:`run_backup` follows: what it
+    knows so far, and ``step``, the words a failure is reported with."""
+
+    def __init__(self, policy: Policy, target: Target, backup_type: str) -> None:
+        if backup_type not in BACKUP_TYPES:
+            raise UsageError(
+                f"--type {backup_type!r}: a backup is full or incremental",
+                hint="pgbackup backup --type full|incremental",
+            )
+        self.policy = policy
+        self.target = target
+        self.backup_type = backup_type
+        self.storage = open_storage(policy.repository)
+        self.repo = Repository(self.storage)
+        self.spec = codec_spec(policy)
+        # pg_basebackup writes straight into a posix repository's directory, unless the
+        # archives must be encrypted on their way in (then they are staged).
+        self.direct = isinstance(self.storage, PosixStorage) and not self.spec.encrypted
+        self.t0 = time.monotonic()
+        self.started_at = utcnow()
+        self.step = "connecting to the server"
+        self.backup_id = ""
+        self.conninfo: dict[str, Any] = {}
+        self.parent: BackupInfo | None = None
+
+    def ask_server(self) -> tuple[ServerFacts, str, CompressionSide]:
+        """The server's facts, checked (a refusal says what is missing), the parent of an
+        incremental, and what pg_basebackup's command line takes from the server: which
+        program runs, and which side compresses."""
+        self.conninfo = target_conninfo(self.policy, self.target)
+        facts = server_facts(self.conninfo, self.target.pg_bin_dir)
+        preflight(facts, self.conninfo)
+        if self.backup_type == "incremental":
+            self.step = "checking the server for incremental backups"
+            incremental_preflight(facts, self.conninfo)
+            self.parent = choose_parent(self.repo, self.target.name, facts)
+        program = find_program("pg_basebackup", facts.major, self.target.pg_bin_dir)
+        return facts, program, compression_side(facts, self.spec.compression)
+
+    def new_id(self) -> str:
+        """A backup id no backup of this target has: ids have one-second resolution, so a
+        backup begun this second means waiting for the next second (not a whole one)."""
+        backup_id = new_backup_id(self.started_at)
+        while any(
+            True for _ in self.storage.list(self.repo.base_prefix(self.target.name, backup_id))
+        ):
+            time.sleep(1.001 - time.time() % 1)
+            backup_id = new_backup_id()
+        return backup_id
+
+    def record_failure(self, exc: BaseException) -> BaseException:
+        """Remove what this backup stored, record the failed run, log it; the error to
+        raise (one message naming the step)."""
+        name = self.target.name
+        message = (
+            exc.message if isinstance(exc, PgBackupError) else (str(exc) or type(exc).__name__)
+        )
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        if self.backup_id:
+            with contextlib.suppress(Exception):
+                self.storage.delete_prefix(self.repo.base_prefix(name, self.backup_id))
+        self.repo.record_run(
+            name,
+            "backup",
+            {
+                "status": "failed",
+                "backup_id": self.backup_id or None,
+                "step": self.step,
+                "error": message,
+                "started_at": iso(self.started_at),
+                "duration_seconds": round(time.monotonic() - self.t0, 3),
+            },
+        )
+        LOG.error("backup of %s failed while %s: %s", name, self.step, message)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            return BackupError(
+                f"backup of {name!r} interrupted while {self.step}; nothing was kept"
+            )
+        if isinstance(exc, PgBackupError):
+            return BackupError(
+                f"backup of {name!r} failed while {self.step}: {exc.message}", hint=exc.hint
+            )
+        return exc
 
 
-def run_backup(
-    policy: Policy,
-    target: Target,
-    backup_type: str = "full",
-    started: PendingPreflight | None = None,
-) -> dict[str, Any]:
+def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dict[str, Any]:
     """Take one base backup of ``target`` (``full``, or ``incremental`` on the newest
     complete backup: PostgreSQL 17+); returns its metadata.
 
-    ``started``: the preflight of this target, already under way (interface/direct.py
-    starts it before importing this module, so the handshakes overlap the imports)."""
-    try:
-        return _run_backup(policy, target, backup_type, started, guess=True)
-    except ServerChanged as changed:  # nothing was kept of the first start
-        LOG.info("the server changed since the last backup: starting again")
-        return _run_backup(policy, target, backup_type, None, guess=False, answer=changed.facts)
-
-
-def _run_backup(
-    policy: Policy,
-    target: Target,
-    backup_type: str,
-    started: PendingPreflight | None,
-    *,
-    guess: bool,
-    answer: ServerFacts | None = None,
-) -> dict[str, Any]:
-    """:func:`run_backup`. ``guess``: a full backup may start pg_basebackup on the facts
-    the last backup met (engine/known_server.py) and check the server's answer while it
-    runs; ``answer``: the server's answer, already had (a start again)."""
-    if backup_type not in BACKUP_TYPES:
-        raise UsageError(
-            f"--type {backup_type!r}: a backup is full or incremental",
-            hint="pgbackup backup --type full|incremental",
-        )
-    storage = open_storage(policy.repository)
-    repo = Repository(storage)
-    spec = codec_spec(policy)
-    direct = isinstance(storage, PosixStorage) and not spec.encrypted
-    # The console script may have started this command's pg_basebackup already, under
-    # this target's lock: the first backup of the process claims it (or stops it).
-    lock_file = str(lock_path(policy.repository, target.name))
-    early = early_start.claim(lock_file)
-    if early is not None and not (direct and backup_type == "full" and answer is None):
-        early.stop()  # not a start it could have made; the lock is still handed over
-    t0 = time.monotonic() if early is None else early.started_monotonic
-    started_at = utcnow() if early is None else datetime.fromtimestamp(early.started_at, UTC)
-    step = "taking the lock"
-    backup_id = ""
-    with (
-        terminate_as_interrupt(),  # a stopped backup still cleans up after itself
-        target_lock(policy.repository, target.name, "backup", wait_for=("cleanup",)),
-    ):
+    The procedure: ask the server (and refuse what it cannot give), take the target's
+    lock, run pg_basebackup into the backup's directory, store its archives, and write
+    ``metadata.json`` last. A failure at any step removes what this backup stored and
+    records the failed run; earlier backups are untouched."""
+    run = BackupRun(policy, target, backup_type)
+    with terminate_as_interrupt():  # a stopped backup still cleans up after itself
         try:
-            step = "connecting to the server"
-            # A sandbox that is down is started first, unless pg_basebackup already runs:
-            # it started early only because the sandbox was up (early_start.begin), so
-            # down now means stopped in the middle, which fails this backup.
-            conninfo = target_conninfo(policy, target, start=early is None or early.stopped)
-            fresh = time.monotonic() - t0 < PREFLIGHT_FRESH_SECONDS
-            if answer is None and (started is None or not fresh or started.conninfo != conninfo):
-                if started is not None:
-                    started.close()
-                started = PendingPreflight(conninfo, target.pg_bin_dir, replication=False)
-            # A full backup starts pg_basebackup on the facts the last one met, if its
-            # program is here; the server's answer is checked once it runs (meanwhile_start).
-            guessed = (
-                known_server.recall(target.name, conninfo, target.pg_bin_dir)
-                if guess and backup_type == "full"
-                else None
-            )
-
-            def start_plan(server: ServerFacts) -> tuple[str, CompressionSide]:
-                """All pg_basebackup's command line takes from the server: which
-                pg_basebackup runs, and which side compresses."""
-                program = find_program("pg_basebackup", server.major, target.pg_bin_dir)
-                return program, compression_side(server, spec.compression)  # server's, else ours
-
-            if guessed is not None:
-                try:
-                    program, side = start_plan(guessed)
-                except PgBackupError:
-                    guessed = None  # the server's answer decides, as without a guess
-            facts: ServerFacts
-            if guessed is not None:
-                facts = guessed
-            else:
-                if answer is None:
-                    assert started is not None
-                    answer, _ = started.wait()  # no replication handshake: see run_basebackup
-                facts = answer
-                preflight(facts, conninfo)
-            parent: BackupInfo | None = None
-            if backup_type == "incremental":
-                step = "checking the server for incremental backups"
-                incremental_preflight(facts, conninfo)
-                parent = choose_parent(repo, target.name, facts)
-            if guessed is None:
-                program, side = start_plan(facts)
-            recipients_list = recipients(policy)
-
-            if early is not None and not early.stopped:  # its directory, made under the lock
-                backup_id = early.backup_id
-            else:
-                backup_id = new_backup_id(started_at)
-            while (early is None or early.stopped) and any(
-                True for _ in storage.list(repo.base_prefix(target.name, backup_id))
-            ):
-                # A backup of this target began this second (ids have one-second
-                # resolution): wait for the next second, not a whole one.
-                time.sleep(1.001 - time.time() % 1)
-                backup_id = new_backup_id()
-            prefix = repo.base_prefix(target.name, backup_id)
-            manifest_spec = CodecSpec("none", 0, spec.encrypted)
-            manifest_name = MANIFEST + suffix(manifest_spec)
-            if parent is not None:
-                step = f"reading the manifest of parent backup {parent.backup_id}"
-            with (
-                backup_directory(storage, repo, target.name, backup_id, direct) as directory,
-                parent_manifest_file(policy, storage, repo, target.name, parent) as parent_manifest,
-            ):
-                step = "running pg_basebackup"
-                argv = basebackup_argv(
-                    program,
-                    conninfo,
-                    f"pgbackup {backup_id}",
-                    directory,
-                    side.argv_spec(spec),
-                    policy.compression.workers,
-                    target.max_rate,
-                    incremental=parent_manifest,
-                )
-                # Hash the archives while pg_basebackup writes them (direct only: they
-                # are stored as written; a staged upload hashes what it sends).
-                follower = (
-                    ArchiveFollower(directory, archive_suffix(spec))
-                    if direct and side.side != "pgbackup"
-                    else None
-                )
-
-                def meanwhile_start() -> None:
-                    nonlocal facts, side, step
-                    if guessed is not None:  # the server's answer, now: as good as before?
-                        assert started is not None
-                        step = "connecting to the server"
-                        said, _ = started.wait()
-                        preflight(said, conninfo)  # a refusal stops pg_basebackup
-                        said_program, said_side = start_plan(said)
-                        if said_program != program or said_side.argv_spec(spec) != side.argv_spec(
-                            spec
-                        ):
-                            raise ServerChanged(said)  # stops pg_basebackup
-                        facts, side = said, said_side  # what metadata.json records
-                        step = "running pg_basebackup"
-                    # Threads start once pg_basebackup runs: before, their first steps
-                    # (importing zstandard) would take the GIL from the process start.
-                    # The first message, too, imports logging (pgbackup.ui.LOG).
-                    if follower is not None:
-                        follower.start()
-                    preload_codec(spec)
-                    LOG.info(
-                        "backup %s of %s (%s, PostgreSQL %s, %s) -> %s",
-                        backup_id,
-                        target.name,
-                        describe(conninfo),
-                        facts.version,
-                        "a hot standby" if facts.in_recovery else "a primary",
-                        storage.describe(),
-                    )
-                    if running is not None:
-                        LOG.info(
-                            "pg_basebackup was started early, as the last backup ran it: adopted"
-                        )
-                    elif early is not None:
-                        LOG.info(
-                            "pg_basebackup's early start differed from this backup's: "
-                            "stopped, its directory removed, started again"
-                        )
-
-                running = early.adopt(argv) if early is not None else None
-                try:
-                    try:
-                        run_basebackup(argv, facts.database_size, meanwhile_start, running)
-                    except PostgresError as exc:
-                        # pg_hba.conf has no replication line for us: say which one to add.
-                        raise replication_refused(conninfo, exc.message) or exc from None
-                finally:
-                    followed = follower.finish() if follower else {}
-                if side.side == "pgbackup":
-                    step = f"compressing with {spec.compression} (the server cannot)"
-                    compress_archives(directory, spec, policy.compression.workers or -1)
-                produced = produced_archives(directory, facts, spec)
-                if direct:
-                    assert isinstance(storage, PosixStorage)
-                    settle_in_repository(storage, directory)  # before the fsyncs below
-                manifest = (directory / MANIFEST).read_bytes()
-                objects: dict[str, dict[str, Any]] = {}
-                unlinking: Removal | None = None
-                kept_as_is = [  # what the direct branch below stores as pg_basebackup wrote it
-                    p
-                    for p, e in produced.values()
-                    if direct and (e["kind"] != "wal" or spec.compression == "none")
-                ]
-                known = {  # followed to the end: the size now is the size hashed
-                    p: followed[p][1]
-                    for p in kept_as_is
-                    if p in followed and followed[p][0] == p.stat().st_size
-                }
-                # Synced in the thread: the kept files, then the names pg_basebackup
-                # created (it ran with --no-sync): the backup's directory and its parent.
-                # pg_wal.tar's compressed copy is stored below by a writer that syncs
-                # itself and its directory. All before metadata.json says "complete".
-                to_hash = [p for p in kept_as_is if p not in known]
-                to_sync = [*kept_as_is, directory / MANIFEST, directory, directory.parent]
-                digests = meanwhile(
-                    lambda: hash_and_sync(to_hash, to_sync if direct else [], known)
-                )
-                manifest_read = meanwhile(lambda: manifest_facts(manifest, facts.wal_segment_size))
-                # pg_wal.tar first: it is compressed while the thread hashes the rest.
-                wal_first = sorted(produced.items(), key=lambda item: item[1][1]["kind"] != "wal")
-                for name, (path, entry) in wal_first:
-                    if entry["kind"] == "wal" and not (direct and spec.compression == "none"):
-                        # pg_basebackup leaves the streamed WAL uncompressed: compress it
-                        # (and encrypt it) on its way into the repository.
-                        stored_name = "pg_wal.tar" + suffix(spec)
-                        step = f"storing {stored_name}"
-                        if direct:  # the streamed original goes once read, meanwhile
-                            unlinking = Removal(path)
-                        obj = upload_staged(
-                            storage,
-                            path,
-                            prefix + stored_name,
-                            spec.encrypted,
-                            recipients_list,
-                            compress=spec,
-                            when_read=unlinking.start if unlinking else None,
-                        )
-                        objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
-                    elif direct:
-                        step = f"checking {name}"
-                        objects[name] = {
-                            **entry,
-                            "size": path.stat().st_size,
-                            "sha256": digests()[path],
-                            "codec": spec.to_dict(),
-                        }
-                    else:
-                        stored_name = name + suffix(CodecSpec("none", 0, spec.encrypted))
-                        step = f"storing {stored_name}"
-                        obj = upload_staged(
-                            storage, path, prefix + stored_name, spec.encrypted, recipients_list
-                        )
-                        objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
-                import hashlib  # not at the top: after pg_basebackup started (issue #15)
-
-                if direct:
-                    digests()  # every kept file hashed and synced, and the directories
-                    manifest_obj = {
-                        "size": len(manifest),
-                        "sha256": hashlib.sha256(manifest).hexdigest(),
-                    }
-                else:
-                    step = "storing backup_manifest"
-                    stored = encode_bytes(manifest_spec, manifest, recipients=recipients_list)
-                    storage.write_bytes(prefix + manifest_name, stored)
-                    manifest_obj = {
-                        "size": len(stored),
-                        "sha256": hashlib.sha256(stored).hexdigest(),
-                    }
-                m = manifest_read()
-            stopped_at = utcnow()
-            metadata: dict[str, Any] = {
-                "format_version": 1,
-                "backup_id": backup_id,
-                "target": target.name,
-                "status": "complete",
-                "system_identifier": facts.system_identifier,
-                "server_version": facts.version,
-                "server_version_num": facts.version_num,
-                "timezone": facts.timezone,
-                "wal_segment_size": facts.wal_segment_size,
-                "timeline": m["timeline"],
-                "start_lsn": format_lsn(m["start_lsn"]),
-                "stop_lsn": format_lsn(m["stop_lsn"]),
-                "start_time": iso(started_at),
-                "stop_time": iso(stopped_at),
-                "duration_seconds": round(time.monotonic() - t0, 3),
-                "raw_bytes": m["raw_bytes"],
-                "stored_bytes": sum(o["size"] for o in objects.values()) + manifest_obj["size"],
-                "files": m["files"],
-                "database_size": facts.database_size,
-                "compression": {
-                    "method": spec.compression,
-                    "level": spec.level,
-                    "workers": policy.compression.workers,
-                },
-                "encrypted": spec.encrypted,
-                "source": "standby" if facts.in_recovery else "primary",
-                "tablespaces": [
-                    {"oid": int(t["oid"]), "name": t["name"], "location": t["location"]}
-                    for t in facts.tablespaces
-                ],
-                "objects": {
-                    **objects,
-                    manifest_name: {
-                        "kind": "manifest",
-                        **manifest_obj,
-                        "codec": manifest_spec.to_dict(),
-                    },
-                },
-                "pgbackup_version": __version__,
-                "pg_basebackup": program,
-                "compressed_by": side.as_dict(),
-                "wal_method": "stream",
-                "backup_type": backup_type,
-                "parent": parent.backup_id if parent else None,
-                "chain": chain_of(parent) if parent else [],
-            }
-            if unlinking is not None:
-                unlinking.wait()  # nothing but what metadata.json lists stays behind
-            step = "writing metadata.json"
-            repo.write_metadata(target.name, backup_id, metadata)
+            facts, program, side = run.ask_server()
+            run.step = "taking the lock"
+            with target_lock(policy.repository, target.name, "backup", wait_for=("cleanup",)):
+                run.backup_id = run.new_id()
+                metadata = take_backup(run, facts, program, side)
         except BaseException as exc:
-            if early is not None:
-                early.stop()  # unless adopted: then run_basebackup has stopped it
-            message = (
-                exc.message if isinstance(exc, PgBackupError) else (str(exc) or type(exc).__name__)
-            )
-            if isinstance(exc, KeyboardInterrupt):
-                message = "interrupted"
-            if backup_id:
-                with contextlib.suppress(Exception):
-                    storage.delete_prefix(repo.base_prefix(target.name, backup_id))
-            if isinstance(exc, ServerChanged):
-                raise  # not a failure: run_backup starts again
-            repo.record_run(
-                target.name,
-                "backup",
-                {
-                    "status": "failed",
-                    "backup_id": backup_id or None,
-                    "step": step,
-                    "error": message,
-                    "started_at": iso(started_at),
-                    "duration_seconds": round(time.monotonic() - t0, 3),
-                },
-            )
-            LOG.error("backup of %s failed while %s: %s", target.name, step, message)
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise BackupError(
-                    f"backup of {target.name!r} interrupted while {step}; nothing was kept"
-                ) from None
-            if isinstance(exc, PgBackupError):
-                raise BackupError(
-                    f"backup of {target.name!r} failed while {step}: {exc.message}",
-                    hint=exc.hint,
-                ) from None
-            raise
-    repo.record_run(
+            error = run.record_failure(exc)
+            if error is exc:
+                raise
+            raise error from None
+    run.repo.record_run(
         target.name,
         "backup",
         {
             "status": "ok",
-            "backup_id": backup_id,
+            "backup_id": run.backup_id,
             "started_at": metadata["start_time"],
             "duration_seconds": metadata["duration_seconds"],
             "stored_bytes": metadata["stored_bytes"],
             "raw_bytes": metadata["raw_bytes"],
         },
     )
-    known_server.remember(target.name, conninfo, target.pg_bin_dir, facts)
-    if direct and backup_type == "full":
-        early_start.note(
-            lock_file, str(directory), backup_id, argv, server_pid_file(policy, target)
-        )
     LOG.info(
         "backup %s of %s complete: %s read, %s stored, %.1fs, LSN %s..%s",
-        backup_id,
+        run.backup_id,
         target.name,
         human_bytes(metadata["raw_bytes"]),
         human_bytes(metadata["stored_bytes"]),
@@ -846,3 +569,220 @@ def _run_backup(
         metadata["stop_lsn"],
     )
     return metadata
+
+
+def take_backup(
+    run: BackupRun, facts: ServerFacts, program: str, side: CompressionSide
+) -> dict[str, Any]:
+    """Under the target's lock: pg_basebackup into the backup's directory, its archives
+    stored, then ``metadata.json``; the metadata."""
+    policy, target, spec = run.policy, run.target, run.spec
+    storage, repo, direct = run.storage, run.repo, run.direct
+    recipients_list = recipients(policy)
+    prefix = repo.base_prefix(target.name, run.backup_id)
+    manifest_spec = CodecSpec("none", 0, spec.encrypted)
+    if run.parent is not None:
+        run.step = f"reading the manifest of parent backup {run.parent.backup_id}"
+    with (
+        backup_directory(storage, repo, target.name, run.backup_id, direct) as directory,
+        parent_manifest_file(policy, storage, repo, target.name, run.parent) as parent_manifest,
+    ):
+        run.step = "running pg_basebackup"
+        argv = basebackup_argv(
+            program,
+            run.conninfo,
+            f"pgbackup {run.backup_id}",
+            directory,
+            side.argv_spec(spec),
+            policy.compression.workers,
+            target.max_rate,
+            incremental=parent_manifest,
+        )
+        # Hash the archives while pg_basebackup writes them (direct only: they are
+        # stored as written; a staged upload hashes what it sends).
+        follower = (
+            ArchiveFollower(directory, archive_suffix(spec))
+            if direct and side.side != "pgbackup"
+            else None
+        )
+
+        def once_running() -> None:
+            if follower is not None:
+                follower.start()
+            preload_codec(spec)
+            LOG.info(
+                "backup %s of %s (%s, PostgreSQL %s, %s) -> %s",
+                run.backup_id,
+                target.name,
+                describe(run.conninfo),
+                facts.version,
+                "a hot standby" if facts.in_recovery else "a primary",
+                storage.describe(),
+            )
+
+        try:
+            try:
+                run_basebackup(argv, facts.database_size, once_running)
+            except PostgresError as exc:
+                # pg_hba.conf has no replication line for us: say which one to add.
+                raise replication_refused(run.conninfo, exc.message) or exc from None
+        finally:
+            followed = follower.finish() if follower else {}
+        if side.side == "pgbackup":
+            run.step = f"compressing with {spec.compression} (the server cannot)"
+            compress_archives(directory, spec, policy.compression.workers or -1)
+        produced = produced_archives(directory, facts, spec)
+        if direct:
+            assert isinstance(storage, PosixStorage)
+            settle_in_repository(storage, directory)  # before the fsyncs below
+        manifest = (directory / MANIFEST).read_bytes()
+        manifest_read = meanwhile(lambda: manifest_facts(manifest, facts.wal_segment_size))
+        objects, unlinking = store_archives(run, directory, produced, followed, recipients_list)
+        objects[MANIFEST + suffix(manifest_spec)] = {
+            "kind": "manifest",
+            **store_manifest(run, prefix, manifest, manifest_spec, recipients_list),
+            "codec": manifest_spec.to_dict(),
+        }
+        m = manifest_read()
+    metadata = backup_metadata(run, facts, program, side, objects, m)
+    if unlinking is not None:
+        unlinking.wait()  # nothing but what metadata.json lists stays behind
+    run.step = "writing metadata.json"
+    repo.write_metadata(target.name, run.backup_id, metadata)
+    return metadata
+
+
+def store_archives(
+    run: BackupRun,
+    directory: Path,
+    produced: dict[str, tuple[Path, dict[str, Any]]],
+    followed: dict[Path, tuple[int, str]],
+    recipients_list: list[str] | None,
+) -> tuple[dict[str, dict[str, Any]], Removal | None]:
+    """Each archive pg_basebackup wrote, into the repository: kept as written (direct),
+    or streamed (encrypted) to storage; pg_wal.tar compressed on its way, first, while a
+    thread hashes and syncs the rest. Returns the metadata's objects, and the removal of
+    the streamed pg_wal.tar when it is still under way."""
+    spec, storage, direct = run.spec, run.storage, run.direct
+    prefix = run.repo.base_prefix(run.target.name, run.backup_id)
+    objects: dict[str, dict[str, Any]] = {}
+    unlinking: Removal | None = None
+    kept_as_is = [  # what the direct branch below stores as pg_basebackup wrote it
+        p
+        for p, e in produced.values()
+        if direct and (e["kind"] != "wal" or spec.compression == "none")
+    ]
+    known = {  # followed to the end: the size now is the size hashed
+        p: followed[p][1]
+        for p in kept_as_is
+        if p in followed and followed[p][0] == p.stat().st_size
+    }
+    # Synced in the thread: the kept files, then the names pg_basebackup created (it ran
+    # with --no-sync): the backup's directory and its parent. pg_wal.tar's compressed
+    # copy is stored below by a writer that syncs itself and its directory. All before
+    # metadata.json says "complete".
+    to_hash = [p for p in kept_as_is if p not in known]
+    to_sync = [*kept_as_is, directory / MANIFEST, directory, directory.parent]
+    digests = meanwhile(lambda: hash_and_sync(to_hash, to_sync if direct else [], known))
+    wal_first = sorted(produced.items(), key=lambda item: item[1][1]["kind"] != "wal")
+    for name, (path, entry) in wal_first:
+        if entry["kind"] == "wal" and not (direct and spec.compression == "none"):
+            # pg_basebackup leaves the streamed WAL uncompressed: compress it (and
+            # encrypt it) on its way into the repository.
+            stored_name = "pg_wal.tar" + suffix(spec)
+            run.step = f"storing {stored_name}"
+            if direct:  # the streamed original goes once read, meanwhile
+                unlinking = Removal(path)
+            obj = upload_staged(
+                storage,
+                path,
+                prefix + stored_name,
+                spec.encrypted,
+                recipients_list,
+                compress=spec,
+                when_read=unlinking.start if unlinking else None,
+            )
+        elif direct:
+            stored_name = name
+            run.step = f"checking {name}"
+            obj = {"size": path.stat().st_size, "sha256": digests()[path]}
+        else:
+            stored_name = name + suffix(CodecSpec("none", 0, spec.encrypted))
+            run.step = f"storing {stored_name}"
+            obj = upload_staged(
+                storage, path, prefix + stored_name, spec.encrypted, recipients_list
+            )
+        objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
+    digests()  # every kept file hashed and synced, and the directories
+    return objects, unlinking
+
+
+def store_manifest(
+    run: BackupRun,
+    prefix: str,
+    manifest: bytes,
+    manifest_spec: CodecSpec,
+    recipients_list: list[str] | None,
+) -> dict[str, Any]:
+    """``backup_manifest``: kept as written in a direct backup (synced with the rest),
+    else stored (encrypted when asked); its size and sha256 as stored."""
+    import hashlib
+
+    if run.direct:
+        return {"size": len(manifest), "sha256": hashlib.sha256(manifest).hexdigest()}
+    run.step = "storing backup_manifest"
+    stored = encode_bytes(manifest_spec, manifest, recipients=recipients_list)
+    run.storage.write_bytes(prefix + MANIFEST + suffix(manifest_spec), stored)
+    return {"size": len(stored), "sha256": hashlib.sha256(stored).hexdigest()}
+
+
+def backup_metadata(
+    run: BackupRun,
+    facts: ServerFacts,
+    program: str,
+    side: CompressionSide,
+    objects: dict[str, dict[str, Any]],
+    m: dict[str, Any],
+) -> dict[str, Any]:
+    """``metadata.json`` of a complete backup (DESIGN.md's repository format)."""
+    spec, parent = run.spec, run.parent
+    return {
+        "format_version": 1,
+        "backup_id": run.backup_id,
+        "target": run.target.name,
+        "status": "complete",
+        "system_identifier": facts.system_identifier,
+        "server_version": facts.version,
+        "server_version_num": facts.version_num,
+        "timezone": facts.timezone,
+        "wal_segment_size": facts.wal_segment_size,
+        "timeline": m["timeline"],
+        "start_lsn": format_lsn(m["start_lsn"]),
+        "stop_lsn": format_lsn(m["stop_lsn"]),
+        "start_time": iso(run.started_at),
+        "stop_time": iso(utcnow()),
+        "duration_seconds": round(time.monotonic() - run.t0, 3),
+        "raw_bytes": m["raw_bytes"],
+        "stored_bytes": sum(o["size"] for o in objects.values()),
+        "files": m["files"],
+        "database_size": facts.database_size,
+        "compression": {
+            "method": spec.compression,
+            "level": spec.level,
+            "workers": run.policy.compression.workers,
+        },
+        "encrypted": spec.encrypted,
+        "source": "standby" if facts.in_recovery else "primary",
+        "tablespaces": [
+            {"oid": int(t["oid"]), "name": t["name"], "location": t["location"]}
+            for t in facts.tablespaces
+        ],
+        "objects": objects,
+        "pgbackup_version": __version__,
+        "pg_basebackup": program,
+        "compressed_by": side.as_dict(),
+        "wal_method": "stream",
+        "backup_type": run.backup_type,
+        "parent": parent.backup_id if parent else None,
+        "chain": chain_of(parent) if parent else [],
+    }

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pgbackup.engine import early_start
 from pgbackup.errors import LockError
 
 
@@ -32,6 +31,11 @@ def lock_path(repository: dict[str, Any], target: str) -> Path:
     return base / "pgbackup" / "locks" / f"{digest}-{target}.lock"
 
 
+def holder_line(action: str) -> bytes:
+    """What a lock's holder writes in the lock file, for the next one's refusal."""
+    return f"{action} by pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode()
+
+
 @contextlib.contextmanager
 def target_lock(
     repository: dict[str, Any],
@@ -44,13 +48,6 @@ def target_lock(
     """Hold the target's lock; refuse at once if busy, except that a holder doing one of
     ``wait_for`` (a short job, like cleanup) is waited for, at most ``wait_seconds``."""
     path = lock_path(repository, target)
-    held = early_start.held_lock(str(path))  # taken by the console script, for this backup
-    if held is not None:
-        try:
-            yield
-        finally:
-            os.close(held)
-        return
     owner = None
     if repository.get("kind", "posix") == "posix":
         from pgbackup.storage.posix import PosixStorage
@@ -79,7 +76,7 @@ def target_lock(
                 hint="wait for it to finish (or, if that process is gone, run again: the lock is released with it)",
             )
         os.ftruncate(fd, 0)
-        os.pwrite(fd, early_start.holder_line(action), 0)
+        os.pwrite(fd, holder_line(action), 0)
         yield
     finally:
         os.close(fd)

@@ -20,19 +20,11 @@ def exit_now(code: int) -> None:
     """End the process once a command has said everything and made it durable: tearing
     the interpreter down (every module, the mapped segment) adds ~5 ms to each archived
     WAL segment and ~10 ms to a backup (issue #15). Log handlers are flushed first."""
-    stop_early_start()
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def stop_early_start() -> None:
-    """Nothing an early start began outlives the command (engine/early_start.py)."""
-    early = sys.modules.get("pgbackup.engine.early_start")
-    if early is not None:
-        early.stop_unadopted()  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,12 +43,6 @@ def main(argv: list[str] | None = None) -> None:
         # Invoke's own runtime config file.
         os.environ["PGBACKUP_CONFIG"] = os.path.abspath(config)
     try:
-        if first == "backup" and from_console:
-            # pg_basebackup may start now, on the last backup's command line, while the
-            # rest is imported; the engine adopts it only if it would run the same.
-            from pgbackup.engine import early_start
-
-            early_start.begin(argv)
         if first in DIRECT_COMMANDS:
             from pgbackup.interface.direct import main as direct_main
 
@@ -75,8 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             namespace=ns, version=__version__, name="pgbackup", binary="pgbackup"
         )
         program.run(["pgbackup", *rest])
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM after an early start, before a command ran
-        stop_early_start()
+    except KeyboardInterrupt:  # Ctrl-C before a command ran
         print("pgbackup: interrupted", file=sys.stderr)
         if from_console:
             exit_now(130)
@@ -84,8 +69,6 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `pgbackup --help | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
-    finally:
-        stop_early_start()
 
 
 if __name__ == "__main__":

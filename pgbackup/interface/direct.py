@@ -130,31 +130,10 @@ def backup_targets(
             hint="pgbackup backup --type full|incremental",
         )
     policy = load(config)
-    chosen = targets(policy, target)
-    started = start_preflight(chosen[0]) if len(chosen) == 1 else None
-    try:
-        code = backup_each(policy, chosen, type_, started)
-        if code == 0 and len(chosen) == 1:  # the next run of this command starts sooner
-            from pgbackup.engine import early_start
-
-            early_start.remember()
-        return code
-    finally:
-        if started is not None:
-            started.close()
+    return backup_each(policy, targets(policy, target), type_)
 
 
-def start_preflight(target: Any) -> Any:
-    """The target's preflight psql processes, started before the engine is imported
-    (their ~20 ms overlap its imports); None for a sandbox, which may first need starting."""
-    if target.sandbox is not None:
-        return None
-    from pgbackup.postgres.connection import PendingPreflight
-
-    return PendingPreflight(target.connection, target.pg_bin_dir, replication=False)
-
-
-def backup_each(policy: Any, chosen: list[Any], type_: str, started: Any) -> int:
+def backup_each(policy: Any, chosen: list[Any], type_: str) -> int:
     """Back up each chosen target; 0, or the worst failure's status."""
     from pgbackup.engine.backup import run_backup
     from pgbackup.ui import human_bytes
@@ -162,7 +141,7 @@ def backup_each(policy: Any, chosen: list[Any], type_: str, started: Any) -> int
     failures = []
     for t in chosen:
         try:
-            meta = run_backup(policy, t, type_, started)
+            meta = run_backup(policy, t, type_)
         except PgBackupError as exc:
             failures.append(exc)
             print(f"pgbackup: error: {exc}", file=sys.stderr)

@@ -279,55 +279,6 @@ def _replication_problem(
     return PostgresError(f"replication handshake with {describe(conninfo)} failed: {text}")
 
 
-class PendingPreflight:
-    """:func:`preflight_facts`'s psql processes, started now and read by :meth:`wait`.
-
-    A plain ``backup`` line starts them as soon as the policy is read, before it imports
-    the engine, so that the handshake and the query run while Python loads the rest
-    (issue #15: the fixed cost of a backup). Any failure to start them (psql missing)
-    is raised by :meth:`wait`, where the caller records a failed run as usual.
-
-    ``replication=False`` skips the replication handshake: a backup leaves that to
-    pg_basebackup, whose refusal it explains with :func:`replication_refused` (the
-    second psql and walsender cost a backup ~14 ms of its start on two cores, measured).
-    """
-
-    def __init__(
-        self, conninfo: Mapping[str, Any], pg_bin_dir: Any = None, *, replication: bool = True
-    ) -> None:
-        self.conninfo = dict(conninfo)
-        self._error: Exception | None = None
-        self._procs: list[subprocess.Popen[str]] | None = None
-        try:
-            program = find_program("psql", None, pg_bin_dir)
-            self._procs = [_psql(program, conninfo, FACTS_SQL)]
-            if replication:
-                self._procs.append(_psql(program, conninfo, "IDENTIFY_SYSTEM", replication=True))
-        except Exception as exc:  # raised by wait()
-            self._error = exc
-
-    def wait(self) -> tuple[ServerFacts, PostgresError | None]:
-        """(server facts, what is wrong with a replication connection or None: always None
-        without the handshake)."""
-        if self._error is not None:
-            raise self._error
-        assert self._procs is not None, "wait() called twice"
-        facts_proc, *repl_procs = self._procs
-        self._procs = None
-        try:
-            facts = _facts_from(self.conninfo, facts_proc)
-        finally:
-            problems = [_replication_problem(self.conninfo, proc) for proc in repl_procs]
-        return facts, problems[0] if problems else None
-
-    def close(self) -> None:
-        """Reap the processes of a preflight that will not be read."""
-        for proc in self._procs or ():
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                proc.communicate(timeout=15)
-        self._procs = None
-
-
 def preflight_facts(
     conninfo: Mapping[str, Any], pg_bin_dir: Any = None
 ) -> tuple[ServerFacts, PostgresError | None]:
@@ -336,9 +287,17 @@ def preflight_facts(
     The replication connection is opened as pg_basebackup will open it (IDENTIFY_SYSTEM),
     so whether pg_hba.conf lets this user in for replication is known before a byte is
     copied. Its problem is returned, not raised: the facts may explain it more precisely
-    (a role without the REPLICATION attribute is refused too).
+    (a role without the REPLICATION attribute is refused too). The two psql processes
+    run side by side.
     """
-    return PendingPreflight(conninfo, pg_bin_dir).wait()
+    program = find_program("psql", None, pg_bin_dir)
+    facts_proc = _psql(program, conninfo, FACTS_SQL)
+    replication_proc = _psql(program, conninfo, "IDENTIFY_SYSTEM", replication=True)
+    try:
+        facts = _facts_from(conninfo, facts_proc)
+    finally:
+        problem = _replication_problem(conninfo, replication_proc)
+    return facts, problem
 
 
 def table_checksums(conn: Any, tables: list[str] | None = None) -> dict[str, str]:
