@@ -23,6 +23,11 @@ to relay requests one by one. Usage::
 
 ``only`` restricts faults to the requests it accepts (``only(method, path)``), e.g. every
 DELETE and every write of one key: a deterministic "the network died at this point".
+
+``rule(method, path, headers)`` (headers lower-cased) names the fault for one request
+itself, or None to pass it through, whatever ``rate`` says: e.g. "truncate the first two
+GETs of the range that starts at 5 MiB". Every request is also noted in ``seen``
+(method, path, headers) for assertions on what the client sent.
 """
 
 from __future__ import annotations
@@ -118,12 +123,15 @@ class FaultProxy:
         max_faults: int = 50,
         faults: Sequence[str] = FAULTS,
         only: Callable[[str, str], bool] | None = None,
+        rule: Callable[[str, str, dict[str, str]], str | None] | None = None,
     ):
         self.upstream = (upstream_host, upstream_port)
         self.rate = rate
         self.max_faults = max_faults
         self.faults = tuple(faults)
         self.only = only  # (method, path) -> whether this request may get a fault
+        self.rule = rule  # (method, path, headers) -> the fault for this request, or None
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.enabled = True
         self.counts: dict[str, int] = {"requests": 0, **{f: 0 for f in FAULTS}}
         self._random = random.Random(seed)
@@ -165,11 +173,17 @@ class FaultProxy:
 
     # --- one client connection ------------------------------------------------------------
 
-    def _decide(self, method: str, path: str) -> str | None:
+    def _decide(self, method: str, path: str, headers: dict[str, str] | None = None) -> str | None:
         with self._lock:
             self.counts["requests"] += 1
+            self.seen.append((method, path, dict(headers or {})))
             if not self.enabled or self.injected >= self.max_faults:
                 return None
+            if self.rule is not None:
+                fault = self.rule(method, path, dict(headers or {}))
+                if fault is not None:
+                    self.counts[fault] += 1
+                return fault
             if self.only is not None and not self.only(method, path):
                 return None
             if self._random.random() >= self.rate:
@@ -199,7 +213,7 @@ class FaultProxy:
                     return
                 method = first.split(b" ", 1)[0].upper()
                 path = first.split(b" ")[1].decode("latin-1") if b" " in first else ""
-                fault = self._decide(method.decode("latin-1"), path)
+                fault = self._decide(method.decode("latin-1"), path, dict(headers))
                 if fault == "drop":
                     return
                 if fault == "503":

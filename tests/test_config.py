@@ -334,7 +334,7 @@ def test_key_of_another_storage_kind(tmp_path: Path) -> None:
         (
             "repository.container",
             "key 'container' is not used with kind s3 (allowed: kind, bucket, prefix, region,"
-            " endpoint_url, addressing_style, part_size, retries)",
+            " endpoint_url, addressing_style, part_size, retries, streams)",
         )
     ]
 
@@ -936,3 +936,40 @@ def test_wal_path_tolerates_unresolvable_alert_settings(tmp_path: Path, monkeypa
     assert list(policy.targets) == ["a"]
     with pytest.raises(ConfigError, match="PGB_TEST_HOOK"):
         load_policy(f)
+
+
+def test_cloud_streams_setting(tmp_path: Path) -> None:
+    """``streams`` (issue #26): an integer 1..64 on cloud repositories and upload
+    destinations, carried as is to the storage, which defaults it to 4."""
+    from pgbackup.storage.cloud import DEFAULT_STREAMS, CloudStorage
+
+    text = """\
+        version: 1
+        repository: {kind: s3, bucket: b, part_size: 5MiB, streams: 8}
+        targets: {a: {connection: {host: h}}}
+        uploads:
+          - {name: o, kind: azure, container: c, account_url: u, streams: 1}
+          - {name: g, kind: gcs, bucket: b, streams: 64}
+        """
+    assert paths_of(tmp_path, text) == []
+    policy = load_policy(write(tmp_path, text))
+    assert policy.repository["streams"] == 8
+    assert CloudStorage.common_options(policy.repository)["streams"] == 8
+    assert "streams" not in CloudStorage.common_options({"kind": "s3", "bucket": "b"})
+    assert DEFAULT_STREAMS == 4
+
+    bad = """\
+        version: 1
+        repository: {kind: gcs, bucket: b, streams: 0}
+        targets: {a: {connection: {host: h}}}
+        uploads:
+          - {name: o, kind: s3, bucket: b, streams: 65}
+          - {name: p, kind: azure, container: c, account_url: u, streams: many}
+          - {name: q, kind: posix, path: ./q, streams: 2}
+        """
+    assert paths_of(tmp_path, bad) == [
+        "repository.streams",
+        "uploads[0].streams",
+        "uploads[1].streams",
+        "uploads[2].streams",
+    ]

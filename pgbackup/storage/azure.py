@@ -205,6 +205,8 @@ class AzureStorage(CloudStorage):
                 hint="check the account key/SAS, or give this identity the 'Storage Blob Data "
                 f"Contributor' role on container {self.container_name!r}",
             )
+        if isinstance(exc, zx.IncompleteReadError):  # the body was cut short: read again
+            return TRANSIENT
         if isinstance(exc, zx.HttpResponseError):
             status = exc.status_code
             code = str(getattr(exc, "error_code", None) or "")

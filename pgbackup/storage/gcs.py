@@ -198,9 +198,15 @@ class GCSStorage(CloudStorage):
             if status in (408, 429) or status >= 500:
                 return TRANSIENT
             return StorageError(f"cannot {action} {where}: {_short(exc)}")
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         if isinstance(
             exc,
-            requests.ConnectionError | requests.Timeout | ax.TransportError,
+            requests.ConnectionError
+            | requests.Timeout
+            | requests.exceptions.ChunkedEncodingError  # a body cut short
+            | Urllib3Error  # the same, read from resp.raw
+            | ax.TransportError,
         ):
             return TRANSIENT
         if isinstance(exc, ConnectionError | TimeoutError):
