@@ -3,9 +3,10 @@
 Importing Invoke costs a CPU-bound tenth of a second at every start (``importlib.metadata``
 to read its own version, ``unittest.mock`` and with it ``asyncio``): a tenth of a backup
 of a 300 MB cluster (issue #15, bench/backup.py). So when the words after ``backup`` or
-``restore`` are only the long options below, in a form Invoke would read the same way
-(``--name VALUE``, ``--name=VALUE``, ``--flag``, each at most once), the console script
-runs the command from here. Anything else (``--help``, short options, other options, a
+``restore`` are only the long options of the command's record (interface/options.py, the
+same record the Invoke task is made from), in a form Invoke would read the same way
+(``--name VALUE``, ``--name=VALUE``, ``--flag``), the console script runs the command
+from here. Anything else (``--help``, short options, other options, a
 repeated one, a stray word) goes to Invoke, unchanged: this module never rejects a line.
 
 The commands' bodies live here and the Invoke tasks call them
@@ -22,47 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from pgbackup.errors import PgBackupError, UsageError
-
-#: command -> {long option: parameter name, and whether it takes a value}.
-OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
-    "backup": {"--target": ("target", True), "--type": ("type_", True)},
-    "restore": {
-        "--to": ("to", True),
-        "--backup": ("backup", True),
-        "--target": ("target", True),
-        "--force": ("force", False),
-        "--start": ("start", False),
-        "--json": ("json_", False),
-    },
-}
+from pgbackup.interface.options import DIRECT, BackupOptions, RestoreOptions, parse_argv
 
 
-def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
-    """``(command, keyword arguments)`` for a plain ``backup``/``restore`` line (``--config``
-    already taken out), else None: the line is Invoke's."""
-    if not argv or argv[0] not in OPTIONS:
+def parse(argv: list[str]) -> tuple[str, Any, str | None] | None:
+    """``(command, options record, --config)`` for a plain ``backup``/``restore`` line,
+    else None: the line is Invoke's. The parser is generated from the command's record
+    (interface/options.py), the one the Invoke task is made from."""
+    if not argv or argv[0] not in DIRECT:
         return None
-    known = OPTIONS[argv[0]]
-    kwargs: dict[str, Any] = {}
-    words = iter(argv[1:])
-    for word in words:
-        name, eq, value = word.partition("=")
-        if name not in known:
-            return None
-        param, takes_value = known[name]
-        if param in kwargs:
-            return None
-        if not takes_value:
-            if eq:
-                return None
-            kwargs[param] = True
-            continue
-        if not eq:
-            value = next(words, "")
-        if not value or value.startswith("-"):
-            return None  # Invoke's own message for a missing value
-        kwargs[param] = value
-    return argv[0], kwargs
+    parsed: tuple[Any, str | None] | None = parse_argv(DIRECT[argv[0]], argv[1:])
+    if parsed is None:
+        return None
+    return argv[0], *parsed
 
 
 def outcome(exc: BaseException) -> tuple[str, int]:
@@ -85,11 +58,17 @@ def outcome(exc: BaseException) -> tuple[str, int]:
     )
 
 
-def run(command: str, kwargs: dict[str, Any]) -> int:
-    """Run a parsed command as its Invoke task would; the exit status."""
-    bodies: dict[str, Callable[..., int]] = {"backup": backup_targets, "restore": restore_one}
+def run(command: str, argv: list[str]) -> int | None:
+    """Run a plain command line as its Invoke task would; the exit status, or None when
+    the line is Invoke's."""
+    bodies: dict[str, Callable[[Any], int]] = {"backup": backup_targets, "restore": restore_one}
     try:
-        return bodies[command](**kwargs)
+        parsed = parse([command, *argv])
+        if parsed is None:
+            return None
+        _, options, config = parsed
+        use_config(config)
+        return bodies[command](options)
     except Exception as exc:
         message, code = outcome(exc)
     except KeyboardInterrupt as exc:
@@ -98,13 +77,24 @@ def run(command: str, kwargs: dict[str, Any]) -> int:
     return code
 
 
-def load(config: str | None, *, verbose: bool = False) -> Any:
-    """Find, load and validate the policy, then set up logging."""
+def use_config(config: str | None) -> None:
+    """``--config FILE``, wherever it was read (the console's argv, an Invoke task's
+    option): the policy of this process and of the programs it starts (a drill's
+    pgbackup, a restored server's restore_command), through $PGBACKUP_CONFIG."""
+    if config:
+        import os
+
+        os.environ["PGBACKUP_CONFIG"] = os.path.abspath(config)
+
+
+def load(*, verbose: bool = False) -> Any:
+    """Find (--config, $PGBACKUP_CONFIG, ./backup.yaml, /etc/pgbackup/backup.yaml), load
+    and validate the policy, then set up logging."""
     from pgbackup.policy import find_config, load_policy_fast
     from pgbackup.ui import setup_logging
 
     # Validated in full, once per content (and referenced environment): a cache of hashes.
-    policy = load_policy_fast(find_config(config), for_wal=False)
+    policy = load_policy_fast(find_config(None), for_wal=False)
     setup_logging(policy, verbose=verbose, deferred=True)  # at the first message
     return policy
 
@@ -117,20 +107,18 @@ def targets(policy: Any, name: str | None) -> list[Any]:
 # --- backup ---------------------------------------------------------------------------
 
 
-def backup_targets(
-    config: str | None = None, target: str | None = None, type_: str = "full"
-) -> int:
-    """The ``backup`` task: every target (or ``target``); 0, or the worst failure's status
-    (each failure already said on stderr and notified)."""
+def backup_targets(options: BackupOptions) -> int:
+    """The ``backup`` task: every target (or ``--target``); 0, or the worst failure's
+    status (each failure already said on stderr and notified)."""
     from pgbackup.policy.records import BACKUP_TYPES
 
-    if type_ not in BACKUP_TYPES:
+    if options.type_ not in BACKUP_TYPES:
         raise UsageError(
-            f"--type {type_!r}: a backup is full or incremental",
+            f"--type {options.type_!r}: a backup is full or incremental",
             hint="pgbackup backup --type full|incremental",
         )
-    policy = load(config)
-    return backup_each(policy, targets(policy, target), type_)
+    policy = load()
+    return backup_each(policy, targets(policy, options.target), options.type_)
 
 
 def backup_each(policy: Any, chosen: list[Any], type_: str) -> int:
@@ -180,33 +168,40 @@ def notify(policy: Any, event: str, target: str, status: str, message: str) -> N
 # --- restore --------------------------------------------------------------------------
 
 
-def restore_one(
-    to: str | None = None,
-    config: str | None = None,
-    port: int | str | None = None,
-    no_archive: bool = False,
-    from_: str | None = None,
-    json_: bool = False,
-    **options: Any,
-) -> int:
-    """The ``restore`` task's body: its options as the task names them (``--no-archive``,
-    ``--from``, ``--json``); the others go to the engine's restore_command as they are."""
+def restore_one(options: RestoreOptions) -> int:
+    """The ``restore`` task's body: the record's options, each passed by name to the
+    engine's restore_command (``--no-archive`` and ``--from`` in the engine's words)."""
     from pgbackup.engine.restore_command import restore_command
 
-    if not to:
+    o = options
+    if not o.to:
         raise UsageError("restore needs --to DIR (an empty or new directory)")
-    if port is not None and not str(port).isdigit():
-        raise UsageError(f"--port {port!r} is not a port number")
-    policy = load(config)
+    policy = load()
     result = restore_command(
         policy,
-        to=Path(to),
-        port=int(port) if port is not None else None,
-        archive=not no_archive,
-        from_upload=from_,
-        **options,
+        to=Path(o.to),
+        backup=o.backup,
+        force=o.force,
+        start=o.start,
+        port=o.port,
+        target=o.target,
+        db=o.db,
+        target_time=o.target_time,
+        target_lsn=o.target_lsn,
+        target_xid=o.target_xid,
+        target_name=o.target_name,
+        target_action=o.target_action,
+        target_timeline=o.target_timeline,
+        exclusive=o.exclusive,
+        archive=not o.no_archive,
+        from_upload=o.from_,
+        tablespace_map=o.tablespace_map,
+        tablespace_map_all=o.tablespace_map_all,
+        standby=o.standby,
+        primary_conninfo=o.primary_conninfo,
+        delta=o.delta,
     )
-    if json_:
+    if o.json_:
         import json
 
         print(json.dumps(result.as_dict(), indent=2, sort_keys=True, default=str))
@@ -235,8 +230,6 @@ def restore_one(
 
 def main(argv: list[str]) -> int | None:
     """The exit status of a plain ``backup``/``restore`` line run here; None: Invoke's line."""
-    parsed = parse(argv)
-    if parsed is None:
+    if not argv or argv[0] not in DIRECT:
         return None
-    command, kwargs = parsed
-    return run(command, kwargs)
+    return run(argv[0], argv[1:])

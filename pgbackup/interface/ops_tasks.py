@@ -10,23 +10,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, task
+from invoke import Collection
 from invoke.exceptions import Exit
 
+from pgbackup.interface.options import ExtractOptions
 from pgbackup.interface.taskkit import (
-    CONFIG_HELP,
-    command,
     console,
     emit_json,
     load,
+    options_task,
+    policy_task,
     repository,
     targets,
 )
 
 
-@task(
+@policy_task(
     help={
-        "config": CONFIG_HELP,
         "target": "only this target (default: every target)",
         "json": "machine-readable output",
         "nagios": "one status line, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN",
@@ -34,10 +34,8 @@ from pgbackup.interface.taskkit import (
         "no_alert": "do not send alerts for state changes",
     }
 )
-@command
 def check(
     c: Any,
-    config: str | None = None,
     target: str | None = None,
     json_: bool = False,
     nagios: bool = False,
@@ -48,7 +46,7 @@ def check(
     from pgbackup.operations import monitor
 
     try:
-        policy = load(config)
+        policy = load()
         reports = monitor.run_check(
             policy, repository(policy), targets(policy, target), alert=not no_alert
         )
@@ -84,9 +82,8 @@ def check(
         raise Exit(code=code)
 
 
-@task(
+@policy_task(
     help={
-        "config": CONFIG_HELP,
         "target": "only this target (default: every target)",
         "backup": "backup id or 'latest' (default: the newest, or the newest before --target-time)",
         "target_time": "recover to this time instead of the end of the archive",
@@ -96,10 +93,8 @@ def check(
         "json": "machine-readable output",
     }
 )
-@command
 def drill(
     c: Any,
-    config: str | None = None,
     target: str | None = None,
     backup: str | None = None,
     target_time: str | None = None,
@@ -110,7 +105,7 @@ def drill(
     """Restore drill: scratch cluster, WAL replay, declared checks, measured RTO."""
     from pgbackup.operations.drill import run_drill
 
-    policy = load(config)
+    policy = load()
     results = [
         run_drill(
             policy,
@@ -158,20 +153,17 @@ def drill(
         raise Exit(code=1)
 
 
-@task(
+@policy_task(
     name="sla-report",
     help={
-        "config": CONFIG_HELP,
         "target": "only this target (default: every target)",
         "since": "period to report on, e.g. 30d, 12h (default 30d)",
         "format": "md (default), json or html",
         "output": "write the report to this file instead of standard output",
     },
 )
-@command
 def sla_report(
     c: Any,
-    config: str | None = None,
     target: str | None = None,
     since: str = "30d",
     format: str = "md",
@@ -188,7 +180,7 @@ def sla_report(
         raise UsageError(f"--since: {exc}") from None
     if format not in ("md", "json", "html"):
         raise UsageError(f"--format {format!r}: use md, json or html")
-    policy = load(config)
+    policy = load()
     reports = build_reports(policy, repository(policy), targets(policy, target), period)
     text = render(reports, format)
     if output:
@@ -202,92 +194,50 @@ def sla_report(
 # --- extract --------------------------------------------------------------------------
 
 
-@task(
-    iterable=["table", "schema"],
-    auto_shortflags=False,  # seventeen flags: Invoke's generated letters would only confuse
-    help={
-        "config": CONFIG_HELP,
-        "db": "the database the objects are in",
-        "table": "SCHEMA.TABLE to extract (repeatable; default: every table of --db)",
-        "schema": "every object of this schema (repeatable)",
-        "target": "recovery target 'latest' or 'immediate', or the policy target's name",
-        "policy_target": "the policy target, when --target names a recovery target",
-        "backup": "backup id (default: the newest before the recovery target)",
-        "target_time": "as it was at this time (ISO 8601, e.g. '2026-11-23 14:30:00+01:00')",
-        "target_lsn": "as it was at this LSN",
-        "target_xid": "as it was when this transaction committed",
-        "target_name": "as it was at this restore point",
-        "exclusive": "stop just before the target instead of just after it",
-        "output": "write a pg_dump archive of the objects here (never overwritten)",
-        "format": "--output's format: custom (default, for pg_restore) or plain (SQL)",
-        "into_db": "load the objects into this NEW database on the live server",
-        "user": "--into-db: connect to the live server as this role (default: the target's)",
-        "docker": "run the scratch server in a container (drill.image or --image)",
-        "image": "with --docker: the image (default: drill.image, else pgbackup:<version>)",
-        "json": "machine-readable output",
-    },
-)
-@command
-def extract(
-    c: Any,
-    db: str | None = None,
-    table: list[str] | None = None,
-    schema: list[str] | None = None,
-    config: str | None = None,
-    target: str | None = None,
-    policy_target: str | None = None,
-    backup: str | None = None,
-    target_time: str | None = None,
-    target_lsn: str | None = None,
-    target_xid: str | None = None,
-    target_name: str | None = None,
-    exclusive: bool = False,
-    output: str | None = None,
-    format: str | None = None,
-    into_db: str | None = None,
-    user: str | None = None,
-    docker: bool = False,
-    image: str | None = None,
-    json_: bool = False,
-) -> None:
+@options_task(ExtractOptions)
+def extract(c: Any, o: ExtractOptions) -> None:
     """Tables or a database as they were at a recovery target: into a file or a new database."""
     from pgbackup.engine.restore_command import RECOVERY_KEYWORDS, parse_recovery_flags
     from pgbackup.errors import UsageError
     from pgbackup.operations.extract.command import run_extract
     from pgbackup.operations.extract.request import Request, parse_qualified
 
-    if not db:
+    if not o.db:
         raise UsageError("extract needs --db NAME (the database the objects are in)")
-    if format is not None and output is None:
+    if o.format is not None and o.output is None:
         raise UsageError("--format applies to --output FILE")
-    keyword = None
+    keyword, target = None, o.target
     if target in RECOVERY_KEYWORDS:
         keyword, target = target, None
-    if target and policy_target and target != policy_target:
+    if target and o.policy_target and target != o.policy_target:
         raise UsageError(
-            f"--target {target!r} and --policy-target {policy_target!r} name different targets"
+            f"--target {target!r} and --policy-target {o.policy_target!r} name different targets"
         )
-    kind, value = parse_recovery_flags(keyword, target_time, target_lsn, target_xid, target_name)
+    kind, value = parse_recovery_flags(
+        keyword, o.target_time, o.target_lsn, o.target_xid, o.target_name
+    )
     req = Request(
-        database=db,
-        tables=list(dict.fromkeys(parse_qualified(t) for t in table or [])),
-        schemas=list(dict.fromkeys(parse_qualified(f"{s}.x", "--schema")[0] for s in schema or [])),
+        database=o.db,
+        tables=list(dict.fromkeys(parse_qualified(t) for t in o.table or [])),
+        schemas=list(
+            dict.fromkeys(parse_qualified(f"{s}.x", "--schema")[0] for s in o.schema or [])
+        ),
         kind=kind,  # type: ignore[arg-type]
         value=value,
-        inclusive=not exclusive,
-        backup=backup,
-        output=Path(output).absolute() if output else None,
-        fmt=format or "custom",
-        into_db=into_db,
-        user=user,
-        docker=docker,
-        image=image,
+        inclusive=not o.exclusive,
+        backup=o.backup,
+        output=Path(o.output).absolute() if o.output else None,
+        fmt=o.format or "custom",
+        into_db=o.into_db,
+        user=o.user,
+        docker=o.docker,
+        image=o.image,
     )
-    if image and not docker:
+    if o.image and not o.docker:
         raise UsageError("--image names the container image of --docker")
-    policy = load(config)
-    result = run_extract(policy, policy.target(policy_target or target), req)
-    if json_:
+    policy = load()
+    result = run_extract(policy, policy.target(o.policy_target or target), req)
+    if o.json_:
         emit_json(result.as_dict())
         return
     rec, dest, r = result.recovered_to, result.destination, result.restored
@@ -324,19 +274,16 @@ def extract(
 # --- exporter -------------------------------------------------------------------------
 
 
-@task(
+@policy_task(
     help={
-        "config": CONFIG_HELP,
         "target": "only this target (default: every target)",
         "listen": "ADDR:PORT to serve /metrics on (default 127.0.0.1:9188; :9188 = every interface)",
         "interval": "read each repository at most this often (default 60s)",
         "timeout": "a scrape waits this long at most for a read, then serves the last values (default 5s)",
     }
 )
-@command
 def exporter(
     c: Any,
-    config: str | None = None,
     target: str | None = None,
     listen: str = "127.0.0.1:9188",
     interval: str = "60s",
@@ -356,7 +303,7 @@ def exporter(
         if durations[flag] <= 0:
             raise UsageError(f"--{flag} {text!r}: must be longer than 0s")
     parse_listen(listen)  # a bad address fails before the policy is read
-    policy = load(config)
+    policy = load()
     chosen = targets(policy, target)
 
     def ready(url: str) -> None:
@@ -377,21 +324,17 @@ def exporter(
 # --- schedule -------------------------------------------------------------------------
 
 SCHEDULE_HELP = {
-    "config": CONFIG_HELP,
     "user": "OS user whose crontab to change (default: the current user)",
     "json": "machine-readable output",
 }
 
 
-@task(name="install", help=SCHEDULE_HELP)
-@command
-def schedule_install(
-    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
-) -> None:
+@policy_task(name="install", help=SCHEDULE_HELP)
+def schedule_install(c: Any, user: str | None = None, json_: bool = False) -> None:
     """Put one tagged crontab line per schedule of the policy (idempotent)."""
     from pgbackup.operations import schedule
 
-    policy = load(config)
+    policy = load()
     result = schedule.install(policy, user)
     if json_:
         emit_json(result)
@@ -404,15 +347,12 @@ def schedule_install(
     )
 
 
-@task(name="remove", help=SCHEDULE_HELP)
-@command
-def schedule_remove(
-    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
-) -> None:
+@policy_task(name="remove", help=SCHEDULE_HELP)
+def schedule_remove(c: Any, user: str | None = None, json_: bool = False) -> None:
     """Remove this policy's crontab lines; every other line stays."""
     from pgbackup.operations import schedule
 
-    policy = load(config)
+    policy = load()
     result = schedule.remove(policy, user)
     if json_:
         emit_json(result)
@@ -420,15 +360,12 @@ def schedule_remove(
         print(f"removed {result['removed']} line(s)")
 
 
-@task(name="status", help=SCHEDULE_HELP)
-@command
-def schedule_status(
-    c: Any, config: str | None = None, user: str | None = None, json_: bool = False
-) -> None:
+@policy_task(name="status", help=SCHEDULE_HELP)
+def schedule_status(c: Any, user: str | None = None, json_: bool = False) -> None:
     """Each schedule: cron line, installed or not, next run, last run and its outcome."""
     from pgbackup.operations import schedule
 
-    policy = load(config)
+    policy = load()
     rows = schedule.status(policy, repository(policy), user)
     if json_:
         emit_json(rows)

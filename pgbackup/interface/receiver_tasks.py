@@ -5,26 +5,27 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from invoke import Collection, task
+from invoke import Collection
 
 from pgbackup.engine.uploads import UploadError
 from pgbackup.errors import UsageError
-from pgbackup.interface.taskkit import CONFIG_HELP, command, load
+from pgbackup.interface.taskkit import (
+    load,
+    policy_task,
+)
 
 
-@task(
+@policy_task(
     name="wal-receive",
     help={
-        "config": CONFIG_HELP,
         "target": "the target to stream (needs wal_receiver: in its policy)",
     },
 )
-@command
-def wal_receive(c: Any, target: str | None = None, config: str | None = None) -> None:
+def wal_receive(c: Any, target: str | None = None) -> None:
     """Stream WAL with pg_receivewal into the repository until SIGTERM (then flush, exit 0)."""
     from pgbackup.engine.receiver import receive
 
-    policy = load(config)
+    policy = load()
     chosen = policy.target(target)
 
     def ready(text: str) -> None:
@@ -38,22 +39,19 @@ def wal_receive(c: Any, target: str | None = None, config: str | None = None) ->
     )
 
 
-@task(
+@policy_task(
     name="wal-ship",
     iterable=["to"],
     help={
-        "config": CONFIG_HELP,
         "target": "the target whose archived WAL is shipped (default: every target)",
         "to": "only this upload destination (repeatable; default: every one)",
         "once": "one round, then exit (non-zero when a destination failed)",
         "interval": "seconds between two rounds (default 1)",
     },
 )
-@command
 def wal_ship(
     c: Any,
     target: str | None = None,
-    config: str | None = None,
     to: list[str] | None = None,
     once: bool = False,
     interval: float = 1.0,
@@ -61,7 +59,7 @@ def wal_ship(
     """Copy archived WAL to every upload destination as it arrives, until SIGTERM (or --once)."""
     from pgbackup.engine.shipper import ship
 
-    policy = load(config)
+    policy = load()
     if interval <= 0:
         raise UsageError(f"--interval {interval}: must be more than 0 seconds")
     if not policy.uploads:

@@ -7,7 +7,9 @@ their plumbing, so the task modules import this and nothing of each other.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json as jsonlib
 import os
 import sys
@@ -15,14 +17,75 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from invoke import Task, task
 from invoke.exceptions import Exit
 
 from pgbackup.errors import UsageError
-from pgbackup.interface.direct import load, outcome, targets
+from pgbackup.interface.direct import load, outcome, targets, use_config
+from pgbackup.interface.options import CONFIG_HELP, build, default_of, help_of, kinds
 
 __all__ = ["load", "targets"]  # shared with the commands run without Invoke (direct.py)
 
 F = TypeVar("F", bound=Callable[..., Any])
+CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None)
+
+
+def policy_task(
+    *, help: dict[str, str] | None = None, name: str | None = None, **task_options: Any
+) -> Callable[[Callable[..., Any]], Task[Any]]:
+    """An Invoke task of a command that reads the policy: ``--config FILE`` is added to
+    its options here, once for every task (the body calls :func:`load` without it), and
+    errors become one message and an exit status (:func:`command`). Long options only:
+    Invoke's automatic short flags change as options come and go, and ran out of letters
+    (``--=STRING``) on restore."""
+
+    def decorate(body: Callable[..., Any]) -> Task[Any]:
+        signature = inspect.signature(body)
+        context, *params = signature.parameters.values()
+
+        @functools.wraps(body)
+        def run(c: Any, *args: Any, config: str | None = None, **kwargs: Any) -> Any:
+            use_config(config)
+            return body(c, *args, **kwargs)
+
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[context, *params, CONFIG]
+        )
+        return task(  # type: ignore[no-any-return]
+            name=name,
+            help={**(help or {}), "config": CONFIG_HELP},
+            auto_shortflags=False,
+            **task_options,
+        )(command(run))
+
+    return decorate
+
+
+def options_task(
+    options: type, *, name: str | None = None
+) -> Callable[[Callable[[Any, Any], Any]], Task[Any]]:
+    """An Invoke task whose options are the fields of the record ``options``
+    (interface/options.py): its signature, its help and its repeatable options come from
+    the record; the body is called with the record, typed."""
+
+    def decorate(body: Callable[[Any, Any], Any]) -> Task[Any]:
+        fields = {f.name: f for f in dataclasses.fields(options)}
+        params = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=default_of(f))
+            for n, f in fields.items()
+        ]
+
+        @functools.wraps(body)
+        def run(c: Any, **values: Any) -> Any:
+            return body(c, build(options, values))
+
+        run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("c", inspect.Parameter.POSITIONAL_ONLY), *params]
+        )
+        iterable = [n for n, kind in kinds(options).items() if kind is list]
+        return policy_task(help=help_of(options), name=name, iterable=iterable)(run)
+
+    return decorate
 
 
 def command(fn: F) -> F:
@@ -69,6 +132,3 @@ def console() -> Any:
 
     # Wide enough for a listing when piped (cron mail, log files); a terminal sets its own.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-CONFIG_HELP = "policy file (default: $PGBACKUP_CONFIG, ./backup.yaml, /etc/pgbackup/backup.yaml)"
