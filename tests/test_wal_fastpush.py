@@ -1,8 +1,11 @@
-"""wal-push's fast path (interface/wal_fastpush) stores what the general path stores, and
-leaves everything else to it, having published nothing."""
+"""wal-push's fast path (engine/wal_fastpush) stores what the general path stores, is taken
+in the common case, leaves everything else to the general path having published nothing,
+and lets its own bugs surface. Its rules are shared modules (policyrules, formats.walpage,
+formats.codecbase, durable): tests/test_policyrules.py and tests/test_wal_magic.py."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import struct
@@ -12,13 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from pgbackup.engine import wal
+from pgbackup import durable
+from pgbackup.engine import wal, wal_fastpush
+from pgbackup.formats import codecbase
 from pgbackup.formats.codecs import CodecSpec, decode_bytes, encode_bytes
-from pgbackup.interface import wal_fastpush
-from pgbackup.interface.wal_commands import wal_main
+from pgbackup.interface.wal_commands import WAL_FLAGS, _split_flags, wal_argv, wal_main
 from pgbackup.policy import load_policy_fast, validate_file
-from pgbackup.policy.cache import _cache_key
-from pgbackup.policy.interpolation import _referenced_vars
 
 SEG = 16 * 1024 * 1024
 NAME = "000000010000000000000003"
@@ -61,32 +63,21 @@ def bind(s: dict[str, Path]) -> None:
     wal.push(load_policy_fast(s["policy"]), s["first"], "main")
 
 
-def test_the_cache_key_is_the_policy_caches(tmp_path: Path) -> None:
-    policy = tmp_path / "p.yaml"
-    data = b"repository: {path: ${REPO:-x}}\nb: ${B}${A} $${NOT} ${ 9} ${_x9}"
-    policy.write_bytes(data)
-    env = {"REPO": "/r", "A": "1"}
-    assert wal_fastpush._cache_key(str(policy.resolve()), data, env) == _cache_key(
-        policy.resolve(), data, env
-    )
+def test_it_reads_the_entry_the_loader_cached(setup: dict[str, Path]) -> None:
+    doc = wal_fastpush._cached_document(os.path.realpath(setup["policy"]))
+    assert isinstance(doc, dict) and doc["repository"] == {"path": "repo"}
 
 
-def test_referenced_vars_match_the_regular_expression() -> None:
-    rnd = random.Random(5)
-    alphabet = b"${}_aZ9 -:"
-    for _ in range(3000):
-        data = bytes(rnd.choice(alphabet) for _ in range(rnd.randrange(30)))
-        assert wal_fastpush.referenced_vars(data) == _referenced_vars(data), data
+def test_its_schema_is_the_loaders() -> None:
+    from pgbackup.policy.schema import SCHEMA_PATH
 
-
-def test_the_page_magics_are_the_engines() -> None:
-    assert sorted(wal_fastpush._MAGICS) == sorted(wal.WAL_PAGE_MAGIC.values())
+    assert wal_fastpush._schema_path() == str(SCHEMA_PATH)
 
 
 def test_it_stores_what_the_general_path_stores(
     setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(wal_fastpush.os, "environ", {**os.environ, "PGBACKUP_WAL_THREADS": "0"})
+    monkeypatch.setenv("PGBACKUP_WAL_THREADS", "0")
     bind(setup)
     assert wal_fastpush.fast_push(str(setup["policy"]), "main", str(setup["seg"]))
     stored = (setup["repo"] / "main" / "wal" / f"{NAME}.zst").read_bytes()
@@ -162,7 +153,9 @@ def test_uncommon_cases_publish_nothing(
     assert not wal_dir.exists() or not [n for n in os.listdir(wal_dir) if n.startswith(".")]
 
 
-def test_a_fast_push_imports_no_pathlib_typing_json_or_re(setup: dict[str, Path]) -> None:
+def test_a_fast_push_imports_no_pathlib_typing_json_re_nor_the_general_path(
+    setup: dict[str, Path],
+) -> None:
     bind(setup)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     code = (
@@ -173,7 +166,8 @@ def test_a_fast_push_imports_no_pathlib_typing_json_or_re(setup: dict[str, Path]
         "try:\n"
         "    main([*sys.argv[1:]])\n"
         "except SystemExit as e:\n"
-        "    bad = sorted(m for m in ('pathlib', 'typing', 'json', 're', 'contextlib', 'zstandard')"
+        "    bad = sorted(m for m in ('pathlib', 'typing', 'json', 're', 'contextlib', 'zstandard',"
+        " 'pgbackup.policy', 'pgbackup.storage', 'pgbackup.formats.codecs', 'pgbackup.engine.wal')"
         " if m in sys.modules)\n"
         "    print(e.code, ','.join(bad))\n"
     )
@@ -207,3 +201,113 @@ def test_a_retry_of_an_archived_segment_makes_the_stored_copy_durable(
     monkeypatch.setattr(PosixStorage, "make_durable", spy)
     wal.push(load_policy_fast(setup["policy"]), setup["first"], "main")  # the retry
     assert synced == ["main/wal/000000010000000000000002.zst"]
+
+
+def test_the_common_case_takes_the_fast_path(
+    setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If it silently stopped being taken, every push would still succeed, slower: this
+    fails instead."""
+    bind(setup)
+
+    def general(*args: object, **kwargs: object) -> str:
+        raise AssertionError("the general path ran for the common case")
+
+    monkeypatch.setattr(wal, "push", general)
+    assert wal_main(["--config", str(setup["policy"]), "wal-push", str(setup["seg"])]) == 0
+    assert (setup["repo"] / "main" / "wal" / f"{NAME}.zst").exists()
+
+
+def test_a_bug_in_the_fast_path_fails_the_push_loudly(
+    setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bind(setup)
+    capsys.readouterr()
+
+    def broken(data: bytes, level: int, threads: int) -> bytes:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(codecbase, "zstd_whole", broken)
+    code = wal_main(["--config", str(setup["policy"]), "wal-push", str(setup["seg"])])
+    err = capsys.readouterr().err
+    assert code == 70
+    log = setup["repo"] / "backup.log"
+    assert err.strip().splitlines() == [
+        f"pgbackup wal-push: internal error: RuntimeError: boom (a bug in pgbackup; "
+        f"the traceback is in {log})"
+    ]
+    import logging
+
+    for handler in logging.getLogger("pgbackup").handlers[:]:  # as set up for the report
+        logging.getLogger("pgbackup").removeHandler(handler)
+        handler.close()
+    text = log.read_text()
+    assert "wal-push: internal error" in text and "Traceback" in text and "in broken" in text
+    wal_dir = setup["repo"] / "main" / "wal"
+    assert not (wal_dir / f"{NAME}.zst").exists()
+    assert not [n for n in os.listdir(wal_dir) if n.startswith(".")]
+
+
+def test_a_filesystem_error_before_the_link_goes_the_general_way(
+    setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (say) is the general path's to report, with its message and hint."""
+    bind(setup)
+
+    def full(final: str, data: bytes, owner: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(durable, "write_temp", full)
+    assert not wal_fastpush.fast_push(str(setup["policy"]), "main", str(setup["seg"]))
+    assert not (setup["repo"] / "main" / "wal" / f"{NAME}.zst").exists()
+
+
+def test_a_directory_that_cannot_be_synced_fails_the_push(
+    setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bind(setup)
+    real = durable.fsync_path
+
+    def failing(path: str | os.PathLike[str]) -> None:
+        if os.path.basename(path) == "wal":
+            raise OSError(errno.EIO, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(durable, "fsync_path", failing)
+    with pytest.raises(wal_fastpush.NotDurable):
+        wal_fastpush.fast_push(str(setup["policy"]), "main", str(setup["seg"]))
+    capsys.readouterr()
+    setup["seg"].with_name("000000010000000000000004").write_bytes(segment(7000000000000000001))
+    code = wal_main(
+        [
+            "--config",
+            str(setup["policy"]),
+            "wal-push",
+            str(setup["seg"].with_name("000000010000000000000004")),
+        ]
+    )
+    assert code == 3
+    assert "cannot make 000000010000000000000004 durable" in capsys.readouterr().err
+
+
+def test_the_invoke_task_takes_every_flag_of_wal_push() -> None:
+    from pgbackup.interface.engine_tasks import wal_push
+
+    params = {a.names[0] for a in wal_push.get_arguments() if not a.positional}
+    flags = {f[2:] for f, (commands, _value) in WAL_FLAGS.items() if "wal-push" in commands}
+    assert params == flags
+
+
+def test_the_flags_table_reads_what_wal_argv_writes() -> None:
+    argv = wal_argv("wal-push", ["pg_wal/X"], config="/p.yaml", target="main", **{"async": True})
+    assert argv == ["wal-push", "pg_wal/X", "--config", "/p.yaml", "--target", "main", "--async"]
+    assert _split_flags(argv) == (
+        {"--config": "/p.yaml", "--target": "main", "--async": True},
+        ["wal-push", "pg_wal/X"],
+    )
+    assert _split_flags(["-c", "a", "--target=b", "wal-fetch", "--until", "S", "N", "P"]) == (
+        {"--config": "a", "--target": "b", "--until": "S"},
+        ["wal-fetch", "N", "P"],
+    )
+    with pytest.raises(ValueError):
+        wal_argv("wal-push", ["x"], until="S")

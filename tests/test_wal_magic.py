@@ -1,13 +1,26 @@
 """WAL page headers of every supported major: the cluster check and the content check read
-them the same way (XLOG_PAGE_MAGIC per version, src/include/access/xlog_internal.h)."""
+them the same way (XLOG_PAGE_MAGIC per version, src/include/access/xlog_internal.h). The
+rules live in formats/walpage, which both wal-push paths and walchain read."""
 
 from __future__ import annotations
 
+import json
+import random
 import struct
 
 import pytest
 
-from pgbackup.engine.wal import MAGIC_MAJOR, WAL_PAGE_MAGIC, segment_sysid, wal_major
+from pgbackup.engine import wal, walchain
+from pgbackup.formats import lsn, walpage
+from pgbackup.formats.walpage import (
+    MAGIC_MAJOR,
+    WAL_PAGE_MAGIC,
+    archive_info_bytes,
+    is_segment_or_partial,
+    names_cluster,
+    segment_sysid,
+    wal_major,
+)
 
 SEG = 16 * 1024 * 1024
 
@@ -33,5 +46,40 @@ def test_a_page_of_unknown_format_gives_no_system_identifier() -> None:
     assert wal_major(page) is None and segment_sysid(page) is None
 
 
+def test_a_short_page_header_gives_no_system_identifier() -> None:
+    page = struct.pack("<HHIQI4x", 0xD110, 0x0000, 1, 0, 0) + bytes(16)
+    assert wal_major(page) == 15 and segment_sysid(page) is None
+
+
 def test_magics_are_distinct_per_major() -> None:
     assert len(MAGIC_MAJOR) == len(WAL_PAGE_MAGIC)
+
+
+def test_the_engine_reads_the_one_table() -> None:
+    assert wal.segment_sysid is walpage.segment_sysid and wal.read_wal_file is walpage.read_wal_file
+    assert walchain.MAGIC_MAJOR is MAGIC_MAJOR and walchain.wal_major is wal_major
+    assert wal.ARCHIVE_INFO == walpage.ARCHIVE_INFO == "archive.json"
+
+
+def test_segment_names_are_lsns() -> None:
+    """formats.lsn decides what a segment's name is; walpage says the same without re."""
+    rnd = random.Random(3)
+    names = ["000000010000000000000003", "000000010000000000000003.partial", "x", ""]
+    for _ in range(3000):
+        names.append(
+            "".join(
+                rnd.choice("0123456789ABCDEFa.partil") for _ in range(rnd.choice((8, 24, 25, 32)))
+            )
+        )
+    names += [n + ".partial" for n in names[:500]]
+    for name in names:
+        assert is_segment_or_partial(name) == (lsn.is_segment(name) or lsn.is_partial(name)), name
+
+
+@pytest.mark.parametrize("sysid", [0, 7, 7412345678901234567, 2**64 - 1])
+def test_archive_json_is_json(sysid: int) -> None:
+    data = archive_info_bytes(sysid, SEG)
+    assert data == json.dumps({"system_identifier": str(sysid), "wal_segment_size": SEG}).encode()
+    assert names_cluster(data, sysid)
+    assert not names_cluster(data, sysid + 1) and not names_cluster(data, sysid * 10 + 1)
+    assert not names_cluster(b'{"wal_segment_size": 1, "system_identifier": "%d"}' % sysid, sysid)

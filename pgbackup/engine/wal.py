@@ -9,6 +9,11 @@ wal-push runs once per 16 MiB segment, so this module imports only what that nee
   different content is a loud failure that leaves the archived copy untouched;
 - a segment from another cluster (system identifier in its page header) is refused.
 
+A WAL page's rules (magics, the long header) and ``archive.json``'s bytes are
+:mod:`pgbackup.formats.walpage`'s; the common case of a push is stored by
+:mod:`pgbackup.engine.wal_fastpush` with them and with the same write protocol
+(:mod:`pgbackup.durable`), before this module is imported.
+
 The archive read as a whole (its gaps, the recoverable window, expiry) is
 :mod:`pgbackup.engine.walchain`.
 """
@@ -30,20 +35,15 @@ from pgbackup.formats.lsn import (
     is_partial,
     is_segment,
 )
+from pgbackup.formats.walpage import ARCHIVE_INFO, archive_info_bytes, read_wal_file, segment_sysid
+from pgbackup.formats.walpage import MAGIC_MAJOR as MAGIC_MAJOR  # for walchain
+from pgbackup.formats.walpage import wal_major as wal_major  # for walchain
 from pgbackup.storage import Storage, open_storage
 
-ARCHIVE_INFO = "archive.json"
 # zstd worker threads for one segment in the long-running receiver (-1: one per core, 0:
 # the calling thread). wal-push decides per segment (formats.zstdlib.wal_threads: workers
 # only on idle cores).
 WAL_THREADS = int(os.environ.get("PGBACKUP_WAL_THREADS", "-1"))
-MAP_THRESHOLD = 1024 * 1024
-XLP_LONG_HEADER = 0x0002
-# XLOG_PAGE_MAGIC of each major version (src/include/access/xlog_internal.h): the first two
-# bytes of every WAL page, bumped whenever the WAL format changes. A page of any of these
-# has the same header layout (XLogPageHeaderData, XLogLongPageHeaderData) since 9.3.
-WAL_PAGE_MAGIC = {14: 0xD10D, 15: 0xD110, 16: 0xD113, 17: 0xD116, 18: 0xD118}
-MAGIC_MAJOR = {magic: major for major, magic in WAL_PAGE_MAGIC.items()}
 
 
 class WalError(PgBackupError):
@@ -74,26 +74,6 @@ GAP_GRACE_SECONDS = float(os.environ.get("PGBACKUP_GAP_GRACE", "2"))
 
 def is_wal_name(name: str) -> bool:
     return is_segment(name) or is_history(name) or is_backup_label_file(name) or is_partial(name)
-
-
-def segment_sysid(data: bytes) -> tuple[int, int] | None:
-    """(system identifier, segment size) from a segment's long page header, if present.
-
-    XLogPageHeaderData is 24 bytes when aligned (magic, info, tli, pageaddr, rem_len);
-    the long header adds xlp_sysid (uint64) and xlp_seg_size (uint32).
-    """
-    if len(data) < 40:
-        return None
-    magic, info = struct.unpack_from("<HH", data, 0)
-    if magic not in MAGIC_MAJOR or not info & XLP_LONG_HEADER:
-        return None
-    sysid, seg_size = struct.unpack_from("<QI", data, 24)
-    return sysid, seg_size
-
-
-def wal_major(data: bytes) -> int | None:
-    """The PostgreSQL major whose WAL format wrote this page (None: not a WAL page we know)."""
-    return MAGIC_MAJOR.get(struct.unpack_from("<H", data, 0)[0]) if len(data) >= 2 else None
 
 
 def control_sysid(data_dir: Path) -> int | None:
@@ -136,9 +116,7 @@ def bind_archive(storage: Storage, target: str, sysid: int, seg_size: int) -> No
     """Tie a target's archive to one cluster (first push wins; conditional create)."""
     info = read_archive_info(storage, target)
     if info is None:
-        payload = json.dumps(
-            {"system_identifier": str(sysid), "wal_segment_size": seg_size}
-        ).encode()
+        payload = archive_info_bytes(sysid, seg_size)
         try:
             storage.write_bytes(f"{target}/{ARCHIVE_INFO}", payload, if_absent=True)
             return
@@ -171,23 +149,6 @@ def pick_target(policy: Any, storage: Storage, explicit: str | None, sysid: int 
 
 def wal_key(target: str, name: str, spec: CodecSpec) -> str:
     return f"{target}/wal/{name}{suffix(spec)}"
-
-
-def read_wal_file(path: Path) -> bytes:
-    """The file's bytes; a segment is mapped rather than copied.
-
-    A private 16 MiB buffer costs a page fault per 4 KiB page (about 8 ms a segment,
-    which is a tenth of wal-push); the map reads the page cache in place. PostgreSQL
-    neither writes nor truncates a segment while its archive_command runs.
-    """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < MAP_THRESHOLD:
-            return f.read()
-        import mmap
-
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        return mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)  # type: ignore[return-value]
 
 
 def find_archived(storage: Storage, target: str, name: str, spec: CodecSpec) -> str | None:

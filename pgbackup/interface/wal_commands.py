@@ -20,6 +20,21 @@ if TYPE_CHECKING:
 
 WAL_COMMANDS = ("wal-push", "wal-fetch")
 
+#: Every flag of the WAL commands: flag -> (the commands that read it, whether it takes a
+#: value). :func:`wal_main` parses with this table (``--config`` also as ``-c``; a value
+#: as the next word or after ``=``), and the Invoke tasks build their command line with
+#: :func:`wal_argv` from it; tests/test_wal_fastpush.py checks that the Invoke wal-push
+#: task has a parameter for each of wal-push's flags.
+WAL_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "--config": (WAL_COMMANDS, True),
+    "--target": (WAL_COMMANDS, True),
+    "--async": (("wal-push",), False),
+    "--from": (("wal-fetch",), True),  # an upload destination to fetch from
+    "--until": (("wal-fetch",), True),  # the last segment recovery needs
+}
+#: Internal errors (bugs): sysexits' EX_SOFTWARE.
+EXIT_INTERNAL = 70
+
 # restore_command's exit statuses, as PostgreSQL reads them (src/backend/access/transam/
 # xlogarchive.c, RestoreArchivedFile, PostgreSQL 15 to 18): 0 is "restored"; a death by
 # signal, or an exit status above 125 (wait_result_is_any_signal(rc, true)), is FATAL
@@ -33,63 +48,74 @@ EXIT_ABORT_RECOVERY = 255
 
 def split_config(argv: list[str]) -> tuple[str | None, list[str]]:
     """Pull ``--config X`` / ``--config=X`` / ``-c X`` out of argv (anywhere)."""
-    config = None
+    flags, rest = _split_flags(argv, ("--config",))
+    config = flags.get("--config")
+    return (config if isinstance(config, str) else None), rest
+
+
+def _split_flags(
+    argv: list[str], names: tuple[str, ...] = tuple(WAL_FLAGS)
+) -> tuple[dict[str, str | bool], list[str]]:
+    """The flags of ``names`` found anywhere in argv (by :data:`WAL_FLAGS`), and the rest."""
+    found: dict[str, str | bool] = {}
     rest: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            config = argv[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-            i += 1
-            continue
+        flag = "--config" if arg == "-c" else arg.split("=", 1)[0]
+        if flag in names:
+            takes_value = WAL_FLAGS[flag][1]
+            if not takes_value and arg == flag:
+                found[flag] = True
+                i += 1
+                continue
+            if takes_value and "=" in arg and arg.startswith("--"):
+                found[flag] = arg.split("=", 1)[1]
+                i += 1
+                continue
+            if takes_value and "=" not in arg and i + 1 < len(argv):
+                found[flag] = argv[i + 1]
+                i += 2
+                continue
         rest.append(arg)
         i += 1
-    return config, rest
+    return found, rest
+
+
+def _value(flags: dict[str, str | bool], flag: str) -> str | None:
+    value = flags.get(flag)
+    return value if isinstance(value, str) else None
+
+
+def wal_argv(command: str, args: list[str], **flags: str | bool | None) -> list[str]:
+    """The command line of ``command`` with ``args`` and the flags given (by name, without
+    the dashes; None or False: not given), as :func:`wal_main` reads it."""
+    argv = [command, *args]
+    for name, value in flags.items():
+        flag = f"--{name}"
+        if flag not in WAL_FLAGS or command not in WAL_FLAGS[flag][0]:
+            raise ValueError(f"{command} has no flag {flag}")
+        if value is None or value is False:
+            continue
+        argv += [flag, str(value)] if WAL_FLAGS[flag][1] else [flag]
+    return argv
 
 
 def wal_main(argv: list[str]) -> int:
-    """``wal-push PATH`` / ``wal-fetch NAME PATH`` with ``--config``/``--target``.
+    """``wal-push PATH`` / ``wal-fetch NAME PATH`` with the flags of :data:`WAL_FLAGS`.
 
     Exit status: 0 done; 1 (wal-fetch) not in the archive; 2 bad usage or policy;
     3 or more: the push/fetch failed (message on stderr); 255 (wal-fetch during archive
-    recovery): failed, and PostgreSQL must abort recovery (see fetch_failure_status).
+    recovery): failed, and PostgreSQL must abort recovery (see fetch_failure_status);
+    70: a bug (one line on stderr, the traceback in the log file).
     """
     from pgbackup.errors import PgBackupError
 
-    config, rest = split_config(argv)
-    target = None
-    source = None  # wal-fetch --from NAME: an upload destination
-    until = None  # wal-fetch --until SEGMENT: recovery needs nothing after it
-    asynchronous = False
-    positional: list[str] = []
-    i = 0
-    while i < len(rest):
-        if rest[i] == "--async":
-            asynchronous = True
-            i += 1
-            continue
-        if rest[i] == "--target" and i + 1 < len(rest):
-            target = rest[i + 1]
-            i += 2
-            continue
-        if rest[i].startswith("--target="):
-            target = rest[i].split("=", 1)[1]
-            i += 1
-            continue
-        if rest[i] == "--until" and i + 1 < len(rest):
-            until = rest[i + 1]
-            i += 2
-            continue
-        if rest[i] == "--from" and i + 1 < len(rest):
-            source = rest[i + 1]
-            i += 2
-            continue
-        positional.append(rest[i])
-        i += 1
+    flags, positional = _split_flags(argv)
+    config, target = _value(flags, "--config"), _value(flags, "--target")
+    source = _value(flags, "--from")  # wal-fetch --from NAME: an upload destination
+    until = _value(flags, "--until")  # wal-fetch --until SEGMENT: recovery needs nothing after it
+    asynchronous = flags.get("--async") is True
     command, args = positional[0], positional[1:]
     want = 1 if command == "wal-push" else 2
     if len(args) != want:
@@ -111,13 +137,14 @@ def wal_main(argv: list[str]) -> int:
     try:
         if command == "wal-push":
             # The common case, with none of the imports below (wal_fastpush says which
-            # case and why); anything else, or any doubt, goes the general way.
-            from pgbackup.interface.wal_fastpush import fast_push
+            # case and why); anything else goes the general way. A bug in it is raised,
+            # and reported below like any other.
+            from pgbackup.engine.wal_fastpush import NotDurable, fast_push
 
             try:
                 if fast_push(config, target, args[0]):
                     return 0
-            except OSError as exc:  # linked into place, but its directory not fsynced
+            except NotDurable as exc:  # linked into place, but its directory not fsynced
                 unsynced = exc
         from pgbackup.engine import wal
         from pgbackup.policy import find_config, load_policy_fast
@@ -150,8 +177,42 @@ def wal_main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug; still one line, never a traceback in the server log
-        print(f"pgbackup {command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return fetch_failure_status(_cwd()) if command == "wal-fetch" else 70
+        where = _log_internal_error(policy, config, command, exc)
+        print(
+            f"pgbackup {command}: internal error: {type(exc).__name__}: {exc} (a bug in "
+            f"pgbackup{f'; the traceback is in {where}' if where else ''})",
+            file=sys.stderr,
+        )
+        return fetch_failure_status(_cwd()) if command == "wal-fetch" else EXIT_INTERNAL
+
+
+def _log_internal_error(
+    policy: object, config: str | None, command: str, exc: Exception
+) -> str | None:
+    """Write the traceback of a bug to the policy's log file (as the other commands do,
+    interface/direct.outcome); the file's path, or None when there is none."""
+    import traceback
+
+    try:
+        if policy is None:  # the fast path failed before the policy was loaded
+            from pgbackup.policy import find_config, load_policy_fast
+
+            policy = load_policy_fast(find_config(config))
+        from pgbackup.ui import LOG, LOG_FILE_ONLY, default_log_file, setup_logging
+
+        path = default_log_file(policy)
+        if path is None:
+            return None
+        setup_logging(policy)
+        LOG.error(
+            "%s: internal error\n%s",
+            command,
+            "".join(traceback.format_exception(exc)),
+            extra=LOG_FILE_ONLY,
+        )
+        return str(path)
+    except Exception:  # the report of a bug must not hide it
+        return None
 
 
 def _cwd() -> Path:

@@ -3,7 +3,9 @@
 ``$$`` is a literal ``$``. A scalar that is exactly one ``${...}`` becomes an integer (or
 a boolean) where the schema expects one; when it expands to an empty string, the key is
 treated as not set. This runs on every load, the cached wal-push one included, so it
-needs the schema but neither PyYAML nor jsonschema.
+needs the schema but neither PyYAML nor jsonschema. The reference grammar (what a
+``NAME`` is, which scalars are rewritten) is :mod:`pgbackup.policyrules`', which the
+validated-policy cache and wal-push's fast path read too.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from typing import Any
 
 from pgbackup.policy.parsers import _Pattern
 from pgbackup.policy.schema import _child_schema, _join, _types
+from pgbackup.policyrules import interpolated, name_end
 
 _INT = _Pattern(r"^\s*[+-]?[0-9]+\s*$")
-_VAR_NAME = _Pattern(r"[A-Za-z_][A-Za-z0-9_]*")
-_REFERENCED = _Pattern(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
 class _Interpolator:
@@ -45,14 +46,14 @@ class _Interpolator:
 
     def _reference(self, text: str, start: int, path: str) -> tuple[str, int]:
         """Expand the ``${...}`` at ``start``; return (value, index after it)."""
-        m = _VAR_NAME.match(text, start + 2)
+        after = name_end(text, start + 2)  # the name's grammar: pgbackup.policyrules
         end = self._closing_brace(text, start + 2)
         if end is None:
             self.problems.append(
                 (path, f"unterminated '${{' in {text!r}; write $$ for a literal $")
             )
             return "", len(text)
-        if m is None:
+        if after == start + 2:
             self.problems.append(
                 (
                     path,
@@ -60,7 +61,7 @@ class _Interpolator:
                 )
             )
             return "", end + 1
-        name, after = m.group(0), m.end()
+        name = text[start + 2 : after]
         if after == end:
             default = None
         elif text.startswith(":-", after):
@@ -133,7 +134,7 @@ class _Interpolator:
                 if new is not self._REMOVE:
                     items.append(new)
             return items
-        if isinstance(value, str) and "$" in value:
+        if isinstance(value, str) and interpolated(value):
             expanded = self.expand(value, path)
             if "${" in value and expanded == "":
                 self.emptied[path] = value
@@ -148,7 +149,3 @@ class _Interpolator:
         if isinstance(value, float) and value.is_integer() and "integer" in _types(schema_node):
             return int(value)
         return value
-
-
-def _referenced_vars(data: bytes) -> list[str]:
-    return sorted({m.group(1).decode() for m in _REFERENCED.finditer(data)})

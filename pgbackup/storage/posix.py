@@ -2,7 +2,8 @@
 
 Durability follows PostgreSQL's own rules for its archive: write a temporary file,
 fsync it, rename (or hard-link, for create-only-if-absent) into place, fsync the
-directory. Directories are created 0750 and files 0640.
+directory. Directories are created 0750 and files 0640. The protocol's steps and
+constants are :mod:`pgbackup.durable`'s (wal-push's fast path writes the same way).
 """
 
 from __future__ import annotations
@@ -15,21 +16,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pgbackup.durable import (
+    DIR_MODE,
+    FILE_MODE,
+    TMP_SUFFIX,
+    fsync_path,
+    open_temp,
+    place,
+    remove_quietly,
+    repository_owner,
+    write_all,
+)
 from pgbackup.errors import ObjectExists, StorageError
 from pgbackup.storage.base import ObjectInfo, ObjectWriter, Storage, not_found
 
-DIR_MODE = 0o750
-FILE_MODE = 0o640
-TMP_SUFFIX = ".pgbackup-tmp"
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory, by its path (Linux lets a read-only descriptor sync)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "TMP_SUFFIX",
+    "PosixStorage",
+    "PosixWriter",
+    "fsync_path",
+    "storage_error",
+]
 
 
 def storage_error(action: str, path: Path, exc: OSError) -> StorageError:
@@ -56,23 +65,17 @@ class PosixWriter(ObjectWriter):
         self.if_absent = if_absent
         try:
             storage.ensure_dir(self.final.parent)
-            self.tmp = self.final.parent / f".{self.final.name}.{os.urandom(6).hex()}{TMP_SUFFIX}"
-            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            owner = storage.owner()
-            if owner:
-                os.fchown(fd, *owner)
+            fd, tmp = open_temp(str(self.final), storage.owner())
         except OSError as exc:
             raise storage_error("cannot create", self.final, exc) from None
+        self.tmp = Path(tmp)
         self.file: BinaryIO | None = os.fdopen(fd, "wb", buffering=0)
         self.done = False
 
     def write(self, data: bytes) -> int:
         assert self.file is not None, "write after commit/abort"
         try:
-            view = memoryview(data)
-            while view:
-                n = self.file.write(view)
-                view = view[n:]
+            write_all(self.file.fileno(), data)
         except OSError as exc:
             raise storage_error("cannot write", self.final, exc) from None
         return len(data)
@@ -80,19 +83,13 @@ class PosixWriter(ObjectWriter):
     def commit(self) -> None:
         assert self.file is not None, "commit after commit/abort"
         try:
-            self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
             self.file = None
-            if self.if_absent:
-                # link() fails if the name exists: an atomic create-only-if-absent.
-                try:
-                    os.link(self.tmp, self.final)
-                except FileExistsError:
-                    raise ObjectExists(f"{self.final} already exists") from None
-                os.unlink(self.tmp)
-            else:
-                os.replace(self.tmp, self.final)
+            try:
+                place(str(self.tmp), str(self.final), if_absent=self.if_absent)
+            except FileExistsError:
+                raise ObjectExists(f"{self.final} already exists") from None
             fsync_path(self.final.parent)
             self.done = True
         except OSError as exc:
@@ -104,12 +101,7 @@ class PosixWriter(ObjectWriter):
                 self.file.close()
             self.file = None
         if not self.done:
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass
+            remove_quietly(self.tmp)
 
 
 class PosixStorage(Storage):
@@ -125,10 +117,7 @@ class PosixStorage(Storage):
         whose archive_command writes here too), new files and directories go to that user."""
         if not self._owner_checked and self.root.exists():
             self._owner_checked = True
-            if os.geteuid() == 0:
-                st = self.root.stat()
-                if st.st_uid != 0:
-                    self._owner = (st.st_uid, st.st_gid)
+            self._owner = repository_owner(self.root)
         return self._owner
 
     @classmethod

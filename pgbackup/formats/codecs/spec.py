@@ -4,7 +4,8 @@ A :class:`CodecSpec` records how a stored object was written and :func:`suffix` 
 :func:`parse_suffix` carry it in object names; every other codec module builds on it and
 many callers need nothing else, so it is kept apart from the streaming machinery and
 imports nothing but ``typing`` and the error classes. The constants the other codec
-modules share live here too.
+modules share live here too; the suffixes and the one-shot job size come from
+:mod:`pgbackup.formats.codecbase`, their light home (wal-push's fast path reads them).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from pgbackup.errors import PgBackupError, VerifyError
+from pgbackup.formats.codecbase import AGE_SUFFIX as _AGE_SUFFIX
+from pgbackup.formats.codecbase import SUFFIXES as _SUFFIXES
+from pgbackup.formats.codecbase import WHOLE_JOB_SIZE as WHOLE_JOB_SIZE
 
 #: Unit of work between layers: one library call per chunk, never more than a few in memory.
 CHUNK_SIZE = 1024 * 1024
@@ -20,10 +24,7 @@ _QUEUE_DEPTH = 4
 
 COMPRESSIONS = ("zstd", "lz4", "gzip", "none")
 _LEVELS = {"zstd": (-7, 22), "lz4": (0, 16), "gzip": (0, 9)}
-_SUFFIXES = {"zstd": ".zst", "lz4": ".lz4", "gzip": ".gz", "none": ""}
-_AGE_SUFFIX = ".age"
 _AGE_MAGIC = b"age-encryption.org/"
-WHOLE_JOB_SIZE = 2 * 1024 * 1024  # zstd job size for one-shot multi-threaded compression
 
 
 class CodecError(PgBackupError):
