@@ -14,13 +14,14 @@ from invoke.exceptions import Exit
 
 from pgbackup.interface.direct import backup_targets, restore_one
 from pgbackup.interface.direct import notify as _notify
+from pgbackup.interface.options import CONFIG_HELP, BackupOptions, RestoreOptions
 from pgbackup.interface.taskkit import (
-    CONFIG_HELP,
-    command,
     console,
     emit_json,
     load,
+    options_task,
     policy_now,
+    policy_task,
     repository,
     targets,
 )
@@ -28,18 +29,16 @@ from pgbackup.interface.taskkit import (
 # --- validate & plan ------------------------------------------------------------------
 
 
-@task(
+@policy_task(
     help={
-        "config": CONFIG_HELP,
         "live": "also compare each target's server settings with the policy",
     }
 )
-@command
-def validate(c: Any, config: str | None = None, live: bool = False) -> None:
+def validate(c: Any, live: bool = False) -> None:
     """Check backup.yaml against the schema and the semantic rules; exit 0 only when valid."""
     from pgbackup.policy import find_config, validate_file
 
-    path = find_config(config)
+    path = find_config(None)
     problems = validate_file(path)
     if problems:
         lines = "\n".join(f"  - {p}: {m}" for p, m in problems)
@@ -48,7 +47,7 @@ def validate(c: Any, config: str | None = None, live: bool = False) -> None:
     if live:
         from pgbackup.operations.plan import live_disagreements
 
-        policy = load(config)
+        policy = load()
         issues = live_disagreements(policy)
         for target_name, found in issues.items():
             for item in found:
@@ -58,13 +57,12 @@ def validate(c: Any, config: str | None = None, live: bool = False) -> None:
         print("server settings agree with the policy")
 
 
-@task(help={"config": CONFIG_HELP, "json": "machine-readable output"})
-@command
-def plan(c: Any, config: str | None = None, json_: bool = False) -> None:
+@policy_task(help={"json": "machine-readable output"})
+def plan(c: Any, json_: bool = False) -> None:
     """Show what the policy implies now: targets, server settings, retention, cron lines."""
     from pgbackup.operations.plan import build_plan, render_plan
 
-    policy = load(config)
+    policy = load()
     data = build_plan(policy, repository(policy), policy_now())
     if json_:
         emit_json(data)
@@ -75,20 +73,10 @@ def plan(c: Any, config: str | None = None, json_: bool = False) -> None:
 # --- backup ---------------------------------------------------------------------------
 
 
-@task(
-    help={
-        "config": CONFIG_HELP,
-        "target": "only this target (default: every target)",
-        "type": "full (default) or incremental: on the newest backup, PostgreSQL 17+ with "
-        "summarize_wal = on",
-    }
-)
-@command
-def backup(
-    c: Any, config: str | None = None, target: str | None = None, type_: str = "full"
-) -> None:
+@options_task(BackupOptions)
+def backup(c: Any, options: BackupOptions) -> None:
     """Take a base backup of every target (or --target NAME)."""
-    code = backup_targets(config, target, type_)  # also run without Invoke: interface/direct
+    code = backup_targets(options)  # also run without Invoke: interface/direct
     if code:
         raise Exit(code=code)
 
@@ -96,18 +84,15 @@ def backup(
 # --- list -----------------------------------------------------------------------------
 
 
-@task(
+@policy_task(
     name="list",
-    help={"config": CONFIG_HELP, "target": "only this target", "json": "machine-readable output"},
+    help={"target": "only this target", "json": "machine-readable output"},
 )
-@command
-def list_(
-    c: Any, config: str | None = None, target: str | None = None, json_: bool = False
-) -> None:
+def list_(c: Any, target: str | None = None, json_: bool = False) -> None:
     """Backups with status, sizes, times, LSNs, and the recoverable window per target."""
     from pgbackup.engine.inventory import inventory, render_inventory
 
-    policy = load(config)
+    policy = load()
     repo = repository(policy)
     data = inventory(policy, repo, targets(policy, target))
     if json_:
@@ -123,19 +108,16 @@ def list_(
 # --- verify ---------------------------------------------------------------------------
 
 
-@task(
+@policy_task(
     help={
-        "config": CONFIG_HELP,
         "target": "only this target",
         "backup": "backup id, 'latest' (default) or 'all'",
         "wal": "also check WAL continuity from each backup to the newest archived segment",
         "json": "machine-readable output",
     }
 )
-@command
 def verify(
     c: Any,
-    config: str | None = None,
     target: str | None = None,
     backup: str | None = None,
     wal: bool = False,
@@ -144,7 +126,7 @@ def verify(
     """Check stored checksums and every file against PostgreSQL's backup_manifest."""
     from pgbackup.engine.verify import run_verify
 
-    policy = load(config)
+    policy = load()
     repo = repository(policy)
     out: dict[str, Any] = {}
     ok = True
@@ -186,82 +168,25 @@ def verify(
 
 # --- restore --------------------------------------------------------------------------
 
-RESTORE_HELP = {
-    "config": CONFIG_HELP,
-    "backup": "backup id or 'latest' (default: newest, or the newest before the recovery target)",
-    "to": "data directory to restore into (must be empty or absent unless --force)",
-    "force": "replace a non-empty directory (stopping a server running on it)",
-    "start": "start the restored server and wait until it accepts connections",
-    "port": "port for the restored server (default: a free one with --start)",
-    "target": "policy target name; or a recovery target: 'immediate' (backup end) or 'latest' (end of archive)",
-    "db": "policy target name, when --target names a recovery target (immediate|latest)",
-    "target_time": "recover to this time (ISO 8601, e.g. '2026-11-23 14:30:00+00')",
-    "target_lsn": "recover to this LSN (e.g. 0/3000060)",
-    "target_xid": "recover to this transaction id",
-    "target_name": "recover to this restore point (pg_create_restore_point)",
-    "target_action": "promote (default), pause or shutdown when the target is reached",
-    "target_timeline": "timeline to follow: 'latest', 'current' or a number",
-    "exclusive": "stop just before the target instead of just after it",
-    "no_archive": "turn archive_mode off in the restored cluster (scratch copies)",
-    "from": "restore from this upload destination instead of the repository",
-    "json": "machine-readable output",
-    "tablespace_map": "NAME=DIR (repeatable; NAME or OID): restore that tablespace into DIR",
-    "tablespace_map_all": "restore every tablespace into DIR/<name>",
-    "standby": "build a standby: standby.signal, WAL from the repository (and --primary-conninfo)",
-    "primary_conninfo": "with --standby: the primary to stream from (libpq conninfo)",
-    "delta": "restore over an existing stopped copy: rewrite only the files that differ",
-}
 
-
-@task(help=RESTORE_HELP, iterable=["tablespace_map"])
-@command
-def restore(
-    c: Any,
-    to: str | None = None,
-    config: str | None = None,
-    backup: str | None = None,
-    force: bool = False,
-    start: bool = False,
-    port: int | None = None,
-    target: str | None = None,
-    db: str | None = None,
-    target_time: str | None = None,
-    target_lsn: str | None = None,
-    target_xid: str | None = None,
-    target_name: str | None = None,
-    target_action: str | None = None,
-    target_timeline: str | None = None,
-    exclusive: bool = False,
-    no_archive: bool = False,
-    from_: str | None = None,
-    json_: bool = False,
-    tablespace_map: list[str] | None = None,
-    tablespace_map_all: str | None = None,
-    standby: bool = False,
-    primary_conninfo: str | None = None,
-    delta: bool = False,
-) -> None:
+@options_task(RestoreOptions)
+def restore(c: Any, options: RestoreOptions) -> None:
     """Restore a backup into --to DIR, optionally to a point in time (PITR)."""
-    options = dict(locals())  # every option, by the name the signature above gives it
-    del options["c"]
-    restore_one(**options)  # also run without Invoke: interface/direct
+    restore_one(options)  # also run without Invoke: interface/direct
 
 
 # --- cleanup --------------------------------------------------------------------------
 
 
-@task(
+@policy_task(
     help={
-        "config": CONFIG_HELP,
         "target": "only this target",
         "dry_run": "only show what would be removed",
         "json": "machine-readable output",
     }
 )
-@command
 def cleanup(
     c: Any,
-    config: str | None = None,
     target: str | None = None,
     dry_run: bool = False,
     json_: bool = False,
@@ -269,7 +194,7 @@ def cleanup(
     """Apply retention (days + weekly/monthly) to base backups and WAL, locally and remotely."""
     from pgbackup.engine.cleanup import run_cleanup
 
-    policy = load(config)
+    policy = load()
     repo = repository(policy)
     now = policy_now()
     out: list[dict[str, Any]] = []
@@ -311,6 +236,7 @@ def cleanup(
 
 @task(
     name="wal-push",
+    auto_shortflags=False,
     help={
         "config": CONFIG_HELP,
         "target": "policy target (default: found from the cluster)",
@@ -330,7 +256,9 @@ def wal_push(
         raise Exit(code=code)
 
 
-@task(name="wal-fetch", help={"config": CONFIG_HELP, "target": "policy target"})
+@task(
+    name="wal-fetch", auto_shortflags=False, help={"config": CONFIG_HELP, "target": "policy target"}
+)
 def wal_fetch(
     c: Any, name: str, path: str, config: str | None = None, target: str | None = None
 ) -> None:
@@ -349,13 +277,12 @@ def wal_fetch(
 # --- sandbox --------------------------------------------------------------------------
 
 
-@task(name="up", help={"config": CONFIG_HELP, "target": "sandbox target (default: every sandbox)"})
-@command
-def sandbox_up(c: Any, config: str | None = None, target: str | None = None) -> None:
+@policy_task(name="up", help={"target": "sandbox target (default: every sandbox)"})
+def sandbox_up(c: Any, target: str | None = None) -> None:
     """Provision (first time) and start the local sandbox cluster(s)."""
     from pgbackup.postgres.sandbox import Sandbox
 
-    policy = load(config)
+    policy = load()
     for t in targets(policy, target):
         if t.sandbox is None:
             continue
@@ -364,18 +291,15 @@ def sandbox_up(c: Any, config: str | None = None, target: str | None = None) -> 
         print(f"sandbox {t.name}: running on 127.0.0.1:{cluster.port}, data in {cluster.data_dir}")
 
 
-@task(
+@policy_task(
     name="down",
-    help={"config": CONFIG_HELP, "target": "sandbox target", "destroy": "also delete its data"},
+    help={"target": "sandbox target", "destroy": "also delete its data"},
 )
-@command
-def sandbox_down(
-    c: Any, config: str | None = None, target: str | None = None, destroy: bool = False
-) -> None:
+def sandbox_down(c: Any, target: str | None = None, destroy: bool = False) -> None:
     """Stop the sandbox cluster(s); --destroy also removes their data."""
     from pgbackup.postgres.sandbox import Sandbox
 
-    policy = load(config)
+    policy = load()
     for t in targets(policy, target):
         if t.sandbox is None:
             continue
@@ -383,13 +307,12 @@ def sandbox_down(
         print(f"sandbox {t.name}: {'destroyed' if destroy else 'stopped'}")
 
 
-@task(name="status", help={"config": CONFIG_HELP, "json": "machine-readable output"})
-@command
-def sandbox_status(c: Any, config: str | None = None, json_: bool = False) -> None:
+@policy_task(name="status", help={"json": "machine-readable output"})
+def sandbox_status(c: Any, json_: bool = False) -> None:
     """Show whether each sandbox exists and runs."""
     from pgbackup.postgres.sandbox import Sandbox
 
-    policy = load(config)
+    policy = load()
     rows = []
     for t in policy.targets.values():
         if t.sandbox is None:
@@ -410,13 +333,12 @@ def sandbox_status(c: Any, config: str | None = None, json_: bool = False) -> No
 # --- demo -----------------------------------------------------------------------------
 
 
-@task(help={"config": CONFIG_HELP})
-@command
-def demo(c: Any, config: str | None = None) -> None:
+@policy_task()
+def demo(c: Any) -> None:
     """The main job end to end on the sandbox: back up, change data, restore, verify, report."""
     from pgbackup.operations.demo import run_demo
 
-    policy = load(config)
+    policy = load()
     run_demo(policy, console())
 
 
