@@ -52,3 +52,15 @@ Feature: S3 through a faulty network
     And I take a backup
     Then at "offsite" both backups are complete copies
     And the first backup restores from "offsite"
+
+  Scenario: A restore from S3 reads ranges in parallel and survives one range failing twice
+    Given the repository uses 5MiB parts and 4 streams
+    And a table "bulk" of 120000 rows that compress poorly
+    When I record the checksums of the sample tables and "bulk"
+    And I take a backup
+    Then the latest backup's base archive in the bucket spans at least 4 parts
+    When the proxy cuts the ranged GET of the base archive at the third part twice
+    And I restore the latest backup into a new directory and start it
+    Then that range was cut twice and fetched a third time, and no other range twice
+    And ranged GETs of the base archive were in flight at once
+    And the restored sample tables and "bulk" have the recorded rows and checksums

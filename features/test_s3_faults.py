@@ -335,3 +335,117 @@ def first_restores(h: Harness, ctx: dict[str, Any], name: str) -> None:
     target = h.root / "from-offsite"
     h.run("restore", "--from", name, "--backup", ctx["first"], "--to", str(target))
     assert (target / "PG_VERSION").is_file() and (target / "global" / "pg_control").is_file()
+
+
+# --- parallel ranged reads (issue #26 point 2) --------------------------------------------
+
+SAMPLE_TABLES = ["public.tenants", "public.users", "public.sessions"]
+
+
+@given(parsers.parse("the repository uses {part:d}MiB parts and {streams:d} streams"))
+def parallel_repository(h: Harness, ctx: dict[str, Any], part: int, streams: int) -> None:
+    ctx["part"] = part * 1024 * 1024
+    ctx["spec"] = dict(ctx["spec"], part_size=f"{part}MiB", streams=streams)
+    h.policy["repository"] = dict(ctx["spec"])
+    h.write_policy()
+
+
+@given(parsers.parse('a table "{table}" of {rows:d} rows that compress poorly'))
+def poorly_compressible_table(h: Harness, table: str, rows: int) -> None:
+    # 8 md5 digests a row: hex text, about half its size after zstd.
+    digests = " || ".join(f"md5(random()::text || g || '{i}')" for i in range(8))
+    h.sql(h.sandbox(), f"CREATE TABLE {table} (id int PRIMARY KEY, payload text)")
+    h.sql(h.sandbox(), f"INSERT INTO {table} SELECT g, {digests} FROM generate_series(1, {rows}) g")
+    assert h.sql(h.sandbox(), f"SELECT count(*) FROM {table}")[0][0] == rows
+
+
+@when(parsers.parse('I record the checksums of the sample tables and "{table}"'))
+def record_with_table(h: Harness, ctx: dict[str, Any], table: str) -> None:
+    from pgbackup.postgres.connection import connect, table_checksums
+
+    ctx["tables"] = [*SAMPLE_TABLES, f"public.{table}"]
+    with connect(h.sandbox().conninfo("platform")) as conn:
+        ctx["checksums"] = table_checksums(conn, ctx["tables"])
+
+
+@then(parsers.parse("the latest backup's base archive in the bucket spans at least {n:d} parts"))
+def base_spans_parts(h: Harness, ctx: dict[str, Any], n: int) -> None:
+    from pgbackup.storage import open_storage
+
+    backup_id = h.backups()[-1]["backup_id"]
+    with mock.patch.dict(os.environ, ctx["env"]):
+        storage = open_storage(dict(ctx["spec"], endpoint_url=ctx["upstream_url"]))
+        infos = [i for i in storage.list(f"platform/base/{backup_id}/") if "/base.tar" in i.key]
+    assert len(infos) == 1, infos
+    print(f"\nbase archive {infos[0].key}: {infos[0].size} bytes")
+    assert infos[0].size > (n - 1) * ctx["part"], (infos[0].size, ctx["part"])
+
+
+def _range_start(headers: dict[str, str]) -> int | None:
+    value = headers.get("range", "")
+    return int(value[6:].split("-", 1)[0]) if value.startswith("bytes=") else None
+
+
+def _base_gets(proxy: FaultProxy) -> list[int]:
+    """Start of each GET of a base archive the proxy saw (0: the GET that opened it)."""
+    return [
+        _range_start(h) or 0
+        for m, p, h in proxy.seen
+        if m == "GET" and "/base/" in p and "/base.tar" in p
+    ]
+
+
+@when("the proxy cuts the ranged GET of the base archive at the third part twice")
+def cut_third_range(ctx: dict[str, Any]) -> None:
+    proxy: FaultProxy = ctx["proxy"]
+    target = 2 * ctx["part"]
+    cut: list[str] = []
+
+    def rule(method: str, path: str, headers: dict[str, str]) -> str | None:
+        hit = method == "GET" and "/base.tar" in path and _range_start(headers) == target
+        if hit and len(cut) < 2:
+            cut.append(path)
+            return "truncate"  # the answer's headers and half its body, then close
+        return None
+
+    proxy.seen.clear()
+    proxy.peak_in_flight = 0
+    proxy.rule = rule
+    proxy.max_faults = 1000
+    proxy.enabled = True
+    ctx["cut"] = cut
+
+
+@then("that range was cut twice and fetched a third time, and no other range twice")
+def range_cut_twice(ctx: dict[str, Any]) -> None:
+    proxy: FaultProxy = ctx["proxy"]
+    starts = _base_gets(proxy)
+    counts = {s: starts.count(s) for s in set(starts)}
+    print(f"\nGETs of the base archive by start: {sorted(counts.items())}; {proxy.counts}")
+    assert len(ctx["cut"]) == 2 and proxy.counts["truncate"] == 2, proxy.counts
+    target = 2 * ctx["part"]
+    assert counts.pop(target) == 3, counts
+    assert set(counts.values()) == {1}, counts
+    assert len(counts) >= 3, counts  # the opening GET and at least two more ranges
+
+
+@then("ranged GETs of the base archive were in flight at once")
+def ranges_in_flight(ctx: dict[str, Any]) -> None:
+    proxy: FaultProxy = ctx["proxy"]
+    assert proxy.peak_in_flight >= 2, proxy.peak_in_flight
+
+
+@then(
+    parsers.parse('the restored sample tables and "{table}" have the recorded rows and checksums')
+)
+def restored_with_table(h: Harness, ctx: dict[str, Any], table: str) -> None:
+    from pgbackup.postgres.connection import connect, table_checksums
+
+    target_dir, port = ctx["restored"]
+    cluster = h.track(target_dir, port)
+    with connect(cluster.conninfo("platform")) as conn:
+        got = table_checksums(conn, ctx["tables"])
+    assert got == ctx["checksums"]
+    assert got[f"public.{table}"].split(":", 1)[0] == str(
+        h.sql(h.sandbox(), f"SELECT count(*) FROM {table}")[0][0]
+    )

@@ -132,6 +132,8 @@ class FaultProxy:
         self.only = only  # (method, path) -> whether this request may get a fault
         self.rule = rule  # (method, path, headers) -> the fault for this request, or None
         self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.in_flight = 0  # requests forwarded and not yet answered
+        self.peak_in_flight = 0  # the most at once since the proxy started (or was reset)
         self.enabled = True
         self.counts: dict[str, int] = {"requests": 0, **{f: 0 for f in FAULTS}}
         self._random = random.Random(seed)
@@ -226,8 +228,11 @@ class FaultProxy:
                     upstream = socket.create_connection(self.upstream, timeout=120)
                     uf = upstream.makefile("rb")
                 assert uf is not None
-                upstream.sendall(head + body)
+                with self._lock:
+                    self.in_flight += 1
+                    self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
                 try:
+                    upstream.sendall(head + body)
                     status, rheaders, rhead = _read_head(uf)
                     code = int(status.split(b" ", 2)[1])
                     while 100 <= code < 200:  # interim answers: not relayed
@@ -238,12 +243,18 @@ class FaultProxy:
                     rbody = b"" if no_body else _read_body(uf, rheaders, until_close=conn_close)
                 except (_Closed, OSError, ValueError):
                     return
+                finally:
+                    with self._lock:
+                        self.in_flight -= 1
                 if fault == "lost":
                     return
                 if fault == "truncate" and len(rbody) > 1:
                     client.sendall(rhead + rbody[: len(rbody) // 2])
                     return
-                client.sendall(rhead + rbody)
+                try:
+                    client.sendall(rhead + rbody)
+                except OSError:  # the client went away (e.g. closed a body it had enough of)
+                    return
                 if conn_close:
                     return
         finally:
