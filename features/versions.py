@@ -14,7 +14,7 @@ sandboxes, restores and drills find the programs of that major, as a DBA's pg_bi
 would make them.
 
 Every run records, per scenario and major, whether it passed, failed or was skipped (and
-why) in ``var/version-results.json``; ``bench/versions.py`` turns that into the README's
+why) in ``var/version-results.json``; ``bench/versions.py`` turns that into docs/testing.md's
 table of what each version supports.
 """
 

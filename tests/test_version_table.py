@@ -1,4 +1,4 @@
-"""The README's version table is the rendering of what the tests recorded (bench/versions.py)."""
+"""docs/testing.md's version table is the rendering of what the tests recorded (bench/versions.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ def _module():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_readme_table_is_generated_from_the_recorded_results() -> None:
+def test_version_table_is_generated_from_the_recorded_results() -> None:
     versions = _module()
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "testing.md").read_text()
     table = versions.render(versions.load(versions.SNAPSHOT))
     assert versions.readme_with(table, text) == text, (
         "run: .venv/bin/python bench/versions.py --update"
