@@ -18,57 +18,25 @@ import json
 import os
 import stat
 import tempfile
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pgbackup.engine.repository import Repository, iso, parse_iso
+from pgbackup.operations.checks import (
+    CRITICAL,
+    LEVEL,
+    OK,
+    UNKNOWN,
+    WARNING,
+    Check,
+    TargetReport,
+    human_age,
+    worst,
+)
 
-OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
-LEVEL = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
-# Severity order for "worst": UNKNOWN sits between WARNING and CRITICAL.
-SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
 GRACE = timedelta(minutes=30)  # a scheduled run may take this long before it counts as missed
 DEFAULT_INTERVAL = timedelta(days=1)
-
-
-@dataclass
-class Check:
-    name: str
-    status: str
-    summary: str
-    value: float | None = None  # the measured number behind the status (seconds, bytes, ...)
-
-
-@dataclass
-class TargetReport:
-    target: str
-    checks: list[Check] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def status(self) -> str:
-        return worst(c.status for c in self.checks)
-
-    def problems(self) -> list[Check]:
-        return [c for c in self.checks if c.status != OK]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "status": self.status,
-            "checks": [asdict(c) for c in self.checks],
-            "metrics": self.metrics,
-        }
-
-
-def worst(statuses: Any) -> str:
-    result = OK
-    for s in statuses:
-        if SEVERITY[s] > SEVERITY[result]:
-            result = s
-    return result
 
 
 # --------------------------------------------------------------------------- schedules
@@ -123,17 +91,6 @@ def schedule_status(
         f"{text}; {missed} scheduled run(s) missed since {iso(first) if first else '?'}",
         age,
     )
-
-
-def human_age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    return f"{seconds // 86400}d{(seconds % 86400) // 3600}h"
 
 
 # --------------------------------------------------------------------------- drills

@@ -13,7 +13,7 @@ from typing import Any
 
 from pgbackup.engine.repository import Repository
 from pgbackup.engine.shipper import HEARTBEAT, PROBE_TIMEOUT, STATUS, destination_lag, probe_within
-from pgbackup.operations.monitor import CRITICAL, OK, WARNING, human_age
+from pgbackup.operations.checks import CRITICAL, OK, WARNING, human_age
 
 
 def offsite_checks(

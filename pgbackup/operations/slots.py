@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgbackup.operations.monitor import CRITICAL, OK, WARNING, Check, human_age
+from pgbackup.operations.checks import CRITICAL, OK, WARNING, Check, human_age
 
 SLOT_SQL = (
     "SELECT s.slot_name, s.slot_type, s.active, s.wal_status, s.safe_wal_size, "
