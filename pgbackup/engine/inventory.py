@@ -76,9 +76,29 @@ def inventory(policy: Any, repo: Repository, targets: list[Any]) -> dict[str, An
             )
         out[t.name] = {"backups": rows, "window": recoverable_window(repo, policy, t.name)}
         if policy.uploads:  # what a lost host leaves: the window at each destination
-            from pgbackup.engine.shipper import destination_windows
-
             out[t.name]["uploads"] = destination_windows(policy, repo, t.name)
+    return out
+
+
+def destination_windows(policy: Any, source: Repository, target: str) -> dict[str, dict[str, Any]]:
+    """``list``: per upload destination, the window a restore ``--from`` it reaches and
+    its lag behind the repository (what a lost host loses restoring from there), or
+    ``error`` when it cannot be read within PROBE_TIMEOUT."""
+    from pgbackup.engine.shipper import PROBE_TIMEOUT, destination_lag, probe_within
+    from pgbackup.engine.uploads import upload_storage
+
+    out: dict[str, dict[str, Any]] = {}
+    for spec in policy.uploads or []:
+        name = str(spec.get("name"))
+
+        def read(name: str = name) -> dict[str, Any]:
+            dest = Repository(upload_storage(policy, name))
+            window = recoverable_window(dest, policy, target)
+            window["lag_seconds"] = destination_lag(policy, source, target, name)["lag_seconds"]
+            return window
+
+        got = probe_within(read, PROBE_TIMEOUT)
+        out[name] = got["value"] if "value" in got else {"error": got["error"]}
     return out
 
 

@@ -142,26 +142,20 @@ class Shipper:
             self._published, self._published_at = states, now
 
     def _ship(self, dest: Repository, state: DestinationState, listing: list[ObjectInfo]) -> int:
-        from pgbackup.engine.uploads import UploadError, _copy_object, _first_needed
-        from pgbackup.engine.wal import ARCHIVE_INFO
+        from pgbackup.engine.uploads import UploadError, copy_archive_info, copy_object
+        from pgbackup.engine.walchain import first_needed_segment
         from pgbackup.formats.lsn import is_history, is_partial
 
         if time.monotonic() - state.listed_at > RELIST:
             state.present = None  # what retention or a backup's upload changed there
         if state.present is None:
-            info_key = f"{self.target}/{ARCHIVE_INFO}"
-            if (
-                self.source.storage.stat(info_key) is not None
-                and dest.storage.stat(info_key) is None
-            ):
-                with contextlib.suppress(ObjectExists):
-                    _copy_object(self.source.storage, dest.storage, info_key, if_absent=True)
+            copy_archive_info(self.source, dest, self.target)
             state.present = {
                 i.key: i.size for i in dest.storage.list(Repository.wal_prefix(self.target))
             }
             state.partials.clear()
             state.listed_at = time.monotonic()
-            state.first = _first_needed(dest, self.target, dest.complete_backups(self.target))
+            state.first = first_needed_segment(dest.complete_backups(self.target))
         present = state.present
         shipped = 0
         completed = {_base(o.key) for o in listing if not is_partial(_base(o.key))}
@@ -172,7 +166,7 @@ class Shipper:
                     continue  # the receiver's stale copy, about to go
                 if obj.key in present and state.partials.get(obj.key) == (obj.size, obj.mtime):
                     continue
-                _copy_object(self.source.storage, dest.storage, obj.key)
+                copy_object(self.source.storage, dest.storage, obj.key)
                 present[obj.key] = obj.size
                 state.partials[obj.key] = (obj.size, obj.mtime)
                 shipped += 1
@@ -188,7 +182,7 @@ class Shipper:
                     )
                 continue
             try:
-                _copy_object(self.source.storage, dest.storage, obj.key, if_absent=True)
+                copy_object(self.source.storage, dest.storage, obj.key, if_absent=True)
                 shipped += 1
             except ObjectExists:
                 pass  # a backup's upload stored it first
@@ -276,10 +270,10 @@ PROBE_TIMEOUT = 10.0
 def _completed_needed(listing: list[ObjectInfo], dest: Repository, target: str) -> list[ObjectInfo]:
     """The source's WAL files a destination should hold: everything from the oldest segment
     its copies need (everything when it holds no copy yet)."""
-    from pgbackup.engine.uploads import _first_needed
+    from pgbackup.engine.walchain import first_needed_segment
     from pgbackup.formats.lsn import is_history, is_partial
 
-    first = _first_needed(dest, target, dest.complete_backups(target))
+    first = first_needed_segment(dest.complete_backups(target))
     out = []
     for obj in listing:
         base = _base(obj.key)
@@ -330,25 +324,3 @@ def probe_within(fn: Any, timeout: float) -> Any:
     if t.is_alive():
         return {"error": f"no answer within {timeout:g}s"}
     return box
-
-
-def destination_windows(policy: Any, source: Repository, target: str) -> dict[str, dict[str, Any]]:
-    """``list``: per upload destination, the window a restore ``--from`` it reaches and
-    its lag behind the repository (what a lost host loses restoring from there), or
-    ``error`` when it cannot be read within PROBE_TIMEOUT."""
-    from pgbackup.engine.inventory import recoverable_window
-    from pgbackup.engine.uploads import upload_storage
-
-    out: dict[str, dict[str, Any]] = {}
-    for spec in policy.uploads or []:
-        name = str(spec.get("name"))
-
-        def read(name: str = name) -> dict[str, Any]:
-            dest = Repository(upload_storage(policy, name))
-            window = recoverable_window(dest, policy, target)
-            window["lag_seconds"] = destination_lag(policy, source, target, name)["lag_seconds"]
-            return window
-
-        got = probe_within(read, PROBE_TIMEOUT)
-        out[name] = got["value"] if "value" in got else {"error": got["error"]}
-    return out

@@ -19,7 +19,7 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
-from pgbackup.engine.repository import METADATA, BackupInfo, Repository, iso, utcnow
+from pgbackup.engine.repository import METADATA, Repository, iso, utcnow
 from pgbackup.errors import ConfigError, ObjectExists, PgBackupError, StorageError
 from pgbackup.storage import Storage, open_storage
 
@@ -55,7 +55,7 @@ def upload_storage(policy: Any, name: str) -> Storage:
 # --- copying ----------------------------------------------------------------------------
 
 
-def _copy_object(
+def copy_object(
     src: Storage, dst: Storage, key: str, *, if_absent: bool = False, sha256: str | None = None
 ) -> int:
     """Stream ``key`` from ``src`` to ``dst``; returns the bytes copied.
@@ -77,31 +77,25 @@ def _copy_object(
     return size
 
 
-def _first_needed(repo: Repository, target: str, backups: list[BackupInfo]) -> str | None:
-    """The oldest segment any of ``backups`` needs (None: no backups, everything is needed)."""
-    from pgbackup.formats.lsn import parse_lsn, segment_name
+def copy_archive_info(source: Repository, dest: Repository, target: str) -> None:
+    """The target's archive.json (whose cluster its WAL is) at ``dest`` too, once."""
+    from pgbackup.engine.wal import ARCHIVE_INFO
 
-    if not backups:
-        return None
-    oldest = min(backups, key=lambda b: parse_lsn(b.metadata["start_lsn"]))
-    seg_size = int(oldest.metadata.get("wal_segment_size", 16 * 1024 * 1024))
-    return segment_name(
-        int(oldest.metadata["timeline"]), parse_lsn(oldest.metadata["start_lsn"]), seg_size
-    )
+    info_key = f"{target}/{ARCHIVE_INFO}"
+    if source.storage.stat(info_key) is not None and dest.storage.stat(info_key) is None:
+        with contextlib.suppress(ObjectExists):
+            copy_object(source.storage, dest.storage, info_key, if_absent=True)
 
 
 def sync_wal(source: Repository, dest: Repository, target: str) -> int:
     """Copy the target's archived WAL missing at ``dest`` (only what its copies can need)."""
-    from pgbackup.engine.wal import ARCHIVE_INFO
+    from pgbackup.engine.walchain import first_needed_segment
     from pgbackup.formats.codecs import parse_suffix
     from pgbackup.formats.lsn import is_history
 
     copied = 0
-    info_key = f"{target}/{ARCHIVE_INFO}"
-    if source.storage.stat(info_key) is not None and dest.storage.stat(info_key) is None:
-        with contextlib.suppress(ObjectExists):
-            _copy_object(source.storage, dest.storage, info_key, if_absent=True)
-    first = _first_needed(dest, target, dest.complete_backups(target))
+    copy_archive_info(source, dest, target)
+    first = first_needed_segment(dest.complete_backups(target))
     present = {i.key: i.size for i in dest.storage.list(Repository.wal_prefix(target))}
     for obj in sorted(source.storage.list(Repository.wal_prefix(target)), key=lambda o: o.key):
         if obj.key in present:
@@ -117,7 +111,7 @@ def sync_wal(source: Repository, dest: Repository, target: str) -> int:
         if first is not None and not is_history(base) and base[8:24] < first[8:24]:
             continue  # older than anything a copy there needs (maybe expired there)
         try:
-            _copy_object(source.storage, dest.storage, obj.key, if_absent=True)
+            copy_object(source.storage, dest.storage, obj.key, if_absent=True)
             copied += 1
         except ObjectExists:
             pass  # a concurrent sync stored it first
@@ -140,8 +134,8 @@ def copy_backup(source: Repository, dest: Repository, target: str, backup_id: st
         recorded = objects.get(obj.key[len(prefix) :]) or {}
         if present.get(obj.key) == obj.size:
             continue  # committed writes are whole: an earlier, interrupted sync stored it
-        copied += _copy_object(source.storage, dest.storage, obj.key, sha256=recorded.get("sha256"))
-    _copy_object(source.storage, dest.storage, meta_key)
+        copied += copy_object(source.storage, dest.storage, obj.key, sha256=recorded.get("sha256"))
+    copy_object(source.storage, dest.storage, meta_key)
     return copied
 
 

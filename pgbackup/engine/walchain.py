@@ -310,18 +310,26 @@ def _waldump_problem(name: str, data: bytes) -> str | None:
     return None
 
 
+def first_needed_segment(backups: list[Any]) -> str | None:
+    """The oldest segment any of ``backups`` needs: the one its oldest start is in (None:
+    no backups, so every segment is needed)."""
+    if not backups:
+        return None
+    oldest = min(backups, key=lambda b: parse_lsn(b.metadata["start_lsn"]))
+    seg_size = int(oldest.metadata.get("wal_segment_size", 16 * 1024 * 1024))
+    return segment_name(
+        int(oldest.metadata["timeline"]), parse_lsn(oldest.metadata["start_lsn"]), seg_size
+    )
+
+
 def plan_wal_expiry(repo: Any, target: str, kept: list[Any]) -> list[str]:
     """Keys of archived WAL no kept backup needs (all timelines; history files stay)."""
     from pgbackup.policy.retention import wal_cleanup_candidates
 
-    if not kept:
+    first_needed = first_needed_segment(kept)
+    if first_needed is None:
         return []
     names = archived_names(repo.storage, target)
-    oldest = min(kept, key=lambda b: parse_lsn(b.metadata["start_lsn"]))
-    seg_size = int(oldest.metadata.get("wal_segment_size", 16 * 1024 * 1024))
-    first_needed = segment_name(
-        int(oldest.metadata["timeline"]), parse_lsn(oldest.metadata["start_lsn"]), seg_size
-    )
     expire = set(wal_cleanup_candidates(list(names), first_needed))
     keys = [names[n] for n in sorted(expire)]
     # Their plain checksums (encrypted archives) go too.
