@@ -2,8 +2,10 @@
 
 Plain numbers, datetimes and dicts in, a section out (``rpo_section`` ... ``overall``),
 tested without a server (tests/test_sla.py). Each section gets a verdict: COMPLIANT,
-AT RISK or BREACHED, with reasons. Gathering the evidence from a repository and rendering
-the report is :mod:`pgbackup.operations.sla_report`.
+AT RISK or BREACHED, with reasons; each area's title and the line that says what was
+measured (``AREA_TITLES``, ``measure``) are shared by every rendering. Gathering the
+evidence from a repository and rendering the report is :mod:`pgbackup.operations.sla_report`
+(Markdown, JSON) and :mod:`pgbackup.operations.report` (HTML).
 """
 
 from __future__ import annotations
@@ -480,3 +482,41 @@ def overall(sections: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
         for r in s["reasons"]
     ]
     return verdict, reasons
+
+
+# --------------------------------------------------------------------------- words
+
+AREA_TITLES = {  # one title per SLA area, for every rendering
+    "rpo": "RPO (recovery point)",
+    "rto": "RTO (recovery time)",
+    "backups": "Backup frequency",
+    "retention": "Retention",
+    "verification": "Verification and drills",
+    "archive": "WAL archive continuity",
+}
+
+
+def measure(name: str, s: dict[str, Any]) -> str:
+    """What was measured in section ``name``, in one line (every rendering's "measured")."""
+    if name == "rpo":
+        return (
+            f"objective {fmt_seconds(s['objective_seconds'])}; worst exposure {fmt_seconds(s['worst_exposure_seconds'])} "
+            f"over {s['checks']} check(s); largest archive gap {fmt_seconds(s['largest_archive_gap_seconds'])}"
+        )
+    if name == "rto":
+        return (
+            f"objective {fmt_seconds(s['objective_seconds'])}; drills {s['drills_ok']} ok / {s['drills_failed']} failed; "
+            f"worst {fmt_seconds(s['worst_seconds'])}, latest {fmt_seconds(s['latest_seconds'])}; "
+            f"projected for the current size {fmt_seconds(s['projected_seconds'])}"
+        )
+    if name == "backups":
+        return (
+            f"schedule {s['schedule'] or '-'}; {s['successful_backups']} successful; largest gap "
+            f"{fmt_seconds(s['largest_gap_seconds'])}; missed runs: {len(s['missed_runs'])}"
+        )
+    if name == "archive":
+        gaps = s.get("wal_gaps") or []
+        return f"{len(gaps)} hole(s) in the window" + (f", first {gaps[0]}" if gaps else "")
+    if name == "retention":
+        return f"{s['promised_days']} days promised; oldest restorable {s['oldest_restorable'] or '-'}; {s['backups_held']} backup(s) held"
+    return f"verify {s['verify_ok']} ok / {s['verify_failed']} failed; drills {s['drills_ok']} ok / {s['drills_failed']} failed"

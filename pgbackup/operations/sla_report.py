@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pgbackup.operations.sla import (
+    AREA_TITLES,
     AT_RISK,
     BREACHED,
     COMPLIANT,
@@ -23,6 +24,7 @@ from pgbackup.operations.sla import (
     fmt_seconds,
     frequency_section,
     full_backup_bytes,
+    measure,
     outcomes_section,
     overall,
     parse_timestamp,
@@ -160,40 +162,6 @@ def build_reports(policy: Any, repo: Any, targets: list[Any], since: int) -> dic
 
 # --------------------------------------------------------------------------- rendering
 
-AREA_TITLES = {  # one title per SLA area, for every rendering
-    "rpo": "RPO (recovery point)",
-    "rto": "RTO (recovery time)",
-    "backups": "Backup frequency",
-    "retention": "Retention",
-    "verification": "Verification and drills",
-    "archive": "WAL archive continuity",
-}
-
-
-def measure(name: str, s: dict[str, Any]) -> str:
-    if name == "rpo":
-        return (
-            f"objective {fmt_seconds(s['objective_seconds'])}; worst exposure {fmt_seconds(s['worst_exposure_seconds'])} "
-            f"over {s['checks']} check(s); largest archive gap {fmt_seconds(s['largest_archive_gap_seconds'])}"
-        )
-    if name == "rto":
-        return (
-            f"objective {fmt_seconds(s['objective_seconds'])}; drills {s['drills_ok']} ok / {s['drills_failed']} failed; "
-            f"worst {fmt_seconds(s['worst_seconds'])}, latest {fmt_seconds(s['latest_seconds'])}; "
-            f"projected for the current size {fmt_seconds(s['projected_seconds'])}"
-        )
-    if name == "backups":
-        return (
-            f"schedule {s['schedule'] or '-'}; {s['successful_backups']} successful; largest gap "
-            f"{fmt_seconds(s['largest_gap_seconds'])}; missed runs: {len(s['missed_runs'])}"
-        )
-    if name == "archive":
-        gaps = s.get("wal_gaps") or []
-        return f"{len(gaps)} hole(s) in the window" + (f", first {gaps[0]}" if gaps else "")
-    if name == "retention":
-        return f"{s['promised_days']} days promised; oldest restorable {s['oldest_restorable'] or '-'}; {s['backups_held']} backup(s) held"
-    return f"verify {s['verify_ok']} ok / {s['verify_failed']} failed; drills {s['drills_ok']} ok / {s['drills_failed']} failed"
-
 
 def render_markdown(reports: dict[str, Any]) -> str:
     lines = ["# pgbackup SLA compliance report", ""]
@@ -232,7 +200,7 @@ def render_json(reports: dict[str, Any]) -> str:
 
 def render_html(reports: dict[str, Any]) -> str:
     """One self-contained HTML page (Jinja2 templates, matplotlib charts inlined as SVG)."""
-    from pgbackup.operations.report import render_html as render_page
+    from pgbackup.operations.report.html import render_html as render_page
 
     return render_page(reports)
 

@@ -2,11 +2,6 @@
 
 One self-contained file (no script, no font, no stylesheet fetched from anywhere), so it
 can be mailed, archived next to an audit, or opened on a machine with no network.
-``pgbackup.operations.sla`` builds the evidence; this package only draws it.
+``pgbackup.operations.sla`` builds the evidence; this package only draws it:
+``html.render_html`` the page, ``charts`` its SVG.
 """
-
-from __future__ import annotations
-
-from pgbackup.operations.report.html import render_html
-
-__all__ = ["render_html"]

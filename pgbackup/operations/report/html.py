@@ -41,7 +41,7 @@ def target_view(name: str, r: dict[str, Any]) -> dict[str, Any]:
     """What the template shows of one target: verdicts, measures, the charts as SVG."""
     from markupsafe import Markup
 
-    from pgbackup.operations.sla_report import AREA_TITLES, measure
+    from pgbackup.operations.sla import AREA_TITLES, measure
 
     timeline = r.get("timeline")
     start, end = charts.view(timeline) if timeline else (None, None)
