@@ -110,3 +110,75 @@ def test_the_check_sees_upward_and_sideways_imports() -> None:
         "pgbackup.storage.probe (storage) imports pgbackup.postgres.cluster (postgres)"
     ]
     assert violations("pgbackup.engine.probe", "from pgbackup import __version__\n") == []
+
+
+# --- no circles ---------------------------------------------------------------------------
+
+
+def circles(imports: dict[str, set[str]]) -> list[list[str]]:
+    """Each set of modules that import each other in a loop (lazily or not), sorted; a
+    module's imports of modules outside ``imports`` are ignored (Tarjan's strongly
+    connected components, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(imports):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(imports[root] & imports.keys())))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(imports[nxt] & imports.keys()))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+    return sorted(found)
+
+
+def test_no_module_imports_itself_in_a_circle() -> None:
+    """No two modules import each other, directly or round a loop, even lazily: a circle
+    means neither reads without the other, and a piece both need belongs below them.
+    (Across folders the layers already forbid it; this catches it inside one.)"""
+    imports = {
+        module_name(p): imported_modules(
+            module_name(p), p.read_text(), is_package=p.name == "__init__.py"
+        )
+        for p in MODULES
+    }
+    assert circles(imports) == []
+
+
+def test_the_circle_check_sees_lazy_and_long_circles() -> None:
+    lazy = "def f():\n    from pgbackup.engine.b import g\n"
+    imports = {
+        "pgbackup.engine.a": imported_modules("pgbackup.engine.a", lazy),
+        "pgbackup.engine.b": {"pgbackup.engine.c"},
+        "pgbackup.engine.c": {"pgbackup.engine.a", "pgbackup.errors"},
+        "pgbackup.engine.d": {"pgbackup.engine.a"},
+    }
+    assert circles(imports) == [["pgbackup.engine.a", "pgbackup.engine.b", "pgbackup.engine.c"]]
+    assert circles({**imports, "pgbackup.engine.c": {"pgbackup.errors"}}) == []
