@@ -1,6 +1,6 @@
 """A repository in an Azure Blob Storage container.
 
-Spec: ``{kind: azure, container, prefix, account_url, part_size, retries}``.
+Spec: ``{kind: azure, container, prefix, account_url, part_size, retries, streams}``.
 Credentials, first match wins (never from the spec):
 
 1. ``AZURE_STORAGE_CONNECTION_STRING`` (``account_url`` is then optional);
@@ -13,7 +13,10 @@ Credentials, first match wins (never from the spec):
 
 Writes smaller than one part are one ``Put Blob``; larger ones are staged blocks
 (``Put Block``) made visible by one ``Put Block List``. Uncommitted blocks are never
-visible; abort leaves them to the service's garbage collection (one week).
+visible; abort leaves them to the service's garbage collection (one week). Blocks are
+staged ``streams`` at a time. An object larger than one part is read as ranged downloads,
+``streams`` at a time, each conditional on the ETag the first download returned
+(``If-Match``; an overwrite is HTTP 412, ObjectChanged).
 
 ``if_absent`` is the ``If-None-Match: *`` condition on ``Put Blob`` / ``Put Block List``
 (``MatchConditions.IfMissing``): atomic on the service; a clash (409 BlobAlreadyExists or

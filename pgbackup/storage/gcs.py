@@ -1,6 +1,6 @@
 """A repository in a Google Cloud Storage bucket.
 
-Spec: ``{kind: gcs, bucket, prefix, project, endpoint_url, part_size, retries}``.
+Spec: ``{kind: gcs, bucket, prefix, project, endpoint_url, part_size, retries, streams}``.
 Credentials come from Google's Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``,
 ``gcloud auth application-default login``, the metadata server). With ``endpoint_url``
 (or the ``STORAGE_EMULATOR_HOST`` environment variable) the client talks to that
@@ -8,7 +8,12 @@ endpoint with anonymous credentials — the emulator case.
 
 Writes smaller than one part are one upload request; larger ones a resumable upload
 session sent part by part (``Content-Range: bytes a-b/*``); the object appears only when
-the final chunk (with the total size) is accepted, and abort cancels the session.
+the final chunk (with the total size) is accepted, and abort cancels the session. A
+session takes its chunks in order, so an upload has one part in flight (in the
+background, while the next fills). An object larger than one part is read as ranged
+media GETs, ``streams`` at a time, with ``ifGenerationMatch`` set to the generation the
+first GET named (an overwrite is HTTP 412, ObjectChanged); gcp-storage-emulator names no
+generation and ignores the condition, so there only a changed size is caught.
 
 ``if_absent`` is ``ifGenerationMatch=0`` on the upload (or on the resumable session):
 atomic on GCS, a clash is HTTP 412 and becomes ObjectExists. gcp-storage-emulator

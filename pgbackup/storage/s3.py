@@ -1,6 +1,6 @@
 """A repository in an S3 bucket (AWS or any S3-compatible endpoint).
 
-Spec: ``{kind: s3, bucket, prefix, region, endpoint_url, part_size, retries,
+Spec: ``{kind: s3, bucket, prefix, region, endpoint_url, part_size, retries, streams,
 addressing_style}``. Credentials come only from boto3's own chain (environment
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
 config files, instance or task roles) — never from the spec.
@@ -10,6 +10,10 @@ Writes smaller than one part are a single ``PutObject``; larger ones a multipart
 ``AbortMultipartUpload`` on abort). ``if_absent`` is S3's conditional write:
 ``IfNoneMatch='*'`` on ``PutObject`` and on ``CompleteMultipartUpload`` — atomic on the
 server; a clash is HTTP 412 ``PreconditionFailed`` and becomes ObjectExists.
+
+Parts go up ``streams`` at a time (cloud.CloudWriter). An object larger than one part is
+read as ranged ``GetObject`` requests with ``IfMatch`` set to the ETag the first GET
+returned (cloud.RangedReader): an overwrite during the read is HTTP 412, ObjectChanged.
 
 boto3 is imported here only, when an S3 repository is opened.
 """
