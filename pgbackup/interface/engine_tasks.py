@@ -90,7 +90,8 @@ def backup(c: Any, options: BackupOptions) -> None:
 )
 def list_(c: Any, target: str | None = None, json_: bool = False) -> None:
     """Backups with status, sizes, times, LSNs, and the recoverable window per target."""
-    from pgbackup.engine.inventory import inventory, render_inventory
+    from pgbackup.engine.inventory import inventory
+    from pgbackup.interface.render import render_inventory
 
     policy = load()
     repo = repository(policy)
@@ -336,10 +337,11 @@ def sandbox_status(c: Any, json_: bool = False) -> None:
 @policy_task()
 def demo(c: Any) -> None:
     """The main job end to end on the sandbox: back up, change data, restore, verify, report."""
+    from pgbackup.interface.render import render_inventory
     from pgbackup.operations.demo import run_demo
 
     policy = load()
-    run_demo(policy, console())
+    run_demo(policy, console(), render_inventory)
 
 
 def register(ns: Collection) -> None:

@@ -9,6 +9,7 @@ repository, run a restore drill and a check, and end with the SLA report.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,13 @@ from pgbackup.postgres.connection import connect, table_checksums
 TABLES = ["public.tenants", "public.users", "public.sessions"]
 
 
-def run_demo(policy: Any, console: Any) -> None:
+def run_demo(
+    policy: Any, console: Any, render_inventory: Callable[[Any, dict[str, Any]], None]
+) -> None:
+    """The demo's steps, told on ``console``; ``render_inventory`` draws the repository's
+    contents (the interface's, as ``list`` does)."""
     from pgbackup.engine.backup import run_backup
-    from pgbackup.engine.inventory import inventory, render_inventory
+    from pgbackup.engine.inventory import inventory
     from pgbackup.engine.repository import Repository
     from pgbackup.engine.restore_command import restore_command
     from pgbackup.engine.verify import run_verify
