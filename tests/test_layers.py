@@ -182,3 +182,49 @@ def test_the_circle_check_sees_lazy_and_long_circles() -> None:
     }
     assert circles(imports) == [["pgbackup.engine.a", "pgbackup.engine.b", "pgbackup.engine.c"]]
     assert circles({**imports, "pgbackup.engine.c": {"pgbackup.errors"}}) == []
+
+
+# --- the engine does not render -----------------------------------------------------------
+
+
+def renders(name: str, source: str) -> list[str]:
+    """Where module *name* prints or imports rich: the interface's work, never the engine's
+    (the engine returns data and logs through pgbackup.ui.LOG)."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id == "print":
+                found.append((node.lineno, "calls print()"))
+        elif isinstance(node, ast.Import):
+            found += [
+                (node.lineno, f"imports {a.name}")
+                for a in node.names
+                if a.name.split(".")[0] == "rich"
+            ]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "rich":
+            found.append((node.lineno, f"imports {node.module}"))
+    return [f"{name}:{line} {what}" for line, what in sorted(found)]
+
+
+ENGINE = [p for p in MODULES if layer_of(module_name(p)) == "engine"]
+
+
+@pytest.mark.parametrize("path", ENGINE, ids=lambda p: module_name(p))
+def test_the_engine_does_not_render(path: Path) -> None:
+    assert renders(module_name(path), path.read_text()) == []
+
+
+def test_the_render_check_sees_print_and_rich() -> None:
+    source = (
+        "import sys\n"
+        "def f():\n"
+        "    from rich.table import Table\n"
+        "    print('x', file=sys.stderr)\n"
+        "import rich.console\n"
+        "LOG.info('fine')\n"
+    )
+    assert renders("pgbackup.engine.probe", source) == [
+        "pgbackup.engine.probe:3 imports rich.table",
+        "pgbackup.engine.probe:4 calls print()",
+        "pgbackup.engine.probe:5 imports rich.console",
+    ]

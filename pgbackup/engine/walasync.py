@@ -98,14 +98,16 @@ def push_async(config: str, target: str | None, path: str) -> int:
             if found is None:
                 time.sleep(0.01)
     if found is None:
-        print(
-            f"pgbackup wal-push --async: {name} not archived within {WAIT_SECONDS:.0f}s",
-            file=sys.stderr,
-        )
-        return 3
-    code, message = found
+        code, message = 3, f"{name} not archived within {WAIT_SECONDS:.0f}s"
+    else:
+        code, message = found
+        message = f"error: {message}"
     if code:
-        print(f"pgbackup wal-push --async: error: {message}", file=sys.stderr)
+        # Logged, not printed: before setup_logging (as here) the message reaches stderr
+        # as it is, for PostgreSQL's log; the success path imports no logging at all.
+        from pgbackup.ui import LOG
+
+        LOG.error("pgbackup wal-push --async: %s", message)
     return code
 
 
