@@ -192,3 +192,37 @@ def _direct_works(where: Path) -> bool:
         return False
     finally:
         (where / ".probe").unlink(missing_ok=True)
+
+
+def test_kept_members_are_read_past_and_left_as_they_are(tmp_path: Path) -> None:
+    """A delta restore's ``keep``: the file on disk is already the backup's; its bytes are
+    counted as restored but none is written."""
+    (tmp_path / "base/1").mkdir(parents=True)
+    (tmp_path / "base/1/16384").write_bytes(b"already here")
+    big = os.urandom(untar.CHUNK + 7)
+    members = [
+        ("base/1/16384", b"from the backup", None),
+        ("base/1/16385", big, None),
+        ("PG_VERSION", b"18\n", None),
+    ]
+    counted: list[int] = []
+    kept = {"base/1/16384", "base/1/16385"}
+    written = extract(make_tar(members), tmp_path, on_bytes=counted.append, keep=kept.__contains__)
+    assert (tmp_path / "base/1/16384").read_bytes() == b"already here"
+    assert not (tmp_path / "base/1/16385").exists()
+    assert (tmp_path / "PG_VERSION").read_bytes() == b"18\n"
+    assert written == 3
+    assert sum(counted) == len(b"from the backup") + len(big) + 3
+
+
+def test_a_writer_failing_is_a_restore_error(tmp_path: Path, monkeypatch: Any) -> None:
+    """An OS error in a writer thread reaches the caller as one RestoreError, and no
+    later member is read."""
+
+    def full(fd: int, data: Any, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(untar.os, "pwrite", full)
+    members = [(f"base/1/{n}", b"x" * 100, None) for n in range(50)]
+    with pytest.raises(RestoreError, match="cannot write into .*No space left on device"):
+        extract(make_tar(members), tmp_path)

@@ -25,7 +25,7 @@ import mmap
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -208,6 +208,35 @@ class _OpenFile:
                 os.close(self.fd)
 
 
+REGULAR = (b"0", b"\0", b"7")  # a file's data follows its header
+EXTENSIONS = (b"L", b"x", b"g")  # GNU long name, pax headers: about the next member
+
+
+class _Member:
+    """One tar header: the member's type, name (as stored), size and mode."""
+
+    __slots__ = ("header", "kind", "name", "padded", "size")
+
+    def __init__(self, header: bytes):
+        self.header = header
+        self.size = _octal(header[124:136])
+        self.kind = header[156:157]
+        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if header[257:262] == b"ustar" and prefix:
+            name = f"{prefix}/{name}"
+        self.name = name
+        self.padded = self.size + (-self.size % BLOCK)
+
+    @property
+    def mode(self) -> int:
+        return _octal(self.header[100:108]) & 0o700 or 0o600
+
+    @property
+    def link_target(self) -> str:
+        return self.header[157:257].split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
 def extract(
     stream: BinaryIO,
     root: Path,
@@ -222,18 +251,197 @@ def extract(
     out: the file gets its size and holds zeros (a sparse file, nothing written).
     ``keep`` names members whose file on disk is already right (a delta restore): read
     past, the file left as it is.
-    """
-    sparse = sparse if sparse is not None else SPARSE.get()
-    buffers = _BufferPool(IN_FLIGHT // CHUNK, CHUNK)
-    errors: list[BaseException] = []
-    futures: list[Future[None]] = []
-    written = 0
-    long_name: str | None = None
-    pax_path: str | None = None
-    directories: list[Path] = []
-    symlinks: list[str] = []
 
-    def write(handle: _OpenFile, data: memoryview, buffer: mmap.mmap, offset: int) -> None:
+    The procedure: read each member's header, place the member (a directory, a link, a
+    file handed to the writers), until the end of the archive or a writer's failure; then
+    wait for the writers and make the directories' entries durable.
+    """
+    run = _Extraction(stream, root, on_bytes, sparse if sparse is not None else SPARSE.get(), keep)
+    with run.writers(workers):
+        while not run.errors:
+            member = run.next_member()
+            if member is None:
+                break
+            run.place(member)
+    run.wait_for_writers()
+    run.sync_directories()
+    return run.written
+
+
+class _Extraction:
+    """One tar stream extracted under ``root``: the reading thread's state, and the writer
+    lanes it hands chunks to (writers report failures in ``errors``)."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        root: Path,
+        on_bytes: Callable[[int], None] | None,
+        sparse: Callable[[str], bool] | None,
+        keep: Callable[[str], bool] | None,
+    ) -> None:
+        self.stream = stream
+        self.root = root
+        self.on_bytes = on_bytes
+        self.sparse = sparse
+        self.keep = keep
+        self.buffers = _BufferPool(IN_FLIGHT // CHUNK, CHUNK)
+        self.errors: list[BaseException] = []
+        self.futures: list[Future[None]] = []
+        self.lanes: list[ThreadPoolExecutor] = []
+        self.written = 0
+        self.files = 0
+        self.long_name: str | None = None
+        self.pax_path: str | None = None
+        self.directories: list[Path] = []
+        self.symlinks: list[str] = []
+        self.made: set[Path] = set()
+
+    @contextlib.contextmanager
+    def writers(self, workers: int) -> Iterator[None]:
+        """One lane (a single writer thread) per file: two threads writing one file only
+        queue on its inode lock (the kernel spins on it: measured as system time with perf)."""
+        self.lanes = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="untar") for _ in range(workers)
+        ]
+        with contextlib.ExitStack() as stack:
+            for lane in self.lanes:
+                stack.enter_context(lane)
+            yield
+
+    def next_lane(self) -> ThreadPoolExecutor:
+        self.files += 1
+        return self.lanes[self.files % len(self.lanes)]
+
+    # --- reading ------------------------------------------------------------------------
+
+    def next_member(self) -> _Member | None:
+        """The next header; None at the end of the archive (two zero blocks, or EOF)."""
+        header = self.stream.read(BLOCK)
+        if len(header) < BLOCK or header == b"\0" * BLOCK:
+            return None
+        return _Member(header)
+
+    def read_chunk(self, n: int) -> tuple[memoryview, mmap.mmap]:
+        """The next ``n`` bytes of the stream, decoded straight into a pooled buffer."""
+        buffer = self.buffers.take()
+        view = memoryview(buffer)[:n]
+        try:
+            _fill(self.stream, view)
+        except BaseException:
+            self.buffers.give_back(buffer)
+            raise
+        return view, buffer
+
+    def counted(self, n: int) -> None:
+        if self.on_bytes is not None and n:
+            self.on_bytes(n)
+
+    # --- placing ------------------------------------------------------------------------
+
+    def place(self, member: _Member) -> None:
+        """Put one member where it belongs under ``root`` (an extension header is kept for
+        the member it names)."""
+        if member.kind in EXTENSIONS:
+            self.remember_extension(member)
+            return
+        name = self.resolved_name(member.name)
+        path = _safe_path(self.root, name)
+        if any(str(path).startswith(link + "/") for link in self.symlinks):
+            raise RestoreError(f"refusing tar member {name!r}: it lies beneath a symbolic link")
+        if member.kind == b"5":
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.made.add(path)
+            self.directories.append(path)
+        elif member.kind == b"2":
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.symlink(member.link_target, path)
+            self.symlinks.append(str(path))
+        elif member.kind in REGULAR:
+            self.place_file(member, name, path)
+            return
+        else:
+            raise RestoreError(f"unexpected tar member type {member.kind!r} for {name!r}")
+        if member.padded:
+            _read_exact(self.stream, member.padded)
+
+    def remember_extension(self, member: _Member) -> None:
+        payload = _read_exact(self.stream, member.padded)[: member.size]
+        if member.kind == b"L":
+            self.long_name = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif member.kind == b"x":
+            for record in payload.decode("utf-8", "replace").splitlines():
+                _len, _, kv = record.partition(" ")
+                if kv.startswith("path="):
+                    self.pax_path = kv[5:]
+
+    def resolved_name(self, stored: str) -> str:
+        """The member's name: a pax path or a GNU long name before it wins (once)."""
+        if self.pax_path is not None:
+            name, self.pax_path = self.pax_path, None
+            return name
+        if self.long_name is not None:
+            name, self.long_name = self.long_name, None
+            return name
+        return stored
+
+    def place_file(self, member: _Member, name: str, path: Path) -> None:
+        """A regular file: left as it is (``keep``), sparse, one task for a small file, or
+        chunk by chunk to one writer lane."""
+        if self.keep is not None and self.keep(name):
+            # A delta restore found this file already equal to the backup's: untouched.
+            _skip(self.stream, member.padded)
+            self.counted(member.size)
+        elif self.sparse is not None and self.sparse(name):
+            self.parent_of(path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, member.mode)
+            try:
+                os.ftruncate(fd, member.size)
+            finally:
+                os.close(fd)
+            _skip(self.stream, member.padded)
+            self.counted(member.size)
+        elif member.size <= CHUNK:
+            self.parent_of(path)
+            data, buffer = self.read_chunk(member.size)
+            self.futures.append(
+                self.next_lane().submit(self.write_small, path, member.mode, data, buffer)
+            )
+            self.written += member.size
+            self.counted(member.size)
+            if member.padded > member.size:
+                _read_exact(self.stream, member.padded - member.size)
+        else:
+            self.parent_of(path)
+            self.write_in_chunks(member, path)
+
+    def write_in_chunks(self, member: _Member, path: Path) -> None:
+        size = member.size
+        fd, direct = _open_for_chunks(path, member.mode, size)
+        handle = _OpenFile(fd, max(1, -(-size // CHUNK)), direct)
+        lane = self.next_lane()
+        offset = 0
+        while offset < size:
+            data, buffer = self.read_chunk(min(CHUNK, size - offset))
+            self.futures.append(lane.submit(self.write, handle, data, buffer, offset))
+            offset += len(data)
+            self.written += len(data)
+            if self.on_bytes is not None:
+                self.on_bytes(len(data))
+        if member.padded > size:
+            _read_exact(self.stream, member.padded - size)
+        if len(self.futures) > 4096:
+            self.futures = [f for f in self.futures if not f.done()]
+
+    def parent_of(self, path: Path) -> None:
+        parent = path.parent
+        if parent not in self.made:
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.made.add(parent)
+
+    # --- the writers (their own threads) -------------------------------------------------
+
+    def write(self, handle: _OpenFile, data: memoryview, buffer: mmap.mmap, offset: int) -> None:
         try:
             if handle.direct:
                 handle.direct = _pwrite_direct(handle.fd, data, offset)
@@ -243,11 +451,11 @@ def extract(
                     _start_writeback(handle.fd, offset, len(data), _SYNC_FILE_RANGE_WRITE)
             handle.done_one()
         except BaseException as exc:  # reported by the reading thread
-            errors.append(exc)
+            self.errors.append(exc)
         finally:
-            buffers.give_back(buffer)
+            self.buffers.give_back(buffer)
 
-    def write_small(path: Path, mode: int, data: memoryview, buffer: mmap.mmap) -> None:
+    def write_small(self, path: Path, mode: int, data: memoryview, buffer: mmap.mmap) -> None:
         """A whole file in one task: creating files is slow on some filesystems (0.1-0.7 ms
         each here), and a data directory holds about a thousand; the writers create them
         in parallel while the reading thread decodes on."""
@@ -259,140 +467,30 @@ def extract(
             finally:
                 os.close(fd)
         except BaseException as exc:  # reported by the reading thread
-            errors.append(exc)
+            self.errors.append(exc)
         finally:
-            buffers.give_back(buffer)
+            self.buffers.give_back(buffer)
 
-    def read_chunk(n: int) -> tuple[memoryview, mmap.mmap]:
-        """The next ``n`` bytes of the stream, decoded straight into a pooled buffer."""
-        buffer = buffers.take()
-        view = memoryview(buffer)[:n]
-        try:
-            _fill(stream, view)
-        except BaseException:
-            buffers.give_back(buffer)
-            raise
-        return view, buffer
+    # --- the end ------------------------------------------------------------------------
 
-    made: set[Path] = set()
+    def wait_for_writers(self) -> None:
+        """Every write done; the first writer's failure raised (an OS error as the
+        restore's)."""
+        for f in self.futures:
+            f.result()
+        if self.errors:
+            exc = self.errors[0]
+            if isinstance(exc, OSError):
+                raise RestoreError(
+                    f"cannot write into {self.root}: {exc.strerror or exc}"
+                ) from None
+            raise exc
 
-    def parent_of(path: Path) -> None:
-        parent = path.parent
-        if parent not in made:
-            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            made.add(parent)
-
-    # One lane (a single writer thread) per file: two threads writing one file only queue
-    # on its inode lock (the kernel spins on it: measured as system time with perf).
-    lanes = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="untar") for _ in range(workers)]
-    files = 0
-    with contextlib.ExitStack() as stack:
-        for lane in lanes:
-            stack.enter_context(lane)
-        while True:
-            if errors:
-                break
-            header = stream.read(BLOCK)
-            if len(header) < BLOCK or header == b"\0" * BLOCK:
-                break
-            size = _octal(header[124:136])
-            kind = header[156:157]
-            name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-            if header[257:262] == b"ustar" and prefix:
-                name = f"{prefix}/{name}"
-            padded = size + (-size % BLOCK)
-            if kind in (b"L", b"x", b"g"):
-                payload = _read_exact(stream, padded)[:size]
-                if kind == b"L":
-                    long_name = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
-                elif kind == b"x":
-                    for record in payload.decode("utf-8", "replace").splitlines():
-                        _len, _, kv = record.partition(" ")
-                        if kv.startswith("path="):
-                            pax_path = kv[5:]
-                continue
-            if pax_path is not None:
-                name, pax_path = pax_path, None
-            elif long_name is not None:
-                name, long_name = long_name, None
-            path = _safe_path(root, name)
-            if any(str(path).startswith(link + "/") for link in symlinks):
-                raise RestoreError(f"refusing tar member {name!r}: it lies beneath a symbolic link")
-            mode = _octal(header[100:108]) & 0o700 or 0o600
-            if kind == b"5":
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
-                made.add(path)
-                directories.append(path)
-            elif kind == b"2":
-                target = header[157:257].split(b"\0", 1)[0].decode("utf-8", "replace")
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.symlink(target, path)
-                symlinks.append(str(path))
-            elif kind in (b"0", b"\0", b"7") and keep is not None and keep(name):
-                # A delta restore found this file already equal to the backup's: untouched.
-                _skip(stream, padded)
-                if on_bytes is not None and size:
-                    on_bytes(size)
-                continue
-            elif kind in (b"0", b"\0", b"7") and sparse is not None and sparse(name):
-                parent_of(path)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-                try:
-                    os.ftruncate(fd, size)
-                finally:
-                    os.close(fd)
-                _skip(stream, padded)
-                if on_bytes is not None and size:
-                    on_bytes(size)
-                continue
-            elif kind in (b"0", b"\0", b"7") and size <= CHUNK:
-                parent_of(path)
-                data, buffer = read_chunk(size)
-                files += 1
-                futures.append(lanes[files % workers].submit(write_small, path, mode, data, buffer))
-                written += size
-                if on_bytes is not None and size:
-                    on_bytes(size)
-                if padded > size:
-                    _read_exact(stream, padded - size)
-                continue
-            elif kind in (b"0", b"\0", b"7"):
-                parent_of(path)
-                fd, direct = _open_for_chunks(path, mode, size)
-                chunks = max(1, -(-size // CHUNK))
-                handle = _OpenFile(fd, chunks, direct)
-                files += 1
-                lane = lanes[files % workers]
-                offset = 0
-                while offset < size:
-                    data, buffer = read_chunk(min(CHUNK, size - offset))
-                    futures.append(lane.submit(write, handle, data, buffer, offset))
-                    offset += len(data)
-                    written += len(data)
-                    if on_bytes is not None:
-                        on_bytes(len(data))
-                if padded > size:
-                    _read_exact(stream, padded - size)
-                if len(futures) > 4096:
-                    futures = [f for f in futures if not f.done()]
-                continue
-            else:
-                raise RestoreError(f"unexpected tar member type {kind!r} for {name!r}")
-            if padded:
-                _read_exact(stream, padded)
-    for f in futures:
-        f.result()
-    if errors:
-        exc = errors[0]
-        if isinstance(exc, OSError):
-            raise RestoreError(f"cannot write into {root}: {exc.strerror or exc}") from None
-        raise exc
-    # Directory entries are durable once each directory is synced.
-    for d in [root, *directories]:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return written
+    def sync_directories(self) -> None:
+        """Directory entries are durable once each directory is synced."""
+        for d in [self.root, *self.directories]:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
