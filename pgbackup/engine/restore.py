@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -232,218 +233,312 @@ def run_restore(
     (a server started on a ``tablespace_map`` recreates the original links). A restored
     cluster is an independent primary unless ``standby`` is asked for: a backup taken
     from a standby loses its ``standby.signal`` and ``primary_conninfo``.
+
+    The procedure: find the backup and where each tablespace goes, check the destination
+    (or plan a delta), restore the files (one archive after another, or a chain combined),
+    configure the server, and start it when asked. A failure before the server is
+    configured, or while it starts, empties every directory written again.
     """
-    t0 = time.monotonic()
-    storage = storage or open_storage(policy.repository)
-    repo = Repository(storage)
-    info = repo.find_backup(target.name, backup_id)
-    base_object(info)  # a clear error for metadata without one
-    identity_list = identities(policy, info)
-    directory = directory.absolute()
-    tablespaces = list(info.metadata.get("tablespaces") or [])
-    destinations = tablespace_destinations(
-        tablespaces, tablespace_map or {}, tablespace_map_all, directory
+    run = RestoreRun(
+        policy, target, backup_id, directory, storage, tablespace_map, tablespace_map_all, delta
     )
-    prefix = repo.base_prefix(target.name, info.backup_id)
-    members = chain_members(repo, target.name, info) if info.metadata.get("parent") else []
-    if members and delta:
-        raise UsageError(
-            f"backup {info.backup_id} is incremental; --delta restores full backups only",
-            hint="restore without --delta into an empty directory",
+    run.prepare_destination(force)
+    run.restore_files()
+    independent_or_standby(run.directory, standby, run.info)
+    cluster, port = run.configure_server(
+        port, start, archive, recovery_settings, standby, primary_conninfo
+    )
+    result = run.result(port)
+    if start:
+        run.start_server(cluster, result, wait_for_recovery, bool(recovery_settings))
+    result.seconds = round(time.monotonic() - run.t0, 3)
+    LOG.info(
+        "restored %s (%s) into %s in %.1fs%s",
+        run.info.backup_id,
+        human_bytes(result.raw_bytes),
+        run.directory,
+        result.seconds,
+        f", server on port {port}" if start else "",
+    )
+    return result
+
+
+class RestoreRun:
+    """One restore of one backup into one directory, as :func:`run_restore` follows it:
+    the backup, where its tablespaces go, what has been written (emptied again on a
+    failure), and the bytes counted."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        target: Target,
+        backup_id: str | None,
+        directory: Path,
+        storage: Storage | None,
+        tablespace_map: dict[str, str] | None,
+        tablespace_map_all: str | None,
+        delta: bool,
+    ) -> None:
+        self.t0 = time.monotonic()
+        self.policy = policy
+        self.target = target
+        self.storage = storage or open_storage(policy.repository)
+        self.repo = Repository(self.storage)
+        self.info = info = self.repo.find_backup(target.name, backup_id)
+        base_object(info)  # a clear error for metadata without one
+        self.identities = identities(policy, info)
+        self.directory = directory.absolute()
+        self.destinations = tablespace_destinations(
+            list(info.metadata.get("tablespaces") or []),
+            tablespace_map or {},
+            tablespace_map_all,
+            self.directory,
         )
-    plan: DeltaPlan | None = None
-    if delta:
-        check_delta_destination(directory)
-        manifest = read_manifest(storage, prefix, info, identity_list)
-        plan = plan_delta(directory, destinations, manifest)
+        self.prefix = self.repo.base_prefix(target.name, info.backup_id)
+        self.members = (
+            chain_members(self.repo, target.name, info) if info.metadata.get("parent") else []
+        )
+        if self.members and delta:
+            raise UsageError(
+                f"backup {info.backup_id} is incremental; --delta restores full backups only",
+                hint="restore without --delta into an empty directory",
+            )
+        self.delta = delta
+        self.plan: DeltaPlan | None = None
+        self.os_user: str | None = None
+        self.written: list[Path] = [self.directory]  # emptied again on a failure
+        self.stored = 0
+        self.payload_written = 0  # data files written (a delta restore's measure)
+        self.wal_written = 0
+        self.combined: dict[str, Any] | None = None
+
+    def prepare_destination(self, force: bool) -> None:
+        """Before anything is written: the delta plan over the stopped copy, or each
+        destination empty (``force``: emptied, its server stopped); the data directory
+        made, the server's OS user's."""
+        directory = self.directory
+        if self.delta:
+            check_delta_destination(directory)
+            manifest = read_manifest(self.storage, self.prefix, self.info, self.identities)
+            self.plan = plan = plan_delta(directory, self.destinations, manifest)
+            LOG.info(
+                "delta restore into %s: %d files (%s) already equal to the backup, %d removed",
+                directory,
+                len(plan.keep),
+                human_bytes(plan.reused_bytes),
+                plan.removed_files,
+            )
+        else:
+            check_destination(directory, force)
+            for where in self.destinations.values():
+                check_destination(where, force)  # before anything is written
+        self.os_user = server_os_user()
+        directory.mkdir(parents=True, exist_ok=True)
+        hand_over(directory, self.os_user, 0o700)
         LOG.info(
-            "delta restore into %s: %d files (%s) already equal to the backup, %d removed",
-            directory,
-            len(plan.keep),
-            human_bytes(plan.reused_bytes),
-            plan.removed_files,
+            "restoring backup %s of %s into %s", self.info.backup_id, self.target.name, directory
         )
-    else:
-        check_destination(directory, force)
-        for where in destinations.values():
-            check_destination(where, force)  # before anything is written
-    os_user = server_os_user()
-    directory.mkdir(parents=True, exist_ok=True)
-    hand_over(directory, os_user, 0o700)
-    LOG.info("restoring backup %s of %s into %s", info.backup_id, target.name, directory)
-    written: list[Path] = [directory]
-    stored = 0
-    payload_written = 0  # data files written (a delta restore's measure)
-    wal_written = 0
-    combined: dict[str, Any] | None = None
-    try:
-        if members:
-            written += destinations.values()  # pg_combinebackup -T writes each tablespace there
-            combined = combine_chain(
-                storage, repo, policy, target, members, directory, os_user, destinations
+
+    def restore_files(self) -> None:
+        """The backup's files in place: an incremental chain combined, or each archive
+        extracted; then the tablespaces' links. On a failure every directory written is
+        emptied again."""
+        try:
+            if self.members:
+                # pg_combinebackup -T writes each tablespace there
+                self.written += self.destinations.values()
+                self.combined = combine_chain(
+                    self.storage,
+                    self.repo,
+                    self.policy,
+                    self.target,
+                    self.members,
+                    self.directory,
+                    self.os_user,
+                    self.destinations,
+                )
+                self.stored = self.combined["stored_bytes"]
+            else:
+                self.extract_archives(archive_objects(self.info))
+            link_tablespaces(self.directory, self.destinations, self.os_user)
+        except BaseException:
+            self.empty_written()
+            LOG.error(
+                "restore of %s into %s failed; the directory was emptied again",
+                self.info.backup_id,
+                self.directory,
             )
-            stored = combined["stored_bytes"]
+            raise
 
-        def restore_object(name: str, obj: dict[str, Any], bar: bool = True) -> tuple[int, int]:
-            where, inside = directory, ""
-            if obj["kind"] == "wal":
-                where, inside = directory / "pg_wal", "pg_wal/"
-            elif obj["kind"] == "tablespace":
-                where = destinations[int(obj["oid"])]
-                inside = f"pg_tblspc/{obj['oid']}/"
-                where.mkdir(parents=True, exist_ok=True)
-                written.append(where)
-            where.mkdir(parents=True, exist_ok=True)
-            keep = None
-            if plan is not None:
-                kept, at = plan.keep, inside
-
-                def keep(name: str, kept: set[str] = kept, at: str = at) -> bool:
-                    return at + (name[2:] if name.startswith("./") else name) in kept
-
-            return extract(
-                storage,
-                prefix + name,
-                CodecSpec.from_dict(obj["codec"]),
-                identity_list,
-                where,
-                {
-                    **obj,
-                    "raw_bytes": info.metadata.get("raw_bytes", 0) if obj["kind"] == "base" else 0,
-                },
-                keep=keep,
-                bar=bar,
-            )
-
-        objects = [] if members else archive_objects(info)
-        # The WAL archive is restored beside the base archive, not after it: its 16 MB
-        # or more are decoded and written while the base's writers wait on the disk
-        # (issue #15). Not for a delta restore, which compares files as it goes.
-        beside = [o for o in objects if o[1]["kind"] == "wal"] if plan is None else []
+    def extract_archives(self, objects: list[tuple[str, dict[str, Any]]]) -> None:
+        """Each archive of a full backup, the base archive first. The WAL archive is
+        restored beside the base archive, not after it: its 16 MB or more are decoded and
+        written while the base's writers wait on the disk (issue #15). Not for a delta
+        restore, which compares files as it goes."""
+        beside = [o for o in objects if o[1]["kind"] == "wal"] if self.plan is None else []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-wal") as pool:
-            wal_jobs = [pool.submit(restore_object, n, o, False) for n, o in beside]
+            wal_jobs = [pool.submit(self.restore_object, n, o, False) for n, o in beside]
             try:
                 for name, obj in objects:
                     if (name, obj) in beside:
                         continue
-                    stored_here, written_here = restore_object(name, obj)
-                    stored += stored_here
+                    stored_here, written_here = self.restore_object(name, obj)
+                    self.stored += stored_here
                     if obj["kind"] == "wal":
-                        wal_written += written_here
+                        self.wal_written += written_here
                     else:
-                        payload_written += written_here
-                    if obj["kind"] == "base" and not (directory / "PG_VERSION").exists():
+                        self.payload_written += written_here
+                    if obj["kind"] == "base" and not (self.directory / "PG_VERSION").exists():
                         raise RestoreError(
-                            f"{prefix + name} did not contain a PostgreSQL data directory"
+                            f"{self.prefix + name} did not contain a PostgreSQL data directory"
                         )
             finally:
                 wait(wal_jobs)  # nothing may still write when the directory is emptied
             for job in wal_jobs:
                 stored_here, written_here = job.result()
-                stored += stored_here
-                wal_written += written_here
-        link_tablespaces(directory, destinations, os_user)
-        raw = int(info.metadata.get("raw_bytes", 0))
-    except BaseException:
-        for d in written:
+                self.stored += stored_here
+                self.wal_written += written_here
+
+    def restore_object(self, name: str, obj: dict[str, Any], bar: bool = True) -> tuple[int, int]:
+        """One archive where its kind goes (pg_wal, a tablespace's directory, the data
+        directory); (stored bytes read, bytes written)."""
+        where, inside = self.directory, ""
+        if obj["kind"] == "wal":
+            where, inside = self.directory / "pg_wal", "pg_wal/"
+        elif obj["kind"] == "tablespace":
+            where = self.destinations[int(obj["oid"])]
+            inside = f"pg_tblspc/{obj['oid']}/"
+            where.mkdir(parents=True, exist_ok=True)
+            self.written.append(where)
+        where.mkdir(parents=True, exist_ok=True)
+        raw = self.info.metadata.get("raw_bytes", 0) if obj["kind"] == "base" else 0
+        return extract(
+            self.storage,
+            self.prefix + name,
+            CodecSpec.from_dict(obj["codec"]),
+            self.identities,
+            where,
+            {**obj, "raw_bytes": raw},
+            keep=self.kept_in(inside),
+            bar=bar,
+        )
+
+    def kept_in(self, inside: str) -> Callable[[str], bool] | None:
+        """A delta restore's filter for the archive extracted at ``inside``: the members
+        whose file is already the backup's (None: a full restore writes everything)."""
+        if self.plan is None:
+            return None
+        kept = self.plan.keep
+
+        def keep(name: str) -> bool:
+            return inside + (name[2:] if name.startswith("./") else name) in kept
+
+        return keep
+
+    def empty_written(self) -> None:
+        """The data directory and the tablespaces restored, emptied: nothing is left that
+        looks usable."""
+        for d in self.written:
             with contextlib.suppress(OSError):
                 empty_directory(d)
-        LOG.error(
-            "restore of %s into %s failed; the directory was emptied again",
-            info.backup_id,
+
+    def configure_server(
+        self,
+        port: int | None,
+        start: bool,
+        archive: bool,
+        recovery_settings: dict[str, Any] | None,
+        standby: bool,
+        primary_conninfo: str | None,
+    ) -> tuple[Cluster, int | None]:
+        """The restored server's settings (a minimal postgresql.conf when the backup has
+        none, its port, archive_mode, recovery or standby with its signal file), and the
+        server; (the server, its port: None unless asked for or started)."""
+        directory, info = self.directory, self.info
+        settings: dict[str, Any] = {}
+        if not (directory / "postgresql.conf").exists():
+            (directory / "postgresql.conf").write_text(MINIMAL_CONF)
+        if port or start:
+            port = port or free_port()
+            settings["port"] = port
+        if not archive:
+            settings["archive_mode"] = "off"
+        bin_dir = self.target.pg_bin_dir
+        cluster = Cluster(
             directory,
+            port or 0,
+            os_user=self.os_user,
+            major=info.metadata["server_version_num"] // 10000,
+            # The target's own programs, as backup used, when they include the server's.
+            bin_dir=bin_dir if bin_dir and (Path(bin_dir) / "pg_ctl").exists() else None,
         )
-        raise
-    independent_or_standby(directory, standby, info)
-    settings: dict[str, Any] = {}
-    if not (directory / "postgresql.conf").exists():
-        (directory / "postgresql.conf").write_text(MINIMAL_CONF)
-    if port or start:
-        port = port or free_port()
-        settings["port"] = port
-    if not archive:
-        settings["archive_mode"] = "off"
-    cluster = Cluster(
-        directory,
-        port or 0,
-        os_user=os_user,
-        major=info.metadata["server_version_num"] // 10000,
-        # The target's own programs, as backup used, when they include the server's.
-        bin_dir=target.pg_bin_dir
-        if target.pg_bin_dir and (Path(target.pg_bin_dir) / "pg_ctl").exists()
-        else None,
-    )
-    if standby:
-        settings.update(recovery_settings or {})
-        if primary_conninfo:
-            settings["primary_conninfo"] = primary_conninfo
-        (directory / "standby.signal").write_text("")
-    elif recovery_settings:
-        settings.update(recovery_settings)
-        (directory / "recovery.signal").write_text("")
-    if info.metadata.get("source") == "standby" and not standby:
-        # The source's replication settings must not make the restored cluster follow it.
-        settings.setdefault("primary_conninfo", "")
-        settings.setdefault("primary_slot_name", "")
-    if settings:
-        cluster.configure(settings)
-    hand_over(directory, os_user, 0o700)
-    result = RestoreResult(
-        backup_id=info.backup_id,
-        target=target.name,
-        directory=str(directory),
-        stored_bytes=stored,
-        raw_bytes=raw,
-        seconds=0.0,
-        port=port,
-        delta=({**plan.as_dict(), "written_bytes": payload_written} if plan else None),
-        combine=combined,
-    )
-    if start:
+        if standby:
+            settings.update(recovery_settings or {})
+            if primary_conninfo:
+                settings["primary_conninfo"] = primary_conninfo
+            (directory / "standby.signal").write_text("")
+        elif recovery_settings:
+            settings.update(recovery_settings)
+            (directory / "recovery.signal").write_text("")
+        if info.metadata.get("source") == "standby" and not standby:
+            # The source's replication settings must not make the restored cluster follow it.
+            settings.setdefault("primary_conninfo", "")
+            settings.setdefault("primary_slot_name", "")
+        if settings:
+            cluster.configure(settings)
+        hand_over(directory, self.os_user, 0o700)
+        return cluster, port
+
+    def result(self, port: int | None) -> RestoreResult:
+        plan = self.plan
+        return RestoreResult(
+            backup_id=self.info.backup_id,
+            target=self.target.name,
+            directory=str(self.directory),
+            stored_bytes=self.stored,
+            raw_bytes=int(self.info.metadata.get("raw_bytes", 0)),
+            seconds=0.0,
+            port=port,
+            delta=({**plan.as_dict(), "written_bytes": self.payload_written} if plan else None),
+            combine=self.combined,
+        )
+
+    def start_server(
+        self, cluster: Cluster, result: RestoreResult, wait_for_recovery: Any, recovering: bool
+    ) -> None:
+        """Start the restored server and wait for its recovery (``wait_for_recovery``).
+        A server not where it was asked to be (one that died in recovery included) is
+        stopped and its directories emptied: nothing is left that looks usable."""
         try:
             cluster.start()
             result.started = True
             if wait_for_recovery is not None:
                 result.recovery = wait_for_recovery(cluster)
         except BaseException as exc:
-            # Not where it was asked to be (a server that died in recovery included):
-            # leave nothing that looks usable.
-            reason = recovery_failure(cluster) if recovery_settings else None
+            reason = recovery_failure(cluster) if recovering else None
             with contextlib.suppress(Exception):
                 cluster.stop("immediate")
-            for d in written:  # the data directory and the tablespaces restored
-                with contextlib.suppress(OSError):
-                    empty_directory(d)
+            self.empty_written()
             LOG.error(
                 "recovery of %s into %s failed; the directory was emptied",
-                info.backup_id,
-                directory,
+                self.info.backup_id,
+                self.directory,
             )
             if isinstance(exc, PostgresError) and reason:
-                hint = (
-                    "the archive misses or cannot deliver a file (pgbackup verify --wal); "
-                    f"see {cluster.log_file}"
-                )
-                missing = re.search(r'directory "([^"]+)" does not exist', reason)
-                if missing:
-                    # CREATE TABLESPACE after the backup: its redo uses the path in the
-                    # WAL record and requires it to exist (tablespace.c, in recovery).
-                    hint = (
-                        f"a tablespace created after the backup is replayed into its original "
-                        f"location {missing.group(1)}: create it (empty, owned by the server's "
-                        "OS user) and restore again, or restore to a point before it was created"
-                    )
-                raise RestoreError(
-                    f"recovery stopped before reaching its target: {reason}", hint=hint
-                ) from None
+                raise recovery_stopped(reason, cluster) from None
             raise
-    result.seconds = round(time.monotonic() - t0, 3)
-    LOG.info(
-        "restored %s (%s) into %s in %.1fs%s",
-        info.backup_id,
-        human_bytes(raw),
-        directory,
-        result.seconds,
-        f", server on port {port}" if start else "",
-    )
-    return result
+
+
+def recovery_stopped(reason: str, cluster: Cluster) -> RestoreError:
+    """The error of a recovery PostgreSQL gave up, with what to do about it."""
+    hint = f"the archive misses or cannot deliver a file (pgbackup verify --wal); see {cluster.log_file}"
+    missing = re.search(r'directory "([^"]+)" does not exist', reason)
+    if missing:
+        # CREATE TABLESPACE after the backup: its redo uses the path in the WAL record and
+        # requires it to exist (tablespace.c, in recovery).
+        hint = (
+            f"a tablespace created after the backup is replayed into its original "
+            f"location {missing.group(1)}: create it (empty, owned by the server's "
+            "OS user) and restore again, or restore to a point before it was created"
+        )
+    return RestoreError(f"recovery stopped before reaching its target: {reason}", hint=hint)
