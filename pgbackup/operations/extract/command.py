@@ -153,243 +153,321 @@ def run_extract(
     storage: Any = None,
 ) -> ExtractResult:
     """Extract ``req`` from ``target``'s backups; raises a PgBackupError on failure, and
-    records the run (success or failure) under ``<target>/runs/``."""
-    import psycopg
+    records the run (success or failure) under ``<target>/runs/``.
 
-    from pgbackup.engine.restore_command import (
-        check_chain,
-        check_window,
-        choose_backup,
-        recovery_settings,
-        resolve_target_time,
-    )
-    from pgbackup.storage import open_storage
-
+    The procedure: check the request; refuse what can be refused before anything is
+    restored; recover a scratch server to the target; check the objects are there; dump
+    them into the --output file or load them into a new database; and, on every way out,
+    remove what was made (the scratch server, a partial file, a half-loaded database)."""
     check_request(req)
-    t0 = time.monotonic()
-    storage = storage or open_storage(policy.repository)
-    repo = Repository(storage)
-    kind, value = req.kind, req.value
-    if kind == "time" and isinstance(value, str):
-        value = req.value = resolve_target_time(repo, target.name, value)
-    shown_value = value.isoformat(sep=" ") if isinstance(value, datetime) else value
-    if kind == "lsn":
-        from pgbackup.formats.lsn import format_lsn
-
-        shown_value = format_lsn(value)
-    result = ExtractResult(
-        target=target.name,
-        database=req.database,
-        objects=req.objects(),
-        recovery_target={"kind": kind, "value": shown_value},
-        started_at=iso(datetime.now(UTC)),
-        destination=(
-            {"file": str(req.output), "format": req.fmt}
-            if req.output is not None
-            else {"database": req.into_db}
-        ),
-    )
-    # Refused before anything is restored: a target outside the window, a hole in the WAL
-    # the target lies beyond, an --into-db that exists or cannot be created.
-    info = choose_backup(repo, target.name, req.backup, kind, value)
-    if kind in ("time", "lsn"):
-        check_window(policy, repo, target.name, kind, value)
-    expected = check_chain(policy, repo, target.name, info, kind, value, inclusive=req.inclusive)
-    live = live_conninfo(policy, target, req.user)
-    if req.into_db is not None:
-        check_into_db(live, req, target.name)
-    result.backup_id = info.backup_id
-    settings = recovery_settings(
-        policy,
-        target.name,
-        kind=kind,
-        value=value,
-        action="pause",  # read where it stopped: see scratch.SCRATCH_SETTINGS
-        timeline=None,
-        inclusive=req.inclusive,
-        until=expected.get("until"),
-    )
-    when = (
-        f"the recovery target ({kind} {shown_value})"
-        if kind != "latest"
-        else "the end of the archive"
-    )
-    scratch: Scratch | None = None
-    partial: Path | None = None
-    created = False
+    run = ExtractRun(policy, target, req, storage)
+    run.refuse_early()
     with terminate_as_interrupt():  # SIGTERM unwinds through the cleanup below too
         try:
-            scratch = Scratch()
-            plan = sparse_plan(live, req)
-            t1 = time.monotonic()
-            why: str | None = None
-            try:
-                stats, recovered, restore_s, recovery_s = restore_and_recover(
-                    policy,
-                    target,
-                    storage,
-                    scratch,
-                    info,
-                    settings,
-                    expected,
-                    plan,
-                    req.database,
-                    req,
-                )
-            except PgBackupError as exc:
-                # Replay PANICs on a page left out only when a change came without its
-                # full-page image (full_page_writes = off on the source): restore whole.
-                if not (plan and plan.sparse_members and redo_panicked(scratch)):
-                    raise
-                why = f"recovery with files left out failed ({exc.message})"
-                restore_s, recovery_s = time.monotonic() - t1, 0.0
-            else:
-                cluster = scratch.cluster
-                closed = sparse_database_names(cluster, plan) if plan else []
-                why = plan_held(cluster, req, plan) if plan else None
-            if why:
-                LOG.warning("%s: restoring the backup again, whole", why)
-                scratch.stop()
-                stats, recovered, restore_s2, recovery_s2 = restore_and_recover(
-                    policy,
-                    target,
-                    storage,
-                    scratch,
-                    info,
-                    settings,
-                    expected,
-                    None,
-                    req.database,
-                    req,
-                )
-                restore_s += restore_s2
-                recovery_s += recovery_s2
-                cluster, closed = scratch.cluster, []
-            result.recovered_to = recovered
-            result.restored = {
-                **stats,
-                "databases_left_out": closed,
-                "restored_whole": bool(why) or plan is None,
-            }
-            result.timings["restore"] = round(restore_s, 3)
-            result.timings["recovery"] = round(recovery_s, 3)
-            check_objects(cluster, req, when)
-
-            t2 = time.monotonic()
-            from pgbackup.postgres.binaries import find_program
-            from pgbackup.postgres.connection import to_dsn
-
-            major = int(info.metadata["server_version_num"]) // 10000
-            pg_dump = find_program("pg_dump", major, target.pg_bin_dir)
-            dsn = to_dsn(cluster.conninfo(req.database))
-            if req.output is not None:
-                partial = req.output.with_name(f".{req.output.name}.pgbackup-partial")
-                LOG.info("dumping %s into %s", result.what(), req.output)
-                run_program(dump_argv(pg_dump, dsn, req, req.fmt, partial), "pg_dump")
-                os.replace(partial, req.output)
-                partial = None
-                result.destination["bytes"] = req.output.stat().st_size
-                result.timings["dump"] = round(time.monotonic() - t2, 3)
-            else:
-                assert live is not None and req.into_db is not None
-                dump = scratch.root / "extract.dump"
-                # A file read once, next door: compressing it would only cost time.
-                run_program(dump_argv(pg_dump, dsn, req, "custom", dump, compress=0), "pg_dump")
-                result.timings["dump"] = round(time.monotonic() - t2, 3)
-                t3 = time.monotonic()
-                fks = foreign_keys_out(cluster, req)
-                # PostgreSQL 17 renamed pg_database.daticulocale to datlocale.
-                locale_column = "datlocale" if major >= 17 else "daticulocale"
-                source = cluster.sql(
-                    "SELECT pg_encoding_to_char(encoding), datcollate, datctype, "
-                    f"datlocprovider::text, {locale_column} FROM pg_database WHERE datname = "
-                    + quote_literal(req.database)
-                )[0]
-                pg_restore = find_program("pg_restore", major, target.pg_bin_dir)
-                toc = run_program([pg_restore, "--list", str(dump)], "pg_restore --list")
-                listing = scratch.root / "extract.list"
-                listing.write_text(restore_list(toc, fks))
-                from pgbackup.postgres.connection import connect, describe
-
-                admin = {**live, "dbname": live.get("dbname") or "postgres"}
-                LOG.info("creating database %s on %s", req.into_db, describe(admin))
-                try:
-                    with connect(admin) as conn:
-                        conn.execute(create_database_sql(req.into_db, source))  # type: ignore[arg-type]
-                except psycopg.Error as exc:
-                    raise ExtractError(
-                        f"cannot create database {req.into_db!r} on {describe(admin)}: "
-                        f"{str(exc).strip().splitlines()[0]}",
-                        hint="nothing was written",
-                    ) from None
-                created = True
-                run_program(
-                    [
-                        pg_restore,
-                        "--dbname",
-                        to_dsn({**live, "dbname": req.into_db}),
-                        "--no-owner",
-                        "--no-privileges",
-                        "--single-transaction",
-                        "--exit-on-error",
-                        "--no-password",
-                        "--use-list",
-                        str(listing),
-                        str(dump),
-                    ],
-                    "pg_restore into the new database",
-                )
-                created = False  # done: it stays
-                result.skipped_foreign_keys = [f"{s}.{t} {c} -> {r}" for s, t, c, r in fks]
-                result.destination["server"] = describe({**live, "dbname": req.into_db})
-                result.timings["load"] = round(time.monotonic() - t3, 3)
-            result.status = "ok"
+            cluster = run.recover_in_scratch()
+            check_objects(cluster, req, run.when)
+            run.export(cluster)
+            run.result.status = "ok"
         except KeyboardInterrupt:
-            result.error = "interrupted"
+            run.result.error = "interrupted"
             raise
         except PgBackupError as exc:
-            result.error = exc.message
-            if scratch is not None and scratch.cluster is not None and exc.hint:
-                # The scratch server's log goes with the scratch directory: keep its tail in
-                # pgbackup's own log, and say so instead of naming a file about to vanish.
-                log_file = scratch.cluster.log_file
-                LOG.error(
-                    "the scratch server's log ends:\n%s",
-                    scratch.cluster.log_tail(80),
-                    extra=LOG_FILE_ONLY,
-                )
-                exc.hint = exc.hint.replace(
-                    f"see {log_file}", "the scratch server's log is copied into pgbackup's log file"
-                )
+            run.result.error = exc.message
+            run.keep_scratch_log(exc)
             raise
         except Exception as exc:
-            result.error = f"{type(exc).__name__}: {exc}"
+            run.result.error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            if created and live is not None and req.into_db is not None:
-                with contextlib.suppress(Exception):
-                    from pgbackup.postgres.connection import connect
-
-                    with connect({**live, "dbname": live.get("dbname") or "postgres"}) as conn:
-                        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(req.into_db)}")  # type: ignore[arg-type]
-                    LOG.warning("dropped the half-loaded database %s again", req.into_db)
-            if partial is not None:
-                with contextlib.suppress(OSError):
-                    partial.unlink()
-            if scratch is not None:
-                t_close = time.monotonic()
-                scratch.close()
-                result.timings["cleanup"] = round(time.monotonic() - t_close, 3)
-            result.seconds = round(time.monotonic() - t0, 3)
-            result.timings["total"] = result.seconds
-            repo.record_run(target.name, "extract", result.as_dict())
+            run.clean_up()
+    result = run.result
     LOG.info(
         "extracted %s of %s as of %s in %.1fs (%s written of %s)",
         result.what(),
         req.database,
-        result.recovered_to.get("last_replay_time") or shown_value,
+        result.recovered_to.get("last_replay_time") or run.shown_value,
         result.seconds,
         human_bytes(result.restored.get("written_bytes", 0)),
         human_bytes(result.restored.get("raw_bytes", 0)),
     )
     return result
+
+
+class ExtractRun:
+    """One extract, as :func:`run_extract` follows it: the request, its recovery target,
+    the backup chosen, and what it made that the way out removes."""
+
+    def __init__(self, policy: Any, target: Any, req: Request, storage: Any) -> None:
+        from pgbackup.engine.restore_command import resolve_target_time
+        from pgbackup.storage import open_storage
+
+        self.t0 = time.monotonic()
+        self.policy = policy
+        self.target = target
+        self.req = req
+        self.storage = storage or open_storage(policy.repository)
+        self.repo = Repository(self.storage)
+        if req.kind == "time" and isinstance(req.value, str):
+            req.value = resolve_target_time(self.repo, target.name, req.value)
+        self.shown_value = shown_value(req.kind, req.value)
+        self.result = ExtractResult(
+            target=target.name,
+            database=req.database,
+            objects=req.objects(),
+            recovery_target={"kind": req.kind, "value": self.shown_value},
+            started_at=iso(datetime.now(UTC)),
+            destination=(
+                {"file": str(req.output), "format": req.fmt}
+                if req.output is not None
+                else {"database": req.into_db}
+            ),
+        )
+        self.when = (
+            f"the recovery target ({req.kind} {self.shown_value})"
+            if req.kind != "latest"
+            else "the end of the archive"
+        )
+        self.scratch: Scratch | None = None
+        self.partial: Path | None = None  # the --output file being written
+        self.created = False  # a database made and not yet loaded: dropped on the way out
+
+    def refuse_early(self) -> None:
+        """Refused before anything is restored: a target outside the window, a hole in the
+        WAL the target lies beyond, an --into-db that exists or cannot be created. Then
+        the backup and the scratch server's recovery settings are known."""
+        from pgbackup.engine.restore_command import (
+            check_chain,
+            check_window,
+            choose_backup,
+            recovery_settings,
+        )
+
+        policy, name, req = self.policy, self.target.name, self.req
+        kind, value = req.kind, req.value
+        self.info = choose_backup(self.repo, name, req.backup, kind, value)
+        if kind in ("time", "lsn"):
+            check_window(policy, self.repo, name, kind, value)
+        self.expected = check_chain(
+            policy, self.repo, name, self.info, kind, value, inclusive=req.inclusive
+        )
+        self.live = live_conninfo(policy, self.target, req.user)
+        if req.into_db is not None:
+            check_into_db(self.live, req, name)
+        self.result.backup_id = self.info.backup_id
+        self.settings = recovery_settings(
+            policy,
+            name,
+            kind=kind,
+            value=value,
+            action="pause",  # read where it stopped: see scratch.SCRATCH_SETTINGS
+            timeline=None,
+            inclusive=req.inclusive,
+            until=self.expected.get("until"),
+        )
+
+    # --- the scratch server --------------------------------------------------------------
+
+    def recover_in_scratch(self) -> Any:
+        """A scratch server recovered to the target, only the asked database's files
+        restored when that is safe, else the backup whole; its cluster."""
+        self.scratch = scratch = Scratch()
+        plan = sparse_plan(self.live, self.req)
+        t1 = time.monotonic()
+        why: str | None = None
+        try:
+            stats, recovered, restore_s, recovery_s = self.restore(plan)
+        except PgBackupError as exc:
+            # Replay PANICs on a page left out only when a change came without its
+            # full-page image (full_page_writes = off on the source): restore whole.
+            if not (plan and plan.sparse_members and redo_panicked(scratch)):
+                raise
+            why = f"recovery with files left out failed ({exc.message})"
+            restore_s, recovery_s = time.monotonic() - t1, 0.0
+        else:
+            cluster = scratch.cluster
+            closed = sparse_database_names(cluster, plan) if plan else []
+            why = plan_held(cluster, self.req, plan) if plan else None
+        if why:
+            LOG.warning("%s: restoring the backup again, whole", why)
+            scratch.stop()
+            stats, recovered, restore_s2, recovery_s2 = self.restore(None)
+            restore_s += restore_s2
+            recovery_s += recovery_s2
+            cluster, closed = scratch.cluster, []
+        result = self.result
+        result.recovered_to = recovered
+        result.restored = {
+            **stats,
+            "databases_left_out": closed,
+            "restored_whole": bool(why) or plan is None,
+        }
+        result.timings["restore"] = round(restore_s, 3)
+        result.timings["recovery"] = round(recovery_s, 3)
+        return cluster
+
+    def restore(self, plan: Any) -> tuple[dict[str, Any], dict[str, Any], float, float]:
+        assert self.scratch is not None
+        return restore_and_recover(
+            self.policy,
+            self.target,
+            self.storage,
+            self.scratch,
+            self.info,
+            self.settings,
+            self.expected,
+            plan,
+            self.req.database,
+            self.req,
+        )
+
+    # --- dump and load -------------------------------------------------------------------
+
+    def export(self, cluster: Any) -> None:
+        """The objects out of the scratch server: into the --output file, or into a new
+        database on the live server."""
+        from pgbackup.postgres.binaries import find_program
+        from pgbackup.postgres.connection import to_dsn
+
+        t2 = time.monotonic()
+        major = int(self.info.metadata["server_version_num"]) // 10000
+        pg_dump = find_program("pg_dump", major, self.target.pg_bin_dir)
+        dsn = to_dsn(cluster.conninfo(self.req.database))
+        if self.req.output is not None:
+            self.dump_to_file(pg_dump, dsn, self.req.output)
+            self.result.timings["dump"] = round(time.monotonic() - t2, 3)
+        else:
+            self.load_into_database(cluster, major, pg_dump, dsn, t2)
+
+    def dump_to_file(self, pg_dump: str, dsn: str, output: Path) -> None:
+        """pg_dump into a hidden file beside --output, renamed once complete."""
+        self.partial = output.with_name(f".{output.name}.pgbackup-partial")
+        LOG.info("dumping %s into %s", self.result.what(), output)
+        run_program(dump_argv(pg_dump, dsn, self.req, self.req.fmt, self.partial), "pg_dump")
+        os.replace(self.partial, output)
+        self.partial = None
+        self.result.destination["bytes"] = output.stat().st_size
+
+    def load_into_database(
+        self, cluster: Any, major: int, pg_dump: str, dsn: str, t2: float
+    ) -> None:
+        """pg_dump next door, then pg_restore into a new database on the live server, in
+        one transaction, with the foreign keys to tables not extracted left out."""
+        from pgbackup.postgres.binaries import find_program
+        from pgbackup.postgres.connection import describe, to_dsn
+
+        req, live, result = self.req, self.live, self.result
+        assert live is not None and req.into_db is not None and self.scratch is not None
+        dump = self.scratch.root / "extract.dump"
+        # A file read once, next door: compressing it would only cost time.
+        run_program(dump_argv(pg_dump, dsn, req, "custom", dump, compress=0), "pg_dump")
+        result.timings["dump"] = round(time.monotonic() - t2, 3)
+        t3 = time.monotonic()
+        fks = foreign_keys_out(cluster, req)
+        source = source_locale(cluster, req.database, major)
+        pg_restore = find_program("pg_restore", major, self.target.pg_bin_dir)
+        toc = run_program([pg_restore, "--list", str(dump)], "pg_restore --list")
+        listing = self.scratch.root / "extract.list"
+        listing.write_text(restore_list(toc, fks))
+        self.create_database(source)
+        run_program(
+            [
+                pg_restore,
+                "--dbname",
+                to_dsn({**live, "dbname": req.into_db}),
+                "--no-owner",
+                "--no-privileges",
+                "--single-transaction",
+                "--exit-on-error",
+                "--no-password",
+                "--use-list",
+                str(listing),
+                str(dump),
+            ],
+            "pg_restore into the new database",
+        )
+        self.created = False  # done: it stays
+        result.skipped_foreign_keys = [f"{s}.{t} {c} -> {r}" for s, t, c, r in fks]
+        result.destination["server"] = describe({**live, "dbname": req.into_db})
+        result.timings["load"] = round(time.monotonic() - t3, 3)
+
+    def create_database(self, source: tuple[Any, ...]) -> None:
+        """--into-db, with the source database's encoding and locale; dropped again on the
+        way out until it is loaded."""
+        import psycopg
+
+        from pgbackup.postgres.connection import connect, describe
+
+        assert self.live is not None and self.req.into_db is not None
+        admin = {**self.live, "dbname": self.live.get("dbname") or "postgres"}
+        LOG.info("creating database %s on %s", self.req.into_db, describe(admin))
+        try:
+            with connect(admin) as conn:
+                conn.execute(create_database_sql(self.req.into_db, source))  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise ExtractError(
+                f"cannot create database {self.req.into_db!r} on {describe(admin)}: "
+                f"{str(exc).strip().splitlines()[0]}",
+                hint="nothing was written",
+            ) from None
+        self.created = True
+
+    # --- the way out ---------------------------------------------------------------------
+
+    def keep_scratch_log(self, exc: PgBackupError) -> None:
+        """The scratch server's log goes with the scratch directory: keep its tail in
+        pgbackup's own log, and say so instead of naming a file about to vanish."""
+        scratch = self.scratch
+        if scratch is None or scratch.cluster is None or not exc.hint:
+            return
+        log_file = scratch.cluster.log_file
+        LOG.error(
+            "the scratch server's log ends:\n%s",
+            scratch.cluster.log_tail(80),
+            extra=LOG_FILE_ONLY,
+        )
+        exc.hint = exc.hint.replace(
+            f"see {log_file}", "the scratch server's log is copied into pgbackup's log file"
+        )
+
+    def clean_up(self) -> None:
+        """On every way out: a half-loaded database dropped, a partial file removed, the
+        scratch server and directory gone; the run recorded."""
+        req, live, result = self.req, self.live, self.result
+        if self.created and live is not None and req.into_db is not None:
+            with contextlib.suppress(Exception):
+                from pgbackup.postgres.connection import connect
+
+                with connect({**live, "dbname": live.get("dbname") or "postgres"}) as conn:
+                    conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(req.into_db)}")  # type: ignore[arg-type]
+                LOG.warning("dropped the half-loaded database %s again", req.into_db)
+        if self.partial is not None:
+            with contextlib.suppress(OSError):
+                self.partial.unlink()
+        if self.scratch is not None:
+            t_close = time.monotonic()
+            self.scratch.close()
+            result.timings["cleanup"] = round(time.monotonic() - t_close, 3)
+        result.seconds = round(time.monotonic() - self.t0, 3)
+        result.timings["total"] = result.seconds
+        self.repo.record_run(self.target.name, "extract", result.as_dict())
+
+
+def shown_value(kind: str, value: Any) -> Any:
+    """The recovery target as the result and the log say it."""
+    if kind == "lsn":
+        from pgbackup.formats.lsn import format_lsn
+
+        return format_lsn(value)
+    return value.isoformat(sep=" ") if isinstance(value, datetime) else value
+
+
+def source_locale(cluster: Any, database: str, major: int) -> tuple[Any, ...]:
+    """The encoding and locale of ``database`` on the scratch server (for CREATE DATABASE)."""
+    # PostgreSQL 17 renamed pg_database.daticulocale to datlocale.
+    locale_column = "datlocale" if major >= 17 else "daticulocale"
+    rows = cluster.sql(
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype, "
+        f"datlocprovider::text, {locale_column} FROM pg_database WHERE datname = "
+        + quote_literal(database)
+    )
+    return tuple(rows[0])
