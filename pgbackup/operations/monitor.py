@@ -283,11 +283,33 @@ def permission_checks(policy: Any) -> list[Check]:
 def check_target(
     policy: Any, repo: Repository, target: Any, now: datetime | None = None, *, connect: bool = True
 ) -> TargetReport:
+    """Every check of one target, and the metrics measured on the way: its backups, the
+    server's WAL archiving and slots (``connect``), the WAL chain in the repository and at
+    each upload destination, free space, permissions, restore drills."""
     now = now or datetime.now(UTC)
     report = TargetReport(target.name)
-    add = report.checks.append
+    complete = backup_checks(report, policy, repo, target, now)
+    database_size = server_checks(report, policy, target, now) if connect else None
+    if complete:
+        report.checks.append(wal_chain_check(policy, repo, target))
+    if policy.uploads:
+        from pgbackup.operations.offsite_checks import offsite_checks
 
-    # Backups: age against the schedule, outcome of the last run.
+        for name, status, text, lag in offsite_checks(policy, repo, target.name):
+            report.checks.append(Check(name, status, text, lag))
+    space_check(report, repo, database_size)
+    report.checks.extend(permission_checks(policy))
+    drill_checks(report, policy, repo, target, now)
+    report.metrics["status"] = float(LEVEL[report.status])
+    return report
+
+
+def backup_checks(
+    report: TargetReport, policy: Any, repo: Repository, target: Any, now: datetime
+) -> list[Any]:
+    """Backups: the newest one's age against the schedule, incremental chains whole, the
+    last run's outcome. Returns the complete backups."""
+    add = report.checks.append
     complete = repo.complete_backups(target.name)
     newest = complete[-1].stop_time if complete else None
     add(schedule_status("backup", policy.schedules.get("backup"), newest, now))
@@ -321,113 +343,101 @@ def check_target(
                 "last_backup", OK, "the last backup succeeded" if runs else "no backup run recorded"
             )
         )
+    return complete
 
-    # WAL archiving, from the server.
-    database_size = None
-    exposure = None
-    if connect:
-        try:
-            from pgbackup.postgres.sandbox import resolve_conninfo
 
-            facts = archiver_facts(resolve_conninfo(policy, target))
-        except Exception as exc:
-            add(
-                Check(
-                    "wal_archiving",
-                    UNKNOWN,
-                    f"cannot ask the server: {getattr(exc, 'message', exc)}",
-                )
+def server_checks(report: TargetReport, policy: Any, target: Any, now: datetime) -> int | None:
+    """WAL archiving, from the server (pg_stat_archiver), and its replication slots.
+    Returns the database size (None: the server did not answer)."""
+    try:
+        from pgbackup.postgres.sandbox import resolve_conninfo
+
+        facts = archiver_facts(resolve_conninfo(policy, target))
+    except Exception as exc:
+        report.checks.append(
+            Check(
+                "wal_archiving", UNKNOWN, f"cannot ask the server: {getattr(exc, 'message', exc)}"
             )
-        else:
-            database_size = int(facts.get("database_size") or 0)
-            streamed = getattr(target, "wal_receiver", None)
-            if streamed and str(facts.get("archive_mode")) == "off":
-                add(
-                    Check("wal_archiving", OK, "archive_mode is off; WAL is streamed (wal-receive)")
-                )
-            else:
-                report.checks.extend(archiving_checks(policy, facts, now))
-            failing, exposure = rpo_exposure(facts, now)
-            report.metrics["archiver_failing"] = 1.0 if failing else 0.0
-            report.metrics["archiver_failed_count"] = float(facts.get("failed_count") or 0)
-            report.metrics["rpo_exposure_seconds"] = exposure
-            if facts.get("last_archived_time"):
-                report.metrics["wal_last_archived_age_seconds"] = (
-                    now - facts["last_archived_time"]
-                ).total_seconds()
-            report.metrics["database_bytes"] = float(database_size)
-            # Replication slots: the receiver's (pgbackup/operations/slots.py) and stray ones.
-            try:
-                from pgbackup.operations.slots import slot_checks
-                from pgbackup.postgres.sandbox import resolve_conninfo
+        )
+        return None
+    database_size = int(facts.get("database_size") or 0)
+    streamed = getattr(target, "wal_receiver", None)
+    if streamed and str(facts.get("archive_mode")) == "off":
+        report.checks.append(
+            Check("wal_archiving", OK, "archive_mode is off; WAL is streamed (wal-receive)")
+        )
+    else:
+        report.checks.extend(archiving_checks(policy, facts, now))
+    failing, exposure = rpo_exposure(facts, now)
+    report.metrics["archiver_failing"] = 1.0 if failing else 0.0
+    report.metrics["archiver_failed_count"] = float(facts.get("failed_count") or 0)
+    report.metrics["rpo_exposure_seconds"] = exposure
+    if facts.get("last_archived_time"):
+        report.metrics["wal_last_archived_age_seconds"] = (
+            now - facts["last_archived_time"]
+        ).total_seconds()
+    report.metrics["database_bytes"] = float(database_size)
+    # Replication slots: the receiver's (pgbackup/operations/slots.py) and stray ones.
+    try:
+        from pgbackup.operations.slots import slot_checks
+        from pgbackup.postgres.sandbox import resolve_conninfo
 
-                slot_results, slot_metrics = slot_checks(
-                    policy, target, resolve_conninfo(policy, target)
-                )
-            except Exception as exc:
-                add(Check("wal_receiver", UNKNOWN, f"cannot read replication slots: {exc}"))
-            else:
-                report.checks.extend(slot_results)
-                report.metrics.update(slot_metrics)
+        slot_results, slot_metrics = slot_checks(policy, target, resolve_conninfo(policy, target))
+    except Exception as exc:
+        report.checks.append(
+            Check("wal_receiver", UNKNOWN, f"cannot read replication slots: {exc}")
+        )
+    else:
+        report.checks.extend(slot_results)
+        report.metrics.update(slot_metrics)
+    return database_size
 
-    # WAL continuity in the repository.
-    if complete:
-        try:
-            from pgbackup.engine.walchain import verify_wal_chain
 
-            chain = verify_wal_chain(policy, repo, target)
-        except Exception as exc:
-            add(
-                Check(
-                    "wal_chain",
-                    UNKNOWN,
-                    f"cannot read the WAL archive: {getattr(exc, 'message', exc)}",
-                )
-            )
-        else:
-            if chain["gaps"]:
-                add(
-                    Check(
-                        "wal_chain",
-                        CRITICAL,
-                        f"{len(chain['gaps'])} gap(s): " + "; ".join(chain["gaps"][:3]),
-                        len(chain["gaps"]),
-                    )
-                )
-            else:
-                add(
-                    Check(
-                        "wal_chain",
-                        OK,
-                        f"continuous ({chain['segments']} segments after the oldest backup)",
-                        0,
-                    )
-                )
+def wal_chain_check(policy: Any, repo: Repository, target: Any) -> Check:
+    """WAL continuity in the repository, after the oldest backup."""
+    try:
+        from pgbackup.engine.walchain import verify_wal_chain
 
-    # WAL at each upload destination: what a lost host would lose (pgbackup/engine/shipper.py).
-    if policy.uploads:
-        from pgbackup.operations.offsite_checks import offsite_checks
+        chain = verify_wal_chain(policy, repo, target)
+    except Exception as exc:
+        return Check(
+            "wal_chain", UNKNOWN, f"cannot read the WAL archive: {getattr(exc, 'message', exc)}"
+        )
+    if chain["gaps"]:
+        return Check(
+            "wal_chain",
+            CRITICAL,
+            f"{len(chain['gaps'])} gap(s): " + "; ".join(chain["gaps"][:3]),
+            len(chain["gaps"]),
+        )
+    return Check(
+        "wal_chain", OK, f"continuous ({chain['segments']} segments after the oldest backup)", 0
+    )
 
-        for name, status, text, lag in offsite_checks(policy, repo, target.name):
-            add(Check(name, status, text, lag))
 
-    # Free space.
+def space_check(report: TargetReport, repo: Repository, database_size: int | None) -> None:
+    """The repository's free space, against three times the database's size."""
     free = None
     with contextlib.suppress(Exception):
         free = repo.storage.free_bytes()
-    if free is not None:
-        report.metrics["repository_free_bytes"] = float(free)
-        if database_size:
-            need = 3 * database_size
-            from pgbackup.ui import human_bytes
+    if free is None:
+        return
+    report.metrics["repository_free_bytes"] = float(free)
+    if database_size:
+        need = 3 * database_size
+        from pgbackup.ui import human_bytes
 
-            text = f"{human_bytes(free)} free for a {human_bytes(database_size)} database (want 3x: {human_bytes(need)})"
-            status = OK if free >= need else (WARNING if free >= database_size else CRITICAL)
-            add(Check("repository_space", status, text, float(free)))
+        text = f"{human_bytes(free)} free for a {human_bytes(database_size)} database (want 3x: {human_bytes(need)})"
+        status = OK if free >= need else (WARNING if free >= database_size else CRITICAL)
+        report.checks.append(Check("repository_space", status, text, float(free)))
 
-    report.checks.extend(permission_checks(policy))
 
-    # Drills.
+def drill_checks(
+    report: TargetReport, policy: Any, repo: Repository, target: Any, now: datetime
+) -> None:
+    """Restore drills (when the policy asks for them): the last good one's age against
+    the schedule, the last one's outcome."""
+    add = report.checks.append
     drills = drill_records(repo, target.name)
     good = [d for d in drills if d.get("status") == "ok"]
     last_good = parse_iso(good[-1]["finished_at"]) if good else None
@@ -457,9 +467,6 @@ def check_target(
     if last_good:
         report.metrics["last_drill_age_seconds"] = (now - last_good).total_seconds()
         report.metrics["last_drill_rto_seconds"] = float(good[-1].get("rto_seconds") or 0)
-    report.metrics["status"] = float(LEVEL[report.status])
-    _ = exposure
-    return report
 
 
 def run_check(
