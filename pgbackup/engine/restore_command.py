@@ -139,10 +139,15 @@ def recovery_settings(
     timeline: str | None,
     inclusive: bool,
     until: str | None = None,
+    from_upload: str | None = None,
 ) -> dict[str, Any]:
+    """The recovery settings of a restore to the target: ``restore_command`` fetches
+    from the repository (or the upload destination ``from_upload``), no further than
+    ``until``."""
+    source = f"--from {from_upload} " if from_upload else ""
     bound = f"--until {until} " if until else ""
     settings: dict[str, Any] = {
-        "restore_command": f"'{pgbackup_program()}' --config '{policy.path}' wal-fetch --target {target_name} {bound}%f %p",
+        "restore_command": f"'{pgbackup_program()}' --config '{policy.path}' wal-fetch {source}--target {target_name} {bound}%f %p",
         "recovery_target_action": action,
     }
     if timeline:
@@ -416,9 +421,95 @@ def restore_command(
     primary_conninfo: str | None = None,
     delta: bool = False,
 ) -> RestoreResult:
+    """``pgbackup restore``: the flags checked, the backup chosen for the recovery target,
+    the WAL chain checked to reach it (before anything is written), then the restore: a
+    standby that follows the archive, or a server recovering to the target."""
     from pgbackup.engine.restore import parse_tablespace_map
 
     mapping = parse_tablespace_map(tablespace_map)
+    policy_target, recovery_kind, value = recovery_target(
+        policy, target, db, target_time, target_lsn, target_xid, target_name
+    )
+    action = target_action or "promote"
+    refuse_flag_combinations(
+        recovery_kind,
+        action,
+        target_action=target_action,
+        target_timeline=target_timeline,
+        exclusive=exclusive,
+        standby=standby,
+        primary_conninfo=primary_conninfo,
+        from_upload=from_upload,
+        delta=delta,
+        force=force,
+    )
+    storage = source_storage(policy, from_upload)
+    repo = Repository(storage)
+    if recovery_kind == "time":
+        value = resolve_target_time(repo, policy_target.name, value)
+    wanted_tli = int(target_timeline) if target_timeline and target_timeline.isdigit() else None
+    info = choose_backup(repo, policy_target.name, backup, recovery_kind, value)
+    if standby:
+        return restore_standby(
+            policy,
+            policy_target,
+            info,
+            to,
+            storage=storage,
+            force=force,
+            start=start,
+            port=port,
+            primary_conninfo=primary_conninfo,
+            tablespace_map=mapping,
+            tablespace_map_all=tablespace_map_all,
+        )
+    expected = check_reach(
+        policy, repo, policy_target.name, info, recovery_kind, value, wanted_tli, exclusive
+    )
+    settings = None
+    if recovery_kind is not None:
+        settings = recovery_settings(
+            policy,
+            policy_target.name,
+            kind=recovery_kind,
+            value=value,
+            action=action,
+            timeline=target_timeline,
+            inclusive=not exclusive,
+            until=expected.get("until"),
+            from_upload=from_upload,
+        )
+    return run_restore(
+        policy,
+        policy_target,
+        info.backup_id,
+        to,
+        force=force,
+        start=start,
+        port=port,
+        archive=archive,
+        recovery_settings=settings,
+        storage=storage,
+        wait_for_recovery=wait_for_recovery_end(action=action, expected=expected)
+        if (start and recovery_kind)
+        else None,
+        tablespace_map=mapping,
+        tablespace_map_all=tablespace_map_all,
+        delta=delta,
+    )
+
+
+def recovery_target(
+    policy: Any,
+    target: str | None,
+    db: str | None,
+    target_time: str | None,
+    target_lsn: str | None,
+    target_xid: str | None,
+    target_name: str | None,
+) -> tuple[Any, str | None, Any]:
+    """(the policy target, the recovery target's kind, its value) the flags name:
+    ``--target`` is a policy target, or a keyword (latest, immediate)."""
     recovery_kind: str | None = None
     if target in RECOVERY_KEYWORDS:
         recovery_kind, target = target, None
@@ -428,7 +519,24 @@ def restore_command(
     recovery_kind, value = parse_recovery_flags(
         recovery_kind, target_time, target_lsn, target_xid, target_name
     )
-    action = target_action or "promote"
+    return policy_target, recovery_kind, value
+
+
+def refuse_flag_combinations(
+    recovery_kind: str | None,
+    action: str,
+    *,
+    target_action: str | None,
+    target_timeline: str | None,
+    exclusive: bool,
+    standby: bool,
+    primary_conninfo: str | None,
+    from_upload: str | None,
+    delta: bool,
+    force: bool,
+) -> None:
+    """Restore's flags that make no sense, or none together: refused before anything is
+    read."""
     if action not in ACTIONS:
         raise UsageError(f"--target-action {action!r}: must be one of {', '.join(ACTIONS)}")
     if target_timeline and not (
@@ -452,79 +560,38 @@ def restore_command(
             "--delta restores over an existing stopped copy; it takes neither --force nor --standby"
         )
 
-    storage = open_storage(policy.repository)
+
+def source_storage(policy: Any, from_upload: str | None) -> Any:
+    """Where the backup is read: the repository, or the upload destination ``--from``
+    names."""
     if from_upload:
         from pgbackup.engine.uploads import upload_storage
 
-        storage = upload_storage(policy, from_upload)
-    repo = Repository(storage)
-    if recovery_kind == "time":
-        value = resolve_target_time(repo, policy_target.name, value)
-    wanted_tli = int(target_timeline) if target_timeline and target_timeline.isdigit() else None
-    info = choose_backup(repo, policy_target.name, backup, recovery_kind, value)
-    if standby:
-        return restore_standby(
-            policy,
-            policy_target,
-            info,
-            to,
-            storage=storage,
-            force=force,
-            start=start,
-            port=port,
-            primary_conninfo=primary_conninfo,
-            tablespace_map=mapping,
-            tablespace_map_all=tablespace_map_all,
-        )
+        return upload_storage(policy, from_upload)
+    return open_storage(policy.repository)
+
+
+def check_reach(
+    policy: Any,
+    repo: Repository,
+    target: str,
+    info: BackupInfo,
+    kind: str | None,
+    value: Any,
+    timeline: int | None,
+    exclusive: bool,
+) -> dict[str, Any]:
+    """Before anything is written: the WAL chain carries recovery from ``info`` to the
+    target, which lies inside the recoverable window; the point recovery must reach."""
     from pgbackup.engine.walchain import one_listing
 
     with one_listing():  # both checks read one listing of the archive
         expected = check_chain(
-            policy,
-            repo,
-            policy_target.name,
-            info,
-            recovery_kind,
-            value,
-            wanted_tli,
-            inclusive=not exclusive,
+            policy, repo, target, info, kind, value, timeline, inclusive=not exclusive
         )
-        if recovery_kind in ("time", "lsn"):
-            check_window(policy, repo, policy_target.name, recovery_kind, value, wanted_tli)
-    settings = None
-    if recovery_kind is not None:
-        settings = recovery_settings(
-            policy,
-            policy_target.name,
-            kind=recovery_kind,
-            value=value,
-            action=action,
-            timeline=target_timeline,
-            inclusive=not exclusive,
-            until=expected.get("until"),
-        )
-        if from_upload:
-            settings["restore_command"] = settings["restore_command"].replace(
-                " wal-fetch ", f" wal-fetch --from {from_upload} "
-            )
-    return run_restore(
-        policy,
-        policy_target,
-        info.backup_id,
-        to,
-        force=force,
-        start=start,
-        port=port,
-        archive=archive,
-        recovery_settings=settings,
-        storage=storage,
-        wait_for_recovery=wait_for_recovery_end(action=action, expected=expected)
-        if (start and recovery_kind)
-        else None,
-        tablespace_map=mapping,
-        tablespace_map_all=tablespace_map_all,
-        delta=delta,
-    )
+        if kind in ("time", "lsn"):
+            check_window(policy, repo, target, kind, value, timeline)
+    return expected
 
 
 def restore_standby(
