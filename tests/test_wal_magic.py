@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import struct
 
 import pytest
@@ -62,7 +63,8 @@ def test_the_engine_reads_the_one_table() -> None:
 
 
 def test_segment_names_are_lsns() -> None:
-    """formats.lsn decides what a segment's name is; walpage says the same without re."""
+    """walpage's name test (the one both wal-push paths and formats.lsn use) is exactly
+    PostgreSQL's pattern, checked here with re."""
     rnd = random.Random(3)
     names = ["000000010000000000000003", "000000010000000000000003.partial", "x", ""]
     for _ in range(3000):
@@ -73,7 +75,9 @@ def test_segment_names_are_lsns() -> None:
         )
     names += [n + ".partial" for n in names[:500]]
     for name in names:
-        assert is_segment_or_partial(name) == (lsn.is_segment(name) or lsn.is_partial(name)), name
+        expected = re.fullmatch(r"[0-9A-F]{24}(\.partial)?", name) is not None
+        assert is_segment_or_partial(name) == expected, name
+        assert lsn.is_segment(name) == (re.fullmatch(r"[0-9A-F]{24}", name) is not None), name
 
 
 @pytest.mark.parametrize("sysid", [0, 7, 7412345678901234567, 2**64 - 1])

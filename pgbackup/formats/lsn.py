@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from pgbackup.formats.walpage import is_partial, is_segment, upper_hex
+
 __all__ = [
     "DEFAULT_SEG_SIZE",
     "format_lsn",
@@ -35,14 +37,8 @@ _MAX_TLI = 0xFFFFFFFF
 # WAL file names are checked with string operations, and the two patterns below compiled
 # on first use: wal-push imports this module once per segment, and compiling six regular
 # expressions cost more than the rest of the module.
-_HEX_UPPER = "0123456789ABCDEF"
 _LSN_PATTERN = r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})"
 _HISTORY_LINE_PATTERN = r"(\d+)\s+([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})(?:\s+(.*))?"
-
-
-def _upper_hex(text: str, length: int) -> bool:
-    """``text`` is exactly ``length`` upper-case hexadecimal digits (``[0-9A-F]{length}``)."""
-    return len(text) == length and not text.strip(_HEX_UPPER)
 
 
 def parse_lsn(text: str) -> int:
@@ -129,12 +125,8 @@ def history_file_name(timeline: int) -> str:
     return f"{timeline:08X}.history"
 
 
-def is_segment(name: str) -> bool:
-    return _upper_hex(name, 24)
-
-
 def is_history(name: str) -> bool:
-    return name.endswith(".history") and _upper_hex(name[:-8], 8)
+    return name.endswith(".history") and upper_hex(name[:-8], 8)
 
 
 def is_backup_label_file(name: str) -> bool:
@@ -142,13 +134,9 @@ def is_backup_label_file(name: str) -> bool:
         len(name) == 40
         and name.endswith(".backup")
         and name[24] == "."
-        and _upper_hex(name[:24], 24)
-        and _upper_hex(name[25:33], 8)
+        and upper_hex(name[:24], 24)
+        and upper_hex(name[25:33], 8)
     )
-
-
-def is_partial(name: str) -> bool:
-    return name.endswith(".partial") and _upper_hex(name[:-8], 24)
 
 
 def parse_history(text: str) -> list[tuple[int, int, str]]:

@@ -46,13 +46,24 @@ def wal_major(data: bytes) -> int | None:
     return MAGIC_MAJOR.get(struct.unpack_from("<H", data, 0)[0]) if len(data) >= 2 else None
 
 
+def upper_hex(text: str, length: int) -> bool:
+    """``text`` is exactly ``length`` upper-case hexadecimal digits (``[0-9A-F]{length}``),
+    without importing ``re``; the one test of WAL file names (formats/lsn uses it too)."""
+    return len(text) == length and not text.strip(_HEX_UPPER)
+
+
+def is_segment(name: str) -> bool:
+    """A WAL segment's name: timeline, log and segment, 24 upper-case hex digits."""
+    return upper_hex(name, 24)
+
+
+def is_partial(name: str) -> bool:
+    return name.endswith(".partial") and is_segment(name[:-8])
+
+
 def is_segment_or_partial(name: str) -> bool:
-    """``name`` is a segment's (24 upper-case hex digits) or its ``.partial``'s: the files
-    whose first page has a long header. As :func:`pgbackup.formats.lsn.is_segment` /
-    ``is_partial`` (a test checks they agree), without importing ``re``."""
-    if name.endswith(".partial"):
-        name = name[:-8]
-    return len(name) == 24 and not name.strip(_HEX_UPPER)
+    """A segment's name or its ``.partial``'s: the files whose first page has a long header."""
+    return is_segment(name) or is_partial(name)
 
 
 def read_wal_file(path: str | os.PathLike[str]) -> bytes:

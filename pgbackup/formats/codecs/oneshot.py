@@ -7,10 +7,10 @@ path wal-push and wal-fetch take for every segment.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from pgbackup.errors import EncryptionError
-from pgbackup.formats.codecs.spec import _AGE_MAGIC, WHOLE_JOB_SIZE, CodecSpec
+from pgbackup.formats.codecs.spec import _AGE_MAGIC, CodecSpec
 
 
 def encode_bytes(
@@ -22,21 +22,9 @@ def encode_bytes(
 ) -> bytes:
     """Encode a small object in memory (WAL segments, metadata), in one call."""
     if spec.compression == "zstd":
-        from pgbackup.formats.zstdlib import load
+        from pgbackup.formats.codecbase import zstd_whole
 
-        zstandard: Any = load()  # the C backend, without the package's imports
-        # One-shot: no streaming context and no chunk joins (and the frame records the
-        # content size); the bytes decode like any other zstd frame. With workers, 2 MiB
-        # jobs keep every core busy on a 16 MiB segment (zstd's default job is 8 MiB,
-        # two jobs): 17% less time on 20 pgbench segments (1 MiB: 12%), the same bytes.
-        params = zstandard.ZstdCompressionParameters.from_level(
-            spec.level,
-            source_size=len(data),
-            threads=threads,
-            job_size=WHOLE_JOB_SIZE if threads else 0,
-            write_checksum=True,
-        )
-        compressed = zstandard.ZstdCompressor(compression_params=params).compress(data)
+        compressed = zstd_whole(data, spec.level, threads)  # the bytes wal-push's fast path stores
     else:
         from pgbackup.formats.codecs.encode import _make_compress
 
