@@ -21,6 +21,11 @@ from pgbackup.policy.records import (
     Sla,
     Target,
 )
+from pgbackup.policyrules import (
+    DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_COMPRESSION_METHOD,
+    DEFAULT_REPOSITORY_KIND,
+)
 
 
 def _abs(base: Path, value: Any) -> Path:
@@ -30,7 +35,7 @@ def _abs(base: Path, value: Any) -> Path:
 
 def _storage(base: Path, spec: dict[str, Any]) -> dict[str, Any]:
     out = dict(spec)
-    out.setdefault("kind", "posix")
+    out.setdefault("kind", DEFAULT_REPOSITORY_KIND)
     if out["kind"] == "posix" and "path" in out:
         out["path"] = _abs(base, out["path"])
     return out
@@ -115,8 +120,8 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
         path=path,
         repository=_storage(base, doc.get("repository") or {}),
         compression=Compression(
-            method=comp.get("method", "zstd"),
-            level=int(comp.get("level", 3)),
+            method=comp.get("method", DEFAULT_COMPRESSION_METHOD),
+            level=int(comp.get("level", DEFAULT_COMPRESSION_LEVEL)),
             workers=int(comp.get("workers", 0)),
         ),
         encryption=encryption,
