@@ -69,8 +69,12 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--update", action="store_true", help="take var/ results, rewrite docs/testing.md")
-    parser.add_argument("--check", action="store_true", help="docs/testing.md matches the snapshot?")
+    parser.add_argument(
+        "--update", action="store_true", help="take var/ results, rewrite docs/testing.md"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="docs/testing.md matches the snapshot?"
+    )
     args = parser.parse_args()
     if args.update:
         if not RESULTS.exists():
@@ -81,7 +85,10 @@ def main() -> int:
     text = TABLE_PAGE.read_text()
     if args.check:
         if readme_with(table, text) != text:
-            print("docs/testing.md's version table is not docs/version-support.json's", file=sys.stderr)
+            print(
+                "docs/testing.md's version table is not docs/version-support.json's",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if args.update:
