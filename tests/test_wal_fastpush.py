@@ -290,11 +290,13 @@ def test_a_directory_that_cannot_be_synced_fails_the_push(
     assert "cannot make 000000010000000000000004 durable" in capsys.readouterr().err
 
 
-def test_the_invoke_task_takes_every_flag_of_wal_push() -> None:
-    from pgbackup.interface.engine_tasks import wal_push
+@pytest.mark.parametrize("command", ["wal-push", "wal-fetch"])
+def test_the_invoke_task_takes_every_flag_of_its_command(command: str) -> None:
+    from pgbackup.interface import engine_tasks
 
-    params = {a.names[0] for a in wal_push.get_arguments() if not a.positional}
-    flags = {f[2:] for f, (commands, _value) in WAL_FLAGS.items() if "wal-push" in commands}
+    task = engine_tasks.wal_push if command == "wal-push" else engine_tasks.wal_fetch
+    params = {a.names[0] for a in task.get_arguments() if not a.positional}
+    flags = {f[2:] for f, (commands, _value) in WAL_FLAGS.items() if command in commands}
     assert params == flags
 
 

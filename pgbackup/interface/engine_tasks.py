@@ -258,18 +258,37 @@ def wal_push(
 
 
 @task(
-    name="wal-fetch", auto_shortflags=False, help={"config": CONFIG_HELP, "target": "policy target"}
+    name="wal-fetch",
+    auto_shortflags=False,
+    help={
+        "config": CONFIG_HELP,
+        "target": "policy target",
+        "from": "fetch from this upload destination instead of the repository",
+        "until": "the last segment recovery needs (nothing after it is fetched ahead)",
+    },
 )
 def wal_fetch(
-    c: Any, name: str, path: str, config: str | None = None, target: str | None = None
+    c: Any,
+    name: str,
+    path: str,
+    config: str | None = None,
+    target: str | None = None,
+    from_: str | None = None,
+    until: str | None = None,
 ) -> None:
-    """Fetch one WAL file (restore_command = 'pgbackup wal-fetch --config ... %f %p')."""
-    from pgbackup.interface.wal_commands import wal_main
+    """Fetch one WAL file (restore_command = 'pgbackup wal-fetch --config ... %f %p').
+
+    A parameter per flag of wal_commands.WAL_FLAGS for wal-fetch (a test checks it)."""
+    from pgbackup.interface.wal_commands import wal_argv, wal_main
 
     code = wal_main(
-        ["wal-fetch", name, path]
-        + (["--config", config] if config else [])
-        + (["--target", target] if target else [])
+        wal_argv(
+            "wal-fetch",
+            [name, path],
+            config=config,
+            target=target,
+            **{"from": from_, "until": until},
+        )
     )
     if code:
         raise Exit(code=code)
