@@ -102,46 +102,17 @@ def combine_chain(
     newest member (by OID) is written (restore.py's ``tablespace_destinations``; the
     caller has checked they are empty or absent)."""
     from pgbackup.postgres.binaries import find_program
-    from pgbackup.postgres.cluster import run_as
 
     last = members[-1]
     major = int(last.metadata["server_version_num"]) // 10000
     program = find_program("pg_combinebackup", major, target.pg_bin_dir)
     staging = Path(tempfile.mkdtemp(prefix=".pgbackup-combine-", dir=directory.parent))
-    stored = 0
-    staged = 0  # bytes written into the staging directories
     destinations = destinations or {}
     try:
-        dirs = []
-        mappings: list[str] = []
         t0 = time.monotonic()
+        stage = Staged()
         for member in members:
-            prefix = repo.base_prefix(target.name, member.backup_id)
-            identity_list = identities(policy, member)
-            where = staging / member.backup_id
-            for name, obj in archive_objects(member):
-                if obj["kind"] == "wal" and member is not last:
-                    continue  # only the newest member's WAL is needed
-                into = where / "pg_wal" if obj["kind"] == "wal" else where
-                if obj["kind"] == "tablespace":
-                    into = staged_tablespace(staging, member.backup_id, where, int(obj["oid"]))
-                    if member is last:
-                        mappings += tablespace_mapping(into, obj, destinations)
-                into.mkdir(parents=True, exist_ok=True)
-                read, wrote = extract(
-                    storage,
-                    prefix + name,
-                    CodecSpec.from_dict(obj["codec"]),
-                    identity_list,
-                    into,
-                    obj,
-                )
-                stored += read
-                staged += wrote
-            (where / "backup_manifest").write_bytes(
-                read_manifest_bytes(storage, prefix, member, identity_list)
-            )
-            dirs.append(str(where))
+            stage_member(stage, storage, repo, policy, target, member, staging, destinations, last)
         extracted = time.monotonic() - t0
         hand_over(staging, os_user, 0o700)
         for where in destinations.values():
@@ -149,43 +120,108 @@ def combine_chain(
             # directory or creates a missing one (create_output_directory).
             where.mkdir(parents=True, exist_ok=True)
             hand_over(where, os_user, 0o700)
-        failures = []
-        for method in combine_methods(major):
-            t1 = time.monotonic()
-            proc = run_as(
-                [program, "--output", str(directory), *mappings, *method, *dirs],
-                os_user,
-                check=False,
-            )
-            if proc.returncode == 0:
-                LOG.info(
-                    "combined %d backups into %s with pg_combinebackup %s in %.1fs",
-                    len(members),
-                    directory,
-                    " ".join(method) or "(copy)",
-                    time.monotonic() - t1,
-                )
-                return {
-                    "members": [m.backup_id for m in members],
-                    "method": (method[0].lstrip("-") if method else "copy"),
-                    "extract_seconds": round(extracted, 3),
-                    "combine_seconds": round(time.monotonic() - t1, 3),
-                    "stored_bytes": stored,
-                    "staged_bytes": staged,
-                    "combined_bytes": combined_bytes(
-                        directory, int(last.metadata["wal_segment_size"])
-                    ),
-                }
-            failures.append(f"{' '.join(method) or 'copy'}: {(proc.stdout or '').strip()[-500:]}")
-            for out in (directory, *destinations.values()):
-                empty_directory(out)
-        raise RestoreError(
-            f"pg_combinebackup could not rebuild backup {last.backup_id} from its chain "
-            f"({' <- '.join(m.backup_id for m in members)}): {failures[-1]}",
-            hint="run `pgbackup verify --backup " + last.backup_id + "`",
-        )
+        method, t1 = run_combine(program, major, members, stage, directory, destinations, os_user)
+        return {
+            "members": [m.backup_id for m in members],
+            "method": (method[0].lstrip("-") if method else "copy"),
+            "extract_seconds": round(extracted, 3),
+            "combine_seconds": round(time.monotonic() - t1, 3),
+            "stored_bytes": stage.stored,
+            "staged_bytes": stage.staged,
+            "combined_bytes": combined_bytes(directory, int(last.metadata["wal_segment_size"])),
+        }
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class Staged:
+    """What the members' extraction left for pg_combinebackup: a directory per member
+    (full first), the newest member's tablespace mappings, and the bytes read and written."""
+
+    def __init__(self) -> None:
+        self.dirs: list[str] = []
+        self.mappings: list[str] = []
+        self.stored = 0
+        self.staged = 0  # bytes written into the staging directories
+
+
+def stage_member(
+    stage: Staged,
+    storage: Storage,
+    repo: Repository,
+    policy: Policy,
+    target: Target,
+    member: BackupInfo,
+    staging: Path,
+    destinations: dict[int, Path],
+    last: BackupInfo,
+) -> None:
+    """One member as a plain-format backup under ``staging``: its archives extracted (the
+    WAL of the newest member only; each tablespace in a directory of its own, linked from
+    the member's pg_tblspc), and its backup_manifest beside them."""
+    prefix = repo.base_prefix(target.name, member.backup_id)
+    identity_list = identities(policy, member)
+    where = staging / member.backup_id
+    for name, obj in archive_objects(member):
+        if obj["kind"] == "wal" and member is not last:
+            continue  # only the newest member's WAL is needed
+        into = where / "pg_wal" if obj["kind"] == "wal" else where
+        if obj["kind"] == "tablespace":
+            into = staged_tablespace(staging, member.backup_id, where, int(obj["oid"]))
+            if member is last:
+                stage.mappings += tablespace_mapping(into, obj, destinations)
+        into.mkdir(parents=True, exist_ok=True)
+        read, wrote = extract(
+            storage, prefix + name, CodecSpec.from_dict(obj["codec"]), identity_list, into, obj
+        )
+        stage.stored += read
+        stage.staged += wrote
+    (where / "backup_manifest").write_bytes(
+        read_manifest_bytes(storage, prefix, member, identity_list)
+    )
+    stage.dirs.append(str(where))
+
+
+def run_combine(
+    program: str,
+    major: int,
+    members: list[BackupInfo],
+    stage: Staged,
+    directory: Path,
+    destinations: dict[int, Path],
+    os_user: str | None,
+) -> tuple[tuple[str, ...], float]:
+    """pg_combinebackup into ``directory``, each way of copying in turn (the output
+    emptied after a way that failed); the way that worked and when its run started, or
+    one error with the last failure."""
+    from pgbackup.postgres.cluster import run_as
+
+    failures = []
+    for method in combine_methods(major):
+        t1 = time.monotonic()
+        proc = run_as(
+            [program, "--output", str(directory), *stage.mappings, *method, *stage.dirs],
+            os_user,
+            check=False,
+        )
+        if proc.returncode == 0:
+            LOG.info(
+                "combined %d backups into %s with pg_combinebackup %s in %.1fs",
+                len(members),
+                directory,
+                " ".join(method) or "(copy)",
+                time.monotonic() - t1,
+            )
+            return method, t1
+        failures.append(f"{' '.join(method) or 'copy'}: {(proc.stdout or '').strip()[-500:]}")
+        for out in (directory, *destinations.values()):
+            empty_directory(out)
+    last = members[-1]
+    raise RestoreError(
+        f"pg_combinebackup could not rebuild backup {last.backup_id} from its chain "
+        f"({' <- '.join(m.backup_id for m in members)}): {failures[-1]}",
+        hint="run `pgbackup verify --backup " + last.backup_id + "`",
+    )
 
 
 def staged_tablespace(staging: Path, backup_id: str, member_dir: Path, oid: int) -> Path:
