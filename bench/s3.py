@@ -2,6 +2,15 @@
 """Backup and restore of a pgbench database to S3 (moto in server mode) vs to posix.
 
     .venv/bin/python bench/s3.py [--scale 50] [--repeat 1] [--part-size 16MiB] [--keep]
+        [--latency-ms 20 --conn-mbps 25] [--code before=/tmp/before --code after=/tmp/after]
+
+With ``--latency-ms``/``--conn-mbps`` a shaping proxy (this process, no netem) sits between
+pgbackup and moto: every request is answered no sooner than the latency after it was
+sent, and every connection moves at most that many MB/s each way — what makes one
+request at a time slow and several in flight fast, as on a real WAN link to a cloud
+store. With ``--code LABEL=DIR`` (repeatable) the same runs are made with pgbackup
+imported from each DIR (a git worktree; PYTHONPATH), in turn, against the same cluster
+and server, and the table adds each version's ratio to the first one's.
 
 For each repository kind: ``pgbackup backup`` then ``pgbackup restore --backup latest``
 (into an empty directory, server not started): wall time and peak RSS of the pgbackup
@@ -18,9 +27,16 @@ directory under /tmp, removed at the end unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import resource
+import socket
+import socketserver
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +65,119 @@ from common import (  # noqa: E402
 )
 
 RSS_GOAL = 250 * 1024 * 1024
+
+
+class ShapedProxy:
+    """A TCP relay in front of moto: per-request latency and per-connection bandwidth.
+
+    Bytes are relayed as they come (nothing is buffered whole). On each connection the
+    first byte of an answer waits until ``latency`` seconds after the first byte of the
+    request it follows; each direction of each connection is paced to ``rate`` bytes/s.
+    """
+
+    def __init__(self, upstream_port: int, latency: float, rate: float):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.latency, self.rate = latency, rate
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._relay(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ShapedProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream)
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        state = {"turn": "answer", "asked": 0.0}
+
+        def pump(src: socket.socket, dst: socket.socket, is_request: bool) -> None:
+            due = 0.0  # when the bytes sent so far are allowed to have left
+            try:
+                while True:
+                    data = src.recv(256 * 1024)
+                    if not data:
+                        break
+                    now = time.monotonic()
+                    if not is_request and state["turn"] == "request":
+                        state["turn"] = "answer"
+                        wait = state["asked"] + self.latency - now
+                        if wait > 0:
+                            time.sleep(wait)
+                        now = time.monotonic()
+                    if self.rate:
+                        for i in range(0, len(data), 64 * 1024):
+                            piece = data[i : i + 64 * 1024]
+                            due = max(due, now) + len(piece) / self.rate
+                            dst.sendall(piece)
+                            now = time.monotonic()
+                            if due > now:
+                                time.sleep(due - now)
+                    else:
+                        dst.sendall(data)
+                    if is_request:  # the answer is due ``latency`` after the last byte
+                        state["turn"], state["asked"] = "request", time.monotonic()
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+
+        up = threading.Thread(target=pump, args=(client, upstream, True), daemon=True)
+        up.start()
+        pump(upstream, client, False)
+        up.join()
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def cache_moto_values() -> None:
+    """moto keeps each object in a spool file and reads all of it for every GET, ranged or
+    not (0.2 s for 8 MiB of a 300 MiB object): a ranged GET would cost what the whole
+    object costs, which S3 does not. Keep each object's bytes once read, in this process,
+    so that a ranged GET costs a slice."""
+    from moto.s3.models import FakeKey
+
+    prop = FakeKey.value
+    assert isinstance(prop, property) and prop.fget and prop.fset
+
+    def get(self: Any) -> bytes:
+        cached = self.__dict__.get("_bench_value")
+        if cached is None:
+            cached = self.__dict__["_bench_value"] = prop.fget(self)
+        return cached  # type: ignore[no-any-return]
+
+    def put(self: Any, value: bytes) -> None:
+        self.__dict__.pop("_bench_value", None)
+        prop.fset(self, value)
+
+    FakeKey.value = property(get, put)  # type: ignore[method-assign,assignment]
+
+
+@contextlib.contextmanager
+def shaped(spec: dict[str, Any], latency_ms: float, mbps: float) -> Iterator[dict[str, Any]]:
+    if not latency_ms and not mbps:
+        yield spec
+        return
+    port = int(spec["endpoint_url"].rsplit(":", 1)[1])
+    with ShapedProxy(port, latency_ms / 1000, mbps * 1_000_000) as proxy:
+        yield dict(spec, endpoint_url=proxy.url)
 
 
 def s3_policy(posix_policy: Path, path: Path, spec: dict[str, Any], part_size: str) -> Path:
@@ -85,6 +214,39 @@ def stored_bytes(config: Path, env: dict[str, str]) -> int | None:
         return None
 
 
+def ceiling(moto_spec: dict[str, Any], s3env: dict[str, str], args: Any) -> None:
+    """pgbackup's storage layer alone (this process, no PostgreSQL): 400 MiB up and down
+    with 1 and 4 streams, unshaped and shaped: what moto itself can take."""
+    import os
+
+    from pgbackup.storage import open_storage
+
+    os.environ.update(s3env)
+    data = bytes(range(256)) * (32 * 1024)  # 8 MiB
+    rows = []
+    for label, latency, mbps in (("unshaped", 0, 0), ("shaped", args.latency_ms, args.conn_mbps)):
+        if label == "shaped" and not (latency or mbps):
+            continue
+        with shaped(moto_spec, latency, mbps) as spec:
+            for streams in (1, 4):
+                storage = open_storage(
+                    dict(spec, part_size="8MiB", streams=streams, prefix=f"c-{label}-{streams}/")
+                )
+                t0 = time.perf_counter()
+                with storage.open_write("big") as w:
+                    for _ in range(50):
+                        w.write(data)
+                up = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                n = sum(len(c) for c in storage.iter_chunks("big"))
+                down = time.perf_counter() - t0
+                storage.delete("big")
+                rows.append(
+                    [f"{label}, {streams} stream(s)", f"{400 / up:.0f}", f"{n / 2**20 / down:.0f}"]
+                )
+    print(table(["storage layer alone, 400 MiB", "up MiB/s", "down MiB/s"], rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scale", type=int, default=50, help="pgbench scale (default 50)")
@@ -96,92 +258,131 @@ def main() -> None:
         help="zstd (level 3, the default) or none: pgbench data compresses ~20x, so 'none' "
         "is what makes a backup large enough to stress multipart memory",
     )
+    ap.add_argument("--latency-ms", type=float, default=0, help="per-request latency to S3")
+    ap.add_argument("--conn-mbps", type=float, default=0, help="MB/s per S3 connection")
+    ap.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="run pgbackup from DIR (a worktree) as LABEL; repeatable (default: this tree)",
+    )
+    ap.add_argument(
+        "--moto-spool",
+        action="store_true",
+        help="leave moto reading the whole object for each ranged GET (see cache_moto_values)",
+    )
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="only the storage layer against moto (no PostgreSQL): 1 and 4 streams",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = ap.parse_args()
+    if not args.moto_spool:
+        cache_moto_values()
+    if args.ceiling:
+        with services.moto_s3() as (moto_spec, s3env):
+            ceiling(moto_spec, s3env, args)
+        return
+    codes = [tuple(c.split("=", 1)) for c in args.code] or [("this", "")]
 
     root = scratch("pgbackup-bench-s3-")
     log(f"scratch {root}; {loadavg()}")
     cluster = make_cluster(root)
+    results: dict[tuple[str, str, str], list[Run]] = {}
+    sizes: dict[tuple[str, str], int | None] = {}
     try:
         log(f"pgbench -i -s {args.scale}")
         pgbench(cluster, "-i", "-s", str(args.scale), "-q")
         db_size = int(cluster.sql("SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0])
         log(f"cluster size {mib(db_size)}")
-        with services.moto_s3() as (spec, s3env):
+        with (
+            services.moto_s3() as (moto_spec, s3env),
+            shaped(moto_spec, args.latency_ms, args.conn_mbps) as spec,
+        ):
             posix_cfg = write_policy(root / "posix.yaml", give(root / "repo"), cluster.port)
-            if args.compression != "zstd":
+            if args.compression != "zstd":  # write_policy says {method: zstd, level: 3, workers: 0}
                 posix_cfg.write_text(
-                    posix_cfg.read_text().replace(
-                        "{method: zstd, level: 3}", f"{{method: {args.compression}}}"
+                    re.sub(
+                        r"\{method: zstd, level: 3(, workers: \d+)?\}",
+                        f"{{method: {args.compression}}}",
+                        posix_cfg.read_text(),
                     )
                 )
+                assert f"method: {args.compression}" in posix_cfg.read_text()
             s3_cfg = s3_policy(posix_cfg, root / "s3.yaml", spec, args.part_size)
-            env = pgbackup_env(root, **s3env)
-            results: dict[tuple[str, str], list[Run]] = {}
-            sizes: dict[str, int | None] = {}
             for n in range(args.repeat):
-                for kind, cfg in (("posix", posix_cfg), ("s3", s3_cfg)):
-                    log(f"round {n + 1}: backup to {kind}")
-                    run = must(
-                        timed([PGBACKUP, "--config", str(cfg), "backup"], env=env),
-                        f"backup to {kind}",
-                    )
-                    results.setdefault((kind, "backup"), []).append(run)
-                    sizes[kind] = stored_bytes(cfg, env)
-                    target = root / f"restore-{kind}-{n}"
-                    log(f"round {n + 1}: restore from {kind}")
-                    run = must(
-                        timed(
-                            [
-                                PGBACKUP,
-                                "--config",
-                                str(cfg),
-                                "restore",
-                                "--backup",
-                                "latest",
-                                "--to",
-                                str(target),
-                            ],
-                            env=env,
-                        ),
-                        f"restore from {kind}",
-                    )
-                    results.setdefault((kind, "restore"), []).append(run)
-                    restored = du(target)
-                    rmtree(target)
+                turn = n % len(codes)  # who goes first rotates, round by round
+                for label, code in codes[turn:] + codes[:turn]:
+                    extra = {"PYTHONPATH": code} if code else {}
+                    env = pgbackup_env(root, **s3env, **extra)
+                    for kind, cfg in (("posix", posix_cfg), ("s3", s3_cfg)):
+                        log(f"round {n + 1}: {label}: backup to {kind}")
+                        run = must(
+                            timed([PGBACKUP, "--config", str(cfg), "backup"], env=env),
+                            f"backup to {kind}",
+                        )
+                        results.setdefault((label, kind, "backup"), []).append(run)
+                        sizes[(label, kind)] = stored_bytes(cfg, env)
+                        target = root / f"restore-{label}-{kind}-{n}"
+                        log(f"round {n + 1}: {label}: restore from {kind}")
+                        argv = [PGBACKUP, "--config", str(cfg), "restore", "--backup", "latest"]
+                        run = must(
+                            timed([*argv, "--to", str(target)], env=env),
+                            f"restore from {kind}",
+                        )
+                        results.setdefault((label, kind, "restore"), []).append(run)
+                        restored = du(target)
+                        rmtree(target)
             moto_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     finally:
         cluster.stop("fast")
         if not args.keep:
             rmtree(root)
 
+    def secs(key: tuple[str, str, str]) -> float:
+        return median([r.seconds for r in results[key]])
+
+    first = codes[0][0]
     rows = []
-    for (kind, op), runs in results.items():
-        peak = max(r.peak_rss for r in runs)
-        base = results[("posix", op)]
-        ratio = median([r.seconds for r in runs]) / median([r.seconds for r in base])
-        rows.append(
-            [
-                f"{op} {kind}",
-                f"{median([r.seconds for r in runs]):.1f}",
-                f"{ratio:.2f}",
-                mib(peak),
-                f"{median([r.cpu for r in runs]):.1f}",
-                mib(sizes[kind]) if sizes.get(kind) else "?",
-            ]
-        )
+    for (label, kind, op), runs in results.items():
+        row = [
+            f"{op} {kind}" + (f" ({label})" if len(codes) > 1 else ""),
+            f"{secs((label, kind, op)):.1f}",
+            f"{secs((label, kind, op)) / secs((label, 'posix', op)):.2f}",
+        ]
+        if len(codes) > 1:
+            row.append(f"{secs((label, kind, op)) / secs((first, kind, op)):.2f}")
+        size = sizes.get((label, kind))
+        row += [
+            mib(max(r.peak_rss for r in runs)),
+            f"{median([r.cpu for r in runs]):.1f}",
+            mib(size) if size else "?",
+        ]
+        rows.append(row)
+    shaping = (
+        f"S3 through a shaping proxy: {args.latency_ms:g} ms a request, "
+        f"{args.conn_mbps:g} MB/s a connection"
+        if args.latency_ms or args.conn_mbps
+        else "S3 unshaped (loopback)"
+    ) + ("; moto reads its spool file whole for each GET" if args.moto_spool else "")
     print(
         f"\npgbench scale {args.scale}: cluster {mib(db_size)}, restored data directory "
-        f"{mib(restored)}; compression {args.compression}; S3 part size {args.part_size}; {args.repeat} round(s), medians; "
-        f"{loadavg()}"
+        f"{mib(restored)}; compression {args.compression}; S3 part size {args.part_size}; "
+        f"{shaping}; {args.repeat} round(s), medians; {loadavg()}"
     )
-    print(table(["run", "wall s", "vs posix", "peak RSS", "cpu s", "stored"], rows))
-    s3_peak = max(r.peak_rss for r in results[("s3", "backup")])
-    verdict = "meets" if s3_peak < RSS_GOAL else "MISSES"
-    print(
-        f"\nbackup to S3 peak RSS {mib(s3_peak)}: {verdict} the < {mib(RSS_GOAL)} goal "
-        f"(database {mib(db_size)}; the goal is stated for 1.5 GB)"
-    )
+    headers = ["run", "wall s", "vs posix"]
+    if len(codes) > 1:
+        headers.append(f"vs {first}")
+    print(table([*headers, "peak RSS", "cpu s", "stored"], rows))
+    for label, _ in codes:
+        s3_peak = max(r.peak_rss for r in results[(label, "s3", "backup")])
+        verdict = "meets" if s3_peak < RSS_GOAL else "MISSES"
+        print(
+            f"{label}: backup to S3 peak RSS {mib(s3_peak)}: {verdict} the < {mib(RSS_GOAL)} "
+            f"goal (database {mib(db_size)}; the goal is stated for 1.5 GB)"
+        )
     print(f"moto server (this process, all objects in memory) peak RSS {mib(moto_peak)}")
 
 
