@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import stat
 import subprocess
 import time
@@ -53,6 +54,13 @@ def receivers() -> Iterator[list[subprocess.Popen[str]]]:
 def shippers() -> Iterator[list[subprocess.Popen[str]]]:
     """wal-ship processes a scenario started; killed at the end whatever happened."""
     yield from _killed_at_teardown()
+
+
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    """Services a scenario started (moto, emulators, proxies); stopped at its end."""
+    with contextlib.ExitStack() as s:
+        yield s
 
 
 @pytest.fixture

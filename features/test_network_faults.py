@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from harness import PGBACKUP, Harness, commit_batches, restore_and_start, switch_and_wait
 from netns import Net, start_in_namespace, veth_pair
@@ -71,12 +70,6 @@ def namespaces() -> Iterator[Net]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-
-
-@pytest.fixture
-def stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as s:
-        yield s
 
 
 def spec_for(net: Net, bucket: str, prefix: str) -> dict[str, Any]:

@@ -32,12 +32,6 @@ SAMPLE_TABLES = ["public.tenants", "public.users", "public.sessions"]
 # --- services -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as s:
-        yield s
-
-
 def start_service(stack: contextlib.ExitStack, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
     if kind == "s3":
         return stack.enter_context(services.moto_s3())

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import pytest
 import yaml
 from harness import PGBACKUP, Harness, switch_and_wait
 from pytest_bdd import given, parsers, scenarios, then, when
@@ -24,12 +23,6 @@ from faultproxy import FaultProxy  # noqa: E402
 scenarios("s3_faults.feature")
 
 SEED = 20261124
-
-
-@pytest.fixture
-def stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as s:
-        yield s
 
 
 @given("an S3 server behind a fault-injecting proxy")
