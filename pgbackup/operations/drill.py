@@ -166,82 +166,138 @@ def run_drill(
     storage: Any = None,
     image: str | None = None,
 ) -> DrillResult:
-    """Run one drill of ``target`` and record it; never raises for a failed drill."""
-    from pgbackup.engine.restore import run_restore
-    from pgbackup.engine.restore_command import (
-        check_chain,
-        check_window,
-        choose_backup,
-        recovery_settings,
-        resolve_target_time,
-        wait_for_recovery_end,
-    )
-    from pgbackup.storage import open_storage
+    """Run one drill of ``target`` and record it; never raises for a failed drill.
 
-    t0 = time.monotonic()
-    started = datetime.now(UTC)
-    drill_id = new_backup_id(started)
-    result = DrillResult(target.name, drill_id, iso(started), provider=provider)
-    result.rto_objective_seconds = policy.sla.rto
-    storage = storage or open_storage(policy.repository)
-    repo = Repository(storage)
-    root: Path | None = None
-    cluster: Any = None
-    step = "choosing the backup"
+    The procedure: choose the backup (and refuse a hole in the WAL chain), restore it into
+    a scratch directory, recover it on a scratch server, run the declared checks; on every
+    way out the scratch server and directory go, and the drill is recorded and notified."""
+    run = DrillRun(policy, target, provider, storage, image)
+    result = run.result
     try:
+        run.step = "choosing the backup"
+        run.choose(backup, target_time)
+        run.step = "restoring"
+        run.restore()
+        run.step = "recovering"
+        run.recover()
+        run.step = "running the checks"
+        run.check()
+    except PgBackupError as exc:
+        result.error = f"{run.step}: {exc}"
+    except Exception as exc:  # the drill reports; it does not crash
+        result.error = f"{run.step}: {type(exc).__name__}: {exc}"
+    finally:
+        run.clean_up()
+    _record(run.repo, result)
+    _notify(policy, result)
+    return result
+
+
+class DrillRun:
+    """One drill, as :func:`run_drill` follows it: its result so far, the step it is in
+    (a failure names it), and the scratch directory and server it removes at the end."""
+
+    def __init__(
+        self, policy: Any, target: Any, provider: str, storage: Any, image: str | None
+    ) -> None:
+        from pgbackup.storage import open_storage
+
+        self.t0 = time.monotonic()
+        started = datetime.now(UTC)
+        self.policy = policy
+        self.target = target
+        self.provider = provider
+        self.image = image
+        self.result = DrillResult(
+            target.name, new_backup_id(started), iso(started), provider=provider
+        )
+        self.result.rto_objective_seconds = policy.sla.rto
+        self.storage = storage or open_storage(policy.repository)
+        self.repo = Repository(self.storage)
+        self.step = "starting"
+        self.root: Path | None = None
+        self.cluster: Any = None
+
+    def choose(self, backup: str | None, target_time: str | None) -> None:
+        """The backup for the target (the newest, or the one before ``target_time``). A
+        hole in the WAL chain fails the drill before anything is restored; the point
+        recovery must reach is checked once it has ended."""
+        from pgbackup.engine.restore_command import (
+            check_chain,
+            check_window,
+            choose_backup,
+            recovery_settings,
+            resolve_target_time,
+        )
+
+        policy, repo, name, result = self.policy, self.repo, self.target.name, self.result
         kind, value = "latest", None
         if target_time:
-            kind, value = "time", resolve_target_time(repo, target.name, target_time)
-        info = choose_backup(repo, target.name, backup, kind, value)
-        # A hole in the WAL chain fails the drill before anything is restored; the point
-        # recovery must reach is checked once it has ended.
-        expected = check_chain(policy, repo, target.name, info, kind, value)
+            kind, value = "time", resolve_target_time(repo, name, target_time)
+        self.info = info = choose_backup(repo, name, backup, kind, value)
+        self.expected = check_chain(policy, repo, name, info, kind, value)
         if target_time:
-            check_window(policy, repo, target.name, "time", value)
+            check_window(policy, repo, name, "time", value)
         result.backup_id = info.backup_id
         result.backup_stop_time = info.metadata.get("stop_time")
         result.recovery_target = {"kind": kind, "value": _jsonable(value)}
-        settings = recovery_settings(
+        self.settings = recovery_settings(
             policy,
-            target.name,
+            name,
             kind=kind,
             value=value,
             action="promote",
             timeline=None,
             inclusive=True,
-            until=expected.get("until"),
+            until=self.expected.get("until"),
         )
-        result.timings["fetch"] = round(time.monotonic() - t0, 3)
+        result.timings["fetch"] = round(time.monotonic() - self.t0, 3)
 
-        step = "restoring"
-        t1 = time.monotonic()
-        root = scratch_root()
+    def restore(self) -> None:
+        """The backup into a scratch directory, its tablespaces beside it (never their
+        original locations: they belong to the server being drilled)."""
+        from pgbackup.engine.restore import run_restore
         from pgbackup.postgres.cluster import free_port
 
-        port = free_port()
+        t1 = time.monotonic()
+        self.root = root = scratch_root()
+        self.port = free_port()
         restored = run_restore(
-            policy,
-            target,
-            info.backup_id,
+            self.policy,
+            self.target,
+            self.info.backup_id,
             root / "data",
             start=False,
-            port=port,
+            port=self.port,
             archive=False,
-            recovery_settings=settings,
-            storage=storage,
-            # Never the original locations: they belong to the server being drilled.
+            recovery_settings=self.settings,
+            storage=self.storage,
             tablespace_map_all=str(root / "tablespaces"),
         )
+        result = self.result
         result.raw_bytes = restored.raw_bytes
         result.stored_bytes = restored.stored_bytes
         result.timings["restore"] = round(time.monotonic() - t1, 3)
         if restored.combine:
             _record_combine(result, restored.combine)
 
-        step = "recovering"
+    def recover(self) -> None:
+        """A scratch server (local or a container) on the restored directory, recovered to
+        the target; PostgreSQL's reason when it stops short."""
+        from pgbackup.engine.restore_command import wait_for_recovery_end
+
+        assert self.root is not None
         t2 = time.monotonic()
-        major = int(info.metadata["server_version_num"]) // 10000
-        cluster = _scratch_cluster(provider, root / "data", port, major, target, policy, image)
+        major = int(self.info.metadata["server_version_num"]) // 10000
+        self.cluster = cluster = _scratch_cluster(
+            self.provider,
+            self.root / "data",
+            self.port,
+            major,
+            self.target,
+            self.policy,
+            self.image,
+        )
         try:
             cluster.start()
         except PgBackupError:
@@ -251,15 +307,18 @@ def run_drill(
                     f"recovery stopped before reaching its target: {reason}"
                 ) from None
             raise
-        result.recovered_to = wait_for_recovery_end(expected=expected)(cluster)
-        result.timings["recovery"] = round(time.monotonic() - t2, 3)
+        self.result.recovered_to = wait_for_recovery_end(expected=self.expected)(cluster)
+        self.result.timings["recovery"] = round(time.monotonic() - t2, 3)
 
-        step = "running the checks"
+    def check(self) -> None:
+        """The policy's drill checks on the recovered server; the measured RTO and the
+        restore's throughput; ok only when every check holds."""
+        result = self.result
         t3 = time.monotonic()
-        default_db = str(target.connection.get("dbname") or "postgres")
-        result.checks = run_checks(cluster, policy.drill_checks, default_db)
+        default_db = str(self.target.connection.get("dbname") or "postgres")
+        result.checks = run_checks(self.cluster, self.policy.drill_checks, default_db)
         result.timings["checks"] = round(time.monotonic() - t3, 3)
-        result.rto_seconds = round(time.monotonic() - t0, 3)
+        result.rto_seconds = round(time.monotonic() - self.t0, 3)
         restore_s = result.timings["restore"]
         if restore_s > 0 and not result.chain:
             result.restore_throughput_bytes_per_second = round(result.raw_bytes / restore_s, 1)
@@ -273,24 +332,19 @@ def run_drill(
             )
         else:
             result.status = "ok"
-    except PgBackupError as exc:
-        result.error = f"{step}: {exc}"
-    except Exception as exc:  # the drill reports; it does not crash
-        result.error = f"{step}: {type(exc).__name__}: {exc}"
-    finally:
-        if cluster is not None:
+
+    def clean_up(self) -> None:
+        """The scratch server stopped (a container removed) and the scratch directory gone."""
+        if self.cluster is not None:
             with contextlib.suppress(Exception):
-                cluster.stop("immediate")
-            if hasattr(cluster, "remove"):  # a container
+                self.cluster.stop("immediate")
+            if hasattr(self.cluster, "remove"):  # a container
                 with contextlib.suppress(Exception):
-                    cluster.remove()
-        if root is not None:
-            shutil.rmtree(root, ignore_errors=True)
-        result.timings["total"] = round(time.monotonic() - t0, 3)
-        result.finished_at = iso(datetime.now(UTC))
-    _record(repo, result)
-    _notify(policy, result)
-    return result
+                    self.cluster.remove()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+        self.result.timings["total"] = round(time.monotonic() - self.t0, 3)
+        self.result.finished_at = iso(datetime.now(UTC))
 
 
 def _recovery_failure(cluster: Any) -> str | None:
