@@ -321,3 +321,30 @@ def test_an_overwrite_while_reading_fails_the_read(proxied) -> None:
         assert "overwritten while it was being read" in str(err.value)
     finally:
         f.close()
+
+
+@pytest.mark.parametrize("kind", CLOUD_KINDS)
+def test_many_streams_round_trip(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """streams above requests' 10 pooled connections: the providers widen their pools."""
+    caplog.set_level("WARNING")
+    spec, env = request.getfixturevalue(f"{kind}_service")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = open_storage(
+        dict(spec, prefix=f"many-{uuid.uuid4().hex[:8]}/", part_size=PART[kind], streams=12)
+    )
+    data = pattern(13 * PART[kind] + 1, seed=9)
+    write_in_chunks(store, "big", data)  # type: ignore[arg-type]
+    f = store.open_read("big")
+    try:
+        assert isinstance(f, RangedReader) and f.streams == 12
+        assert read_all(f) == data
+        assert f.max_buffered_ranges <= 13
+    finally:
+        f.close()
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]

@@ -113,6 +113,23 @@ class AzureStorage(CloudStorage):
             "max_single_get_size": 4 * MiB,
             "max_chunk_get_size": 4 * MiB,
         }
+        if self.streams > 4:
+            # requests keeps 10 connections per host by default; azure-core mounts its own
+            # adapter only on a session it creates, so hand it one with room for the streams.
+            import requests
+            from azure.core.pipeline.transport._bigger_block_size_http_adapters import (
+                BiggerBlockSizeHTTPAdapter,
+            )
+            from urllib3.util.retry import Retry
+
+            session = requests.Session()
+            adapter = BiggerBlockSizeHTTPAdapter(
+                max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+                pool_maxsize=2 * self.streams + 2,
+            )
+            for scheme in ("http://", "https://"):
+                session.mount(scheme, adapter)
+            kwargs["session"] = session
         conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         try:
             if conn:
