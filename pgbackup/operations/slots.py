@@ -75,10 +75,7 @@ def receiver_checks(
     policy: Any, target: Any, slots: list[dict[str, Any]], keep: int | None
 ) -> tuple[list[Check], dict[str, float]]:
     """The receiver's slot: present, streaming, how far behind, how close to invalidation."""
-    from pgbackup.ui import human_bytes
-
     name = target.wal_receiver["slot"]
-    metrics: dict[str, float] = {}
     slot = next((s for s in slots if s["slot"] == name), None)
     if slot is None:
         return [
@@ -89,89 +86,92 @@ def receiver_checks(
                 "streamed; start `pgbackup wal-receive` (it creates the slot) and take a backup",
             )
         ], {"receiver_running": 0.0}
-    checks: list[Check] = []
-    status = slot.get("wal_status")
     retained = int(slot.get("retained_bytes") or 0)
-    metrics["slot_retained_bytes"] = float(retained)
-    metrics["receiver_running"] = 1.0 if slot["active"] else 0.0
-    if status == "lost":
-        checks.append(
-            Check(
-                "wal_receiver_slot",
-                CRITICAL,
-                f"slot {name!r} is lost: the server removed WAL it had not streamed "
-                f"(max_slot_wal_keep_size); drop and recreate it and take a backup",
-            )
-        )
-    elif status == "unreserved" or (
-        keep and slot.get("safe_wal_size") is not None and slot["safe_wal_size"] < keep // 4
-    ):
-        safe = slot.get("safe_wal_size")
-        checks.append(
-            Check(
-                "wal_receiver_slot",
-                CRITICAL,
-                f"slot {name!r} is {status}: {human_bytes(max(0, int(safe or 0)))} of WAL "
-                "left before PostgreSQL invalidates it (and drops the WAL it holds)",
-                float(safe or 0),
-            )
-        )
-    elif status == "extended" or (
-        keep and slot.get("safe_wal_size") is not None and slot["safe_wal_size"] < keep // 2
-    ):
-        checks.append(
-            Check(
-                "wal_receiver_slot",
-                WARNING,
-                f"slot {name!r} holds {human_bytes(retained)} of WAL ({status}); "
-                f"{human_bytes(int(slot.get('safe_wal_size') or 0))} left before PostgreSQL "
-                "invalidates it"
-                if keep
-                else f"slot {name!r} holds {human_bytes(retained)} of WAL beyond max_wal_size",
-                float(retained),
-            )
-        )
-    else:
-        limit = (
-            f"{human_bytes(int(slot['safe_wal_size']))} left before invalidation"
-            if keep and slot.get("safe_wal_size") is not None
-            else "no max_slot_wal_keep_size: a stalled receiver fills the server's disk"
-        )
-        checks.append(
-            Check(
-                "wal_receiver_slot",
-                OK,
-                f"slot {name!r} {status}, holds {human_bytes(retained)}; {limit}",
-                float(retained),
-            )
-        )
+    metrics: dict[str, float] = {
+        "slot_retained_bytes": float(retained),
+        "receiver_running": 1.0 if slot["active"] else 0.0,
+    }
+    checks = [slot_state_check(name, slot, keep)]
     if slot.get("safe_wal_size") is not None:
         metrics["slot_safe_wal_bytes"] = float(slot["safe_wal_size"])
-    if not slot["active"]:
-        checks.append(
-            Check(
-                "wal_receiver",
-                CRITICAL,
-                f"wal-receive is not running: slot {name!r} is inactive, "
-                f"{human_bytes(retained)} of WAL not streamed",
-                float(retained),
-            )
+    checks.append(streaming_check(policy, name, slot, metrics))
+    return checks, metrics
+
+
+def slot_state_check(name: str, slot: dict[str, Any], keep: int | None) -> Check:
+    """How close the slot is to invalidation: lost, unreserved or near the limit
+    (CRITICAL), extended or half way (WARNING), else how much it holds."""
+    from pgbackup.ui import human_bytes
+
+    status = slot.get("wal_status")
+    retained = int(slot.get("retained_bytes") or 0)
+    safe = slot.get("safe_wal_size")
+    if status == "lost":
+        return Check(
+            "wal_receiver_slot",
+            CRITICAL,
+            f"slot {name!r} is lost: the server removed WAL it had not streamed "
+            f"(max_slot_wal_keep_size); drop and recreate it and take a backup",
         )
+    if status == "unreserved" or (keep and safe is not None and safe < keep // 4):
+        return Check(
+            "wal_receiver_slot",
+            CRITICAL,
+            f"slot {name!r} is {status}: {human_bytes(max(0, int(safe or 0)))} of WAL "
+            "left before PostgreSQL invalidates it (and drops the WAL it holds)",
+            float(safe or 0),
+        )
+    if status == "extended" or (keep and safe is not None and safe < keep // 2):
+        return Check(
+            "wal_receiver_slot",
+            WARNING,
+            f"slot {name!r} holds {human_bytes(retained)} of WAL ({status}); "
+            f"{human_bytes(int(safe or 0))} left before PostgreSQL "
+            "invalidates it"
+            if keep
+            else f"slot {name!r} holds {human_bytes(retained)} of WAL beyond max_wal_size",
+            float(retained),
+        )
+    limit = (
+        f"{human_bytes(int(safe))} left before invalidation"
+        if keep and safe is not None
+        else "no max_slot_wal_keep_size: a stalled receiver fills the server's disk"
+    )
+    return Check(
+        "wal_receiver_slot",
+        OK,
+        f"slot {name!r} {status}, holds {human_bytes(retained)}; {limit}",
+        float(retained),
+    )
+
+
+def streaming_check(
+    policy: Any, name: str, slot: dict[str, Any], metrics: dict[str, float]
+) -> Check:
+    """wal-receive on the slot: not running (CRITICAL), its lag hidden from this role
+    (WARNING), or how far behind against the RPO; the lag into ``metrics``."""
+    from pgbackup.ui import human_bytes
+
+    retained = int(slot.get("retained_bytes") or 0)
+    if not slot["active"]:
         metrics["receiver_lag_bytes"] = float(retained)
-        return checks, metrics
+        return Check(
+            "wal_receiver",
+            CRITICAL,
+            f"wal-receive is not running: slot {name!r} is inactive, "
+            f"{human_bytes(retained)} of WAL not streamed",
+            float(retained),
+        )
     if slot.get("details_hidden"):
         # pg_stat_get_wal_senders (walsender.c) shows a role without the privileges of
         # pg_read_all_stats only the walsender's pid: no write position, no reply time.
-        checks.append(
-            Check(
-                "wal_receiver",
-                WARNING,
-                f"wal-receive is connected on {name!r}, but this role cannot see how far "
-                "behind it is (pg_stat_replication shows it no details): "
-                "GRANT pg_read_all_stats TO the policy's role",
-            )
+        return Check(
+            "wal_receiver",
+            WARNING,
+            f"wal-receive is connected on {name!r}, but this role cannot see how far "
+            "behind it is (pg_stat_replication shows it no details): "
+            "GRANT pg_read_all_stats TO the policy's role",
         )
-        return checks, metrics
     lag = int(slot.get("lag_bytes") or 0)
     seconds = lag_seconds(slot)
     metrics["receiver_lag_bytes"] = float(lag)
@@ -183,16 +183,13 @@ def receiver_checks(
     elif rpo is not None and seconds > rpo / 2:
         state = WARNING
     mode = f", {slot.get('sync_state')}" if slot.get("sync_state") else ""
-    checks.append(
-        Check(
-            "wal_receiver",
-            state,
-            f"wal-receive streaming on {name!r}{mode}: {human_bytes(lag)} / "
-            f"{human_age(seconds)} behind pg_current_wal_lsn()",
-            seconds,
-        )
+    return Check(
+        "wal_receiver",
+        state,
+        f"wal-receive streaming on {name!r}{mode}: {human_bytes(lag)} / "
+        f"{human_age(seconds)} behind pg_current_wal_lsn()",
+        seconds,
     )
-    return checks, metrics
 
 
 def stray_slot_checks(policy: Any, slots: list[dict[str, Any]]) -> list[Check]:
