@@ -17,7 +17,7 @@ repository; it decodes nothing itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -121,7 +121,6 @@ def lane(
     The lane's ``clock`` key holds its own, for the lanes that follow.
     """
     from pgbackup.engine.inventory import recoverable_window
-    from pgbackup.formats.lsn import parse_lsn, parse_segment_name
 
     backups = repo.complete_backups(target)
     arrivals = wal_arrivals(repo, target)
@@ -131,7 +130,45 @@ def lane(
         (backups[-1].metadata.get("wal_segment_size") if backups else None) or DEFAULT_SEG_SIZE
     )
     bad = set(unreadable) | set(window.get("unreadable") or [])
-    # Segment number -> arrival, over every timeline: a number held on any timeline counts.
+    present, names = present_segments(arrivals, seg_size, bad)
+    known = dict(clock) if clock else {}
+    for segno, when in present.items():
+        known.setdefault(segno, when)
+    ordered = sorted(known)
+
+    def arrival(segno: int) -> datetime:
+        return datetime.fromtimestamp(_estimate(known, ordered, segno), UTC)
+
+    latest = parse_time(window.get("latest_time"))
+    marks, spans = backup_spans(backups, present, seg_size, arrival, latest, start, end)
+    recoverable = _merge(spans)
+    holes = wal_holes(backups, present, names, arrivals, bad, seg_size, arrival)
+    return {
+        "name": name,
+        "error": None,
+        "backups": marks,
+        "recoverable": [
+            {"start": iso(a), "end": iso(b)} for a, b in recoverable if b >= start and a <= end
+        ],
+        "gaps": holes,
+        "window": {
+            "earliest_time": window.get("earliest_time"),
+            "latest_time": window.get("latest_time"),
+            "wal_gaps": list(window.get("wal_gaps") or []),
+            "cut_reason": window.get("cut_reason"),
+        },
+        "segments": len(arrivals),
+        "clock": present,
+    }
+
+
+def present_segments(
+    arrivals: dict[str, float], seg_size: int, bad: set[str]
+) -> tuple[dict[int, float], dict[int, str]]:
+    """Segment number -> its first arrival, and -> its name, over every timeline (a number
+    held on any timeline counts); unreadable segments are not there."""
+    from pgbackup.formats.lsn import parse_segment_name
+
     present: dict[int, float] = {}
     names: dict[int, str] = {}
     for seg, when in arrivals.items():
@@ -141,16 +178,23 @@ def lane(
         if parsed[1] not in present or when < present[parsed[1]]:
             present[parsed[1]] = when
             names[parsed[1]] = seg
+    return present, names
+
+
+def backup_spans(
+    backups: list[Any],
+    present: dict[int, float],
+    seg_size: int,
+    arrival: Callable[[int], datetime],
+    latest: datetime | None,
+    start: datetime,
+    end: datetime,
+) -> tuple[list[dict[str, Any]], list[tuple[datetime, datetime]]]:
+    """Each backup's mark on the lane, and the span it makes recoverable: from its end to
+    the last segment archived after it without a hole (the window's end for the newest)."""
+    from pgbackup.formats.lsn import parse_lsn
+
     newest_segno = max(present, default=None)
-    latest = parse_time(window.get("latest_time"))
-    known = dict(clock) if clock else {}
-    for segno, when in present.items():
-        known.setdefault(segno, when)
-    ordered = sorted(known)
-
-    def arrival(segno: int) -> datetime:
-        return datetime.fromtimestamp(_estimate(known, ordered, segno), UTC)
-
     marks = []
     spans: list[tuple[datetime, datetime]] = []
     for b in backups:
@@ -178,49 +222,46 @@ def lane(
             if reached == newest_segno and latest is not None and latest >= stop:
                 until = latest  # the window's end: the last commit replayable
         spans.append((stop, until))
-    recoverable = _merge(spans)
+    return marks, spans
 
+
+def wal_holes(
+    backups: list[Any],
+    present: dict[int, float],
+    names: dict[int, str],
+    arrivals: dict[str, float],
+    bad: set[str],
+    seg_size: int,
+    arrival: Callable[[int], datetime],
+) -> list[dict[str, Any]]:
+    """Each run of segments missing (or unreadable) between the oldest backup's end and
+    the newest archived segment, with when the hole opened and closed."""
+    from pgbackup.formats.lsn import parse_lsn
+
+    newest_segno = max(present, default=None)
+    if not backups or newest_segno is None:
+        return []
     holes = []
-    first_needed = (
-        min(parse_lsn(b.metadata["stop_lsn"]) // seg_size for b in backups) if backups else None
-    )
-    if first_needed is not None and newest_segno is not None:
-        segno = first_needed
-        while segno < newest_segno:
-            if segno in present:
-                segno += 1
-                continue
-            run_start = segno
-            while segno not in present:
-                segno += 1
-            before = max((s for s in present if s < run_start), default=None)
-            missing = [_segment_name(arrivals, n, seg_size, names) for n in range(run_start, segno)]
-            kinds = {"unreadable" if m in bad else "missing" for m in missing}
-            holes.append(
-                {
-                    "segments": missing,
-                    "kind": "unreadable" if kinds == {"unreadable"} else "missing",
-                    "start": iso(arrival(before) if before is not None else arrival(segno)),
-                    "end": iso(arrival(segno)),
-                }
-            )
-    return {
-        "name": name,
-        "error": None,
-        "backups": marks,
-        "recoverable": [
-            {"start": iso(a), "end": iso(b)} for a, b in recoverable if b >= start and a <= end
-        ],
-        "gaps": holes,
-        "window": {
-            "earliest_time": window.get("earliest_time"),
-            "latest_time": window.get("latest_time"),
-            "wal_gaps": list(window.get("wal_gaps") or []),
-            "cut_reason": window.get("cut_reason"),
-        },
-        "segments": len(arrivals),
-        "clock": present,
-    }
+    segno = min(parse_lsn(b.metadata["stop_lsn"]) // seg_size for b in backups)
+    while segno < newest_segno:
+        if segno in present:
+            segno += 1
+            continue
+        run_start = segno
+        while segno not in present:
+            segno += 1
+        before = max((s for s in present if s < run_start), default=None)
+        missing = [_segment_name(arrivals, n, seg_size, names) for n in range(run_start, segno)]
+        kinds = {"unreadable" if m in bad else "missing" for m in missing}
+        holes.append(
+            {
+                "segments": missing,
+                "kind": "unreadable" if kinds == {"unreadable"} else "missing",
+                "start": iso(arrival(before) if before is not None else arrival(segno)),
+                "end": iso(arrival(segno)),
+            }
+        )
+    return holes
 
 
 def _estimate(known: dict[int, float], ordered: list[int], segno: int) -> float:
