@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,9 @@ from providers import (  # noqa: F401 (option, hook, fixture)
 )
 from pytest_bdd import given, parsers, then, when
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from receivers import alert_receivers  # noqa: E402, F401 (fixture: SMTP and webhook receivers)
+
 from pgbackup.postgres.cluster import server_os_user
 from pgbackup.postgres.connection import connect, table_checksums
 
@@ -45,7 +49,7 @@ def _killed_at_teardown() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 @pytest.fixture
-def receivers() -> Iterator[list[subprocess.Popen[str]]]:
+def wal_receivers() -> Iterator[list[subprocess.Popen[str]]]:
     """wal-receive processes a scenario started; killed at the end whatever happened."""
     yield from _killed_at_teardown()
 

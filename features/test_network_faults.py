@@ -388,7 +388,7 @@ def receiver_state(ctx: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 @when("wal-receive is started in the client namespace")
-def receiver_in_client(h: Harness, ctx: dict[str, Any], receivers: list[Any]) -> None:
+def receiver_in_client(h: Harness, ctx: dict[str, Any], wal_receivers: list[Any]) -> None:
     net: Net = ctx["net"]
     proc = start_in_client(
         h,
@@ -396,7 +396,7 @@ def receiver_in_client(h: Harness, ctx: dict[str, Any], receivers: list[Any]) ->
         *("--config", str(h.config), "wal-receive", "--target", "platform"),
         env={**h.env, "PGBACKUP_QUIET": "0"},
     )
-    receivers.append(proc)
+    wal_receivers.append(proc)
     ctx["receiver"] = proc
     assert proc.stdout is not None
     line = proc.stdout.readline()

@@ -6,67 +6,16 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from harness import Harness
 from pytest_bdd import given, parsers, scenarios, then, when
-
-from pgbackup.postgres.cluster import free_port
+from receivers import AlertReceivers
 
 scenarios("sla.feature")
-
-
-class Receivers:
-    """An SMTP server and an HTTP webhook receiver, both on 127.0.0.1."""
-
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-        from aiosmtpd.handlers import Message
-
-        self.mails: list[Any] = []
-        self.posts: list[dict[str, Any]] = []
-        mails = self.mails
-
-        class Keep(Message):  # type: ignore[misc]
-            def handle_message(self, message: Any) -> None:
-                mails.append(message)
-
-        self.smtp_port = free_port()
-        self.smtp = Controller(Keep(), hostname="127.0.0.1", port=self.smtp_port)
-        self.smtp.start()
-        posts = self.posts
-
-        class Hook(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                posts.append({"path": self.path, "body": json.loads(body)})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-        self.http_port = self.http.server_address[1]
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.smtp.stop()
-        self.http.shutdown()
-        self.http.server_close()
-
-
-@pytest.fixture
-def receivers() -> Iterator[Receivers]:
-    r = Receivers()
-    yield r
-    r.stop()
 
 
 @given(
@@ -74,15 +23,17 @@ def receivers() -> Iterator[Receivers]:
         "a policy with rto 1h and rpo {rpo:d}s that alerts a local SMTP server and a local webhook"
     )
 )
-def policy_with_alerts(h: Harness, receivers: Receivers, ctx: dict[str, Any], rpo: int) -> None:
+def policy_with_alerts(
+    h: Harness, alert_receivers: AlertReceivers, ctx: dict[str, Any], rpo: int
+) -> None:
     ctx["rpo"] = rpo
     h.env["XDG_STATE_HOME"] = str(h.root / "state")
-    h.env["PGBACKUP_TEST_WEBHOOK"] = f"http://127.0.0.1:{receivers.http_port}/hook/s3cr3t"
+    h.env["PGBACKUP_TEST_WEBHOOK"] = f"http://127.0.0.1:{alert_receivers.http_port}/hook/s3cr3t"
     h.policy["sla"] = {"rto": "1h", "rpo": f"{rpo}s"}
     h.policy["alerts"] = {
         "smtp": {
             "host": "127.0.0.1",
-            "port": receivers.smtp_port,
+            "port": alert_receivers.smtp_port,
             "from": "pgbackup@example.com",
             "to": ["dba@example.com"],
         },
@@ -180,16 +131,16 @@ def write_wal_until_breach(h: Harness, ctx: dict[str, Any]) -> None:
 
 @then("exactly one alert arrived by e-mail and one at the webhook")
 @then("still exactly one alert arrived by e-mail and one at the webhook")
-def one_alert_each(receivers: Receivers) -> None:
+def one_alert_each(alert_receivers: AlertReceivers) -> None:
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not (receivers.mails and receivers.posts):
+    while time.monotonic() < deadline and not (alert_receivers.mails and alert_receivers.posts):
         time.sleep(0.1)
-    assert len(receivers.mails) == 1, [m["Subject"] for m in receivers.mails]
-    assert len(receivers.posts) == 1, receivers.posts
-    mail = receivers.mails[0]
+    assert len(alert_receivers.mails) == 1, [m["Subject"] for m in alert_receivers.mails]
+    assert len(alert_receivers.posts) == 1, alert_receivers.posts
+    mail = alert_receivers.mails[0]
     assert "CRITICAL" in mail["Subject"] and "platform" in mail["Subject"]
     assert "archiving is failing" in mail.get_payload()
-    post = receivers.posts[0]
+    post = alert_receivers.posts[0]
     assert post["path"] == "/hook/s3cr3t"
     assert post["body"]["status"] == "critical" and post["body"]["event"] == "check"
     assert post["body"]["previous"] is None or post["body"]["previous"] == "ok"

@@ -36,7 +36,7 @@ def streams(h: Harness, ctx: dict[str, Any], slot: str) -> None:
 
 
 @when("the receiver is started")
-def start_receiver(h: Harness, ctx: dict[str, Any], receivers: list[Any]) -> None:
+def start_receiver(h: Harness, ctx: dict[str, Any], wal_receivers: list[Any]) -> None:
     proc = subprocess.Popen(
         [PGBACKUP, "--config", str(h.config), "wal-receive", "--target", "platform"],
         stdout=subprocess.PIPE,
@@ -45,7 +45,7 @@ def start_receiver(h: Harness, ctx: dict[str, Any], receivers: list[Any]) -> Non
         env=h.env,
         cwd=h.root,
     )
-    receivers.append(proc)
+    wal_receivers.append(proc)
     ctx["receiver"] = proc
     assert proc.stdout is not None
     line = proc.stdout.readline()

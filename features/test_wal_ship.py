@@ -345,10 +345,10 @@ def streams_only(h: Harness, ctx: dict[str, Any], slot: str) -> None:
 
 
 @when("the receiver is started")
-def start_receiver(h: Harness, ctx: dict[str, Any], receivers: list[Any]) -> None:
+def start_receiver(h: Harness, ctx: dict[str, Any], wal_receivers: list[Any]) -> None:
     import test_wal_receiver as receiver
 
-    receiver.start_receiver(h, ctx, receivers)
+    receiver.start_receiver(h, ctx, wal_receivers)
 
 
 @when(

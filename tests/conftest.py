@@ -13,8 +13,10 @@ import pytest
 
 try:  # tests/ is a rootdir-relative directory (no __init__.py) or a package
     import services  # type: ignore[import-not-found,no-redef]
+    from receivers import alert_receivers  # type: ignore[import-not-found,no-redef]  # noqa: F401 (fixture)
 except ImportError:  # pragma: no cover
     from tests import services  # type: ignore[no-redef]
+    from tests.receivers import alert_receivers  # type: ignore[no-redef]  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="session")
