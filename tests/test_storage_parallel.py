@@ -348,3 +348,86 @@ def test_many_streams_round_trip(
     finally:
         f.close()
     assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+def test_write_waits_while_the_window_is_full_and_abort_cancels(
+    s3_service: tuple[dict[str, Any], dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, env = s3_service
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = open_storage(
+        dict(spec, prefix=f"win-{uuid.uuid4().hex[:8]}/", part_size="5MiB", streams=2)
+    )
+    assert isinstance(store, CloudStorage)
+    gate = threading.Event()
+    started: list[int] = []
+    send = store._upload_part
+
+    def held(upload: Any, name: str, number: int, offset: int, data: bytes) -> Any:
+        started.append(number)
+        gate.wait(60)
+        return send(upload, name, number, offset, data)
+
+    store._upload_part = held  # type: ignore[method-assign]
+    w = store.writer("big")
+    finished = threading.Event()
+
+    def produce() -> None:
+        try:
+            for i in range(6):  # five parts to send, the sixth held back for commit
+                w.write(pattern(5 * MiB, seed=20 + i))
+        finally:
+            finished.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        for _ in range(600):
+            if len(started) == 2:
+                break
+            threading.Event().wait(0.05)
+        assert sorted(started) == [1, 2]
+        # Two parts in flight, the third cut and waiting for a slot: write does not return.
+        assert not finished.wait(1.0)
+        assert len(w.parts) == 2  # type: ignore[attr-defined]
+        assert w.max_buffered_parts == 3  # type: ignore[attr-defined]
+    finally:
+        gate.set()
+        producer.join()
+    w.abort()
+    client = store.client  # type: ignore[attr-defined]
+    uploads = client.list_multipart_uploads(Bucket=spec["bucket"], Prefix=store.prefix)
+    assert uploads.get("Uploads", []) == []
+    assert store.stat("big") is None
+
+
+@cloud
+def test_a_part_failing_for_good_fails_the_upload_and_leaves_nothing(proxied) -> None:
+    kind, store, proxy = proxied
+    # No retries anywhere (spec retries: 0), so the failure surfaces at once.
+    store = open_storage({**_spec_of(store, kind), "retries": 0})  # type: ignore[assignment]
+    proxy.rule = lambda m, p, h: "503" if part_number(kind, m, p, h) == 2 else None
+    with pytest.raises(StorageError) as err:
+        write_in_chunks(store, "base/f.tar", pattern(4 * PART[kind], seed=11))
+    assert "upload part of" in str(err.value), str(err.value)
+    proxy.rule = None
+    assert store.stat("base/f.tar") is None
+    assert list(store.list("base/")) == []
+
+
+def _spec_of(store: CloudStorage, kind: str) -> dict[str, Any]:
+    """The spec the ``proxied`` fixture opened ``store`` with."""
+    spec: dict[str, Any] = {
+        "kind": kind,
+        "prefix": store.prefix,
+        "part_size": store.part_size,
+        "streams": store.streams,
+    }
+    if kind == "s3":
+        spec.update(bucket=store.bucket, endpoint_url=store.endpoint_url)  # type: ignore[attr-defined]
+    elif kind == "gcs":
+        spec.update(bucket=store.bucket_name, endpoint_url=store.endpoint_url)  # type: ignore[attr-defined]
+    else:
+        spec.update(container=store.container_name, account_url=store.account_url)  # type: ignore[attr-defined]
+    return spec
