@@ -973,3 +973,33 @@ def test_cloud_streams_setting(tmp_path: Path) -> None:
         "uploads[1].streams",
         "uploads[2].streams",
     ]
+
+
+# --- a target's wal_fetch: the read-ahead of recovery (engine/walprefetch) ---------------
+
+
+def test_wal_fetch_read_ahead_defaults_by_storage_kind(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, MINIMAL))
+    settings = policy.target("main").wal_fetch
+    assert settings.read_ahead is None and settings.streams == 4
+    assert settings.segments("posix") == 0  # measured: it does not pay on a local disk
+    assert settings.segments("s3") == 8
+    assert settings.segments("gcs") == 8
+
+
+def test_wal_fetch_settings_are_read(tmp_path: Path) -> None:
+    text = MINIMAL + "    wal_fetch: {read_ahead: 16, streams: 2}\n"
+    settings = load_policy(write(tmp_path, text)).target("main").wal_fetch
+    assert (settings.read_ahead, settings.streams) == (16, 2)
+    assert settings.segments("posix") == 16
+    off = MINIMAL + "    wal_fetch: {read_ahead: 0}\n"
+    assert load_policy(write(tmp_path, off)).target("main").wal_fetch.segments("s3") == 0
+
+
+@pytest.mark.parametrize(
+    "block",
+    ["{read_ahead: -1}", "{streams: 0}", "{read_ahead: 65}", "{prefetch: 8}", "{streams: two}"],
+)
+def test_wal_fetch_settings_out_of_range_are_refused(tmp_path: Path, block: str) -> None:
+    problems = problems_of(tmp_path, MINIMAL + f"    wal_fetch: {block}\n")
+    assert any(path.startswith("targets.main.wal_fetch") for path, _ in problems), problems

@@ -134,6 +134,15 @@ def wal_main(argv: list[str]) -> int:
         )
     policy = None
     unsynced: OSError | None = None
+    policy_path: str | None = None
+    if command == "wal-fetch":
+        # The read-ahead's spool first (engine/walprefetch): a hit is a rename, with no
+        # policy loaded and no storage client started.
+        from pgbackup.engine.wal_fastpush import _policy_path as policy_file
+
+        policy_path = policy_file(config)
+        if policy_path is not None and _served_from_spool(policy_path, target, source, until, args):
+            return 0
     try:
         if command == "wal-push":
             # The common case, with none of the imports below (wal_fastpush says which
@@ -163,6 +172,7 @@ def wal_main(argv: list[str]) -> int:
                 from pgbackup.engine.uploads import upload_storage
 
                 storage = upload_storage(policy, source)
+            _read_ahead(policy, policy_path, target, source, until, args[0])
             wal.fetch(policy, args[0], args[1], target, storage, until=until)
         return 0
     except PgBackupError as exc:
@@ -184,6 +194,38 @@ def wal_main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return fetch_failure_status(_cwd()) if command == "wal-fetch" else EXIT_INTERNAL
+
+
+def _served_from_spool(
+    policy_path: str, target: str | None, source: str | None, until: str | None, args: list[str]
+) -> bool:
+    """wal-fetch NAME PATH served from the read-ahead's spool. Anything that goes wrong
+    there is said and left to the synchronous fetch, which has every rule."""
+    from pgbackup.engine.walprefetch import PREFIX, serve
+
+    try:
+        return serve(policy_path, target, source, until, args[0], args[1])
+    except Exception as exc:
+        print(f"{PREFIX}spool not used: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+
+
+def _read_ahead(
+    policy: object,
+    policy_path: str | None,
+    target: str | None,
+    source: str | None,
+    until: str | None,
+    name: str,
+) -> None:
+    """Before a synchronous fetch: the read-ahead of the segments after ``name`` started
+    (when the target's wal_fetch asks for it). Never a reason for the fetch to fail."""
+    from pgbackup.engine.walprefetch import PREFIX, kick
+
+    try:
+        kick(policy, policy_path, target, source, until, name)
+    except Exception as exc:
+        print(f"{PREFIX}read-ahead not started: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _log_internal_error(

@@ -20,6 +20,7 @@ from pgbackup.policy.records import (
     Sandbox,
     Sla,
     Target,
+    WalFetch,
 )
 from pgbackup.policyrules import (
     DEFAULT_COMPRESSION_LEVEL,
@@ -49,6 +50,16 @@ def _wal_receiver(base: Path, spec: dict[str, Any] | None) -> dict[str, Any] | N
     if spec.get("directory"):
         out["directory"] = str(_abs(base, spec["directory"]))
     return out
+
+
+def _wal_fetch(spec: dict[str, Any] | None) -> WalFetch:
+    """A target's ``wal_fetch`` block with its defaults (read_ahead: by storage kind)."""
+    spec = spec or {}
+    ahead = spec.get("read_ahead")
+    return WalFetch(
+        read_ahead=int(ahead) if ahead is not None else None,
+        streams=int(spec.get("streams", 4)),
+    )
 
 
 def _build(path: Path, doc: dict[str, Any]) -> Policy:
@@ -87,6 +98,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
             pg_bin_dir=_abs(base, bindir) if bindir else None,
             max_rate=str(spec["max_rate"]) if spec.get("max_rate") else None,
             wal_receiver=_wal_receiver(base, spec.get("wal_receiver")),
+            wal_fetch=_wal_fetch(spec.get("wal_fetch")),
         )
     ret = doc.get("retention") or {}
     sla = doc.get("sla") or {}

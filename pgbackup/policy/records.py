@@ -1,7 +1,7 @@
 """The policy as typed, immutable records: what every other layer receives.
 
 A loaded ``backup.yaml`` becomes one :class:`Policy` holding :class:`Target`,
-:class:`Compression`, :class:`Encryption`, :class:`Retention`, :class:`Sla` and
+:class:`WalFetch`, :class:`Compression`, :class:`Encryption`, :class:`Retention`, :class:`Sla` and
 :class:`DrillCheck` records. They live apart from the loader so that code which only
 passes a policy around (engine, operations) reads their shape in one short file; add a
 policy key's field here, and its default in ``build.py``.
@@ -40,6 +40,20 @@ class Sandbox(NamedTuple):
     scale: int
 
 
+class WalFetch(NamedTuple):
+    """A target's ``wal_fetch``: the read-ahead of recovery (engine/walprefetch)."""
+
+    read_ahead: int | None = None  # segments spooled ahead of PostgreSQL (None: by storage kind)
+    streams: int = 4  # segments fetched at once
+
+    def segments(self, storage_kind: str) -> int:
+        """How many segments to read ahead from a storage of ``storage_kind``: the setting,
+        or by default 8 from object storage and none from a posix repository."""
+        if self.read_ahead is not None:
+            return self.read_ahead
+        return 0 if storage_kind == "posix" else 8
+
+
 class Target(NamedTuple):
     name: str
     connection: dict[str, Any]  # libpq keywords, only those set
@@ -47,6 +61,7 @@ class Target(NamedTuple):
     pg_bin_dir: Path | None
     max_rate: str | None = None  # pg_basebackup --max-rate: spare a busy server's disks
     wal_receiver: dict[str, Any] | None = None  # wal-receive: slot, synchronous, directory
+    wal_fetch: WalFetch = WalFetch()  # wal-fetch's read-ahead
 
 
 class Retention(NamedTuple):

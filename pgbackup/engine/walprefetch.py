@@ -1,0 +1,738 @@
+"""WAL read-ahead for recovery: a verified spool in the data directory, filled ahead of
+PostgreSQL's requests by one background prefetcher (issue #26 point 3).
+
+PostgreSQL asks restore_command for one file at a time and replays it before it asks for
+the next; from object storage each request pays a process start, an object-store client
+and a round trip. Like pgBackRest's asynchronous archive-get (a spool queue filled by a
+background process; a request is served from it when the file is there and marked
+``.ok``) and WAL-G's prefetch (``pg_wal/.wal-g/prefetch``, files moved into place when
+complete), the segments after the one asked for are fetched in parallel into a spool
+while PostgreSQL replays, and the next ``wal-fetch`` only renames its file into ``%p``.
+
+**Where.** ``pgbackup_spool/`` at the top of the data directory being recovered
+(restore_command runs there: ``RestoreArchivedFile`` in xlogarchive.c runs it with the
+data directory as the working directory). PostgreSQL ignores a directory it does not
+know there (the manual's "Database File Layout" lists what it owns; nothing in the
+server lists the top directory and acts on unknown names); ``pg_basebackup`` and
+``pg_rewind`` copy it (basebackup.c excludes only its own list), which is harmless: a copy
+is bound to this archive and this cluster (below), and it is removed when recovery ends.
+Being in the data directory, a spool file and ``%p`` (``pg_wal/RECOVERYXLOG``) are on one
+filesystem, so serving is a ``rename`` (a copy when ``pg_wal`` is a link elsewhere).
+
+**What the spool holds.** Only whole WAL segments, never a ``.history``, ``.backup`` or
+``.partial`` file (those are always fetched synchronously). Each is fetched, decoded
+(compression and age carry their own checksums) and verified before it gets a final
+name: its size is the segment size, its first page has a known XLOG_PAGE_MAGIC and a long
+header with the archive's system identifier and segment size, and that page's timeline
+and address are those its name says (:func:`verify_segment`). It is written under a
+temporary name (``.tmp.*``) and renamed to ``<segment>.<crc32 of its bytes>``: the rename
+is the commit, so a killed prefetcher leaves at most temporary files, removed by the
+next one. ``manifest`` binds the spool to one archive: a digest of the policy file (its
+path, bytes and the variables it references, as the validated-policy cache keys it), the
+``--target``/``--from`` flags, and the system identifier of the archive. A spool whose
+manifest is not this request's, or not this data directory's cluster (``pg_control``), is
+discarded, never served.
+
+**Serving** (:func:`serve`, before the policy is loaded and without importing any storage
+client): the segment asked for is in the spool under a matching manifest; its size, first
+page header and CRC-32 are checked again (a torn write after a crash fails them); it is
+renamed to ``%p`` and wal-fetch exits 0. Anything else is a miss: wal-fetch fetches
+synchronously with all its rules (1 only for a file truly not archived, 255 during
+archive recovery for a corrupt file, a hole, an unreadable archive) and (re)starts the
+read-ahead after it (:func:`kick`). A file the spool refuses is removed and fetched
+synchronously, where the same damage fails loudly.
+
+**The prefetcher** (``python -m pgbackup.engine.walprefetch``, started detached by
+wal-fetch, one per data directory: it holds ``flock`` on ``pgbackup_spool/lock``). Each
+wal-fetch appends the segment asked for to ``pgbackup_spool/requests``; the prefetcher
+keeps the next ``read_ahead`` segments of that segment's timeline in the spool, ``streams``
+at a time, and removes any other (served, skipped, of another timeline). It never writes
+a "missing" marker: a segment it cannot find, or refuses, stops it going further on that
+timeline (it looks again every few seconds: a standby's archive grows), and PostgreSQL's
+own requests (the new timeline's history file, then its segments) drive the synchronous
+path exactly as without a spool. Past ``--until`` (the last segment the recovery target
+needs) it fetches nothing. It exits, removing the spool, when recovery has ended
+(``recovery.signal`` and ``standby.signal`` both gone: PostgreSQL removes them when it
+promotes), when the postmaster is gone (``postmaster.pid``), after
+:data:`IDLE_SECONDS` without a request, on SIGTERM, or when a request comes from another
+archive; ``pgbackup restore`` and drills stop it and remove the spool once recovery has
+ended (:func:`end_read_ahead`). It writes a line to the server's log (its standard error,
+when that is a file) when it starts, when it refuses a segment and when it stops, with
+the count of segments served from the spool.
+
+Settings: a target's ``wal_fetch: {read_ahead: N, streams: M}`` (schema/backup.schema.json;
+:class:`pgbackup.policy.records.WalFetch`): 8 segments, 4 at a time, from object storage;
+off from a posix repository, where measured it does not pay (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pgbackup.formats import walpage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import mmap
+    from typing import Any
+
+#: The spool's directory, at the top of the data directory.
+SPOOL_DIR = "pgbackup_spool"
+MANIFEST = "manifest"
+REQUESTS = "requests"
+LOCK = "lock"
+TMP_PREFIX = ".tmp."
+#: The prefetcher exits after this long without a request (PGBACKUP_PREFETCH_IDLE).
+IDLE_SECONDS = float(os.environ.get("PGBACKUP_PREFETCH_IDLE", "60"))
+#: A segment it could not find or refused is looked for again after this long.
+RETRY_SECONDS = 3.0
+#: How often the prefetcher reads the requests and checks that recovery goes on.
+POLL_SECONDS = 0.02
+PREFIX = "pgbackup wal-prefetch: "
+
+
+# --- verification (the prefetcher before it spools; wal-fetch again before it serves) ---
+
+
+def verify_segment(name: str, data: bytes | mmap.mmap, sysid: int, seg_size: int) -> str | None:
+    """Why the decoded segment ``data`` must not be served as ``name`` (None: it may).
+
+    Its size is the segment size; its first page is a WAL page of a known major with a
+    long header naming cluster ``sysid`` and ``seg_size``; the page's timeline and address
+    are those of ``name``.
+    """
+    import struct
+
+    size = len(data)
+    if size != seg_size:
+        return f"{size} bytes, a segment has {seg_size}"
+    magic, info, tli, pageaddr = struct.unpack_from("<HHIQ", data, 0)
+    if magic not in walpage.MAGIC_MAJOR:
+        return f"its first page has no WAL page magic we know (0x{magic:04X})"
+    if not info & walpage.XLP_LONG_HEADER:
+        return "its first page has no long header"
+    header_sysid, header_seg_size = struct.unpack_from("<QI", data, 24)
+    if header_sysid != sysid:
+        return f"written by cluster {header_sysid}, the archive belongs to {sysid}"
+    if header_seg_size != seg_size:
+        return f"its header says {header_seg_size}-byte segments, the archive has {seg_size}"
+    if not walpage.is_segment(name):
+        return "not a segment's name"
+    per = 0x100000000 // seg_size
+    want_tli, log, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:24], 16)
+    if tli != want_tli or pageaddr != (log * per + seg) * seg_size:
+        return (
+            f"its first page is of timeline {tli} at {pageaddr >> 32:X}/{pageaddr & 0xFFFFFFFF:X}, "
+            "not where its name says"
+        )
+    return None
+
+
+def spool_identity(policy_path: str, target: str | None, source: str | None) -> str:
+    """What binds a spool to one archive: the policy file (path, bytes, the variables it
+    references: policyrules.cache_key) and the flags naming target and upload."""
+    from hashlib import blake2b
+
+    from pgbackup import policyrules
+
+    with open(policy_path, "rb") as f:
+        data = f.read()
+    key = policyrules.cache_key(policy_path, data, b"wal-prefetch", os.environ)
+    text = f"{key}\0{target or ''}\0{source or ''}"
+    return blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def manifest_bytes(identity: str, sysid: int, seg_size: int) -> bytes:
+    return f"identity {identity}\nsystem_identifier {sysid}\nsegment_size {seg_size}\n".encode()
+
+
+def read_manifest(spool: str) -> dict[str, str] | None:
+    try:
+        with open(os.path.join(spool, MANIFEST), encoding="ascii") as f:
+            pairs = [line.split(" ", 1) for line in f.read().splitlines()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
+def spooled(spool: str) -> dict[str, str]:
+    """Segment name -> its file name in the spool (``<segment>.<crc32>``)."""
+    out: dict[str, str] = {}
+    try:
+        entries = os.listdir(spool)
+    except OSError:
+        return out
+    for entry in entries:
+        if len(entry) == 33 and entry[24] == "." and walpage.is_segment(entry[:24]):
+            out[entry[:24]] = entry
+    return out
+
+
+def discard_segments(spool: str) -> None:
+    """Remove every segment (and temporary file) from the spool: it is not to be served."""
+    try:
+        entries = os.listdir(spool)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(TMP_PREFIX) or (len(entry) == 33 and walpage.is_segment(entry[:24])):
+            _unlink(os.path.join(spool, entry))
+
+
+def say(text: str) -> None:
+    """One line to standard error: in restore_command (and in the prefetcher it starts)
+    that is the server's log, beside PostgreSQL's own lines about the file."""
+    try:
+        sys.stderr.write(f"{PREFIX}{text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return  # no log to write to
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+def _control_sysid(data_dir: str) -> int | None:
+    try:
+        with open(os.path.join(data_dir, "global", "pg_control"), "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return int.from_bytes(head, "little") if len(head) == 8 else None
+
+
+def _in_recovery(data_dir: str) -> bool:
+    return os.path.exists(os.path.join(data_dir, "recovery.signal")) or os.path.exists(
+        os.path.join(data_dir, "standby.signal")
+    )
+
+
+# --- wal-fetch's side ---------------------------------------------------------------------
+
+
+def serve(
+    policy_path: str,
+    target: str | None,
+    source: str | None,
+    until: str | None,
+    name: str,
+    dest: str,
+) -> bool:
+    """Serve segment ``name`` from the spool into ``dest``: True when it was (wal-fetch
+    exits 0), False when it is not there or is refused (wal-fetch fetches it itself).
+
+    Imports no policy loader and no storage: a hit costs a rename and a CRC."""
+    if not walpage.is_segment(name):
+        return False
+    data_dir = os.getcwd()
+    spool = os.path.join(data_dir, SPOOL_DIR)
+    if not os.path.isdir(spool):
+        return False
+    manifest = read_manifest(spool)
+    identity = spool_identity(policy_path, target, source)
+    sysid = _control_sysid(data_dir)
+    if (
+        manifest is None
+        or manifest.get("identity") != identity
+        or sysid is None
+        or manifest.get("system_identifier") != str(sysid)
+    ):
+        if manifest is not None:  # another archive's (or another cluster's) spool
+            discard_segments(spool)
+        return False
+    seg_size = int(manifest.get("segment_size", "0"))
+    entry = spooled(spool).get(name)
+    if entry is None:
+        return False
+    path = os.path.join(spool, entry)
+    problem = _check_spooled(path, name, sysid, seg_size, int(entry[25:], 16))
+    if problem is not None:
+        say(f"refused {name} from the spool ({problem}); fetching it from the archive")
+        _unlink(path)
+        return False
+    try:
+        os.rename(path, dest)
+    except FileNotFoundError:  # the prefetcher pruned it meanwhile: fetch it ourselves
+        return False
+    except OSError as exc:
+        import errno
+
+        if exc.errno != errno.EXDEV:
+            return False
+        _copy_into(path, dest)  # pg_wal is a link to another filesystem
+    try:  # served: whatever happens to the read-ahead now, wal-fetch has succeeded
+        record_request(spool, name, "hit", identity)
+        ensure_running(spool, _prefetcher_argv(policy_path, target, source, until, data_dir))
+    except OSError:
+        pass  # the spool was removed meanwhile (recovery ended): the next miss restarts it
+    return True
+
+
+def _check_spooled(path: str, name: str, sysid: int, seg_size: int, crc: int) -> str | None:
+    import mmap
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != seg_size or size == 0:
+                return f"{size} bytes, a segment has {seg_size}"
+            with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as data:
+                problem = verify_segment(name, data, sysid, seg_size)
+                if problem is None and zlib.crc32(data) != crc:
+                    problem = "its CRC-32 is not the one recorded when it was spooled"
+                return problem
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+
+
+def _copy_into(path: str, dest: str) -> None:
+    import shutil
+
+    tmp = os.path.join(os.path.dirname(dest) or ".", f".{os.path.basename(dest)}.pgbackup-fetch")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    os.unlink(path)
+
+
+def record_request(spool: str, name: str, how: str, identity: str) -> None:
+    """Tell the prefetcher which segment PostgreSQL asked for (one appended line)."""
+    fd = os.open(os.path.join(spool, REQUESTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{name} {how} {identity}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def kick(
+    policy: Any,
+    policy_path: str | None,
+    target: str | None,
+    source: str | None,
+    until: str | None,
+    name: str,
+) -> bool:
+    """Before a synchronous fetch of segment ``name`` during recovery: record the request
+    and make sure a prefetcher reads ahead of it, when the target's ``wal_fetch`` says
+    so. True when the read-ahead runs."""
+    if policy_path is None or not walpage.is_segment(name):
+        return False
+    data_dir = os.getcwd()
+    if not _in_recovery(data_dir) or _control_sysid(data_dir) is None:
+        return False  # not a server's restore_command: a person at a prompt
+    if target is not None:
+        settings = policy.targets[target].wal_fetch if target in policy.targets else None
+    else:
+        settings = (
+            next(iter(policy.targets.values())).wal_fetch if len(policy.targets) == 1 else None
+        )
+    if settings is None:
+        return False
+    kind = policy.repository.get("kind", "posix")
+    if source is not None:
+        kind = next((u.get("kind", "posix") for u in policy.uploads if u["name"] == source), kind)
+    if settings.segments(kind) <= 0:
+        return False
+    spool = os.path.join(data_dir, SPOOL_DIR)
+    if not os.path.isdir(spool):
+        os.makedirs(spool, 0o700, exist_ok=True)
+    record_request(spool, name, "miss", spool_identity(policy_path, target, source))
+    ensure_running(spool, _prefetcher_argv(policy_path, target, source, until, data_dir))
+    return True
+
+
+def _prefetcher_argv(
+    policy_path: str, target: str | None, source: str | None, until: str | None, data_dir: str
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pgbackup.engine.walprefetch",
+        policy_path,
+        target or "",
+        source or "",
+        until or "",
+        data_dir,
+    ]
+
+
+def ensure_running(spool: str, argv: list[str]) -> None:
+    """Start the prefetcher unless one holds the spool's lock (detached: its own session,
+    standard error the server's log when that is a file)."""
+    import fcntl
+
+    fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # it runs
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    import signal
+    import stat
+
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+    ]
+    try:
+        to_file = stat.S_ISREG(os.fstat(2).st_mode)
+    except OSError:
+        to_file = False
+    if not to_file:
+        actions.append((os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0))
+    defaults = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE)
+    os.posix_spawn(
+        argv[0],
+        argv,
+        os.environ,
+        file_actions=actions,
+        setsid=True,
+        setsigmask=(),
+        setsigdef=defaults,
+    )
+
+
+def end_read_ahead(data_dir: str | os.PathLike[str], timeout: float = 10.0) -> None:
+    """Stop the data directory's prefetcher (SIGTERM) and remove its spool: recovery has
+    ended (pgbackup restore and drills call it). Any user may call it: the prefetcher
+    runs as the server's OS user."""
+    import contextlib
+    import fcntl
+    import shutil
+    import signal
+    import time
+
+    spool = os.path.join(os.fspath(data_dir), SPOOL_DIR)
+    if not os.path.isdir(spool):
+        return
+    pid = _lock_holder(spool)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                fd = os.open(os.path.join(spool, LOCK), os.O_RDONLY)
+            except OSError:
+                break  # it removed the spool
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+            finally:
+                os.close(fd)
+    shutil.rmtree(spool, ignore_errors=True)
+
+
+def _lock_holder(spool: str) -> int | None:
+    try:
+        with open(os.path.join(spool, LOCK), encoding="ascii") as f:
+            text = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+# --- the prefetcher -------------------------------------------------------------------------
+
+
+class Prefetcher:
+    """One data directory's read-ahead: keeps the segments after the newest request in
+    the spool, verified, until recovery ends."""
+
+    def __init__(
+        self,
+        policy_path: str,
+        target: str | None,
+        source: str | None,
+        until: str | None,
+        data_dir: str,
+    ) -> None:
+        self.policy_path, self.target_flag, self.source = policy_path, target, source
+        self.until = until
+        self.data_dir = data_dir
+        self.spool = os.path.join(data_dir, SPOOL_DIR)
+        self.stopping = False
+        self.served = self.missed = self.written = self.refused = 0
+        self.offset = 0  # how much of the requests file has been read
+
+    def log(self, text: str) -> None:
+        import time
+
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        say(f"{stamp} [{os.getpid()}] {text}")
+
+    def open(self) -> None:
+        """The policy, the storage, the archive's identity; the manifest written."""
+        from pgbackup.engine import wal
+        from pgbackup.policy import load_policy_fast
+
+        policy = load_policy_fast(self.policy_path)
+        if self.source:
+            from pgbackup.engine.uploads import upload_storage
+
+            self.storage = upload_storage(policy, self.source)
+            kind = next(u.get("kind", "posix") for u in policy.uploads if u["name"] == self.source)
+        else:
+            self.storage = wal.open_storage(policy.repository)
+            kind = policy.repository.get("kind", "posix")
+        sysid = _control_sysid(self.data_dir)
+        self.target = wal.pick_target(policy, self.storage, self.target_flag, sysid)
+        settings = policy.target(self.target).wal_fetch
+        self.ahead = settings.segments(kind)
+        self.streams = settings.streams
+        info = wal.read_archive_info(self.storage, self.target) or {}
+        archive_sysid = int(info.get("system_identifier") or sysid or 0)
+        if sysid is None or archive_sysid != sysid:
+            raise wal.WalError(
+                f"the archive of {self.target!r} belongs to cluster {archive_sysid}, "
+                f"this data directory to {sysid}"
+            )
+        self.sysid = sysid
+        self.seg_size = int(info.get("wal_segment_size") or 16 * 1024 * 1024)
+        self.spec = wal.codec_for(policy)
+        self.identities = wal.policy_identities(policy)
+        self.identity = spool_identity(self.policy_path, self.target_flag, self.source)
+        wanted = manifest_bytes(self.identity, self.sysid, self.seg_size)
+        try:
+            with open(os.path.join(self.spool, MANIFEST), "rb") as f:
+                same = f.read() == wanted
+        except OSError:
+            same = False
+        if not same:
+            discard_segments(self.spool)
+        else:  # a killed predecessor's temporary files
+            for entry in os.listdir(self.spool):
+                if entry.startswith(TMP_PREFIX):
+                    os.unlink(os.path.join(self.spool, entry))
+        tmp = os.path.join(self.spool, f"{TMP_PREFIX}{MANIFEST}")
+        with open(tmp, "wb") as f:
+            f.write(wanted)
+        os.replace(tmp, os.path.join(self.spool, MANIFEST))
+
+    # --- one segment ------------------------------------------------------------------
+
+    def fetch_one(self, name: str) -> str:
+        """Fetch, decode, verify and spool one segment: "spooled", "missing" or why it was
+        refused."""
+        import zlib
+
+        from pgbackup.engine import wal
+        from pgbackup.errors import ObjectNotFound, PgBackupError
+        from pgbackup.formats.codecs import decode_bytes, parse_suffix
+
+        try:
+            key = wal.wal_key(self.target, name, self.spec)
+            try:
+                stored = self.storage.read_bytes(key)
+            except ObjectNotFound:
+                found = wal.find_archived(self.storage, self.target, name, self.spec)
+                if found is None:
+                    return "missing"
+                key, stored = found, self.storage.read_bytes(found)
+            _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
+            data = decode_bytes(spec, stored, identities=self.identities, what=key)
+        except ObjectNotFound:
+            return "missing"
+        except PgBackupError as exc:
+            return f"refused: {exc.message}"
+        problem = verify_segment(name, data, self.sysid, self.seg_size)
+        if problem is not None:
+            return f"refused: {problem}"
+        if self.stopping:
+            return "stopped"
+        crc = zlib.crc32(data)
+        tmp = os.path.join(self.spool, f"{TMP_PREFIX}{name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(self.spool, f"{name}.{crc:08x}"))
+        return "spooled"
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def window(self, request: str) -> list[str]:
+        """The segments to hold after ``request``: the next ``ahead`` of its timeline,
+        none past ``until``."""
+        per = 0x100000000 // self.seg_size
+        tli = request[:8]
+        segno = int(request[8:16], 16) * per + int(request[16:24], 16)
+        names = []
+        for n in range(segno + 1, segno + 1 + self.ahead):
+            name = f"{tli}{n // per:08X}{n % per:08X}"
+            if self.until and name[8:24] > self.until[8:24]:
+                break
+            names.append(name)
+        return names
+
+    def new_requests(self) -> list[tuple[str, str, str]]:
+        try:
+            with open(os.path.join(self.spool, REQUESTS), "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        out = []
+        for line in chunk[:end].decode("ascii", "replace").splitlines():
+            parts = line.split(" ")
+            if len(parts) == 3 and walpage.is_segment(parts[0]):
+                out.append((parts[0], parts[1], parts[2]))
+        return out
+
+    def why_stop(self, idle: float) -> str | None:
+        if self.stopping:
+            return "asked to stop"
+        if not _in_recovery(self.data_dir):
+            return "recovery has ended"
+        if not _postmaster_alive(self.data_dir):
+            return "the server is gone"
+        if idle > IDLE_SECONDS:
+            return f"no request for {IDLE_SECONDS:g}s"
+        if not os.path.exists(os.path.join(self.spool, MANIFEST)):
+            return "its spool was removed"
+        return None
+
+    def run(self) -> str:
+        import time
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(self.streams, thread_name_prefix="wal-prefetch")
+        inflight: dict[str, Future[str]] = {}
+        failed: dict[str, float] = {}
+        request: str | None = None
+        last = checked = time.monotonic()
+        why: str | None = None
+        try:
+            while why is None:
+                now = time.monotonic()
+                for name, how, identity in self.new_requests():
+                    if identity != self.identity:
+                        why = "a request came from another archive"
+                    request, last = name, now
+                    self.served += how == "hit"
+                    self.missed += how == "miss"
+                if now - checked > 0.25:
+                    checked = now
+                    why = why or self.why_stop(now - last)
+                for name, job in list(inflight.items()):
+                    if job.done():
+                        del inflight[name]
+                        outcome = job.result() if job.exception() is None else repr(job.exception())
+                        if outcome == "spooled":
+                            self.written += 1
+                            failed.pop(name, None)
+                        else:
+                            if outcome != "missing" and name not in failed:
+                                self.refused += 1
+                                self.log(f"{name} not spooled: {outcome}")
+                            failed[name] = now
+                if request is None or why is not None:
+                    time.sleep(POLL_SECONDS)
+                    continue
+                wanted = self.window(request)
+                present = spooled(self.spool)
+                for name, entry in present.items():
+                    if name not in wanted:
+                        _unlink(os.path.join(self.spool, entry))
+                for name in wanted:
+                    if name in present or name in inflight:
+                        continue
+                    if name in failed and now - failed[name] < RETRY_SECONDS:
+                        break  # a hole or a refused file: nothing past it on this timeline
+                    if len(inflight) >= self.streams:
+                        break
+                    inflight[name] = pool.submit(self.fetch_one, name)
+                time.sleep(POLL_SECONDS)
+        finally:
+            self.stopping = True
+            pool.shutdown(wait=False, cancel_futures=True)
+        return why or "stopped"
+
+
+def _postmaster_alive(data_dir: str) -> bool:
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid"), encoding="ascii") as f:
+            pid = int(f.readline().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str]) -> int:
+    """``python -m pgbackup.engine.walprefetch POLICY TARGET FROM UNTIL DATA_DIR`` (empty
+    strings for flags not given): the prefetcher, as :func:`ensure_running` starts it."""
+    import fcntl
+    import shutil
+    import signal
+    import time
+
+    os.closerange(3, 256)  # nothing of the server's but the log on stderr
+    policy_path, target, source, until, data_dir = argv
+    spool = os.path.join(data_dir, SPOOL_DIR)
+    try:
+        fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return 0  # the spool is gone already
+    for _ in range(50):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(0.02)
+    else:
+        return 0  # another one runs
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    prefetcher = Prefetcher(policy_path, target or None, source or None, until or None, data_dir)
+
+    def stop(_signum: int, _frame: object) -> None:
+        prefetcher.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    why = "it failed"
+    try:
+        prefetcher.open()
+        prefetcher.log(
+            f"reading ahead {prefetcher.ahead} segments, {prefetcher.streams} at a time, "
+            f"into {spool}"
+        )
+        why = prefetcher.run() if prefetcher.ahead > 0 else "read-ahead is off"
+    except Exception as exc:  # the read-ahead is an optimisation: recovery goes on without it
+        prefetcher.log(f"error: {type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+        prefetcher.log(
+            f"stopped ({why}): {prefetcher.written} segments spooled, {prefetcher.served} "
+            f"served from the spool, {prefetcher.missed} fetched directly, "
+            f"{prefetcher.refused} refused; spool removed"
+        )
+    os._exit(0)  # fetches still in flight are abandoned, never waited for
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

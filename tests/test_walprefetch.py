@@ -1,0 +1,328 @@
+"""The read-ahead's spool (engine/walprefetch): what it refuses, what it serves, and that a
+hit imports no storage client.
+
+A posix repository with a policy file, an archive bound to a cluster and zstd segments
+built here; a "data directory" holding pg_control's system identifier and
+recovery.signal. The prefetcher's fetch of one segment and wal-fetch's serving are run in
+this process; the whole prefetcher with a real PostgreSQL is features/wal_prefetch.feature.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgbackup.engine import walprefetch
+from pgbackup.engine.walprefetch import (
+    SPOOL_DIR,
+    Prefetcher,
+    serve,
+    spooled,
+    verify_segment,
+)
+from pgbackup.formats.codecs import CodecSpec, encode_bytes
+from pgbackup.formats.walpage import WAL_PAGE_MAGIC, XLP_LONG_HEADER, archive_info_bytes
+
+SYSID = 7412345678901234567
+SEG = 16 * 1024 * 1024
+ZSTD = CodecSpec(compression="zstd", level=1, encrypted=False)
+
+
+def segment(name: str, sysid: int = SYSID, seg_size: int = SEG, size: int | None = None) -> bytes:
+    """A segment whose first page has the long header PostgreSQL writes for ``name``."""
+    tli, log, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:24], 16)
+    pageaddr = (log * (0x100000000 // seg_size) + seg) * seg_size
+    page = struct.pack("<HHIQI", WAL_PAGE_MAGIC[15], XLP_LONG_HEADER, tli, pageaddr, 0)
+    page = page.ljust(24, b"\0") + struct.pack("<QII", sysid, seg_size, 8192)
+    body = bytes(range(256)) * 64
+    data = page + body
+    total = seg_size if size is None else size
+    return (data * (total // len(data) + 1))[:total]
+
+
+# --- verify_segment ------------------------------------------------------------------------
+
+NAME = "000000010000000000000003"
+
+
+def test_a_segment_as_its_name_says_is_accepted() -> None:
+    assert verify_segment(NAME, segment(NAME), SYSID, SEG) is None
+
+
+def test_a_wrong_size_is_refused() -> None:
+    problem = verify_segment(NAME, segment(NAME, size=SEG - 8192), SYSID, SEG)
+    assert problem is not None and "bytes, a segment has" in problem
+
+
+def test_another_clusters_segment_is_refused() -> None:
+    problem = verify_segment(NAME, segment(NAME, sysid=SYSID + 1), SYSID, SEG)
+    assert problem is not None and "written by cluster" in problem
+
+
+@pytest.mark.parametrize(
+    "other", ["000000010000000000000004", "000000020000000000000003", "000000010000000100000003"]
+)
+def test_a_page_of_another_name_is_refused(other: str) -> None:
+    problem = verify_segment(NAME, segment(other), SYSID, SEG)
+    assert problem is not None and "not where its name says" in problem
+
+
+def test_a_page_without_the_magic_or_long_header_is_refused() -> None:
+    data = bytearray(segment(NAME))
+    data[0:2] = b"\0\0"
+    assert "magic" in (verify_segment(NAME, bytes(data), SYSID, SEG) or "")
+    data = bytearray(segment(NAME))
+    data[2:4] = b"\0\0"
+    assert "long header" in (verify_segment(NAME, bytes(data), SYSID, SEG) or "")
+
+
+# --- a repository, a data directory, one prefetcher -----------------------------------------
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    repo = tmp_path / "repo"
+    (repo / "main" / "wal").mkdir(parents=True)
+    (repo / "main" / "archive.json").write_bytes(archive_info_bytes(SYSID, SEG))
+    config = tmp_path / "backup.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            repository: {{path: {repo}}}
+            compression: {{method: zstd, level: 1}}
+            targets:
+              main:
+                connection: {{host: db.internal}}
+                wal_fetch: {{read_ahead: 4, streams: 2}}
+            """
+        )
+    )
+    data_dir = tmp_path / "data"
+    (data_dir / "global").mkdir(parents=True)
+    (data_dir / "pg_wal").mkdir()
+    (data_dir / "global" / "pg_control").write_bytes(struct.pack("<Q", SYSID) + b"\0" * 100)
+    (data_dir / "recovery.signal").write_text("")
+    (data_dir / SPOOL_DIR).mkdir()
+    monkeypatch.chdir(data_dir)
+    yield {"repo": repo, "config": str(config), "data": data_dir}
+
+
+def archive(setup: dict[str, Any], name: str, data: bytes | None = None) -> Path:
+    path = setup["repo"] / "main" / "wal" / f"{name}.zst"
+    path.write_bytes(encode_bytes(ZSTD, segment(name) if data is None else data))
+    return path
+
+
+def prefetcher(setup: dict[str, Any]) -> Prefetcher:
+    p = Prefetcher(setup["config"], "main", None, None, str(setup["data"]))
+    p.open()
+    return p
+
+
+def test_a_verified_segment_is_spooled_under_its_crc_and_served(setup: dict[str, Any]) -> None:
+    archive(setup, NAME)
+    p = prefetcher(setup)
+    assert (p.ahead, p.streams) == (4, 2)
+    assert p.fetch_one(NAME) == "spooled"
+    spool = str(setup["data"] / SPOOL_DIR)
+    assert list(spooled(spool)) == [NAME]
+    assert not [e for e in os.listdir(spool) if e.startswith(".tmp.")]
+    dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
+    with _prefetcher_running(setup):
+        assert serve(setup["config"], "main", None, None, NAME, str(dest))
+    assert dest.read_bytes() == segment(NAME)
+    assert spooled(spool) == {}  # served by rename
+    requests = (setup["data"] / SPOOL_DIR / "requests").read_text()
+    assert requests.startswith(f"{NAME} hit ")
+
+
+def test_a_missing_segment_is_not_spooled_and_leaves_no_marker(setup: dict[str, Any]) -> None:
+    p = prefetcher(setup)
+    assert p.fetch_one(NAME) == "missing"
+    assert spooled(str(setup["data"] / SPOOL_DIR)) == {}
+
+
+def test_a_corrupt_compressed_segment_is_refused(setup: dict[str, Any]) -> None:
+    path = archive(setup, NAME)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+    outcome = prefetcher(setup).fetch_one(NAME)
+    assert outcome.startswith("refused:"), outcome
+    assert spooled(str(setup["data"] / SPOOL_DIR)) == {}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        segment(NAME, sysid=SYSID + 1),
+        segment("000000010000000000000009"),
+        segment(NAME, size=SEG // 2),
+    ],
+    ids=["another cluster", "another position", "short"],
+)
+def test_a_decodable_but_wrong_segment_is_refused(setup: dict[str, Any], data: bytes) -> None:
+    archive(setup, NAME, data)
+    outcome = prefetcher(setup).fetch_one(NAME)
+    assert outcome.startswith("refused:"), outcome
+    assert spooled(str(setup["data"] / SPOOL_DIR)) == {}
+
+
+def test_a_foreign_spool_is_discarded_never_served(setup: dict[str, Any]) -> None:
+    archive(setup, NAME)
+    p = prefetcher(setup)
+    assert p.fetch_one(NAME) == "spooled"
+    spool = setup["data"] / SPOOL_DIR
+    manifest = (spool / "manifest").read_text()
+    (spool / "manifest").write_text(manifest.replace(p.identity, "0" * 32))
+    dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
+    assert not serve(setup["config"], "main", None, None, NAME, str(dest))
+    assert not dest.exists()
+    assert spooled(str(spool)) == {}
+
+
+def test_a_spool_for_another_cluster_is_discarded(setup: dict[str, Any]) -> None:
+    archive(setup, NAME)
+    assert prefetcher(setup).fetch_one(NAME) == "spooled"
+    control = setup["data"] / "global" / "pg_control"
+    control.write_bytes(struct.pack("<Q", SYSID + 1) + b"\0" * 100)
+    dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
+    assert not serve(setup["config"], "main", None, None, NAME, str(dest))
+    assert spooled(str(setup["data"] / SPOOL_DIR)) == {}
+
+
+def test_a_spool_of_other_flags_is_not_served(setup: dict[str, Any]) -> None:
+    archive(setup, NAME)
+    assert prefetcher(setup).fetch_one(NAME) == "spooled"
+    dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
+    assert not serve(setup["config"], "main", "offsite", None, NAME, str(dest))
+    assert not dest.exists()
+
+
+def test_a_spooled_file_damaged_after_it_was_written_is_refused(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive(setup, NAME)
+    assert prefetcher(setup).fetch_one(NAME) == "spooled"
+    spool = setup["data"] / SPOOL_DIR
+    path = spool / spooled(str(spool))[NAME]
+    with open(path, "r+b") as f:
+        f.seek(SEG // 2)
+        f.write(b"\xff")
+    dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
+    assert not serve(setup["config"], "main", None, None, NAME, str(dest))
+    assert not dest.exists() and not path.exists()
+    assert "CRC-32" in capsys.readouterr().err
+
+
+def test_a_truncated_spooled_file_is_refused(setup: dict[str, Any]) -> None:
+    archive(setup, NAME)
+    assert prefetcher(setup).fetch_one(NAME) == "spooled"
+    spool = setup["data"] / SPOOL_DIR
+    path = spool / spooled(str(spool))[NAME]
+    os.truncate(path, 8192)
+    assert not serve(setup["config"], "main", None, None, NAME, str(setup["data"] / "x"))
+
+
+def test_history_and_partial_files_are_never_served_from_the_spool(setup: dict[str, Any]) -> None:
+    (setup["data"] / SPOOL_DIR / "00000002.history").write_text("1\t0/3000000\tno reason\n")
+    for name in ("00000002.history", f"{NAME}.partial"):
+        assert not serve(setup["config"], "main", None, None, name, str(setup["data"] / "x"))
+
+
+def test_the_window_follows_the_timeline_and_stops_at_until(setup: dict[str, Any]) -> None:
+    p = prefetcher(setup)
+    assert p.window("0000000200000000000000FE") == [
+        "0000000200000000000000FF",
+        "000000020000000100000000",
+        "000000020000000100000001",
+        "000000020000000100000002",
+    ]
+    p.until = "000000020000000100000000"
+    assert p.window("0000000200000000000000FE") == [
+        "0000000200000000000000FF",
+        "000000020000000100000000",
+    ]
+
+
+def test_nothing_is_started_outside_recovery(setup: dict[str, Any]) -> None:
+    from pgbackup.policy import load_policy
+
+    policy = load_policy(Path(setup["config"]))
+    (setup["data"] / "recovery.signal").unlink()
+    assert not walprefetch.kick(policy, setup["config"], "main", None, None, NAME)
+
+
+def _hold_lock(spool: Path) -> int:
+    fd = os.open(spool / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+class _prefetcher_running:
+    """The spool's lock held, as a running prefetcher holds it: nothing is started."""
+
+    def __init__(self, setup: dict[str, Any]) -> None:
+        self.spool = setup["data"] / SPOOL_DIR
+
+    def __enter__(self) -> None:
+        self.fd = _hold_lock(self.spool)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+# --- a hit imports no storage client ---------------------------------------------------------
+
+
+def test_a_spool_hit_imports_no_storage_client_nor_the_policy_loader(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """An S3 repository (never reached: a hit needs no request), a spooled segment: the
+    console's wal-fetch serves it without importing boto3, botocore or the policy loader."""
+    archive(setup, NAME)
+    assert prefetcher(setup).fetch_one(NAME) == "spooled"
+    s3_config = tmp_path / "s3.yaml"
+    s3_config.write_text(
+        "version: 1\n"
+        "repository: {kind: s3, bucket: b, endpoint_url: 'http://127.0.0.1:9'}\n"
+        "targets:\n  main:\n    connection: {host: db.internal}\n"
+    )
+    spool = setup["data"] / SPOOL_DIR
+    identity = walprefetch.spool_identity(str(s3_config), "main", None)
+    manifest = walprefetch.manifest_bytes(identity, SYSID, SEG)
+    (spool / "manifest").write_bytes(manifest)
+    script = textwrap.dedent(
+        f"""\
+        import sys
+        from pgbackup.interface.wal_commands import wal_main
+        rc = wal_main(["wal-fetch", "--config", {str(s3_config)!r}, "--target", "main",
+                       "{NAME}", "pg_wal/RECOVERYXLOG"])
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore")
+                       or m in ("pgbackup.policy.loading", "pgbackup.storage", "json", "re"))
+        print(rc, heavy)
+        """
+    )
+    with _prefetcher_running(setup):
+        proc = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=setup["data"],
+            capture_output=True,
+            text=True,
+            env={**os.environ},
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0 []", proc.stdout + proc.stderr
+    assert (setup["data"] / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment(NAME)
