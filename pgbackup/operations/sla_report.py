@@ -50,58 +50,22 @@ def build_report(
     ``timeline``: also draw up the recoverability timeline (which reads every upload
     destination); the exporter reads those on their own and leaves it out."""
     from pgbackup.engine.inventory import recoverable_window
-    from pgbackup.engine.wal import is_wal_name
-    from pgbackup.operations.monitor import drill_records
 
     now = now or datetime.now(UTC)
     start = now - timedelta(seconds=since)
-
-    def in_period(rec: dict[str, Any], *keys: str) -> bool:
-        for k in keys:
-            t = parse_timestamp(rec.get(k))
-            if t is not None:
-                return t >= start
-        return False
-
-    all_runs = list(repo.runs(target.name))
-    checks = [
-        r
-        for r in all_runs
-        if r.get("kind") == "check" and in_period(r, "checked_at", "recorded_at")
-    ]
-    verifies = [r for r in all_runs if r.get("kind") == "verify" and in_period(r, "recorded_at")]
-    backup_runs = [
-        r
-        for r in all_runs
-        if r.get("kind") == "backup" and in_period(r, "started_at", "recorded_at")
-    ]
-    drills = [d for d in drill_records(repo, target.name) if in_period(d, "started_at")]
-    complete = repo.complete_backups(target.name)
-    wal_times = []
-    for obj in repo.storage.list(f"{target.name}/wal/"):
-        name = obj.key.rsplit("/", 1)[-1][:24]
-        if is_wal_name(name) and obj.mtime >= start.timestamp():
-            wal_times.append(datetime.fromtimestamp(obj.mtime, UTC))
-    backup_times = [parse_timestamp(b.metadata.get("start_time")) for b in complete]
-    backup_times += [
-        parse_timestamp(r.get("started_at")) for r in backup_runs if r.get("status") == "ok"
-    ]
-    times = sorted({t for t in backup_times if t is not None})
-    firsts = [
-        t
-        for t in [*(parse_timestamp(r.get("recorded_at")) for r in all_runs), *times]
-        if t is not None
-    ]
-    first_seen = min(firsts) if firsts else None
+    ev = Evidence(repo, target.name, start)
+    complete = ev.complete
+    times = ev.backup_times()
+    first_seen = ev.first_seen(times)
     period_start = max(start, first_seen) if first_seen else start
     database_bytes = next(
-        (float(c["database_bytes"]) for c in reversed(checks) if c.get("database_bytes")),
+        (float(c["database_bytes"]) for c in reversed(ev.checks) if c.get("database_bytes")),
         full_backup_bytes(complete),
     )
     window = recoverable_window(repo, policy, target.name) if complete else {}
     sections = {
-        "rpo": rpo_section(policy.sla.rpo, checks, wal_times),
-        "rto": rto_section(policy.sla.rto, drills, database_bytes, chain_increments(complete)),
+        "rpo": rpo_section(policy.sla.rpo, ev.checks, ev.wal_times()),
+        "rto": rto_section(policy.sla.rto, ev.drills, database_bytes, chain_increments(complete)),
         "backups": frequency_section(policy.schedules.get("backup"), times, period_start, now),
         "retention": retention_section(
             policy.retention.days,
@@ -110,8 +74,8 @@ def build_report(
             len(complete),
             now,
         ),
-        "verification": outcomes_section(verifies, drills),
-        "archive": archive_section(window, checks),
+        "verification": outcomes_section(ev.verifies, ev.drills),
+        "archive": archive_section(window, ev.checks),
     }
     verdict, reasons = overall(sections)
     recoverability = None
@@ -119,7 +83,7 @@ def build_report(
         from pgbackup.operations.recoverability import build_timeline
 
         recoverability = build_timeline(
-            policy, repo, target.name, start, now, window=window or None, drills=drills
+            policy, repo, target.name, start, now, window=window or None, drills=ev.drills
         )
     return {
         "target": target.name,
@@ -131,7 +95,79 @@ def build_report(
         "sections": sections,
         "window": window,
         "timeline": recoverability,
-        "series": {
+        "series": ev.series(),
+    }
+
+
+class Evidence:
+    """What the repository holds of one target since ``start``: the recorded runs (check,
+    verify, backup), the drills, the complete backups and the archived WAL."""
+
+    def __init__(self, repo: Any, target: str, start: datetime) -> None:
+        from pgbackup.operations.monitor import drill_records
+
+        self.repo = repo
+        self.target = target
+        self.start = start
+        self.all_runs = list(repo.runs(target))
+        runs = self.all_runs
+        self.checks = [
+            r
+            for r in runs
+            if r.get("kind") == "check" and self.in_period(r, "checked_at", "recorded_at")
+        ]
+        self.verifies = [
+            r for r in runs if r.get("kind") == "verify" and self.in_period(r, "recorded_at")
+        ]
+        self.backup_runs = [
+            r
+            for r in runs
+            if r.get("kind") == "backup" and self.in_period(r, "started_at", "recorded_at")
+        ]
+        self.drills = [d for d in drill_records(repo, target) if self.in_period(d, "started_at")]
+        self.complete = repo.complete_backups(target)
+
+    def in_period(self, rec: dict[str, Any], *keys: str) -> bool:
+        """The record's first time of ``keys`` is in the period (no time: not in it)."""
+        for k in keys:
+            t = parse_timestamp(rec.get(k))
+            if t is not None:
+                return t >= self.start
+        return False
+
+    def wal_times(self) -> list[datetime]:
+        """When each WAL segment archived in the period arrived."""
+        from pgbackup.engine.wal import is_wal_name
+
+        out = []
+        for obj in self.repo.storage.list(f"{self.target}/wal/"):
+            name = obj.key.rsplit("/", 1)[-1][:24]
+            if is_wal_name(name) and obj.mtime >= self.start.timestamp():
+                out.append(datetime.fromtimestamp(obj.mtime, UTC))
+        return out
+
+    def backup_times(self) -> list[datetime]:
+        """When each backup started: the complete ones, and the runs that succeeded."""
+        times = [parse_timestamp(b.metadata.get("start_time")) for b in self.complete]
+        times += [
+            parse_timestamp(r.get("started_at"))
+            for r in self.backup_runs
+            if r.get("status") == "ok"
+        ]
+        return sorted({t for t in times if t is not None})
+
+    def first_seen(self, times: list[datetime]) -> datetime | None:
+        """The first time pgbackup recorded anything of the target."""
+        firsts = [
+            t
+            for t in [*(parse_timestamp(r.get("recorded_at")) for r in self.all_runs), *times]
+            if t is not None
+        ]
+        return min(firsts) if firsts else None
+
+    def series(self) -> dict[str, list[dict[str, Any]]]:
+        """The backups and drills of the period, as the charts draw them."""
+        return {
             "backups": [
                 {
                     "backup_id": b.backup_id,
@@ -140,8 +176,8 @@ def build_report(
                     "stored_bytes": b.metadata.get("stored_bytes"),
                     "raw_bytes": b.metadata.get("raw_bytes"),
                 }
-                for b in complete
-                if in_period(b.metadata, "start_time")
+                for b in self.complete
+                if self.in_period(b.metadata, "start_time")
             ],
             "drills": [
                 {
@@ -149,10 +185,9 @@ def build_report(
                     "rto_seconds": d.get("rto_seconds"),
                     "status": d.get("status"),
                 }
-                for d in drills
+                for d in self.drills
             ],
-        },
-    }
+        }
 
 
 def build_reports(policy: Any, repo: Any, targets: list[Any], since: int) -> dict[str, Any]:
