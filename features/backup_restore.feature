@@ -33,7 +33,7 @@ Feature: Base backups restore to exactly the data at backup time
 
   Scenario: A backup the server compresses with zstd workers round-trips
     Given a sandbox cluster with sample data
-    And the policy compresses with zstd on 2 server workers
+    And the policy compresses on 2 server workers with zstd
     When I take a backup
     And I record the table checksums
     And I change data in the source

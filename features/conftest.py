@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +15,18 @@ from typing import Any
 
 import pytest
 from harness import (  # noqa: F401 (fixture, hook)
+    PGBACKUP,
     Harness,
     batches_in,
+    check_lost_commits,
     commit_batches,
+    do_restore,
     harness_fixture,
     pytest_runtest_makereport,
     restore_and_start,
+    restore_args,
     restore_to_time,
+    stop_archiving,
     switch_and_wait_archived,
 )
 from providers import (  # noqa: F401 (option, hook, fixture)
@@ -91,6 +98,11 @@ def policy_compression(h: Harness, method: str) -> None:
     h.write_policy()
 
 
+@given("the source does not archive WAL")
+def no_archiving(h: Harness) -> None:
+    stop_archiving(h)
+
+
 # --- when -------------------------------------------------------------------------------
 
 
@@ -122,6 +134,49 @@ def change_data(h: Harness, ctx: dict[str, Any]) -> None:
 @when("I restore the latest backup into a new directory and start it")
 def restore_latest(h: Harness, ctx: dict[str, Any]) -> None:
     restore_and_start(h, ctx, h.root / "restored", "--backup", "latest")
+
+
+@when("I take a backup expecting failure")
+def backup_fails(h: Harness) -> None:
+    h.run("backup", expect_ok=False)
+
+
+@when("I verify the latest backup expecting failure")
+def verify_fails(h: Harness) -> None:
+    h.run("verify", "--backup", "latest", expect_ok=False)
+
+
+@when("I run cleanup")
+def run_cleanup(h: Harness) -> None:
+    h.run("cleanup")
+
+
+@when(parsers.re(r'I run "(?P<command>[^"]+)"( again)?$'))
+def run_command(h: Harness, command: str) -> None:
+    h.run(*command.split())
+
+
+@when(parsers.re(r'I run "(?P<command>[^"]+)" expecting failure$'))
+def run_failing(h: Harness, command: str) -> None:
+    h.run(*command.split(), expect_ok=False)
+
+
+@given("a drill ran")
+@when("I run a drill that passes")
+def drill_ran(h: Harness, ctx: dict[str, Any]) -> None:
+    ctx["drill"] = h.json("drill")["platform"]
+    assert ctx["drill"]["status"] == "ok", ctx["drill"]
+
+
+@when("the local repository is lost")
+def lose_local(h: Harness) -> None:
+    os.rename(h.repo / "platform", h.root / "lost-repository")
+    assert not (h.repo / "platform" / "base").exists()
+
+
+@when("I restore the latest point from the repository and start it")
+def restore_latest_point(h: Harness, ctx: dict[str, Any]) -> None:
+    restore_and_start(h, ctx, h.root / "restored", "--target", "latest")
 
 
 # --- then -------------------------------------------------------------------------------
@@ -167,7 +222,19 @@ def fails_saying(h: Harness, text: str) -> None:
     assert "Traceback" not in output
 
 
-# --- point-in-time recovery steps (pitr.feature, timelines.feature) -------------------
+@then("the push succeeds")
+def push_ok(h: Harness) -> None:
+    assert h.last is not None and h.last.returncode == 0, h.last.stderr if h.last else None
+
+
+@then(parsers.parse("the restored server holds batches 1 to {n:d}"))
+def holds(h: Harness, ctx: dict[str, Any], n: int) -> None:
+    # container_image.feature: batches 3 and 4 are only in the .partial the container
+    # stored (archiving is off)
+    assert batches_in(h, ctx) == list(range(1, n + 1))
+
+
+# --- point-in-time recovery (pitr, timelines, incremental features) ----------------------
 
 
 @given(
@@ -192,9 +259,101 @@ def wal_continuous(h: Harness) -> None:
     assert out["platform"]["wal"]["segments"] >= 2
 
 
+@when(parsers.parse("I restore to the {kind} target recorded after batch {n:d}"))
+def restore_to(h: Harness, ctx: dict[str, Any], kind: str, n: int) -> None:
+    point = ctx["points"][n - 1] if n else None
+    do_restore(h, ctx, restore_args(kind, point))
+
+
 @when("I restore to the recorded time into a new directory and start it")
 def restore_pitr(h: Harness, ctx: dict[str, Any]) -> None:
     restore_to_time(h, ctx)
+
+
+# --- wal-receive (wal_receiver.feature, wal_ship.feature) -------------------------------
+
+
+@when("the receiver is started")
+def start_receiver(h: Harness, ctx: dict[str, Any], wal_receivers: list[Any]) -> None:
+    proc = subprocess.Popen(
+        [PGBACKUP, "--config", str(h.config), "wal-receive", "--target", "platform"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=h.env,
+        cwd=h.root,
+    )
+    wal_receivers.append(proc)
+    ctx["receiver"] = proc
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("streaming platform on slot"), (
+        line,
+        proc.stderr.read() if proc.poll() is not None else "",
+    )
+    cluster = h.sandbox()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if cluster.sql(
+            f"SELECT active FROM pg_replication_slots WHERE slot_name = '{ctx['slot']}'"
+        ) == [(True,)]:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the receiver never became active on its slot")
+
+
+def _commit_stream(h: Harness, acked: list[tuple[int, float]], stop: threading.Event) -> None:
+    cluster = h.sandbox()
+    cluster.sql("CREATE TABLE stream_log (n int PRIMARY KEY)", dbname="platform")
+    try:
+        with cluster.connect("platform") as conn:
+            conn.autocommit = True
+            n = 0
+            while not stop.is_set():
+                n += 1
+                conn.execute("INSERT INTO stream_log VALUES (%s)", (n,))
+                acked.append((n, time.monotonic()))
+    except Exception:  # the server was killed under it: the point of the scenario
+        pass
+
+
+@when(
+    parsers.parse(
+        "single-row commits stream for {seconds:d} seconds, then the primary and the receiver are killed"
+    )
+)
+def crash(h: Harness, ctx: dict[str, Any], seconds: int) -> None:
+    crash_primary(h, ctx, seconds, kill_receiver=True)
+
+
+@when(
+    parsers.parse("single-row commits stream for {seconds:d} seconds, then the primary is killed")
+)
+def crash_primary(
+    h: Harness, ctx: dict[str, Any], seconds: int, kill_receiver: bool = False
+) -> None:
+    acked: list[tuple[int, float]] = []
+    stop = threading.Event()
+    writer = threading.Thread(target=_commit_stream, args=(h, acked, stop))
+    writer.start()
+    time.sleep(seconds)
+    h.sandbox().stop("immediate")  # pg_ctl stop -m immediate: no shutdown checkpoint
+    if kill_receiver:
+        ctx["receiver"].kill()  # and nothing is flushed after the crash either
+        ctx["receiver"].wait()
+    stop.set()
+    writer.join(30)
+    assert len(acked) > 100, f"only {len(acked)} commits in {seconds}s"
+    ctx["acked"] = acked
+
+
+@then(
+    parsers.parse(
+        "every recovered commit was acknowledged and at most {bound:d} seconds of commits are lost"
+    )
+)
+def lost_commits(h: Harness, ctx: dict[str, Any], bound: int) -> None:
+    check_lost_commits(h, ctx, bound)
 
 
 # --- Docker (drill.feature, container_image.feature) -----------------------------------

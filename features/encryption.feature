@@ -10,7 +10,7 @@ Feature: Encryption at rest with age
   Scenario: An encrypted backup restores with the key, point-in-time recovery included
     Given a sandbox cluster with sample data
     When I take a backup
-    And I change data, record the checksums and a recovery time, then change more data
+    And I add rows, record the checksums and a recovery time, then delete rows
     And I restore to the recorded time into a new directory and start it
     Then the restored tables have the recorded checksums
     And every stored base backup and WAL file is in age format

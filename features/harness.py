@@ -334,3 +334,32 @@ def restore_to_time(h: Harness, ctx: dict[str, Any], *extra: str) -> None:
     restore_and_start(
         h, ctx, h.root / "restored", *extra, "--target-time", ctx["recovery_time"].isoformat()
     )
+
+
+# --- wal-receive (wal_receiver.feature, wal_ship.feature, container_image.feature) ------
+
+
+def stop_archiving(h: Harness) -> None:
+    """The source streams its WAL only: archive_mode off (a restart)."""
+    cluster = h.sandbox()
+    cluster.sql("ALTER SYSTEM SET archive_mode = off")
+    cluster.stop()
+    cluster.start()
+    assert cluster.sql("SHOW archive_mode")[0][0] == "off"
+
+
+def check_lost_commits(h: Harness, ctx: dict[str, Any], bound: int) -> None:
+    """The restored server holds every commit up to the last acknowledged one (or the one
+    in flight), and what is lost is at most ``bound`` seconds of commits."""
+    cluster = h.track(*ctx["restored"])
+    count, highest = cluster.sql("SELECT count(*), max(n) FROM stream_log", dbname="platform")[0]
+    acked = dict(ctx["acked"])
+    last_acked = max(acked)
+    assert highest is not None and count == highest  # no hole: every commit up to it
+    assert highest <= last_acked + 1  # at most the one in flight when the server died
+    lost = max(0, last_acked - highest)
+    lost_seconds = acked[last_acked] - acked[min(highest, last_acked)]
+    print(
+        f"commits acknowledged {last_acked}, recovered {highest}, lost {lost} ({lost_seconds:.2f} s)"
+    )
+    assert lost_seconds <= bound, (lost, lost_seconds)

@@ -13,7 +13,7 @@ Feature: The SLA report shows to what points in time a target can be restored
     And 1 WAL segment was written and archived
     And a drill ran
     When the second archived segment after the first backup is deleted
-    And I write the SLA report as HTML
+    And I write the SLA report as HTML and open it in headless Chromium
     Then the page is one file that fetches nothing
     And headless Chromium shows the timeline with one mark per backup
     And it shows one red gap, between the two backups' marks

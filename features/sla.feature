@@ -7,7 +7,7 @@ Feature: SLA compliance is proven from measured evidence
     Given a policy with rto 1h and rpo 12s that alerts a local SMTP server and a local webhook
     And a sandbox cluster with sample data
     And a backup was taken
-    When I run a drill
+    When I run a drill that passes
     And I run the check
     Then the check says OK
     And the SLA report is COMPLIANT with the drill's measured RTO
@@ -32,7 +32,7 @@ Feature: SLA compliance is proven from measured evidence
   Scenario: The HTML report renders in a headless browser
     Given a sandbox cluster with sample data
     And a backup was taken
-    When I run a drill
+    When I run a drill that passes
     And I write the SLA report as HTML
     Then the HTML report has inline SVG charts and no scripts
     And headless Chromium renders it to a non-trivial PNG

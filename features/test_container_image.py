@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import Harness, batches_in, commit_batches, restore_and_start
+from harness import Harness, commit_batches
 from providers import docker_image
 from pytest_bdd import given, parsers, scenarios, then, when
 
@@ -77,13 +77,6 @@ def containers() -> Iterator[list[str]]:
     yield names
     for name in names:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120)
-
-
-@given("the source does not archive WAL")
-def no_archiving(h: Harness) -> None:
-    import test_wal_receiver as receiver
-
-    receiver.no_archiving(h)
 
 
 @when(parsers.parse('wal-receive runs in a pgbackup container on slot "{slot}"'))
@@ -169,14 +162,3 @@ def container_stops(ctx: dict[str, Any]) -> None:
     logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
     assert code == "0", (code, logs.stdout, logs.stderr)
     assert "stopped:" in logs.stdout and "Traceback" not in logs.stderr, logs
-
-
-@when("I restore the latest point from the repository and start it")
-def restore_latest_point(h: Harness, ctx: dict[str, Any]) -> None:
-    restore_and_start(h, ctx, h.root / "restored", "--target", "latest")
-
-
-@then(parsers.parse("the restored server holds batches 1 to {n:d}"))
-def holds(h: Harness, ctx: dict[str, Any], n: int) -> None:
-    # batches 3 and 4 are only in the .partial the container stored (archiving is off)
-    assert batches_in(h, ctx) == list(range(1, n + 1))

@@ -30,7 +30,7 @@ def late_rows_checks(h: Harness) -> None:
     h.write_policy()
 
 
-@when("I run a drill")
+@when("I run a drill that checks the late rows")
 def run_drill(h: Harness, ctx: dict[str, Any]) -> None:
     late_rows_checks(h)
     ctx["drill"] = h.json("drill")["platform"]

@@ -68,11 +68,6 @@ def it_is(h: Harness, when: str) -> None:
     h.env["PGBACKUP_NOW"] = when
 
 
-@when("I run cleanup")
-def run_cleanup(h: Harness) -> None:
-    h.run("cleanup")
-
-
 @when("I run cleanup with --dry-run")
 def run_dry(h: Harness, ctx: dict[str, Any]) -> None:
     ctx["plan"] = json.loads(h.run("cleanup", "--dry-run", "--json").stdout)

@@ -15,7 +15,6 @@ from harness import (
     commit_batches,
     do_restore,
     restore_and_start,
-    restore_args,
     switch_and_wait_archived,
 )
 from pytest_bdd import given, parsers, scenarios, then, when
@@ -146,11 +145,6 @@ def combined(ctx: dict[str, Any], pg_major: int) -> None:
     ]
     assert shared == []
     assert not list(directory.parent.glob(".pgbackup-combine-*"))
-
-
-@when("I restore to the time target recorded after batch 2")
-def restore_time(h: Harness, ctx: dict[str, Any]) -> None:
-    do_restore(h, ctx, restore_args("time", ctx["points"][1]))
 
 
 @then("the restore started from the middle incremental")

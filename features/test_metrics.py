@@ -99,12 +99,6 @@ def verified(h: Harness) -> None:
     h.run("verify", "--backup", "all")
 
 
-@given("a drill ran")
-def drill_ran(h: Harness, ctx: dict[str, Any]) -> None:
-    ctx["drill"] = h.json("drill")["platform"]
-    assert ctx["drill"]["status"] == "ok", ctx["drill"]
-
-
 @when(parsers.parse("I start the exporter with an interval of {interval}"))
 def start_with_interval(
     h: Harness, ctx: dict[str, Any], exporters: list[Exporter], interval: str

@@ -11,12 +11,6 @@ from pytest_bdd import parsers, scenarios, then, when
 scenarios("pitr.feature")
 
 
-@when(parsers.parse("I restore to the {kind} target recorded after batch {n:d}"))
-def restore_to(h: Harness, ctx: dict[str, Any], kind: str, n: int) -> None:
-    point = ctx["points"][n - 1] if n else None
-    do_restore(h, ctx, restore_args(kind, point))
-
-
 @when("I restore to the latest archived point")
 def restore_latest(h: Harness, ctx: dict[str, Any]) -> None:
     do_restore(h, ctx, restore_args("latest", None))

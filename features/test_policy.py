@@ -60,11 +60,6 @@ def literal_password(h: Harness) -> None:
     h.write_policy()
 
 
-@when(parsers.parse('I run "{command}" expecting failure'))
-def run_failing(h: Harness, command: str) -> None:
-    h.run(command, expect_ok=False)
-
-
 @then("nothing was written to the repository")
 def repo_untouched(h: Harness) -> None:
     assert not h.repo.exists() or not any(h.repo.rglob("*")), list(h.repo.rglob("*"))

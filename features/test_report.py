@@ -114,12 +114,6 @@ def uploads(h: Harness) -> None:
     h.write_policy()
 
 
-@given("a drill ran")
-def drill_ran(h: Harness, ctx: dict[str, Any]) -> None:
-    ctx["drill"] = h.json("drill")["platform"]
-    assert ctx["drill"]["status"] == "ok", ctx["drill"]
-
-
 @when("the second archived segment after the first backup is deleted")
 def delete_segment(h: Harness, ctx: dict[str, Any]) -> None:
     first = h.backups()[0]
@@ -132,7 +126,7 @@ def delete_segment(h: Harness, ctx: dict[str, Any]) -> None:
     ctx["victim"] = victim
 
 
-@when("I write the SLA report as HTML")
+@when("I write the SLA report as HTML and open it in headless Chromium")
 def write_html(h: Harness, ctx: dict[str, Any]) -> None:
     out = h.root / "report.html"
     h.run("sla-report", "--format", "html", "--output", str(out))

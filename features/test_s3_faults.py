@@ -230,16 +230,6 @@ def healthy(ctx: dict[str, Any]) -> None:
     ctx["proxy"].enabled = False
 
 
-@when("I take a backup expecting failure")
-def backup_fails(h: Harness) -> None:
-    h.run("backup", expect_ok=False)
-
-
-@when("I run cleanup")
-def cleanup(h: Harness) -> None:
-    h.run("cleanup")
-
-
 @then("the failed backup's base.tar is left in the bucket without metadata.json")
 def leftover(ctx: dict[str, Any]) -> None:
     keys = bucket_keys(ctx)

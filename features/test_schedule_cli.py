@@ -49,12 +49,6 @@ def foreign_line(h: Harness, ctx: dict[str, Any], user: str) -> None:
     h.write_policy()
 
 
-@when(parsers.re(r'I run "(?P<command>[^"]+)"( again)?$'))
-def run_cli(h: Harness, ctx: dict[str, Any], command: str) -> None:
-    ctx["before"] = crontab(ctx["user"])
-    h.run(*command.split())
-
-
 @then("the crontab holds one tagged pgbackup line per schedule and the foreign line")
 def tagged_lines(h: Harness, ctx: dict[str, Any]) -> None:
     lines = crontab(ctx["user"])

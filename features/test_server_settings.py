@@ -38,16 +38,6 @@ def plan_cron(h: Harness, ctx: dict[str, Any], expr: str) -> None:
     assert f"--config {h.config} backup" in lines[0]
 
 
-@when(parsers.re(r'I run "(?P<command>[^"]+)"$'))
-def run_command(h: Harness, command: str) -> None:
-    h.run(*command.split())
-
-
-@when(parsers.re(r'I run "(?P<command>[^"]+)" expecting failure$'))
-def run_failing(h: Harness, command: str) -> None:
-    h.run(*command.split(), expect_ok=False)
-
-
 @then(parsers.parse('the output says "{text}"'))
 def output_says(h: Harness, text: str) -> None:
     assert h.last is not None and text in h.last.stdout + h.last.stderr

@@ -52,12 +52,6 @@ def drill_expect(h: Harness, expect: str) -> None:
     h.write_policy()
 
 
-@when("I run a drill")
-def run_drill(h: Harness, ctx: dict[str, Any]) -> None:
-    ctx["drill"] = h.json("drill")["platform"]
-    assert ctx["drill"]["status"] == "ok", ctx["drill"]
-
-
 @when("I run a drill that is expected to fail")
 def run_failing_drill(h: Harness, ctx: dict[str, Any]) -> None:
     proc = h.run("drill", expect_ok=False)

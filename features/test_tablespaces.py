@@ -195,7 +195,7 @@ def replayed_original(ctx: dict[str, Any], name: str, rows: int, name2: str) -> 
     assert any(ctx["locations"][name2].iterdir())
 
 
-@when("I run a drill")
+@when("I run a drill that counts the rows in the tablespace")
 def drill(h: Harness, ctx: dict[str, Any]) -> None:
     location: Path = ctx["locations"]["extra"]
     ctx["before"] = sorted(str(p.relative_to(location)) for p in location.rglob("*"))

@@ -42,11 +42,6 @@ def flip_middle(h: Harness, name: str) -> None:
     flip_byte(path, path.stat().st_size // 2)
 
 
-@when("I verify the latest backup expecting failure")
-def verify_fails(h: Harness) -> None:
-    h.run("verify", "--backup", "latest", expect_ok=False)
-
-
 @when(parsers.parse('I flip one byte inside the stored file of table "{table}"'))
 def flip_table_file(h: Harness, ctx: dict[str, Any], table: str) -> None:
     cluster = h.sandbox()

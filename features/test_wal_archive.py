@@ -47,11 +47,6 @@ def push_again(h: Harness, ctx: dict[str, Any]) -> None:
     push(h, ctx["segment"])
 
 
-@then("the push succeeds")
-def push_ok(h: Harness) -> None:
-    assert h.last is not None and h.last.returncode == 0, h.last.stderr if h.last else None
-
-
 @then("the archived copy is unchanged")
 def unchanged(h: Harness, ctx: dict[str, Any]) -> None:
     after = snapshot(h)

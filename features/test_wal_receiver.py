@@ -5,24 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import threading
 import time
 from typing import Any
 
-from harness import PGBACKUP, Harness, batches_in, commit_batches, restore_and_start
+from harness import Harness, batches_in, commit_batches, restore_and_start
 from pytest_bdd import given, parsers, scenarios, then, when
 
 scenarios("wal_receiver.feature")
-
-
-@given("the source does not archive WAL")
-def no_archiving(h: Harness) -> None:
-    cluster = h.sandbox()
-    cluster.sql("ALTER SYSTEM SET archive_mode = off")
-    cluster.stop()
-    cluster.start()
-    assert cluster.sql("SHOW archive_mode")[0][0] == "off"
 
 
 @given(parsers.parse('the target streams WAL to the repository on slot "{slot}"'))
@@ -33,35 +22,6 @@ def streams(h: Harness, ctx: dict[str, Any], slot: str) -> None:
     }
     h.write_policy()
     ctx["slot"] = slot
-
-
-@when("the receiver is started")
-def start_receiver(h: Harness, ctx: dict[str, Any], wal_receivers: list[Any]) -> None:
-    proc = subprocess.Popen(
-        [PGBACKUP, "--config", str(h.config), "wal-receive", "--target", "platform"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=h.env,
-        cwd=h.root,
-    )
-    wal_receivers.append(proc)
-    ctx["receiver"] = proc
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("streaming platform on slot"), (
-        line,
-        proc.stderr.read() if proc.poll() is not None else "",
-    )
-    cluster = h.sandbox()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if cluster.sql(
-            f"SELECT active FROM pg_replication_slots WHERE slot_name = '{ctx['slot']}'"
-        ) == [(True,)]:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the receiver never became active on its slot")
 
 
 @when(parsers.parse("{n:d} batches are committed"))
@@ -79,79 +39,9 @@ def pitr_from_stream(h: Harness, ctx: dict[str, Any], k: int, k2: int) -> None:
     h.track(*ctx["restored"]).stop("immediate")
 
 
-def _commit_stream(h: Harness, acked: list[tuple[int, float]], stop: threading.Event) -> None:
-    cluster = h.sandbox()
-    cluster.sql("CREATE TABLE stream_log (n int PRIMARY KEY)", dbname="platform")
-    try:
-        with cluster.connect("platform") as conn:
-            conn.autocommit = True
-            n = 0
-            while not stop.is_set():
-                n += 1
-                conn.execute("INSERT INTO stream_log VALUES (%s)", (n,))
-                acked.append((n, time.monotonic()))
-    except Exception:  # the server was killed under it: the point of the scenario
-        pass
-
-
-@when(
-    parsers.parse(
-        "single-row commits stream for {seconds:d} seconds, then the primary and the receiver are killed"
-    )
-)
-def crash(h: Harness, ctx: dict[str, Any], seconds: int) -> None:
-    crash_primary(h, ctx, seconds, kill_receiver=True)
-
-
-@when(
-    parsers.parse("single-row commits stream for {seconds:d} seconds, then the primary is killed")
-)
-def crash_primary(
-    h: Harness, ctx: dict[str, Any], seconds: int, kill_receiver: bool = False
-) -> None:
-    acked: list[tuple[int, float]] = []
-    stop = threading.Event()
-    writer = threading.Thread(target=_commit_stream, args=(h, acked, stop))
-    writer.start()
-    time.sleep(seconds)
-    h.sandbox().stop("immediate")  # pg_ctl stop -m immediate: no shutdown checkpoint
-    if kill_receiver:
-        ctx["receiver"].kill()  # and nothing is flushed after the crash either
-        ctx["receiver"].wait()
-    stop.set()
-    writer.join(30)
-    assert len(acked) > 100, f"only {len(acked)} commits in {seconds}s"
-    ctx["acked"] = acked
-
-
 @when("the primary's data directory is discarded")
 def discard(h: Harness) -> None:
     shutil.rmtree(h.sandbox().data_dir)
-
-
-@when("I restore the latest point from the repository and start it")
-def restore_latest_point(h: Harness, ctx: dict[str, Any]) -> None:
-    restore_and_start(h, ctx, h.root / "restored", "--target", "latest")
-
-
-@then(
-    parsers.parse(
-        "every recovered commit was acknowledged and at most {bound:d} seconds of commits are lost"
-    )
-)
-def lost_commits(h: Harness, ctx: dict[str, Any], bound: int) -> None:
-    cluster = h.track(*ctx["restored"])
-    count, highest = cluster.sql("SELECT count(*), max(n) FROM stream_log", dbname="platform")[0]
-    acked = dict(ctx["acked"])
-    last_acked = max(acked)
-    assert highest is not None and count == highest  # no hole: every commit up to it
-    assert highest <= last_acked + 1  # at most the one in flight when the server died
-    lost = max(0, last_acked - highest)
-    lost_seconds = acked[last_acked] - acked[min(highest, last_acked)]
-    print(
-        f"commits acknowledged {last_acked}, recovered {highest}, lost {lost} ({lost_seconds:.2f} s)"
-    )
-    assert lost_seconds <= bound, (lost, lost_seconds)
 
 
 @when("the receiver is killed with SIGKILL")
@@ -265,7 +155,7 @@ def _check(h: Harness, name: str) -> dict[str, Any]:
 SEVERITY = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
 
 
-@then(parsers.parse('check reports "{name}" {status} with "{text}"'))
+@then(parsers.parse('check reports "{name}" {status} with "{text}" within 20 seconds'))
 def check_reports(h: Harness, name: str, status: str, text: str) -> None:
     deadline = time.monotonic() + 20  # the slot turns inactive once pg_receivewal has gone
     while True:

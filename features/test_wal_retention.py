@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness import Harness, commit_batches, do_restore, switch_and_wait_archived
-from pytest_bdd import given, parsers, scenarios, then, when
+from pytest_bdd import given, parsers, scenarios, then
 
 from pgbackup.formats.lsn import parse_lsn, parse_segment_name, segment_name
 
@@ -31,11 +31,6 @@ def keep_newest(h: Harness, ctx: dict[str, Any]) -> None:
     h.write_policy()
     ctx["before_segments"] = segments(h)
     ctx["kept"] = h.backups()[-1]
-
-
-@when("I run cleanup")
-def cleanup(h: Harness) -> None:
-    h.run("cleanup")
 
 
 @then("the older backup is gone")

@@ -45,15 +45,15 @@ Feature: WAL streamed into the repository as it is written (wal-receive)
     Then plan shows the receiver's command and recommends max_slot_wal_keep_size
     When the receiver is started
     And I take a backup
-    Then check reports "wal_receiver" OK with "streaming on 'pgbackup_platform'"
+    Then check reports "wal_receiver" OK with "streaming on 'pgbackup_platform'" within 20 seconds
     When the receiver is killed with SIGKILL
-    Then check reports "wal_receiver" CRITICAL with "wal-receive is not running"
+    Then check reports "wal_receiver" CRITICAL with "wal-receive is not running" within 20 seconds
     When the server writes 4 WAL segments while no receiver runs
-    Then check reports "wal_receiver_slot" at least WARNING with "before PostgreSQL invalidates it"
+    Then check reports "wal_receiver_slot" at least WARNING with "before PostgreSQL invalidates it" within 20 seconds
     When a slot "removed_target" is left behind
-    Then check reports "stray_slots" at least WARNING with "removed_target holds"
+    Then check reports "stray_slots" at least WARNING with "removed_target holds" within 20 seconds
     When the slot "pgbackup_platform" is dropped
-    Then check reports "wal_receiver" CRITICAL with "does not exist (dropped?)"
+    Then check reports "wal_receiver" CRITICAL with "does not exist (dropped?)" within 20 seconds
 
   Scenario: Synchronous mode: a crash of the primary loses no acknowledged commit
     Given a sandbox cluster with sample data

@@ -10,7 +10,7 @@ Feature: WAL off-site as it is archived (wal-ship)
     And a sandbox cluster with sample data
     When I take a backup
     And wal-ship is started
-    And 4 batches are committed, each closing a WAL segment
+    And 4 batches are committed, each closing a WAL segment whose shipping is timed
     Then every archived WAL file was at "offsite" within 5 seconds of its archiving
     And check reports "offsite_wal:offsite" OK with "offsite holds every archived WAL file"
     And list shows at "offsite" the repository's recoverable window, 0 seconds behind
@@ -30,8 +30,8 @@ Feature: WAL off-site as it is archived (wal-ship)
     When I take a backup
     And wal-ship is started
     And the destination "nas" goes down
-    And 3 batches are committed, each closing a WAL segment
-    Then PostgreSQL archived every segment without a failure
+    And 3 batches are committed, each closing a WAL segment whose shipping is timed
+    Then PostgreSQL archived every segment into the repository without a failure
     And check reports "offsite_wal:nas" CRITICAL with "nas unreachable"
     When the destination "nas" comes back
     Then every archived WAL file is at "nas" within 10 seconds
@@ -46,7 +46,7 @@ Feature: WAL off-site as it is archived (wal-ship)
     And the RPO objective is 4s
     And a sandbox cluster with sample data
     When I take a backup
-    And 2 batches are committed, each closing a WAL segment
+    And 2 batches are committed, each closing a WAL segment whose shipping is timed
     And 5 seconds pass
     Then check reports "offsite_wal:nas" CRITICAL with "behind (RPO 4s; run `pgbackup wal-ship`)"
     And the SLA report's RPO verdict is BREACHED, saying "host loss (restoring from an upload destination)"
@@ -81,4 +81,4 @@ Feature: WAL off-site as it is archived (wal-ship)
     And single-row commits stream for 3 seconds, then the primary and the receiver are killed
     And the local repository is lost
     And I restore from "nas" the latest point and start it
-    Then every recovered commit was acknowledged and at most 3 seconds of commits are lost
+    Then with the local repository still gone, every recovered commit was acknowledged and at most 3 seconds of commits are lost
