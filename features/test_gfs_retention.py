@@ -1,4 +1,4 @@
-"""Steps for retention.feature: real backup objects, cloned under dated ids."""
+"""Steps for gfs_retention.feature: real backup objects, cloned under dated ids."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from harness import Harness
 from pytest_bdd import given, parsers, scenarios, then, when
 
-scenarios("retention.feature")
+scenarios("gfs_retention.feature")
 
 
 def base_dir(h: Harness) -> Path:

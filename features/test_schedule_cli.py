@@ -1,4 +1,4 @@
-"""Steps for schedule.feature: the CLI against the real `crontab` command."""
+"""Steps for schedule_cli.feature: the CLI against the real `crontab` command."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs the crontab command (apt-get install cron) and root to edit a test user's crontab",
 )
 
-scenarios("schedule.feature")
+scenarios("schedule_cli.feature")
 
 FOREIGN = "17 3 * * * /usr/bin/true # someone else's job"
 

@@ -1,4 +1,4 @@
-"""Steps for sla.feature: real SMTP (aiosmtpd) and HTTP receivers on loopback."""
+"""Steps for sla_compliance.feature: real SMTP (aiosmtpd) and HTTP receivers on loopback."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from harness import Harness
 from pytest_bdd import given, parsers, scenarios, then, when
 from receivers import AlertReceivers
 
-scenarios("sla.feature")
+scenarios("sla_compliance.feature")
 
 
 @given(
