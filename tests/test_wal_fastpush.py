@@ -1,7 +1,7 @@
 """wal-push's fast path (engine/wal_fastpush) stores what the general path stores, is taken
 in the common case, leaves everything else to the general path having published nothing,
 and lets its own bugs surface. Its rules are shared modules (policyrules, formats.walpage,
-formats.codecbase, durable): tests/test_policyrules.py and tests/test_wal_magic.py."""
+formats.codecbase, durable): tests/test_policyrules.py and tests/test_walpage.py."""
 
 from __future__ import annotations
 
