@@ -216,4 +216,5 @@ def test_the_engine_modules_tests_are_named_after_them() -> None:
         "streamcompress",
         "wal_fastpush",
         "walasync",
+        "walprefetch",
     }, sorted(named)
