@@ -254,15 +254,7 @@ def check_chain(
     meta = info.metadata
     seg_size = int(meta.get("wal_segment_size", 16 * 1024 * 1024))
     reach = reachable(policy, repo.storage, target, meta, timeline)
-    expected: dict[str, Any] = {}
-    newest = reach.get("newest_segment")
-    if kind == "latest" and newest:
-        start = max(segment_start_lsn(newest, seg_size), parse_lsn(meta["stop_lsn"]))
-        expected = {"min_lsn": format_lsn(start), "why": f"the newest archived segment {newest}"}
-    elif kind == "immediate":
-        expected = {"min_lsn": meta["stop_lsn"], "why": f"the end of backup {info.backup_id}"}
-    elif kind == "lsn" and inclusive:
-        expected = {"min_lsn": format_lsn(value), "why": "the recovery target"}
+    expected = point_to_reach(info, kind, value, inclusive, reach.get("newest_segment"), seg_size)
     gap = reach.get("gap")
     if gap is None:
         return expected
@@ -271,55 +263,100 @@ def check_chain(
             int(meta["timeline"]), parse_lsn(meta["stop_lsn"]), seg_size
         )
         return expected
+    wanted, until = reach_before_gap(policy, repo, target, meta, kind, value, reach, seg_size)
+    if wanted is not None:
+        raise gap_error(target, info, reach, gap, wanted, seg_size)
+    expected["until"] = until
+    LOG.warning(
+        "the WAL archive of %r has a gap at %s; the recovery target lies before it "
+        "(in %s or earlier), so the restore goes on",
+        target,
+        gap,
+        until,
+    )
+    return expected
+
+
+def point_to_reach(
+    info: BackupInfo,
+    kind: str,
+    value: Any,
+    inclusive: bool,
+    newest: str | None,
+    seg_size: int,
+) -> dict[str, Any]:
+    """The point recovery must reach at least (``min_lsn``, and ``why`` in words), checked
+    once it has ended: the newest archived segment (latest), the backup's end
+    (immediate), the LSN asked for (inclusive); nothing for the others."""
+    meta = info.metadata
+    if kind == "latest" and newest:
+        start = max(segment_start_lsn(newest, seg_size), parse_lsn(meta["stop_lsn"]))
+        return {"min_lsn": format_lsn(start), "why": f"the newest archived segment {newest}"}
+    if kind == "immediate":
+        return {"min_lsn": meta["stop_lsn"], "why": f"the end of backup {info.backup_id}"}
+    if kind == "lsn" and inclusive:
+        return {"min_lsn": format_lsn(value), "why": "the recovery target"}
+    return {}
+
+
+def reach_before_gap(
+    policy: Any,
+    repo: Repository,
+    target: str,
+    meta: dict[str, Any],
+    kind: str,
+    value: Any,
+    reach: dict[str, Any],
+    seg_size: int,
+) -> tuple[str | None, str]:
+    """With a hole in the chain: (what of the target lies beyond it, in words; None when
+    it all lies before), and ``until``, the last segment the target needs.
+
+    wal-fetch must know how far the target needs WAL: PostgreSQL reads ahead
+    (recovery_prefetch) and asks for the missing file even when it stops before it."""
     last_lsn = reach.get("last_lsn") or meta["stop_lsn"]
     last_time = reach.get("last_commit_time")
     last_segment = reach.get("last_segment") or segment_name(
         int(meta["timeline"]), parse_lsn(meta["stop_lsn"]), seg_size
     )
-    wanted: str | None = None
-    # With a hole ahead, wal-fetch must know how far the target needs WAL: PostgreSQL
-    # reads ahead (recovery_prefetch) and asks for the missing file even when it stops
-    # before it. ``until`` is the last segment the target needs.
-    until = last_segment
     if kind == "latest":
-        wanted = f"the end of the archive ({newest})"
-    elif kind == "lsn":
+        return f"the end of the archive ({reach.get('newest_segment')})", last_segment
+    if kind == "lsn":
         if value > parse_lsn(last_lsn):
-            wanted = f"LSN {format_lsn(value)}"
-        else:
-            until = segment_name(int(reach["timeline"]), value, seg_size)
-    elif kind == "time":
+            return f"LSN {format_lsn(value)}", last_segment
+        return None, segment_name(int(reach["timeline"]), value, seg_size)
+    if kind == "time":
         # Recovery to a time stops at the first commit AFTER it; that commit must be
         # readable, so the last commit before the hole is itself out of reach.
         reachable_time = parse_iso(last_time) if last_time else None
         if reachable_time is None or value >= reachable_time:
-            wanted = value.isoformat(sep=" ")
-    else:  # xid, name: find the record in the WAL before the hole
-        from pgbackup.engine.walchain import locate_record
+            return value.isoformat(sep=" "), last_segment
+        return None, last_segment
+    # xid, name: find the record in the WAL before the hole
+    from pgbackup.engine.walchain import locate_record
 
-        found = locate_record(policy, repo.storage, target, meta, last_segment, kind, value)
-        if found is None:
-            wanted = f"{'transaction' if kind == 'xid' else 'restore point'} {value!r}"
-        else:
-            until = found
-    if wanted is None:
-        expected["until"] = until
-        LOG.warning(
-            "the WAL archive of %r has a gap at %s; the recovery target lies before it "
-            "(in %s or earlier), so the restore goes on",
-            target,
-            gap,
-            until,
-        )
-        return expected
+    found = locate_record(policy, repo.storage, target, meta, last_segment, kind, value)
+    if found is None:
+        return f"{'transaction' if kind == 'xid' else 'restore point'} {value!r}", last_segment
+    return None, found
+
+
+def gap_error(
+    target: str, info: BackupInfo, reach: dict[str, Any], gap: str, wanted: str, seg_size: int
+) -> RestoreError:
+    """The refusal of a recovery whose target lies beyond a hole in the WAL chain: the
+    last point that can be reached, and how to restore up to it or mend the hole."""
+    last_lsn = reach.get("last_lsn") or info.metadata["stop_lsn"]
+    last_time = reach.get("last_commit_time")
     reach_text = f"LSN {last_lsn} on timeline {reach['timeline']}"
     if last_time:
         reach_text += f" (last commit before it: {last_time})"
-    raise RestoreError(
+    return RestoreError(
         f"the WAL archive of {target!r} has a gap: {gap} is missing while later WAL is archived "
-        f"(up to {newest}); recovery from backup {info.backup_id} cannot get past it, so "
-        f"{wanted} cannot be reached. The last point that can be reached is {reach_text}. "
-        f"The segment at the gap starts at LSN {format_lsn(segment_start_lsn(gap, seg_size))}",
+        f"(up to {reach.get('newest_segment')}); recovery from backup {info.backup_id} cannot "
+        f"get past it, so {wanted} cannot be reached. The last point that can be reached is "
+        f"{reach_text}. The segment at the gap starts at LSN "
+        f"{format_lsn(segment_start_lsn(gap, seg_size))}",
         hint=f"to restore up to the gap explicitly: pgbackup restore --backup {info.backup_id} "
         f"--target-lsn {last_lsn} --to DIR; or put {gap} back into the archive (from an upload "
         "copy: --from NAME) and retry. Nothing was written",
@@ -335,10 +372,17 @@ def wait_for_recovery_end(
     before configured recovery target was reached"), unless the action was ``shutdown``
     and it stopped at the target. A recovery that ends short of ``expected["min_lsn"]``
     (the newest archived segment for ``latest``) is a failure too, with both points.
+    Either way wal-fetch's read-ahead is stopped and its spool removed
+    (engine/walprefetch), before a failed restore empties the directory.
     """
 
     def waiter(cluster: Any) -> dict[str, Any]:
-        info = wait(cluster)
+        from pgbackup.engine.walprefetch import end_read_ahead
+
+        try:
+            info = wait(cluster)
+        finally:  # recovery ended, paused or failed: no read-ahead left running or spooled
+            end_read_ahead(cluster.data_dir)
         reached = info.get("last_replay_lsn")
         minimum = (expected or {}).get("min_lsn")
         if expected and minimum and reached and parse_lsn(reached) < parse_lsn(minimum):
