@@ -326,3 +326,34 @@ def test_a_spool_hit_imports_no_storage_client_nor_the_policy_loader(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0 []", proc.stdout + proc.stderr
     assert (setup["data"] / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment(NAME)
+
+
+# --- a killed prefetcher, the end of recovery ------------------------------------------------
+
+
+def test_a_killed_prefetchers_temporary_files_are_removed_by_the_next(
+    setup: dict[str, Any],
+) -> None:
+    archive(setup, NAME)
+    assert prefetcher(setup).fetch_one(NAME) == "spooled"
+    spool = setup["data"] / SPOOL_DIR
+    (spool / f".tmp.{NAME}.12345").write_bytes(b"half a segment")
+    prefetcher(setup)  # the next one, same archive: keeps the verified files
+    assert sorted(os.listdir(spool)) == sorted(["manifest", spooled(str(spool))[NAME]])
+
+
+def test_the_end_of_recovery_removes_the_spool_and_kills_no_stranger(
+    setup: dict[str, Any],
+) -> None:
+    """A lock file naming a pid that holds no lock (a killed prefetcher's, reused since)
+    gets no signal; the spool goes."""
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        spool = setup["data"] / SPOOL_DIR
+        (spool / "lock").write_text(f"{stranger.pid}\n")
+        walprefetch.end_read_ahead(setup["data"], timeout=1)
+        assert not spool.exists()
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -435,12 +435,32 @@ def end_read_ahead(data_dir: str | os.PathLike[str], timeout: float = 10.0) -> N
 
 
 def _lock_holder(spool: str) -> int | None:
+    """The pid of the prefetcher holding the spool's lock (None: none holds it). The pid
+    written in the lock file is believed only while the lock is held and the process is
+    a prefetcher: a killed one's pid may belong to another process by now."""
+    import fcntl
+
     try:
-        with open(os.path.join(spool, LOCK), encoding="ascii") as f:
-            text = f.read().strip()
-    except (OSError, UnicodeDecodeError):
+        fd = os.open(os.path.join(spool, LOCK), os.O_RDONLY)
+    except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it
+        except BlockingIOError:
+            pass
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not text.isdigit():
+        return None
+    try:
+        with open(f"/proc/{text}/cmdline", "rb") as f:
+            mine = b"pgbackup.engine.walprefetch" in f.read()
+    except OSError:
+        return None
+    return int(text) if mine else None
 
 
 # --- the prefetcher -------------------------------------------------------------------------
@@ -690,7 +710,7 @@ def main(argv: list[str]) -> int:
     import signal
     import time
 
-    os.closerange(3, 256)  # nothing of the server's but the log on stderr
+    os.closerange(3, 65536)  # nothing of the server's but the log on stderr
     policy_path, target, source, until, data_dir = argv
     spool = os.path.join(data_dir, SPOOL_DIR)
     try:
