@@ -134,9 +134,7 @@ def restore_and_recover(
     """Restore (sparse where ``plan`` says) and recover the scratch cluster; returns what
     was restored, the point reached, and the seconds each step took."""
     from pgbackup.engine.restore import run_restore
-    from pgbackup.engine.restore_command import wait_for_recovery_end
     from pgbackup.formats.untar import SPARSE
-    from pgbackup.operations.drill import _recovery_failure
     from pgbackup.postgres.cluster import Cluster, free_port, hand_over
 
     data = scratch.root / "data"
@@ -178,31 +176,47 @@ def restore_and_recover(
         cluster = drill_cluster(policy, data, port, major, req.image if req else None)
         hba.write_text(scratch_hba(database, str(cluster.conninfo()["user"])))
         hand_over(hba, cluster.os_user, 0o600)
+    stats = restored_stats(restored.raw_bytes, restored.stored_bytes, data, plan)
+    restore_s = time.monotonic() - t0
+    t1 = time.monotonic()
+    scratch.cluster = cluster
+    recovered = recover(cluster, port, settings, expected)
+    return stats, recovered, restore_s, time.monotonic() - t1
+
+
+def restored_stats(
+    raw_bytes: int, stored_bytes: int, data: Path, plan: SparsePlan | None
+) -> dict[str, Any]:
+    """What the restore read and wrote, and what it left out (the sparse files)."""
     sparse_bytes = 0
     for member in plan.sparse_members if plan else []:
         with contextlib.suppress(OSError):
             sparse_bytes += (data / member).stat().st_size
-    stats = {
-        "raw_bytes": restored.raw_bytes,
-        "stored_bytes": restored.stored_bytes,
-        "written_bytes": max(0, restored.raw_bytes - sparse_bytes),
+    return {
+        "raw_bytes": raw_bytes,
+        "stored_bytes": stored_bytes,
+        "written_bytes": max(0, raw_bytes - sparse_bytes),
         "left_out_bytes": sparse_bytes,
         "left_out_files": len(plan.sparse_members) if plan else 0,
     }
-    restore_s = time.monotonic() - t0
-    t1 = time.monotonic()
-    scratch.cluster = cluster
+
+
+def recover(cluster: Any, port: int, settings: dict[str, Any], expected: dict[str, Any]) -> Any:
+    """Start the scratch server and wait for its recovery to end at the target; the point
+    reached (PostgreSQL's reason when it stops short)."""
+    from pgbackup.engine.restore_command import wait_for_recovery_end
+    from pgbackup.operations.drill import _recovery_failure
+
     LOG.info("recovering the scratch cluster on port %d", port)
     try:
-        scratch.cluster.start()
+        cluster.start()
     except PgBackupError:
-        reason = _recovery_failure(scratch.cluster)
+        reason = _recovery_failure(cluster)
         if reason:
             raise RestoreError(f"recovery stopped before reaching its target: {reason}") from None
         raise
     action = settings.get("recovery_target_action", "promote")
-    recovered = wait_for_recovery_end(action=action, expected=expected)(scratch.cluster)
-    return stats, recovered, restore_s, time.monotonic() - t1
+    return wait_for_recovery_end(action=action, expected=expected)(cluster)
 
 
 def redo_panicked(scratch: Scratch) -> bool:
