@@ -191,37 +191,11 @@ def check_archive(
                     continue
                 if path.startswith("pg_wal/"):
                     wal_seen.add(path.rsplit("/", 1)[-1])
-                fileobj = tar.extractfile(member)
-                crc = 0
-                size = 0
-                if fileobj is not None:
-                    while True:
-                        chunk = fileobj.read(READ_SIZE)
-                        if not chunk:
-                            break
-                        crc = crc32c.crc32c(chunk, crc)
-                        size += len(chunk)
+                size, crc = member_crc32c(tar, member)
                 bar.advance(size + 512)
                 report.bytes_checked += size
-                if manifest is None or path in NOT_IN_MANIFEST:
-                    continue
-                entry = expected.get(path)
-                if entry is None:
-                    # WAL in pg_wal/ is checked by name below, not by the manifest.
-                    if not path.startswith("pg_wal/"):
-                        report.fail(f"{path}: in the backup but not in backup_manifest")
-                    continue
-                seen.add(path)
-                report.files_checked += 1
-                if size != int(entry["Size"]):
-                    report.fail(f"{path}: size {size} differs from the manifest's {entry['Size']}")
-                elif (
-                    entry.get("Checksum-Algorithm") == "CRC32C"
-                    and crc32c_hex(crc) != entry["Checksum"]
-                ):
-                    report.fail(
-                        f"{path}: checksum mismatch (file content differs from the manifest)"
-                    )
+                if manifest is not None and path not in NOT_IN_MANIFEST:
+                    check_against_manifest(path, size, crc, expected, seen, report)
             while source.read(READ_SIZE):
                 pass
     except (tarfile.TarError, EOFError) as exc:
@@ -233,6 +207,45 @@ def check_archive(
     if source.sha256.hexdigest() != obj["sha256"] or source.count != obj["size"]:
         report.fail(f"{name}: stored object does not match its sha256 in metadata.json")
     return True
+
+
+def member_crc32c(tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[int, int]:
+    """(size, CRC32C) of one file of the archive, read through."""
+    fileobj = tar.extractfile(member)
+    crc = 0
+    size = 0
+    if fileobj is not None:
+        while True:
+            chunk = fileobj.read(READ_SIZE)
+            if not chunk:
+                break
+            crc = crc32c.crc32c(chunk, crc)
+            size += len(chunk)
+    return size, crc
+
+
+def check_against_manifest(
+    path: str,
+    size: int,
+    crc: int,
+    expected: dict[str, Any],
+    seen: set[str],
+    report: VerifyReport,
+) -> None:
+    """One file of the backup against its backup_manifest entry: listed, its size, its
+    CRC32C."""
+    entry = expected.get(path)
+    if entry is None:
+        # WAL in pg_wal/ is checked by name below, not by the manifest.
+        if not path.startswith("pg_wal/"):
+            report.fail(f"{path}: in the backup but not in backup_manifest")
+        return
+    seen.add(path)
+    report.files_checked += 1
+    if size != int(entry["Size"]):
+        report.fail(f"{path}: size {size} differs from the manifest's {entry['Size']}")
+    elif entry.get("Checksum-Algorithm") == "CRC32C" and crc32c_hex(crc) != entry["Checksum"]:
+        report.fail(f"{path}: checksum mismatch (file content differs from the manifest)")
 
 
 def info_label(meta: dict[str, Any]) -> str:
