@@ -111,20 +111,29 @@ def _duration_axis(ax: Any, low: float, high: float) -> None:
 
 def timeline_svg(timeline: dict[str, Any], first_seen: Any = None) -> str:
     """Lanes (repository, each upload) over time, and the drills' RTO against the objective."""
+    start, end = view(timeline, first_seen)
+    n = len(timeline["lanes"])
+    fig = _figure(10.0, 0.55 * n + 3.2)
+    grid = fig.add_gridspec(2, 1, height_ratios=[0.55 * n + 0.9, 2.0])
+    ax = fig.add_subplot(grid[0])
+    axd = fig.add_subplot(grid[1], sharex=ax)
+    _draw_lanes(ax, timeline, start, end)
+    _draw_drills(axd, timeline, start, end)
+    return _svg(fig)
+
+
+def _draw_lanes(ax: Any, timeline: dict[str, Any], start: datetime, end: datetime) -> None:
+    """One lane per repository: what is recoverable (green), the gaps (red), the backups'
+    ends (triangles); a lane that cannot be read, hatched."""
     from matplotlib.dates import date2num
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     target = slug(timeline["target"])
     lanes = timeline["lanes"]
-    start, end = view(timeline, first_seen)
     x0, x1 = date2num(start), date2num(end)
     span = x1 - x0
     n = len(lanes)
-    fig = _figure(10.0, 0.55 * n + 3.2)
-    grid = fig.add_gridspec(2, 1, height_ratios=[0.55 * n + 0.9, 2.0])
-    ax = fig.add_subplot(grid[0])
-    axd = fig.add_subplot(grid[1], sharex=ax)
     ax.set_title(f"Recoverability of {timeline['target']}", loc="left")
     for i, lane in enumerate(lanes):
         y = n - 1 - i
@@ -169,6 +178,11 @@ def timeline_svg(timeline: dict[str, Any], first_seen: Any = None) -> str:
         fontsize=8,
     )
 
+
+def _draw_drills(axd: Any, timeline: dict[str, Any], start: datetime, end: datetime) -> None:
+    """Each drill's measured RTO (log scale) against the objective (dashed): met in green,
+    missed or failed in red."""
+    target = slug(timeline["target"])
     objective = timeline.get("rto_objective_seconds")
     drills = timeline["drills"]
     values = [float(d["rto_seconds"]) for d in drills if d.get("rto_seconds") is not None]
@@ -197,7 +211,6 @@ def timeline_svg(timeline: dict[str, Any], first_seen: Any = None) -> str:
                  ha="center", va="center", color="#777777")  # fmt: skip
     axd.set_xlabel("time (UTC)")
     _time_axis(axd, start, end)
-    return _svg(fig)
 
 
 def _lane_label(name: str) -> str:
