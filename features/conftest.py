@@ -40,7 +40,7 @@ from pytest_bdd import given, parsers, then, when
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from receivers import alert_receivers  # noqa: E402, F401 (fixture: SMTP and webhook receivers)
 
-from pgbackup.postgres.cluster import server_os_user
+from pgbackup.postgres.cluster import free_port, server_os_user
 from pgbackup.postgres.connection import connect, table_checksums
 
 SAMPLE_TABLES = ["public.tenants", "public.users", "public.sessions"]
@@ -234,7 +234,7 @@ def holds(h: Harness, ctx: dict[str, Any], n: int) -> None:
     assert batches_in(h, ctx) == list(range(1, n + 1))
 
 
-# --- point-in-time recovery (pitr, timelines, incremental features) ----------------------
+# --- point-in-time recovery (pitr, timelines, incremental, wal_prefetch features) --------
 
 
 @given(
@@ -263,6 +263,29 @@ def wal_continuous(h: Harness) -> None:
 def restore_to(h: Harness, ctx: dict[str, Any], kind: str, n: int) -> None:
     point = ctx["points"][n - 1] if n else None
     do_restore(h, ctx, restore_args(kind, point))
+
+
+@when(parsers.parse("I restore to the time after batch {n:d} and promote it with archiving on"))
+def restore_promote(h: Harness, ctx: dict[str, Any], n: int) -> None:
+    port = free_port()
+    directory = h.root / "timeline2"
+    h.track(directory, port)
+    h.run(
+        "restore",
+        "--to",
+        str(directory),
+        "--start",
+        "--port",
+        str(port),
+        "--target-time",
+        ctx["points"][n - 1]["time"],
+    )
+    ctx["tl2"] = (directory, port)
+
+
+@when(parsers.parse('I restore the latest point following timeline "{tli}"'))
+def restore_latest_tl(h: Harness, ctx: dict[str, Any], tli: str) -> None:
+    do_restore(h, ctx, ["--target", "latest", "--target-timeline", tli])
 
 
 @when("I restore to the recorded time into a new directory and start it")

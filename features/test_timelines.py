@@ -7,27 +7,7 @@ from typing import Any
 from harness import Harness, commit_batches, do_restore, switch_and_wait_archived
 from pytest_bdd import parsers, scenarios, then, when
 
-from pgbackup.postgres.cluster import free_port
-
 scenarios("timelines.feature")
-
-
-@when(parsers.parse("I restore to the time after batch {n:d} and promote it with archiving on"))
-def restore_promote(h: Harness, ctx: dict[str, Any], n: int) -> None:
-    port = free_port()
-    directory = h.root / "timeline2"
-    h.track(directory, port)
-    h.run(
-        "restore",
-        "--to",
-        str(directory),
-        "--start",
-        "--port",
-        str(port),
-        "--target-time",
-        ctx["points"][n - 1]["time"],
-    )
-    ctx["tl2"] = (directory, port)
 
 
 @when(parsers.parse("I commit batch {n:d} on the new timeline and archive it"))
@@ -46,11 +26,6 @@ def both_timelines(h: Harness, history: str) -> None:
     assert f"{history}.zst" in names
     assert any(n.startswith("00000001") and len(n) == 28 for n in names)
     assert any(n.startswith("00000002") and len(n) == 28 for n in names)
-
-
-@when(parsers.parse('I restore the latest point following timeline "{tli}"'))
-def restore_latest_tl(h: Harness, ctx: dict[str, Any], tli: str) -> None:
-    do_restore(h, ctx, ["--target", "latest", "--target-timeline", tli])
 
 
 @when(parsers.parse('I restore to the time after batch {n:d} following timeline "{tli}"'))

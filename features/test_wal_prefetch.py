@@ -26,7 +26,6 @@ from harness import (
     Harness,
     batches_in,
     commit_batches,
-    do_restore,
     module_harness,
     switch_and_wait_archived,
 )
@@ -449,24 +448,6 @@ def s3_sandbox(h: Harness, ctx: dict[str, Any], undo: contextlib.ExitStack) -> N
     ctx["h"] = h
 
 
-@when(parsers.parse("I restore to the time after batch {n:d} and promote it with archiving on"))
-def restore_promote(h: Harness, ctx: dict[str, Any], n: int) -> None:
-    port = free_port()
-    directory = h.root / "timeline2"
-    h.track(directory, port)
-    h.run(
-        "restore",
-        "--to",
-        str(directory),
-        "--start",
-        "--port",
-        str(port),
-        "--target-time",
-        ctx["points"][n - 1]["time"],
-    )
-    ctx["tl2"] = (directory, port)
-
-
 @when(
     parsers.parse(
         "I commit batches {first:d} to {last:d} on the new timeline, each in its own segment"
@@ -480,11 +461,6 @@ def commit_on_tl2(h: Harness, ctx: dict[str, Any], first: int, last: int) -> Non
         commit_batches(cluster, batch, batch)
         switch_and_wait_archived(cluster)
     cluster.stop()
-
-
-@when(parsers.parse('I restore the latest point following timeline "{tli}"'))
-def restore_latest_tl(h: Harness, ctx: dict[str, Any], tli: str) -> None:
-    do_restore(h, ctx, ["--target", "latest", "--target-timeline", tli])
 
 
 @then(parsers.parse("it runs on timeline {tli:d}"))
