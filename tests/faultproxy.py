@@ -28,6 +28,10 @@ DELETE and every write of one key: a deterministic "the network died at this poi
 itself, or None to pass it through, whatever ``rate`` says: e.g. "truncate the first two
 GETs of the range that starts at 5 MiB". Every request is also noted in ``seen``
 (method, path, headers) for assertions on what the client sent.
+
+``hold`` (seconds, 0 by default) holds every request that long before it is answered or
+forwarded (a fault or not), counted in ``in_flight`` meanwhile: requests sent together
+overlap for sure, so ``peak_in_flight`` shows how many a client keeps in flight.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import random
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
@@ -135,6 +140,7 @@ class FaultProxy:
         self.in_flight = 0  # requests forwarded and not yet answered
         self.peak_in_flight = 0  # the most at once since the proxy started (or was reset)
         self.enabled = True
+        self.hold = 0.0  # seconds each request waits (in flight) before its answer
         self.counts: dict[str, int] = {"requests": 0, **{f: 0 for f in FAULTS}}
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -216,6 +222,13 @@ class FaultProxy:
                 method = first.split(b" ", 1)[0].upper()
                 path = first.split(b" ")[1].decode("latin-1") if b" " in first else ""
                 fault = self._decide(method.decode("latin-1"), path, dict(headers))
+                if self.hold:
+                    with self._lock:
+                        self.in_flight += 1
+                        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                    time.sleep(self.hold)
+                    with self._lock:
+                        self.in_flight -= 1
                 if fault == "drop":
                     return
                 if fault == "503":

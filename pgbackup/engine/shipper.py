@@ -4,9 +4,15 @@ every upload destination within about one ``--interval`` of its arrival.
 No queue: the archive itself is the queue. Each round lists the target's ``wal/`` prefix
 in the repository and copies, per destination and in name order (a timeline's segments in
 LSN order), what that destination does not hold yet, with uploads.py's rules: create-only
-writes, an object already there is not copied again, different content is refused. A
-destination that fails stops at that file (so it never holds N+1 without N) and is retried
-the next round; the others go on. wal-push and PostgreSQL never wait for a destination.
+writes, an object already there is not copied again, different content is refused.
+Several files move at once (uploads.copy_objects: about the destination's ``streams``
+requests in flight; a posix destination one file at a time), started in order. A file
+that fails stops the round at that destination: nothing starts after it, what was in
+flight with it finishes or is cancelled, and what this shipper counts as shipped
+advances only over the files stored before the first one that was not (a file stored
+after it is found there when the destination is listed again; ``check``'s lag counts
+from the oldest file missing there). It is retried the next round; the other
+destinations go on. wal-push and PostgreSQL never wait for a destination.
 
 The segment being written by ``wal-receive`` (``NAME.partial``) is the one object that
 changes: it is copied again whenever the repository's copy changed, and removed at the
@@ -22,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgbackup.engine.repository import Repository
-from pgbackup.errors import ObjectExists, PgBackupError
+from pgbackup.errors import PgBackupError
 from pgbackup.storage import ObjectInfo, open_storage
 from pgbackup.ui import LOG
 
@@ -142,7 +148,13 @@ class Shipper:
             self._published, self._published_at = states, now
 
     def _ship(self, dest: Repository, state: DestinationState, listing: list[ObjectInfo]) -> int:
-        from pgbackup.engine.uploads import UploadError, copy_archive_info, copy_object
+        from pgbackup.engine.uploads import (
+            Copy,
+            UploadError,
+            copy_archive_info,
+            copy_objects,
+            raise_first_failure,
+        )
         from pgbackup.engine.walchain import first_needed_segment
         from pgbackup.formats.lsn import is_history, is_partial
 
@@ -157,8 +169,8 @@ class Shipper:
             state.listed_at = time.monotonic()
             state.first = first_needed_segment(dest.complete_backups(self.target))
         present = state.present
-        shipped = 0
         completed = {_base(o.key) for o in listing if not is_partial(_base(o.key))}
+        todo: list[Copy] = []
         for obj in listing:
             base = _base(obj.key)
             if is_partial(base):
@@ -166,10 +178,7 @@ class Shipper:
                     continue  # the receiver's stale copy, about to go
                 if obj.key in present and state.partials.get(obj.key) == (obj.size, obj.mtime):
                     continue
-                copy_object(self.source.storage, dest.storage, obj.key)
-                present[obj.key] = obj.size
-                state.partials[obj.key] = (obj.size, obj.mtime)
-                shipped += 1
+                todo.append(Copy(obj.key, obj.size))  # replaced whenever it changed
                 continue
             if state.first is not None and not is_history(base) and base[8:24] < state.first[8:24]:
                 continue  # older than anything a copy there needs (maybe expired there)
@@ -181,21 +190,34 @@ class Shipper:
                         hint="two clusters may be uploading into one destination prefix",
                     )
                 continue
-            try:
-                copy_object(self.source.storage, dest.storage, obj.key, if_absent=True)
+            todo.append(Copy(obj.key, obj.size, if_absent=True))
+        mtimes = {o.key: o.mtime for o in listing}
+        outcomes = copy_objects(self.source.storage, dest.storage, todo)
+        shipped = 0
+        # What was shipped advances over the files stored, in order, up to the first that
+        # was not: one stored after a failed one (they were in flight together) is not
+        # counted, and the next round, listing the destination again, sees it there.
+        for done in outcomes:
+            if not done.done:
+                break
+            key = done.copy.key
+            present[key] = done.copy.size
+            if not done.existed:  # else a backup's upload stored it first
                 shipped += 1
-            except ObjectExists:
-                pass  # a backup's upload stored it first
-            present[obj.key] = obj.size
+            base = _base(key)
+            if is_partial(base):
+                state.partials[key] = (done.copy.size, mtimes[key])
+                continue
             # the segment is complete there: its partial copy is stale
-            for key in [k for k in present if _base(k) == base + ".partial"]:
+            for stale in [k for k in present if _base(k) == base + ".partial"]:
                 with contextlib.suppress(PgBackupError):
-                    dest.storage.delete(key)
-                present.pop(key, None)
-                state.partials.pop(key, None)
+                    dest.storage.delete(stale)
+                present.pop(stale, None)
+                state.partials.pop(stale, None)
         if shipped:
             state.shipped += shipped
             LOG.info("wal-ship %s: %d WAL files to %s", self.target, shipped, state.name)
+        raise_first_failure(outcomes)
         return shipped
 
     def run(self, stop: threading.Event, interval: float = INTERVAL) -> None:

@@ -4,7 +4,8 @@
 ``retention_days``. After each successful backup :func:`upload_backup` syncs the backup
 and the target's archived WAL to every destination: objects first, ``metadata.json``
 last (so an interrupted upload never looks complete there either), WAL with
-create-only-if-absent writes. :func:`cleanup_uploads` applies each destination's
+create-only-if-absent writes. Objects move several at once (:func:`copy_objects`, bounded
+by the destination's ``streams``). :func:`cleanup_uploads` applies each destination's
 ``retention_days`` (never to the newest copy) and removes the WAL no kept copy needs.
 ``restore --from NAME`` and ``wal-fetch --from NAME`` read a destination through
 :func:`upload_storage`.
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -55,17 +59,31 @@ def upload_storage(policy: Any, name: str) -> Storage:
 # --- copying ----------------------------------------------------------------------------
 
 
+class CopyCancelled(PgBackupError):
+    """A copy stopped before it committed because another copy of its batch failed."""
+
+
 def copy_object(
-    src: Storage, dst: Storage, key: str, *, if_absent: bool = False, sha256: str | None = None
+    src: Storage,
+    dst: Storage,
+    key: str,
+    *,
+    if_absent: bool = False,
+    sha256: str | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Stream ``key`` from ``src`` to ``dst``; returns the bytes copied.
 
-    With ``sha256`` the bytes read must match it, or nothing is committed.
+    With ``sha256`` the bytes read must match it, or nothing is committed. When ``stop``
+    is set while the bytes move, the write is aborted (nothing committed) with
+    :class:`CopyCancelled`.
     """
     digest = hashlib.sha256()
     size = 0
     with dst.open_write(key, if_absent=if_absent) as writer:
         for chunk in src.iter_chunks(key):
+            if stop is not None and stop.is_set():
+                raise CopyCancelled(f"copy of {key} cancelled")
             digest.update(chunk)
             size += len(chunk)
             writer.write(chunk)
@@ -74,7 +92,169 @@ def copy_object(
                 f"{key} in the repository does not match its recorded checksum; not uploaded",
                 hint="run `pgbackup verify`",
             )
+        if stop is not None and stop.is_set():
+            raise CopyCancelled(f"copy of {key} cancelled")
     return size
+
+
+# --- several objects at once --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One object to copy: its key, its size in the source, and the write's rules."""
+
+    key: str
+    size: int
+    if_absent: bool = False
+    sha256: str | None = None
+
+
+@dataclass
+class Copied:
+    """What became of one :class:`Copy`: ``done`` with ``size`` bytes (``existed``: an
+    ``if_absent`` copy found the object already there), or ``error``; neither when it
+    never started (an earlier failure stopped the batch)."""
+
+    copy: Copy
+    done: bool = False
+    size: int = 0
+    existed: bool = False
+    error: BaseException | None = None
+
+
+def parts_in_flight(dst: Storage) -> int:
+    """Upload requests one object may have in flight at ``dst``: its ``streams`` (1 for a
+    posix destination; 1 for GCS, whose resumable session takes one chunk at a time)."""
+    streams = int(getattr(dst, "streams", 1) or 1)
+    return streams if getattr(dst, "parallel_parts", False) else 1
+
+
+def object_weight(dst: Storage, size: int) -> int:
+    """Requests an object of ``size`` bytes can have in flight at ``dst`` at once: one per
+    part it is cut into, at most the destination's per-object window."""
+    part = int(getattr(dst, "part_size", 0) or 0)
+    parts = -(-size // part) if part > 0 else 1
+    return max(1, min(parts_in_flight(dst), parts))
+
+
+class _Slots:
+    """A counting semaphore taken by weight, in the order asked (the one caller asks)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = self.free = capacity
+        self.cond = threading.Condition()
+
+    def take(self, n: int, stop: threading.Event) -> bool:
+        n = min(n, self.capacity)
+        with self.cond:
+            self.cond.wait_for(lambda: self.free >= n or stop.is_set())
+            if stop.is_set():
+                return False
+            self.free -= n
+            return True
+
+    def give(self, n: int) -> None:
+        with self.cond:
+            self.free += min(n, self.capacity)
+            self.cond.notify_all()
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+
+def copy_objects(
+    src: Storage,
+    dst: Storage,
+    copies: Sequence[Copy],
+    *,
+    streams: int | None = None,
+    copy: Callable[..., int] | None = None,
+) -> list[Copied]:
+    """Copy ``copies`` from ``src`` to ``dst``, several at once; one outcome per copy, in
+    the order given (started in that order too).
+
+    The bound: each object takes as many slots as it can have upload requests in flight
+    (:func:`object_weight`: one for an object of one part, i.e. every WAL segment and
+    manifest; one per part up to the destination's per-object ``streams`` for a larger
+    one), and at most ``streams`` slots (the destination's, by default) are taken at a
+    time. So about ``streams`` upload requests are in flight per destination whatever
+    mix of objects there is (many small ones at once, or one large one with its own
+    ``streams`` parts). Memory: an object of weight w holds at most w + 1 parts (w in
+    flight, one filling; a one-part object only its own bytes), so a batch holds at most
+    (``streams`` + objects in flight) × ``part_size``: (``streams`` + 1) × ``part_size``
+    while one large object moves, as a single object already took, and never more than
+    2 × ``streams`` × ``part_size`` (64 MiB with the defaults; GCS, one part in flight
+    per object, reaches it with ``streams`` objects near one part each). A posix destination (no ``streams``) copies one
+    object at a time, as before. Each object is streamed (``copy_object``), never read
+    whole; the source's own reads of a large object are ranged with the source's
+    ``streams``.
+
+    A copy that fails (after the storage's own retries, which resend only the failed
+    request) stops the batch: no copy starts after it, those in flight are cancelled
+    (aborted, nothing committed) or finish, and then this returns; the failure is the
+    ``error`` of its :class:`Copied`, and :func:`first_failure` raises it. An
+    ``if_absent`` copy that finds its object already there is ``existed``, not a failure.
+    """
+    copy_fn = copy if copy is not None else copy_object
+    width = max(1, streams if streams is not None else int(getattr(dst, "streams", 1) or 1))
+    out = [Copied(c) for c in copies]
+    stop = threading.Event()
+    slots = _Slots(width)
+    threads: list[threading.Thread] = []
+
+    def run(i: int, weight: int) -> None:
+        c = out[i].copy
+        try:
+            out[i].size = copy_fn(
+                src, dst, c.key, if_absent=c.if_absent, sha256=c.sha256, stop=stop
+            )
+            out[i].done = True
+        except BaseException as exc:  # the batch's failure: said once, by the caller
+            if c.if_absent and isinstance(exc, ObjectExists):
+                out[i].done = out[i].existed = True
+            else:
+                out[i].error = exc
+                stop.set()
+                slots.wake()
+        finally:
+            slots.give(weight)
+
+    try:
+        for i, c in enumerate(copies):
+            weight = object_weight(dst, c.size)
+            if stop.is_set() or not slots.take(weight, stop):
+                break
+            if width == 1:  # no thread for one object at a time
+                run(i, weight)
+                continue
+            t = threading.Thread(target=run, args=(i, weight), name="pgbackup-copy", daemon=True)
+            t.start()
+            threads.append(t)
+    except BaseException:  # Ctrl-C / SIGTERM while waiting: cancel what is in flight
+        stop.set()
+        raise
+    finally:
+        for t in threads:
+            t.join()
+    return out
+
+
+def first_failure(outcomes: Sequence[Copied]) -> BaseException | None:
+    """The failure to report for a batch: the first copy (in order) that failed by itself,
+    not one cancelled because of it."""
+    errors = [o.error for o in outcomes if o.error is not None]
+    real = [e for e in errors if not isinstance(e, CopyCancelled)]
+    chosen = real or errors
+    return chosen[0] if chosen else None
+
+
+def raise_first_failure(outcomes: Sequence[Copied]) -> None:
+    """Raise :func:`first_failure`, if any (its own type: a StorageError stays one)."""
+    error = first_failure(outcomes)
+    if error is not None:
+        raise error
 
 
 def copy_archive_info(source: Repository, dest: Repository, target: str) -> None:
@@ -93,10 +273,10 @@ def sync_wal(source: Repository, dest: Repository, target: str) -> int:
     from pgbackup.formats.codecs import parse_suffix
     from pgbackup.formats.lsn import is_history
 
-    copied = 0
     copy_archive_info(source, dest, target)
     first = first_needed_segment(dest.complete_backups(target))
     present = {i.key: i.size for i in dest.storage.list(Repository.wal_prefix(target))}
+    todo: list[Copy] = []
     for obj in sorted(source.storage.list(Repository.wal_prefix(target)), key=lambda o: o.key):
         if obj.key in present:
             if present[obj.key] != obj.size and not obj.key.endswith(".sha256"):
@@ -110,16 +290,16 @@ def sync_wal(source: Repository, dest: Repository, target: str) -> int:
         base = name[: -len(".sha256")] if name.endswith(".sha256") else parse_suffix(name)[0]
         if first is not None and not is_history(base) and base[8:24] < first[8:24]:
             continue  # older than anything a copy there needs (maybe expired there)
-        try:
-            copy_object(source.storage, dest.storage, obj.key, if_absent=True)
-            copied += 1
-        except ObjectExists:
-            pass  # a concurrent sync stored it first
-    return copied
+        todo.append(Copy(obj.key, obj.size, if_absent=True))
+    outcomes = copy_objects(source.storage, dest.storage, todo)
+    raise_first_failure(outcomes)
+    # an object found there already: a concurrent sync stored it first
+    return sum(1 for o in outcomes if o.done and not o.existed)
 
 
 def copy_backup(source: Repository, dest: Repository, target: str, backup_id: str) -> int:
-    """Copy one complete backup: its objects, then metadata.json. Returns bytes copied."""
+    """Copy one complete backup: its objects (several at once, :func:`copy_objects`), then
+    metadata.json, only once every other object is stored. Returns bytes copied."""
     prefix = Repository.base_prefix(target, backup_id)
     meta_key = prefix + METADATA
     if dest.storage.stat(meta_key) is not None:
@@ -127,16 +307,20 @@ def copy_backup(source: Repository, dest: Repository, target: str, backup_id: st
     meta = source.read_metadata(target, backup_id)
     objects = meta.get("objects") or {}
     present = {i.key: i.size for i in dest.storage.list(prefix)}
-    copied = 0
+    todo: list[Copy] = []
     for obj in sorted(source.storage.list(prefix), key=lambda o: o.key):
         if obj.key == meta_key:
             continue
         recorded = objects.get(obj.key[len(prefix) :]) or {}
         if present.get(obj.key) == obj.size:
             continue  # committed writes are whole: an earlier, interrupted sync stored it
-        copied += copy_object(source.storage, dest.storage, obj.key, sha256=recorded.get("sha256"))
+        todo.append(Copy(obj.key, obj.size, sha256=recorded.get("sha256")))
+    # the largest first: the small ones fill the slots a large one leaves free at its end
+    todo.sort(key=lambda c: -c.size)
+    outcomes = copy_objects(source.storage, dest.storage, todo)
+    raise_first_failure(outcomes)  # metadata.json is never written after a failure
     copy_object(source.storage, dest.storage, meta_key)
-    return copied
+    return sum(o.size for o in outcomes)
 
 
 def missed_backups(
