@@ -17,6 +17,16 @@ end, so every backup restores on its own; pgbackup compresses it (``pg_wal.tar.z
 
 Only when every object is stored do we write ``metadata.json``. On any failure the
 backup's own directory is removed and the failure recorded; earlier backups are untouched.
+
+Where the time goes (:mod:`pgbackup.engine.phases`; ``phases`` in ``metadata.json`` and in
+the run record): ``server`` (pg_basebackup from start to exit: the server reading and
+compressing, the stream written; its bytes the backup's raw size), ``compress``
+(pg_wal.tar compressed, and encrypted when asked; or the archives, when the server
+cannot compress), ``encrypt`` (a staged archive encrypted on its way), ``transfer``
+(writes into the repository's storage, and committing each object), ``sync`` (the
+thread that hashes what the follower did not and fsyncs what is kept, while pg_wal.tar is
+compressed) and ``metadata`` (backup_manifest and ``metadata.json`` stored: in the run
+record only, as ``metadata.json`` cannot hold the time of its own writing).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from pgbackup.engine.backup_preflight import (
 )
 from pgbackup.engine.follow import ArchiveFollower
 from pgbackup.engine.locks import target_lock
+from pgbackup.engine.phases import Phases
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
 from pgbackup.engine.streamcompress import CompressionSide, compress_archives
 from pgbackup.engine.streamcompress import from_facts as compression_side
@@ -306,6 +317,17 @@ def hash_and_sync(
     return out
 
 
+def timed_sync(
+    phases: Phases, hash_paths: list[Path], sync_paths: list[Path], known: dict[Path, str]
+) -> dict[Path, str]:
+    """:func:`hash_and_sync`, its time counted to ``sync`` (bytes: the files synced)."""
+    if not hash_paths and not sync_paths:
+        return dict(known)
+    with phases.timed("sync") as timing:
+        timing.bytes = sum(p.stat().st_size for p in sync_paths if p.is_file())
+        return hash_and_sync(hash_paths, sync_paths, known)
+
+
 class Removal:
     """Unlink a file in a thread (dropping 16 MiB or more of page cache takes a few ms of
     a backup's critical path, issue #15); :meth:`wait` raises what the unlink met. A file
@@ -351,30 +373,42 @@ def upload_staged(
     recipients_list: list[str] | None,
     compress: CodecSpec | None = None,
     when_read: Callable[[], None] | None = None,
+    phases: Phases | None = None,
 ) -> dict[str, Any]:
     """Stream a staged file to storage, encrypting when asked; ``compress`` compresses it
     on the way (pg_wal.tar, which pg_basebackup writes uncompressed). ``when_read`` is
-    called once every byte of the file is read, before the stored copy is committed."""
+    called once every byte of the file is read, before the stored copy is committed.
+
+    ``phases``: the writes into storage (and its open and commit) count to ``transfer``,
+    the rest (reading the file, compressing, encrypting, hashing) to ``compress``, or to
+    ``encrypt``/``transfer`` for a file stored as it is."""
     import hashlib  # here, not at the top: after pg_basebackup started (issue #15)
 
+    phases = phases or Phases()
+    phase = "compress" if compress else "encrypt" if encrypted else "transfer"
     digest = hashlib.sha256()
     size = 0
-    with storage.open_write(key) as writer:
+    with phases.timed("transfer"), storage.open_write(key) as writer:
 
         def sink(data: bytes) -> None:
             nonlocal size
             digest.update(data)
             size += len(data)
-            writer.write(data)
+            began = phases.begin()
+            try:
+                writer.write(data)
+            finally:
+                phases.end("transfer", began, len(data))
 
         codec = CodecSpec(compress.compression, compress.level, encrypted) if compress else None
         encoder = Encoder(
             codec or CodecSpec("none", 0, encrypted), sink, recipients=recipients_list
         )
-        encoder.write_file(source, READ_SIZE)
-        if when_read is not None:
-            when_read()
-        encoder.close()
+        with phases.timed(phase, source.stat().st_size):
+            encoder.write_file(source, READ_SIZE)
+            if when_read is not None:
+                when_read()
+            encoder.close()
     return {"size": size, "sha256": digest.hexdigest()}
 
 
@@ -463,6 +497,7 @@ class BackupRun:
         self.backup_id = ""
         self.conninfo: dict[str, Any] = {}
         self.parent: BackupInfo | None = None
+        self.phases = Phases()  # where the time goes (engine/phases)
 
     def ask_server(self) -> tuple[ServerFacts, str, CompressionSide]:
         """The server's facts, checked (a refusal says what is missing), the parent of an
@@ -556,6 +591,7 @@ def run_backup(policy: Policy, target: Target, backup_type: str = "full") -> dic
             "duration_seconds": metadata["duration_seconds"],
             "stored_bytes": metadata["stored_bytes"],
             "raw_bytes": metadata["raw_bytes"],
+            "phases": run.phases.as_dict(),
         },
     )
     LOG.info(
@@ -622,7 +658,8 @@ def take_backup(
 
         try:
             try:
-                run_basebackup(argv, facts.database_size, once_running)
+                with run.phases.timed("server"):
+                    run_basebackup(argv, facts.database_size, once_running)
             except PostgresError as exc:
                 # pg_hba.conf has no replication line for us: say which one to add.
                 raise replication_refused(run.conninfo, exc.message) or exc from None
@@ -630,7 +667,9 @@ def take_backup(
             followed = follower.finish() if follower else {}
         if side.side == "pgbackup":
             run.step = f"compressing with {spec.compression} (the server cannot)"
-            compress_archives(directory, spec, policy.compression.workers or -1)
+            with run.phases.timed("compress") as timing:
+                timing.bytes = sum(f.stat().st_size for f in directory.glob("*.tar"))
+                compress_archives(directory, spec, policy.compression.workers or -1)
         produced = produced_archives(directory, facts, spec)
         if direct:
             assert isinstance(storage, PosixStorage)
@@ -638,17 +677,20 @@ def take_backup(
         manifest = (directory / MANIFEST).read_bytes()
         manifest_read = meanwhile(lambda: manifest_facts(manifest, facts.wal_segment_size))
         objects, unlinking = store_archives(run, directory, produced, followed, recipients_list)
+        began = time.monotonic()
         objects[MANIFEST + suffix(manifest_spec)] = {
             "kind": "manifest",
             **store_manifest(run, prefix, manifest, manifest_spec, recipients_list),
             "codec": manifest_spec.to_dict(),
         }
         m = manifest_read()
+    run.phases.add("server", 0.0, m["raw_bytes"])  # its seconds were counted above
     metadata = backup_metadata(run, facts, program, side, objects, m)
     if unlinking is not None:
         unlinking.wait()  # nothing but what metadata.json lists stays behind
     run.step = "writing metadata.json"
     repo.write_metadata(target.name, run.backup_id, metadata)
+    run.phases.add("metadata", time.monotonic() - began, len(manifest))
     return metadata
 
 
@@ -683,7 +725,7 @@ def store_archives(
     # metadata.json says "complete".
     to_hash = [p for p in kept_as_is if p not in known]
     to_sync = [*kept_as_is, directory / MANIFEST, directory, directory.parent]
-    digests = meanwhile(lambda: hash_and_sync(to_hash, to_sync if direct else [], known))
+    digests = meanwhile(lambda: timed_sync(run.phases, to_hash, to_sync if direct else [], known))
     wal_first = sorted(produced.items(), key=lambda item: item[1][1]["kind"] != "wal")
     for name, (path, entry) in wal_first:
         if entry["kind"] == "wal" and not (direct and spec.compression == "none"):
@@ -701,6 +743,7 @@ def store_archives(
                 recipients_list,
                 compress=spec,
                 when_read=unlinking.start if unlinking else None,
+                phases=run.phases,
             )
         elif direct:
             stored_name = name
@@ -710,7 +753,12 @@ def store_archives(
             stored_name = name + suffix(CodecSpec("none", 0, spec.encrypted))
             run.step = f"storing {stored_name}"
             obj = upload_staged(
-                storage, path, prefix + stored_name, spec.encrypted, recipients_list
+                storage,
+                path,
+                prefix + stored_name,
+                spec.encrypted,
+                recipients_list,
+                phases=run.phases,
             )
         objects[stored_name] = {**entry, **obj, "codec": spec.to_dict()}
     digests()  # every kept file hashed and synced, and the directories
@@ -785,4 +833,6 @@ def backup_metadata(
         "backup_type": run.backup_type,
         "parent": parent.backup_id if parent else None,
         "chain": chain_of(parent) if parent else [],
+        # measured so far: the run record adds ``metadata``, the writing of this file
+        "phases": run.phases.as_dict(),
     }

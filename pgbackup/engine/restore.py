@@ -5,6 +5,13 @@ the server's OS user (so ownership is right) with umask 077 (so permissions are
 PostgreSQL's 0700/0600). If anything fails - wrong key, corrupt object, checksum
 mismatch - the directory is emptied again: a half-written data directory is never left
 behind looking usable.
+
+Where the time goes (:mod:`pgbackup.engine.phases`, ``RestoreResult.phases``):
+``transfer`` (storage reads), ``decode`` (decompression, decryption, the sha256 check:
+the rest of each read of the decoded stream), ``write`` and ``sync`` (the writer
+threads' writes and fsyncs), ``combine`` (pg_combinebackup, for a chain) and
+``wal_replay`` (the server's start until recovery ended, when the restore waits for it;
+its bytes are the WAL replayed, from the backup's start LSN to the point reached).
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from pgbackup.engine.combine import chain_members, combine_chain
 from pgbackup.engine.delta import DeltaPlan, check_delta_destination, plan_delta, read_manifest
@@ -27,6 +34,7 @@ from pgbackup.engine.objects import (
     extract,
     identities,
 )
+from pgbackup.engine.phases import Phases, TimedReader, replayed_bytes
 from pgbackup.engine.repository import BackupInfo, Repository
 from pgbackup.errors import PostgresError, RestoreError, UsageError
 from pgbackup.formats.codecs import CodecSpec
@@ -53,6 +61,7 @@ class RestoreResult:
         recovery: dict[str, Any] | None = None,
         delta: dict[str, int] | None = None,
         combine: dict[str, Any] | None = None,
+        phases: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.backup_id = backup_id
         self.target = target
@@ -65,6 +74,9 @@ class RestoreResult:
         self.recovery: dict[str, Any] = {} if recovery is None else recovery
         self.delta = delta
         self.combine = combine
+        #: seconds and bytes per phase (engine/phases): transfer, decode, write, sync,
+        #: combine (a chain), wal_replay (a started server waited for)
+        self.phases: dict[str, dict[str, Any]] = phases or {}
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -251,6 +263,7 @@ def run_restore(
     result = run.result(port)
     if start:
         run.start_server(cluster, result, wait_for_recovery, bool(recovery_settings))
+    result.phases = run.phases.as_dict()
     result.seconds = round(time.monotonic() - run.t0, 3)
     LOG.info(
         "restored %s (%s) into %s in %.1fs%s",
@@ -311,6 +324,7 @@ class RestoreRun:
         self.payload_written = 0  # data files written (a delta restore's measure)
         self.wal_written = 0
         self.combined: dict[str, Any] | None = None
+        self.phases = Phases()
 
     def prepare_destination(self, force: bool) -> None:
         """Before anything is written: the delta plan over the stopped copy, or each
@@ -347,17 +361,21 @@ class RestoreRun:
             if self.members:
                 # pg_combinebackup -T writes each tablespace there
                 self.written += self.destinations.values()
-                self.combined = combine_chain(
-                    self.storage,
-                    self.repo,
-                    self.policy,
-                    self.target,
-                    self.members,
-                    self.directory,
-                    self.os_user,
-                    self.destinations,
-                )
+                with self.timed():
+                    self.combined = combine_chain(
+                        self.timed_storage(),
+                        self.repo,
+                        self.policy,
+                        self.target,
+                        self.members,
+                        self.directory,
+                        self.os_user,
+                        self.destinations,
+                    )
                 self.stored = self.combined["stored_bytes"]
+                self.phases.add(
+                    "combine", self.combined["combine_seconds"], self.combined["combined_bytes"]
+                )
             else:
                 self.extract_archives(archive_objects(self.info))
             link_tablespaces(self.directory, self.destinations, self.os_user)
@@ -412,16 +430,34 @@ class RestoreRun:
             self.written.append(where)
         where.mkdir(parents=True, exist_ok=True)
         raw = self.info.metadata.get("raw_bytes", 0) if obj["kind"] == "base" else 0
-        return extract(
-            self.storage,
-            self.prefix + name,
-            CodecSpec.from_dict(obj["codec"]),
-            self.identities,
-            where,
-            {**obj, "raw_bytes": raw},
-            keep=self.kept_in(inside),
-            bar=bar,
-        )
+        with self.timed():
+            return extract(
+                self.timed_storage(),
+                self.prefix + name,
+                CodecSpec.from_dict(obj["codec"]),
+                self.identities,
+                where,
+                {**obj, "raw_bytes": raw},
+                keep=self.kept_in(inside),
+                bar=bar,
+            )
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Extractions on this thread count to this restore's phases (formats/untar:
+        decode, write, sync)."""
+        from pgbackup.formats import untar
+
+        token = untar.PHASES.set(self.phases)
+        try:
+            yield
+        finally:
+            untar.PHASES.reset(token)
+
+    def timed_storage(self) -> Storage:
+        """The repository as extraction reads it: each object's reads count to
+        ``transfer``."""
+        return cast(Storage, _TimedStorage(self.storage, self.phases))
 
     def kept_in(self, inside: str) -> Callable[[str], bool] | None:
         """A delta restore's filter for the archive extracted at ``inside``: the members
@@ -510,10 +546,20 @@ class RestoreRun:
         A server not where it was asked to be (one that died in recovery included) is
         stopped and its directories emptied: nothing is left that looks usable."""
         try:
+            t0 = time.monotonic()
             cluster.start()
             result.started = True
             if wait_for_recovery is not None:
                 result.recovery = wait_for_recovery(cluster)
+                if result.recovery.get("state") != "standby":  # a standby replays on
+                    self.phases.add(
+                        "wal_replay",
+                        time.monotonic() - t0,
+                        replayed_bytes(
+                            self.info.metadata.get("start_lsn"),
+                            result.recovery.get("last_replay_lsn"),
+                        ),
+                    )
         except BaseException as exc:
             reason = recovery_failure(cluster) if recovering else None
             with contextlib.suppress(Exception):
@@ -527,6 +573,21 @@ class RestoreRun:
             if isinstance(exc, PostgresError) and reason:
                 raise recovery_stopped(reason, cluster) from None
             raise
+
+
+class _TimedStorage:
+    """A storage whose ``open_read`` streams count to ``transfer``; the rest delegated."""
+
+    def __init__(self, storage: Storage, phases: Phases) -> None:
+        self.storage = storage
+        self.phases = phases
+
+    def open_read(self, key: str) -> BinaryIO:
+        stream = self.storage.open_read(key)
+        return cast(BinaryIO, TimedReader(stream, self.phases, "transfer"))
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.storage, attr)
 
 
 def recovery_stopped(reason: str, cluster: Cluster) -> RestoreError:

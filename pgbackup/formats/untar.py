@@ -28,7 +28,8 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from time import perf_counter
+from typing import Any, BinaryIO, Protocol
 
 from pgbackup.errors import RestoreError
 
@@ -108,6 +109,52 @@ def _pwrite_direct(fd: int, data: memoryview, offset: int) -> bool:
 SPARSE: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
     "pgbackup_untar_sparse", default=None
 )
+
+
+class PhaseRecorder(Protocol):
+    """What times the extraction (``pgbackup.engine.phases.Phases``): ``begin`` on the
+    thread making a call, ``end`` with the phase it counts to."""
+
+    def begin(self) -> float: ...
+
+    def end(self, name: str, began: float, nbytes: int = 0) -> None: ...
+
+    def add(self, name: str, seconds: float, nbytes: int = 0) -> None: ...
+
+
+#: Set around an extraction to learn where its time goes (issue #26): the reading
+#: thread's reads of the decoded stream count to ``decode`` (a storage read nested inside
+#: one counts to its own phase), the writers' writes to ``write`` and their fsyncs (of
+#: files and directories) to ``sync``. Per chunk, never per byte. None: nothing timed.
+PHASES: contextvars.ContextVar[PhaseRecorder | None] = contextvars.ContextVar(
+    "pgbackup_untar_phases", default=None
+)
+
+
+class _TimedStream:
+    """The decoded stream, its reads counted to ``decode`` (seconds, bytes decoded)."""
+
+    def __init__(self, inner: BinaryIO, phases: PhaseRecorder) -> None:
+        self.inner = inner
+        self.phases = phases
+
+    def read(self, n: int = -1) -> bytes:
+        began = self.phases.begin()
+        data = b""
+        try:
+            data = self.inner.read(n)
+            return data
+        finally:
+            self.phases.end("decode", began, len(data))
+
+    def readinto(self, buffer: Any) -> int:
+        began = self.phases.begin()
+        count = 0
+        try:
+            count = self.inner.readinto(buffer)  # type: ignore[attr-defined]
+            return int(count or 0)
+        finally:
+            self.phases.end("decode", began, count or 0)
 
 
 def _skip(stream: BinaryIO, n: int) -> None:
@@ -194,10 +241,11 @@ class _OpenFile:
     Every chunk of one file goes to the same writer lane, in order, so no lock is needed.
     """
 
-    def __init__(self, fd: int, pending: int, direct: bool = False):
+    def __init__(self, fd: int, pending: int, direct: bool = False, size: int = 0):
         self.fd = fd
         self.pending = pending
         self.direct = direct
+        self.size = size
 
     def done_one(self) -> None:
         self.pending -= 1
@@ -256,7 +304,11 @@ def extract(
     file handed to the writers), until the end of the archive or a writer's failure; then
     wait for the writers and make the directories' entries durable.
     """
+    phases = PHASES.get()
+    if phases is not None:
+        stream = _TimedStream(stream, phases)  # type: ignore[assignment]
     run = _Extraction(stream, root, on_bytes, sparse if sparse is not None else SPARSE.get(), keep)
+    run.phases = phases
     with run.writers(workers):
         while not run.errors:
             member = run.next_member()
@@ -296,6 +348,7 @@ class _Extraction:
         self.directories: list[Path] = []
         self.symlinks: list[str] = []
         self.made: set[Path] = set()
+        self.phases: PhaseRecorder | None = None
 
     @contextlib.contextmanager
     def writers(self, workers: int) -> Iterator[None]:
@@ -418,7 +471,7 @@ class _Extraction:
     def write_in_chunks(self, member: _Member, path: Path) -> None:
         size = member.size
         fd, direct = _open_for_chunks(path, member.mode, size)
-        handle = _OpenFile(fd, max(1, -(-size // CHUNK)), direct)
+        handle = _OpenFile(fd, max(1, -(-size // CHUNK)), direct, size)
         lane = self.next_lane()
         offset = 0
         while offset < size:
@@ -443,13 +496,20 @@ class _Extraction:
 
     def write(self, handle: _OpenFile, data: memoryview, buffer: mmap.mmap, offset: int) -> None:
         try:
+            t0 = perf_counter()
             if handle.direct:
                 handle.direct = _pwrite_direct(handle.fd, data, offset)
             else:
                 _pwrite_all(handle.fd, data, offset)
                 if _start_writeback is not None:
                     _start_writeback(handle.fd, offset, len(data), _SYNC_FILE_RANGE_WRITE)
-            handle.done_one()
+            t1 = perf_counter()
+            last = handle.pending == 1
+            handle.done_one()  # the last chunk fsyncs the file
+            if self.phases is not None:
+                self.phases.add("write", t1 - t0, len(data))
+                if last:
+                    self.phases.add("sync", perf_counter() - t1, handle.size)
         except BaseException as exc:  # reported by the reading thread
             self.errors.append(exc)
         finally:
@@ -460,12 +520,17 @@ class _Extraction:
         each here), and a data directory holds about a thousand; the writers create them
         in parallel while the reading thread decodes on."""
         try:
+            t0 = perf_counter()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
                 _pwrite_all(fd, data, 0)
+                t1 = perf_counter()
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if self.phases is not None:
+                self.phases.add("write", t1 - t0, len(data))
+                self.phases.add("sync", perf_counter() - t1, len(data))
         except BaseException as exc:  # reported by the reading thread
             self.errors.append(exc)
         finally:
@@ -488,9 +553,12 @@ class _Extraction:
 
     def sync_directories(self) -> None:
         """Directory entries are durable once each directory is synced."""
+        t0 = perf_counter()
         for d in [self.root, *self.directories]:
             fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        if self.phases is not None:
+            self.phases.add("sync", perf_counter() - t0)

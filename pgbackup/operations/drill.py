@@ -8,7 +8,11 @@ happens. The result goes to ``<target>/drills/<timestamp>.json``:
 - every check with its value and verdict;
 - wall time split into fetch (choose the backup, read its metadata), restore (download,
   decode and unpack — streamed together), recovery (server start until WAL replay ends)
-  and checks; ``rto_seconds`` is the whole drill from start to checks answered.
+  and checks; ``rto_seconds`` is the whole drill from start to checks answered;
+- where the restore's time went (``phases``, engine/phases: transfer, decode, write,
+  sync, combine for a chain) and ``wal_replay``: the scratch server's start until recovery
+  ended, its bytes the WAL replayed from the backup's start LSN. The SLA report projects
+  a restore's time from these rates (sla.rto_projection).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class DrillResult:
     # report projects a chain's restore time from them (see sla.project_restore_seconds).
     chain: list[str] = field(default_factory=list)
     combine_throughput_bytes_per_second: float | None = None
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     provider: str = "local"
     error: str | None = None
 
@@ -278,12 +283,14 @@ class DrillRun:
         result.raw_bytes = restored.raw_bytes
         result.stored_bytes = restored.stored_bytes
         result.timings["restore"] = round(time.monotonic() - t1, 3)
+        result.phases = dict(restored.phases)
         if restored.combine:
             _record_combine(result, restored.combine)
 
     def recover(self) -> None:
         """A scratch server (local or a container) on the restored directory, recovered to
         the target; PostgreSQL's reason when it stops short."""
+        from pgbackup.engine.phases import replayed_bytes
         from pgbackup.engine.restore_command import wait_for_recovery_end
 
         assert self.root is not None
@@ -309,6 +316,13 @@ class DrillRun:
             raise
         self.result.recovered_to = wait_for_recovery_end(expected=self.expected)(cluster)
         self.result.timings["recovery"] = round(time.monotonic() - t2, 3)
+        self.result.phases["wal_replay"] = {
+            "seconds": self.result.timings["recovery"],
+            "bytes": replayed_bytes(
+                self.info.metadata.get("start_lsn"),
+                self.result.recovered_to.get("last_replay_lsn"),
+            ),
+        }
 
     def check(self) -> None:
         """The policy's drill checks on the recovered server; the measured RTO and the
