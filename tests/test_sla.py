@@ -182,3 +182,98 @@ def test_rpo_host_loss_counts_the_least_behind_destination() -> None:
     assert sla.rpo_section(300, [offsite(0, {"nas": None})], [])["verdict"] == AT_RISK
     # No uploads recorded: the local verdict alone.
     assert sla.rpo_section(300, [check(10)], [])["verdict"] == COMPLIANT
+
+
+# --------------------------------------------------------------------------- RTO projection
+
+MIB = 1024 * 1024
+SEG = 16 * MIB
+
+
+def phased_drill(restore_rate: float, replay_bytes: int, replay_seconds: float, **extra) -> dict:
+    d = drill(20.0, tp=restore_rate)
+    d["phases"] = {
+        "transfer": {"seconds": 1.0, "bytes": 10},
+        "wal_replay": {"seconds": replay_seconds, "bytes": replay_bytes},
+    }
+    return {**d, **extra}
+
+
+def test_wal_since_backup_counts_the_segments_after_the_stop_lsn_once() -> None:
+    names = [
+        "000000010000000000000002",  # before the backup's end: not replayed
+        "000000010000000000000003.zst",  # holds the stop LSN: its rest is replayed
+        "000000010000000000000004.zst",
+        "000000020000000000000004.partial.zst",  # the same position on timeline 2
+        "000000020000000000000005.zst",
+        "00000002.history.zst",
+    ]
+    stop = "0/3000100"
+    assert sla.wal_since_backup(stop, names, SEG) == (0x6000000 - 0x3000100, 3)
+    assert sla.wal_since_backup(stop, names[:1], SEG) == (0, 0)
+    assert sla.wal_since_backup(None, names, SEG) == (0, 0)
+
+
+def test_measured_rates_come_from_the_newest_drills_that_measured_them() -> None:
+    old = phased_drill(1e6, 100 * MIB, 10.0, drill_id="old")
+    new = phased_drill(2e6, 0, 3.0, drill_id="new")  # replayed nothing: no replay rate
+    failed = {**phased_drill(9e9, 9, 1.0), "status": "failed"}
+    rates = sla.measured_rates([old, new, failed])
+    assert rates["restore_bytes_per_second"] == 2e6 and rates["restore_measured_by"] == "new"
+    assert rates["replay_bytes_per_second"] == 10 * MIB and rates["replay_measured_by"] == "old"
+    assert rates["combine_bytes_per_second"] is None
+
+
+def test_projection_is_restore_plus_replay_at_the_measured_rates() -> None:
+    d = phased_drill(4 * MIB, 64 * MIB, 8.0, drill_id="d1")  # replay at 8 MiB/s
+    p = sla.rto_projection(3600, [d], 400 * MIB, [], 32 * MIB, 2)
+    assert p["restore_seconds"] == 100.0  # 400 MiB at 4 MiB/s
+    assert p["replay_seconds"] == 4.0  # 32 MiB at 8 MiB/s
+    assert p["projected_seconds"] == 104.0
+    assert p["warning"] is None and p["note"] is None
+    assert (p["backup_bytes"], p["wal_bytes"], p["wal_segments"]) == (400 * MIB, 32 * MIB, 2)
+    assert p["restore_bytes_per_second"] == 4 * MIB and p["replay_bytes_per_second"] == 8 * MIB
+    lines = sla.projection_lines(p)
+    assert "104.0s" in lines[0] and "400.0 MiB" in lines[1] and "4.0 MiB/s" in lines[1]
+    assert "32.0 MiB in 2 segment(s)" in lines[2] and "8.0 MiB/s" in lines[2]
+    assert not any(line.startswith("WARNING") for line in lines)
+
+
+def test_projection_of_a_chain_stages_every_member_then_combines() -> None:
+    d = phased_drill(4 * MIB, 64 * MIB, 8.0, combine_throughput_bytes_per_second=8 * MIB)
+    p = sla.rto_projection(None, [d], 400 * MIB, [40 * MIB, 40 * MIB], 0, 0)
+    assert p["restore_seconds"] == (480 / 4) + (400 / 8)
+    assert p["replay_seconds"] == 0.0 and p["projected_seconds"] == 170.0
+    assert p["warning"] is None  # no objective
+
+
+def test_projection_over_the_objective_warns_and_puts_the_rto_at_risk() -> None:
+    d = phased_drill(4 * MIB, 64 * MIB, 8.0)
+    p = sla.rto_projection(60, [d], 400 * MIB, [], 32 * MIB, 2)
+    assert p["warning"] == (
+        "WARNING: the projected restore time 104.0s exceeds the RTO objective 60.0s"
+    )
+    assert sla.projection_lines(p)[-1] == p["warning"]
+    s = sla.rto_section(60, [d], None, [], p)  # the drill itself (20 s) was within it
+    assert s["verdict"] == AT_RISK
+    assert s["projection"] is p and p["warning"] in s["reasons"]
+    assert "restore with the WAL since the backup 104.0s" in sla.measure("rto", s)
+
+
+def test_without_a_measured_rate_the_projection_says_no_measurement_yet() -> None:
+    p = sla.rto_projection(60, [], 400 * MIB, [], 32 * MIB, 2)
+    assert p["projected_seconds"] is None and p["warning"] is None
+    assert p["note"].startswith("no measurement yet: no drill measured the restore rate")
+    assert "WAL replay rate" in p["note"]
+    assert sla.projection_lines(p) == [f"RTO projection: {p['note']}"]
+    # an older drill: a restore rate, no replay phase
+    old = drill(20.0, tp=4 * MIB)
+    p = sla.rto_projection(60, [old], 400 * MIB, [], 32 * MIB, 2)
+    assert p["restore_seconds"] == 100.0 and p["projected_seconds"] is None
+    assert p["note"] == (
+        "no measurement yet: no drill measured the WAL replay rate (run `pgbackup drill`)"
+    )
+    # no WAL since the backup: no replay rate needed
+    assert sla.rto_projection(60, [old], 400 * MIB, [], 0, 0)["projected_seconds"] == 100.0
+    s = sla.rto_section(3600, [old], None, [], p)
+    assert "no measurement yet" in sla.measure("rto", s)

@@ -249,15 +249,159 @@ def chain_increments(complete: list[Any]) -> list[float]:
     return [raw.get(member, 0.0) for member in chain] + [raw[newest.backup_id]]
 
 
+def wal_since_backup(stop_lsn: str | None, names: Iterable[str], seg_size: int) -> tuple[int, int]:
+    """(bytes, segments) of the archived WAL after a backup's ``stop_lsn``: the segments
+    (``names``: archived WAL file names; a segment position counted once, whatever its
+    timeline) that end after it, and the LSN distance from it to the end of the newest:
+    what a recovery to the latest point replays beyond the backup."""
+    from pgbackup.formats.lsn import parse_lsn, parse_segment_name, segment_start_lsn
+
+    if not stop_lsn:
+        return 0, 0
+    stop = parse_lsn(stop_lsn)
+    starts = {
+        segment_start_lsn(n[:24], seg_size)
+        for n in names
+        if parse_segment_name(n[:24], seg_size) is not None
+    }
+    after = [start for start in starts if start + seg_size > stop]
+    if not after:
+        return 0, 0
+    return max(after) + seg_size - stop, len(after)
+
+
+def measured_rates(drills: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latest measured rates a projection uses, from the good drills (oldest first):
+    the restore rate (the drill's raw bytes over its restore's wall time: phases overlap,
+    so their seconds do not add up to it), pg_combinebackup's rate, and WAL replay's (the
+    ``wal_replay`` phase: WAL bytes replayed over the time from the scratch server's start
+    to the end of recovery). A rate no drill measured is None."""
+    from pgbackup.engine.phases import rate
+
+    good = good_drills(drills)
+    restore = [d for d in good if d.get("restore_throughput_bytes_per_second")]
+    combine = [d for d in good if d.get("combine_throughput_bytes_per_second")]
+    replay = [d for d in good if rate((d.get("phases") or {}).get("wal_replay"))]
+    out: dict[str, Any] = {
+        "restore_bytes_per_second": None,
+        "restore_measured_by": None,
+        "combine_bytes_per_second": None,
+        "replay_bytes_per_second": None,
+        "replay_measured_by": None,
+    }
+    if restore:
+        out["restore_bytes_per_second"] = float(restore[-1]["restore_throughput_bytes_per_second"])
+        out["restore_measured_by"] = restore[-1].get("drill_id") or restore[-1].get("started_at")
+    if combine:
+        out["combine_bytes_per_second"] = float(combine[-1]["combine_throughput_bytes_per_second"])
+    if replay:
+        out["replay_bytes_per_second"] = rate(replay[-1]["phases"]["wal_replay"])
+        out["replay_measured_by"] = replay[-1].get("drill_id") or replay[-1].get("started_at")
+    return out
+
+
+def rto_projection(
+    rto: int | None,
+    drills: list[dict[str, Any]],
+    backup_bytes: float | None,
+    increments: list[float],
+    wal_bytes: float,
+    wal_segments: int,
+) -> dict[str, Any]:
+    """How long restoring the newest backup and replaying the WAL archived since it would
+    take now, at the latest measured rates (:func:`measured_rates`)::
+
+        restore = (backup_bytes + sum(increments)) / restore rate
+                  [+ backup_bytes / combine rate, for a chain]
+        replay  = wal_bytes / replay rate
+        projected = restore + replay
+
+    ``backup_bytes``: the newest full backup's raw size (an incremental's full backup);
+    ``increments``: each incremental of the chain on top of it. Without a measured rate
+    the projection is None and ``note`` says "no measurement yet"; ``warning`` is set when
+    the projection exceeds the objective."""
+    rates = measured_rates(drills)
+    out: dict[str, Any] = {
+        "objective_seconds": rto,
+        "backup_bytes": backup_bytes,
+        "chain_increments_bytes": list(increments),
+        "wal_bytes": wal_bytes,
+        "wal_segments": wal_segments,
+        **rates,
+        "restore_seconds": None,
+        "replay_seconds": None,
+        "projected_seconds": None,
+        "note": None,
+        "warning": None,
+    }
+    restore_rate, replay_rate = rates["restore_bytes_per_second"], rates["replay_bytes_per_second"]
+    missing = []
+    if backup_bytes is None:
+        missing.append("no complete backup")
+    if restore_rate is None:
+        missing.append("no drill measured the restore rate")
+    if wal_bytes and replay_rate is None:
+        missing.append("no drill measured the WAL replay rate")
+    if restore_rate is not None and backup_bytes is not None:
+        seconds = (backup_bytes + sum(increments)) / restore_rate
+        if increments:
+            seconds += backup_bytes / (rates["combine_bytes_per_second"] or restore_rate)
+        out["restore_seconds"] = round(seconds, 1)
+    if replay_rate is not None:
+        out["replay_seconds"] = round(wal_bytes / replay_rate, 1)
+    elif not wal_bytes:
+        out["replay_seconds"] = 0.0
+    if missing:
+        out["note"] = "no measurement yet: " + "; ".join(missing) + " (run `pgbackup drill`)"
+        return out
+    out["projected_seconds"] = round(out["restore_seconds"] + out["replay_seconds"], 1)
+    if rto is not None and out["projected_seconds"] > rto:
+        out["warning"] = (
+            f"WARNING: the projected restore time {fmt_seconds(out['projected_seconds'])} "
+            f"exceeds the RTO objective {fmt_seconds(rto)}"
+        )
+    return out
+
+
+def projection_lines(p: dict[str, Any]) -> list[str]:
+    """The projection in words, its inputs said (every rendering's)."""
+    from pgbackup.ui import human_bytes
+
+    def per_second(r: float | None) -> str:
+        return f"{human_bytes(r)}/s" if r else "-"
+
+    if p["projected_seconds"] is None:
+        return [f"RTO projection: {p['note']}"]
+    chain = len(p["chain_increments_bytes"])
+    restored = (p["backup_bytes"] or 0) + sum(p["chain_increments_bytes"])
+    lines = [
+        f"RTO projection (the newest backup restored now, the WAL since it replayed): "
+        f"{fmt_seconds(p['projected_seconds'])} against an objective of "
+        f"{fmt_seconds(p['objective_seconds'])}",
+        f"restore {fmt_seconds(p['restore_seconds'])}: {human_bytes(restored)}"
+        + (f" (a chain of {chain + 1}, combined)" if chain else "")
+        + f" at {per_second(p['restore_bytes_per_second'])} (drill {p['restore_measured_by']})",
+        f"WAL replay {fmt_seconds(p['replay_seconds'])}: {human_bytes(p['wal_bytes'])} in "
+        f"{p['wal_segments']} segment(s) since the backup at "
+        f"{per_second(p['replay_bytes_per_second'])} (drill {p['replay_measured_by'] or '-'})",
+    ]
+    if p["warning"]:
+        lines.append(p["warning"])
+    return lines
+
+
 def rto_section(
     rto: int | None,
     drills: list[dict[str, Any]],
     database_bytes: float | None,
     increments: list[float] | None = None,
+    projection_now: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Objective vs measured drill times, and a projection for the current database size
     and the newest backup's chain (``increments``: raw bytes of each incremental on top of
-    its full backup; empty or None for a full backup)."""
+    its full backup; empty or None for a full backup). ``projection_now``
+    (:func:`rto_projection`) is kept in the section as ``projection``; its warning makes
+    it AT RISK."""
     good = good_drills(drills)
     failed = [d for d in drills if d.get("status") != "ok"]
     measured = [float(d["rto_seconds"]) for d in good]
@@ -277,6 +421,7 @@ def rto_section(
         "projected_seconds": projection,
         "projected_chain_length": len(increments or []) + 1,
         "database_bytes": database_bytes,
+        "projection": projection_now,
         "reasons": [],
     }
     reasons: list[str] = out["reasons"]
@@ -307,6 +452,9 @@ def rto_section(
                 f"projected restore time for the current size {fmt_seconds(projection)} exceeds {fmt_seconds(rto)}"
                 + (f" ({chain_note})" if chain_note else "")
             )
+    if projection_now and projection_now.get("warning"):
+        verdict = worst([verdict, AT_RISK])
+        reasons.append(projection_now["warning"])
     if not good:
         verdict = worst([verdict, AT_RISK])
         reasons.append("no successful drill measured the RTO in the period (run `pgbackup drill`)")
@@ -496,6 +644,15 @@ AREA_TITLES = {  # one title per SLA area, for every rendering
 }
 
 
+def projected_now(p: dict[str, Any] | None) -> str:
+    """The RTO projection's part of the RTO section's "measured" line."""
+    if not p:
+        return ""
+    if p["projected_seconds"] is None:
+        return "; restore with the WAL since the backup: no measurement yet"
+    return f"; restore with the WAL since the backup {fmt_seconds(p['projected_seconds'])}"
+
+
 def measure(name: str, s: dict[str, Any]) -> str:
     """What was measured in section ``name``, in one line (every rendering's "measured")."""
     if name == "rpo":
@@ -508,6 +665,7 @@ def measure(name: str, s: dict[str, Any]) -> str:
             f"objective {fmt_seconds(s['objective_seconds'])}; drills {s['drills_ok']} ok / {s['drills_failed']} failed; "
             f"worst {fmt_seconds(s['worst_seconds'])}, latest {fmt_seconds(s['latest_seconds'])}; "
             f"projected for the current size {fmt_seconds(s['projected_seconds'])}"
+            + projected_now(s.get("projection"))
         )
     if name == "backups":
         return (

@@ -28,9 +28,12 @@ from pgbackup.operations.sla import (
     outcomes_section,
     overall,
     parse_timestamp,
+    projection_lines,
     retention_section,
     rpo_section,
+    rto_projection,
     rto_section,
+    wal_since_backup,
 )
 
 # --------------------------------------------------------------------------- evidence
@@ -65,7 +68,13 @@ def build_report(
     window = recoverable_window(repo, policy, target.name) if complete else {}
     sections = {
         "rpo": rpo_section(policy.sla.rpo, ev.checks, ev.wal_times()),
-        "rto": rto_section(policy.sla.rto, ev.drills, database_bytes, chain_increments(complete)),
+        "rto": rto_section(
+            policy.sla.rto,
+            ev.drills,
+            database_bytes,
+            chain_increments(complete),
+            ev.projection(policy.sla.rto),
+        ),
         "backups": frequency_section(policy.schedules.get("backup"), times, period_start, now),
         "retention": retention_section(
             policy.retention.days,
@@ -126,6 +135,7 @@ class Evidence:
         ]
         self.drills = [d for d in drill_records(repo, target) if self.in_period(d, "started_at")]
         self.complete = repo.complete_backups(target)
+        self._wal: list[Any] | None = None
 
     def in_period(self, rec: dict[str, Any], *keys: str) -> bool:
         """The record's first time of ``keys`` is in the period (no time: not in it)."""
@@ -135,16 +145,41 @@ class Evidence:
                 return t >= self.start
         return False
 
+    def wal_objects(self) -> list[Any]:
+        """The archived WAL files (listed once: several measures read them)."""
+        if self._wal is None:
+            self._wal = list(self.repo.storage.list(f"{self.target}/wal/"))
+        return self._wal
+
     def wal_times(self) -> list[datetime]:
         """When each WAL segment archived in the period arrived."""
         from pgbackup.engine.wal import is_wal_name
 
         out = []
-        for obj in self.repo.storage.list(f"{self.target}/wal/"):
+        for obj in self.wal_objects():
             name = obj.key.rsplit("/", 1)[-1][:24]
             if is_wal_name(name) and obj.mtime >= self.start.timestamp():
                 out.append(datetime.fromtimestamp(obj.mtime, UTC))
         return out
+
+    def projection(self, rto: int | None) -> dict[str, Any]:
+        """The RTO projection (sla.rto_projection): the newest backup's size (its chain's),
+        the WAL archived since it, the drills' latest measured rates."""
+        complete = self.complete
+        newest = complete[-1].metadata if complete else {}
+        wal_bytes, segments = wal_since_backup(
+            newest.get("stop_lsn"),
+            (obj.key.rsplit("/", 1)[-1] for obj in self.wal_objects()) if newest else (),
+            int(newest.get("wal_segment_size") or 16 * 1024 * 1024),
+        )
+        return rto_projection(
+            rto,
+            self.drills,
+            full_backup_bytes(complete),
+            chain_increments(complete),
+            wal_bytes,
+            segments,
+        )
 
     def backup_times(self) -> list[datetime]:
         """When each backup started: the complete ones, and the runs that succeeded."""
@@ -215,6 +250,9 @@ def render_markdown(reports: dict[str, Any]) -> str:
         for key, s in r["sections"].items():
             reasons = "; ".join(s["reasons"]).replace("|", "\\|")
             lines.append(f"| {AREA_TITLES[key]} | {s['verdict']} | {measure(key, s)} | {reasons} |")
+        projection = r["sections"]["rto"].get("projection")
+        if projection:
+            lines += ["", *(f"- {line}" for line in projection_lines(projection))]
         missed = r["sections"]["backups"]["missed_runs"]
         if missed:
             lines += ["", "Missed backup runs: " + ", ".join(missed[:50])]

@@ -41,7 +41,7 @@ def target_view(name: str, r: dict[str, Any]) -> dict[str, Any]:
     """What the template shows of one target: verdicts, measures, the charts as SVG."""
     from markupsafe import Markup
 
-    from pgbackup.operations.sla import AREA_TITLES, measure
+    from pgbackup.operations.sla import AREA_TITLES, measure, projection_lines
 
     timeline = r.get("timeline")
     start, end = charts.view(timeline) if timeline else (None, None)
@@ -64,6 +64,12 @@ def target_view(name: str, r: dict[str, Any]) -> dict[str, Any]:
             }
             for key, s in r["sections"].items()
         ],
+        "projection": [
+            {"text": line, "warning": line.startswith("WARNING")}
+            for line in projection_lines(r["sections"]["rto"]["projection"])
+        ]
+        if r["sections"]["rto"].get("projection")
+        else [],
         "drills": r["sections"]["verification"]["drills"],
         "missed": r["sections"]["backups"]["missed_runs"],
         "timeline": timeline,
