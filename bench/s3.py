@@ -22,6 +22,14 @@ moto runs in this benchmark's own process (threaded server) and holds every stor
 object in memory; its footprint is reported separately and is not part of pgbackup's
 figures. Run as root (PostgreSQL runs as ``postgres``); everything lives in a scratch
 directory under /tmp, removed at the end unless ``--keep``.
+
+With ``--offsite N`` it measures upload copies and wal-ship instead (issue #26 point 1,
+several objects at once): one backup to a posix repository, then per round and code
+(rotating who goes first) the copy of that backup to a fresh S3 upload destination
+(``upload_backup`` in a subprocess, as ``pgbackup backup`` runs it after the backup) and
+``pgbackup wal-ship --once`` of N WAL files of ``--wal-size`` bytes each (random, so
+incompressible; a zstd-compressed pgbench segment is a few MiB) to another fresh one.
+Each destination's objects are deleted after its run (moto keeps them in memory).
 """
 
 from __future__ import annotations
@@ -247,6 +255,85 @@ def ceiling(moto_spec: dict[str, Any], s3env: dict[str, str], args: Any) -> None
     print(table(["storage layer alone, 400 MiB", "up MiB/s", "down MiB/s"], rows))
 
 
+COPY_SCRIPT = """
+import sys
+from pgbackup.engine.uploads import upload_backup
+from pgbackup.policy.loading import load_policy
+upload_backup(load_policy(sys.argv[1]), "bench", sys.argv[2])
+"""
+
+
+def offsite_policy(
+    posix_policy: Path, path: Path, spec: dict[str, Any], part_size: str, prefix: str
+) -> Path:
+    """The posix policy plus a target ``ship`` (only its WAL is used) and one S3 upload
+    destination ``offsite`` at ``prefix``."""
+    text = posix_policy.read_text()
+    conn = re.search(r"^    connection: .*$", text, re.M)
+    assert conn is not None
+    text = text.replace("targets:\n", f"targets:\n  ship:\n{conn.group(0)}\n", 1)
+    text += (
+        "uploads:\n"
+        f"  - {{name: offsite, kind: s3, bucket: {spec['bucket']}, prefix: {prefix}, "
+        f"region: {spec['region']}, endpoint_url: {spec['endpoint_url']}, "
+        f"part_size: {part_size}}}\n"
+    )
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
+def offsite(
+    args: Any,
+    root: Path,
+    posix_cfg: Path,
+    spec: dict[str, Any],
+    moto_spec: dict[str, Any],
+    s3env: Any,
+    codes: list[tuple[str, str]],
+) -> dict[tuple[str, str], list[Run]]:
+    """Upload copy of one backup and wal-ship of ``args.offsite`` files, per round and code."""
+    import os
+
+    from pgbackup.storage import open_storage
+
+    env0 = pgbackup_env(root, **s3env)
+    must(timed([PGBACKUP, "--config", str(posix_cfg), "backup"], env=env0), "backup to posix")
+    backup_id = sorted(p.name for p in (root / "repo" / "bench" / "base").iterdir())[-1]
+    wal = root / "repo" / "ship" / "wal"
+    wal.mkdir(parents=True, exist_ok=True)
+    for i in range(args.offsite):
+        (wal / f"0000000100000001{i:08X}.zst").write_bytes(os.urandom(args.wal_size))
+    os.environ.update(s3env)
+    results: dict[tuple[str, str], list[Run]] = {}
+    for n in range(args.repeat):
+        turn = n % len(codes)
+        for label, code in codes[turn:] + codes[:turn]:
+            extra: dict[str, Any] = {"PYTHONPATH": code} if code else {}
+            env = pgbackup_env(root, **s3env, **extra)
+            for op in ("upload copy", "wal-ship"):
+                prefix = f"{op.split()[0]}-{label}-{n}/"
+                cfg = offsite_policy(
+                    posix_cfg, root / f"{prefix[:-1]}.yaml", spec, args.part_size, prefix
+                )
+                log(f"round {n + 1}: {label}: {op}")
+                if op == "upload copy":
+                    argv = [sys.executable, "-c", COPY_SCRIPT, str(cfg), backup_id]
+                else:
+                    argv = [
+                        PGBACKUP,
+                        "--config",
+                        str(cfg),
+                        "wal-ship",
+                        "--once",
+                        "--target",
+                        "ship",
+                    ]
+                results.setdefault((label, op), []).append(must(timed(argv, env=env), op))
+                open_storage(dict(moto_spec, prefix=prefix)).delete_prefix("")
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scale", type=int, default=50, help="pgbench scale (default 50)")
@@ -277,6 +364,14 @@ def main() -> None:
         action="store_true",
         help="only the storage layer against moto (no PostgreSQL): 1 and 4 streams",
     )
+    ap.add_argument(
+        "--offsite",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure an upload copy and wal-ship of N WAL files instead (see above)",
+    )
+    ap.add_argument("--wal-size", type=int, default=2 * 1024 * 1024, help="bytes a WAL file")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = ap.parse_args()
     if not args.moto_spool:
@@ -312,7 +407,10 @@ def main() -> None:
                 )
                 assert f"method: {args.compression}" in posix_cfg.read_text()
             s3_cfg = s3_policy(posix_cfg, root / "s3.yaml", spec, args.part_size)
-            for n in range(args.repeat):
+            if args.offsite:
+                offsite_runs = offsite(args, root, posix_cfg, spec, moto_spec, s3env, codes)
+                copied = du(root / "repo" / "bench" / "base")
+            for n in range(args.repeat if not args.offsite else 0):
                 turn = n % len(codes)  # who goes first rotates, round by round
                 for label, code in codes[turn:] + codes[:turn]:
                     extra = {"PYTHONPATH": code} if code else {}
@@ -340,6 +438,31 @@ def main() -> None:
         cluster.stop("fast")
         if not args.keep:
             rmtree(root)
+
+    if args.offsite:
+        first = codes[0][0]
+        rows = []
+        for (label, op), op_runs in offsite_runs.items():
+            wall = median([r.seconds for r in op_runs])
+            base = median([r.seconds for r in offsite_runs[(first, op)]])
+            rows.append(
+                [
+                    f"{op} ({label})",
+                    f"{wall:.2f}",
+                    f"{wall / base:.2f}",
+                    mib(max(r.peak_rss for r in op_runs)),
+                    f"{median([r.cpu for r in op_runs]):.1f}",
+                ]
+            )
+        print(
+            f"\nupload copy of one backup ({mib(copied)}, pgbench scale {args.scale}, "
+            f"compression {args.compression}) and wal-ship --once of {args.offsite} files of "
+            f"{mib(args.wal_size)} to S3 (part size {args.part_size}, streams 4) through a "
+            f"shaping proxy: {args.latency_ms:g} ms a request, {args.conn_mbps:g} MB/s a "
+            f"connection; {args.repeat} round(s), medians; {loadavg()}"
+        )
+        print(table(["run", "wall s", f"vs {first}", "peak RSS", "cpu s"], rows))
+        return
 
     def secs(key: tuple[str, str, str]) -> float:
         return median([r.seconds for r in results[key]])

@@ -186,10 +186,10 @@ def copy_objects(
     (``streams`` + objects in flight) × ``part_size``: (``streams`` + 1) × ``part_size``
     while one large object moves, as a single object already took, and never more than
     2 × ``streams`` × ``part_size`` (64 MiB with the defaults; GCS, one part in flight
-    per object, reaches it with ``streams`` objects near one part each). A posix destination (no ``streams``) copies one
-    object at a time, as before. Each object is streamed (``copy_object``), never read
-    whole; the source's own reads of a large object are ranged with the source's
-    ``streams``.
+    per object, reaches it with ``streams`` objects near one part each). A posix
+    destination (no ``streams``) copies one object at a time, as before. Each object is
+    streamed (``copy_object``), never read whole; the source's own reads of a large
+    object are ranged with the source's ``streams``.
 
     A copy that fails (after the storage's own retries, which resend only the failed
     request) stops the batch: no copy starts after it, those in flight are cancelled
@@ -232,12 +232,14 @@ def copy_objects(
             t = threading.Thread(target=run, args=(i, weight), name="pgbackup-copy", daemon=True)
             t.start()
             threads.append(t)
-    except BaseException:  # Ctrl-C / SIGTERM while waiting: cancel what is in flight
-        stop.set()
-        raise
-    finally:
         for t in threads:
             t.join()
+    except BaseException:  # Ctrl-C / SIGTERM (signals.py): cancel what is in flight
+        stop.set()
+        slots.wake()
+        for t in threads:
+            t.join()
+        raise
     return out
 
 
