@@ -36,3 +36,20 @@ Feature: SLA compliance is proven from measured evidence
     And I write the SLA report as HTML
     Then the HTML report has inline SVG charts and no scripts
     And headless Chromium renders it to a non-trivial PNG
+
+  Scenario: Backup and drill say where their time went; the report projects the RTO from it
+    Given a sandbox cluster with sample data
+    And a backup was taken
+    When rows are added after the backup and their WAL is archived
+    And I run a drill that passes
+    Then the backup's run record and metadata.json have seconds and bytes for server, compress, transfer and sync
+    And the drill's record has seconds and bytes for transfer, decode, write, sync and wal_replay
+    And the SLA report projects the RTO from the drill's rates, the backup's size and the WAL since it
+
+  Scenario: A projected restore time over the objective is a warning in the SLA report
+    Given the policy's RTO objective is 1s
+    And a sandbox cluster with sample data
+    And a backup was taken
+    When rows are added after the backup and their WAL is archived
+    And I run a drill that passes
+    Then the SLA report warns that the projected restore time exceeds the objective

@@ -229,3 +229,115 @@ def render_png(h: Harness, ctx: dict[str, Any]) -> None:
     assert (width, height) == (1200, 1600)
     # A blank 1200x1600 page compresses to a few kB; text, tables and charts do not.
     assert len(data) > 30_000, len(data)
+
+
+# --- where the time goes, and the RTO projection (#26 point 4) ----------------------------
+
+
+@given(parsers.parse("the policy's RTO objective is {seconds:d}s"))
+def rto_objective(h: Harness, seconds: int) -> None:
+    h.policy["sla"]["rto"] = f"{seconds}s"
+    h.write_policy()
+
+
+def measured(phases: dict[str, Any], names: list[str]) -> None:
+    for name in names:
+        assert phases[name]["seconds"] > 0 and phases[name]["bytes"] > 0, (name, phases)
+
+
+@then(
+    "the backup's run record and metadata.json have seconds and bytes for server, compress, "
+    "transfer and sync"
+)
+def backup_phases(h: Harness, ctx: dict[str, Any]) -> None:
+    backup_id = ctx["backup_ids"][-1]
+    records = [
+        json.loads(p.read_text()) for p in sorted((h.repo / "platform" / "runs").glob("*.json"))
+    ]
+    run = next(r for r in records if r["kind"] == "backup" and r.get("backup_id") == backup_id)
+    metadata = json.loads((h.repo / "platform" / "base" / backup_id / "metadata.json").read_text())
+    measured(run["phases"], ["server", "compress", "transfer", "sync", "metadata"])
+    measured(metadata["phases"], ["server", "compress", "transfer", "sync"])
+    assert run["phases"]["server"]["bytes"] == metadata["raw_bytes"]
+    assert "metadata" not in metadata["phases"]  # it cannot hold the time of its own writing
+    for name in ("server", "compress", "transfer", "sync"):
+        assert run["phases"][name] == metadata["phases"][name]
+    ctx["backup_metadata"] = metadata
+
+
+def drill_record(h: Harness, ctx: dict[str, Any]) -> dict[str, Any]:
+    path = h.repo / "platform" / "drills" / f"{ctx['drill']['drill_id']}.json"
+    return dict(json.loads(path.read_text()))
+
+
+@then("the drill's record has seconds and bytes for transfer, decode, write, sync and wal_replay")
+def drill_phases(h: Harness, ctx: dict[str, Any]) -> None:
+    record = drill_record(h, ctx)
+    measured(record["phases"], ["transfer", "decode", "write", "sync", "wal_replay"])
+    assert record["phases"] == ctx["drill"]["phases"]
+    assert record["phases"]["wal_replay"]["seconds"] == record["timings"]["recovery"]
+    # transfer reads what is stored; decode yields at least the raw bytes it restored
+    assert record["phases"]["transfer"]["bytes"] == record["stored_bytes"]
+    assert record["phases"]["write"]["bytes"] <= record["phases"]["decode"]["bytes"]
+
+
+def wal_after(h: Harness, stop_lsn: str, seg_size: int) -> tuple[int, int]:
+    """The WAL archived after ``stop_lsn``, counted here from the repository's files."""
+    from pgbackup.formats.lsn import parse_lsn
+
+    positions = {
+        int(p.name[8:16], 16) * (0x100000000 // seg_size) + int(p.name[16:24], 16)
+        for p in (h.repo / "platform" / "wal").iterdir()
+        if re.fullmatch(r"[0-9A-F]{24}", p.name[:24])
+    }
+    stop = parse_lsn(stop_lsn)
+    after = [n * seg_size for n in positions if (n + 1) * seg_size > stop]
+    return (max(after) + seg_size - stop, len(after)) if after else (0, 0)
+
+
+@then(
+    "the SLA report projects the RTO from the drill's rates, the backup's size and the WAL since it"
+)
+def report_projects(h: Harness, ctx: dict[str, Any]) -> None:
+    record = drill_record(h, ctx)
+    metadata = ctx["backup_metadata"]
+    p = sla_json(h)["sections"]["rto"]["projection"]
+    replay = record["phases"]["wal_replay"]
+    assert p["restore_bytes_per_second"] == record["restore_throughput_bytes_per_second"]
+    assert p["restore_measured_by"] == record["drill_id"]
+    assert p["replay_bytes_per_second"] == pytest.approx(replay["bytes"] / replay["seconds"])
+    assert p["backup_bytes"] == metadata["raw_bytes"] and p["chain_increments_bytes"] == []
+    wal_bytes, segments = wal_after(h, metadata["stop_lsn"], metadata["wal_segment_size"])
+    assert (p["wal_bytes"], p["wal_segments"]) == (wal_bytes, segments)
+    assert segments >= 1  # the late rows' segment, at least
+    assert p["restore_seconds"] == pytest.approx(
+        metadata["raw_bytes"] / p["restore_bytes_per_second"], abs=0.06
+    )
+    assert p["replay_seconds"] == pytest.approx(wal_bytes / p["replay_bytes_per_second"], abs=0.06)
+    assert p["projected_seconds"] == pytest.approx(
+        p["restore_seconds"] + p["replay_seconds"], abs=0.11
+    )
+    assert p["objective_seconds"] == 3600 and p["warning"] is None and p["note"] is None
+    md = h.run("sla-report").stdout
+    assert "RTO projection (the newest backup restored now" in md
+    assert "WARNING" not in md
+
+
+@then("the SLA report warns that the projected restore time exceeds the objective")
+def report_warns(h: Harness) -> None:
+    report = sla_json(h)
+    rto = report["sections"]["rto"]
+    p = rto["projection"]
+    assert p["objective_seconds"] == 1
+    assert p["projected_seconds"] > 1, p
+    warning = (
+        f"WARNING: the projected restore time {p['projected_seconds']:.1f}s exceeds the RTO "
+        "objective 1.0s"
+    )
+    assert p["warning"] == warning
+    assert warning in rto["reasons"] and f"RTO: {warning}" in report["reasons"]
+    md = h.run("sla-report").stdout
+    assert f"- {warning}" in md
+    out = h.root / "report.html"
+    h.run("sla-report", "--format", "html", "--output", str(out))
+    assert warning in out.read_text()
