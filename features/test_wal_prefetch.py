@@ -278,7 +278,9 @@ def start_and_kill(ctx: dict[str, Any]) -> None:
 
     def killer() -> None:
         while not done.is_set() and len(killed) < 2:
-            log = server_log(ctx)  # started: it has read the archive's identity
+            log = ""  # started: it has read the archive's identity and said so
+            with contextlib.suppress(OSError):  # the server's log is not there yet
+                log = server_log(ctx)
             pids = [
                 p for p in prefetchers(directory) if p not in killed and f"[{p}] reading" in log
             ]

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""WAL replay through wal-fetch, with and without its read-ahead (issue #26 point 3).
+
+    .venv/bin/python bench/wal_replay.py [--segments 34] [--repeat 3] [--latency-ms 20]
+        [--scale 5] [--keep]
+
+One source cluster archives through ``pgbackup wal-push`` into a posix repository; after a
+backup, pgbench writes until ``--segments`` WAL segments lie between the backup and the
+end of the archive. The repository is copied whole into moto (S3, in this process),
+reached through ``bench/s3.py``'s shaping proxy: every request answered ``--latency-ms``
+after it was sent. Each round restores the backup with ``--target latest`` (not timed)
+and times the recovery alone: from ``pg_ctl start`` until the server has promoted (it
+replays every archived segment), for
+
+- ``s3, read-ahead off``: ``wal_fetch: {read_ahead: 0}``, one wal-fetch per segment;
+- ``s3, read-ahead 8``: the default from object storage (8 segments, 4 streams);
+- ``posix, read-ahead off``: the default from a posix repository;
+- ``posix, read-ahead 8``;
+- ``PostgreSQL, local disk``: restore_command = ``cp`` from a directory holding the same
+  segments decoded: PostgreSQL's replay with the cheapest archive there is.
+
+Order rotates round by round; medians. The recovered server's ``pgbench_history`` row
+count is compared with the source's each time (a wrong count stops the benchmark), and
+the segments served from the spool are counted from the server's log (the prefetcher's
+last line). Run as root (PostgreSQL runs as ``postgres``); everything lives in a scratch
+directory under /tmp, removed at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import services  # noqa: E402
+from common import (  # noqa: E402
+    PGBACKUP,
+    SERVER_USER,
+    give,
+    loadavg,
+    log,
+    make_cluster,
+    median,
+    pgbackup_env,
+    pgbench,
+    rmtree,
+    scratch,
+    table,
+    write_policy,
+)
+from s3 import cache_moto_values, s3_policy, shaped  # noqa: E402
+
+from pgbackup.postgres.cluster import Cluster, free_port  # noqa: E402
+
+SEG = 16 * 1024 * 1024
+SERVED = re.compile(
+    r"pgbackup wal-prefetch: .* stopped \([^)]*\): \d+ segments spooled, (\d+) served"
+)
+
+
+def with_read_ahead(cfg: Path, out: Path, read_ahead: int) -> Path:
+    """The policy ``cfg`` with ``wal_fetch: {read_ahead: N}`` on its target."""
+    text = cfg.read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("    connection:"))
+    out.write_text(text.replace(line, f"{line}\n    wal_fetch: {{read_ahead: {read_ahead}}}"))
+    out.chmod(0o644)
+    return out
+
+
+def archived_segments(repo: Path) -> list[str]:
+    return sorted(p.name[:24] for p in (repo / "bench" / "wal").glob("*.zst") if len(p.name) == 28)
+
+
+def build_source(root: Path, segments: int, scale: int) -> dict[str, Any]:
+    """The source cluster, its policy, a backup and ``segments`` archived after it."""
+    cluster = make_cluster(root, {"synchronous_commit": "off"})  # WAL, not fsync waits
+    repo = give(root / "repo")
+    cfg = write_policy(root / "posix.yaml", repo, cluster.port)
+    cluster.configure(
+        {"archive_mode": "on", "archive_command": f"'{PGBACKUP}' --config '{cfg}' wal-push %p"}
+    )
+    cluster.stop()
+    cluster.start()
+    log(f"pgbench -i -s {scale}")
+    pgbench(cluster, "-i", "-s", str(scale), "-q")
+    env = pgbackup_env(root)
+    subprocess.run([PGBACKUP, "--config", str(cfg), "backup"], check=True, env=env)
+    start = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+    log(f"pgbench until {segments} segments after {start}")
+    while True:
+        pgbench(cluster, "-c", "2", "-j", "2", "-t", "5000", "-N")
+        now = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+        if int(now[8:], 16) - int(start[8:], 16) >= segments:
+            break
+    closed = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        last = cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+        if last and last[:24] >= closed:
+            break
+        time.sleep(0.2)
+    rows = int(cluster.sql("SELECT count(*) FROM pgbench_history")[0][0])
+    cluster.stop()
+    after = [s for s in archived_segments(repo) if s >= start]
+    log(f"{len(after)} segments to replay ({after[0]}..{after[-1]}), {rows} history rows")
+    return {"cfg": cfg, "repo": repo, "rows": rows, "segments": len(after)}
+
+
+def copy_to_s3(repo: Path, spec: dict[str, Any]) -> None:
+    from pgbackup.storage import open_storage
+
+    storage = open_storage(dict(spec, prefix="bench/"))
+    for path in sorted(repo.rglob("*")):
+        if path.is_file() and not path.name.endswith(".log"):
+            storage.write_bytes(str(path.relative_to(repo)), path.read_bytes())
+
+
+def decode_locally(repo: Path, into: Path) -> None:
+    from pgbackup.formats.codecs import CodecSpec, decode_bytes
+
+    give(into)
+    spec = CodecSpec(compression="zstd", level=3, encrypted=False)
+    for path in (repo / "bench" / "wal").glob("*.zst"):
+        (into / path.name[:-4]).write_bytes(decode_bytes(spec, path.read_bytes()))
+    give(into)
+
+
+def replay(
+    root: Path, label: str, cfg: Path, env: dict[str, str], rows: int, local: Path | None
+) -> tuple[float, int]:
+    """Restore (not timed), then time recovery from pg_ctl start to promotion; (seconds,
+    segments served from the spool)."""
+    directory = root / f"r-{label.replace(' ', '-').replace(',', '')}-{time.monotonic_ns()}"
+    port = free_port()
+    subprocess.run(
+        [PGBACKUP, "--config", str(cfg), "restore", "--target", "latest", "--to", str(directory)]
+        + ["--port", str(port), "--no-archive"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    cluster = Cluster(directory, port)
+    if local is not None:
+        cluster.configure({"restore_command": f"cp '{local}/%f' '%p'"})
+    saved = dict(os.environ)
+    os.environ.update(env)  # the server's restore_command runs with it
+    try:
+        t0 = time.perf_counter()
+        cluster.start(timeout=600)
+        while cluster.sql("SELECT pg_is_in_recovery()")[0][0]:
+            time.sleep(0.02)
+        seconds = time.perf_counter() - t0
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    got = int(cluster.sql("SELECT count(*) FROM pgbench_history")[0][0])
+    if got != rows:
+        raise SystemExit(f"{label}: {got} history rows recovered, the source has {rows}")
+    cluster.stop("immediate")
+    text = cluster.log_file.read_text(errors="replace")
+    served = sum(int(m) for m in SERVED.findall(text))
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):
+        cluster.log_file.rename(logs / f"{directory.name}.log")
+    rmtree(directory)
+    return seconds, served
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--segments", type=int, default=34, help="WAL segments to replay")
+    ap.add_argument("--scale", type=int, default=5, help="pgbench scale (default 5)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (medians are shown)")
+    ap.add_argument("--latency-ms", type=float, default=20, help="per-request latency to S3")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = ap.parse_args()
+    cache_moto_values()
+    root = scratch("pgbackup-bench-replay-")
+    log(f"scratch {root}; {loadavg()}; server user {SERVER_USER}")
+    results: dict[str, list[float]] = {}
+    served: dict[str, list[int]] = {}
+    try:
+        source = build_source(root, args.segments, args.scale)
+        local = root / "local-wal"
+        decode_locally(source["repo"], local)
+        with services.moto_s3() as (moto_spec, s3env):
+            os.environ.update(s3env)
+            copy_to_s3(source["repo"], moto_spec)
+            with shaped(moto_spec, args.latency_ms, 0) as spec:
+                s3_cfg = s3_policy(source["cfg"], root / "s3.yaml", spec, "8MiB")
+                variants = [
+                    ("s3, read-ahead off", with_read_ahead(s3_cfg, root / "s3-0.yaml", 0), None),
+                    ("s3, read-ahead 8", with_read_ahead(s3_cfg, root / "s3-8.yaml", 8), None),
+                    ("posix, read-ahead off", source["cfg"], None),
+                    (
+                        "posix, read-ahead 8",
+                        with_read_ahead(source["cfg"], root / "p-8.yaml", 8),
+                        None,
+                    ),
+                    ("PostgreSQL, local disk (cp)", source["cfg"], local),
+                ]
+                env = pgbackup_env(root, **s3env)
+                for n in range(args.repeat):
+                    turn = n % len(variants)
+                    for label, cfg, where in variants[turn:] + variants[:turn]:
+                        seconds, hits = replay(root, label, cfg, env, source["rows"], where)
+                        log(
+                            f"round {n + 1}: {label}: {seconds:.2f} s, {hits} served from the spool"
+                        )
+                        results.setdefault(label, []).append(seconds)
+                        served.setdefault(label, []).append(hits)
+        base = median(results["PostgreSQL, local disk (cp)"])
+        rows = [
+            [
+                label,
+                f"{median(times):.2f}",
+                " / ".join(f"{t:.2f}" for t in times),
+                f"{median(times) / base:.2f}",
+                f"{median(times) / source['segments'] * 1000:.0f}",
+                "/".join(str(s) for s in served[label]),
+            ]
+            for label, times in results.items()
+        ]
+        print(
+            f"\nreplay of {source['segments']} segments; S3 through a proxy answering each "
+            f"request {args.latency_ms:g} ms after it; {loadavg()}\n"
+        )
+        print(
+            table(["recovery", "median s", "runs", "vs local cp", "ms/segment", "from spool"], rows)
+        )
+    finally:
+        if args.keep:
+            log(f"kept {root}")
+        else:
+            rmtree(root)
+
+
+if __name__ == "__main__":
+    main()
