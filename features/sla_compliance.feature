@@ -53,3 +53,4 @@ Feature: SLA compliance is proven from measured evidence
     When rows are added after the backup and their WAL is archived
     And I run a drill that passes
     Then the SLA report warns that the projected restore time exceeds the objective
+    And the check warns that the projected restore time exceeds the objective

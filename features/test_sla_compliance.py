@@ -341,3 +341,15 @@ def report_warns(h: Harness) -> None:
     out = h.root / "report.html"
     h.run("sla-report", "--format", "html", "--output", str(out))
     assert warning in out.read_text()
+
+
+@then("the check warns that the projected restore time exceeds the objective")
+def check_warns(h: Harness) -> None:
+    proc = h.run("check", "--json", expect_ok=None)
+    report = json.loads(proc.stdout)["platform"]
+    projected = sla_json(h)["sections"]["rto"]["projection"]["projected_seconds"]
+    check = next(c for c in report["checks"] if c["name"] == "rto_projection")
+    assert check["status"] == "WARNING", report["checks"]
+    assert check["value"] == projected
+    assert "restoring the newest backup and the WAL since it" in check["summary"]
+    assert report["status"] in ("WARNING", "CRITICAL") and proc.returncode in (1, 2)

@@ -286,7 +286,16 @@ def check_target(
     """Every check of one target, and the metrics measured on the way: its backups, the
     server's WAL archiving and slots (``connect``), the WAL chain in the repository and at
     each upload destination, free space, permissions, restore drills."""
-    now = now or datetime.now(UTC)
+    from pgbackup.engine.walchain import one_listing
+
+    with one_listing():  # wal_chain and rto_projection read one listing of the archive
+        return target_report(policy, repo, target, now or datetime.now(UTC), connect)
+
+
+def target_report(
+    policy: Any, repo: Repository, target: Any, now: datetime, connect: bool
+) -> TargetReport:
+    """:func:`check_target`'s checks, in their order."""
     report = TargetReport(target.name)
     complete = backup_checks(report, policy, repo, target, now)
     database_size = server_checks(report, policy, target, now) if connect else None
@@ -299,7 +308,7 @@ def check_target(
             report.checks.append(Check(name, status, text, lag))
     space_check(report, repo, database_size)
     report.checks.extend(permission_checks(policy))
-    drill_checks(report, policy, repo, target, now)
+    drill_checks(report, policy, repo, target, now, complete)
     report.metrics["status"] = float(LEVEL[report.status])
     return report
 
@@ -433,10 +442,16 @@ def space_check(report: TargetReport, repo: Repository, database_size: int | Non
 
 
 def drill_checks(
-    report: TargetReport, policy: Any, repo: Repository, target: Any, now: datetime
+    report: TargetReport,
+    policy: Any,
+    repo: Repository,
+    target: Any,
+    now: datetime,
+    complete: list[Any] | None = None,
 ) -> None:
     """Restore drills (when the policy asks for them): the last good one's age against
-    the schedule, the last one's outcome."""
+    the schedule, the last one's outcome; and the RTO projection at the rates they
+    measured (:func:`rto_projection_check`)."""
     add = report.checks.append
     drills = drill_records(repo, target.name)
     good = [d for d in drills if d.get("status") == "ok"]
@@ -467,6 +482,57 @@ def drill_checks(
     if last_good:
         report.metrics["last_drill_age_seconds"] = (now - last_good).total_seconds()
         report.metrics["last_drill_rto_seconds"] = float(good[-1].get("rto_seconds") or 0)
+        rto_projection_check(report, policy, repo, target, drills, complete or [])
+
+
+def rto_projection_check(
+    report: TargetReport,
+    policy: Any,
+    repo: Repository,
+    target: Any,
+    drills: list[dict[str, Any]],
+    complete: list[Any],
+) -> None:
+    """The SLA report's RTO projection (sla.rto_projection): restoring the newest backup
+    and replaying the WAL archived since it, at the drills' measured rates; a WARNING
+    over ``sla.rto``. Nothing when no objective is declared or no rate was measured."""
+    from pgbackup.operations.sla import (
+        chain_increments,
+        fmt_seconds,
+        full_backup_bytes,
+        rto_projection,
+        wal_since_backup,
+    )
+
+    if policy.sla.rto is None or not complete:
+        return
+    newest = complete[-1].metadata
+    try:
+        from pgbackup.engine.walchain import archived_names
+
+        names = archived_names(repo.storage, target.name)
+    except Exception:  # wal_chain says what is wrong with the archive
+        return
+    wal_bytes, segments = wal_since_backup(
+        newest.get("stop_lsn"), names, int(newest.get("wal_segment_size") or 16 * 1024 * 1024)
+    )
+    p = rto_projection(
+        policy.sla.rto,
+        drills,
+        full_backup_bytes(complete),
+        chain_increments(complete),
+        wal_bytes,
+        segments,
+    )
+    if p["projected_seconds"] is None:
+        return
+    text = (
+        f"restoring the newest backup and the WAL since it: {fmt_seconds(p['projected_seconds'])} "
+        f"projected at the drills' rates, objective {fmt_seconds(policy.sla.rto)}"
+    )
+    report.checks.append(
+        Check("rto_projection", WARNING if p["warning"] else OK, text, p["projected_seconds"])
+    )
 
 
 def run_check(
