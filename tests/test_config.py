@@ -982,7 +982,7 @@ def test_wal_fetch_read_ahead_defaults_by_storage_kind(tmp_path: Path) -> None:
     policy = load_policy(write(tmp_path, MINIMAL))
     settings = policy.target("main").wal_fetch
     assert settings.read_ahead is None and settings.streams == 4
-    assert settings.segments("posix") == 0  # measured: it does not pay on a local disk
+    assert settings.segments("posix") == 0  # measured: an uneven gain on a local disk
     assert settings.segments("s3") == 8
     assert settings.segments("gcs") == 8
 

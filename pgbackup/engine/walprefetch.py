@@ -62,8 +62,8 @@ the count of segments served from the spool.
 
 Settings: a target's ``wal_fetch: {read_ahead: N, streams: M}`` (schema/backup.schema.json;
 :class:`pgbackup.policy.records.WalFetch`): 8 segments, 4 at a time, from object storage;
-off from a posix repository, where it gained nothing measurable (docs/benchmarks.md:
-"WAL read-ahead").
+off from a posix repository, where the measured gain was uneven and it costs CPU and
+disk (docs/benchmarks.md: "WAL read-ahead").
 """
 
 from __future__ import annotations

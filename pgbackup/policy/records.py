@@ -48,7 +48,8 @@ class WalFetch(NamedTuple):
 
     def segments(self, storage_kind: str) -> int:
         """How many segments to read ahead from a storage of ``storage_kind``: the setting,
-        or by default 8 from object storage and none from a posix repository."""
+        or by default 8 from object storage and none from a posix repository (where the
+        measured gain was uneven: docs/benchmarks.md)."""
         if self.read_ahead is not None:
             return self.read_ahead
         return 0 if storage_kind == "posix" else 8
