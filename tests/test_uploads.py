@@ -310,3 +310,36 @@ def test_wal_ship_progress_never_passes_a_failed_segment(
     again = [p for m, p, _ in proxy.seen if m == "PUT"]
     assert not [p for p in again if SEG.format(1) in p or SEG.format(3) in p]
     assert destination_lag(pol, source, "t", "offsite")["missing"] == 0
+
+
+def test_an_interrupt_while_a_batch_waits_cancels_what_is_in_flight(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM (signals.py raises in the main thread) while copy_objects waits:
+    the copies in flight are cancelled, no other starts, and the interrupt goes on."""
+    import signal
+
+    src = open_storage({"path": str(tmp_path / "a")})
+    dst = SimpleNamespace(streams=2, part_size=MiB, parallel_parts=True)
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    def copy(src: Any, dst: Any, key: str, *, stop: threading.Event, **_: Any) -> int:
+        started.append(key)
+        if stop.wait(10):
+            cancelled.append(key)
+            raise CopyCancelled(f"copy of {key} cancelled")
+        return 1
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            copy_objects(src, dst, [Copy(f"k{i}", 10) for i in range(5)], copy=copy)  # type: ignore[arg-type]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - t0 < 5
+    assert sorted(started) == ["k0", "k1"] and sorted(cancelled) == ["k0", "k1"]
