@@ -343,3 +343,27 @@ def test_an_interrupt_while_a_batch_waits_cancels_what_is_in_flight(tmp_path: Pa
         signal.signal(signal.SIGALRM, old)
     assert time.monotonic() - t0 < 5
     assert sorted(started) == ["k0", "k1"] and sorted(cancelled) == ["k0", "k1"]
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
+def test_copies_to_gcs_and_azure_move_several_objects_at_once(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str
+) -> None:
+    spec, env = request.getfixturevalue(f"{kind}_service")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    dest = Repository(
+        open_storage(
+            dict(spec, prefix=f"up-{uuid.uuid4().hex[:8]}/", part_size="1MiB", streams=STREAMS)
+        )
+    )
+    objects = make_backup(tmp_path / "repo", large=3 * MiB + 5)
+    make_wal(tmp_path / "repo", 7)
+    source = Repository(open_storage({"path": str(tmp_path / "repo")}))
+    assert copy_backup(source, dest, "t", BACKUP) == sum(len(d) for d in objects.values())
+    prefix = Repository.base_prefix("t", BACKUP)
+    for name, data in objects.items():
+        assert dest.storage.read_bytes(prefix + name) == data
+    assert dest.read_metadata("t", BACKUP)["backup_id"] == BACKUP
+    assert sync_wal(source, dest, "t") == 7
+    assert sync_wal(source, dest, "t") == 0
