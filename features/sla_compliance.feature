@@ -45,6 +45,8 @@ Feature: SLA compliance is proven from measured evidence
     Then the backup's run record and metadata.json have seconds and bytes for server, compress, transfer and sync
     And the drill's record has seconds and bytes for transfer, decode, write, sync and wal_replay
     And the SLA report projects the RTO from the drill's rates, the backup's size and the WAL since it
+    When I restore the latest point with --json and start it
+    Then the restore's result has seconds and bytes for transfer, decode, write, sync and wal_replay
 
   Scenario: A projected restore time over the objective is a warning in the SLA report
     Given the policy's RTO objective is 1s

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from harness import Harness
+from harness import Harness, do_restore
 from pytest_bdd import given, parsers, scenarios, then, when
 from receivers import AlertReceivers
 
@@ -353,3 +353,17 @@ def check_warns(h: Harness) -> None:
     assert check["value"] == projected
     assert "restoring the newest backup and the WAL since it" in check["summary"]
     assert report["status"] in ("WARNING", "CRITICAL") and proc.returncode in (1, 2)
+
+
+@when("I restore the latest point with --json and start it")
+def restore_latest_json(h: Harness, ctx: dict[str, Any]) -> None:
+    do_restore(h, ctx, ["--target", "latest"])
+
+
+@then("the restore's result has seconds and bytes for transfer, decode, write, sync and wal_replay")
+def restore_phases(ctx: dict[str, Any]) -> None:
+    result = ctx["restore_result"]
+    phases = result["phases"]
+    measured(phases, ["transfer", "decode", "write", "sync", "wal_replay"])
+    assert phases["transfer"]["bytes"] == result["stored_bytes"]
+    assert phases["wal_replay"]["seconds"] <= result["seconds"]
