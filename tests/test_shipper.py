@@ -80,3 +80,16 @@ def test_different_content_at_the_destination_is_refused_not_overwritten(tmp_pat
     result = Shipper(policy(tmp_path), "t").once()["nas"]
     assert result["status"] == "failed" and "refusing to overwrite" in result["error"]
     assert at_nas(tmp_path)[SEG.format(1) + ".zst"] == b"another cluster's segment 1"
+
+
+def test_files_before_a_refused_one_are_shipped_none_after_it(tmp_path: Path) -> None:
+    for i in (1, 2, 3):
+        store(tmp_path, SEG.format(i), b"segment %d" % i)
+    open_storage({"path": str(tmp_path / "nas")}).write_bytes(
+        f"t/wal/{SEG.format(2)}.zst", b"another cluster's segment 2"
+    )
+    shipper = Shipper(policy(tmp_path), "t")
+    result = shipper.once()["nas"]
+    assert result["status"] == "failed" and "refusing to overwrite" in result["error"]
+    assert set(at_nas(tmp_path)) == {SEG.format(1) + ".zst", SEG.format(2) + ".zst"}
+    assert shipper.states["nas"].shipped == 1

@@ -171,6 +171,7 @@ class Shipper:
         present = state.present
         completed = {_base(o.key) for o in listing if not is_partial(_base(o.key))}
         todo: list[Copy] = []
+        refused: UploadError | None = None
         for obj in listing:
             base = _base(obj.key)
             if is_partial(base):
@@ -184,11 +185,12 @@ class Shipper:
                 continue  # older than anything a copy there needs (maybe expired there)
             if obj.key in present:
                 if present[obj.key] != obj.size and not obj.key.endswith(".sha256"):
-                    raise UploadError(
+                    refused = UploadError(
                         f"{obj.key} differs at the destination ({present[obj.key]} bytes there, "
                         f"{obj.size} here); refusing to overwrite archived WAL",
                         hint="two clusters may be uploading into one destination prefix",
                     )
+                    break  # what comes before it is still copied
                 continue
             todo.append(Copy(obj.key, obj.size, if_absent=True))
         mtimes = {o.key: o.mtime for o in listing}
@@ -218,6 +220,8 @@ class Shipper:
             state.shipped += shipped
             LOG.info("wal-ship %s: %d WAL files to %s", self.target, shipped, state.name)
         raise_first_failure(outcomes)
+        if refused is not None:
+            raise refused
         return shipped
 
     def run(self, stop: threading.Event, interval: float = INTERVAL) -> None:

@@ -279,14 +279,16 @@ def sync_wal(source: Repository, dest: Repository, target: str) -> int:
     first = first_needed_segment(dest.complete_backups(target))
     present = {i.key: i.size for i in dest.storage.list(Repository.wal_prefix(target))}
     todo: list[Copy] = []
+    refused: UploadError | None = None
     for obj in sorted(source.storage.list(Repository.wal_prefix(target)), key=lambda o: o.key):
         if obj.key in present:
             if present[obj.key] != obj.size and not obj.key.endswith(".sha256"):
-                raise UploadError(
+                refused = UploadError(
                     f"{obj.key} differs at the destination ({present[obj.key]} bytes there, "
                     f"{obj.size} here); refusing to overwrite archived WAL",
                     hint="two clusters may be uploading into one destination prefix",
                 )
+                break  # what comes before it is still copied
             continue
         name = obj.key.rsplit("/", 1)[-1]
         base = name[: -len(".sha256")] if name.endswith(".sha256") else parse_suffix(name)[0]
@@ -295,6 +297,8 @@ def sync_wal(source: Repository, dest: Repository, target: str) -> int:
         todo.append(Copy(obj.key, obj.size, if_absent=True))
     outcomes = copy_objects(source.storage, dest.storage, todo)
     raise_first_failure(outcomes)
+    if refused is not None:
+        raise refused
     # an object found there already: a concurrent sync stored it first
     return sum(1 for o in outcomes if o.done and not o.existed)
 
