@@ -94,6 +94,10 @@ def recorded(h: Harness, ctx: dict[str, Any]) -> None:
     assert rec["drill_id"] == ctx["drill"]["drill_id"] and rec["status"] == "ok"
     assert set(rec["timings"]) == {"fetch", "restore", "recovery", "checks", "total"}
     assert rec["restore_throughput_bytes_per_second"] > 0
+    # where the time went (engine/phases): each phase measured, replay timed as recovery
+    for name in ("transfer", "decode", "write", "sync", "wal_replay"):
+        assert rec["phases"][name]["seconds"] > 0 and rec["phases"][name]["bytes"] > 0, rec
+    assert rec["phases"]["wal_replay"]["seconds"] == rec["timings"]["recovery"]
 
 
 @then("the drill's checks passed")
