@@ -33,6 +33,19 @@ DEFAULT_REPOSITORY_KIND = "posix"
 DEFAULT_COMPRESSION_METHOD = "zstd"
 DEFAULT_COMPRESSION_LEVEL = 3
 
+
+def named_policy_file(config: str | None) -> str | None:
+    """The policy file named by ``--config`` or ``$PGBACKUP_CONFIG``, as
+    :func:`pgbackup.policy.find_config` resolves an explicit file: absolute, symlinks
+    resolved. None when none is named, or it needs ``~`` expanded, or it is not there (the
+    full path then says what is wrong). What wal-push's fast path and the read-ahead's
+    spool look up, before any policy module is imported."""
+    explicit = config if config else os.environ.get("PGBACKUP_CONFIG")
+    if not explicit or explicit.startswith("~") or not os.path.isfile(explicit):
+        return None
+    return os.path.realpath(explicit)
+
+
 #: The key's first bytes: the entry format (v3: marshal) and the interpreter that wrote it.
 _KEY_PREFIX = b"pgbackup-policy-v3\0" + sys.implementation.cache_tag.encode() + b"\0"
 

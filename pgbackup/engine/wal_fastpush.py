@@ -83,7 +83,7 @@ def _plan(
     name = os.path.basename(path)
     if not walpage.is_segment_or_partial(name):
         return None
-    policy_path = _policy_path(config)
+    policy_path = policyrules.named_policy_file(config)
     if policy_path is None:
         return None
     doc = _cached_document(policy_path)
@@ -127,15 +127,6 @@ def _plan(
     except OSError:
         return None
     return data, os.path.join(wal_dir, name + codecbase.SUFFIXES["zstd"]), wal_dir, level, owner
-
-
-def _policy_path(config: str | None) -> str | None:
-    """As policy.find_config for an explicit file: absolute, symlinks resolved (None: no
-    file named, or one that needs ``~`` expanded, or none there)."""
-    explicit = config if config else os.environ.get("PGBACKUP_CONFIG")
-    if not explicit or explicit.startswith("~") or not os.path.isfile(explicit):
-        return None
-    return os.path.realpath(explicit)
 
 
 def _cached_document(policy_path: str) -> object:

@@ -138,9 +138,9 @@ def wal_main(argv: list[str]) -> int:
     if command == "wal-fetch":
         # The read-ahead's spool first (engine/walprefetch): a hit is a rename, with no
         # policy loaded and no storage client started.
-        from pgbackup.engine.wal_fastpush import _policy_path as policy_file
+        from pgbackup.policyrules import named_policy_file
 
-        policy_path = policy_file(config)
+        policy_path = named_policy_file(config)
         if policy_path is not None and _served_from_spool(policy_path, target, source, until, args):
             return 0
     try:
