@@ -22,12 +22,17 @@ from harness import (  # noqa: F401 (fixture, hook)
     commit_batches,
     do_restore,
     harness_fixture,
+    proc_output,
     pytest_runtest_makereport,
     restore_and_start,
     restore_args,
+    restore_new,
     restore_to_time,
+    rows_in,
+    start_with_pg_ctl,
     stop_archiving,
     switch_and_wait_archived,
+    wait_until_recovery_ends,
 )
 from providers import (  # noqa: F401 (option, hook, fixture)
     docker_image,
@@ -291,6 +296,72 @@ def restore_latest_tl(h: Harness, ctx: dict[str, Any], tli: str) -> None:
 @when("I restore to the recorded time into a new directory and start it")
 def restore_pitr(h: Harness, ctx: dict[str, Any]) -> None:
     restore_to_time(h, ctx)
+
+
+@then(parsers.parse("it runs on timeline {tli:d}"))
+def runs_on(h: Harness, ctx: dict[str, Any], tli: int) -> None:
+    directory, port = ctx["restored"]
+    cluster = h.track(directory, port)
+    assert cluster.sql("SELECT timeline_id FROM pg_control_checkpoint()")[0][0] == tli
+    assert batches_in(h, ctx)  # whole batches only
+
+
+# --- restores that may fail (recovery_integrity, wal_prefetch features) -----------------
+# ctx["h"] is the harness of the scenario's archive; ctx["segment_of"] {batch: segment}.
+
+
+@when("I restore to the latest point")
+def restore_latest_may_fail(ctx: dict[str, Any]) -> None:
+    restore_new(ctx, "--target", "latest")
+
+
+@when("I restore to the latest point without starting the server")
+def restore_latest_no_start(ctx: dict[str, Any]) -> None:
+    restore_new(ctx, "--target", "latest", start=False)
+
+
+@when("I start the restored server with pg_ctl")
+def start_pg_ctl(ctx: dict[str, Any]) -> None:
+    assert ctx["proc"].returncode == 0, proc_output(ctx)  # the restore without --start
+    wait_until_recovery_ends(start_with_pg_ctl(ctx))
+
+
+@then(parsers.parse("the restore succeeded with all {n:d} rows"))
+@then(parsers.parse("the restore succeeded with the first {n:d} rows"))
+def restored_rows(ctx: dict[str, Any], n: int) -> None:
+    assert ctx["proc"].returncode == 0, proc_output(ctx)
+    directory, port = ctx["restored"]
+    assert rows_in(directory, port) == n
+    if "proxy" in ctx and ctx.get("damaged"):  # recovery_integrity's S3 fault did happen
+        assert ctx["proxy"].counts["503"] == 1, ctx["proxy"].counts
+
+
+@then(parsers.parse("it fails and names the segment holding batch {batch:d}"))
+def fails_naming_segment(ctx: dict[str, Any], batch: int) -> None:
+    proc = ctx["proc"]
+    text = proc_output(ctx)
+    assert proc.returncode != 0, f"exited 0 with a damaged archive:\n{text}"
+    assert "Traceback" not in text, text
+    segment = ctx["segment_of"][batch]
+    if "drill" in ctx:
+        assert ctx["drill"]["status"] == "failed", ctx["drill"]
+        assert segment in (ctx["drill"]["error"] or ""), ctx["drill"]
+    else:
+        assert segment in proc.stderr, text
+
+
+@then(parsers.parse("no restored server holds fewer than the {n:d} rows"))
+def no_short_server(ctx: dict[str, Any], n: int) -> None:
+    if "drill" in ctx:
+        assert not ctx["drill"]["checks"], ctx["drill"]  # stopped before any check ran
+        return
+    directory, port = ctx["restored"]
+    rows = rows_in(directory, port)
+    assert rows is None or rows == n, f"a restored server serves {rows} rows"
+    assert not directory.exists() or not any(directory.iterdir()), (
+        f"a failed restore left files in {directory}: {sorted(os.listdir(directory))}\n"
+        f"{proc_output(ctx)}"
+    )
 
 
 # --- wal-receive (wal_receiver.feature, wal_ship.feature) -------------------------------

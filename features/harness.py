@@ -336,6 +336,76 @@ def restore_to_time(h: Harness, ctx: dict[str, Any], *extra: str) -> None:
     )
 
 
+# --- restores that may fail (recovery_integrity.feature, wal_prefetch.feature) ----------
+
+
+def restore_new(ctx: dict[str, Any], *args: str, start: bool = True) -> None:
+    """``restore --json ARGS`` by ``ctx["h"]`` into a new directory on a free port, archiving
+    off, started unless ``start`` is false; it may fail: ``ctx["proc"]`` is its process and
+    ``ctx["restored"]`` (directory, port)."""
+    h: Harness = ctx["h"]
+    directory = h.root / f"restore-{len(list(h.root.glob('restore-*')))}"
+    port = free_port()
+    ctx["restored"] = (directory, port)
+    if start:
+        h.track(directory, port)
+    ctx["proc"] = h.run(
+        "restore",
+        "--to",
+        str(directory),
+        "--port",
+        str(port),
+        "--no-archive",
+        "--json",
+        *(["--start"] if start else []),
+        *args,
+        expect_ok=None,
+    )
+
+
+def proc_output(ctx: dict[str, Any]) -> str:
+    """What the last command of ``ctx["proc"]`` wrote, standard output then error."""
+    return str(ctx["proc"].stdout + ctx["proc"].stderr)
+
+
+def rows_in(directory: Path, port: int) -> int | None:
+    """The rows of pitr_batches the server of ``directory`` serves; None when none runs."""
+    cluster = Cluster(directory, port)
+    if not cluster.is_running():
+        return None
+    return int(cluster.sql("SELECT count(*) FROM pitr_batches", dbname="platform")[0][0])
+
+
+def start_with_pg_ctl(ctx: dict[str, Any]) -> Cluster:
+    """Start the server of ``ctx["restored"]`` (restored without --start) with pg_ctl, as
+    ``ctx["cluster"]``; it may be reported ready before replay reaches the end, or die."""
+    directory, port = ctx["restored"]
+    h: Harness = ctx["h"]
+    cluster = h.track(directory, port)
+    ctx["cluster"] = cluster
+    # The server (and its restore_command) gets the environment pgbackup runs with: the
+    # S3 credentials, the policy cache.
+    saved = dict(os.environ)
+    os.environ.update(h.env)
+    try:
+        with contextlib.suppress(Exception):  # reported ready before replay reaches the end
+            cluster.start(timeout=60)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return cluster
+
+
+def wait_until_recovery_ends(cluster: Cluster, timeout: float = 120) -> None:
+    """Until the server has promoted or stopped (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while cluster.is_running() and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if cluster.sql("SELECT NOT pg_is_in_recovery()")[0][0]:
+                return
+        time.sleep(0.3)
+
+
 # --- wal-receive (wal_receiver.feature, wal_ship.feature, container_image.feature) ------
 
 

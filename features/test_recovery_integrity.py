@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Harness, commit_batches, module_harness, switch_and_wait_archived
+from harness import (
+    Harness,
+    commit_batches,
+    module_harness,
+    proc_output,
+    restore_new,
+    switch_and_wait_archived,
+)
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from pgbackup.postgres.cluster import Cluster, free_port
+from pgbackup.postgres.cluster import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import services  # noqa: E402
@@ -146,42 +153,10 @@ def damage_segment(ctx: dict[str, Any], undo: contextlib.ExitStack, damage: str)
 # --- actions ----------------------------------------------------------------------------
 
 
-def restore(ctx: dict[str, Any], *args: str, start: bool = True) -> None:
-    h: Harness = ctx["h"]
-    directory = h.root / f"restore-{len(list(h.root.glob('restore-*')))}"
-    port = free_port()
-    ctx["restored"] = (directory, port)
-    if start:
-        h.track(directory, port)
-    extra = ["--start"] if start else []
-    ctx["proc"] = h.run(
-        "restore",
-        "--to",
-        str(directory),
-        "--port",
-        str(port),
-        "--no-archive",
-        "--json",
-        *extra,
-        *args,
-        expect_ok=None,
-    )
-
-
-@when("I restore to the latest point")
-def restore_latest(ctx: dict[str, Any]) -> None:
-    restore(ctx, "--target", "latest")
-
-
-@when("I restore to the latest point without starting the server")
-def restore_latest_no_start(ctx: dict[str, Any]) -> None:
-    restore(ctx, "--target", "latest", start=False)
-
-
 @when("I restore to a time after the damage")
 def restore_after_damage(ctx: dict[str, Any]) -> None:
     # After batch 2's commit and before batch 3's: an intact archive restores 200 rows.
-    restore(ctx, "--target-time", ctx["points"][2]["time"])
+    restore_new(ctx, "--target-time", ctx["points"][2]["time"])
 
 
 @when("I run a drill")
@@ -196,21 +171,7 @@ def run_suggestion(ctx: dict[str, Any]) -> None:
     text = ctx["proc"].stderr
     match = re.search(r"pgbackup (restore --backup \S+ --target-lsn \S+) --to DIR", text)
     assert match, text
-    restore(ctx, *shlex.split(match.group(1))[1:])
-
-
-@when("I start the restored server with pg_ctl")
-def start_with_pg_ctl(ctx: dict[str, Any]) -> None:
-    assert ctx["proc"].returncode == 0, ctx["proc"].stderr
-    directory, port = ctx["restored"]
-    cluster = ctx["h"].track(directory, port)
-    ctx["cluster"] = cluster
-    # A hot standby's start can be reported before replay reaches the damaged file.
-    with contextlib.suppress(Exception):
-        cluster.start(timeout=60)
-    deadline = time.monotonic() + 60
-    while cluster.is_running() and time.monotonic() < deadline:
-        time.sleep(0.3)
+    restore_new(ctx, *shlex.split(match.group(1))[1:])
 
 
 @when("I start the restored server as a standby")
@@ -230,54 +191,6 @@ def owner(path: Path) -> tuple[int, int]:
 
 
 # --- outcomes ---------------------------------------------------------------------------
-
-
-def output(ctx: dict[str, Any]) -> str:
-    return str(ctx["proc"].stdout + ctx["proc"].stderr)
-
-
-@then("it fails and names the segment holding batch 2")
-def fails_naming_segment(ctx: dict[str, Any]) -> None:
-    proc = ctx["proc"]
-    text = output(ctx)
-    assert proc.returncode != 0, f"exited 0 with a damaged archive:\n{text}"
-    assert "Traceback" not in text, text
-    segment = ctx["segment_of"][2]
-    if "drill" in ctx:
-        assert ctx["drill"]["status"] == "failed", ctx["drill"]
-        assert segment in (ctx["drill"]["error"] or ""), ctx["drill"]
-    else:
-        assert segment in proc.stderr, text
-
-
-def rows_in(directory: Path, port: int) -> int | None:
-    cluster = Cluster(directory, port)
-    if not cluster.is_running():
-        return None
-    return int(cluster.sql("SELECT count(*) FROM pitr_batches", dbname="platform")[0][0])
-
-
-@then("no restored server holds fewer than the 300 rows")
-def no_short_server(ctx: dict[str, Any]) -> None:
-    if "drill" in ctx:
-        assert not ctx["drill"]["checks"], ctx["drill"]  # stopped before any check ran
-        return
-    directory, port = ctx["restored"]
-    rows = rows_in(directory, port)
-    assert rows is None or rows == 300, f"a restored server serves {rows} rows"
-    assert not directory.exists() or not any(directory.iterdir()), (
-        f"a failed restore left files in {directory}: {sorted(os.listdir(directory))}\n{output(ctx)}"
-    )
-
-
-@then(parsers.parse("the restore succeeded with all {n:d} rows"))
-@then(parsers.parse("the restore succeeded with the first {n:d} rows"))
-def restored_rows(ctx: dict[str, Any], n: int) -> None:
-    assert ctx["proc"].returncode == 0, output(ctx)
-    directory, port = ctx["restored"]
-    assert rows_in(directory, port) == n
-    if ctx["kind"] == "s3" and ctx.get("damaged"):
-        assert ctx["proxy"].counts["503"] == 1, ctx["proxy"].counts  # the fault did happen
 
 
 @then("the message names the last point that can be reached and the command that reaches it")
@@ -361,12 +274,12 @@ def two_batches_apart(ctx: dict[str, Any]) -> None:
 
 @when("I restore to the server's local wall-clock time between the two batches, without a zone")
 def restore_local_time(ctx: dict[str, Any]) -> None:
-    restore(ctx, "--target-time", ctx["local_between"])
+    restore_new(ctx, "--target-time", ctx["local_between"])
 
 
 @then("the restored server holds batch 1 only")
 def batch_one_only(ctx: dict[str, Any]) -> None:
-    assert ctx["proc"].returncode == 0, output(ctx)
+    assert ctx["proc"].returncode == 0, proc_output(ctx)
     directory, port = ctx["restored"]
     cluster = Cluster(directory, port)
     rows = cluster.sql("SELECT DISTINCT batch FROM pitr_batches ORDER BY 1", dbname="platform")

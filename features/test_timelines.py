@@ -31,10 +31,3 @@ def both_timelines(h: Harness, history: str) -> None:
 @when(parsers.parse('I restore to the time after batch {n:d} following timeline "{tli}"'))
 def restore_time_tl(h: Harness, ctx: dict[str, Any], n: int, tli: str) -> None:
     do_restore(h, ctx, ["--target-time", ctx["points"][n - 1]["time"], "--target-timeline", tli])
-
-
-@then(parsers.parse("it runs on timeline {tli:d}"))
-def runs_on(h: Harness, ctx: dict[str, Any], tli: int) -> None:
-    directory, port = ctx["restored"]
-    cluster = h.track(directory, port)
-    assert cluster.sql("SELECT timeline_id FROM pg_control_checkpoint()")[0][0] == tli

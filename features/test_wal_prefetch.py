@@ -24,14 +24,17 @@ from typing import Any
 import pytest
 from harness import (
     Harness,
-    batches_in,
     commit_batches,
     module_harness,
+    proc_output,
+    rows_in,
+    start_with_pg_ctl,
     switch_and_wait_archived,
+    wait_until_recovery_ends,
 )
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from pgbackup.postgres.cluster import Cluster, free_port
+from pgbackup.postgres.cluster import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import services  # noqa: E402
@@ -184,37 +187,6 @@ def delete(ctx: dict[str, Any], undo: contextlib.ExitStack, batch: int) -> None:
 # --- actions ----------------------------------------------------------------------------
 
 
-def restore(ctx: dict[str, Any], *args: str, start: bool = True) -> None:
-    h: Harness = ctx["h"]
-    directory = h.root / f"restore-{len(list(h.root.glob('restore-*')))}"
-    port = free_port()
-    ctx["restored"] = (directory, port)
-    if start:
-        h.track(directory, port)
-    ctx["proc"] = h.run(
-        "restore",
-        "--to",
-        str(directory),
-        "--port",
-        str(port),
-        "--no-archive",
-        *(["--start"] if start else []),
-        *args,
-        expect_ok=None,
-    )
-
-
-@when("I restore to the latest point")
-def restore_latest(ctx: dict[str, Any]) -> None:
-    restore(ctx, "--target", "latest")
-
-
-@when("I restore to the latest point without starting the server")
-def restore_latest_no_start(ctx: dict[str, Any]) -> None:
-    restore(ctx, "--target", "latest", start=False)
-    assert ctx["proc"].returncode == 0, ctx["proc"].stderr
-
-
 def prefetchers(directory: Path) -> list[int]:
     """The pids of the read-ahead processes of data directory ``directory``."""
     found = []
@@ -230,40 +202,9 @@ def prefetchers(directory: Path) -> list[int]:
     return found
 
 
-def start_with_pg_ctl(ctx: dict[str, Any]) -> Cluster:
-    directory, port = ctx["restored"]
-    cluster: Cluster = ctx["h"].track(directory, port)
-    ctx["cluster"] = cluster
-    # The server (and its restore_command) gets the environment pgbackup runs with: the
-    # S3 credentials, the policy cache.
-    saved = dict(os.environ)
-    os.environ.update(ctx["h"].env)
-    try:
-        with contextlib.suppress(Exception):  # reported ready before replay reaches the end
-            cluster.start(timeout=60)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return cluster
-
-
-def wait_until_recovery_ends(cluster: Cluster, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while cluster.is_running() and time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if cluster.sql("SELECT NOT pg_is_in_recovery()")[0][0]:
-                return
-        time.sleep(0.3)
-
-
-@when("I start the restored server with pg_ctl")
-def start_pg_ctl(ctx: dict[str, Any]) -> None:
-    cluster = start_with_pg_ctl(ctx)
-    wait_until_recovery_ends(cluster)
-
-
 @when("I start the restored server with pg_ctl, killing its prefetcher twice with SIGKILL")
 def start_and_kill(ctx: dict[str, Any]) -> None:
+    assert ctx["proc"].returncode == 0, proc_output(ctx)  # the restore without --start
     directory, _port = ctx["restored"]
     killed: list[int] = []
     done = threading.Event()
@@ -305,27 +246,9 @@ def start_and_kill(ctx: dict[str, Any]) -> None:
 # --- outcomes ---------------------------------------------------------------------------
 
 
-def output(ctx: dict[str, Any]) -> str:
-    return str(ctx["proc"].stdout + ctx["proc"].stderr)
-
-
 def server_log(ctx: dict[str, Any]) -> str:
     directory, port = ctx["restored"]
     return Cluster(directory, port).log_file.read_text(errors="replace")
-
-
-def rows_in(directory: Path, port: int) -> int | None:
-    cluster = Cluster(directory, port)
-    if not cluster.is_running():
-        return None
-    return int(cluster.sql("SELECT count(*) FROM pitr_batches", dbname="platform")[0][0])
-
-
-@then(parsers.parse("the restore succeeded with all {n:d} rows"))
-def restored_rows(ctx: dict[str, Any], n: int) -> None:
-    assert ctx["proc"].returncode == 0, output(ctx)
-    directory, port = ctx["restored"]
-    assert rows_in(directory, port) == n
 
 
 @then(parsers.parse("the server promoted with all {n:d} rows"))
@@ -372,28 +295,12 @@ def spool_gone(ctx: dict[str, Any]) -> None:
     assert prefetchers(directory) == []
 
 
-@then(parsers.parse("it fails and names the segment holding batch {batch:d}"))
-def fails_naming(ctx: dict[str, Any], batch: int) -> None:
-    proc = ctx["proc"]
-    assert proc.returncode != 0, f"exited 0 with a damaged archive:\n{output(ctx)}"
-    assert "Traceback" not in output(ctx)
-    assert ctx["segment_of"][batch] in proc.stderr, output(ctx)
-
-
 @then(parsers.parse("the prefetcher refused the segment holding batch {batch:d}"))
 def prefetcher_refused(ctx: dict[str, Any], batch: int) -> None:
     segment = ctx["segment_of"][batch]
     log = server_log(ctx)
     assert re.search(rf"pgbackup wal-prefetch: .*{segment} not spooled: refused: ", log), log
     assert re.search(rf"pgbackup wal-fetch: error: .*{segment}", log), log
-
-
-@then(parsers.parse("no restored server holds fewer than the {n:d} rows"))
-def no_short_server(ctx: dict[str, Any], n: int) -> None:
-    directory, port = ctx["restored"]
-    rows = rows_in(directory, port)
-    assert rows is None or rows == n, f"a restored server serves {rows} rows"
-    assert not directory.exists() or not any(directory.iterdir()), sorted(os.listdir(directory))
 
 
 @then(
@@ -463,11 +370,3 @@ def commit_on_tl2(h: Harness, ctx: dict[str, Any], first: int, last: int) -> Non
         commit_batches(cluster, batch, batch)
         switch_and_wait_archived(cluster)
     cluster.stop()
-
-
-@then(parsers.parse("it runs on timeline {tli:d}"))
-def runs_on(h: Harness, ctx: dict[str, Any], tli: int) -> None:
-    directory, port = ctx["restored"]
-    cluster = h.track(directory, port)
-    assert cluster.sql("SELECT timeline_id FROM pg_control_checkpoint()")[0][0] == tli
-    assert batches_in(h, ctx)  # whole batches only

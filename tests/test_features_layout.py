@@ -31,23 +31,6 @@ PLAIN_FEATURE_MODULES = {
 }
 
 
-# Step texts defined twice that are still to be made one (each key: the words, parameters
-# blanked as shape() does). features/test_wal_prefetch.py (624e1ac) repeats these steps of
-# recovery_integrity with small differences (its restore has no --json, its steps assert or
-# wait a little more): one home, or words that say the difference, is its author's call.
-# The list only shrinks: a text that is no longer defined twice fails until removed here.
-NOT_YET_ONE = {
-    "I restore to the latest point",
-    "I restore to the latest point without starting the server",
-    "I start the restored server with pg_ctl",
-    "the restore succeeded with all {} rows",
-    "it runs on timeline {}",
-    # recovery_integrity's words with the number written in, wal_prefetch's with a parameter
-    "it fails and names the segment holding batch {}",
-    "no restored server holds fewer than the {} rows",
-}
-
-
 def step_definitions() -> list[dict[str, Any]]:
     """Every @given/@when/@then in features/*.py: its kind, its parser, where it is."""
     found = []
@@ -110,10 +93,9 @@ def test_each_step_text_is_defined_once() -> None:
     for step in step_definitions():
         where[shape(step["text"])].append(step["where"])
     twice = {text: places for text, places in where.items() if len(places) > 1}
-    new = {text: places for text, places in twice.items() if text not in NOT_YET_ONE}
-    assert not new, (
+    assert not twice, (
         "a step text is defined more than once: keep one in features/conftest.py when the "
-        f"steps do the same, or say the difference in the words: {new}"
+        f"steps do the same, or say the difference in the words: {twice}"
     )
 
 
@@ -124,26 +106,9 @@ def test_each_step_line_of_the_features_matches_one_definition() -> None:
         matching = [
             d["where"] for d in definitions if d["type"] == kind and d["parser"].is_matching(name)
         ]
-        if len(matching) > 1 and not any(
-            shape(d["text"]) in NOT_YET_ONE for d in definitions if d["where"] in matching
-        ):
+        if len(matching) > 1:
             ambiguous[f"{where} {kind} {name!r}"] = matching
     assert not ambiguous, ambiguous
-
-
-def test_not_yet_one_lists_only_what_is_still_twice() -> None:
-    definitions = step_definitions()
-    shapes = [shape(d["text"]) for d in definitions]
-    still = {s for s in NOT_YET_ONE if shapes.count(s) > 1}
-    for kind, name, _where in feature_steps():
-        matching = [
-            shape(d["text"])
-            for d in definitions
-            if d["type"] == kind and d["parser"].is_matching(name)
-        ]
-        if len(matching) > 1:
-            still |= NOT_YET_ONE & set(matching)
-    assert still == NOT_YET_ONE, f"defined once now, remove from NOT_YET_ONE: {NOT_YET_ONE - still}"
 
 
 def test_the_step_parser_reads_the_steps() -> None:
