@@ -93,7 +93,11 @@ def test_rate_and_replayed_bytes() -> None:
     assert replayed_bytes(None, "0/1") == 0 and replayed_bytes("0/1", None) == 0
 
 
-def test_untar_counts_decode_write_and_sync_when_asked(tmp_path: Path) -> None:
+def test_untar_counts_write_and_sync_and_the_caller_decode_when_asked(tmp_path: Path) -> None:
+    """untar times its writers; the caller's reads of the decoded stream count to decode
+    (engine/objects.timed_decode, as a restore extracts)."""
+    from pgbackup.engine.objects import timed_decode
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, size in (("small", 1000), ("large", untar.CHUNK * 2 + 4096)):
@@ -105,7 +109,7 @@ def test_untar_counts_decode_write_and_sync_when_asked(tmp_path: Path) -> None:
     token = untar.PHASES.set(p)
     try:
         buffer.seek(0)
-        assert untar.extract(buffer, tmp_path) == payload
+        assert untar.extract(timed_decode(buffer), tmp_path) == payload
     finally:
         untar.PHASES.reset(token)
     d = p.as_dict()
@@ -115,5 +119,5 @@ def test_untar_counts_decode_write_and_sync_when_asked(tmp_path: Path) -> None:
     assert all(d[k]["seconds"] > 0 for k in ("decode", "write", "sync"))
     # without the context variable nothing is timed
     buffer.seek(0)
-    untar.extract(buffer, tmp_path / "again")
+    untar.extract(timed_decode(buffer), tmp_path / "again")
     assert p.as_dict() == d

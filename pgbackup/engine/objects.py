@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pgbackup.engine.repository import BackupInfo
 from pgbackup.errors import PgBackupError, RestoreError
@@ -47,6 +47,20 @@ class HashingReader:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def timed_decode(decoded: Any) -> Any:
+    """The decoded stream, its reads counted to ``decode`` when the extraction is timed
+    (formats/untar.PHASES, set by a restore): storage reads nested inside them count to
+    their own phase (engine/phases)."""
+    from pgbackup.formats import untar
+
+    phases = untar.PHASES.get()
+    if phases is None:
+        return decoded
+    from pgbackup.engine.phases import Phases, TimedReader
+
+    return TimedReader(decoded, cast(Phases, phases), "decode")
 
 
 def base_object(info: BackupInfo) -> tuple[str, dict[str, Any]]:
@@ -118,7 +132,12 @@ def extract(
         else contextlib.nullcontext(Progress("", None)) as progress_bar,
     ):
         try:
-            written = untar.extract(decoded, directory, on_bytes=progress_bar.advance, keep=keep)  # type: ignore[arg-type]
+            written = untar.extract(
+                timed_decode(decoded),  # type: ignore[arg-type]
+                directory,
+                on_bytes=progress_bar.advance,
+                keep=keep,
+            )
         except PgBackupError as exc:
             problem = exc  # the checksum verdict comes first
         # Drain what the tar stream did not need, so the checksum covers every byte.

@@ -120,9 +120,21 @@ class TimedReader:
             self.phases.end(self.name, began, len(data))
 
     def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        """Into the caller's buffer, without a copy when the inner stream can (untar reads
+        the decoded stream this way)."""
+        began = self.phases.begin()
+        count = 0
+        try:
+            readinto = getattr(self.inner, "readinto", None)
+            if readinto is not None:
+                count = int(readinto(buffer) or 0)
+            else:
+                data = self.inner.read(len(buffer))
+                buffer[: len(data)] = data
+                count = len(data)
+            return count
+        finally:
+            self.phases.end(self.name, began, count)
 
     def readable(self) -> bool:
         return True

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from time import perf_counter
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from pgbackup.errors import RestoreError
 
@@ -122,39 +122,13 @@ class PhaseRecorder(Protocol):
     def add(self, name: str, seconds: float, nbytes: int = 0) -> None: ...
 
 
-#: Set around an extraction to learn where its time goes (issue #26): the reading
-#: thread's reads of the decoded stream count to ``decode`` (a storage read nested inside
-#: one counts to its own phase), the writers' writes to ``write`` and their fsyncs (of
-#: files and directories) to ``sync``. Per chunk, never per byte. None: nothing timed.
+#: Set around an extraction to learn where its time goes (issue #26): the writers' writes
+#: count to ``write`` and their fsyncs (of files and directories) to ``sync``, per chunk,
+#: never per byte (the caller times its reads of the decoded stream: engine/objects).
+#: None: nothing timed.
 PHASES: contextvars.ContextVar[PhaseRecorder | None] = contextvars.ContextVar(
     "pgbackup_untar_phases", default=None
 )
-
-
-class _TimedStream:
-    """The decoded stream, its reads counted to ``decode`` (seconds, bytes decoded)."""
-
-    def __init__(self, inner: BinaryIO, phases: PhaseRecorder) -> None:
-        self.inner = inner
-        self.phases = phases
-
-    def read(self, n: int = -1) -> bytes:
-        began = self.phases.begin()
-        data = b""
-        try:
-            data = self.inner.read(n)
-            return data
-        finally:
-            self.phases.end("decode", began, len(data))
-
-    def readinto(self, buffer: Any) -> int:
-        began = self.phases.begin()
-        count = 0
-        try:
-            count = self.inner.readinto(buffer)  # type: ignore[attr-defined]
-            return int(count or 0)
-        finally:
-            self.phases.end("decode", began, count or 0)
 
 
 def _skip(stream: BinaryIO, n: int) -> None:
@@ -305,8 +279,6 @@ def extract(
     wait for the writers and make the directories' entries durable.
     """
     phases = PHASES.get()
-    if phases is not None:
-        stream = _TimedStream(stream, phases)  # type: ignore[assignment]
     run = _Extraction(stream, root, on_bytes, sparse if sparse is not None else SPARSE.get(), keep)
     run.phases = phases
     with run.writers(workers):
