@@ -220,16 +220,23 @@ class Recorder:
     def pytest_sessionfinish(self, session: Any) -> None:
         if not self.outcomes:
             return
-        try:
-            old = json.loads(self.path.read_text()).get("results", {})
-        except (OSError, ValueError):
-            old = {}
-        for entry in self.outcomes.values():
-            old[entry["key"]] = entry
+        import fcntl
+        import os
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"results": old}, indent=1, sort_keys=True) + "\n")
-        tmp.replace(self.path)
+        # Several sessions may end at once (pytest-xdist's workers): each merges its
+        # outcomes into the file under a lock, so none is lost.
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                old = json.loads(self.path.read_text()).get("results", {})
+            except (OSError, ValueError):
+                old = {}
+            for entry in self.outcomes.values():
+                old[entry["key"]] = entry
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"results": old}, indent=1, sort_keys=True) + "\n")
+            tmp.replace(self.path)
 
 
 def register(pluginmanager: Any) -> None:
