@@ -80,6 +80,14 @@ def stack() -> Iterator[contextlib.ExitStack]:
 
 
 @pytest.fixture
+def undo() -> Iterator[contextlib.ExitStack]:
+    """What a scenario damaged or started, put back or stopped at its end, whatever
+    happened (recovery_integrity, wal_prefetch)."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
 def ctx() -> dict[str, Any]:
     """What one step learns and a later step checks (ids, checksums, ports)."""
     return {}

@@ -97,12 +97,6 @@ def archives() -> Iterator[dict[str, Any]]:
         yield {"get": get}
 
 
-@pytest.fixture
-def undo() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as stack:
-        yield stack
-
-
 @given(parsers.parse("an archive on {kind} with eight batches after the backup"))
 def archive_on(archives: dict[str, Any], ctx: dict[str, Any], kind: str) -> None:
     ctx.update(archives["get"](kind))
