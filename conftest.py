@@ -41,7 +41,10 @@ def shared_group(nodeid: str, docker: bool) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    # First: xdist's own hook (in each worker) reads the xdist_group marks to name each
+    # test's group; a mark added after it has run is ignored and the groups split.
     for item in items:
         group = shared_group(item.nodeid, item.get_closest_marker("docker") is not None)
         if group is not None:
