@@ -262,6 +262,8 @@ def backup_phases(h: Harness, ctx: dict[str, Any]) -> None:
     assert "metadata" not in metadata["phases"]  # it cannot hold the time of its own writing
     for name in ("server", "compress", "transfer", "sync"):
         assert run["phases"][name] == metadata["phases"][name]
+    listed = next(b for b in h.backups() if b["backup_id"] == backup_id)
+    assert listed["phases"] == metadata["phases"]  # list --json says it too (bench/scale.py)
     ctx["backup_metadata"] = metadata
 
 

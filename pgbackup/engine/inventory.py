@@ -72,6 +72,7 @@ def inventory(policy: Any, repo: Repository, targets: list[Any]) -> dict[str, An
                     "backup_type": m.get("backup_type", "full") if m else None,
                     "parent": m.get("parent"),
                     "chain": list(m.get("chain") or []),
+                    "phases": m.get("phases"),
                 }
             )
         out[t.name] = {"backups": rows, "window": recoverable_window(repo, policy, t.name)}
