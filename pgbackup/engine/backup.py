@@ -61,7 +61,7 @@ from pgbackup.formats.lsn import format_lsn
 from pgbackup.formats.manifest import manifest_facts
 from pgbackup.policy import Policy, Target
 from pgbackup.policy.records import BACKUP_TYPES
-from pgbackup.postgres.binaries import find_program
+from pgbackup.postgres.binaries import program_for
 from pgbackup.postgres.connection import (
     ServerFacts,
     describe,
@@ -510,7 +510,7 @@ class BackupRun:
             self.step = "checking the server for incremental backups"
             incremental_preflight(facts, self.conninfo)
             self.parent = choose_parent(self.repo, self.target.name, facts)
-        program = find_program("pg_basebackup", facts.major, self.target.pg_bin_dir)
+        program = program_for(self.target, "pg_basebackup", facts.major)
         return facts, program, compression_side(facts, self.spec.compression)
 
     def new_id(self) -> str:

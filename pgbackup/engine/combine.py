@@ -101,11 +101,11 @@ def combine_chain(
     was read and how it was combined. ``destinations``: where each tablespace of the
     newest member (by OID) is written (restore.py's ``tablespace_destinations``; the
     caller has checked they are empty or absent)."""
-    from pgbackup.postgres.binaries import find_program
+    from pgbackup.postgres.binaries import program_for
 
     last = members[-1]
     major = int(last.metadata["server_version_num"]) // 10000
-    program = find_program("pg_combinebackup", major, target.pg_bin_dir)
+    program = program_for(target, "pg_combinebackup", major)
     staging = Path(tempfile.mkdtemp(prefix=".pgbackup-combine-", dir=directory.parent))
     destinations = destinations or {}
     try:

@@ -328,7 +328,7 @@ def prepare(
 ) -> tuple[list[str], ReceiverSettings]:
     """Check the server, find pg_receivewal of its major, create the slot when missing."""
     from pgbackup.engine.wal import bind_archive
-    from pgbackup.postgres.binaries import find_program
+    from pgbackup.postgres.binaries import program_for
     from pgbackup.postgres.connection import describe, preflight_facts, to_dsn
     from pgbackup.postgres.sandbox import resolve_conninfo
     from pgbackup.storage import open_storage
@@ -350,7 +350,7 @@ def prepare(
             f"{where}: wal_level is {facts.wal_level!r}; a replication slot needs replica",
             hint="ALTER SYSTEM SET wal_level = replica; then restart the server",
         )
-    program = find_program("pg_receivewal", facts.major, target.pg_bin_dir)
+    program = program_for(target, "pg_receivewal", facts.major)
     dsn = to_dsn(conninfo)
     bind_archive(
         open_storage(policy.repository),

@@ -499,14 +499,13 @@ class RestoreRun:
             settings["port"] = port
         if not archive:
             settings["archive_mode"] = "off"
-        bin_dir = self.target.pg_bin_dir
         cluster = Cluster(
             directory,
             port or 0,
             os_user=self.os_user,
             major=info.metadata["server_version_num"] // 10000,
             # The target's own programs, as backup used, when they include the server's.
-            bin_dir=bin_dir if bin_dir and (Path(bin_dir) / "pg_ctl").exists() else None,
+            pg_bin_dir=self.target.pg_bin_dir,
         )
         if standby:
             settings.update(recovery_settings or {})

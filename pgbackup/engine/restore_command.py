@@ -197,6 +197,21 @@ def choose_backup(
     return fitting[-1]
 
 
+def _refuse_unread_window(policy: Any, repo: Repository, target: str, value: Any) -> None:
+    """The window's end by time is the last commit pg_waldump finds in the archive: when
+    pg_waldump cannot be found, say that, not "after the end of the archive"."""
+    from pgbackup.engine.walchain import waldump_missing
+
+    backups = repo.complete_backups(target)
+    why = waldump_missing(policy, target, backups[-1].metadata) if backups else None
+    if why:
+        raise RestoreError(
+            f"recovery target {value.isoformat()}: the end of the recoverable window of "
+            f"{target!r} by time was not checked: {why}",
+            hint="set pg_bin_dir for the target in backup.yaml to the server's programs",
+        )
+
+
 def check_window(
     policy: Any,
     repo: Repository,
@@ -216,6 +231,7 @@ def check_window(
         f"{window['latest_time']} (LSN {window['latest_lsn']})"
     )
     if kind == "time" and window["latest_time"] and value > parse_iso(window["latest_time"]):
+        _refuse_unread_window(policy, repo, target, value)
         raise RestoreError(
             f"recovery target {value.isoformat()} is after the end of the archive; "
             f"recoverable window of {target!r}: {text}",

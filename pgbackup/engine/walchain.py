@@ -27,7 +27,7 @@ from pgbackup.engine.wal import (
     segment_sysid,
     wal_major,
 )
-from pgbackup.errors import PgBackupError
+from pgbackup.errors import BinaryError, PgBackupError
 from pgbackup.formats.codecs import decode_bytes, parse_suffix
 from pgbackup.formats.lsn import (
     is_history,
@@ -234,25 +234,28 @@ def verify_wal_chain(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
             msg = f"missing {g} (needed after backup {b.backup_id})"
             if msg not in gaps:
                 gaps.append(msg)
-    damaged, skipped = check_wal_content(policy, storage, target.name, names)
+    damaged, skipped, not_checked = check_wal_content(policy, storage, target.name, names)
     return {
         "gaps": gaps + damaged,
         "segments": segments,
         "archived": len(names),
         "content_checked": len(names) - skipped,
+        "not_checked": not_checked,
     }
 
 
 def check_wal_content(
     policy: Any, storage: Storage, target: str, names: dict[str, str]
-) -> tuple[list[str], int]:
+) -> tuple[list[str], int, list[str]]:
     """Decode every archived file (compression and age carry checksums) and check each
     segment's first page header: this cluster, this position. Uncompressed segments are
-    read by pg_waldump, whose record CRCs find a flipped byte. Returns (problems, skipped)."""
+    read by pg_waldump, whose record CRCs find a flipped byte. Returns (problems, skipped,
+    what was not checked and why: a missing pg_waldump is said, never passed in silence)."""
     info = read_archive_info(storage, target) or {}
     sysid = info.get("system_identifier")
     identities = policy_identities(policy)
     problems: list[str] = []
+    unchecked: dict[str, list[str]] = {}  # why -> the segments it left unchecked
     skipped = 0
     for name in sorted(names):
         key = names[name]
@@ -281,24 +284,50 @@ def check_wal_content(
         elif header is not None and sysid is not None and str(header[0]) != str(sysid):
             problems.append(f"damaged {name}: written by cluster {header[0]}, not {sysid}")
         elif spec.compression == "none":
-            reason = _waldump_problem(name, data)
+            try:
+                reason = _waldump_problem(pg_waldump(policy, target, wal_major(data)), name, data)
+            except BinaryError as exc:
+                unchecked.setdefault(exc.message, []).append(name)
+                continue
             if reason:
                 problems.append(f"damaged {name}: {reason}")
-    return problems, skipped
+    return problems, skipped, [_not_checked(why, segs) for why, segs in unchecked.items()]
 
 
-def _waldump_problem(name: str, data: bytes) -> str | None:
+def _not_checked(why: str, segments: list[str]) -> str:
+    """One "not checked" line: which check, how many segments, the first, and why."""
+    return (
+        f"record checksums of {len(segments)} uncompressed segment(s) not checked "
+        f"(first {segments[0]}): {why}"
+    )
+
+
+def pg_waldump(policy: Any, target: str, major: int | None) -> str:
+    """pg_waldump of ``major`` for ``target``: the target's pg_bin_dir first
+    (binaries.program_for). pg_waldump reads only its own major's WAL format (it checks
+    XLOG_PAGE_MAGIC: src/bin/pg_waldump/pg_waldump.c, src/include/access/xlog_internal.h).
+    Raises BinaryError saying where it was looked for."""
+    from pgbackup.postgres.binaries import program_for
+
+    return program_for(getattr(policy, "targets", {}).get(target), "pg_waldump", major)
+
+
+def waldump_missing(policy: Any, target: str, backup_meta: dict[str, Any]) -> str | None:
+    """Why the archive cannot be read by pg_waldump for this backup's major (None: it
+    can): the recoverable window's end time is then unknown, not the backup's end."""
+    major = int(backup_meta.get("server_version_num", 0)) // 10000 or None
+    try:
+        pg_waldump(policy, target, major)
+    except BinaryError as exc:
+        return exc.message
+    return None
+
+
+def _waldump_problem(program: str, name: str, data: bytes) -> str | None:
     """A record checksum failure reported by pg_waldump (end-of-WAL messages are normal)."""
     import subprocess
     import tempfile
 
-    from pgbackup.postgres.binaries import find_program
-
-    try:
-        # pg_waldump reads only its own major's WAL format (it checks XLOG_PAGE_MAGIC).
-        program = find_program("pg_waldump", wal_major(data))
-    except PgBackupError:
-        return None
     with tempfile.TemporaryDirectory(prefix="pgbackup-walcheck-") as tmp:
         (Path(tmp) / name).write_bytes(data)
         proc = subprocess.run(
@@ -341,18 +370,15 @@ def plan_wal_expiry(repo: Any, target: str, kept: list[Any]) -> list[str]:
     return keys
 
 
-def waldump(policy: Any, storage: Storage, key: str, name: str, major: int | None) -> str:
+def waldump(
+    policy: Any, storage: Storage, target: str, key: str, name: str, major: int | None
+) -> str:
     """pg_waldump's description of every complete record in an archived segment ("" when
-    pg_waldump or the key is missing)."""
+    it cannot be decrypted here). Raises BinaryError when pg_waldump is not found."""
     import subprocess
     import tempfile
 
-    from pgbackup.postgres.binaries import find_program
-
-    try:
-        program = find_program("pg_waldump", major)
-    except PgBackupError:
-        return ""
+    program = pg_waldump(policy, target, major)
     _base, spec = parse_suffix(key.rsplit("/", 1)[-1])
     identities = policy_identities(policy) if spec.encrypted else None
     if spec.encrypted and identities is None:
@@ -371,10 +397,10 @@ def waldump(policy: Any, storage: Storage, key: str, name: str, major: int | Non
 
 
 def segment_summary(
-    policy: Any, storage: Storage, key: str, name: str, major: int | None
+    policy: Any, storage: Storage, target: str, key: str, name: str, major: int | None
 ) -> dict[str, str | None]:
     """The last complete record's LSN and the last commit/abort time in an archived
-    segment, read by pg_waldump.
+    segment, read by pg_waldump (``not_checked``: why they could not be read).
 
     The last record's LSN is a point an inclusive ``recovery_target_lsn`` can reach
     with this segment alone: recovery stops right after replaying the record that
@@ -382,7 +408,10 @@ def segment_summary(
     """
     import re
 
-    text = waldump(policy, storage, key, name, major)
+    try:
+        text = waldump(policy, storage, target, key, name, major)
+    except BinaryError as exc:
+        return {"last_record_lsn": None, "last_commit_time": None, "not_checked": exc.message}
     stamps = re.findall(
         r"desc: (?:COMMIT|ABORT)\S* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC", text
     )
@@ -425,16 +454,16 @@ def locate_record(
         parsed = parse_segment_name(name, seg_size)
         if parsed is None or parsed[1] < first:
             continue
-        if pattern.search(waldump(policy, storage, names[name], name, major)):
+        if pattern.search(waldump(policy, storage, target, names[name], name, major)):
             return name
     return None
 
 
 def last_commit_time(
-    policy: Any, storage: Storage, key: str, name: str, major: int | None
+    policy: Any, storage: Storage, target: str, key: str, name: str, major: int | None
 ) -> str | None:
     """Timestamp of the last commit/abort record in an archived segment (via pg_waldump)."""
-    return segment_summary(policy, storage, key, name, major).get("last_commit_time")
+    return segment_summary(policy, storage, target, key, name, major).get("last_commit_time")
 
 
 def reachable(
@@ -469,7 +498,7 @@ def reachable(
     out["last_lsn"] = backup_meta.get("stop_lsn")
     out["last_commit_time"] = None
     if last is not None:
-        summary = segment_summary(policy, storage, names[last], last, major)
+        summary = segment_summary(policy, storage, target, names[last], last, major)
         if summary.get("last_record_lsn") and parse_lsn(summary["last_record_lsn"] or "0/0") > (
             parse_lsn(backup_meta["stop_lsn"])
         ):
@@ -486,7 +515,7 @@ def reachable(
             if earlier not in names:
                 break
             out["last_commit_time"] = last_commit_time(
-                policy, storage, names[earlier], earlier, major
+                policy, storage, target, names[earlier], earlier, major
             )
     stop_time = backup_meta.get("stop_time")
     if out["last_commit_time"] and stop_time and out["last_commit_time"] < stop_time:
@@ -514,7 +543,7 @@ def window_end(
     tli, segno = parsed
     end_lsn = (segno + 1) * seg_size
     major = int(newest.get("server_version_num", 0)) // 10000 or None
-    summary = segment_summary(policy, storage, names[last], last, major)
+    summary = segment_summary(policy, storage, target, names[last], last, major)
     if is_partial(parse_suffix(names[last].rsplit("/", 1)[-1])[0]) and summary["last_record_lsn"]:
         # wal-receive's segment in progress: the window ends at its last complete record.
         end_lsn = parse_lsn(summary["last_record_lsn"])

@@ -386,7 +386,7 @@ def _scratch_cluster(
         return drill_cluster(policy, data_dir, port, major, image)
     from pgbackup.postgres.cluster import Cluster
 
-    return Cluster(data_dir, port, major=major, bin_dir=target.pg_bin_dir)
+    return Cluster(data_dir, port, major=major, pg_bin_dir=target.pg_bin_dir)
 
 
 def _record(repo: Repository, result: DrillResult) -> None:

@@ -102,14 +102,34 @@ def candidate_dirs(major: int | None, pg_bin_dir: str | os.PathLike[str] | None)
     return dirs
 
 
-def find_program(
-    name: str, major: int | None = None, pg_bin_dir: str | os.PathLike[str] | None = None
-) -> str:
-    """Absolute path of ``name`` whose major version is ``major`` (any when None)."""
+def _is_program(path: Path) -> bool:
+    """An executable file at ``path``. False, not an error, when a directory on the way
+    cannot be searched: ``runuser`` keeps root's PATH, whose first entries may lie under
+    /root (mode 0700), where stat() fails with EACCES for the server's OS user."""
+    try:
+        return path.is_file() and os.access(path, os.X_OK)
+    except OSError:
+        return False
+
+
+def _looked_in(dirs: list[Path], pg_bin_dir: str | os.PathLike[str] | None) -> str:
+    """Where a program was looked for, in order, for a message (said even when the
+    policy has no ``pg_bin_dir``: the usual fix)."""
+    where = ", ".join(dict.fromkeys(str(d) for d in dirs))
+    policy = f"pg_bin_dir {pg_bin_dir}" if pg_bin_dir else "no pg_bin_dir in the policy"
+    return f"looked in: {where} ({policy})"
+
+
+def find_program(name: str, major: int | None, pg_bin_dir: str | os.PathLike[str] | None) -> str:
+    """Absolute path of ``name`` whose major version is ``major`` (any when None).
+
+    ``pg_bin_dir`` (the target's, from the policy) has no default, so that no caller can
+    forget it: :func:`program_for` passes a target's."""
     seen: list[str] = []
-    for d in candidate_dirs(major, pg_bin_dir):
+    dirs = candidate_dirs(major, pg_bin_dir)
+    for d in dirs:
         path = d / name
-        if not (path.is_file() and os.access(path, os.X_OK)):
+        if not _is_program(path):
             continue
         if major is None:
             return str(path)  # any version will do: no need to ask it (a process start)
@@ -121,24 +141,27 @@ def find_program(
         raise BinaryError(
             f"{name} for PostgreSQL {major} not found (the server is PostgreSQL {major}; "
             "a client program of another major version refuses it or mis-reads its files); "
-            "found only " + ", ".join(dict.fromkeys(seen)),
+            "found only " + ", ".join(dict.fromkeys(seen)) + "; " + _looked_in(dirs, pg_bin_dir),
             hint=f"install the PostgreSQL {major} client programs (Debian: apt-get install "
             f"postgresql-client-{major}) or set pg_bin_dir for the target in backup.yaml",
         )
-    import shutil  # only to name a program not found (a backup's start: issue #15)
-
-    where = shutil.which(name)
     raise BinaryError(
         f"{name} not found"
         + (f" (PostgreSQL {major})" if major else "")
-        + (f"; {where}" if where else ""),
+        + "; "
+        + _looked_in(dirs, pg_bin_dir),
         hint="install the PostgreSQL client programs (Debian: apt-get install postgresql-client; "
         "server programs: postgresql) or set pg_bin_dir for the target in backup.yaml",
     )
 
 
-def server_bin_dir(
-    major: int | None = None, pg_bin_dir: str | os.PathLike[str] | None = None
-) -> Path:
+def program_for(target: Any, name: str, major: int | None) -> str:
+    """``name`` of PostgreSQL ``major`` for ``target`` (a policy Target: anything with
+    ``pg_bin_dir``; None for no target): its ``pg_bin_dir`` first, then the order above.
+    The one lookup every caller with a target uses (issue #29)."""
+    return find_program(name, major, getattr(target, "pg_bin_dir", None))
+
+
+def server_bin_dir(major: int | None, pg_bin_dir: str | os.PathLike[str] | None) -> Path:
     """Directory holding initdb/pg_ctl/postgres (needed for sandboxes, drills and tests)."""
     return Path(find_program("initdb", major, pg_bin_dir)).parent

@@ -136,10 +136,13 @@ class Cluster(SqlAccess):
         bin_dir: str | os.PathLike[str] | None = None,
         major: int | None = None,
         os_user: str | None = None,
+        pg_bin_dir: str | os.PathLike[str] | None = None,
     ):
+        """``bin_dir``: the server programs' directory, used as it is; else they are
+        looked for (postgres/binaries), the target's ``pg_bin_dir`` first."""
         self.data_dir = Path(data_dir).absolute()
         self.port = port
-        self.bin_dir = Path(bin_dir) if bin_dir else server_bin_dir(major)
+        self.bin_dir = Path(bin_dir) if bin_dir else server_bin_dir(major, pg_bin_dir)
         self.os_user = os_user if os_user is not None else server_os_user()
 
     # --- paths & facts ----------------------------------------------------------------

@@ -244,7 +244,7 @@ def _facts_from(conninfo: Mapping[str, Any], proc: subprocess.Popen[str]) -> Ser
     )
 
 
-def server_facts(conninfo: Mapping[str, Any], pg_bin_dir: Any = None) -> ServerFacts:
+def server_facts(conninfo: Mapping[str, Any], pg_bin_dir: Any) -> ServerFacts:
     """What the server says about itself (one query through psql)."""
     program = find_program("psql", None, pg_bin_dir)
     return _facts_from(conninfo, _psql(program, conninfo, FACTS_SQL))
@@ -280,7 +280,7 @@ def _replication_problem(
 
 
 def preflight_facts(
-    conninfo: Mapping[str, Any], pg_bin_dir: Any = None
+    conninfo: Mapping[str, Any], pg_bin_dir: Any
 ) -> tuple[ServerFacts, PostgresError | None]:
     """(server facts, what is wrong with a replication connection or None), both at once.
 

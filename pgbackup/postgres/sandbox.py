@@ -87,7 +87,7 @@ class Sandbox:
     def cluster(self) -> Cluster:
         state = self.state()
         port = int(state.get("port") or self.target.sandbox.port or 0)  # type: ignore[union-attr]
-        return Cluster(self.data_dir, port or free_port(), bin_dir=self.target.pg_bin_dir)
+        return Cluster(self.data_dir, port or free_port(), pg_bin_dir=self.target.pg_bin_dir)
 
     @property
     def user(self) -> str:

@@ -325,12 +325,12 @@ class ExtractRun:
     def export(self, cluster: Any) -> None:
         """The objects out of the scratch server: into the --output file, or into a new
         database on the live server."""
-        from pgbackup.postgres.binaries import find_program
+        from pgbackup.postgres.binaries import program_for
         from pgbackup.postgres.connection import to_dsn
 
         t2 = time.monotonic()
         major = int(self.info.metadata["server_version_num"]) // 10000
-        pg_dump = find_program("pg_dump", major, self.target.pg_bin_dir)
+        pg_dump = program_for(self.target, "pg_dump", major)
         dsn = to_dsn(cluster.conninfo(self.req.database))
         if self.req.output is not None:
             self.dump_to_file(pg_dump, dsn, self.req.output)
@@ -352,7 +352,7 @@ class ExtractRun:
     ) -> None:
         """pg_dump next door, then pg_restore into a new database on the live server, in
         one transaction, with the foreign keys to tables not extracted left out."""
-        from pgbackup.postgres.binaries import find_program
+        from pgbackup.postgres.binaries import program_for
         from pgbackup.postgres.connection import describe, to_dsn
 
         req, live, result = self.req, self.live, self.result
@@ -364,7 +364,7 @@ class ExtractRun:
         t3 = time.monotonic()
         fks = foreign_keys_out(cluster, req)
         source = source_locale(cluster, req.database, major)
-        pg_restore = find_program("pg_restore", major, self.target.pg_bin_dir)
+        pg_restore = program_for(self.target, "pg_restore", major)
         toc = run_program([pg_restore, "--list", str(dump)], "pg_restore --list")
         listing = self.scratch.root / "extract.list"
         listing.write_text(restore_list(toc, fks))

@@ -151,7 +151,7 @@ def restore_and_recover(
         # pgbackup).
         hba = data / "pgbackup_extract_hba.conf"
     else:
-        cluster = Cluster(data, port, major=major, bin_dir=target.pg_bin_dir)
+        cluster = Cluster(data, port, major=major, pg_bin_dir=target.pg_bin_dir)
         hba = scratch.root / "pg_hba.conf"
         hba.write_text(scratch_hba(database, str(cluster.conninfo()["user"])))
         hand_over(hba, cluster.os_user, 0o600)
