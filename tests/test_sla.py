@@ -277,3 +277,17 @@ def test_without_a_measured_rate_the_projection_says_no_measurement_yet() -> Non
     assert sla.rto_projection(60, [old], 400 * MIB, [], 0, 0)["projected_seconds"] == 100.0
     s = sla.rto_section(3600, [old], None, [], p)
     assert "no measurement yet" in sla.measure("rto", s)
+
+
+def test_a_wal_check_that_could_not_run_is_not_a_pass() -> None:
+    """The newest check could not read the archive's records (pg_waldump missing): the
+    archive is AT RISK, with check's own words (issue #29 point 3)."""
+    unchecked = "wal_content: not checked: record checksums of 3 uncompressed segment(s) ..."
+    newest = {"checked_at": "2026-01-02T00:00:00Z", "problems": [unchecked]}
+    section = sla.archive_section({"wal_gaps": []}, [newest])
+    assert section["verdict"] == AT_RISK
+    assert section["reasons"] == [
+        f"the newest check (2026-01-02T00:00:00Z) could not read all of it: {unchecked}"
+    ]
+    healed = {"checked_at": "2026-01-03T00:00:00Z", "problems": []}
+    assert sla.archive_section({"wal_gaps": []}, [newest, healed])["verdict"] == COMPLIANT

@@ -159,6 +159,8 @@ def verify(
                         print(f"  - {g}")
                 else:
                     print(f"{t.name} WAL: continuous ({chain['segments']} segments checked)")
+                for reason in chain["not_checked"]:
+                    print(f"  - not checked: {reason}")
     if json_:
         emit_json(out)
     if not ok:

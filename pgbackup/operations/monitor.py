@@ -300,7 +300,7 @@ def target_report(
     complete = backup_checks(report, policy, repo, target, now)
     database_size = server_checks(report, policy, target, now) if connect else None
     if complete:
-        report.checks.append(wal_chain_check(policy, repo, target))
+        report.checks.extend(wal_chain_checks(policy, repo, target))
     if policy.uploads:
         from pgbackup.operations.offsite_checks import offsite_checks
 
@@ -402,26 +402,37 @@ def server_checks(report: TargetReport, policy: Any, target: Any, now: datetime)
     return database_size
 
 
-def wal_chain_check(policy: Any, repo: Repository, target: Any) -> Check:
-    """WAL continuity in the repository, after the oldest backup."""
+def wal_chain_checks(policy: Any, repo: Repository, target: Any) -> list[Check]:
+    """WAL continuity in the repository, after the oldest backup; and ``wal_content``,
+    UNKNOWN, when part of the archive's content could not be checked (a missing
+    pg_waldump: said, never passed in silence)."""
     try:
         from pgbackup.engine.walchain import verify_wal_chain
 
         chain = verify_wal_chain(policy, repo, target)
     except Exception as exc:
-        return Check(
-            "wal_chain", UNKNOWN, f"cannot read the WAL archive: {getattr(exc, 'message', exc)}"
-        )
-    if chain["gaps"]:
-        return Check(
-            "wal_chain",
-            CRITICAL,
-            f"{len(chain['gaps'])} gap(s): " + "; ".join(chain["gaps"][:3]),
-            len(chain["gaps"]),
-        )
-    return Check(
-        "wal_chain", OK, f"continuous ({chain['segments']} segments after the oldest backup)", 0
+        return [
+            Check(
+                "wal_chain", UNKNOWN, f"cannot read the WAL archive: {getattr(exc, 'message', exc)}"
+            )
+        ]
+    unchecked = (
+        [Check("wal_content", UNKNOWN, "not checked: " + "; ".join(chain["not_checked"]))]
+        if chain["not_checked"]
+        else []
     )
+    if chain["gaps"]:
+        return [
+            Check(
+                "wal_chain",
+                CRITICAL,
+                f"{len(chain['gaps'])} gap(s): " + "; ".join(chain["gaps"][:3]),
+                len(chain["gaps"]),
+            ),
+            *unchecked,
+        ]
+    text = f"continuous ({chain['segments']} segments after the oldest backup)"
+    return [Check("wal_chain", OK, text, 0), *unchecked]
 
 
 def space_check(report: TargetReport, repo: Repository, database_size: int | None) -> None:

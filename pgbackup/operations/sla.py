@@ -614,6 +614,14 @@ def archive_section(window: dict[str, Any], checks: list[dict[str, Any]]) -> dic
             reasons.append(text)
     if reasons:
         return {"verdict": BREACHED, "reasons": reasons, "wal_gaps": window.get("wal_gaps", [])}
+    unchecked = [p for p in (newest or {}).get("problems", []) if p.startswith("wal_content:")]
+    if unchecked:  # a check that could not run is not a pass (issue #29)
+        when = newest.get("checked_at") if newest else "-"
+        return {
+            "verdict": AT_RISK,
+            "reasons": [f"the newest check ({when}) could not read all of it: {unchecked[0]}"],
+            "wal_gaps": [],
+        }
     return {
         "verdict": COMPLIANT,
         "reasons": ["the archive is continuous across the recoverable window"],
