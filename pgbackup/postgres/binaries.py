@@ -5,6 +5,8 @@ another, so we look for the matching one first: the policy's ``pg_bin_dir``, the
 directories in ``$PGBACKUP_PG_BIN_DIRS`` (colon-separated: installs in places of their own,
 as the test-suite's PostgreSQL 16 and 18 from PyPI), then Debian/Ubuntu's
 ``/usr/lib/postgresql/<major>/bin``, then RHEL's ``/usr/pgsql-<major>/bin``, then ``$PATH``.
+Every program a target needs (client and server alike) is found this way, through
+:func:`program_for`; a directory the caller may not search is skipped (issue #29).
 """
 
 from __future__ import annotations
