@@ -126,3 +126,26 @@ def test_not_found_behind_an_unsearchable_path_entry_is_a_clear_error(
         f"{PROGRAM} not found (PostgreSQL 16); looked in: /usr/lib/postgresql/16/bin, "
         f"/usr/pgsql-16/bin, {root_only_dir}, /usr/bin, /bin (no pg_bin_dir in the policy)"
     )
+
+
+def test_the_server_programs_come_from_the_target_pg_bin_dir_too(
+    hidden_env: None, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """restore's and drill's clusters, and the probe of a server that may run on a
+    restore's destination, use the target's server programs of the data's major."""
+    from pgbackup.engine.delta import probe_cluster
+    from pgbackup.postgres.cluster import Cluster
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    initdb = fake_program(shared_dir / "pg16" / "bin", "initdb", 16)
+    data = shared_dir / "data"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("16\n")
+    assert probe_cluster(data, initdb.parent).bin_dir == initdb.parent
+    assert Cluster(data, 0, major=16, pg_bin_dir=initdb.parent).bin_dir == initdb.parent
+    # A pg_bin_dir of another major is passed over for the documented order.
+    fake_program(shared_dir / "pg18" / "bin", "initdb", 18)
+    monkeypatch.setenv("PGBACKUP_PG_BIN_DIRS", str(initdb.parent))
+    assert Cluster(data, 0, major=16, pg_bin_dir=shared_dir / "pg18" / "bin").bin_dir == (
+        initdb.parent
+    )

@@ -122,7 +122,17 @@ def plan_delta(
     return plan
 
 
-def check_delta_destination(directory: Path) -> None:
+def probe_cluster(directory: Path, pg_bin_dir: Path | None) -> Cluster:
+    """The server that may run on ``directory``, with the programs of its major
+    (PG_VERSION) found through the target's ``pg_bin_dir`` first (postgres/binaries)."""
+    try:
+        major: int | None = int((directory / "PG_VERSION").read_text().split(".")[0])
+    except (OSError, ValueError):
+        major = None
+    return Cluster(directory, 0, major=major, os_user=server_os_user() or "", pg_bin_dir=pg_bin_dir)
+
+
+def check_delta_destination(directory: Path, pg_bin_dir: Path | None) -> None:
     """--delta writes into an existing, STOPPED data directory of PostgreSQL's."""
     if not (directory / "PG_VERSION").is_file():
         raise RestoreError(
@@ -131,7 +141,7 @@ def check_delta_destination(directory: Path) -> None:
             hint="leave out --delta to restore into an empty or new directory",
         )
     if (directory / "postmaster.pid").exists():
-        probe = Cluster(directory, 0, os_user=server_os_user() or "")
+        probe = probe_cluster(directory, pg_bin_dir)
         if probe.is_running():
             raise RestoreError(
                 f"a PostgreSQL server (pid {probe.postmaster_pid()}) is running on {directory}; "

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from pgbackup.engine.combine import chain_members, combine_chain
-from pgbackup.engine.delta import DeltaPlan, check_delta_destination, plan_delta, read_manifest
+from pgbackup.engine.delta import (
+    DeltaPlan,
+    check_delta_destination,
+    plan_delta,
+    probe_cluster,
+    read_manifest,
+)
 from pgbackup.engine.objects import (
     archive_objects,
     base_object,
@@ -133,7 +139,7 @@ def tablespace_destinations(
     return out
 
 
-def check_destination(directory: Path, force: bool) -> None:
+def check_destination(directory: Path, force: bool, pg_bin_dir: Path | None) -> None:
     """Refuse a non-empty directory or a running postmaster unless forced."""
     if not directory.exists():
         return
@@ -141,7 +147,7 @@ def check_destination(directory: Path, force: bool) -> None:
         raise RestoreError(f"{directory} exists and is not a directory")
     pid_file = directory / "postmaster.pid"
     if pid_file.exists():
-        probe = Cluster(directory, 0, os_user=server_os_user() or "")
+        probe = probe_cluster(directory, pg_bin_dir)
         if probe.is_running():
             if not force:
                 raise RestoreError(
@@ -332,7 +338,7 @@ class RestoreRun:
         made, the server's OS user's."""
         directory = self.directory
         if self.delta:
-            check_delta_destination(directory)
+            check_delta_destination(directory, self.target.pg_bin_dir)
             manifest = read_manifest(self.storage, self.prefix, self.info, self.identities)
             self.plan = plan = plan_delta(directory, self.destinations, manifest)
             LOG.info(
@@ -343,9 +349,9 @@ class RestoreRun:
                 plan.removed_files,
             )
         else:
-            check_destination(directory, force)
+            check_destination(directory, force, self.target.pg_bin_dir)
             for where in self.destinations.values():
-                check_destination(where, force)  # before anything is written
+                check_destination(where, force, self.target.pg_bin_dir)  # before any write
         self.os_user = server_os_user()
         directory.mkdir(parents=True, exist_ok=True)
         hand_over(directory, self.os_user, 0o700)
