@@ -41,6 +41,7 @@ import re
 import resource
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -63,6 +64,7 @@ from common import (  # noqa: E402
     median,
     mib,
     must,
+    pgbackrest_conf,
     pgbackup_env,
     pgbench,
     rmtree,
@@ -153,6 +155,92 @@ class ShapedProxy:
         for sock in (client, upstream):
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+class TlsProxy:
+    """stunnel4 in front of ``upstream_port``: HTTPS on a free loopback port."""
+
+    def __init__(self, directory: Path, upstream_port: int):
+        self.dir = directory  # its certificate, key, configuration and log
+        self.dir.mkdir(parents=True)
+        self.cert = self.dir / "cert.pem"
+        must_run(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(self.dir / "key.pem"), "-out", str(self.cert),
+            ]
+        )  # fmt: skip
+        self.cert.chmod(0o644)
+        self.port = services.free_port()
+        conf = self.dir / "stunnel.conf"
+        conf.write_text(
+            "foreground = yes\ndebug = 3\n"
+            f"pid =\noutput = {self.dir / 'stunnel.log'}\n"
+            "[s3]\n"
+            f"accept = 127.0.0.1:{self.port}\n"
+            f"connect = 127.0.0.1:{upstream_port}\n"
+            f"cert = {self.cert}\nkey = {self.dir / 'key.pem'}\n"
+        )
+        self.conf = conf
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> TlsProxy:
+        self.proc = subprocess.Popen(
+            ["stunnel4", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        services.wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def must_run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def pgbackrest_s3_conf(
+    root: Path,
+    cluster: Any,
+    spec: dict[str, Any],
+    env: dict[str, str],
+    tls_port: int,
+    process_max: int,
+    *,
+    name: str = "pgbackrest.conf",
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """pgBackRest's stanza ``bench``, its repository in the bucket under ``pgbr/``, reached
+    through the TLS proxy on ``tls_port`` (a file ``name`` beside the others)."""
+    s3 = {
+        "repo1-type": "s3",
+        "repo1-s3-bucket": spec["bucket"],
+        "repo1-s3-endpoint": "127.0.0.1",
+        "repo1-s3-region": spec["region"],
+        "repo1-s3-key": env["AWS_ACCESS_KEY_ID"],
+        "repo1-s3-key-secret": env["AWS_SECRET_ACCESS_KEY"],
+        "repo1-s3-uri-style": "path",
+        "repo1-storage-port": str(tls_port),
+        "repo1-storage-verify-tls": "n",
+    }
+    default = pgbackrest_conf(root, cluster, process_max=process_max, extra=s3)
+    text = default.read_text().replace(
+        f"repo1-path={root / 'pgbackrest' / 'repo'}", "repo1-path=/pgbr"
+    )
+    for key, value in (extra or {}).items():  # pgBackRest refuses an option set twice
+        text, found = re.subn(rf"(?m)^{re.escape(key)}=.*$", f"{key}={value}", text)
+        if not found:
+            text = text.replace("[global]\n", f"[global]\n{key}={value}\n", 1)
+    conf = default.with_name(name)
+    conf.write_text(text)
+    conf.chmod(0o644)
+    return conf
 
 
 def cache_moto_values() -> None:

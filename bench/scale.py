@@ -60,7 +60,6 @@ from common import (  # noqa: E402
     median,
     mib,
     must,
-    pgbackrest_conf,
     pgbackup_env,
     pgbench,
     rmtree,
@@ -71,59 +70,11 @@ from common import (  # noqa: E402
     timed,
     write_policy,
 )
-from s3 import cache_moto_values, s3_policy, shaped  # noqa: E402
+from s3 import TlsProxy, cache_moto_values, pgbackrest_s3_conf, s3_policy, shaped  # noqa: E402
 
 TB = 10**12
 #: What the issue asks about: a 2 TB restore within one hour.
 RTO_SECONDS = 3600
-
-
-class TlsProxy:
-    """stunnel4 in front of ``upstream_port``: HTTPS on a free loopback port."""
-
-    def __init__(self, root: Path, upstream_port: int):
-        self.dir = root / "tls"
-        self.dir.mkdir()
-        self.cert = self.dir / "cert.pem"
-        must_run(
-            [
-                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                "-keyout", str(self.dir / "key.pem"), "-out", str(self.cert),
-            ]
-        )  # fmt: skip
-        self.cert.chmod(0o644)
-        self.port = services.free_port()
-        conf = self.dir / "stunnel.conf"
-        conf.write_text(
-            "foreground = yes\ndebug = 3\n"
-            f"pid =\noutput = {self.dir / 'stunnel.log'}\n"
-            "[s3]\n"
-            f"accept = 127.0.0.1:{self.port}\n"
-            f"connect = 127.0.0.1:{upstream_port}\n"
-            f"cert = {self.cert}\nkey = {self.dir / 'key.pem'}\n"
-        )
-        self.conf = conf
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> TlsProxy:
-        self.proc = subprocess.Popen(
-            ["stunnel4", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        services.wait_for_port(self.port)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-def must_run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stdout}{proc.stderr}")
-    return proc
 
 
 def load(cluster: Any, scale: int, random_gib: int) -> int:
@@ -147,28 +98,6 @@ def load(cluster: Any, scale: int, random_gib: int) -> int:
     size = int(cluster.sql("SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0])
     log(f"cluster {mib(size)} loaded in {time.monotonic() - started:.0f} s")
     return size
-
-
-def pgbackrest_s3_conf(root: Path, cluster: Any, spec: dict[str, Any], env: dict[str, str],
-                       tls_port: int, process_max: int) -> Path:  # fmt: skip
-    """pgBackRest's stanza ``bench`` with its repository in the bucket, through the TLS proxy."""
-    s3 = {
-        "repo1-type": "s3",
-        "repo1-s3-bucket": spec["bucket"],
-        "repo1-s3-endpoint": "127.0.0.1",
-        "repo1-s3-region": spec["region"],
-        "repo1-s3-key": env["AWS_ACCESS_KEY_ID"],
-        "repo1-s3-key-secret": env["AWS_SECRET_ACCESS_KEY"],
-        "repo1-s3-uri-style": "path",
-        "repo1-storage-port": str(tls_port),
-        "repo1-storage-verify-tls": "n",
-    }
-    conf = pgbackrest_conf(root, cluster, process_max=process_max, extra=s3)
-    text = conf.read_text().replace(
-        f"repo1-path={root / 'pgbackrest' / 'repo'}", "repo1-path=/pgbr"
-    )
-    conf.write_text(text)
-    return conf
 
 
 def pgbackrest_run(conf: Path, *args: str) -> Run:
@@ -234,7 +163,7 @@ def main() -> None:
         with (
             services.moto_s3() as (moto_spec, s3env),
             shaped(moto_spec, args.latency_ms, args.conn_mbps) as plain,
-            TlsProxy(root, int(plain["endpoint_url"].rsplit(":", 1)[1])) as tls,
+            TlsProxy(root / "tls", int(plain["endpoint_url"].rsplit(":", 1)[1])) as tls,
         ):
             spec = dict(moto_spec, endpoint_url=f"https://127.0.0.1:{tls.port}")
             posix_cfg = write_policy(root / "posix.yaml", give(root / "repo"), cluster.port)

@@ -2,7 +2,7 @@
 """WAL replay through wal-fetch, with and without its read-ahead (issue #26 point 3).
 
     .venv/bin/python bench/wal_replay.py [--segments 34] [--repeat 3] [--latency-ms 20]
-        [--scale 5] [--keep]
+        [--scale 5] [--pgbackrest] [--keep]
 
 One source cluster archives through ``pgbackup wal-push`` into a posix repository; after a
 backup, pgbench writes until ``--segments`` WAL segments lie between the backup and the
@@ -17,7 +17,15 @@ replays every archived segment), for
 - ``posix, read-ahead off``: the default from a posix repository;
 - ``posix, read-ahead 8``;
 - ``PostgreSQL, local disk``: restore_command = ``cp`` from a directory holding the same
-  segments decoded: PostgreSQL's replay with the cheapest archive there is.
+  segments decoded: PostgreSQL's replay with the cheapest archive there is;
+- with ``--pgbackrest``: ``pgBackRest, archive-get async``: the source also archives
+  through ``pgbackrest archive-push`` into the same moto bucket (under ``pgbr/``, through
+  a TLS proxy, stunnel4, since pgBackRest speaks only HTTPS to S3), and its full backup is
+  taken right after pgbackup's (so it replays no more WAL than pgbackup does); its restore
+  recovers through the same shaping proxy with ``archive-async=y``, ``process-max 4`` and
+  its default queue (``archive-get-queue-max`` 128 MiB: 8 segments, as read-ahead 8).
+  pgbackup goes through the TLS proxy in this mode too (``AWS_CA_BUNDLE``), so both pay
+  for the same link.
 
 Order rotates round by round; medians. The recovered server's ``pgbench_history`` row
 count is compared with the source's each time (a wrong count stops the benchmark), and
@@ -32,6 +40,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -50,14 +59,16 @@ from common import (  # noqa: E402
     log,
     make_cluster,
     median,
+    pgbackrest,
     pgbackup_env,
     pgbench,
     rmtree,
     scratch,
+    socket_settings,
     table,
     write_policy,
 )
-from s3 import cache_moto_values, s3_policy, shaped  # noqa: E402
+from s3 import TlsProxy, cache_moto_values, pgbackrest_s3_conf, s3_policy, shaped  # noqa: E402
 
 from pgbackup.postgres.cluster import Cluster, free_port  # noqa: E402
 
@@ -80,20 +91,29 @@ def archived_segments(repo: Path) -> list[str]:
     return sorted(p.name[:24] for p in (repo / "bench" / "wal").glob("*.zst") if len(p.name) == 28)
 
 
-def build_source(root: Path, segments: int, scale: int) -> dict[str, Any]:
-    """The source cluster, its policy, a backup and ``segments`` archived after it."""
-    cluster = make_cluster(root, {"synchronous_commit": "off"})  # WAL, not fsync waits
+def build_source(
+    root: Path, segments: int, scale: int, pbr: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The source cluster, its policy, a backup and ``segments`` archived after it (with
+    ``pbr``, {spec, env, tls_port}: archived there too, with a backup of its own)."""
+    cluster = make_cluster(root, {"synchronous_commit": "off", **socket_settings(root)})
     repo = give(root / "repo")
     cfg = write_policy(root / "posix.yaml", repo, cluster.port)
-    cluster.configure(
-        {"archive_mode": "on", "archive_command": f"'{PGBACKUP}' --config '{cfg}' wal-push %p"}
-    )
+    command = f"'{PGBACKUP}' --config '{cfg}' wal-push %p"
+    conf = None
+    if pbr:
+        conf = pgbackrest_s3_conf(root, cluster, **pbr, process_max=4, name="push.conf")
+        command += f" && pgbackrest --config={conf} --stanza=bench archive-push %p"
+    cluster.configure({"archive_mode": "on", "archive_command": command})
     cluster.stop()
     cluster.start()
     log(f"pgbench -i -s {scale}")
     pgbench(cluster, "-i", "-s", str(scale), "-q")
     env = pgbackup_env(root)
     subprocess.run([PGBACKUP, "--config", str(cfg), "backup"], check=True, env=env)
+    if conf:
+        pgbackrest(conf, "stanza-create")
+        pgbackrest(conf, "--type=full", "backup")
     start = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
     log(f"pgbench until {segments} segments after {start}")
     while True:
@@ -112,7 +132,7 @@ def build_source(root: Path, segments: int, scale: int) -> dict[str, Any]:
     cluster.stop()
     after = [s for s in archived_segments(repo) if s >= start]
     log(f"{len(after)} segments to replay ({after[0]}..{after[-1]}), {rows} history rows")
-    return {"cfg": cfg, "repo": repo, "rows": rows, "segments": len(after)}
+    return {"cfg": cfg, "repo": repo, "rows": rows, "segments": len(after), "cluster": cluster}
 
 
 def copy_to_s3(repo: Path, spec: dict[str, Any]) -> None:
@@ -176,49 +196,96 @@ def replay(
     return seconds, served
 
 
+def replay_pgbackrest(root: Path, conf: Path, rows: int) -> float:
+    """pgBackRest's restore (not timed), then its recovery timed as :func:`replay`'s."""
+    directory = give(root / f"r-pgbackrest-{time.monotonic_ns()}", 0o700)
+    rmtree(root / "pgbackrest" / "spool")  # its async queue starts empty, as ours does
+    give(root / "pgbackrest" / "spool")
+    pgbackrest(conf, f"--pg1-path={directory}", "restore")
+    cluster = Cluster(directory, free_port())
+    auto = (directory / "postgresql.auto.conf").read_text()
+    assert f"--config={conf}" in auto, auto  # its restore_command reads this configuration
+    cluster.configure({"archive_mode": "off"})
+    t0 = time.perf_counter()
+    cluster.start(timeout=600)
+    while cluster.sql("SELECT pg_is_in_recovery()")[0][0]:
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t0
+    got = int(cluster.sql("SELECT count(*) FROM pgbench_history")[0][0])
+    if got != rows:
+        raise SystemExit(f"pgBackRest: {got} history rows recovered, the source has {rows}")
+    cluster.stop("immediate")
+    rmtree(directory)
+    return seconds
+
+
+PBR = "pgBackRest, archive-get async (process-max 4)"
+
+
+def _port(spec: dict[str, Any]) -> int:
+    return int(spec["endpoint_url"].rsplit(":", 1)[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--segments", type=int, default=34, help="WAL segments to replay")
     ap.add_argument("--scale", type=int, default=5, help="pgbench scale (default 5)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds (medians are shown)")
     ap.add_argument("--latency-ms", type=float, default=20, help="per-request latency to S3")
+    ap.add_argument(
+        "--pgbackrest", action="store_true", help="pgBackRest's async archive-get beside (above)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = ap.parse_args()
+    if args.pgbackrest and not (shutil.which("pgbackrest") and shutil.which("stunnel4")):
+        raise SystemExit("--pgbackrest needs pgbackrest and stunnel4 (apt-get install -y ...)")
     cache_moto_values()
     root = scratch("pgbackup-bench-replay-")
     log(f"scratch {root}; {loadavg()}; server user {SERVER_USER}")
     results: dict[str, list[float]] = {}
     served: dict[str, list[int]] = {}
     try:
-        source = build_source(root, args.segments, args.scale)
-        local = root / "local-wal"
-        decode_locally(source["repo"], local)
-        with services.moto_s3() as (moto_spec, s3env):
+        with contextlib.ExitStack() as stack:
+            moto_spec, s3env = stack.enter_context(services.moto_s3())
             os.environ.update(s3env)
+            spec = stack.enter_context(shaped(moto_spec, args.latency_ms, 0))
+            env = pgbackup_env(root, **s3env)
+            pbr: dict[str, Any] | None = None
+            if args.pgbackrest:  # both through TLS: pushes straight to moto, replay shaped
+                push = stack.enter_context(TlsProxy(root / "tls-push", _port(moto_spec)))
+                tls = stack.enter_context(TlsProxy(root / "tls", _port(spec)))
+                pbr = {"spec": moto_spec, "env": s3env, "tls_port": push.port}
+                spec = dict(spec, endpoint_url=f"https://127.0.0.1:{tls.port}")
+                env["AWS_CA_BUNDLE"] = str(tls.cert)
+            source = build_source(root, args.segments, args.scale, pbr)
+            local = root / "local-wal"
+            decode_locally(source["repo"], local)
             copy_to_s3(source["repo"], moto_spec)
-            with shaped(moto_spec, args.latency_ms, 0) as spec:
-                s3_cfg = s3_policy(source["cfg"], root / "s3.yaml", spec, "8MiB")
-                variants = [
-                    ("s3, read-ahead off", with_read_ahead(s3_cfg, root / "s3-0.yaml", 0), None),
-                    ("s3, read-ahead 8", with_read_ahead(s3_cfg, root / "s3-8.yaml", 8), None),
-                    ("posix, read-ahead off", source["cfg"], None),
-                    (
-                        "posix, read-ahead 8",
-                        with_read_ahead(source["cfg"], root / "p-8.yaml", 8),
-                        None,
-                    ),
-                    ("PostgreSQL, local disk (cp)", source["cfg"], local),
-                ]
-                env = pgbackup_env(root, **s3env)
-                for n in range(args.repeat):
-                    turn = n % len(variants)
-                    for label, cfg, where in variants[turn:] + variants[:turn]:
+            s3_cfg = s3_policy(source["cfg"], root / "s3.yaml", spec, "8MiB")
+            variants = [
+                ("s3, read-ahead off", with_read_ahead(s3_cfg, root / "s3-0.yaml", 0), None),
+                ("s3, read-ahead 8", with_read_ahead(s3_cfg, root / "s3-8.yaml", 8), None),
+                ("posix, read-ahead off", source["cfg"], None),
+                ("posix, read-ahead 8", with_read_ahead(source["cfg"], root / "p-8.yaml", 8), None),
+                ("PostgreSQL, local disk (cp)", source["cfg"], local),
+            ]
+            if pbr:
+                extra = {"archive-async": "y", "archive-get-queue-max": "128MiB"}
+                replay_conf = pgbackrest_s3_conf(
+                    root, source["cluster"], **dict(pbr, tls_port=tls.port), process_max=4,
+                    name="replay.conf", extra=extra,
+                )  # fmt: skip
+                variants.append((PBR, replay_conf, None))
+            for n in range(args.repeat):
+                turn = n % len(variants)
+                for label, cfg, where in variants[turn:] + variants[:turn]:
+                    if label == PBR:
+                        seconds, hits = replay_pgbackrest(root, cfg, source["rows"]), 0
+                    else:
                         seconds, hits = replay(root, label, cfg, env, source["rows"], where)
-                        log(
-                            f"round {n + 1}: {label}: {seconds:.2f} s, {hits} served from the spool"
-                        )
-                        results.setdefault(label, []).append(seconds)
-                        served.setdefault(label, []).append(hits)
+                    log(f"round {n + 1}: {label}: {seconds:.2f} s, {hits} served from the spool")
+                    results.setdefault(label, []).append(seconds)
+                    served.setdefault(label, []).append(hits)
         base = median(results["PostgreSQL, local disk (cp)"])
         rows = [
             [
