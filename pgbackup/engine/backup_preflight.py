@@ -13,11 +13,15 @@ from typing import Any
 from pgbackup.engine.repository import BackupInfo, Repository
 from pgbackup.errors import BackupError, PostgresError
 from pgbackup.postgres.connection import ServerFacts, describe
+from pgbackup.postgres.majors import unsupported
 
 
 def preflight(facts: ServerFacts, conninfo: dict[str, Any]) -> None:
     """Say precisely what is missing before copying anything."""
     where = describe(conninfo)
+    refusal = unsupported(facts.major, f"{where}: the server")
+    if refusal is not None:
+        raise refusal
     if facts.wal_level not in ("replica", "logical"):
         raise PostgresError(
             f"{where}: wal_level is {facts.wal_level!r}; a base backup needs 'replica' or 'logical'",

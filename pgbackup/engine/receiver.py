@@ -330,6 +330,7 @@ def prepare(
     from pgbackup.engine.wal import bind_archive
     from pgbackup.postgres.binaries import program_for
     from pgbackup.postgres.connection import describe, preflight_facts, to_dsn
+    from pgbackup.postgres.majors import unsupported
     from pgbackup.postgres.sandbox import resolve_conninfo
     from pgbackup.storage import open_storage
 
@@ -337,6 +338,9 @@ def prepare(
     conninfo = resolve_conninfo(policy, target, LOG)
     facts, problem = preflight_facts(conninfo, target.pg_bin_dir)
     where = describe(conninfo)
+    refusal = unsupported(facts.major, f"{where}: the server")
+    if refusal is not None:
+        raise refusal
     if not facts.can_replicate:
         raise ReceiverError(
             f"{where}: role {conninfo.get('user')!r} lacks the REPLICATION attribute, "

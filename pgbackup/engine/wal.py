@@ -178,6 +178,11 @@ def push(policy: Any, path: str | Path, target: str | None = None) -> str:
         ) from None
     except OSError as exc:
         raise WalError(f"cannot read {path}: {exc.strerror}") from None
+    from pgbackup.postgres.majors import wal_file_refusal
+
+    refusal = wal_file_refusal(data, name)
+    if refusal is not None:
+        raise WalError(refusal.message, hint=refusal.hint)
     storage = open_storage(policy.repository)
     header = segment_sysid(data) if (is_segment(name) or is_partial(name)) else None
     sysid = header[0] if header else control_sysid(Path.cwd())

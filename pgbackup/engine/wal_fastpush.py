@@ -116,6 +116,8 @@ def _plan(
     try:
         data = walpage.read_wal_file(path)
         header = walpage.segment_sysid(data)
+        if walpage.wal_major(data) not in walpage.SUPPORTED_MAJORS:
+            return None  # the general path refuses it (postgres/majors.py)
         if header is None or not _bound_to(os.path.join(target_dir, walpage.ARCHIVE_INFO), header):
             return None
         for stored in codecbase.stored_names(name):

@@ -17,6 +17,9 @@ import struct
 # has the same header layout (XLogPageHeaderData, XLogLongPageHeaderData) since 9.3.
 WAL_PAGE_MAGIC = {14: 0xD10D, 15: 0xD110, 16: 0xD113, 17: 0xD116, 18: 0xD118}
 MAGIC_MAJOR = {magic: major for major, magic in WAL_PAGE_MAGIC.items()}
+#: The majors pgbackup runs on: those its test-suite proves (docs/testing.md). Any other is
+#: refused before anything is written (postgres/majors.py says why and what to do).
+SUPPORTED_MAJORS = (15, 16, 17, 18)
 XLP_LONG_HEADER = 0x0002
 #: A file this large or larger is mapped rather than read (see :func:`read_wal_file`).
 MAP_THRESHOLD = 1024 * 1024
