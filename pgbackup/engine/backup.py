@@ -49,7 +49,7 @@ from pgbackup.engine.backup_preflight import (
     incremental_preflight,
     preflight,
 )
-from pgbackup.engine.follow import ArchiveFollower
+from pgbackup.engine.follow import ArchiveFollower, StreamedUpload
 from pgbackup.engine.locks import target_lock
 from pgbackup.engine.phases import Phases
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
@@ -616,7 +616,6 @@ def take_backup(
     storage, repo, direct = run.storage, run.repo, run.direct
     recipients_list = recipients(policy)
     prefix = repo.base_prefix(target.name, run.backup_id)
-    manifest_spec = CodecSpec("none", 0, spec.encrypted)
     if run.parent is not None:
         run.step = f"reading the manifest of parent backup {run.parent.backup_id}"
     with (
@@ -634,11 +633,15 @@ def take_backup(
             target.max_rate,
             incremental=parent_manifest,
         )
-        # Hash the archives while pg_basebackup writes them (direct only: they are
-        # stored as written; a staged upload hashes what it sends).
+        # Hash the archives while pg_basebackup writes them (stored as written: direct),
+        # or send them to storage meanwhile (staged: engine/follow.StreamedUpload).
         follower = (
-            ArchiveFollower(directory, archive_suffix(spec))
-            if direct and side.side != "pgbackup"
+            ArchiveFollower(
+                directory,
+                archive_suffix(spec),
+                None if direct else streamed_upload(run, prefix, recipients_list),
+            )
+            if side.side != "pgbackup"
             else None
         )
 
@@ -656,35 +659,21 @@ def take_backup(
                 storage.describe(),
             )
 
-        try:
+        with uploads_left_behind(follower):
             try:
-                with run.phases.timed("server"):
-                    run_basebackup(argv, facts.database_size, once_running)
-            except PostgresError as exc:
-                # pg_hba.conf has no replication line for us: say which one to add.
-                raise replication_refused(run.conninfo, exc.message) or exc from None
-        finally:
-            followed = follower.finish() if follower else {}
-        if side.side == "pgbackup":
-            run.step = f"compressing with {spec.compression} (the server cannot)"
-            with run.phases.timed("compress") as timing:
-                timing.bytes = sum(f.stat().st_size for f in directory.glob("*.tar"))
-                compress_archives(directory, spec, policy.compression.workers or -1)
-        produced = produced_archives(directory, facts, spec)
-        if direct:
-            assert isinstance(storage, PosixStorage)
-            settle_in_repository(storage, directory)  # before the fsyncs below
-        manifest = (directory / MANIFEST).read_bytes()
-        manifest_read = meanwhile(lambda: manifest_facts(manifest, facts.wal_segment_size))
-        objects, unlinking = store_archives(run, directory, produced, followed, recipients_list)
-        began = time.monotonic()
-        objects[MANIFEST + suffix(manifest_spec)] = {
-            "kind": "manifest",
-            **store_manifest(run, prefix, manifest, manifest_spec, recipients_list),
-            "codec": manifest_spec.to_dict(),
-        }
-        m = manifest_read()
+                try:
+                    with run.phases.timed("server"):
+                        run_basebackup(argv, facts.database_size, once_running)
+                except PostgresError as exc:
+                    # pg_hba.conf has no replication line for us: say which one to add.
+                    raise replication_refused(run.conninfo, exc.message) or exc from None
+            finally:
+                followed = follower.finish() if follower else {}
+            objects, manifest, m, unlinking = finish_archives(
+                run, directory, facts, side, followed, follower, recipients_list
+            )
     run.phases.add("server", 0.0, m["raw_bytes"])  # its seconds were counted above
+    began = time.monotonic()
     metadata = backup_metadata(run, facts, program, side, objects, m)
     if unlinking is not None:
         unlinking.wait()  # nothing but what metadata.json lists stays behind
@@ -694,12 +683,73 @@ def take_backup(
     return metadata
 
 
+def streamed_upload(
+    run: BackupRun, prefix: str, recipients_list: list[str] | None
+) -> Callable[[str], StreamedUpload]:
+    """For a staged backup: each archive pg_basebackup writes goes to storage as it grows,
+    under the name ``store_archives`` would give it."""
+    stored_suffix = suffix(CodecSpec("none", 0, run.spec.encrypted))
+
+    def start(name: str) -> StreamedUpload:
+        writer = run.storage.writer(prefix + name + stored_suffix)
+        return StreamedUpload(writer, run.spec.encrypted, recipients_list, run.phases)
+
+    return start
+
+
+@contextlib.contextmanager
+def uploads_left_behind(follower: ArchiveFollower | None) -> Iterator[None]:
+    """Whatever happens, no upload begun while pg_basebackup wrote stays open."""
+    try:
+        yield
+    finally:
+        if follower is not None:
+            follower.abort_uploads()
+
+
+def finish_archives(
+    run: BackupRun,
+    directory: Path,
+    facts: ServerFacts,
+    side: CompressionSide,
+    followed: dict[Path, tuple[int, str]],
+    follower: ArchiveFollower | None,
+    recipients_list: list[str] | None,
+) -> tuple[dict[str, dict[str, Any]], bytes, dict[str, Any], Removal | None]:
+    """After pg_basebackup: compress what the server could not, store every archive and
+    the manifest; (objects, the manifest, its facts, pg_wal.tar's removal under way)."""
+    spec, storage = run.spec, run.storage
+    if side.side == "pgbackup":
+        run.step = f"compressing with {spec.compression} (the server cannot)"
+        with run.phases.timed("compress") as timing:
+            timing.bytes = sum(f.stat().st_size for f in directory.glob("*.tar"))
+            compress_archives(directory, spec, run.policy.compression.workers or -1)
+    produced = produced_archives(directory, facts, spec)
+    if run.direct:
+        assert isinstance(storage, PosixStorage)
+        settle_in_repository(storage, directory)  # before the fsyncs below
+    manifest = (directory / MANIFEST).read_bytes()
+    manifest_read = meanwhile(lambda: manifest_facts(manifest, facts.wal_segment_size))
+    objects, unlinking = store_archives(
+        run, directory, produced, followed, recipients_list, follower
+    )
+    manifest_spec = CodecSpec("none", 0, spec.encrypted)
+    prefix = run.repo.base_prefix(run.target.name, run.backup_id)
+    objects[MANIFEST + suffix(manifest_spec)] = {
+        "kind": "manifest",
+        **store_manifest(run, prefix, manifest, manifest_spec, recipients_list),
+        "codec": manifest_spec.to_dict(),
+    }
+    return objects, manifest, manifest_read(), unlinking
+
+
 def store_archives(
     run: BackupRun,
     directory: Path,
     produced: dict[str, tuple[Path, dict[str, Any]]],
     followed: dict[Path, tuple[int, str]],
     recipients_list: list[str] | None,
+    follower: ArchiveFollower | None = None,
 ) -> tuple[dict[str, dict[str, Any]], Removal | None]:
     """Each archive pg_basebackup wrote, into the repository: kept as written (direct),
     or streamed (encrypted) to storage; pg_wal.tar compressed on its way, first, while a
@@ -749,6 +799,10 @@ def store_archives(
             stored_name = name
             run.step = f"checking {name}"
             obj = {"size": path.stat().st_size, "sha256": digests()[path]}
+        elif streamed := follower and follower.upload_of(path, followed):
+            stored_name = name + suffix(CodecSpec("none", 0, spec.encrypted))
+            run.step = f"storing {stored_name} (sent while pg_basebackup wrote it)"
+            obj = streamed.commit()
         else:
             stored_name = name + suffix(CodecSpec("none", 0, spec.encrypted))
             run.step = f"storing {stored_name}"
