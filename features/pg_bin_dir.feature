@@ -4,8 +4,9 @@ Feature: Every PostgreSQL program is found where the policy says
   so a server installed in a place of its own needs nothing else: no PATH entry, no
   $PGBACKUP_PG_BIN_DIRS. A check that cannot run because a program is missing says so,
   with where it was looked for, in verify, check and the SLA report; it never passes in
-  silence. Debian's PostgreSQL 15 lives in /usr/bin and /usr/lib/postgresql/15/bin, which
-  are always searched: these scenarios skip it, saying so.
+  silence. Debian's PostgreSQL (15 here, 17 in Debian 13's test-runner image) lives in
+  /usr/bin and /usr/lib/postgresql/<major>/bin, which are always searched: these scenarios
+  skip it, saying so.
 
   @core_versions
   Scenario: Backup, restore to a time, verify and a drill with only the policy's pg_bin_dir

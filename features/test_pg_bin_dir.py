@@ -56,13 +56,15 @@ def environ(env: dict[str, str]) -> Any:
 
 @given("a sandbox cluster whose programs only the policy's pg_bin_dir names")
 def only_pg_bin_dir(h: Harness, ctx: dict[str, Any], undo: contextlib.ExitStack) -> None:
-    if h.major in (None, 15):
-        pytest.skip(
-            "Debian's PostgreSQL 15 is installed in /usr/bin and /usr/lib/postgresql/15/bin, "
-            "which the documented order always searches: it cannot be hidden behind pg_bin_dir"
-        )
-    directory, why = bin_dir(int(h.major))
+    major = int(h.major or 15)
+    directory, why = bin_dir(major)
     assert directory is not None, why  # use_major skipped already when it is missing
+    if directory == Path(f"/usr/lib/postgresql/{major}/bin"):  # 15 here, 17 in trixie's image
+        pytest.skip(
+            f"Debian's PostgreSQL {major} is installed in /usr/lib/postgresql/{major}/bin "
+            "(its client programs also in /usr/bin), which the documented order always "
+            "searches: it cannot be hidden behind pg_bin_dir"
+        )
     locked = Path(tempfile.mkdtemp(prefix="pgbackup-root-only-", dir="/tmp"))
     undo.callback(shutil.rmtree, locked, True)
     (locked / "bin").mkdir()
@@ -70,7 +72,7 @@ def only_pg_bin_dir(h: Harness, ctx: dict[str, Any], undo: contextlib.ExitStack)
     h.env.pop("PGBACKUP_PG_BIN_DIRS", None)
     h.env["PATH"] = os.pathsep.join([str(locked / "bin"), *without_postgres(h.env["PATH"])])
     with environ(h.env), pytest.raises(BinaryError):  # hidden indeed, but for pg_bin_dir
-        find_program("pg_waldump", h.major, None)
+        find_program("pg_waldump", major, None)
     h.policy["targets"]["platform"]["pg_bin_dir"] = str(directory)
     h.write_policy()
     ctx["pg_bin_dir"] = directory

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import Harness
 from pytest_bdd import scenarios, then, when
+from versions import bin_dir
 
 scenarios("versions.feature")
 
@@ -56,10 +58,10 @@ def verifies(h: Harness) -> None:
 @when("I take a backup with only other majors' client programs to be found")
 def backup_without_programs(h: Harness, ctx: dict[str, Any]) -> None:
     major, _ = server_has(h, "zstd")
-    if major == 15:
+    if bin_dir(major)[0] == Path(f"/usr/lib/postgresql/{major}/bin"):  # 15; 17 in its image
         pytest.skip(
-            "Debian's PostgreSQL 15 client programs are installed system-wide "
-            "(/usr/lib/postgresql/15/bin, /usr/bin): they cannot be hidden from this run"
+            f"Debian's PostgreSQL {major} client programs are installed system-wide "
+            f"(/usr/lib/postgresql/{major}/bin, /usr/bin): they cannot be hidden from this run"
         )
     ctx["major"] = major
     h.env.pop("PGBACKUP_PG_BIN_DIRS", None)  # the server's own programs are no more found
