@@ -30,3 +30,4 @@ Feature: Every PostgreSQL program is found where the policy says
     And check reports the WAL content as not checked, and why
     And the SLA report puts the WAL archive at risk, and says why
     And a restore to the time after batch 2 is refused, naming pg_waldump
+    And list says the time of the window's end was not read, and why

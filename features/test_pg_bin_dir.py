@@ -159,3 +159,13 @@ def restore_refused(h: Harness, ctx: dict[str, Any]) -> None:
         + ctx["looked_in"]
     ) in out, out
     assert "Traceback" not in out and not (h.root / "refused").exists()
+
+
+@then("list says the time of the window's end was not read, and why")
+def list_not_checked(h: Harness, ctx: dict[str, Any]) -> None:
+    window = h.json("list")["platform"]["window"]
+    reason = window["time_not_checked"]
+    assert reason.startswith("the time of the window's end was not read from "), reason
+    assert reason.endswith(ctx["looked_in"]), reason
+    text = " ".join(h.run("list").stdout.split())  # the console wraps long lines
+    assert f"not checked: {' '.join(reason.split())}" in text, text

@@ -37,6 +37,12 @@ def recoverable_window(
         "timeline": end.get("timeline", last["timeline"]),
         "wal_gaps": end.get("gaps", []),
     }
+    if end.get("not_checked"):
+        # pg_waldump missing: the end's LSN is known, its time is not (never a silent guess).
+        window["time_not_checked"] = (
+            f"the time of the window's end was not read from {end.get('last_segment')}: "
+            f"{end['not_checked']}"
+        )
     if window["wal_gaps"]:
         # The window ends at the hole, not at the newest archived WAL: say why.
         window["cut_reason"] = (

@@ -556,4 +556,5 @@ def window_end(
         "time": when if when and when > newest["stop_time"] else None,
         "gaps": chain["gaps"],
         "last_segment": last,
+        **({"not_checked": summary["not_checked"]} if summary.get("not_checked") else {}),
     }

@@ -54,6 +54,8 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
             )
             for gap in w.get("wal_gaps", [])[:10]:
                 console.print(f"  WAL gap: {gap}")
+            if w.get("time_not_checked"):
+                console.print(f"  not checked: {w['time_not_checked']}")
         else:
             console.print("recoverable window: none (no complete backup)")
         for dest, uw in (info.get("uploads") or {}).items():
