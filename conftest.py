@@ -5,7 +5,8 @@ so two of them can run at once. Some share a thing of the machine's, and the tes
 share one run on one worker, one after another (an ``xdist_group``):
 
 - ``docker``: the Docker engine's images (a build untags the older ``pgbackup:src-*``
-  images, which a run on another worker may be using);
+  images, which a run on another worker may be using; tests/test_container_majors.py
+  builds and runs the trixie test-runner image);
 - ``faults``: tests/faults/, which count what they inject into one file per session and
   kill processes by pattern;
 - ``crontab``: the real crontab of the test user;
@@ -28,6 +29,7 @@ GROUPS_BY_PATH = {
     "features/test_network_faults.py": "netns",
     "features/test_container_image.py": "docker",
     "tests/test_docker_programs.py": "docker",
+    "tests/test_container_majors.py": "docker",
 }
 
 

@@ -42,7 +42,9 @@ DEFAULT = 15
 #: inside the test-runner image of that Debian suite (containers/images.py).
 CONTAINER_MAJORS = {17: "trixie"}
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "var" / "version-results.json"
+#: Where outcomes are recorded ($PGBACKUP_VERSION_RESULTS: another suite's run of a major
+#: proven elsewhere, e.g. Debian unstable's 18 beside the PyPI build's, keeps to its own file).
+RESULTS = Path(os.environ.get("PGBACKUP_VERSION_RESULTS") or REPO / "var" / "version-results.json")
 # Where each major's server programs live; a package name means "inside that wheel".
 SOURCES = {
     15: ("/usr/lib/postgresql/15/bin", "Debian's postgresql-15"),
@@ -57,8 +59,13 @@ SOURCES = {
 
 
 def bin_dir(major: int) -> tuple[Path | None, str]:
-    """(directory of the major's server programs, or None; where it comes from / why not)."""
+    """(directory of the major's server programs, or None; where it comes from / why not).
+    ``$PGBACKUP_TEST_PG<major>_BIN`` names another directory (a test-runner image's Debian
+    build of a major whose usual source is a wheel)."""
     where, what = SOURCES[major]
+    override = os.environ.get(f"PGBACKUP_TEST_PG{major}_BIN")
+    if override:
+        where, what = override, f"${{PGBACKUP_TEST_PG{major}_BIN}} = {override}"
     if where.startswith("/"):
         path: Path | None = Path(where)
     else:
