@@ -34,4 +34,19 @@ def test_a_cell_says_what_was_proven() -> None:
     assert versions.cell([{"outcome": "skipped", "reason": "no engine"}]) == "– skipped: no engine"
     assert versions.cell([]) == "not run"
     snapshot = json.loads((ROOT / "docs" / "version-support.json").read_text())["results"]
-    assert {int(e["major"]) for e in snapshot.values()} <= {15, 16, 18}
+    assert {int(e["major"]) for e in snapshot.values()} <= set(versions.MAJORS)
+
+
+def test_a_run_of_one_major_replaces_only_that_majors_entries() -> None:
+    """--update --major 17: a run in 17's container adds its column, the others stay."""
+    versions = _module()
+    snapshot = {
+        "a on 15": {"major": 15, "outcome": "passed"},
+        "a on 17": {"major": 17, "outcome": "failed"},
+        "b on 17": {"major": 17, "outcome": "passed"},
+    }
+    results = {"a on 17": {"major": 17, "outcome": "passed"}, "c on 16": {"major": 16}}
+    assert versions.with_major(snapshot, results, 17) == {
+        "a on 15": {"major": 15, "outcome": "passed"},
+        "a on 17": {"major": 17, "outcome": "passed"},
+    }
