@@ -130,8 +130,8 @@ def rate(nbytes: float, seconds: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    hours, rest = divmod(seconds, 3600)
-    return f"{int(hours)} h {rest / 60:02.0f} min" if hours else f"{rest / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
 def main() -> None:
@@ -157,7 +157,7 @@ def main() -> None:
     cluster = make_cluster(root, settings)
     runs: dict[str, list[Run]] = {}
     phases: dict[str, list[dict[str, Any]]] = {}
-    stored: dict[str, int] = {}
+    stored: dict[str, int] = {}  # bytes of every round's backups, per tool
     try:
         size = load(cluster, args.scale, args.random_gib)
         with (
@@ -204,7 +204,9 @@ def main() -> None:
                     runs.setdefault(f"{tool} restore", []).append(run)
                     log(f"  {run.seconds:.1f} s; restored {mib(du(target))}")
                     rmtree(target)
-            stored = moto_bytes(moto_spec, s3env)
+                    # moto holds every object in this process's memory: a round's backup
+                    # goes once measured (WAL and pgBackRest's backup.info stay).
+                    stored[tool] = stored.get(tool, 0) + purge(moto_spec, s3env, tool)
     finally:
         cluster.stop("fast")
         if not args.keep:
@@ -212,8 +214,12 @@ def main() -> None:
     report(args, size, runs, phases, stored)
 
 
-def moto_bytes(spec: dict[str, Any], env: dict[str, str]) -> dict[str, int]:
-    """Bytes stored under each tool's prefix (every round's backups)."""
+#: Where each tool keeps its base backups in the bucket (bench/s3.py's prefixes).
+BACKUP_PREFIXES = {"pgbackup": "bench/bench/base/", "pgbackrest": "pgbr/backup/bench/2"}
+
+
+def purge(spec: dict[str, Any], env: dict[str, str], tool: str) -> int:
+    """Delete ``tool``'s base backups from moto; the bytes they held."""
     import boto3
 
     client = boto3.client(
@@ -223,15 +229,14 @@ def moto_bytes(spec: dict[str, Any], env: dict[str, str]) -> dict[str, int]:
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
-    out: dict[str, int] = {}
-    for tool, prefix in (("pgbackup", "bench/"), ("pgbackrest", "pgbr/")):
-        total = 0
-        for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=spec["bucket"], Prefix=prefix
-        ):
-            total += sum(int(o["Size"]) for o in page.get("Contents", []))
-        out[tool] = total
-    return out
+    total = 0
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=spec["bucket"], Prefix=BACKUP_PREFIXES[tool]
+    ):
+        for obj in page.get("Contents", []):
+            total += int(obj["Size"])
+            client.delete_object(Bucket=spec["bucket"], Key=obj["Key"])
+    return total
 
 
 def report(
