@@ -390,6 +390,9 @@ VERSION_RUNS = (
 )
 
 
+#: What a test-runner container appends to its major's Debian bin directory (run_tests).
+MOVED = "-moved"
+
 #: Suites whose major the table proves from another build: their outcomes go to a file of
 #: their own, to compare (sid's 18 with the PyPI 18 of docs/version-support.json).
 OWN_RESULTS = {"sid": "var/version-results-sid.json"}
@@ -407,13 +410,18 @@ def run_tests(suite: str, pytest_args: Sequence[str] = ()) -> int:
     for args in runs:
         argv = ["docker", "run", "--rm", "--init", "--network", "host", "--shm-size", "1g"]
         argv += ["-v", f"{REPO}:{MOUNT}", "-e", f"PGBACKUP_TEST_PG_VERSION={major}"]
-        # The suite's own build of its major, whatever the host's source of it is.
-        argv += ["-e", f"PGBACKUP_TEST_PG{major}_BIN=/usr/lib/postgresql/{major}/bin"]
+        # The suite's own build of its major, moved out of the order pgbackup always
+        # searches (binaries.candidate_dirs: /usr/lib/postgresql/<major>/bin), so that
+        # pg_bin_dir.feature can hide it behind a policy's pg_bin_dir as on the PyPI builds.
+        # Same depth: the server finds its lib and share directories relative to itself.
+        debian_bin = f"/usr/lib/postgresql/{major}/bin"
+        argv += ["-e", f"PGBACKUP_TEST_PG{major}_BIN={debian_bin}{MOVED}"]
         if suite in OWN_RESULTS:
             argv += ["-e", f"PGBACKUP_VERSION_RESULTS={MOUNT}/{OWN_RESULTS[suite]}"]
         if os.environ.get("CI"):  # a major missing in its image fails, as on the host
             argv += ["-e", f"CI={os.environ['CI']}"]
-        argv += [tag, "python3", "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+        argv += [tag, "sh", "-c", 'mv "$0" "$0$1" && shift && exec "$@"', debian_bin, MOVED]
+        argv += ["python3", "-m", "pytest", "-p", "no:cacheprovider", "-q"]
         argv += ["--pg-version", str(major), *args]
         log(f"PostgreSQL {major} in {tag}: pytest {' '.join(args)}")
         t0 = time.monotonic()

@@ -96,10 +96,10 @@ def pg_bin_dir_without_waldump(h: Harness, ctx: dict[str, Any]) -> None:
     h.policy["targets"]["platform"]["pg_bin_dir"] = str(empty)
     h.write_policy()
     path = h.env["PATH"].split(os.pathsep)
-    ctx["looked_in"] = (
-        f"pg_waldump not found (PostgreSQL {h.major}); looked in: {empty}, "
-        f"/usr/lib/postgresql/{h.major}/bin, /usr/pgsql-{h.major}/bin, "
-        + ", ".join(dict.fromkeys(path))
+    order = [str(empty), f"/usr/lib/postgresql/{h.major}/bin", f"/usr/pgsql-{h.major}/bin", *path]
+    ctx["looked_in"] = (  # each directory once, in order (a PATH may name one already)
+        f"pg_waldump not found (PostgreSQL {h.major}); looked in: "
+        + ", ".join(dict.fromkeys(order))
         + f" (pg_bin_dir {empty})"
     )
 
