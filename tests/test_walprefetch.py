@@ -140,9 +140,11 @@ def test_a_verified_segment_is_spooled_under_its_crc_and_served(setup: dict[str,
     assert not [e for e in os.listdir(spool) if e.startswith(".tmp.")]
     dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
     with _prefetcher_running(setup):
-        assert serve(setup["config"], "main", None, None, NAME, str(dest))
+        assert serve(setup["config"], "main", None, None, NAME, str(dest)) == 0
     assert dest.read_bytes() == segment(NAME)
-    assert spooled(spool) == {}  # served by rename
+    # served by a link: the spool keeps it for PostgreSQL's second read of a segment
+    kept = Path(spool) / spooled(spool)[NAME]
+    assert os.stat(kept).st_ino == os.stat(dest).st_ino
     requests = (setup["data"] / SPOOL_DIR / "requests").read_text()
     assert requests.startswith(f"{NAME} hit ")
 
@@ -187,7 +189,7 @@ def test_a_foreign_spool_is_discarded_never_served(setup: dict[str, Any]) -> Non
     manifest = (spool / "manifest").read_text()
     (spool / "manifest").write_text(manifest.replace(p.identity, "0" * 32))
     dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
-    assert not serve(setup["config"], "main", None, None, NAME, str(dest))
+    assert serve(setup["config"], "main", None, None, NAME, str(dest)) is None
     assert not dest.exists()
     assert spooled(str(spool)) == {}
 
@@ -198,7 +200,7 @@ def test_a_spool_for_another_cluster_is_discarded(setup: dict[str, Any]) -> None
     control = setup["data"] / "global" / "pg_control"
     control.write_bytes(struct.pack("<Q", SYSID + 1) + b"\0" * 100)
     dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
-    assert not serve(setup["config"], "main", None, None, NAME, str(dest))
+    assert serve(setup["config"], "main", None, None, NAME, str(dest)) is None
     assert spooled(str(setup["data"] / SPOOL_DIR)) == {}
 
 
@@ -206,7 +208,7 @@ def test_a_spool_of_other_flags_is_not_served(setup: dict[str, Any]) -> None:
     archive(setup, NAME)
     assert prefetcher(setup).fetch_one(NAME) == "spooled"
     dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
-    assert not serve(setup["config"], "main", "offsite", None, NAME, str(dest))
+    assert serve(setup["config"], "main", "offsite", None, NAME, str(dest)) is None
     assert not dest.exists()
 
 
@@ -221,7 +223,7 @@ def test_a_spooled_file_damaged_after_it_was_written_is_refused(
         f.seek(SEG // 2)
         f.write(b"\xff")
     dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
-    assert not serve(setup["config"], "main", None, None, NAME, str(dest))
+    assert serve(setup["config"], "main", None, None, NAME, str(dest)) is None
     assert not dest.exists() and not path.exists()
     assert "CRC-32" in capsys.readouterr().err
 
@@ -232,13 +234,13 @@ def test_a_truncated_spooled_file_is_refused(setup: dict[str, Any]) -> None:
     spool = setup["data"] / SPOOL_DIR
     path = spool / spooled(str(spool))[NAME]
     os.truncate(path, 8192)
-    assert not serve(setup["config"], "main", None, None, NAME, str(setup["data"] / "x"))
+    assert serve(setup["config"], "main", None, None, NAME, str(setup["data"] / "x")) is None
 
 
 def test_history_and_partial_files_are_never_served_from_the_spool(setup: dict[str, Any]) -> None:
     (setup["data"] / SPOOL_DIR / "00000002.history").write_text("1\t0/3000000\tno reason\n")
     for name in ("00000002.history", f"{NAME}.partial"):
-        assert not serve(setup["config"], "main", None, None, name, str(setup["data"] / "x"))
+        assert serve(setup["config"], "main", None, None, name, str(setup["data"] / "x")) is None
 
 
 def test_the_window_follows_the_timeline_and_stops_at_until(setup: dict[str, Any]) -> None:
@@ -357,3 +359,105 @@ def test_the_end_of_recovery_removes_the_spool_and_kills_no_stranger(
     finally:
         stranger.kill()
         stranger.wait()
+
+
+# --- a question asked of the running prefetcher ----------------------------------------------
+
+
+@pytest.fixture
+def running(setup: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The real prefetcher process on this data directory (this process plays the
+    postmaster: postmaster.pid names it), stopped and its spool removed after."""
+    (setup["data"] / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    env = {**os.environ, "PGBACKUP_GAP_GRACE": "0.2"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgbackup.engine.walprefetch",
+            setup["config"],
+            "main",
+            "",
+            "",
+            str(setup["data"]),
+        ],
+        cwd=setup["data"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    spool = setup["data"] / SPOOL_DIR
+    for _ in range(500):  # it holds the lock at once, writes its manifest once open
+        if walprefetch._lock_holder(str(spool)) and (spool / "manifest").exists():
+            break
+        proc.poll()
+        assert proc.returncode is None, proc.stderr.read() if proc.stderr else ""
+        import time
+
+        time.sleep(0.02)
+    try:
+        yield {**setup, "proc": proc}
+    finally:
+        walprefetch.end_read_ahead(setup["data"], timeout=5)
+        proc.wait(timeout=10)
+
+
+def _ask(setup: dict[str, Any], name: str, dest: Path) -> int | None:
+    return serve(setup["config"], "main", None, None, name, str(dest))
+
+
+def test_the_prefetcher_answers_what_the_spool_lacks_as_wal_fetch_would(
+    running: dict[str, Any],
+) -> None:
+    """A segment not spooled yet, a history file, the end of the archive and a timeline
+    that does not exist: answered by the prefetcher's fetch (0 with the bytes, 1 for not
+    archived), so no wal-fetch starts an object-store client of its own."""
+    archive(running, NAME)
+    history = b"1\t0/3000000\tno recovery target specified\n"
+    (running["repo"] / "main" / "wal" / "00000002.history.zst").write_bytes(
+        encode_bytes(ZSTD, history)
+    )
+    dest = running["data"] / "pg_wal" / "RECOVERYXLOG"
+    assert _ask(running, NAME, dest) == 0
+    assert dest.read_bytes() == segment(NAME)
+    assert _ask(running, "00000002.history", dest) == 0
+    assert dest.read_bytes() == history
+    assert _ask(running, "000000010000000000000004", dest) == 1  # the end of the archive
+    assert _ask(running, "00000003.history", dest) == 1  # no such timeline
+    lines = (running["data"] / SPOOL_DIR / "requests").read_text().splitlines()
+    assert [line.split(" ")[1][:4] for line in lines] == ["ask:"] * 4
+
+
+def test_a_hole_or_a_corrupt_file_is_no_answer_and_wal_fetch_fails_loudly(
+    running: dict[str, Any],
+) -> None:
+    """The prefetcher's fetch fails (a hole: a later segment is archived; a corrupt
+    file): no answer, and wal-fetch fetches it itself and aborts recovery (255), never 1."""
+    archive(running, "000000010000000000000005")  # 3 and 4 missing: a hole
+    path = archive(running, "000000010000000000000002")
+    path.write_bytes(path.read_bytes()[:-100])  # torn
+    dest = running["data"] / "pg_wal" / "RECOVERYXLOG"
+    for name in (NAME, "000000010000000000000002"):
+        assert _ask(running, name, dest) is None
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pgbackup.interface.console",
+                "wal-fetch",
+                "--config",
+                running["config"],
+                "--target",
+                "main",
+                name,
+                "pg_wal/RECOVERYXLOG",
+            ],
+            cwd=running["data"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PGBACKUP_GAP_GRACE": "0.2"},
+            timeout=60,
+        )
+        assert proc.returncode == 255, proc.stderr
+        assert "error" in proc.stderr
+    assert not dest.exists()

@@ -36,17 +36,24 @@ discarded, never served.
 **Serving** (:func:`serve`, before the policy is loaded and without importing any storage
 client): the segment asked for is in the spool under a matching manifest; its size, first
 page header and CRC-32 are checked again (a torn write after a crash fails them); it is
-renamed to ``%p`` and wal-fetch exits 0. Anything else is a miss: wal-fetch fetches
-synchronously with all its rules (1 only for a file truly not archived, 255 during
-archive recovery for a corrupt file, a hole, an unreadable archive) and (re)starts the
-read-ahead after it (:func:`kick`). A file the spool refuses is removed and fetched
+linked to ``%p`` (the spool keeps it: at the end of recovery PostgreSQL reads the last
+segment a second time) and wal-fetch exits 0. A file the spool does not hold (a segment
+not fetched yet, the one past the end of the archive, a timeline's history file) is
+*asked* of the running prefetcher (:func:`ask`): it runs wal-fetch's own fetch
+(``engine/wal.fetch``, every rule, no second copy) with its client already open, after the
+question was written, and answers 0 (the file) or 1 (not archived); anything else (a
+hole, a corrupt or unreachable file, no prefetcher, no answer) is no answer, and wal-fetch
+fetches synchronously with all its rules (1 only for a file truly not archived, 255
+during archive recovery for a corrupt file, a hole, an unreadable archive) and (re)starts
+the read-ahead (:func:`kick`). A file the spool refuses is removed and fetched
 synchronously, where the same damage fails loudly.
 
 **The prefetcher** (``python -m pgbackup.engine.walprefetch``, started detached by
-wal-fetch, one per data directory: it holds ``flock`` on ``pgbackup_spool/lock``). Each
-wal-fetch appends the segment asked for to ``pgbackup_spool/requests``; the prefetcher
-keeps the next ``read_ahead`` segments of that segment's timeline in the spool, ``streams``
-at a time, and removes any other (served, skipped, of another timeline). It never writes
+wal-fetch, one per data directory, at its first segment or history file: it holds ``flock``
+on ``pgbackup_spool/lock``). Each wal-fetch appends the file asked for to
+``pgbackup_spool/requests``; the prefetcher keeps the segment asked for last and the next
+``read_ahead`` segments of its timeline in the spool, ``streams`` at a time, and removes
+any other (served, skipped, of another timeline). It never writes
 a "missing" marker: a segment it cannot find, or refuses, stops it going further on that
 timeline (it looks again every few seconds: a standby's archive grows), and PostgreSQL's
 own requests (the new timeline's history file, then its segments) drive the synchronous
@@ -91,6 +98,10 @@ RETRY_SECONDS = 3.0
 #: How often the prefetcher reads the requests and checks that recovery goes on.
 POLL_SECONDS = 0.02
 PREFIX = "pgbackup wal-prefetch: "
+#: A wal-fetch that asked the prefetcher (:func:`ask`) reads its answer from this file.
+ANSWER_PREFIX = "answer."
+#: How long a wal-fetch waits for the prefetcher's answer before it fetches the file itself.
+ASK_SECONDS = 120.0
 
 
 # --- verification (the prefetcher before it spools; wal-fetch again before it serves) ---
@@ -224,17 +235,18 @@ def serve(
     until: str | None,
     name: str,
     dest: str,
-) -> bool:
-    """Serve segment ``name`` from the spool into ``dest``: True when it was (wal-fetch
-    exits 0), False when it is not there or is refused (wal-fetch fetches it itself).
+) -> int | None:
+    """Answer ``wal-fetch name dest`` from the read-ahead: 0 when the file is in
+    ``dest`` (wal-fetch exits 0), 1 when the running prefetcher found it not archived
+    (wal-fetch exits 1, as its own fetch would have), None when wal-fetch must fetch it
+    itself (no spool, a foreign one, a refused file, no prefetcher, anything else).
 
-    Imports no policy loader and no storage: a hit costs a rename and a CRC."""
-    if not walpage.is_segment(name):
-        return False
+    Imports no policy loader and no storage: a hit costs a link and a CRC; a miss is
+    asked of the prefetcher, whose object-store client is already open (:func:`ask`)."""
     data_dir = os.getcwd()
     spool = os.path.join(data_dir, SPOOL_DIR)
     if not os.path.isdir(spool):
-        return False
+        return None
     manifest = read_manifest(spool)
     identity = spool_identity(policy_path, target, source)
     sysid = _control_sysid(data_dir)
@@ -246,33 +258,95 @@ def serve(
     ):
         if manifest is not None:  # another archive's (or another cluster's) spool
             discard_segments(spool)
-        return False
+        return None
     seg_size = int(manifest.get("segment_size", "0"))
-    entry = spooled(spool).get(name)
+    entry = spooled(spool).get(name) if walpage.is_segment(name) else None
     if entry is None:
-        return False
+        return ask(spool, name, dest, identity)
     path = os.path.join(spool, entry)
     problem = _check_spooled(path, name, sysid, seg_size, int(entry[25:], 16))
     if problem is not None:
         say(f"refused {name} from the spool ({problem}); fetching it from the archive")
         _unlink(path)
-        return False
-    try:
-        os.rename(path, dest)
-    except FileNotFoundError:  # the prefetcher pruned it meanwhile: fetch it ourselves
-        return False
-    except OSError as exc:
-        import errno
-
-        if exc.errno != errno.EXDEV:
-            return False
-        _copy_into(path, dest)  # pg_wal is a link to another filesystem
+        return None
+    if not _link_into(path, dest):
+        return None  # the prefetcher pruned it meanwhile: fetch it ourselves
     try:  # served: whatever happens to the read-ahead now, wal-fetch has succeeded
         record_request(spool, name, "hit", identity)
         ensure_running(spool, _prefetcher_argv(policy_path, target, source, until, data_dir))
     except OSError:
         pass  # the spool was removed meanwhile (recovery ended): the next miss restarts it
-    return True
+    return 0
+
+
+def _link_into(path: str, dest: str) -> bool:
+    """``dest`` made the spooled file, which stays in the spool: PostgreSQL may ask for
+    the same segment again (at the end of recovery it reads the last one a second time),
+    and the prefetcher keeps the newest segment asked for. A link, not a copy: the
+    server never writes into a restored file, and should it ever (a recycled segment in
+    pg_wal), the CRC checked before each serve refuses the spooled one."""
+    import errno
+
+    for _attempt in range(2):
+        try:
+            os.link(path, dest)
+            return True
+        except FileExistsError:  # a leftover %p: restore_command replaces it
+            _unlink(dest)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                return False
+            return _copy_into(path, dest)  # pg_wal is a link to another filesystem
+    return False
+
+
+def ask(spool: str, name: str, dest: str, identity: str) -> int | None:
+    """A file the spool does not hold (a segment not fetched yet, past the end of the
+    archive, a timeline's history file) asked of the running prefetcher, which fetches it
+    with :func:`pgbackup.engine.wal.fetch` itself (every rule of a synchronous fetch, no
+    second copy: a hole, a corrupt or unreachable file is not an answer, and wal-fetch
+    then fetches it itself and fails as loudly as ever). The question is written before
+    the prefetcher looks, so its "not archived" is as fresh as wal-fetch's own. 0: the
+    file is in ``dest``; 1: not archived; None: no answer (no prefetcher, a failure)."""
+    import time
+
+    if _lock_holder(spool) is None:
+        return None
+    nonce = f"{os.getpid()}-{time.monotonic_ns()}"
+    answer = os.path.join(spool, f"{ANSWER_PREFIX}{nonce}")
+    record_request(spool, name, f"ask:{nonce}", identity)
+    deadline = time.monotonic() + ASK_SECONDS
+    alive_checked = time.monotonic()
+    while True:
+        try:
+            with open(answer, encoding="utf-8") as f:
+                status = f.read()
+            break
+        except FileNotFoundError:
+            pass
+        now = time.monotonic()
+        if now > deadline:
+            say(f"no answer for {name} from the read-ahead in {ASK_SECONDS:g}s; fetching it")
+            return None
+        if now - alive_checked > 0.5:
+            alive_checked = now
+            if _lock_holder(spool) is None:
+                return None  # it stopped meanwhile
+        time.sleep(0.002)
+    _unlink(answer)
+    data = answer + ".data"
+    if status == "0":
+        try:
+            os.rename(data, dest)
+        except OSError:
+            _unlink(data)
+            return None
+        return 0
+    if status == "1":
+        return 1
+    return None  # a failure: wal-fetch's own fetch says it, alerts, and exits as it must
 
 
 def _check_spooled(path: str, name: str, sysid: int, seg_size: int, crc: int) -> str | None:
@@ -293,13 +367,17 @@ def _check_spooled(path: str, name: str, sysid: int, seg_size: int, crc: int) ->
         return f"cannot read it: {exc.strerror}"
 
 
-def _copy_into(path: str, dest: str) -> None:
+def _copy_into(path: str, dest: str) -> bool:
     import shutil
 
     tmp = os.path.join(os.path.dirname(dest) or ".", f".{os.path.basename(dest)}.pgbackup-fetch")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, dest)
-    os.unlink(path)
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        _unlink(tmp)
+        return False
+    return True
 
 
 def record_request(spool: str, name: str, how: str, identity: str) -> None:
@@ -319,10 +397,12 @@ def kick(
     until: str | None,
     name: str,
 ) -> bool:
-    """Before a synchronous fetch of segment ``name`` during recovery: record the request
-    and make sure a prefetcher reads ahead of it, when the target's ``wal_fetch`` says
-    so. True when the read-ahead runs."""
-    if policy_path is None or not walpage.is_segment(name):
+    """Before a synchronous fetch of ``name`` during recovery: make sure a prefetcher
+    runs, when the target's ``wal_fetch`` says so, and, for a segment, record the request
+    it reads ahead of. A timeline's history file starts it too: PostgreSQL asks for one
+    before its first segment, and the next questions then find its client open. True
+    when the read-ahead runs."""
+    if policy_path is None:
         return False
     data_dir = os.getcwd()
     if not _in_recovery(data_dir) or _control_sysid(data_dir) is None:
@@ -343,7 +423,8 @@ def kick(
     spool = os.path.join(data_dir, SPOOL_DIR)
     if not os.path.isdir(spool):
         os.makedirs(spool, 0o700, exist_ok=True)
-    record_request(spool, name, "miss", spool_identity(policy_path, target, source))
+    if walpage.is_segment(name):
+        record_request(spool, name, "miss", spool_identity(policy_path, target, source))
     ensure_running(spool, _prefetcher_argv(policy_path, target, source, until, data_dir))
     return True
 
@@ -484,7 +565,7 @@ class Prefetcher:
         self.data_dir = data_dir
         self.spool = os.path.join(data_dir, SPOOL_DIR)
         self.stopping = False
-        self.served = self.missed = self.written = self.refused = 0
+        self.served = self.missed = self.written = self.refused = self.answered = 0
         self.offset = 0  # how much of the requests file has been read
 
     def log(self, text: str) -> None:
@@ -521,6 +602,7 @@ class Prefetcher:
             )
         self.sysid = sysid
         self.seg_size = int(info.get("wal_segment_size") or 16 * 1024 * 1024)
+        self.policy = policy
         self.spec = wal.codec_for(policy)
         self.identities = wal.policy_identities(policy)
         self.identity = spool_identity(self.policy_path, self.target_flag, self.source)
@@ -584,6 +666,32 @@ class Prefetcher:
         os.rename(tmp, os.path.join(self.spool, f"{name}.{crc:08x}"))
         return "spooled"
 
+    def answer(self, name: str, nonce: str) -> None:
+        """Answer a wal-fetch that asked for ``name`` (:func:`ask`): the file fetched by
+        :func:`pgbackup.engine.wal.fetch`, the synchronous fetch itself, into
+        ``answer.<nonce>.data``, then the status in ``answer.<nonce>``: ``0``, ``1`` (not
+        archived), or the failure, which wal-fetch leaves to its own fetch to report."""
+        from pgbackup.engine import wal
+
+        answer = os.path.join(self.spool, f"{ANSWER_PREFIX}{nonce}")
+        try:
+            wal.fetch(
+                self.policy, name, answer + ".data", self.target_flag, self.storage, self.until
+            )
+            status = "0"
+        except wal.WalNotFound:
+            status = "1"
+        except Exception as exc:  # said by wal-fetch's own fetch, which fails the same way
+            status = f"failed: {type(exc).__name__}: {exc}"
+        tmp = os.path.join(self.spool, f"{TMP_PREFIX}{ANSWER_PREFIX}{nonce}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(status)
+            os.rename(tmp, answer)
+        except OSError:
+            return  # the spool is gone: recovery ended, nobody waits
+        self.answered += 1
+
     # --- the loop ---------------------------------------------------------------------
 
     def window(self, request: str) -> list[str]:
@@ -612,7 +720,7 @@ class Prefetcher:
         out = []
         for line in chunk[:end].decode("ascii", "replace").splitlines():
             parts = line.split(" ")
-            if len(parts) == 3 and walpage.is_segment(parts[0]):
+            if len(parts) == 3 and (walpage.is_segment(parts[0]) or _askable(parts)):
                 out.append((parts[0], parts[1], parts[2]))
         return out
 
@@ -634,6 +742,8 @@ class Prefetcher:
         from concurrent.futures import Future, ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(self.streams, thread_name_prefix="wal-prefetch")
+        # Questions have their own threads: never queued behind the read-ahead.
+        asks = ThreadPoolExecutor(2, thread_name_prefix="wal-prefetch-ask")
         inflight: dict[str, Future[str]] = {}
         failed: dict[str, float] = {}
         request: str | None = None
@@ -645,9 +755,13 @@ class Prefetcher:
                 for name, how, identity in self.new_requests():
                     if identity != self.identity:
                         why = "a request came from another archive"
-                    request, last = name, now
-                    self.served += how == "hit"
-                    self.missed += how == "miss"
+                    last = now
+                    if how.startswith("ask:") and why is None:
+                        asks.submit(self.answer, name, how[4:])
+                    if walpage.is_segment(name):
+                        request = name
+                        self.served += how == "hit"
+                        self.missed += how != "hit"
                 if now - checked > 0.25:
                     checked = now
                     why = why or self.why_stop(now - last)
@@ -669,7 +783,7 @@ class Prefetcher:
                 wanted = self.window(request)
                 present = spooled(self.spool)
                 for name, entry in present.items():
-                    if name not in wanted:
+                    if name not in wanted and name != request:  # the newest asked-for stays
                         _unlink(os.path.join(self.spool, entry))
                 for name in wanted:
                     if name in present or name in inflight:
@@ -683,7 +797,21 @@ class Prefetcher:
         finally:
             self.stopping = True
             pool.shutdown(wait=False, cancel_futures=True)
+            asks.shutdown(wait=False, cancel_futures=True)
         return why or "stopped"
+
+
+def _askable(parts: list[str]) -> bool:
+    """A question's line: any WAL file name PostgreSQL asks for (a segment, a history,
+    ``.partial`` or ``.backup`` file): hexadecimal, then at most a plain suffix."""
+    name = parts[0]
+    return (
+        parts[1].startswith("ask:")
+        and len(name) >= 8
+        and all(c in "0123456789ABCDEF" for c in name[:8])
+        and all(c.isalnum() or c == "." for c in name)
+        and not name.startswith(".")
+    )
 
 
 def _postmaster_alive(data_dir: str) -> bool:
@@ -728,6 +856,7 @@ def main(argv: list[str]) -> int:
         return 0  # another one runs
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
+    os.chdir(data_dir)  # wal.fetch reads the data directory as restore_command does: its cwd
     prefetcher = Prefetcher(policy_path, target or None, source or None, until or None, data_dir)
 
     def stop(_signum: int, _frame: object) -> None:
@@ -749,7 +878,8 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(spool, ignore_errors=True)
         prefetcher.log(
             f"stopped ({why}): {prefetcher.written} segments spooled, {prefetcher.served} "
-            f"served from the spool, {prefetcher.missed} fetched directly, "
+            f"served from the spool, {prefetcher.missed} not in it "
+            f"({prefetcher.answered} files answered for wal-fetch), "
             f"{prefetcher.refused} refused; spool removed"
         )
     os._exit(0)  # fetches still in flight are abandoned, never waited for

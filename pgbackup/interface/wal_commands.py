@@ -141,8 +141,10 @@ def wal_main(argv: list[str]) -> int:
         from pgbackup.policyrules import named_policy_file
 
         policy_path = named_policy_file(config)
-        if policy_path is not None and _served_from_spool(policy_path, target, source, until, args):
-            return 0
+        if policy_path is not None:
+            answered = _served_from_spool(policy_path, target, source, until, args)
+            if answered is not None:
+                return answered  # 0, or 1: not archived, as the prefetcher's fetch found
     try:
         if command == "wal-push":
             # The common case, with none of the imports below (wal_fastpush says which
@@ -198,16 +200,17 @@ def wal_main(argv: list[str]) -> int:
 
 def _served_from_spool(
     policy_path: str, target: str | None, source: str | None, until: str | None, args: list[str]
-) -> bool:
-    """wal-fetch NAME PATH served from the read-ahead's spool. Anything that goes wrong
-    there is said and left to the synchronous fetch, which has every rule."""
+) -> int | None:
+    """wal-fetch NAME PATH answered by the read-ahead (its spool, or its prefetcher):
+    the exit status, or None. Anything that goes wrong there is said and left to the
+    synchronous fetch, which has every rule."""
     from pgbackup.engine.walprefetch import PREFIX, serve
 
     try:
         return serve(policy_path, target, source, until, args[0], args[1])
     except Exception as exc:
         print(f"{PREFIX}spool not used: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return False
+        return None
 
 
 def _read_ahead(
