@@ -489,3 +489,29 @@ def test_failing_sink_aborts_the_encoder(keypair: tuple[str, str]) -> None:
         encoder.write(b"x")
     encoder.close()  # no-op after abort
     assert len(calls) == 1
+
+
+def test_a_whole_zstd_frame_is_decoded_in_one_call_and_anything_else_is_left_to_the_stream() -> (
+    None
+):
+    """decode_bytes' one-call path (formats/codecbase.zstd_unwhole) takes only one frame
+    that records its size; a cut, a flipped byte, an extra frame or a frame of unknown
+    size is None there, and decode_bytes then fails (or decodes) exactly as the stream."""
+    from pgbackup.formats.codecbase import zstd_unwhole, zstd_whole
+
+    data = TEXTY[:300000] + RANDOM[:50000]
+    blob = zstd_whole(data, 3, 0)
+    assert zstd_unwhole(blob) == data
+    spec = CodecSpec("zstd", 3, False)
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0x55
+    for bad in (blob[:-1], blob[:-4], blob[: len(blob) // 2], bytes(flipped), blob + blob[:9]):
+        assert zstd_unwhole(bad) is None
+        with pytest.raises(PgBackupError):
+            decode_bytes(spec, bad)
+    two_frames = blob + blob  # several frames: the stream reads across them
+    assert zstd_unwhole(two_frames) is None
+    assert decode_bytes(spec, two_frames) == data + data
+    streamed = _encode_stream(spec, data, [], 65536)
+    assert zstd_unwhole(streamed) is None  # no size recorded
+    assert decode_bytes(spec, streamed) == data

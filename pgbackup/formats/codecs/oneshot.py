@@ -78,6 +78,12 @@ def decode_bytes(
             f"{what} is age-encrypted but was read as unencrypted",
             hint="its metadata or file name should say encrypted (.age); set encryption.identity_file",
         )
+    if spec.compression == "zstd":
+        from pgbackup.formats.codecbase import zstd_unwhole
+
+        whole = zstd_unwhole(data)  # one frame of known size: every WAL segment wal-push stores
+        if whole is not None:
+            return whole
     with open_decoder(
         io.BytesIO(data), CodecSpec(spec.compression, spec.level, False), what=what
     ) as stream:
