@@ -14,8 +14,8 @@ replays every archived segment), for
 
 - ``s3, read-ahead off``: ``wal_fetch: {read_ahead: 0}``, one wal-fetch per segment;
 - ``s3, read-ahead 8``: the default from object storage (8 segments, 4 streams);
-- ``posix, read-ahead off``: the default from a posix repository;
-- ``posix, read-ahead 8``;
+- ``posix, read-ahead off``: ``read_ahead: 0`` from a posix repository;
+- ``posix, read-ahead 8``: the default from every storage kind;
 - ``PostgreSQL, local disk``: restore_command = ``cp`` from a directory holding the same
   segments decoded: PostgreSQL's replay with the cheapest archive there is;
 - with ``--pgbackrest``: ``pgBackRest, archive-get async``: the source also archives
@@ -265,7 +265,11 @@ def main() -> None:
             variants = [
                 ("s3, read-ahead off", with_read_ahead(s3_cfg, root / "s3-0.yaml", 0), None),
                 ("s3, read-ahead 8", with_read_ahead(s3_cfg, root / "s3-8.yaml", 8), None),
-                ("posix, read-ahead off", source["cfg"], None),
+                (
+                    "posix, read-ahead off",
+                    with_read_ahead(source["cfg"], root / "p-0.yaml", 0),
+                    None,
+                ),
                 ("posix, read-ahead 8", with_read_ahead(source["cfg"], root / "p-8.yaml", 8), None),
                 ("PostgreSQL, local disk (cp)", source["cfg"], local),
             ]

@@ -68,9 +68,8 @@ when that is a file) when it starts, when it refuses a segment and when it stops
 the count of segments served from the spool.
 
 Settings: a target's ``wal_fetch: {read_ahead: N, streams: M}`` (schema/backup.schema.json;
-:class:`pgbackup.policy.records.WalFetch`): 8 segments, 4 at a time, from object storage;
-off from a posix repository, where the measured gain was uneven and it costs CPU and
-disk (docs/benchmarks.md: "WAL read-ahead").
+:class:`pgbackup.policy.records.WalFetch`): 8 segments, 4 at a time, from every storage
+kind (docs/benchmarks.md: "WAL read-ahead"; ``read_ahead: 0`` turns it off).
 """
 
 from __future__ import annotations
@@ -413,12 +412,7 @@ def kick(
         settings = (
             next(iter(policy.targets.values())).wal_fetch if len(policy.targets) == 1 else None
         )
-    if settings is None:
-        return False
-    kind = policy.repository.get("kind", "posix")
-    if source is not None:
-        kind = next((u.get("kind", "posix") for u in policy.uploads if u["name"] == source), kind)
-    if settings.segments(kind) <= 0:
+    if settings is None or settings.segments() <= 0:
         return False
     spool = os.path.join(data_dir, SPOOL_DIR)
     if not os.path.isdir(spool):
@@ -584,14 +578,12 @@ class Prefetcher:
             from pgbackup.engine.uploads import upload_storage
 
             self.storage = upload_storage(policy, self.source)
-            kind = next(u.get("kind", "posix") for u in policy.uploads if u["name"] == self.source)
         else:
             self.storage = wal.open_storage(policy.repository)
-            kind = policy.repository.get("kind", "posix")
         sysid = _control_sysid(self.data_dir)
         self.target = wal.pick_target(policy, self.storage, self.target_flag, sysid)
         settings = policy.target(self.target).wal_fetch
-        self.ahead = settings.segments(kind)
+        self.ahead = settings.segments()
         self.streams = settings.streams
         info = wal.read_archive_info(self.storage, self.target) or {}
         archive_sysid = int(info.get("system_identifier") or sysid or 0)

@@ -46,13 +46,11 @@ class WalFetch(NamedTuple):
     read_ahead: int | None = None  # segments spooled ahead of PostgreSQL (None: by storage kind)
     streams: int = 4  # segments fetched at once
 
-    def segments(self, storage_kind: str) -> int:
-        """How many segments to read ahead from a storage of ``storage_kind``: the setting,
-        or by default 8 from object storage and none from a posix repository (where the
-        measured gain was uneven: docs/benchmarks.md)."""
-        if self.read_ahead is not None:
-            return self.read_ahead
-        return 0 if storage_kind == "posix" else 8
+    def segments(self) -> int:
+        """How many segments to read ahead: the setting, or 8 by default, from object
+        storage and from a posix repository alike (measured on both: docs/benchmarks.md,
+        "WAL read-ahead")."""
+        return 8 if self.read_ahead is None else self.read_ahead
 
 
 class Target(NamedTuple):
