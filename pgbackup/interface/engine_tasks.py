@@ -12,9 +12,9 @@ from typing import Any
 from invoke import Collection, task
 from invoke.exceptions import Exit
 
-from pgbackup.interface.direct import backup_targets, restore_one
+from pgbackup.interface.direct import backup_targets, restore_one, use_as_of
 from pgbackup.interface.direct import notify as _notify
-from pgbackup.interface.options import CONFIG_HELP, BackupOptions, RestoreOptions
+from pgbackup.interface.options import AS_OF_HELP, CONFIG_HELP, BackupOptions, RestoreOptions
 from pgbackup.interface.taskkit import (
     console,
     emit_json,
@@ -86,13 +86,14 @@ def backup(c: Any, options: BackupOptions) -> None:
 
 @policy_task(
     name="list",
-    help={"target": "only this target", "json": "machine-readable output"},
+    help={"target": "only this target", "json": "machine-readable output", "as_of": AS_OF_HELP},
 )
-def list_(c: Any, target: str | None = None, json_: bool = False) -> None:
+def list_(c: Any, target: str | None = None, json_: bool = False, as_of: str | None = None) -> None:
     """Backups with status, sizes, times, LSNs, and the recoverable window per target."""
     from pgbackup.engine.inventory import inventory
     from pgbackup.interface.render import render_inventory
 
+    use_as_of(as_of)
     policy = load()
     repo = repository(policy)
     data = inventory(policy, repo, targets(policy, target))
@@ -115,6 +116,7 @@ def list_(c: Any, target: str | None = None, json_: bool = False) -> None:
         "backup": "backup id, 'latest' (default) or 'all'",
         "wal": "also check WAL continuity from each backup to the newest archived segment",
         "json": "machine-readable output",
+        "as_of": AS_OF_HELP,
     }
 )
 def verify(
@@ -123,10 +125,12 @@ def verify(
     backup: str | None = None,
     wal: bool = False,
     json_: bool = False,
+    as_of: str | None = None,
 ) -> None:
     """Check stored checksums and every file against PostgreSQL's backup_manifest."""
     from pgbackup.engine.verify import run_verify
 
+    use_as_of(as_of)
     policy = load()
     repo = repository(policy)
     out: dict[str, Any] = {}
@@ -267,6 +271,7 @@ def wal_push(
         "target": "policy target",
         "from": "fetch from this upload destination instead of the repository",
         "until": "the last segment recovery needs (nothing after it is fetched ahead)",
+        "as_of": AS_OF_HELP,
     },
 )
 def wal_fetch(
@@ -277,6 +282,7 @@ def wal_fetch(
     target: str | None = None,
     from_: str | None = None,
     until: str | None = None,
+    as_of: str | None = None,
 ) -> None:
     """Fetch one WAL file (restore_command = 'pgbackup wal-fetch --config ... %f %p').
 
@@ -289,7 +295,7 @@ def wal_fetch(
             [name, path],
             config=config,
             target=target,
-            **{"from": from_, "until": until},
+            **{"from": from_, "until": until, "as-of": as_of},
         )
     )
     if code:
