@@ -202,7 +202,9 @@ def cleanup(
     from pgbackup.engine.cleanup import run_cleanup
 
     policy = load()
-    repo = repository(policy)
+    # The maintenance role's credentials (repository.maintenance_profile): the one
+    # command that deletes (docs/security.md).
+    repo = repository(policy, role="maintenance")
     now = policy_now()
     out: list[dict[str, Any]] = []
     for t in targets(policy, target):
@@ -218,6 +220,10 @@ def cleanup(
             f"{t.name}: {verb} {len(p.expire_backups)} backup(s), {len(p.leftovers)} incomplete, "
             f"{len(p.expire_wal)} WAL file(s)"
         )
+        if p.locks_extended:
+            print(
+                f"{t.name}: {p.locks_extended} object lock(s) extended to what retention promises"
+            )
         for note in p.notes:
             print(f"  note: {note}")
     if policy.uploads:

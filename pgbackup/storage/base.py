@@ -154,6 +154,18 @@ class Storage(ABC):
         """Remove one version for good (refused by the store while it is locked)."""
         raise StorageError(f"{self.describe()} keeps no object versions")
 
+    def expire(self, key: str) -> Any:
+        """Remove ``key`` for good, as retention decided; returns None, or the date a lock
+        still holds it until (then nothing is removed). Without locks: :meth:`delete`."""
+        self.delete(key)
+        return None
+
+    def expire_prefix(self, prefix: str) -> tuple[int, Any]:
+        """:meth:`expire` for everything under ``prefix`` at once (a backup): (objects
+        removed, None), or (0, the date a lock holds any of them until) and nothing
+        removed, so a backup is never left in part."""
+        return self.delete_prefix(prefix), None
+
     def protection(self) -> dict[str, Any]:
         """What the container enforces: ``{"versioning": bool, "object_lock": bool}``."""
         return {"versioning": False, "object_lock": False}

@@ -447,6 +447,44 @@ class S3Storage(CloudStorage):
             lambda: self.client.delete_object(Bucket=self.bucket, Key=name, VersionId=version_id),
         )
 
+    def _held_until(self, versions: list[Version]) -> datetime | None:
+        """The latest lock among ``versions`` that has not ended yet; None: none holds."""
+        now = datetime.now(UTC)
+        held: datetime | None = None
+        for v in versions:
+            if v.deleted:
+                continue
+            lock = self.retention_of(v.key, v.version_id)
+            if lock is not None and lock[1] > now and (held is None or lock[1] > held):
+                held = lock[1]
+        return held
+
+    def expire(self, key: str) -> datetime | None:
+        if self.lock is None:
+            return super().expire(key)
+        self._refuse_as_of("delete", key)
+        found = [v for v in self.versions(key) if v.key == key]
+        held = self._held_until(found)
+        if held is not None:
+            return held
+        for v in found:  # every version and marker: the key is gone, its bytes too
+            self.delete_version(v.key, v.version_id)
+        return None
+
+    def expire_prefix(self, prefix: str) -> tuple[int, datetime | None]:
+        if self.lock is None:
+            return super().expire_prefix(prefix)
+        self._refuse_as_of("delete", prefix)
+        found = list(self.versions(prefix))
+        held = self._held_until(found)
+        if held is not None:
+            return 0, held
+        # metadata.json first: an interrupted removal never looks complete.
+        found.sort(key=lambda v: (not v.key.endswith("metadata.json"), v.key))
+        for v in found:
+            self.delete_version(v.key, v.version_id)
+        return len({v.key for v in found if not v.deleted}), None
+
     def protection(self) -> dict[str, Any]:
         versioning = self.call(
             "read the versioning of",
