@@ -45,9 +45,17 @@ def validate(c: Any, live: bool = False) -> None:
         raise Exit(f"pgbackup: {path} is invalid ({len(problems)} problem(s)):\n{lines}", code=2)
     print(f"{path}: valid")
     if live:
+        from pgbackup.operations.access import protection_problems
         from pgbackup.operations.plan import live_disagreements
 
         policy = load()
+        unprotected = protection_problems(policy)
+        for item in unprotected:
+            print(f"  {item}")
+        if unprotected:
+            raise Exit(
+                "pgbackup: the policy asks for object lock the storage does not enforce", code=1
+            )
         issues = live_disagreements(policy)
         for target_name, found in issues.items():
             for item in found:
