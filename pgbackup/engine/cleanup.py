@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pgbackup.engine.locks import target_lock
@@ -110,8 +110,14 @@ def plan_cleanup(
 def extend_locks(policy: Policy, repo: Repository, target: Target, plan: CleanupPlan) -> int:
     """Extend the locks of every kept backup's objects to what retention now promises it
     (a backup that became a weekly or a monthly is promised longer than its write-time
-    lock: policy/immutability.promised_until). Extending only; returns how many."""
-    from pgbackup.policy.immutability import lock_rule, promised_until
+    lock: policy/immutability.promised_until), and of the WAL to the horizon the policy
+    now gives it. Extending only; returns how many (one HEAD per object)."""
+    from pgbackup.policy.immutability import (
+        is_backup_object,
+        lock_rule,
+        promised_until,
+        retain_until,
+    )
 
     rule = lock_rule(policy.repository.get("object_lock"))
     assert rule is not None
@@ -129,6 +135,19 @@ def extend_locks(policy: Policy, repo: Repository, target: Target, plan: Cleanup
             if lock is None or lock[1] < until:
                 repo.storage.extend_retention(v.key, v.version_id, until)
                 extended += 1
+    # WAL and the rest: locked for the longest horizon the policy now promises (a policy
+    # that came to keep more, more monthly backups for instance, promises more).
+    now = datetime.now(UTC)
+    for v in repo.storage.versions(f"{target.name}/"):
+        if v.deleted or is_backup_object(v.key):
+            continue
+        promised = retain_until(v.key, v.written, rule)
+        if promised is None or promised <= now:
+            continue
+        lock = repo.storage.retention_of(v.key, v.version_id)
+        if lock is None or lock[1] < promised - timedelta(seconds=1):
+            repo.storage.extend_retention(v.key, v.version_id, promised)
+            extended += 1
     if extended:
         LOG.info("cleanup %s: %d locks extended to what retention promises", target.name, extended)
     return extended

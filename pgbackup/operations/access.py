@@ -39,10 +39,12 @@ def _arns(spec: dict[str, Any]) -> tuple[str, str, str]:
     return f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{prefix}*", prefix
 
 
-def host_policy(spec: dict[str, Any]) -> dict[str, Any]:
+def host_policy(spec: dict[str, Any], *, partials: bool = True) -> dict[str, Any]:
+    """The host role; ``partials``: some target runs wal-receive, whose open segment is
+    replaced in place (without it the role holds no delete at all)."""
     bucket, objects, prefix = _arns(spec)
     rewritten = [f"{bucket}/{prefix}*/wal/*.partial*", f"{bucket}/{prefix}*/wal-ship.json"]
-    return {
+    doc: dict[str, Any] = {
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -100,6 +102,13 @@ def host_policy(spec: dict[str, Any]) -> dict[str, Any]:
             },
         ],
     }
+    if not partials:
+        doc["Statement"] = [s for s in doc["Statement"] if s["Sid"] != "ReplaceTheOpenSegmentOnly"]
+        for statement in doc["Statement"]:
+            if statement["Sid"] == "NeverDelete":
+                statement.pop("NotResource")
+                statement["Resource"] = objects
+    return doc
 
 
 def maintenance_policy(spec: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +156,7 @@ def iam_plan(policy: Any) -> list[dict[str, Any]]:
     specs = [("repository", policy.repository)] + [
         (f"upload {u.get('name')}", u) for u in policy.uploads or []
     ]
+    partials = any(t.wal_receiver for t in policy.targets.values())
     out = []
     for name, spec in specs:
         if spec.get("kind") != "s3":
@@ -156,7 +166,7 @@ def iam_plan(policy: Any) -> list[dict[str, Any]]:
                 "storage": name,
                 "bucket": spec.get("bucket"),
                 "object_lock": (spec.get("object_lock") or {}).get("mode"),
-                "host": host_policy(spec),
+                "host": host_policy(spec, partials=partials),
                 "maintenance": maintenance_policy(spec),
             }
         )
