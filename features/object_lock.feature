@@ -22,6 +22,8 @@ Feature: A compromised database host cannot destroy its backups
     And check is CRITICAL and names the changed keys and an --as-of time before the attack
     And "list --as-of" at that time lists the backup as complete
     And "verify --as-of" at that time passes
+    And "drill --as-of" at that time passes its checks
+    And "extract --as-of" at that time writes the batches table with batches 1 to 3
     When I restore --as-of that time with --target latest and start it
     Then the restored server holds batches 1 to 3
 

@@ -190,6 +190,44 @@ def verify_as_of(h: Harness, ctx: dict[str, Any]) -> None:
     assert "OK" in out and "continuous" in out, out
 
 
+@then('"drill --as-of" at that time passes its checks')
+def drill_as_of(h: Harness, ctx: dict[str, Any]) -> None:
+    result = h.json("drill", "--as-of", ctx["as_of"])["platform"]
+    assert result["status"] == "ok", result
+
+
+@then(
+    parsers.parse(
+        '"extract --as-of" at that time writes the batches table with batches {first:d} to {last:d}'
+    )
+)
+def extract_as_of(h: Harness, ctx: dict[str, Any], first: int, last: int) -> None:
+    tmp = h.root / "tmp"
+    tmp.mkdir(exist_ok=True)
+    os.chmod(tmp, 0o1777)  # the scratch server's OS user writes there too
+    h.env["TMPDIR"] = str(tmp)
+    out = h.root / "batches.sql"
+    h.run(
+        "extract",
+        "--as-of",
+        ctx["as_of"],
+        "--db",
+        "platform",
+        "--table",
+        "public.pitr_batches",
+        "--target",
+        "latest",
+        "--format",
+        "plain",
+        "--output",
+        str(out),
+    )
+    text = out.read_text()
+    copied = text.split("COPY public.pitr_batches", 1)[1].split("\\.", 1)[0]
+    batches = sorted({int(line.split("\t")[0]) for line in copied.splitlines()[1:] if line})
+    assert batches == list(range(first, last + 1)), batches
+
+
 @when("I restore --as-of that time with --target latest and start it")
 def restore_as_of(h: Harness, ctx: dict[str, Any]) -> None:
     restore_and_start(h, ctx, h.root / "restored", "--as-of", ctx["as_of"], "--target", "latest")
