@@ -4,8 +4,9 @@
   verify, restore, check, list, drill): read everything, create objects, never delete or
   overwrite one. Every ``PutObject``/``CompleteMultipartUpload`` must be conditional
   (``If-None-Match: *``: create only) except the two keys written again in place by
-  design (wal-receive's ``.partial``, wal-ship's status), and ``DeleteObject`` is allowed
-  on ``.partial`` only: under versioning that delete is a marker, the versions stay.
+  design (wal-receive's ``.partial``, wal-ship's status). Under object lock the host
+  deletes nothing at all (a completed segment's stale ``.partial`` stays until cleanup);
+  without it, ``DeleteObject`` is allowed on ``.partial`` only.
   ``PutObjectRetention`` lets it set a multipart upload's lock on the completed version;
   without ``s3:BypassGovernanceRetention`` a lock can only be extended. Explicit denies
   keep another attached policy from granting what would let it destroy a backup.
@@ -40,8 +41,10 @@ def _arns(spec: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def host_policy(spec: dict[str, Any], *, partials: bool = True) -> dict[str, Any]:
-    """The host role; ``partials``: some target runs wal-receive, whose open segment is
-    replaced in place (without it the role holds no delete at all)."""
+    """The host role; ``partials``: the host deletes a completed segment's stale
+    ``.partial`` (some target runs wal-receive, and the storage declares no object lock:
+    under a lock the stale copy stays until cleanup). Without it the role holds no delete
+    at all."""
     bucket, objects, prefix = _arns(spec)
     rewritten = [f"{bucket}/{prefix}*/wal/*.partial*", f"{bucket}/{prefix}*/wal-ship.json"]
     doc: dict[str, Any] = {
@@ -156,9 +159,10 @@ def iam_plan(policy: Any) -> list[dict[str, Any]]:
     specs = [("repository", policy.repository)] + [
         (f"upload {u.get('name')}", u) for u in policy.uploads or []
     ]
-    partials = any(t.wal_receiver for t in policy.targets.values())
+    receives = any(t.wal_receiver for t in policy.targets.values())
     out = []
     for name, spec in specs:
+        partials = receives and not spec.get("object_lock")
         if spec.get("kind") != "s3":
             continue
         out.append(
