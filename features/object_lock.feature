@@ -51,6 +51,13 @@ Feature: A compromised database host cannot destroy its backups
     Then every object of the backup is locked until the end of its monthly promise
     And check finds no tampering
 
+  Scenario: An upload destination with object lock gets locked copies, and tampering there is reported
+    Given an upload destination "offsite" on another locked bucket, keeping copies 3 days
+    And a backup was taken
+    Then every object of the backup's copy at "offsite" is locked for 3 days and the margin
+    When an attacker with the host's credentials deletes the copy's metadata.json at "offsite"
+    Then check's "tampering:offsite" is CRITICAL and names that key
+
   Scenario: A bucket without versioning and object lock is refused
     Given the repository is a bucket without versioning, with object lock declared
     Then "validate --live" fails saying the bucket has no versioning and no object lock

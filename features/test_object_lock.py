@@ -358,6 +358,68 @@ def monthly_locks(h: Harness, ctx: dict[str, Any]) -> None:
     assert expected > ctx["weekly_until"]
 
 
+# --- an upload destination ------------------------------------------------------------
+
+
+@given(
+    parsers.parse(
+        'an upload destination "{name}" on another locked bucket, keeping copies {days:d} days'
+    )
+)
+def locked_upload(h: Harness, ctx: dict[str, Any], name: str, days: int) -> None:
+    bucket = services.unique_name("offsite")
+    client(ctx).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    h.policy["uploads"] = [
+        dict(
+            ctx["spec"],
+            name=name,
+            bucket=bucket,
+            retention_days=days,
+            object_lock={"mode": "governance"},
+        )
+    ]
+    h.write_policy()
+    ctx["upload_bucket"] = bucket
+
+
+@then(
+    parsers.parse(
+        'every object of the backup\'s copy at "{name}" is locked for {days:d} days and the margin'
+    )
+)
+def upload_locked(ctx: dict[str, Any], name: str, days: int) -> None:
+    base = f"{PREFIX}platform/base/{ctx['backup_ids'][-1]}/"
+    found = [v for v in versions(dict(ctx, bucket=ctx["upload_bucket"]), base) if not v["Deleted"]]
+    assert any(v["Key"].endswith("metadata.json") for v in found), found
+    for v in found:
+        until = lock_of(dict(ctx, bucket=ctx["upload_bucket"]), v["Key"], v["VersionId"])
+        expected = v["LastModified"] + timedelta(days=days + 1)  # + the default margin
+        assert until is not None and abs((until - expected).total_seconds()) <= 2, (v, until)
+
+
+@when(
+    parsers.parse(
+        "an attacker with the host's credentials deletes the copy's metadata.json at \"{name}\""
+    )
+)
+def attack_upload(ctx: dict[str, Any], name: str) -> None:
+    time.sleep(1.2)
+    key = f"{PREFIX}platform/base/{ctx['backup_ids'][-1]}/metadata.json"
+    client(ctx).delete_object(Bucket=ctx["upload_bucket"], Key=key)
+    ctx["upload_attacked"] = key
+
+
+@then(parsers.parse('check\'s "{check}" is CRITICAL and names that key'))
+def upload_tamper_reported(h: Harness, ctx: dict[str, Any], check: str) -> None:
+    proc = h.run("check", "--json", "--no-alert", expect_ok=False)
+    by_name = {c["name"]: c for c in json.loads(proc.stdout)["platform"]["checks"]}
+    assert by_name[check]["status"] == "CRITICAL", by_name[check]
+    key = ctx["upload_attacked"].removeprefix(PREFIX)
+    assert f"{key} deleted at" in by_name[check]["summary"], by_name[check]
+    assert by_name["tampering"]["status"] == "OK", by_name["tampering"]  # the repository
+    assert by_name[check.replace("tampering", "object_lock")]["status"] == "OK"
+
+
 # --- refusals ---------------------------------------------------------------------------
 
 

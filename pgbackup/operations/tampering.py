@@ -1,8 +1,8 @@
 """``check``'s immutability checks (docs/security.md): has anything pgbackup wrote once
 been deleted, overwritten, or unlocked?
 
-Run when the repository declares ``object_lock`` (an S3 bucket with versioning). From
-one versioned listing of the target's keys:
+Run for the repository, and each upload destination, that declares ``object_lock`` (an
+S3 bucket with versioning). From one versioned listing of the target's keys:
 
 * ``tampering``: CRITICAL when a key pgbackup writes once (every key but wal-receive's
   ``.partial`` and wal-ship's status, policy/immutability.rewritten_in_place) has a
@@ -34,20 +34,42 @@ SHOWN = 5  # keys named in a message
 
 
 def tamper_checks(policy: Any, repo: Any, target: Any) -> list[Check]:
-    rule = lock_rule(policy.repository.get("object_lock"))
+    """The repository's checks, then each upload destination's that declares
+    ``object_lock`` (named ``tampering:<destination>``, ``object_lock:<destination>``)."""
+    checks = storage_checks(policy.repository, repo.storage, target.name, "")
+    for spec in policy.uploads or []:
+        if not spec.get("object_lock"):
+            continue
+        name = str(spec.get("name"))
+        try:
+            from pgbackup.engine.uploads import upload_storage
+
+            storage = upload_storage(policy, name)
+        except Exception as exc:
+            text = f"not checked: cannot open {name}: {getattr(exc, 'message', exc)}"
+            checks.append(Check(f"tampering:{name}", UNKNOWN, text))
+            continue
+        checks += storage_checks(spec, storage, target.name, f":{name}")
+    return checks
+
+
+def storage_checks(spec: dict[str, Any], storage: Any, target: str, suffix: str) -> list[Check]:
+    rule = lock_rule(spec.get("object_lock"))
     if rule is None:
         return []
-    storage = repo.storage
     try:
-        versions = list(storage.versions(f"{target.name}/"))
+        versions = list(storage.versions(f"{target}/"))
     except Exception as exc:
-        text = f"not checked: cannot list the repository's versions: {getattr(exc, 'message', exc)}"
-        return [Check("tampering", UNKNOWN, text)]
+        text = f"not checked: cannot list the versions of {storage.describe()}: {getattr(exc, 'message', exc)}"
+        return [Check(f"tampering{suffix}", UNKNOWN, text)]
     by_key: dict[str, list[Version]] = {}
     for v in versions:
         if not rewritten_in_place(v.key):
             by_key.setdefault(v.key, []).append(v)
-    return [_changes(by_key), _locks(storage, by_key, rule)]
+    changes, locks = _changes(by_key), _locks(storage, by_key, rule)
+    changes.name += suffix
+    locks.name += suffix
+    return [changes, locks]
 
 
 def _changes(by_key: dict[str, list[Version]]) -> Check:
