@@ -267,7 +267,9 @@ def first_held(h: Harness, ctx: dict[str, Any]) -> None:
     assert first in [b["backup_id"] for b in h.backups() if b["status"] == "complete"]
     out = ctx["cleanups"][-1]
     assert "object lock has not ended" in out, out
-    assert f"{first}: gone" in out  # retention expired it; the lock kept it: said, not an error
+    # retention expired it; the lock kept it: said, not an error
+    assert f"{first}: locked (" in out and "locked until" in out, out
+    assert "removed 0 backup(s)" in out, out
 
 
 @when("the locks of everything written before the second backup have ended")

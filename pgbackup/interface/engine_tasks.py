@@ -223,10 +223,18 @@ def cleanup(
         verb = "would remove" if dry_run else "removed"
         for d in p.decisions:
             mark = "keep  " if d.keep else ("expire" if dry_run else "gone  ")
-            print(f"{t.name}/{d.backup_id}: {mark} ({', '.join(d.reasons)})")
+            held = p.held.get(d.backup_id)
+            if held:  # expired, but its object lock has not ended: nothing removed
+                mark, d_reasons = "locked", [*d.reasons, f"locked until {held}"]
+            else:
+                d_reasons = list(d.reasons)
+            print(f"{t.name}/{d.backup_id}: {mark} ({', '.join(d_reasons)})")
+        gone = [b for b in p.expire_backups if b not in p.held]
+        left = [b for b in p.leftovers if b not in p.held]
+        wal = [k for k in p.expire_wal if k not in p.held]
         print(
-            f"{t.name}: {verb} {len(p.expire_backups)} backup(s), {len(p.leftovers)} incomplete, "
-            f"{len(p.expire_wal)} WAL file(s)"
+            f"{t.name}: {verb} {len(gone)} backup(s), {len(left)} incomplete, "
+            f"{len(wal)} WAL file(s)"
         )
         if p.locks_extended:
             print(
