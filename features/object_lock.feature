@@ -17,9 +17,11 @@ Feature: A compromised database host cannot destroy its backups
     Then every object of the backup and every archived WAL segment is locked as promised
     And "validate --live" accepts the bucket
     When an attacker with the host's credentials deletes every object and overwrites metadata.json, a base archive and a WAL segment
+    And shortens the lock of the backup's manifest through the governance bypass
     Then deleting a locked version is refused
     And the live repository lists no complete backup
     And check is CRITICAL and names the changed keys and an --as-of time before the attack
+    And check's object_lock is CRITICAL and names the manifest's shortened lock
     And "list --as-of" at that time lists the backup as complete
     And "verify --as-of" at that time passes
     And "drill --as-of" at that time passes its checks

@@ -129,6 +129,32 @@ def attack(h: Harness, ctx: dict[str, Any]) -> None:
     ctx["deleted"] = [v["Key"] for v in current]
 
 
+@when("shortens the lock of the backup's manifest through the governance bypass")
+def shorten_lock(ctx: dict[str, Any]) -> None:
+    key = f"{PREFIX}platform/base/{ctx['backup_ids'][-1]}/backup_manifest"
+    found = [v for v in versions(ctx, key) if v["Key"].startswith(key) and not v["Deleted"]]
+    original = min(found, key=lambda v: v["LastModified"])
+    shorter = datetime.now(UTC) + timedelta(hours=1)
+    # Governance mode: an identity with s3:BypassGovernanceRetention may shorten a lock
+    # (moto lets anyone: it does not enforce the permission; plan's roles never hold it).
+    client(ctx).put_object_retention(
+        Bucket=ctx["bucket"],
+        Key=original["Key"],
+        VersionId=original["VersionId"],
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": shorter},
+        BypassGovernanceRetention=True,
+    )
+    ctx["shortened"] = original["Key"]
+
+
+@then("check's object_lock is CRITICAL and names the manifest's shortened lock")
+def lock_shortened(ctx: dict[str, Any]) -> None:
+    check = ctx["check"]["object_lock"]
+    assert check["status"] == "CRITICAL", check
+    assert ctx["shortened"].removeprefix(PREFIX) in check["summary"], check
+    assert check["value"] == 1, check
+
+
 @then("deleting a locked version is refused")
 def locked_version_delete_refused(ctx: dict[str, Any]) -> None:
     from botocore.exceptions import ClientError
@@ -163,6 +189,7 @@ def check_critical(h: Harness, ctx: dict[str, Any]) -> None:
     proc = h.run("check", "--json", "--no-alert", expect_ok=False)
     report = json.loads(proc.stdout)["platform"]
     assert report["status"] == "CRITICAL", report
+    ctx["check"] = {c["name"]: c for c in report["checks"]}
     tamper = next(c for c in report["checks"] if c["name"] == "tampering")
     assert tamper["status"] == "CRITICAL", tamper
     assert tamper["value"] == len(ctx["deleted"]), tamper
