@@ -75,7 +75,37 @@ def test_wal_range_from_manifest() -> None:
     assert wal_range(manifest) == (2, 0x2000028, 0x2000100)
 
 
-POLICY = SimpleNamespace(path=Path("/etc/pgbackup/backup.yaml"))
+POLICY = SimpleNamespace(path=Path("/etc/pgbackup/backup.yaml"), repository={"kind": "s3"})
+
+
+def test_restore_command_reads_the_same_past_as_the_restore() -> None:
+    as_of = SimpleNamespace(
+        path=POLICY.path, repository={"kind": "s3", "as_of": "2026-11-23 15:30:00+01"}
+    )
+    settings = recovery_settings(
+        as_of,
+        "platform",
+        kind="latest",
+        value=None,
+        action="promote",
+        timeline=None,
+        inclusive=True,
+    )
+    assert (
+        "wal-fetch --target platform --as-of 2026-11-23T14:30:00.000000Z %f %p"
+        in settings["restore_command"]
+    )
+    from_upload = recovery_settings(
+        as_of,
+        "platform",
+        kind="latest",
+        value=None,
+        action="promote",
+        timeline=None,
+        inclusive=True,
+        from_upload="offsite",
+    )
+    assert "--as-of" not in from_upload["restore_command"]  # --from reads the copy live
 
 
 @pytest.mark.parametrize(

@@ -334,7 +334,8 @@ def test_key_of_another_storage_kind(tmp_path: Path) -> None:
         (
             "repository.container",
             "key 'container' is not used with kind s3 (allowed: kind, bucket, prefix, region,"
-            " endpoint_url, addressing_style, part_size, retries, streams)",
+            " endpoint_url, addressing_style, part_size, retries, streams, object_lock,"
+            " maintenance_profile)",
         )
     ]
 

@@ -291,3 +291,17 @@ def test_a_wal_check_that_could_not_run_is_not_a_pass() -> None:
     ]
     healed = {"checked_at": "2026-01-03T00:00:00Z", "problems": []}
     assert sla.archive_section({"wal_gaps": []}, [newest, healed])["verdict"] == COMPLIANT
+
+
+def test_tampering_breaches_the_archive_and_a_short_lock_puts_it_at_risk() -> None:
+    """check's immutability findings reach the SLA report (issue #28 point 4)."""
+    tampered = (
+        "tampering: 2 object(s) pgbackup wrote once were changed: ...; --as-of 2026-01-01T23:59:59Z"
+    )
+    newest = {"checked_at": "2026-01-02T00:00:00Z", "problems": [tampered]}
+    section = sla.archive_section({"wal_gaps": []}, [newest])
+    assert section["verdict"] == BREACHED
+    assert section["reasons"] == [f"the newest check (2026-01-02T00:00:00Z) found {tampered}"]
+    short = "object_lock: 1 object(s) hold a lock shorter than the policy promises: ..."
+    newest = {"checked_at": "2026-01-02T00:00:00Z", "problems": [short]}
+    assert sla.archive_section({"wal_gaps": []}, [newest])["verdict"] == AT_RISK

@@ -533,7 +533,9 @@ class BackupRun:
         )
         if isinstance(exc, KeyboardInterrupt):
             message = "interrupted"
-        if self.backup_id:
+        # A locked repository is written once (docs/security.md): the host deletes
+        # nothing; the failed backup has no metadata.json, and cleanup removes it.
+        if self.backup_id and not self.policy.repository.get("object_lock"):
             with contextlib.suppress(Exception):
                 self.storage.delete_prefix(self.repo.base_prefix(name, self.backup_id))
         self.repo.record_run(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pgbackup.engine.locks import target_lock
@@ -29,6 +29,10 @@ class CleanupPlan:
     leftovers: list[str] = field(default_factory=list)  # incomplete backups safe to remove
     expire_wal: list[str] = field(default_factory=list)  # storage keys
     notes: list[str] = field(default_factory=list)
+    #: Object lock (docs/security.md): expired but still locked (id or key -> until),
+    #: and how many locks of kept backups were extended to what retention now promises.
+    held: dict[str, str] = field(default_factory=dict)
+    locks_extended: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +45,8 @@ class CleanupPlan:
             "remove_incomplete": self.leftovers,
             "expire_wal": self.expire_wal,
             "notes": self.notes,
+            "held_by_lock": self.held,
+            "locks_extended": self.locks_extended,
         }
 
 
@@ -101,6 +107,52 @@ def plan_cleanup(
     return plan
 
 
+def extend_locks(policy: Policy, repo: Repository, target: Target, plan: CleanupPlan) -> int:
+    """Extend the locks of every kept backup's objects to what retention now promises it
+    (a backup that became a weekly or a monthly is promised longer than its write-time
+    lock: policy/immutability.promised_until), and of the WAL to the horizon the policy
+    now gives it. Extending only; returns how many (one HEAD per object)."""
+    from pgbackup.policy.immutability import (
+        is_backup_object,
+        lock_rule,
+        promised_until,
+        retain_until,
+    )
+
+    rule = lock_rule(policy.repository.get("object_lock"))
+    assert rule is not None
+    stops = {b.backup_id: b.stop_time for b in repo.backups(target.name) if b.complete}
+    extended = 0
+    for d in plan.decisions:
+        stop = stops.get(d.backup_id)
+        if not d.keep or stop is None:
+            continue
+        until = promised_until(stop, d.reasons, rule)
+        for v in repo.storage.versions(repo.base_prefix(target.name, d.backup_id)):
+            if v.deleted:
+                continue
+            lock = repo.storage.retention_of(v.key, v.version_id)
+            if lock is None or lock[1] < until:
+                repo.storage.extend_retention(v.key, v.version_id, until)
+                extended += 1
+    # WAL and the rest: locked for the longest horizon the policy now promises (a policy
+    # that came to keep more, more monthly backups for instance, promises more).
+    now = datetime.now(UTC)
+    for v in repo.storage.versions(f"{target.name}/"):
+        if v.deleted or is_backup_object(v.key):
+            continue
+        promised = retain_until(v.key, v.written, rule)
+        if promised is None or promised <= now:
+            continue
+        lock = repo.storage.retention_of(v.key, v.version_id)
+        if lock is None or lock[1] < promised - timedelta(seconds=1):
+            repo.storage.extend_retention(v.key, v.version_id, promised)
+            extended += 1
+    if extended:
+        LOG.info("cleanup %s: %d locks extended to what retention promises", target.name, extended)
+    return extended
+
+
 def run_cleanup(
     policy: Policy, repo: Repository, target: Target, *, dry_run: bool, now: datetime
 ) -> CleanupPlan:
@@ -114,13 +166,27 @@ def run_cleanup(
         plan = plan_cleanup(policy, repo, target, now, backup_running)
         if dry_run:
             return plan
+        if policy.repository.get("object_lock"):
+            plan.locks_extended = extend_locks(policy, repo, target, plan)
         for backup_id in plan.expire_backups + plan.leftovers:
-            n = repo.storage.delete_prefix(repo.base_prefix(target.name, backup_id))
+            n, held = repo.storage.expire_prefix(repo.base_prefix(target.name, backup_id))
+            if held is not None:
+                plan.held[backup_id] = held.isoformat()
+                continue
             LOG.info("cleanup %s: removed backup %s (%d objects)", target.name, backup_id, n)
         for key in plan.expire_wal:
-            repo.storage.delete(key)
-        if plan.expire_wal:
-            LOG.info("cleanup %s: removed %d archived WAL files", target.name, len(plan.expire_wal))
+            held = repo.storage.expire(key)
+            if held is not None:
+                plan.held[key] = held.isoformat()
+        removed_wal = len([k for k in plan.expire_wal if k not in plan.held])
+        if removed_wal:
+            LOG.info("cleanup %s: removed %d archived WAL files", target.name, removed_wal)
+        if plan.held:
+            ends = min(plan.held.values())
+            plan.notes.append(
+                f"{len(plan.held)} expired object(s) or backup(s) kept: their object lock "
+                f"has not ended (the first ends {ends}); the next cleanup after it removes them"
+            )
         remover = getattr(repo.storage, "remove_leftover_temp_files", None)
         if remover is not None and not backup_running:
             removed = remover(target.name)
@@ -135,9 +201,10 @@ def run_cleanup(
         "cleanup",
         {
             "status": "ok",
-            "expired_backups": plan.expire_backups,
-            "removed_incomplete": plan.leftovers,
-            "expired_wal": len(plan.expire_wal),
+            "expired_backups": [b for b in plan.expire_backups if b not in plan.held],
+            "removed_incomplete": [b for b in plan.leftovers if b not in plan.held],
+            "expired_wal": len([k for k in plan.expire_wal if k not in plan.held]),
+            "held_by_lock": len(plan.held),
         },
     )
     return plan

@@ -240,7 +240,9 @@ class Receiver:
             if outcome == "stored":
                 self.stored += 1
                 LOG.info("wal-receive %s: stored %s", self.target.name, name)
-            if is_segment(name):
+            # A locked repository is written once (docs/security.md): the host deletes
+            # nothing, the stale .partial stays until cleanup removes it with the WAL.
+            if is_segment(name) and not self.policy.repository.get("object_lock"):
                 stale = wal_key(self.target.name, name + ".partial", self.spec)
                 with contextlib.suppress(PgBackupError):
                     if self.storage.stat(stale) is not None:

@@ -129,6 +129,14 @@ def resolve_target_time(repo: Repository, target: str, text: str) -> datetime:
     return value
 
 
+def _as_of_word(as_of: Any) -> str:
+    """The as-of time as one shell word without quotes (it sits in restore_command)."""
+    from pgbackup.policy.immutability import parse_as_of
+
+    when = parse_as_of(as_of) if isinstance(as_of, str) else as_of
+    return str(when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
 def recovery_settings(
     policy: Any,
     target_name: str,
@@ -146,6 +154,10 @@ def recovery_settings(
     ``until``."""
     source = f"--from {from_upload} " if from_upload else ""
     bound = f"--until {until} " if until else ""
+    # A restore --as-of fetches its WAL from the same past (docs/security.md).
+    as_of = policy.repository.get("as_of")
+    if as_of and not from_upload:
+        bound += f"--as-of {_as_of_word(as_of)} "
     settings: dict[str, Any] = {
         "restore_command": f"'{pgbackup_program()}' --config '{policy.path}' wal-fetch {source}--target {target_name} {bound}%f %p",
         "recovery_target_action": action,

@@ -195,6 +195,9 @@ class Shipper:
             todo.append(Copy(obj.key, obj.size, if_absent=True))
         mtimes = {o.key: o.mtime for o in listing}
         outcomes = copy_objects(self.source.storage, dest.storage, todo)
+        from pgbackup.engine.uploads import upload_spec
+
+        locked = bool(upload_spec(self.policy, state.name).get("object_lock"))
         shipped = 0
         # What was shipped advances over the files stored, in order, up to the first that
         # was not: one stored after a failed one (they were in flight together) is not
@@ -210,11 +213,13 @@ class Shipper:
             if is_partial(base):
                 state.partials[key] = (done.copy.size, mtimes[key])
                 continue
-            # the segment is complete there: its partial copy is stale
+            # the segment is complete there: its partial copy is stale (left in place
+            # at a locked destination, whose host role deletes nothing: cleanup's)
             for stale in [k for k in present if _base(k) == base + ".partial"]:
-                with contextlib.suppress(PgBackupError):
-                    dest.storage.delete(stale)
-                present.pop(stale, None)
+                if not locked:
+                    with contextlib.suppress(PgBackupError):
+                        dest.storage.delete(stale)
+                    present.pop(stale, None)
                 state.partials.pop(stale, None)
         if shipped:
             state.shipped += shipped

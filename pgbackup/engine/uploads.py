@@ -50,9 +50,12 @@ def upload_spec(policy: Any, name: str) -> dict[str, Any]:
     )
 
 
-def upload_storage(policy: Any, name: str) -> Storage:
-    """The storage of the upload destination called ``name``."""
+def upload_storage(policy: Any, name: str, *, role: str | None = None) -> Storage:
+    """The storage of the upload destination called ``name``; ``role="maintenance"``:
+    with its ``maintenance_profile``'s credentials (cleanup, docs/security.md)."""
     spec = upload_spec(policy, name)
+    if role:
+        spec["role"] = role
     return open_storage({k: v for k, v in spec.items() if k not in UPLOAD_ONLY_KEYS})
 
 
@@ -435,7 +438,7 @@ def cleanup_uploads(
         days = int(spec.get("retention_days", 30))
         gone: dict[str, list[str]] = {}
         try:
-            repo = Repository(upload_storage(policy, dest_name))
+            repo = Repository(upload_storage(policy, dest_name, role="maintenance"))
             for target in policy.targets:
                 backups = repo.backups(target)
                 complete = [b for b in backups if b.complete and b.stop_time is not None]
@@ -459,11 +462,23 @@ def cleanup_uploads(
                 gone[target] = ids
                 if dry_run:
                     continue
+                held = 0  # expired but still under an object lock: removed by a later run
                 for backup_id in ids:
-                    repo.storage.delete_prefix(repo.base_prefix(target, backup_id))
+                    _, until = repo.storage.expire_prefix(repo.base_prefix(target, backup_id))
+                    if until is not None:
+                        held += 1
+                        gone[target] = [i for i in gone[target] if i != backup_id]
+                        continue
                     LOG.info("upload %s: removed copy %s of %s", dest_name, backup_id, target)
                 for key in wal_keys:
-                    repo.storage.delete(key)
+                    held += repo.storage.expire(key) is not None
+                if held:
+                    LOG.info(
+                        "upload %s: %d expired objects of %s kept by their lock",
+                        dest_name,
+                        held,
+                        target,
+                    )
                 if wal_keys:
                     LOG.info(
                         "upload %s: removed %d WAL files of %s", dest_name, len(wal_keys), target

@@ -87,15 +87,39 @@ def use_config(config: str | None) -> None:
         os.environ["PGBACKUP_CONFIG"] = os.path.abspath(config)
 
 
+_AS_OF: list[str] = []  # --as-of of this command, when given (use_as_of)
+
+
+def use_as_of(as_of: str | None) -> None:
+    """``--as-of TIME``: every storage this command opens on the repository reads it as it
+    was then (storage/s3.py). Checked here, before the policy is read."""
+    _AS_OF.clear()
+    if as_of is None:
+        return
+    from pgbackup.policy.immutability import parse_as_of
+
+    try:
+        parse_as_of(as_of)
+    except ValueError:
+        raise UsageError(
+            f"--as-of {as_of!r} is not a time",
+            hint="an ISO 8601 time, e.g. --as-of '2026-11-23 14:30:00+00'",
+        ) from None
+    _AS_OF.append(as_of)
+
+
 def load(*, verbose: bool = False) -> Any:
     """Find (--config, $PGBACKUP_CONFIG, ./backup.yaml, /etc/pgbackup/backup.yaml), load
-    and validate the policy, then set up logging."""
+    and validate the policy, then set up logging. With ``--as-of`` the repository's spec
+    carries it: the policy this command passes around reads the past."""
     from pgbackup.policy import find_config, load_policy_fast
     from pgbackup.ui import setup_logging
 
     # Validated in full, once per content (and referenced environment): a cache of hashes.
     policy = load_policy_fast(find_config(None), for_wal=False)
     setup_logging(policy, verbose=verbose, deferred=True)  # at the first message
+    if _AS_OF:
+        policy = policy._replace(repository={**policy.repository, "as_of": _AS_OF[0]})
     return policy
 
 
@@ -176,6 +200,7 @@ def restore_one(options: RestoreOptions) -> int:
     o = options
     if not o.to:
         raise UsageError("restore needs --to DIR (an empty or new directory)")
+    use_as_of(o.as_of)
     policy = load()
     result = restore_command(
         policy,

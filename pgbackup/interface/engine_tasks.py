@@ -12,9 +12,9 @@ from typing import Any
 from invoke import Collection, task
 from invoke.exceptions import Exit
 
-from pgbackup.interface.direct import backup_targets, restore_one
+from pgbackup.interface.direct import backup_targets, restore_one, use_as_of
 from pgbackup.interface.direct import notify as _notify
-from pgbackup.interface.options import CONFIG_HELP, BackupOptions, RestoreOptions
+from pgbackup.interface.options import AS_OF_HELP, CONFIG_HELP, BackupOptions, RestoreOptions
 from pgbackup.interface.taskkit import (
     console,
     emit_json,
@@ -45,9 +45,17 @@ def validate(c: Any, live: bool = False) -> None:
         raise Exit(f"pgbackup: {path} is invalid ({len(problems)} problem(s)):\n{lines}", code=2)
     print(f"{path}: valid")
     if live:
+        from pgbackup.operations.access import protection_problems
         from pgbackup.operations.plan import live_disagreements
 
         policy = load()
+        unprotected = protection_problems(policy)
+        for item in unprotected:
+            print(f"  {item}")
+        if unprotected:
+            raise Exit(
+                "pgbackup: the policy asks for object lock the storage does not enforce", code=1
+            )
         issues = live_disagreements(policy)
         for target_name, found in issues.items():
             for item in found:
@@ -86,13 +94,14 @@ def backup(c: Any, options: BackupOptions) -> None:
 
 @policy_task(
     name="list",
-    help={"target": "only this target", "json": "machine-readable output"},
+    help={"target": "only this target", "json": "machine-readable output", "as_of": AS_OF_HELP},
 )
-def list_(c: Any, target: str | None = None, json_: bool = False) -> None:
+def list_(c: Any, target: str | None = None, json_: bool = False, as_of: str | None = None) -> None:
     """Backups with status, sizes, times, LSNs, and the recoverable window per target."""
     from pgbackup.engine.inventory import inventory
     from pgbackup.interface.render import render_inventory
 
+    use_as_of(as_of)
     policy = load()
     repo = repository(policy)
     data = inventory(policy, repo, targets(policy, target))
@@ -115,6 +124,7 @@ def list_(c: Any, target: str | None = None, json_: bool = False) -> None:
         "backup": "backup id, 'latest' (default) or 'all'",
         "wal": "also check WAL continuity from each backup to the newest archived segment",
         "json": "machine-readable output",
+        "as_of": AS_OF_HELP,
     }
 )
 def verify(
@@ -123,10 +133,12 @@ def verify(
     backup: str | None = None,
     wal: bool = False,
     json_: bool = False,
+    as_of: str | None = None,
 ) -> None:
     """Check stored checksums and every file against PostgreSQL's backup_manifest."""
     from pgbackup.engine.verify import run_verify
 
+    use_as_of(as_of)
     policy = load()
     repo = repository(policy)
     out: dict[str, Any] = {}
@@ -198,7 +210,9 @@ def cleanup(
     from pgbackup.engine.cleanup import run_cleanup
 
     policy = load()
-    repo = repository(policy)
+    # The maintenance role's credentials (repository.maintenance_profile): the one
+    # command that deletes (docs/security.md).
+    repo = repository(policy, role="maintenance")
     now = policy_now()
     out: list[dict[str, Any]] = []
     for t in targets(policy, target):
@@ -209,11 +223,23 @@ def cleanup(
         verb = "would remove" if dry_run else "removed"
         for d in p.decisions:
             mark = "keep  " if d.keep else ("expire" if dry_run else "gone  ")
-            print(f"{t.name}/{d.backup_id}: {mark} ({', '.join(d.reasons)})")
+            held = p.held.get(d.backup_id)
+            if held:  # expired, but its object lock has not ended: nothing removed
+                mark, d_reasons = "locked", [*d.reasons, f"locked until {held}"]
+            else:
+                d_reasons = list(d.reasons)
+            print(f"{t.name}/{d.backup_id}: {mark} ({', '.join(d_reasons)})")
+        gone = [b for b in p.expire_backups if b not in p.held]
+        left = [b for b in p.leftovers if b not in p.held]
+        wal = [k for k in p.expire_wal if k not in p.held]
         print(
-            f"{t.name}: {verb} {len(p.expire_backups)} backup(s), {len(p.leftovers)} incomplete, "
-            f"{len(p.expire_wal)} WAL file(s)"
+            f"{t.name}: {verb} {len(gone)} backup(s), {len(left)} incomplete, "
+            f"{len(wal)} WAL file(s)"
         )
+        if p.locks_extended:
+            print(
+                f"{t.name}: {p.locks_extended} object lock(s) extended to what retention promises"
+            )
         for note in p.notes:
             print(f"  note: {note}")
     if policy.uploads:
@@ -267,6 +293,7 @@ def wal_push(
         "target": "policy target",
         "from": "fetch from this upload destination instead of the repository",
         "until": "the last segment recovery needs (nothing after it is fetched ahead)",
+        "as_of": AS_OF_HELP,
     },
 )
 def wal_fetch(
@@ -277,6 +304,7 @@ def wal_fetch(
     target: str | None = None,
     from_: str | None = None,
     until: str | None = None,
+    as_of: str | None = None,
 ) -> None:
     """Fetch one WAL file (restore_command = 'pgbackup wal-fetch --config ... %f %p').
 
@@ -289,7 +317,7 @@ def wal_fetch(
             [name, path],
             config=config,
             target=target,
-            **{"from": from_, "until": until},
+            **{"from": from_, "until": until, "as-of": as_of},
         )
     )
     if code:

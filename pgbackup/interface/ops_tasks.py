@@ -13,7 +13,8 @@ from typing import Any
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from pgbackup.interface.options import ExtractOptions
+from pgbackup.interface.direct import use_as_of
+from pgbackup.interface.options import AS_OF_HELP, ExtractOptions
 from pgbackup.interface.taskkit import (
     console,
     emit_json,
@@ -91,6 +92,7 @@ def check(
         "the pgbackup inside it",
         "image": "the --docker image (default: drill.image, else pgbackup:<version>)",
         "json": "machine-readable output",
+        "as_of": AS_OF_HELP,
     }
 )
 def drill(
@@ -101,10 +103,12 @@ def drill(
     docker: bool = False,
     image: str | None = None,
     json_: bool = False,
+    as_of: str | None = None,
 ) -> None:
     """Restore drill: scratch cluster, WAL replay, declared checks, measured RTO."""
     from pgbackup.operations.drill import run_drill
 
+    use_as_of(as_of)
     policy = load()
     results = [
         run_drill(
@@ -235,6 +239,7 @@ def extract(c: Any, o: ExtractOptions) -> None:
     )
     if o.image and not o.docker:
         raise UsageError("--image names the container image of --docker")
+    use_as_of(o.as_of)
     policy = load()
     result = run_extract(policy, policy.target(o.policy_target or target), req)
     if o.json_:

@@ -56,6 +56,13 @@ def default_of(f: Field[Any]) -> Any:
 
 # --- the records ------------------------------------------------------------------------
 
+#: ``--as-of``: list, verify, restore, drill and extract read the repository as it was
+#: then (docs/security.md); wal-fetch takes the same flag (interface/wal_commands).
+AS_OF_HELP = (
+    "read the repository as it was at this time (ISO 8601; an S3 repository with "
+    "versioning): later versions and deletions are ignored"
+)
+
 
 @dataclass(frozen=True)
 class BackupOptions:
@@ -77,6 +84,7 @@ class RecoveryTarget:
     target_xid: str | None = flag("recover to this transaction id")
     target_name: str | None = flag("recover to this restore point (pg_create_restore_point)")
     exclusive: bool = flag("stop just before the target instead of just after it", False)
+    as_of: str | None = flag(AS_OF_HELP)
 
 
 @dataclass(frozen=True)

@@ -104,11 +104,14 @@ def command(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def repository(policy: Any) -> Any:
+def repository(policy: Any, *, role: str | None = None) -> Any:
+    """The policy's repository; ``role="maintenance"``: opened with the
+    ``maintenance_profile``'s credentials when the policy names one (cleanup)."""
     from pgbackup.engine.repository import Repository
     from pgbackup.storage import open_storage
 
-    return Repository(open_storage(policy.repository))
+    spec = {**policy.repository, "role": role} if role else policy.repository
+    return Repository(open_storage(spec))
 
 
 def policy_now() -> datetime:

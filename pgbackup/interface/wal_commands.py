@@ -31,6 +31,7 @@ WAL_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
     "--async": (("wal-push",), False),
     "--from": (("wal-fetch",), True),  # an upload destination to fetch from
     "--until": (("wal-fetch",), True),  # the last segment recovery needs
+    "--as-of": (("wal-fetch",), True),  # read the repository as it was then (docs/security.md)
 }
 #: Internal errors (bugs): sysexits' EX_SOFTWARE.
 EXIT_INTERNAL = 70
@@ -115,6 +116,7 @@ def wal_main(argv: list[str]) -> int:
     config, target = _value(flags, "--config"), _value(flags, "--target")
     source = _value(flags, "--from")  # wal-fetch --from NAME: an upload destination
     until = _value(flags, "--until")  # wal-fetch --until SEGMENT: recovery needs nothing after it
+    as_of = _value(flags, "--as-of")  # wal-fetch --as-of TIME: the repository as it was then
     asynchronous = flags.get("--async") is True
     command, args = positional[0], positional[1:]
     want = 1 if command == "wal-push" else 2
@@ -122,7 +124,8 @@ def wal_main(argv: list[str]) -> int:
         usage = (
             "wal-push [--config FILE] [--target NAME] [--async] PATH"
             if want == 1
-            else "wal-fetch [--config FILE] [--target NAME] [--from UPLOAD] [--until SEGMENT] NAME PATH"
+            else "wal-fetch [--config FILE] [--target NAME] [--from UPLOAD] [--until SEGMENT] "
+            "[--as-of TIME] NAME PATH"
         )
         print(f"pgbackup: usage: pgbackup {usage}", file=sys.stderr)
         return 2
@@ -136,12 +139,13 @@ def wal_main(argv: list[str]) -> int:
     unsynced: OSError | None = None
     policy_path: str | None = None
     if command == "wal-fetch":
-        # The read-ahead's spool first (engine/walprefetch): a hit is a rename, with no
-        # policy loaded and no storage client started.
+        # The read-ahead first (engine/walprefetch): a hit is a link, with no policy
+        # loaded and no storage client started.
         from pgbackup.policyrules import named_policy_file
 
         policy_path = named_policy_file(config)
-        if policy_path is not None:
+        # An --as-of fetch has no read-ahead: the spool is the live repository's.
+        if as_of is None and policy_path is not None:
             answered = _served_from_spool(policy_path, target, source, until, args)
             if answered is not None:
                 return answered  # 0, or 1: not archived, as the prefetcher's fetch found
@@ -174,7 +178,12 @@ def wal_main(argv: list[str]) -> int:
                 from pgbackup.engine.uploads import upload_storage
 
                 storage = upload_storage(policy, source)
-            _read_ahead(policy, policy_path, target, source, until, args[0])
+            if as_of is not None:
+                from pgbackup.storage import open_storage
+
+                storage = open_storage({**policy.repository, "as_of": as_of})
+            else:
+                _read_ahead(policy, policy_path, target, source, until, args[0])
             wal.fetch(policy, args[0], args[1], target, storage, until=until)
         return 0
     except PgBackupError as exc:

@@ -308,6 +308,10 @@ def target_report(
             report.checks.append(Check(name, status, text, lag))
     space_check(report, repo, database_size)
     report.checks.extend(permission_checks(policy))
+    if policy.repository.get("object_lock") or any(u.get("object_lock") for u in policy.uploads):
+        from pgbackup.operations.tampering import tamper_checks
+
+        report.checks.extend(tamper_checks(policy, repo, target))
     drill_checks(report, policy, repo, target, now, complete)
     report.metrics["status"] = float(LEVEL[report.status])
     return report

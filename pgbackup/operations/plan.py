@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -121,6 +122,12 @@ def shipping_plan(policy: Any, target: Any) -> dict[str, Any] | None:
     }
 
 
+def iam_plan(policy: Any) -> list[dict[str, Any]]:
+    from pgbackup.operations.access import iam_plan as plan_of
+
+    return plan_of(policy)
+
+
 def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
     from pgbackup.engine.cleanup import plan_cleanup
     from pgbackup.engine.receiver import receiver_plan
@@ -162,6 +169,7 @@ def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
             {"name": u["name"], "kind": u["kind"], "retention_days": u.get("retention_days", 30)}
             for u in policy.uploads
         ],
+        "iam": iam_plan(policy),
     }
 
 
@@ -209,6 +217,18 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
         console.print(f"  {e['line']}", markup=False)
     for u in data["uploads"]:
         console.print(f"upload {u['name']} ({u['kind']}): copies kept {u['retention_days']} days")
+    for item in data.get("iam", []):
+        lock = f", object lock {item['object_lock']}" if item["object_lock"] else ", no object lock"
+        console.print(
+            f"\n[bold]IAM[/] for the {item['storage']} (s3://{item['bucket']}{lock}); "
+            "docs/security.md says why each line is there"
+        )
+        for role, words in (
+            ("host", "the database host's jobs: read, create, never delete or overwrite"),
+            ("maintenance", "cleanup, run elsewhere with maintenance_profile"),
+        ):
+            console.print(f"  role {role} ({words}):", markup=False)
+            console.print(json.dumps(item[role], indent=2), markup=False, soft_wrap=True)
 
 
 def live_disagreements(policy: Any) -> dict[str, list[str]]:

@@ -612,8 +612,22 @@ def archive_section(window: dict[str, Any], checks: list[dict[str, Any]]) -> dic
         text = f"the newest check ({newest.get('checked_at') if newest else '-'}) found {problem}"
         if not any(g in problem for g in window.get("wal_gaps", [])) or not reasons:
             reasons.append(text)
+    # Objects pgbackup wrote once, changed since (docs/security.md): the repository as it
+    # stands is not what was written; a restore --as-of the time check names is.
+    for problem in (newest or {}).get("problems", []):
+        if problem.startswith("tampering:"):
+            when = newest.get("checked_at") if newest else "-"
+            reasons.append(f"the newest check ({when}) found {problem}")
     if reasons:
         return {"verdict": BREACHED, "reasons": reasons, "wal_gaps": window.get("wal_gaps", [])}
+    unlocked = [p for p in (newest or {}).get("problems", []) if p.startswith("object_lock:")]
+    if unlocked:  # what was written is there, but less protected than promised
+        when = newest.get("checked_at") if newest else "-"
+        return {
+            "verdict": AT_RISK,
+            "reasons": [f"the newest check ({when}) found {unlocked[0]}"],
+            "wal_gaps": [],
+        }
     unchecked = [p for p in (newest or {}).get("problems", []) if p.startswith("wal_content:")]
     if unchecked:  # a check that could not run is not a pass (issue #29)
         when = newest.get("checked_at") if newest else "-"

@@ -42,6 +42,26 @@ def _storage(base: Path, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_lock(spec: dict[str, Any], retention: Retention) -> dict[str, Any]:
+    """``object_lock`` with what its dates derive from (policy/immutability.py): the
+    margin in seconds and the retention horizons, so that the storage needs no policy."""
+    lock = spec.get("object_lock")
+    if not lock:
+        return spec
+    from pgbackup.policy.immutability import DEFAULT_MARGIN
+    from pgbackup.policy.parsers import parse_duration
+
+    margin = lock.get("margin")
+    spec["object_lock"] = {
+        "mode": lock["mode"],
+        "margin": parse_duration(margin) if margin else DEFAULT_MARGIN,
+        "days": retention.days,
+        "weekly": retention.weekly,
+        "monthly": retention.monthly,
+    }
+    return spec
+
+
 def _wal_receiver(base: Path, spec: dict[str, Any] | None) -> dict[str, Any] | None:
     """A target's ``wal_receiver`` block with its defaults (None: no receiver)."""
     if spec is None:
@@ -102,11 +122,20 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
         )
     ret = doc.get("retention") or {}
     sla = doc.get("sla") or {}
+    retention = Retention(
+        days=int(ret.get("days", 7)),
+        weekly=int(ret.get("weekly", 0)),
+        monthly=int(ret.get("monthly", 0)),
+        min_backups=int(ret.get("min_backups", 1)),
+    )
+    repository = _with_lock(_storage(base, doc.get("repository") or {}), retention)
     uploads = []
     for up in doc.get("uploads") or []:
         item = _storage(base, up)
         item.setdefault("retention_days", 30)
-        uploads.append(item)
+        # A copy is kept retention_days: that is the horizon of its locks.
+        days = int(item["retention_days"])
+        uploads.append(_with_lock(item, Retention(days, 0, 0, 1)))
     alerts = dict(doc.get("alerts") or {})
     if "smtp" in alerts:
         smtp = dict(alerts["smtp"])
@@ -130,7 +159,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
     log = doc.get("log") or {}
     return Policy(
         path=path,
-        repository=_storage(base, doc.get("repository") or {}),
+        repository=repository,
         compression=Compression(
             method=comp.get("method", DEFAULT_COMPRESSION_METHOD),
             level=int(comp.get("level", DEFAULT_COMPRESSION_LEVEL)),
@@ -138,12 +167,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Policy:
         ),
         encryption=encryption,
         targets=targets,
-        retention=Retention(
-            days=int(ret.get("days", 7)),
-            weekly=int(ret.get("weekly", 0)),
-            monthly=int(ret.get("monthly", 0)),
-            min_backups=int(ret.get("min_backups", 1)),
-        ),
+        retention=retention,
         schedules=dict(doc.get("schedules") or {}),
         sla=Sla(
             rto=parse_duration(sla["rto"]) if "rto" in sla else None,

@@ -16,6 +16,13 @@ __all__ = ["ObjectInfo", "ObjectWriter", "Storage", "open_storage"]
 def open_storage(spec: dict[str, Any]) -> Storage:
     """Build the storage for a repository/upload spec (``kind`` defaults to posix)."""
     kind = spec.get("kind", "posix")
+    if spec.get("as_of") and kind != "s3":
+        from pgbackup.errors import UsageError
+
+        raise UsageError(
+            f"--as-of reads object versions, which a {kind} repository does not keep",
+            hint="--as-of needs an S3 repository with versioning (docs/security.md)",
+        )
     if kind == "posix":
         from pgbackup.storage.posix import PosixStorage
 

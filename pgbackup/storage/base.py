@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, BinaryIO, NamedTuple
 
-from pgbackup.errors import ObjectNotFound
+from pgbackup.errors import ObjectNotFound, StorageError
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -129,6 +129,46 @@ class Storage(ABC):
         follow a crash between the object's link and its directory's fsync. Object stores
         acknowledge only durable objects, so by default there is nothing to do."""
         return None
+
+    # --- versions and locks (optional: S3 with versioning and object lock) ---------------
+    # docs/security.md. A kind without them says so: check reports "not checked", cleanup
+    # deletes as before, --as-of is refused before anything is read.
+
+    #: Whether the kind keeps versions (list them, read one, lock one).
+    versioned: bool = False
+
+    def versions(self, prefix: str = "") -> Iterator[Any]:
+        """Every version and delete marker under ``prefix``, as
+        :class:`pgbackup.policy.immutability.Version` records (keys relative)."""
+        raise StorageError(f"{self.describe()} keeps no object versions")
+
+    def retention_of(self, key: str, version_id: str) -> Any:
+        """(mode, retain-until datetime) of one version, or None when it is not locked."""
+        raise StorageError(f"{self.describe()} cannot lock objects")
+
+    def extend_retention(self, key: str, version_id: str, until: Any) -> None:
+        """Lock one version until ``until`` (only ever later than it is)."""
+        raise StorageError(f"{self.describe()} cannot lock objects")
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        """Remove one version for good (refused by the store while it is locked)."""
+        raise StorageError(f"{self.describe()} keeps no object versions")
+
+    def expire(self, key: str) -> Any:
+        """Remove ``key`` for good, as retention decided; returns None, or the date a lock
+        still holds it until (then nothing is removed). Without locks: :meth:`delete`."""
+        self.delete(key)
+        return None
+
+    def expire_prefix(self, prefix: str) -> tuple[int, Any]:
+        """:meth:`expire` for everything under ``prefix`` at once (a backup): (objects
+        removed, None), or (0, the date a lock holds any of them until) and nothing
+        removed, so a backup is never left in part."""
+        return self.delete_prefix(prefix), None
+
+    def protection(self) -> dict[str, Any]:
+        """What the container enforces: ``{"versioning": bool, "object_lock": bool}``."""
+        return {"versioning": False, "object_lock": False}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Storage:

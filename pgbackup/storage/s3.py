@@ -15,6 +15,17 @@ Parts go up ``streams`` at a time (cloud.CloudWriter). An object larger than one
 read as ranged ``GetObject`` requests with ``IfMatch`` set to the ETag the first GET
 returned (cloud.RangedReader): an overwrite during the read is HTTP 412, ObjectChanged.
 
+With ``object_lock`` (docs/security.md) every object is written create-only
+(``IfNoneMatch='*'``) with ``ObjectLockMode``/``ObjectLockRetainUntilDate`` from
+policy/immutability.retain_until; a multipart upload's lock is set again on the completed
+version (``PutObjectRetention``, extending only: moto does not carry a multipart upload's
+lock). With ``as_of`` (``--as-of``) every read sees the bucket as it was then: listings
+come from ``ListObjectVersions`` (the newest version of each key written at or before the
+time; a delete marker there hides the key), reads name the ``VersionId``; nothing is
+deleted through such a view. ``maintenance_profile`` is the AWS profile cleanup opens the
+repository with (``role: maintenance`` in the spec); every other command uses the default
+chain.
+
 boto3 is imported here only, when an S3 repository is opened.
 """
 
@@ -23,9 +34,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from pgbackup.errors import ConfigError, StorageError
+from pgbackup.errors import ConfigError, StorageError, UsageError
+from pgbackup.policy.immutability import (
+    LockRule,
+    Version,
+    lock_rule,
+    parse_as_of,
+    retain_until,
+    version_as_of,
+)
 from pgbackup.storage.cloud import (
     EXISTS,
     NOT_FOUND,
@@ -80,6 +100,9 @@ class S3Storage(CloudStorage):
         endpoint_url: str | None = None,
         addressing_style: str | None = None,
         sdk_attempts: int = 5,
+        lock: LockRule | None = None,
+        as_of: datetime | None = None,
+        profile: str | None = None,
         **options: Any,
     ):
         # The SDK is the retry layer for requests (its own backoff); our loop only maps
@@ -92,6 +115,10 @@ class S3Storage(CloudStorage):
         self.region = region or None
         self.endpoint_url = endpoint_url or None
         self._bucket_verified = False
+        self.lock = lock
+        self.as_of = as_of
+        self.versioned = True
+        self._as_of_versions: dict[str, Version | None] = {}
         try:
             import boto3
             from botocore.config import Config
@@ -112,7 +139,7 @@ class S3Storage(CloudStorage):
             signature_version="s3v4",
         )
         try:
-            session = boto3.session.Session()
+            session = boto3.session.Session(profile_name=profile)
             self.client = session.client(
                 "s3",
                 region_name=self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
@@ -131,11 +158,24 @@ class S3Storage(CloudStorage):
         if spec.get("retries") is not None:
             opts["sdk_attempts"] = int(spec["retries"]) + 1
             opts.pop("attempts", None)
+        as_of = spec.get("as_of")
+        if isinstance(as_of, str):
+            try:
+                as_of = parse_as_of(as_of)
+            except ValueError:
+                raise UsageError(
+                    f"--as-of {as_of!r} is not a time",
+                    hint="an ISO 8601 time, e.g. '2026-11-23 14:30:00+00'",
+                ) from None
+        maintenance = spec.get("role") == "maintenance"
         return cls(
             spec.get("bucket") or "",
             region=spec.get("region"),
             endpoint_url=spec.get("endpoint_url"),
             addressing_style=spec.get("addressing_style"),
+            lock=lock_rule(spec.get("object_lock")),
+            as_of=as_of,
+            profile=spec.get("maintenance_profile") if maintenance else None,
             **opts,
         )
 
@@ -144,6 +184,8 @@ class S3Storage(CloudStorage):
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}"
+        if self.as_of is not None:
+            where += f" as of {self.as_of.isoformat()}"
         return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
 
     # --- errors ----------------------------------------------------------------------------
@@ -240,17 +282,28 @@ class S3Storage(CloudStorage):
 
     # --- primitives ------------------------------------------------------------------------
 
+    def _lock_args(self, name: str) -> dict[str, Any]:
+        """A locked object's arguments: its lock, and create-only (never rewritten)."""
+        if self.lock is None:
+            return {}
+        until = retain_until(self.key_of(name), datetime.now(UTC), self.lock)
+        if until is None:  # written again in place by design: not locked
+            return {}
+        return {"ObjectLockMode": self.lock.s3_mode, "ObjectLockRetainUntilDate": until}
+
     def _put(self, name: str, data: bytes, if_absent: bool) -> None:
-        extra = {"IfNoneMatch": "*"} if if_absent else {}
-        self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **extra)
+        lock = self._lock_args(name)
+        extra = {"IfNoneMatch": "*"} if if_absent or lock else {}
+        self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **extra, **lock)
 
     def _begin(self, name: str, if_absent: bool) -> Any:
-        resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=name)
-        return resp["UploadId"]
+        lock = self._lock_args(name)
+        resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=name, **lock)
+        return (resp["UploadId"], lock)
 
     def _upload_part(self, upload: Any, name: str, number: int, offset: int, data: bytes) -> Any:
         resp = self.client.upload_part(
-            Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number, Body=data
+            Bucket=self.bucket, Key=name, UploadId=upload[0], PartNumber=number, Body=data
         )
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
@@ -264,15 +317,26 @@ class S3Storage(CloudStorage):
         if_absent: bool,
     ) -> None:
         last_part = self._upload_part(upload, name, len(parts) + 1, offset, last)
-        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        upload_id, lock = upload
+        extra = {"IfNoneMatch": "*"} if if_absent or lock else {}
         try:
-            self.client.complete_multipart_upload(
+            resp = self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=name,
-                UploadId=upload,
+                UploadId=upload_id,
                 MultipartUpload={"Parts": [*parts, last_part]},
                 **extra,
             )
+            if lock and resp.get("VersionId"):
+                self.client.put_object_retention(
+                    Bucket=self.bucket,
+                    Key=name,
+                    VersionId=resp["VersionId"],
+                    Retention={
+                        "Mode": lock["ObjectLockMode"],
+                        "RetainUntilDate": lock["ObjectLockRetainUntilDate"],
+                    },
+                )
         except Exception as exc:
             # A retried complete whose first attempt succeeded (reply lost) finds the upload
             # gone: if the object is there with our size, it is ours.
@@ -284,19 +348,188 @@ class S3Storage(CloudStorage):
                 raise
 
     def _abort_upload(self, upload: Any, name: str) -> None:
-        self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload[0])
+
+    # --- "as of": the newest version of each key written at or before the time ---------
+
+    def _no_such_key(self, name: str) -> Exception:
+        return self.client.exceptions.NoSuchKey(  # type: ignore[no-any-return]
+            {"Error": {"Code": "NoSuchKey", "Message": f"{name} did not exist then"}},
+            "GetObject",
+        )
+
+    def _version_args(self, name: str) -> dict[str, Any]:
+        """``{}`` for the live bucket; ``{"VersionId": ...}`` of the as-of version; the
+        SDK's NoSuchKey when the key did not exist then."""
+        if self.as_of is None:
+            return {}
+        if name not in self._as_of_versions:
+            found = [v for v in self._name_versions(name) if v.key == name]
+            self._as_of_versions[name] = version_as_of(found, self.as_of)
+        version = self._as_of_versions[name]
+        if version is None:
+            raise self._no_such_key(name)
+        return {"VersionId": version.version_id}
+
+    def _name_versions(self, prefix: str) -> Iterator[Version]:
+        """Every version and delete marker of the objects named ``prefix...`` (full names)."""
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Versions", []):
+                yield Version(
+                    item["Key"],
+                    str(item.get("VersionId")),
+                    item["LastModified"],
+                    False,
+                    int(item.get("Size", 0)),
+                )
+            for item in page.get("DeleteMarkers", []):
+                yield Version(item["Key"], str(item.get("VersionId")), item["LastModified"], True)
+
+    def _list_as_of(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        assert self.as_of is not None
+        by_name: dict[str, list[Version]] = {}
+        for version in self._name_versions(prefix):
+            by_name.setdefault(version.key, []).append(version)
+        for name, found in by_name.items():
+            chosen = version_as_of(found, self.as_of)
+            self._as_of_versions[name] = chosen
+            if chosen is not None:
+                yield name, chosen.size, chosen.written.timestamp()
+
+    # --- versions and locks (check, cleanup, validate --live) ------------------------------
+
+    def versions(self, prefix: str = "") -> Iterator[Version]:
+        for v in self.call(
+            "list versions of",
+            prefix or None,
+            lambda: list(self._name_versions(self.prefix + prefix)),
+        ):
+            yield v._replace(key=self.key_of(v.key))
+
+    def retention_of(self, key: str, version_id: str) -> tuple[str, datetime] | None:
+        name = self.object_name(key)
+        resp = self.call(
+            "stat",
+            key,
+            lambda: self.client.head_object(Bucket=self.bucket, Key=name, VersionId=version_id),
+        )
+        until = resp.get("ObjectLockRetainUntilDate")
+        if until is None:
+            return None
+        return str(resp.get("ObjectLockMode") or ""), until
+
+    def extend_retention(self, key: str, version_id: str, until: datetime) -> None:
+        if self.lock is None:
+            raise StorageError(f"{self.describe()}: object_lock is not declared for it")
+        name = self.object_name(key)
+        current = self.retention_of(key, version_id)
+        if current is not None and current[1] >= until:
+            return  # extending only
+        mode = current[0] if current is not None and current[0] else self.lock.s3_mode
+        self.call(
+            "lock",
+            key,
+            lambda: self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=name,
+                VersionId=version_id,
+                Retention={"Mode": mode, "RetainUntilDate": until},
+            ),
+        )
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        self._refuse_as_of("delete", key)
+        name = self.object_name(key)
+        self.call(
+            "delete",
+            key,
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=name, VersionId=version_id),
+        )
+
+    def _held_until(self, versions: list[Version]) -> datetime | None:
+        """The latest lock among ``versions`` that has not ended yet; None: none holds."""
+        now = datetime.now(UTC)
+        held: datetime | None = None
+        for v in versions:
+            if v.deleted:
+                continue
+            lock = self.retention_of(v.key, v.version_id)
+            if lock is not None and lock[1] > now and (held is None or lock[1] > held):
+                held = lock[1]
+        return held
+
+    def expire(self, key: str) -> datetime | None:
+        if self.lock is None:
+            return super().expire(key)
+        self._refuse_as_of("delete", key)
+        found = [v for v in self.versions(key) if v.key == key]
+        held = self._held_until(found)
+        if held is not None:
+            return held
+        for v in found:  # every version and marker: the key is gone, its bytes too
+            self.delete_version(v.key, v.version_id)
+        return None
+
+    def expire_prefix(self, prefix: str) -> tuple[int, datetime | None]:
+        if self.lock is None:
+            return super().expire_prefix(prefix)
+        self._refuse_as_of("delete", prefix)
+        found = list(self.versions(prefix))
+        held = self._held_until(found)
+        if held is not None:
+            return 0, held
+        # metadata.json first: an interrupted removal never looks complete.
+        found.sort(key=lambda v: (not v.key.endswith("metadata.json"), v.key))
+        for v in found:
+            self.delete_version(v.key, v.version_id)
+        return len({v.key for v in found if not v.deleted}), None
+
+    def protection(self) -> dict[str, Any]:
+        versioning = self.call(
+            "read the versioning of",
+            None,
+            lambda: self.client.get_bucket_versioning(Bucket=self.bucket),
+        )
+        try:
+            conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+            locked = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except Exception as exc:
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if "ObjectLockConfiguration" not in code and "NotFound" not in code:
+                verdict = self._classify(exc, "read the object lock of", None)
+                if isinstance(verdict, StorageError):
+                    raise verdict from None
+                raise
+            locked = False
+        return {"versioning": versioning.get("Status") == "Enabled", "object_lock": locked}
+
+    def _refuse_as_of(self, action: str, key: str) -> None:
+        if self.as_of is not None:
+            raise StorageError(
+                f"cannot {action} {self.location(key)}: the repository is read as of "
+                f"{self.as_of.isoformat()}, a view nothing is removed through"
+            )
+
+    def delete(self, key: str) -> None:
+        self._refuse_as_of("delete", key)
+        super().delete(key)
+
+    # --- reads -------------------------------------------------------------------------------
 
     def _open_read(self, name: str, start: int) -> Any:
         extra = {"Range": f"bytes={start}-"} if start else {}
-        return self.client.get_object(Bucket=self.bucket, Key=name, **extra)["Body"]
+        version = self._version_args(name)
+        return self.client.get_object(Bucket=self.bucket, Key=name, **extra, **version)["Body"]
 
     def _open_read_info(self, name: str) -> tuple[Any, int | None, Any]:
-        resp = self.client.get_object(Bucket=self.bucket, Key=name)
+        resp = self.client.get_object(Bucket=self.bucket, Key=name, **self._version_args(name))
         size = resp.get("ContentLength")
         return resp["Body"], int(size) if size is not None else None, resp.get("ETag")
 
     def _read_range(self, name: str, start: int, length: int, version: Any) -> bytes:
         extra = {"IfMatch": version} if version else {}
+        extra.update(self._version_args(name))
         try:
             resp = self.client.get_object(
                 Bucket=self.bucket, Key=name, Range=f"bytes={start}-{start + length - 1}", **extra
@@ -318,21 +551,27 @@ class S3Storage(CloudStorage):
             body.close()
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        if self.as_of is not None:
+            yield from self._list_as_of(prefix)
+            return
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 yield obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp()
 
     def _stat(self, name: str) -> tuple[int, float] | None:
-        resp = self.client.head_object(Bucket=self.bucket, Key=name)
+        resp = self.client.head_object(Bucket=self.bucket, Key=name, **self._version_args(name))
         return int(resp["ContentLength"]), resp["LastModified"].timestamp()
 
     def _delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=name)
 
-    def create_bucket(self) -> None:
-        """For tests and sandboxes: create the bucket (no error if it is already ours)."""
+    def create_bucket(self, *, object_lock: bool = False) -> None:
+        """For tests and sandboxes: create the bucket (no error if it is already ours);
+        with ``object_lock``, versioned and lockable."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if object_lock:
+            kwargs["ObjectLockEnabledForBucket"] = True
         if self.region and self.region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
