@@ -523,6 +523,40 @@ def reachable(
     return out
 
 
+#: How many segments before the last one the window's end time is looked for, when the
+#: last holds no commit (a server stopped after its last commit: its shutdown checkpoint,
+#: an archive_timeout switch).
+COMMIT_LOOKBACK = 8
+
+
+def earlier_commit_time(
+    policy: Any,
+    storage: Storage,
+    target: str,
+    names: dict[str, str],
+    tli: int,
+    segno: int,
+    newest: dict[str, Any],
+    major: int | None,
+) -> str | None:
+    """The last commit time in the segments before ``segno`` (down to the newest backup's
+    stop), when the last segment holds none; None when none of them does."""
+    from pgbackup.formats.lsn import segment_name
+
+    seg_size = int(newest.get("wal_segment_size", 16 * 1024 * 1024))
+    first = parse_lsn(newest["stop_lsn"]) // seg_size
+    for earlier in range(segno - 1, max(first - 1, segno - 1 - COMMIT_LOOKBACK), -1):
+        name = segment_name(tli, earlier * seg_size, seg_size)
+        if name not in names:
+            return None
+        when = segment_summary(policy, storage, target, names[name], name, major).get(
+            "last_commit_time"
+        )
+        if when:
+            return when
+    return None
+
+
 def window_end(
     policy: Any, repo: Any, target: str, backups: list[Any], timeline: int | None = None
 ) -> dict[str, Any]:
@@ -550,6 +584,8 @@ def window_end(
     if end_lsn <= parse_lsn(newest["stop_lsn"]):
         return {"timeline": newest["timeline"], "gaps": chain["gaps"]}
     when = summary.get("last_commit_time")
+    if not when and not summary.get("not_checked"):
+        when = earlier_commit_time(policy, storage, target, names, tli, segno, newest, major)
     return {
         "timeline": tli,
         "lsn": format_lsn(end_lsn),

@@ -509,6 +509,7 @@ class Prefetcher:
             kind = policy.repository.get("kind", "posix")
         sysid = _control_sysid(self.data_dir)
         self.target = wal.pick_target(policy, self.storage, self.target_flag, sysid)
+        self.storage = wal.generation_storage(self.storage, self.target, sysid, strict=False)
         settings = policy.target(self.target).wal_fetch
         self.ahead = settings.segments(kind)
         self.streams = settings.streams
