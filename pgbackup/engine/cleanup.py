@@ -17,7 +17,13 @@ from pgbackup.engine.repository import BackupInfo, Repository
 from pgbackup.errors import LockError
 from pgbackup.formats.lsn import parse_lsn
 from pgbackup.policy import Policy, Target
-from pgbackup.policy.retention import BackupRecord, Decision, RetentionRule, plan_retention
+from pgbackup.policy.retention import (
+    BackupRecord,
+    Decision,
+    RetentionRule,
+    keep_generation_ends,
+    plan_retention,
+)
 from pgbackup.ui import LOG
 
 
@@ -29,6 +35,8 @@ class CleanupPlan:
     leftovers: list[str] = field(default_factory=list)  # incomplete backups safe to remove
     expire_wal: list[str] = field(default_factory=list)  # storage keys
     notes: list[str] = field(default_factory=list)
+    #: backup id -> its generation (engine/generations); absent: generation 1
+    generation: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +49,11 @@ class CleanupPlan:
             "remove_incomplete": self.leftovers,
             "expire_wal": self.expire_wal,
             "notes": self.notes,
+            **(
+                {"generations": dict(sorted(self.generation.items()))}
+                if len(set(self.generation.values())) > 1
+                else {}
+            ),
         }
 
 
@@ -67,7 +80,18 @@ def to_record(info: BackupInfo) -> BackupRecord:
 def plan_cleanup(
     policy: Policy, repo: Repository, target: Target, now: datetime, backup_running: bool
 ) -> CleanupPlan:
-    backups = repo.backups(target.name)
+    """What retention expires, over every generation of the target at once
+    (engine/generations; ``policy/retention.keep_generation_ends``); WAL per generation,
+    as its kept backups need it. Keys are the stored ones (a later generation's under
+    ``<target>/gen/<n>/``)."""
+    from pgbackup.engine.generations import generation_views, mapped
+
+    views = [
+        (int(g["generation"]), Repository(st))
+        for g, st in generation_views(repo.storage, target.name)
+    ]
+    by_gen = {n: r.backups(target.name) for n, r in views}
+    backups = [b for n, _r in views for b in by_gen[n]]
     rule = RetentionRule(
         days=policy.retention.days,
         weekly=policy.retention.weekly,
@@ -75,7 +99,11 @@ def plan_cleanup(
         min_backups=policy.retention.min_backups,
     )
     plan = CleanupPlan(target.name)
-    plan.decisions = plan_retention([to_record(b) for b in backups], rule, now)
+    plan.generation = {b.backup_id: n for n, _r in views for b in by_gen[n]}
+    records = [to_record(b) for b in backups]
+    plan.decisions = keep_generation_ends(
+        plan_retention(records, rule, now), records, plan.generation, rule, now
+    )
     complete_ids = {b.backup_id for b in backups if b.complete}
     for d in plan.decisions:
         if d.keep:
@@ -96,8 +124,11 @@ def plan_cleanup(
         ]
     from pgbackup.engine.walchain import plan_wal_expiry
 
-    kept = [b for b in backups if b.complete and b.backup_id not in plan.expire_backups]
-    plan.expire_wal = plan_wal_expiry(repo, target.name, kept)
+    for n, gen_repo in views:
+        kept = [b for b in by_gen[n] if b.complete and b.backup_id not in plan.expire_backups]
+        plan.expire_wal += [
+            mapped(k, target.name, n) for k in plan_wal_expiry(gen_repo, target.name, kept)
+        ]
     return plan
 
 
@@ -114,8 +145,12 @@ def run_cleanup(
         plan = plan_cleanup(policy, repo, target, now, backup_running)
         if dry_run:
             return plan
+        from pgbackup.engine.generations import mapped
+
         for backup_id in plan.expire_backups + plan.leftovers:
-            n = repo.storage.delete_prefix(repo.base_prefix(target.name, backup_id))
+            prefix = repo.base_prefix(target.name, backup_id)
+            gen = plan.generation.get(backup_id, 1)
+            n = repo.storage.delete_prefix(mapped(prefix, target.name, gen))
             LOG.info("cleanup %s: removed backup %s (%d objects)", target.name, backup_id, n)
         for key in plan.expire_wal:
             repo.storage.delete(key)
