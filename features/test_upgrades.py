@@ -255,3 +255,67 @@ def restored_batches(h: Harness, ctx: dict[str, Any], major: int, n: int) -> Non
         dbname="platform",
     )
     assert rows == [(b, 100) for b in range(1, n + 1)], rows
+
+
+@when("I run a drill of the old generation's newest backup")
+def drill_old(h: Harness, ctx: dict[str, Any]) -> None:
+    old_backup = next(b for b in h.backups() if b["generation"] == 1)
+    h.policy["drill"]["checks"] = [
+        {
+            "name": "major",
+            "sql": "SELECT current_setting('server_version_num')::int / 10000",
+            "expect": f"== {ctx['old_major']}",
+        },
+        {"name": "batches", "sql": "SELECT count(*) FROM pitr_batches", "expect": "== 600"},
+    ]
+    h.write_policy()
+    ctx["drill"] = h.json("drill", "--backup", old_backup["backup_id"])["platform"]
+    ctx["old_backup"] = old_backup["backup_id"]
+
+
+@then(parsers.parse("the drill passes on PostgreSQL {major:d} with batches 1 to {n:d}"))
+def drill_passed(ctx: dict[str, Any], major: int, n: int) -> None:
+    drill = ctx["drill"]
+    assert drill["status"] == "passed", drill
+    assert drill["backup_id"] == ctx["old_backup"]
+    assert {c["name"]: c["ok"] for c in drill["checks"]} == {"major": True, "batches": True}, drill[
+        "checks"
+    ]
+    assert major == ctx["old_major"] and n * 100 == 600
+
+
+def cleanup_with(h: Harness, days: int, weekly: int, monthly: int) -> dict[str, Any]:
+    h.policy["retention"] = {"days": days, "weekly": weekly, "monthly": monthly}
+    h.write_policy()
+    (plan,) = h.json("cleanup")
+    return dict(plan)
+
+
+@when("cleanup runs with retention of this week only")
+def cleanup_week(h: Harness, ctx: dict[str, Any]) -> None:
+    ctx["cleanup"] = cleanup_with(h, 0, 1, 0)
+
+
+@then("the old generation's newest backup is kept as the newest of generation 1")
+def old_kept(h: Harness, ctx: dict[str, Any]) -> None:
+    decisions = {b["backup_id"]: b for b in ctx["cleanup"]["backups"]}
+    old = decisions[ctx["old_backup"]]
+    assert old["keep"], old
+    assert "newest of generation 1, within the policy's periods" in old["reasons"], old
+    assert ctx["cleanup"]["expire_backups"] == []
+    assert [b["generation"] for b in h.backups()] == [1, 2]
+
+
+@when("cleanup runs with retention of the newest backup only")
+def cleanup_newest(h: Harness, ctx: dict[str, Any]) -> None:
+    ctx["wal_before"] = sorted(p.name for p in (h.repo / "platform" / "wal").iterdir())
+    ctx["cleanup"] = cleanup_with(h, 0, 0, 0)
+
+
+@then("only the new generation's backup is left and the old generation's WAL is still there")
+def only_new_left(h: Harness, ctx: dict[str, Any]) -> None:
+    assert ctx["cleanup"]["expire_backups"] == [ctx["old_backup"]], ctx["cleanup"]
+    assert [b["generation"] for b in h.backups()] == [2]
+    assert not (h.repo / "platform" / "base" / ctx["old_backup"]).exists()
+    assert sorted(p.name for p in (h.repo / "platform" / "wal").iterdir()) == ctx["wal_before"]
+    assert any((h.repo / "platform" / "gen" / "2" / "base").iterdir())

@@ -23,6 +23,12 @@ Feature: Major upgrades: archiving and backups go on after pg_upgrade, and the o
     Then the restored server runs PostgreSQL <old> and holds batches 1 to 5 and no others
     When I restore to the time after batch 9
     Then the restored server runs PostgreSQL <new> and holds batches 1 to 9 and no others
+    When I run a drill of the old generation's newest backup
+    Then the drill passes on PostgreSQL <old> with batches 1 to 6
+    When cleanup runs with retention of this week only
+    Then the old generation's newest backup is kept as the newest of generation 1
+    When cleanup runs with retention of the newest backup only
+    Then only the new generation's backup is left and the old generation's WAL is still there
 
     Examples:
       | old | new | mode |

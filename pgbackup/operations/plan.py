@@ -121,6 +121,40 @@ def shipping_plan(policy: Any, target: Any) -> dict[str, Any] | None:
     }
 
 
+def upgrade_plan(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
+    """What a major upgrade (or a new initdb) of the target's server takes, in order, and
+    the generations the repository holds (docs/upgrades.md)."""
+    from pgbackup.engine.generations import generations, upgrade_command
+
+    gens = generations(repo.storage, target.name)
+    config = f"--config {policy.path} "
+    steps = [
+        "stop the server (pg_ctl stop -m fast): its last WAL is archived as it stops",
+        "pg_upgrade --link or --copy into a new data directory (or initdb and restore a "
+        "dump): the new cluster has a new system identifier, and its WAL is refused until "
+        "the next step",
+        f"`{upgrade_command(target.name, str(policy.path))}`: the repository's history "
+        "gains the new cluster as the next generation (its WAL and backups go under "
+        f"{target.name}/gen/<n>/)",
+        "start the new server: archiving resumes (a refused segment is archived again)",
+        f"`pgbackup {config}backup --target {target.name}`: a new full backup; until it "
+        "ends nothing after the upgrade can be restored (the gap `list` shows), and "
+        "incremental backups never build on the old generation",
+    ]
+    return {
+        "steps": steps,
+        "generations": [
+            {
+                "generation": g["generation"],
+                "system_identifier": g.get("system_identifier"),
+                "major": g.get("major"),
+                "reason": g.get("reason"),
+            }
+            for g in gens
+        ],
+    }
+
+
 def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
     from pgbackup.engine.cleanup import plan_cleanup
     from pgbackup.engine.receiver import receiver_plan
@@ -138,6 +172,7 @@ def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
                 "cleanup": cleanup.as_dict(),
                 "wal_receiver": receiver_plan(policy, t),
                 "wal_shipping": shipping_plan(policy, t),
+                "upgrade": upgrade_plan(policy, repo, t),
             }
         )
     return {
@@ -194,6 +229,22 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
         ship = t.get("wal_shipping")
         if ship:
             console.print(f"  WAL to upload destinations: {ship['explained']}", markup=False)
+        up = t.get("upgrade")
+        if up:
+            gens = up["generations"]
+            if len(gens) > 1:
+                console.print(
+                    "  generations: "
+                    + "; ".join(
+                        f"{g['generation']}: cluster {g['system_identifier']} "
+                        f"(PostgreSQL {g['major']}, {g['reason']})"
+                        for g in gens
+                    ),
+                    markup=False,
+                )
+            console.print("  a major upgrade (or a new initdb) of this server, in order:")
+            for n, step in enumerate(up["steps"], 1):
+                console.print(f"    {n}. {step}", markup=False)
         c = t["cleanup"]
         kept = [b for b in c["backups"] if b["keep"]]
         console.print(
