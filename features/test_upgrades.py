@@ -319,3 +319,106 @@ def only_new_left(h: Harness, ctx: dict[str, Any]) -> None:
     assert not (h.repo / "platform" / "base" / ctx["old_backup"]).exists()
     assert sorted(p.name for p in (h.repo / "platform" / "wal").iterdir()) == ctx["wal_before"]
     assert any((h.repo / "platform" / "gen" / "2" / "base").iterdir())
+
+
+@when(
+    "the cluster is replaced by a fresh initdb with its data restored by pg_dumpall "
+    "and batches 7 to 8 are committed"
+)
+def fresh_initdb(h: Harness, ctx: dict[str, Any]) -> None:
+    from pgbackup.postgres.cluster import run_as
+
+    old_cluster: Cluster = ctx["cluster"]
+    bin_dir = major_bin(ctx["old_major"])
+    settings = {
+        name: old_cluster.sql(f"SHOW {name}")[0][0]
+        for name in ("archive_mode", "archive_command", "archive_timeout")
+    }
+    data = old_cluster.data_dir
+    fresh = Cluster(data.with_name("data-new"), free_port(), bin_dir=bin_dir)
+    h.data_dirs.append(fresh.data_dir)
+    fresh.initdb(settings)
+    fresh.start()
+    dump = h.root / "dumpall"
+    dump.mkdir()
+    hand_over(dump, fresh.os_user, 0o700)
+    run_as(
+        [
+            str(bin_dir / "pg_dumpall"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(old_cluster.port),
+            "-f",
+            str(dump / "all.sql"),
+        ],
+        fresh.os_user,
+        timeout=300,
+    )
+    run_as(
+        [str(bin_dir / "psql"), "-q", "-h", "127.0.0.1", "-p", str(fresh.port)]
+        + ["-d", "postgres", "-f", str(dump / "all.sql")],
+        fresh.os_user,
+        timeout=300,
+    )
+    fresh.stop("fast")
+    old_cluster.stop("fast")
+    os.rename(data, data.with_name("data-old"))
+    os.rename(fresh.data_dir, data)
+    new_cluster = Cluster(data, old_cluster.port, bin_dir=bin_dir)
+    new_cluster.configure({"port": old_cluster.port})
+    new_cluster.start()
+    ctx["cluster"] = new_cluster
+    ctx["new_major"] = ctx["old_major"]
+    ctx["new_sysid"] = new_cluster.sql("SELECT system_identifier::text FROM pg_control_system()")[
+        0
+    ][0]
+    assert ctx["new_sysid"] != ctx["old_sysid"]
+    rows = new_cluster.sql("SELECT count(*) FROM pitr_batches", dbname="platform")[0][0]
+    assert rows == 600
+    ctx["points"] += commit_batches(new_cluster, 7, 8)
+    new_cluster.sql("SELECT pg_logical_emit_message(false, 'pgbackup-test', 'switch')")
+    new_cluster.sql("SELECT pg_switch_wal()")
+
+
+@then(parsers.parse('the history records generation 2 as "{reason}"'))
+def history_reason(h: Harness, ctx: dict[str, Any], reason: str) -> None:
+    rec = json.loads((h.repo / "platform" / "history" / "2.json").read_text())
+    assert rec["reason"] == reason, rec
+    assert rec["major"] == ctx["old_major"]
+    assert ctx["upgrade"]["reason"] == reason
+
+
+@then("the SLA report and the exporter show both generations and the gap between them")
+def sla_and_exporter(h: Harness, ctx: dict[str, Any]) -> None:
+    report = json.loads(h.run("sla-report", "--format", "json", expect_ok=None).stdout)["platform"]
+    gens = report["generations"]
+    assert [(g["generation"], g["system_identifier"]) for g in gens] == [
+        (1, ctx["old_sysid"]),
+        (2, ctx["new_sysid"]),
+    ]
+    lanes = [lane["name"] for lane in report["timeline"]["lanes"]]
+    assert lanes == [
+        f"generation 1 (PostgreSQL {ctx['old_major']})",
+        f"generation 2 (PostgreSQL {ctx['new_major']})",
+    ], lanes
+    markdown = h.run("sla-report", expect_ok=None).stdout
+    assert "Gap before generation 2: nothing restorable from" in markdown, markdown
+    # The exporter's reading of the repository (what /metrics serves), in this process.
+    from pgbackup.operations.metrics import read_primary
+    from pgbackup.policy import load_policy_fast
+
+    policy = load_policy_fast(str(h.config))
+    samples = read_primary(policy, list(policy.targets.values()))
+    ends = {
+        labels["generation"]: value
+        for name, labels, value in samples
+        if name == "pgbackup_generation_window_end_timestamp_seconds"
+    }
+    starts = {
+        labels["generation"]: value
+        for name, labels, value in samples
+        if name == "pgbackup_generation_window_start_timestamp_seconds"
+    }
+    assert set(ends) == {"1", "2"} and ends["1"] < starts["2"], samples
+    assert ("pgbackup_generations", {"target": "platform"}, 2.0) in samples
