@@ -422,3 +422,13 @@ def sla_and_exporter(h: Harness, ctx: dict[str, Any]) -> None:
     }
     assert set(ends) == {"1", "2"} and ends["1"] < starts["2"], samples
     assert ("pgbackup_generations", {"target": "platform"}, 2.0) in samples
+
+
+@then("verify of every backup with --wal passes in both generations")
+def verify_all(h: Harness, ctx: dict[str, Any]) -> None:
+    out = h.json("verify", "--backup", "all", "--wal")["platform"]
+    assert [b["ok"] for b in out["backups"]] == [True, True], out["backups"]
+    wal = out["wal"]
+    assert wal["gaps"] == [] and wal["not_checked"] == [], wal
+    assert [g["generation"] for g in wal["generations"]] == [1, 2]
+    assert all(g["content_checked"] == g["archived"] > 0 for g in wal["generations"]), wal

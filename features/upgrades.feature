@@ -19,6 +19,7 @@ Feature: Major upgrades: archiving and backups go on after pg_upgrade, and the o
     When a backup of the new cluster is taken and batches 9 to 10 are committed and archived
     Then list shows generation 1 on PostgreSQL <old> and generation 2 on PostgreSQL <new>, and the gap between them
     And the SLA report and the exporter show both generations and the gap between them
+    And verify of every backup with --wal passes in both generations
     And check is OK about the cluster's identity
     When I restore to the time after batch 5
     Then the restored server runs PostgreSQL <old> and holds batches 1 to 5 and no others

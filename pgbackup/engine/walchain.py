@@ -221,7 +221,35 @@ def chain_from(
 
 def verify_wal_chain(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
     """Continuity from each kept backup's start LSN to the newest archived segment, and
-    the content of every archived file (decodes, header names this cluster and place)."""
+    the content of every archived file (decodes, header names this cluster and place);
+    each generation's archive on its own (engine/generations), its problems named with
+    it."""
+    from pgbackup.engine.generations import generation_views
+    from pgbackup.engine.repository import Repository
+
+    views = generation_views(repo.storage, target.name)
+    if len(views) == 1:
+        return _verify_one(policy, repo, target)
+    out: dict[str, Any] = {
+        "gaps": [],
+        "segments": 0,
+        "archived": 0,
+        "content_checked": 0,
+        "not_checked": [],
+        "generations": [],
+    }
+    for gen, storage in views:
+        one = _verify_one(policy, Repository(storage), target)
+        n = gen["generation"]
+        out["gaps"] += [f"generation {n}: {g}" for g in one["gaps"]]
+        out["not_checked"] += [f"generation {n}: {g}" for g in one["not_checked"]]
+        for key in ("segments", "archived", "content_checked"):
+            out[key] += one[key]
+        out["generations"].append({"generation": n, **one})
+    return out
+
+
+def _verify_one(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
     storage = repo.storage
     names = archived_names(storage, target.name)
     switches = timeline_switches(storage, target.name, names, policy)
