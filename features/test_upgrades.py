@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from harness import Harness, commit_batches, do_restore, switch_and_wait_archived
 from pytest_bdd import given, parsers, scenarios, then, when
+from receivers import AlertReceivers
 
 from pgbackup.postgres.cluster import Cluster, free_port, hand_over
 
@@ -47,10 +48,24 @@ def server_major(cluster: Cluster) -> int:
         "and batches 4 to 6 archived"
     )
 )
-def old_cluster(h: Harness, ctx: dict[str, Any], monkeypatch: pytest.MonkeyPatch, old: int) -> None:
+def old_cluster(
+    h: Harness,
+    ctx: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    alert_receivers: AlertReceivers,
+    old: int,
+) -> None:
     ctx["old_major"] = old
+    ctx["alerts"] = alert_receivers
     use_bins(h, monkeypatch, old)
     h.policy["sla"]["rpo"] = "20s"
+    h.env["XDG_STATE_HOME"] = str(h.root / "state")
+    hook = f"http://127.0.0.1:{alert_receivers.http_port}/hook"
+    h.env["PGBACKUP_TEST_WEBHOOK"] = hook
+    monkeypatch.setenv("PGBACKUP_TEST_WEBHOOK", hook)  # the servers this test starts
+    h.policy["alerts"] = {
+        "webhooks": [{"name": "ops", "url": "${PGBACKUP_TEST_WEBHOOK}", "format": "json"}]
+    }
     h.write_policy()
     h.start_source()
     cluster = Cluster(h.sandbox().data_dir, h.sandbox_port(), bin_dir=major_bin(old))
@@ -168,7 +183,7 @@ def refused(h: Harness, ctx: dict[str, Any], text: str) -> None:
 
 
 @then(parsers.parse('check is CRITICAL naming "{text}"'))
-def check_critical(h: Harness, text: str) -> None:
+def check_critical(h: Harness, ctx: dict[str, Any], text: str) -> None:
     proc = h.run("check", "--json", expect_ok=False)
     report = json.loads(proc.stdout)
     target = report["platform"]
@@ -176,6 +191,10 @@ def check_critical(h: Harness, text: str) -> None:
     identity = [c for c in target["checks"] if c["name"] == "cluster_identity"]
     assert identity and identity[0]["status"] == "CRITICAL", target["checks"]
     assert text in identity[0]["summary"], identity
+    # The change of state alerted, with the command to run.
+    checks = [p["body"] for p in ctx["alerts"].posts if p["body"]["event"] == "check"]
+    assert len(checks) == 1, ctx["alerts"].posts
+    assert checks[0]["status"] == "critical" and text in checks[0]["message"], checks
 
 
 @then("the SLA report shows the RPO breached")
@@ -432,3 +451,14 @@ def verify_all(h: Harness, ctx: dict[str, Any]) -> None:
     assert wal["gaps"] == [] and wal["not_checked"] == [], wal
     assert [g["generation"] for g in wal["generations"]] == [1, 2]
     assert all(g["content_checked"] == g["archived"] > 0 for g in wal["generations"]), wal
+
+
+@then("plan describes the upgrade procedure and both generations")
+def plan_procedure(h: Harness, ctx: dict[str, Any]) -> None:
+    text = h.run("plan").stdout
+    assert "a major upgrade (or a new initdb) of this server, in order:" in text, text
+    assert f"pgbackup --config {h.config} upgrade --target platform" in text, text
+    assert "pg_upgrade --link or --copy" in text and "a new full backup" in text, text
+    assert f"1: cluster {ctx['old_sysid']}" in text and f"2: cluster {ctx['new_sysid']}" in text
+    steps = h.json("plan")["targets"][0]["upgrade"]["steps"]
+    assert len(steps) == 5 and steps[0].startswith("stop the server"), steps
