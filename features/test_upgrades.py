@@ -462,3 +462,33 @@ def plan_procedure(h: Harness, ctx: dict[str, Any]) -> None:
     assert f"1: cluster {ctx['old_sysid']}" in text and f"2: cluster {ctx['new_sysid']}" in text
     steps = h.json("plan")["targets"][0]["upgrade"]["steps"]
     assert len(steps) == 5 and steps[0].startswith("stop the server"), steps
+
+
+@given(parsers.parse('backups and WAL are also copied to the local directory "{name}"'))
+def offsite_dir(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    h.policy["uploads"] = [{"name": name, "path": str(h.root / name)}]
+    h.write_policy()
+    ctx["offsite"] = h.root / name
+
+
+@then(
+    parsers.parse(
+        "\"{name}\" holds each generation's backup and, after wal-ship, the new generation's "
+        "WAL in its namespace"
+    )
+)
+def offsite_generations(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    dest = ctx["offsite"] / "platform"
+    local = h.repo / "platform"
+    ids = {b["generation"]: b["backup_id"] for b in h.backups()}
+    assert (dest / "base" / ids[1] / "metadata.json").is_file()
+    assert (dest / "gen" / "2" / "base" / ids[2] / "metadata.json").is_file()
+    assert not (dest / "base" / ids[2]).exists()
+    assert sorted(p.name for p in (dest / "history").iterdir()) == ["1.json", "2.json"]
+    h.run("wal-ship", "--once")
+    for wal in (local / "gen" / "2" / "wal").iterdir():
+        assert (dest / "gen" / "2" / "wal" / wal.name).read_bytes() == wal.read_bytes()
+    gen1 = {p.name for p in (dest / "wal").iterdir()}
+    assert not gen1 & {p.name for p in (local / "gen" / "2" / "wal").iterdir()} - {
+        p.name for p in (local / "wal").iterdir()
+    }

@@ -40,7 +40,8 @@ Feature: Major upgrades: archiving and backups go on after pg_upgrade, and the o
       | 16  | 18  | copy |
 
   Scenario: A cluster replaced by a fresh initdb and a dump is the next generation too
-    Given a PostgreSQL 15 cluster archived by pgbackup with batches 1 to 3 in a backup and batches 4 to 6 archived
+    Given backups and WAL are also copied to the local directory "offsite"
+    And a PostgreSQL 15 cluster archived by pgbackup with batches 1 to 3 in a backup and batches 4 to 6 archived
     When the cluster is replaced by a fresh initdb with its data restored by pg_dumpall and batches 7 to 8 are committed
     Then its WAL is refused and the server log names "pgbackup upgrade --target platform"
     When I run the upgrade step
@@ -48,6 +49,7 @@ Feature: Major upgrades: archiving and backups go on after pg_upgrade, and the o
     And the new cluster's WAL is archived under the generation 2 namespace
     When a backup of the new cluster is taken and batches 9 to 10 are committed and archived
     Then list shows generation 1 on PostgreSQL 15 and generation 2 on PostgreSQL 15, and the gap between them
+    And "offsite" holds each generation's backup and, after wal-ship, the new generation's WAL in its namespace
     When I restore to the time after batch 5
     Then the restored server runs PostgreSQL 15 and holds batches 1 to 5 and no others
     When I restore to the time after batch 9

@@ -21,6 +21,7 @@ keep one way of naming keys. Light: wal-push imports it (json only).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -293,6 +294,15 @@ def restore_storage(
                 return seen
         return views[0][1]  # before every generation: the oldest says where it starts
     return views[-1][1]
+
+
+def copy_history(source: Any, dest: Any, target: str) -> None:
+    """The target's history records at an upload destination too (each created once), so
+    that a restore ``--from`` it finds every generation."""
+    for info in source.list(f"{target}/{HISTORY}/"):
+        if dest.stat(info.key) is None:
+            with contextlib.suppress(ObjectExists):
+                dest.write_bytes(info.key, source.read_bytes(info.key), if_absent=True)
 
 
 def mapped(key: str, target: str, number: int) -> str:
