@@ -131,12 +131,14 @@ def upgrade_plan(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
     steps = [
         "stop the server (pg_ctl stop -m fast): its last WAL is archived as it stops",
         "pg_upgrade --link or --copy into a new data directory (or initdb and restore a "
-        "dump): the new cluster has a new system identifier, and its WAL is refused until "
-        "the next step",
-        f"`{upgrade_command(target.name, str(policy.path))}`: the repository's history "
-        "gains the new cluster as the next generation (its WAL and backups go under "
-        f"{target.name}/gen/<n>/)",
-        "start the new server: archiving resumes (a refused segment is archived again)",
+        "dump), archive_mode, archive_command and archive_timeout kept: the new cluster has "
+        "a new system identifier",
+        "start the new server: its WAL is refused (check goes CRITICAL) and PostgreSQL keeps "
+        "it in pg_wal until the next step",
+        f"`{upgrade_command(target.name, str(policy.path))}`, which asks the new server who "
+        "it is: the repository's history gains it as the next generation, whose WAL and "
+        f"backups go under {target.name}/gen/<n>/; the refused WAL is archived on the "
+        "archiver's next try",
         f"`pgbackup {config}backup --target {target.name}`: a new full backup; until it "
         "ends nothing after the upgrade can be restored (the gap `list` shows), and "
         "incremental backups never build on the old generation",
