@@ -164,3 +164,26 @@ def test_a_backup_of_a_cluster_nobody_declared_is_refused(tmp_path: Path) -> Non
     with pytest.raises(g.GenerationError, match="backup refused"):
         g.backup_storage(storage, "main", SimpleNamespace(system_identifier="222"))
     assert not (tmp_path / "main/base").exists()
+
+
+def test_an_unknown_previous_major_is_said() -> None:
+    writes = g.plan_upgrade([], "111", None, "222", 16, "main", NOW)
+    assert writes[1]["reason"] == "new cluster (PostgreSQL 16; the previous major is unknown)"
+
+
+def test_the_previous_major_is_read_from_the_newest_archived_segment(tmp_path: Path) -> None:
+    """A target with WAL and no backup: its cluster's major from the page magic."""
+    import struct
+
+    from pgbackup.engine.upgrade import archived_major
+    from pgbackup.formats.codecs import CodecSpec, encode_bytes
+    from pgbackup.formats.walpage import WAL_PAGE_MAGIC
+
+    storage = open_storage({"path": str(tmp_path)})
+    policy = SimpleNamespace(encryption=None)
+    assert archived_major(policy, storage, "main") is None
+    for name, major in (("000000010000000000000002", 15), ("000000010000000000000003", 16)):
+        page = struct.pack("<HHIQI4xQII", WAL_PAGE_MAGIC[major], 2, 1, 0, 0, 111, 1 << 24, 8192)
+        data = page + bytes(8192 - len(page))
+        storage.write_bytes(f"main/wal/{name}.zst", encode_bytes(CodecSpec("zstd", 3), data))
+    assert archived_major(policy, storage, "main") == 16

@@ -167,11 +167,12 @@ def plan_upgrade(
             f"generation {current['generation']}'s {old_major}: a downgrade is not an upgrade",
             hint="check the target's connection: it should reach the upgraded server",
         )
-    reason = (
-        f"pg_upgrade {old_major} -> {server_major}"
-        if old_major is not None and server_major != int(old_major)
-        else "new cluster (initdb)"
-    )
+    if old_major is None:
+        reason = f"new cluster (PostgreSQL {server_major}; the previous major is unknown)"
+    elif server_major != int(old_major):
+        reason = f"pg_upgrade {old_major} -> {server_major}"
+    else:
+        reason = "new cluster (initdb)"
     writes.append(
         record(
             current["generation"] + 1,

@@ -23,6 +23,31 @@ from pgbackup.postgres.connection import describe, server_facts
 from pgbackup.storage import open_storage
 
 
+def archived_major(policy: Any, storage: Any, target: str) -> int | None:
+    """The major of the newest archived segment's cluster (its page magic), for a target
+    with no backup to say it; None when none can be read."""
+    from pgbackup.engine.wal import policy_identities
+    from pgbackup.formats.codecs import decode_bytes, parse_suffix
+    from pgbackup.formats.lsn import is_segment
+    from pgbackup.formats.walpage import wal_major
+
+    keys = {}
+    for info in storage.list(f"{target}/wal/"):
+        base, spec = parse_suffix(info.key.rsplit("/", 1)[-1])
+        if is_segment(base):
+            keys[base] = (info.key, spec)
+    if not keys:
+        return None
+    key, spec = keys[max(keys)]
+    try:
+        identities = policy_identities(policy) if spec.encrypted else None
+        return wal_major(
+            decode_bytes(spec, storage.read_bytes(key), identities=identities, what=key)
+        )
+    except PgBackupError:
+        return None
+
+
 def run_upgrade(policy: Any, target: Any) -> dict[str, Any]:
     """``pgbackup upgrade --target NAME``: record that the target's server is now a new
     cluster (pg_upgrade, or a new initdb). The server is asked who it is; the history
@@ -50,7 +75,7 @@ def run_upgrade(policy: Any, target: Any) -> dict[str, Any]:
             if str(b.metadata.get("system_identifier")) == bound_sysid
             and b.metadata.get("server_version_num")
         ]
-        bound_major = majors[-1] if majors else None
+        bound_major = majors[-1] if majors else archived_major(policy, storage, name)
     conninfo = target_conninfo(policy, target)
     facts = server_facts(conninfo, target.pg_bin_dir)
     if facts.in_recovery:
