@@ -26,6 +26,15 @@ def test_a_backup_object_is_locked_for_days_plus_margin() -> None:
     assert until == T0 + timedelta(days=7, hours=1)
 
 
+def test_a_later_generations_backup_is_a_backup_and_its_wal_wal() -> None:
+    """After `pgbackup upgrade` (docs/upgrades.md) generation n keeps its objects under
+    <target>/gen/<n>/: the same horizons as generation 1's."""
+    until = retain_until("db/gen/2/base/20261118T020000Z/base.tar.zst", T0, RULE)
+    assert until == T0 + timedelta(days=7, hours=1)
+    until = retain_until("db/gen/2/wal/000000010000000000000003.zst", T0, RULE)
+    assert until == T0 + timedelta(days=186, hours=1)
+
+
 def test_wal_is_locked_for_the_longest_horizon_a_backup_may_need() -> None:
     # max(7 days, 4 weeks = 28 days, 6 months x 31 = 186 days) + 1 h
     until = retain_until("db/wal/000000010000000000000003.zst", T0, RULE)

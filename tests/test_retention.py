@@ -203,3 +203,53 @@ def test_oldest_kept_and_wal_cleanup() -> None:
     ]
     with pytest.raises(ValueError):
         wal_cleanup_candidates(names, "00000002.history")
+
+
+# --- across generations (a new cluster after pg_upgrade: engine/generations) -------------
+
+
+def _gen_backup(backup_id: str, stop: datetime) -> BackupRecord:
+    return BackupRecord(backup_id=backup_id, stop_time=stop, complete=True)
+
+
+def test_the_old_generations_newest_backup_is_kept_while_the_policy_says() -> None:
+    from pgbackup.policy.retention import keep_generation_ends
+
+    now = datetime(2026, 12, 20, 12, tzinfo=UTC)
+    rule = RetentionRule(days=1, weekly=4, monthly=0)
+    old = [
+        _gen_backup("g1-a", now - timedelta(days=9)),
+        _gen_backup("g1-b", now - timedelta(days=8)),
+    ]
+    new = [
+        _gen_backup("g2-a", now - timedelta(days=7)),
+        _gen_backup("g2-b", now - timedelta(hours=1)),
+    ]
+    records = old + new
+    generation = {"g1-a": 1, "g1-b": 1, "g2-a": 2, "g2-b": 2}
+    # g1-b and g2-a share an ISO week: alone, GFS keeps only g2-a for that week.
+    plain = {d.backup_id: d.keep for d in plan_retention(records, rule, now)}
+    assert plain["g1-b"] is False
+    decisions = keep_generation_ends(
+        plan_retention(records, rule, now), records, generation, rule, now
+    )
+    kept = {d.backup_id: d for d in decisions}
+    assert kept["g1-b"].keep
+    assert "newest of generation 1, within the policy's periods" in kept["g1-b"].reasons
+    assert not kept["g1-a"].keep  # only the generation's newest
+    # Past every period of the policy, it goes like any other.
+    later = now + timedelta(weeks=5)
+    decisions = keep_generation_ends(
+        plan_retention(records, rule, later), records, generation, rule, later
+    )
+    assert not {d.backup_id: d for d in decisions}["g1-b"].keep
+
+
+def test_one_generation_is_plain_retention() -> None:
+    from pgbackup.policy.retention import keep_generation_ends
+
+    now = datetime(2026, 12, 20, 12, tzinfo=UTC)
+    rule = RetentionRule(days=1, weekly=0, monthly=0)
+    records = [_gen_backup("a", now - timedelta(days=9)), _gen_backup("b", now)]
+    plain = plan_retention(records, rule, now)
+    assert keep_generation_ends(plain, records, {"a": 1, "b": 1}, rule, now) == plain

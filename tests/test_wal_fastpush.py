@@ -313,3 +313,43 @@ def test_the_flags_table_reads_what_wal_argv_writes() -> None:
     )
     with pytest.raises(ValueError):
         wal_argv("wal-push", ["x"], until="S")
+
+
+def test_after_an_upgrade_the_newest_generation_is_the_common_case(
+    setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new cluster (pg_upgrade, a new initdb) declared by `pgbackup upgrade`: its first
+    push goes the general way (it binds <target>/gen/2/archive.json); then the fast path
+    stores into generation 2 what the general path would, and another cluster is still
+    the general path's to refuse."""
+    from pgbackup.engine import generations
+
+    monkeypatch.setenv("PGBACKUP_WAL_THREADS", "0")
+    bind(setup)
+    repo = setup["repo"]
+    policy = load_policy_fast(setup["policy"])
+    records = generations.plan_upgrade(
+        [], "7000000000000000001", 15, "7000000000000000002", 16, "main", "now"
+    )
+    from pgbackup.storage import open_storage
+
+    generations.write_records(open_storage(policy.repository), "main", records)
+    new_first = setup["first"].with_name("000000010000000000000005")
+    new_first.write_bytes(segment(7000000000000000002, seed=5))
+    assert not wal_fastpush.fast_push(str(setup["policy"]), "main", str(new_first))
+    assert wal_main(["--config", str(setup["policy"]), "wal-push", str(new_first)]) == 0
+    assert (repo / "main" / "gen" / "2" / "wal" / f"{new_first.name}.zst").is_file()
+    new_seg = setup["first"].with_name("000000010000000000000006")
+    new_seg.write_bytes(segment(7000000000000000002, seed=6))
+    assert wal_fastpush.fast_push(str(setup["policy"]), "main", str(new_seg))
+    stored = (repo / "main" / "gen" / "2" / "wal" / f"{new_seg.name}.zst").read_bytes()
+    assert stored == encode_bytes(CodecSpec("zstd", 3), new_seg.read_bytes(), threads=0)
+    assert not (repo / "main" / "wal" / f"{new_seg.name}.zst").exists()
+    # The old cluster's WAL still goes to generation 1; a third cluster is refused.
+    assert wal_fastpush.fast_push(str(setup["policy"]), "main", str(setup["seg"]))
+    assert (repo / "main" / "wal" / f"{NAME}.zst").is_file()
+    other = setup["first"].with_name("000000010000000000000007")
+    other.write_bytes(segment(7000000000000000003, seed=7))
+    assert not wal_fastpush.fast_push(str(setup["policy"]), "main", str(other))
+    assert wal_main(["--config", str(setup["policy"]), "wal-push", str(other)]) == 3
+    assert not any(p.name.startswith(other.name) for p in (repo / "main").rglob("*"))

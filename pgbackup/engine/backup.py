@@ -50,6 +50,7 @@ from pgbackup.engine.backup_preflight import (
     preflight,
 )
 from pgbackup.engine.follow import ArchiveFollower, StreamedUpload
+from pgbackup.engine.generations import backup_storage, number_of
 from pgbackup.engine.locks import target_lock
 from pgbackup.engine.phases import Phases
 from pgbackup.engine.repository import MANIFEST, BackupInfo, Repository, iso, new_backup_id, utcnow
@@ -506,6 +507,8 @@ class BackupRun:
         self.conninfo = target_conninfo(self.policy, self.target)
         facts = server_facts(self.conninfo, self.target.pg_bin_dir)
         preflight(facts, self.conninfo)
+        self.storage = backup_storage(self.storage, self.target.name, facts)
+        self.repo = Repository(self.storage)
         if self.backup_type == "incremental":
             self.step = "checking the server for incremental backups"
             incremental_preflight(facts, self.conninfo)
@@ -856,6 +859,7 @@ def backup_metadata(
         "target": run.target.name,
         "status": "complete",
         "system_identifier": facts.system_identifier,
+        "generation": number_of(run.storage),
         "server_version": facts.version,
         "server_version_num": facts.version_num,
         "timezone": facts.timezone,

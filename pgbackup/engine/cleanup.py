@@ -17,7 +17,13 @@ from pgbackup.engine.repository import BackupInfo, Repository
 from pgbackup.errors import LockError
 from pgbackup.formats.lsn import parse_lsn
 from pgbackup.policy import Policy, Target
-from pgbackup.policy.retention import BackupRecord, Decision, RetentionRule, plan_retention
+from pgbackup.policy.retention import (
+    BackupRecord,
+    Decision,
+    RetentionRule,
+    keep_generation_ends,
+    plan_retention,
+)
 from pgbackup.ui import LOG
 
 
@@ -33,6 +39,8 @@ class CleanupPlan:
     #: and how many locks of kept backups were extended to what retention now promises.
     held: dict[str, str] = field(default_factory=dict)
     locks_extended: int = 0
+    #: backup id -> its generation (engine/generations); absent: generation 1
+    generation: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +55,11 @@ class CleanupPlan:
             "notes": self.notes,
             "held_by_lock": self.held,
             "locks_extended": self.locks_extended,
+            **(
+                {"generations": dict(sorted(self.generation.items()))}
+                if len(set(self.generation.values())) > 1
+                else {}
+            ),
         }
 
 
@@ -73,7 +86,18 @@ def to_record(info: BackupInfo) -> BackupRecord:
 def plan_cleanup(
     policy: Policy, repo: Repository, target: Target, now: datetime, backup_running: bool
 ) -> CleanupPlan:
-    backups = repo.backups(target.name)
+    """What retention expires, over every generation of the target at once
+    (engine/generations; ``policy/retention.keep_generation_ends``); WAL per generation,
+    as its kept backups need it. Keys are the stored ones (a later generation's under
+    ``<target>/gen/<n>/``)."""
+    from pgbackup.engine.generations import generation_views, mapped
+
+    views = [
+        (int(g["generation"]), Repository(st))
+        for g, st in generation_views(repo.storage, target.name)
+    ]
+    by_gen = {n: r.backups(target.name) for n, r in views}
+    backups = [b for n, _r in views for b in by_gen[n]]
     rule = RetentionRule(
         days=policy.retention.days,
         weekly=policy.retention.weekly,
@@ -81,7 +105,11 @@ def plan_cleanup(
         min_backups=policy.retention.min_backups,
     )
     plan = CleanupPlan(target.name)
-    plan.decisions = plan_retention([to_record(b) for b in backups], rule, now)
+    plan.generation = {b.backup_id: n for n, _r in views for b in by_gen[n]}
+    records = [to_record(b) for b in backups]
+    plan.decisions = keep_generation_ends(
+        plan_retention(records, rule, now), records, plan.generation, rule, now
+    )
     complete_ids = {b.backup_id for b in backups if b.complete}
     for d in plan.decisions:
         if d.keep:
@@ -102,8 +130,11 @@ def plan_cleanup(
         ]
     from pgbackup.engine.walchain import plan_wal_expiry
 
-    kept = [b for b in backups if b.complete and b.backup_id not in plan.expire_backups]
-    plan.expire_wal = plan_wal_expiry(repo, target.name, kept)
+    for n, gen_repo in views:
+        kept = [b for b in by_gen[n] if b.complete and b.backup_id not in plan.expire_backups]
+        plan.expire_wal += [
+            mapped(k, target.name, n) for k in plan_wal_expiry(gen_repo, target.name, kept)
+        ]
     return plan
 
 
@@ -112,6 +143,7 @@ def extend_locks(policy: Policy, repo: Repository, target: Target, plan: Cleanup
     (a backup that became a weekly or a monthly is promised longer than its write-time
     lock: policy/immutability.promised_until), and of the WAL to the horizon the policy
     now gives it. Extending only; returns how many (one HEAD per object)."""
+    from pgbackup.engine.generations import generation_views, mapped
     from pgbackup.policy.immutability import (
         is_backup_object,
         lock_rule,
@@ -121,14 +153,21 @@ def extend_locks(policy: Policy, repo: Repository, target: Target, plan: Cleanup
 
     rule = lock_rule(policy.repository.get("object_lock"))
     assert rule is not None
-    stops = {b.backup_id: b.stop_time for b in repo.backups(target.name) if b.complete}
+    stops = {
+        b.backup_id: b.stop_time
+        for _g, view in generation_views(repo.storage, target.name)
+        for b in Repository(view).backups(target.name)
+        if b.complete
+    }
     extended = 0
     for d in plan.decisions:
         stop = stops.get(d.backup_id)
         if not d.keep or stop is None:
             continue
         until = promised_until(stop, d.reasons, rule)
-        for v in repo.storage.versions(repo.base_prefix(target.name, d.backup_id)):
+        prefix = repo.base_prefix(target.name, d.backup_id)
+        generation = plan.generation.get(d.backup_id, 1)
+        for v in repo.storage.versions(mapped(prefix, target.name, generation)):
             if v.deleted:
                 continue
             lock = repo.storage.retention_of(v.key, v.version_id)
@@ -168,8 +207,12 @@ def run_cleanup(
             return plan
         if policy.repository.get("object_lock"):
             plan.locks_extended = extend_locks(policy, repo, target, plan)
+        from pgbackup.engine.generations import mapped
+
         for backup_id in plan.expire_backups + plan.leftovers:
-            n, held = repo.storage.expire_prefix(repo.base_prefix(target.name, backup_id))
+            prefix = repo.base_prefix(target.name, backup_id)
+            gen = plan.generation.get(backup_id, 1)
+            n, held = repo.storage.expire_prefix(mapped(prefix, target.name, gen))
             if held is not None:
                 plan.held[backup_id] = held.isoformat()
                 continue

@@ -53,38 +53,78 @@ def recoverable_window(
 
 
 def inventory(policy: Any, repo: Repository, targets: list[Any]) -> dict[str, Any]:
+    """Per target: every backup of every generation (engine/generations), the recoverable
+    window of the newest generation (``window``), and, once a target has a history, each
+    generation with its own window and the gap before it (``generations``)."""
+    from pgbackup.engine.generations import generation_views
+
     out: dict[str, Any] = {}
     for t in targets:
         rows = []
-        for b in repo.backups(t.name):
-            m = b.metadata
-            rows.append(
-                {
-                    "backup_id": b.backup_id,
-                    "status": b.status,
-                    "problem": b.problem,
-                    "start_time": m.get("start_time"),
-                    "stop_time": m.get("stop_time"),
-                    "start_lsn": m.get("start_lsn"),
-                    "stop_lsn": m.get("stop_lsn"),
-                    "timeline": m.get("timeline"),
-                    "raw_bytes": m.get("raw_bytes"),
-                    "stored_bytes": m.get("stored_bytes", b.stored_bytes),
-                    "duration_seconds": m.get("duration_seconds"),
-                    "compression": (m.get("compression") or {}).get("method"),
-                    "encrypted": m.get("encrypted"),
-                    "source": m.get("source", "primary"),
-                    "tablespaces": [t.get("name") for t in m.get("tablespaces") or []],
-                    "backup_type": m.get("backup_type", "full") if m else None,
-                    "parent": m.get("parent"),
-                    "chain": list(m.get("chain") or []),
-                    "phases": m.get("phases"),
-                }
-            )
-        out[t.name] = {"backups": rows, "window": recoverable_window(repo, policy, t.name)}
+        views = generation_views(repo.storage, t.name)
+        gens: list[dict[str, Any]] = []
+        for gen, storage in views:
+            seen = Repository(storage)
+            number = int(gen["generation"])
+            for b in seen.backups(t.name):
+                rows.append(backup_row(b, number))
+            if len(views) > 1:
+                gens.append(
+                    {
+                        "generation": number,
+                        "system_identifier": gen.get("system_identifier"),
+                        "major": gen.get("major"),
+                        "reason": gen.get("reason"),
+                        "recorded_at": gen.get("recorded_at"),
+                        "window": recoverable_window(seen, policy, t.name),
+                    }
+                )
+        for before, after in zip(gens, gens[1:], strict=False):
+            after["gap_before"] = {
+                "from_time": before["window"]["latest_time"],
+                "to_time": after["window"]["earliest_time"],
+            }
+        out[t.name] = {
+            "backups": rows,
+            "window": gens[-1]["window"]
+            if gens
+            else recoverable_window(Repository(views[-1][1]), policy, t.name),
+        }
+        if gens:
+            out[t.name]["generations"] = gens
         if policy.uploads:  # what a lost host leaves: the window at each destination
             out[t.name]["uploads"] = destination_windows(policy, repo, t.name)
     return out
+
+
+def backup_row(b: Any, generation: int) -> dict[str, Any]:
+    """One backup as ``list`` shows it."""
+    m = b.metadata
+    version_num = m.get("server_version_num")
+    return {
+        "backup_id": b.backup_id,
+        "status": b.status,
+        "problem": b.problem,
+        "generation": m.get("generation", generation),
+        "system_identifier": m.get("system_identifier"),
+        "major": int(version_num) // 10000 if version_num else None,
+        "start_time": m.get("start_time"),
+        "stop_time": m.get("stop_time"),
+        "start_lsn": m.get("start_lsn"),
+        "stop_lsn": m.get("stop_lsn"),
+        "timeline": m.get("timeline"),
+        "raw_bytes": m.get("raw_bytes"),
+        "stored_bytes": m.get("stored_bytes", b.stored_bytes),
+        "duration_seconds": m.get("duration_seconds"),
+        "compression": (m.get("compression") or {}).get("method"),
+        "encrypted": m.get("encrypted"),
+        "source": m.get("source", "primary"),
+        "tablespaces": [t.get("name") for t in m.get("tablespaces") or []],
+        "backup_type": m.get("backup_type", "full") if m else None,
+        "parent": m.get("parent"),
+        "chain": list(m.get("chain") or []),
+        "phases": m.get("phases"),
+    }
 
 
 def destination_windows(policy: Any, source: Repository, target: str) -> dict[str, dict[str, Any]]:

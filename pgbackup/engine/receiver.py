@@ -173,6 +173,7 @@ class Receiver:
         self.rs = rs
         self.interval = interval
         self.storage = open_storage(policy.repository)
+        self.views: dict[int | None, Any] = {}  # per cluster: its generation (storage_for)
         self.spec = codec_for(policy)
         self.proc: subprocess.Popen[bytes] | None = None
         self.uploaded: dict[str, tuple[int, str]] = {}  # partial name -> (mtime_ns, sha256)
@@ -244,9 +245,11 @@ class Receiver:
             # nothing, the stale .partial stays until cleanup removes it with the WAL.
             if is_segment(name) and not self.policy.repository.get("object_lock"):
                 stale = wal_key(self.target.name, name + ".partial", self.spec)
-                with contextlib.suppress(PgBackupError):
-                    if self.storage.stat(stale) is not None:
-                        self.storage.delete(stale)
+                with contextlib.suppress(PgBackupError, OSError):
+                    with open(d / name, "rb") as f:
+                        storage = self.storage_for(f.read(64))
+                    if storage.stat(stale) is not None:
+                        storage.delete(stale)
                 self.uploaded.pop(name + ".partial", None)
         # The newest completed segment stays: pg_receivewal restarts after it.
         for name in segments[:-1]:
@@ -256,6 +259,20 @@ class Receiver:
         for name in names:
             if is_partial(name):
                 self._store_partial(d / name)
+
+    def storage_for(self, data: bytes) -> Any:
+        """The repository as the generation of the cluster that wrote ``data`` sees it
+        (engine/generations; the page header's system identifier), remembered per cluster."""
+        from pgbackup.engine.wal import generation_storage
+        from pgbackup.formats.walpage import segment_sysid
+
+        header = segment_sysid(data)
+        sysid = header[0] if header else None
+        if sysid not in self.views:
+            self.views[sysid] = generation_storage(
+                self.storage, self.target.name, sysid, strict=sysid is not None
+            )
+        return self.views[sysid]
 
     def _store_partial(self, path: Path) -> None:
         from pgbackup.engine.wal import WAL_THREADS, wal_key
@@ -279,7 +296,7 @@ class Receiver:
 
             recipients = load_recipients(self.policy.encryption.recipients_file)
         encoded = encode_bytes(self.spec, data, recipients=recipients, threads=WAL_THREADS)
-        self.storage.write_bytes(wal_key(self.target.name, path.name, self.spec), encoded)
+        self.storage_for(data).write_bytes(wal_key(self.target.name, path.name, self.spec), encoded)
         self.uploaded[path.name] = (st.st_mtime_ns, digest)
         self.partial_uploads += 1
 
@@ -329,7 +346,7 @@ def prepare(
     policy: Any, target: Any, create_slot: bool = True
 ) -> tuple[list[str], ReceiverSettings]:
     """Check the server, find pg_receivewal of its major, create the slot when missing."""
-    from pgbackup.engine.wal import bind_archive
+    from pgbackup.engine.wal import bind_archive, generation_storage
     from pgbackup.postgres.binaries import program_for
     from pgbackup.postgres.connection import describe, preflight_facts, to_dsn
     from pgbackup.postgres.majors import unsupported
@@ -358,10 +375,13 @@ def prepare(
         )
     program = program_for(target, "pg_receivewal", facts.major)
     dsn = to_dsn(conninfo)
+    sysid = int(facts.system_identifier)
     bind_archive(
-        open_storage(policy.repository),
+        # The generation of the server's cluster (engine/generations); one nobody
+        # declared is refused with the command to run.
+        generation_storage(open_storage(policy.repository), target.name, sysid),
         target.name,
-        int(facts.system_identifier),
+        sysid,
         facts.wal_segment_size,
     )
     if create_slot:

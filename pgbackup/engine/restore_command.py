@@ -515,10 +515,14 @@ def restore_command(
         delta=delta,
         force=force,
     )
+    from pgbackup.engine.generations import restore_storage
+
     storage = source_storage(policy, from_upload)
     repo = Repository(storage)
     if recovery_kind == "time":
         value = resolve_target_time(repo, policy_target.name, value)
+    storage = restore_storage(storage, policy_target.name, backup, recovery_kind, value)
+    repo = Repository(storage)
     wanted_tli = int(target_timeline) if target_timeline and target_timeline.isdigit() else None
     info = choose_backup(repo, policy_target.name, backup, recovery_kind, value)
     if standby:

@@ -90,7 +90,9 @@ class Shipper:
         for name in only or []:
             upload_spec(policy, name)  # an unknown name is one clear error
         self.names = list(only) if only else names
-        self.source = Repository(open_storage(policy.repository))
+        self.base = open_storage(policy.repository)
+        self.source = Repository(self.base)
+        self.generation = 1  # the newest generation's WAL is shipped (engine/generations)
         self.states = {n: DestinationState(n) for n in self.names}
         self._dests: dict[str, Repository] = {}
         self._published: dict[str, Any] = {}
@@ -100,11 +102,31 @@ class Shipper:
         from pgbackup.engine.uploads import upload_storage
 
         if name not in self._dests:
-            self._dests[name] = Repository(upload_storage(self.policy, name))
+            from pgbackup.engine.generations import copy_history, view
+
+            dest = upload_storage(self.policy, name)
+            if self.generation != 1:
+                copy_history(self.base, dest, self.target)
+            self._dests[name] = Repository(view(dest, self.target, self.generation))
         return self._dests[name]
+
+    def follow_generation(self) -> None:
+        """Ship the newest generation's WAL: after `pgbackup upgrade`, the new cluster's
+        namespace here and at each destination (the states listed again)."""
+        from pgbackup.engine.generations import generation_views
+
+        gen, storage = generation_views(self.base, self.target)[-1]
+        if int(gen["generation"]) != self.generation:
+            self.generation = int(gen["generation"])
+            self.source = Repository(storage)
+            self._dests.clear()
+            for state in self.states.values():
+                state.present = None
+                state.partials.clear()
 
     def once(self) -> dict[str, dict[str, Any]]:
         """One round over every destination; destination -> {status, shipped, error}."""
+        self.follow_generation()
         listing = sorted(self.source.storage.list(Repository.wal_prefix(self.target)), key=_order)
         out: dict[str, dict[str, Any]] = {}
         for name in self.names:

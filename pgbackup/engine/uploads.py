@@ -364,10 +364,14 @@ def upload_backup(policy: Any, target: Any, backup_id: str) -> dict[str, dict[st
     is recorded as an ``upload`` run in the repository. Raises :class:`UploadError` naming
     each failed destination; the local backup is complete and untouched either way.
     """
+    from pgbackup.engine.generations import copy_history, number_of, restore_storage, view
     from pgbackup.ui import LOG, human_bytes
 
     name = _target_name(target)
-    source = Repository(open_storage(policy.repository))
+    # The backup's generation (engine/generations): copied into the same namespace there.
+    base = open_storage(policy.repository)
+    generation = restore_storage(base, name, backup_id, None, None)
+    source = Repository(generation)
     results: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     for spec in policy.uploads or []:
@@ -379,7 +383,10 @@ def upload_backup(policy: Any, target: Any, backup_id: str) -> dict[str, dict[st
             "started_at": iso(started),
         }
         try:
-            dest = Repository(upload_storage(policy, dest_name))
+            dest_base = upload_storage(policy, dest_name)
+            if number_of(generation) != 1:
+                copy_history(base, dest_base, name)
+            dest = Repository(view(dest_base, name, number_of(generation)))
             record["location"] = dest.storage.describe()
             copied = 0
             synced = []

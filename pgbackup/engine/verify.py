@@ -252,43 +252,59 @@ def info_label(meta: dict[str, Any]) -> str:
     return str(meta.get("backup_id", ""))
 
 
+def chain_problems(reports: list[VerifyReport], broken: dict[str, list[str]]) -> None:
+    """Each report of a backup whose incremental chain is broken fails with why."""
+    for backup_id, problems in broken.items():
+        for r in reports:
+            if r.backup_id == backup_id:
+                for p in problems:
+                    r.fail(f"incremental chain broken: {p}")
+
+
 def run_verify(
     policy: Policy, target: Target, which: str | None, repo: Repository
 ) -> list[VerifyReport]:
-    """Verify one backup (id), the newest (``latest``/None), or ``all``."""
+    """Verify one backup (id), the newest (``latest``/None), or ``all``: of every
+    generation of the target (engine/generations), each read in its own namespace."""
+    from pgbackup.engine.generations import generation_views, restore_storage
+    from pgbackup.policy.chains import broken_chains
+
+    base = repo
     if which == "all":
-        backups = repo.backups(target.name)
         reports = []
-        for b in backups:
-            if b.complete:
-                reports.append(verify_backup(policy, repo, b))
-            elif b.problem:
-                r = VerifyReport(b.backup_id, target.name)
-                r.fail(b.problem)
-                reports.append(r)
-        if not backups:
+        found = False
+        for _gen, storage in generation_views(base.storage, target.name):
+            repo = Repository(storage)
+            backups = repo.backups(target.name)
+            found = found or bool(backups)
+            one = []
+            for b in backups:
+                if b.complete:
+                    one.append(verify_backup(policy, repo, b))
+                elif b.problem:
+                    r = VerifyReport(b.backup_id, target.name)
+                    r.fail(b.problem)
+                    one.append(r)
+            chain_problems(one, broken_chains(backups))
+            reports += one
+        if not found:
             raise PgBackupError(f"target {target.name!r} has no backups to verify")
     else:
+        repo = Repository(restore_storage(base.storage, target.name, which, None, None))
         chosen = repo.find_backup(target.name, which)
         backups = repo.backups(target.name)
         by_id = {b.backup_id: b for b in backups}
         # An incremental restores only with its chain: every member is verified too.
         members = [by_id[m] for m in chosen.metadata.get("chain") or [] if m in by_id]
         reports = [verify_backup(policy, repo, b) for b in [*members, chosen] if b.complete]
-    from pgbackup.policy.chains import broken_chains
-
-    for backup_id, problems in broken_chains(backups).items():
-        for r in reports:
-            if r.backup_id == backup_id:
-                for p in problems:
-                    r.fail(f"incremental chain broken: {p}")
+        chain_problems(reports, broken_chains(backups))
     for r in reports:
         if r.ok:
             LOG.info("verify %s/%s: ok (%d files)", r.target, r.backup_id, r.files_checked)
         else:
             for p in r.problems:
                 LOG.error("verify %s/%s: %s", r.target, r.backup_id, p, extra=LOG_FILE_ONLY)
-    repo.record_run(
+    base.record_run(
         target.name,
         "verify",
         {

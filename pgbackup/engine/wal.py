@@ -123,11 +123,28 @@ def bind_archive(storage: Storage, target: str, sysid: int, seg_size: int) -> No
         except ObjectExists:
             info = read_archive_info(storage, target) or {}
     if str(info.get("system_identifier")) != str(sysid):
+        from pgbackup.engine.generations import undeclared
+
+        _message, hint = undeclared(target, sysid, [str(info.get("system_identifier"))])
         raise WalError(
             f"WAL from cluster {sysid} refused: the archive of target {target!r} belongs to "
             f"cluster {info.get('system_identifier')}",
-            hint="check archive_command's --target and --config; each cluster needs its own target",
+            hint=hint,
         )
+
+
+def generation_storage(
+    storage: Storage, target: str, sysid: int | None, *, strict: bool = True
+) -> Storage:
+    """The generation of ``target`` that holds cluster ``sysid`` (engine/generations);
+    a cluster nobody declared is a WalError (exit 3) here."""
+    from pgbackup.engine.generations import GenerationError, for_cluster
+
+    try:
+        got: Storage = for_cluster(storage, target, sysid, strict=strict)
+    except GenerationError as exc:
+        raise WalError(f"WAL from cluster {sysid} refused: {exc.message}", hint=exc.hint) from None
+    return got
 
 
 def pick_target(policy: Any, storage: Storage, explicit: str | None, sysid: int | None) -> str:
@@ -140,6 +157,11 @@ def pick_target(policy: Any, storage: Storage, explicit: str | None, sysid: int 
         for name in names:
             info = read_archive_info(storage, name)
             if info and str(info.get("system_identifier")) == str(sysid):
+                return str(name)
+        from pgbackup.engine.generations import of_sysid, read_history
+
+        for name in names:
+            if of_sysid(read_history(storage, name), sysid) is not None:
                 return str(name)
     raise WalError(
         f"cannot tell which target this WAL belongs to (targets: {', '.join(names)})",
@@ -188,6 +210,7 @@ def push(policy: Any, path: str | Path, target: str | None = None) -> str:
     sysid = header[0] if header else control_sysid(Path.cwd())
     target_name = pick_target(policy, storage, target, sysid)
     if sysid is not None:
+        storage = generation_storage(storage, target_name, sysid)
         bind_archive(storage, target_name, sysid, header[1] if header else 16 * 1024 * 1024)
     spec = codec_for(policy)
     existing = find_archived(storage, target_name, name, spec)
@@ -289,7 +312,9 @@ def fetch(
     """
     if storage is None:
         storage = open_storage(policy.repository)
-    target_name = pick_target(policy, storage, target, control_sysid(Path.cwd()))
+    sysid = control_sysid(Path.cwd())
+    target_name = pick_target(policy, storage, target, sysid)
+    storage = generation_storage(storage, target_name, sysid, strict=False)
     spec = codec_for(policy)
     key = find_archived(storage, target_name, name, spec)
     later: str | None = None

@@ -22,7 +22,8 @@ The common case:
   no interpolation to do; no ``~``);
 - the file is a WAL segment (or ``.partial``) whose long page header names its cluster,
   and the target's ``archive.json`` already binds the archive to that cluster (as the
-  first push wrote it);
+  first push wrote it), or, after a major upgrade, the newest generation's does
+  (``<target>/gen/<n>/archive.json``: :mod:`pgbackup.engine.generations`);
 - nothing is archived under that name yet, and the ``wal/`` directory exists.
 
 Anything else DECLINES: :func:`fast_push` returns False having published nothing, and the
@@ -112,14 +113,19 @@ def _plan(
         return None
     repo_root = os.path.join(os.path.dirname(policy_path), root)  # as policy.build._abs
     target_dir = os.path.join(repo_root, target)
-    wal_dir = os.path.join(target_dir, "wal")
     try:
         data = walpage.read_wal_file(path)
         header = walpage.segment_sysid(data)
         if walpage.wal_major(data) not in walpage.SUPPORTED_MAJORS:
             return None  # the general path refuses it (postgres/majors.py)
-        if header is None or not _bound_to(os.path.join(target_dir, walpage.ARCHIVE_INFO), header):
+        if header is None:
             return None
+        if not _bound_to(os.path.join(target_dir, walpage.ARCHIVE_INFO), header):
+            newest = _newest_generation(repo_root, target)  # after `pgbackup upgrade`
+            if newest is None or not _bound_to(os.path.join(newest, walpage.ARCHIVE_INFO), header):
+                return None
+            target_dir = newest
+        wal_dir = os.path.join(target_dir, "wal")
         for stored in codecbase.stored_names(name):
             if os.path.lexists(os.path.join(wal_dir, stored)):
                 return None  # archived already: the general path compares
@@ -151,6 +157,19 @@ def _schema_path() -> str:
     if os.path.isfile(packaged):
         return packaged
     return os.path.join(os.path.dirname(here), "schema", "backup.schema.json")
+
+
+def _newest_generation(repo_root: str, target: str) -> str | None:
+    """The directory of the target's newest generation after generation 1
+    (engine/generations names it), or None (OSError too: declined). Its archive.json binds
+    it to a cluster only once the general path found that cluster in the target's history,
+    so a segment of the cluster it names is the common case there."""
+    from pgbackup.engine.generations import GENERATIONS, root
+
+    numbers = [
+        int(n) for n in os.listdir(os.path.join(repo_root, target, GENERATIONS)) if n.isdigit()
+    ]
+    return os.path.join(repo_root, root(target, max(numbers))) if numbers else None
 
 
 def _bound_to(archive_json: str, header: tuple[int, int]) -> bool:

@@ -221,7 +221,35 @@ def chain_from(
 
 def verify_wal_chain(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
     """Continuity from each kept backup's start LSN to the newest archived segment, and
-    the content of every archived file (decodes, header names this cluster and place)."""
+    the content of every archived file (decodes, header names this cluster and place);
+    each generation's archive on its own (engine/generations), its problems named with
+    it."""
+    from pgbackup.engine.generations import generation_views
+    from pgbackup.engine.repository import Repository
+
+    views = generation_views(repo.storage, target.name)
+    if len(views) == 1:
+        return _verify_one(policy, repo, target)
+    out: dict[str, Any] = {
+        "gaps": [],
+        "segments": 0,
+        "archived": 0,
+        "content_checked": 0,
+        "not_checked": [],
+        "generations": [],
+    }
+    for gen, storage in views:
+        one = _verify_one(policy, Repository(storage), target)
+        n = gen["generation"]
+        out["gaps"] += [f"generation {n}: {g}" for g in one["gaps"]]
+        out["not_checked"] += [f"generation {n}: {g}" for g in one["not_checked"]]
+        for key in ("segments", "archived", "content_checked"):
+            out[key] += one[key]
+        out["generations"].append({"generation": n, **one})
+    return out
+
+
+def _verify_one(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
     storage = repo.storage
     names = archived_names(storage, target.name)
     switches = timeline_switches(storage, target.name, names, policy)
@@ -523,6 +551,40 @@ def reachable(
     return out
 
 
+#: How many segments before the last one the window's end time is looked for, when the
+#: last holds no commit (a server stopped after its last commit: its shutdown checkpoint,
+#: an archive_timeout switch).
+COMMIT_LOOKBACK = 8
+
+
+def earlier_commit_time(
+    policy: Any,
+    storage: Storage,
+    target: str,
+    names: dict[str, str],
+    tli: int,
+    segno: int,
+    newest: dict[str, Any],
+    major: int | None,
+) -> str | None:
+    """The last commit time in the segments before ``segno`` (down to the newest backup's
+    stop), when the last segment holds none; None when none of them does."""
+    from pgbackup.formats.lsn import segment_name
+
+    seg_size = int(newest.get("wal_segment_size", 16 * 1024 * 1024))
+    first = parse_lsn(newest["stop_lsn"]) // seg_size
+    for earlier in range(segno - 1, max(first - 1, segno - 1 - COMMIT_LOOKBACK), -1):
+        name = segment_name(tli, earlier * seg_size, seg_size)
+        if name not in names:
+            return None
+        when = segment_summary(policy, storage, target, names[name], name, major).get(
+            "last_commit_time"
+        )
+        if when:
+            return when
+    return None
+
+
 def window_end(
     policy: Any, repo: Any, target: str, backups: list[Any], timeline: int | None = None
 ) -> dict[str, Any]:
@@ -550,6 +612,8 @@ def window_end(
     if end_lsn <= parse_lsn(newest["stop_lsn"]):
         return {"timeline": newest["timeline"], "gaps": chain["gaps"]}
     when = summary.get("last_commit_time")
+    if not when and not summary.get("not_checked"):
+        when = earlier_commit_time(policy, storage, target, names, tli, segno, newest, major)
     return {
         "timeline": tli,
         "lsn": format_lsn(end_lsn),

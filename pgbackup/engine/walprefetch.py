@@ -582,6 +582,8 @@ class Prefetcher:
             self.storage = wal.open_storage(policy.repository)
         sysid = _control_sysid(self.data_dir)
         self.target = wal.pick_target(policy, self.storage, self.target_flag, sysid)
+        self.archive = self.storage  # the whole archive: wal.fetch picks the generation itself
+        self.storage = wal.generation_storage(self.storage, self.target, sysid, strict=False)
         settings = policy.target(self.target).wal_fetch
         self.ahead = settings.segments()
         self.streams = settings.streams
@@ -668,7 +670,7 @@ class Prefetcher:
         answer = os.path.join(self.spool, f"{ANSWER_PREFIX}{nonce}")
         try:
             wal.fetch(
-                self.policy, name, answer + ".data", self.target_flag, self.storage, self.until
+                self.policy, name, answer + ".data", self.target_flag, self.archive, self.until
             )
             status = "0"
         except wal.WalNotFound:

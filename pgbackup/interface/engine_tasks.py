@@ -115,6 +115,41 @@ def list_(c: Any, target: str | None = None, json_: bool = False, as_of: str | N
         print_windows(out, policy, repo, data, policy_now())
 
 
+# --- upgrade --------------------------------------------------------------------------
+
+
+@policy_task(
+    help={
+        "target": "the target whose server is now a new cluster (pg_upgrade, a new initdb)",
+        "json": "machine-readable output",
+    }
+)
+def upgrade(c: Any, target: str | None = None, json_: bool = False) -> None:
+    """Record that a target's server was replaced (pg_upgrade, initdb): a new generation."""
+    from pgbackup.engine.upgrade import run_upgrade
+
+    policy = load()
+    chosen = targets(policy, target)
+    if len(chosen) != 1:
+        raise Exit(
+            "pgbackup upgrade: name the target whose server was replaced: --target NAME "
+            f"(targets: {', '.join(t.name for t in chosen)})",
+            code=2,
+        )
+    done = run_upgrade(policy, chosen[0])
+    if json_:
+        emit_json(done)
+        return
+    prev = done["previous_generation"]
+    print(
+        f"target {done['target']}: generation {done['generation']} recorded "
+        f"(cluster {done['system_identifier']}, PostgreSQL {done['major']}, {done['reason']}); "
+        f"generation {prev} (cluster {done['previous_system_identifier']}) stays restorable"
+    )
+    print(f"  its WAL and backups go under {done['root']}/; now take a full backup:")
+    print(f"  pgbackup backup --target {done['target']}")
+
+
 # --- verify ---------------------------------------------------------------------------
 
 
@@ -394,7 +429,19 @@ def demo(c: Any) -> None:
 
 
 def register(ns: Collection) -> None:
-    for t in (validate, plan, backup, list_, verify, restore, cleanup, wal_push, wal_fetch, demo):
+    for t in (
+        validate,
+        plan,
+        backup,
+        list_,
+        upgrade,
+        verify,
+        restore,
+        cleanup,
+        wal_push,
+        wal_fetch,
+        demo,
+    ):
         ns.add_task(t)
     sandbox = Collection("sandbox")
     sandbox.add_task(sandbox_up)

@@ -15,7 +15,9 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
 
     for target, info in data.items():
         table = Table(title=f"target {target}", title_justify="left")
+        gens = info.get("generations")
         for col in (
+            *(("gen", "major", "system identifier") if gens else ()),
             "backup",
             "type",
             "status",
@@ -29,6 +31,11 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
             table.add_column(col)
         for r in info["backups"]:
             table.add_row(
+                *(
+                    (str(r.get("generation")), str(r.get("major")), str(r.get("system_identifier")))
+                    if gens
+                    else ()
+                ),
                 r["backup_id"],
                 (
                     f"incr. on {r['parent']} (chain of {len(r['chain']) + 1})"
@@ -49,7 +56,8 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
         w = info["window"]
         if w["earliest_time"]:
             console.print(
-                f"recoverable window: {w['earliest_time']} (LSN {w['earliest_lsn']}) .. "
+                ("newest generation's " if gens else "")
+                + f"recoverable window: {w['earliest_time']} (LSN {w['earliest_lsn']}) .. "
                 f"{w['latest_time']} (LSN {w['latest_lsn']}, timeline {w.get('timeline')})"
             )
             for gap in w.get("wal_gaps", [])[:10]:
@@ -58,6 +66,23 @@ def render_inventory(console: Any, data: dict[str, Any]) -> None:
                 console.print(f"  not checked: {w['time_not_checked']}")
         else:
             console.print("recoverable window: none (no complete backup)")
+        for g in gens or []:
+            gw = g["window"]
+            if g.get("gap_before"):
+                gap = g["gap_before"]
+                console.print(
+                    f"  gap: nothing restorable from {gap['from_time'] or '-'} to "
+                    f"{gap['to_time'] or 'a first backup of generation ' + str(g['generation'])}"
+                )
+            console.print(
+                f"  generation {g['generation']} (cluster {g['system_identifier']}, PostgreSQL "
+                f"{g['major']}): "
+                + (
+                    f"{gw['earliest_time']} .. {gw['latest_time']} (LSN {gw['latest_lsn']})"
+                    if gw["earliest_time"]
+                    else "no complete backup yet"
+                )
+            )
         for dest, uw in (info.get("uploads") or {}).items():
             if uw.get("error"):
                 console.print(f"  at {dest}: unreachable ({uw['error']})")

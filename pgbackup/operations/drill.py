@@ -239,6 +239,12 @@ class DrillRun:
         kind, value = "latest", None
         if target_time:
             kind, value = "time", resolve_target_time(repo, name, target_time)
+        from pgbackup.engine.generations import restore_storage
+
+        # The generation of --backup or of the time (engine/generations); runs and drills
+        # are shared by every generation, so the record lands where it always did.
+        self.storage = restore_storage(self.storage, name, backup, kind, value)
+        self.repo = repo = Repository(self.storage)
         self.info = info = choose_backup(repo, name, backup, kind, value)
         self.expected = check_chain(policy, repo, name, info, kind, value)
         if target_time:

@@ -139,6 +139,23 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "pgbackup_sla_rto_objective_seconds": ("gauge", "The policy's sla.rto.", T),
     "pgbackup_sla_rpo_objective_seconds": ("gauge", "The policy's sla.rpo.", T),
+    "pgbackup_generations": (
+        "gauge",
+        "Clusters the target's repository holds, one generation each (pg_upgrade or a new "
+        "initdb recorded by `pgbackup upgrade`; 1 before any).",
+        T,
+    ),
+    "pgbackup_generation_window_start_timestamp_seconds": (
+        "gauge",
+        "Earliest point a restore can reach inside one generation, as a Unix time.",
+        ("target", "generation", "major"),
+    ),
+    "pgbackup_generation_window_end_timestamp_seconds": (
+        "gauge",
+        "Latest point a restore can reach inside one generation (the gap to the next "
+        "generation's start is not restorable), as a Unix time.",
+        ("target", "generation", "major"),
+    ),
     "pgbackup_sla_status": (
         "gauge",
         "SLA verdict over the last 30 days (0 COMPLIANT, 1 AT RISK, 2 BREACHED); area overall or one of the report's (rpo, rto, backups, retention, verification, archive).",
@@ -295,6 +312,20 @@ def target_samples(policy: Any, repo: Any, target: Any) -> tuple[list[Sample], d
     add("pgbackup_sla_rto_objective_seconds", policy.sla.rto)
     add("pgbackup_sla_rpo_objective_seconds", policy.sla.rpo)
     report = build_report(policy, repo, target, SLA_PERIOD, timeline=False)
+    gens = report.get("generations") or []
+    add("pgbackup_generations", len(gens) or 1)
+    for g in gens:
+        extra = {"generation": str(g["generation"]), "major": str(g.get("major") or "")}
+        add(
+            "pgbackup_generation_window_start_timestamp_seconds",
+            _ts(g["window"].get("earliest_time")),
+            extra,
+        )
+        add(
+            "pgbackup_generation_window_end_timestamp_seconds",
+            _ts(g["window"].get("latest_time")),
+            extra,
+        )
     add("pgbackup_sla_status", SLA_LEVEL[report["verdict"]], {"area": "overall"})
     for area, section in report["sections"].items():
         add("pgbackup_sla_status", SLA_LEVEL[section["verdict"]], {"area": area})
@@ -308,10 +339,13 @@ def read_primary(policy: Any, targets: list[Any]) -> list[Sample]:
 
     repo = Repository(open_storage(policy.repository))
     out: list[Sample] = []
+    from pgbackup.engine.generations import generation_views
+
     for t in targets:
         samples, report = target_samples(policy, repo, t)
         out += samples
-        out += repository_samples(policy, repo, t.name, PRIMARY, report.get("window") or None)
+        newest = Repository(generation_views(repo.storage, t.name)[-1][1])
+        out += repository_samples(policy, newest, t.name, PRIMARY, report.get("window") or None)
     return out
 
 

@@ -121,7 +121,8 @@ def archiver_facts(conninfo: dict[str, Any]) -> dict[str, Any]:
             "last_failed_wal, last_failed_time, stats_reset, now(), "
             "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, "
             "(SELECT sum(pg_database_size(oid)) FROM pg_database), "
-            "current_setting('archive_mode') FROM pg_stat_archiver"
+            "current_setting('archive_mode'), "
+            "(SELECT system_identifier::text FROM pg_control_system()) FROM pg_stat_archiver"
         ).fetchone()
     assert row is not None
     keys = (
@@ -136,8 +137,40 @@ def archiver_facts(conninfo: dict[str, Any]) -> dict[str, Any]:
         "current_wal",
         "database_size",
         "archive_mode",
+        "system_identifier",
     )
     return dict(zip(keys, row, strict=True))
+
+
+def identity_check(repo: Repository, target: str, sysid: str | None) -> Check | None:
+    """``cluster_identity``: the server is a cluster the target's archive holds (one of
+    its generations); CRITICAL, naming the upgrade step, for one nobody declared (after
+    pg_upgrade or a new initdb, until `pgbackup upgrade` records it). None before the
+    archive is bound to any cluster."""
+    from pgbackup.engine.generations import generations, of_sysid, undeclared
+
+    gens = [g for g in generations(repo.storage, target) if g.get("system_identifier")]
+    if not gens or sysid is None:
+        return None
+    gen = of_sysid(gens, sysid)
+    if gen is None:
+        message, hint = undeclared(target, sysid, [str(g["system_identifier"]) for g in gens])
+        return Check("cluster_identity", CRITICAL, f"{message}: its WAL is refused; {hint}")
+    if gen is not gens[-1]:
+        return Check(
+            "cluster_identity",
+            CRITICAL,
+            f"the server is cluster {sysid}, generation {gen['generation']} of target "
+            f"{target!r}, but generation {gens[-1]['generation']} (cluster "
+            f"{gens[-1]['system_identifier']}) is the newest: the connection reaches an old server",
+        )
+    return Check(
+        "cluster_identity",
+        OK,
+        f"cluster {sysid}"
+        + (f", generation {gen['generation']}" if len(gens) > 1 else "")
+        + " as the archive records it",
+    )
 
 
 def rpo_exposure(facts: dict[str, Any], now: datetime) -> tuple[bool, float]:
@@ -151,7 +184,9 @@ def rpo_exposure(facts: dict[str, Any], now: datetime) -> tuple[bool, float]:
     last_ok = facts.get("last_archived_time")
     last_bad = facts.get("last_failed_time")
     failing = last_bad is not None and (last_ok is None or last_bad > last_ok)
-    since = last_ok or facts.get("stats_reset")
+    # ``last_safe_time``: when the archive refuses this cluster (a new one nobody declared),
+    # what is safe ends with the newest WAL the archive holds, whatever the server counts.
+    since = facts.get("last_safe_time") or last_ok or facts.get("stats_reset")
     pending = False
     current, archived = facts.get("current_wal"), facts.get("last_archived_wal")
     if current and archived and len(archived) >= 24:
@@ -295,10 +330,14 @@ def check_target(
 def target_report(
     policy: Any, repo: Repository, target: Any, now: datetime, connect: bool
 ) -> TargetReport:
-    """:func:`check_target`'s checks, in their order."""
+    """:func:`check_target`'s checks, in their order: backups and WAL of the target's
+    newest generation (engine/generations)."""
+    from pgbackup.engine.generations import generation_views
+
+    repo = Repository(generation_views(repo.storage, target.name)[-1][1])
     report = TargetReport(target.name)
     complete = backup_checks(report, policy, repo, target, now)
-    database_size = server_checks(report, policy, target, now) if connect else None
+    database_size = server_checks(report, policy, repo, target, now) if connect else None
     if complete:
         report.checks.extend(wal_chain_checks(policy, repo, target))
     if policy.uploads:
@@ -359,9 +398,12 @@ def backup_checks(
     return complete
 
 
-def server_checks(report: TargetReport, policy: Any, target: Any, now: datetime) -> int | None:
-    """WAL archiving, from the server (pg_stat_archiver), and its replication slots.
-    Returns the database size (None: the server did not answer)."""
+def server_checks(
+    report: TargetReport, policy: Any, repo: Repository, target: Any, now: datetime
+) -> int | None:
+    """WAL archiving, from the server (pg_stat_archiver), the server's cluster against
+    the archive's, and its replication slots. Returns the database size (None: the server
+    did not answer)."""
     try:
         from pgbackup.postgres.sandbox import resolve_conninfo
 
@@ -374,6 +416,13 @@ def server_checks(report: TargetReport, policy: Any, target: Any, now: datetime)
         )
         return None
     database_size = int(facts.get("database_size") or 0)
+    identity = identity_check(repo, target.name, facts.get("system_identifier"))
+    if identity is not None:
+        report.checks.append(identity)
+        if identity.status == CRITICAL:
+            newest = max((o.mtime for o in repo.storage.list(f"{target.name}/wal/")), default=None)
+            if newest is not None:
+                facts["last_safe_time"] = datetime.fromtimestamp(newest, UTC)
     streamed = getattr(target, "wal_receiver", None)
     if streamed and str(facts.get("archive_mode")) == "off":
         report.checks.append(

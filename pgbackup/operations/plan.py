@@ -128,6 +128,42 @@ def iam_plan(policy: Any) -> list[dict[str, Any]]:
     return plan_of(policy)
 
 
+def upgrade_plan(policy: Any, repo: Any, target: Any) -> dict[str, Any]:
+    """What a major upgrade (or a new initdb) of the target's server takes, in order, and
+    the generations the repository holds (docs/upgrades.md)."""
+    from pgbackup.engine.generations import generations, upgrade_command
+
+    gens = generations(repo.storage, target.name)
+    config = f"--config {policy.path} "
+    steps = [
+        "stop the server (pg_ctl stop -m fast): its last WAL is archived as it stops",
+        "pg_upgrade --link or --copy into a new data directory (or initdb and restore a "
+        "dump), archive_mode, archive_command and archive_timeout kept: the new cluster has "
+        "a new system identifier",
+        "start the new server: its WAL is refused (check goes CRITICAL) and PostgreSQL keeps "
+        "it in pg_wal until the next step",
+        f"`{upgrade_command(target.name, str(policy.path))}`, which asks the new server who "
+        "it is: the repository's history gains it as the next generation, whose WAL and "
+        f"backups go under {target.name}/gen/<n>/; the refused WAL is archived on the "
+        "archiver's next try",
+        f"`pgbackup {config}backup --target {target.name}`: a new full backup; until it "
+        "ends nothing after the upgrade can be restored (the gap `list` shows), and "
+        "incremental backups never build on the old generation",
+    ]
+    return {
+        "steps": steps,
+        "generations": [
+            {
+                "generation": g["generation"],
+                "system_identifier": g.get("system_identifier"),
+                "major": g.get("major"),
+                "reason": g.get("reason"),
+            }
+            for g in gens
+        ],
+    }
+
+
 def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
     from pgbackup.engine.cleanup import plan_cleanup
     from pgbackup.engine.receiver import receiver_plan
@@ -145,6 +181,7 @@ def build_plan(policy: Any, repo: Any, now: datetime) -> dict[str, Any]:
                 "cleanup": cleanup.as_dict(),
                 "wal_receiver": receiver_plan(policy, t),
                 "wal_shipping": shipping_plan(policy, t),
+                "upgrade": upgrade_plan(policy, repo, t),
             }
         )
     return {
@@ -202,6 +239,22 @@ def render_plan(console: Any, data: dict[str, Any]) -> None:
         ship = t.get("wal_shipping")
         if ship:
             console.print(f"  WAL to upload destinations: {ship['explained']}", markup=False)
+        up = t.get("upgrade")
+        if up:
+            gens = up["generations"]
+            if len(gens) > 1:
+                console.print(
+                    "  generations: "
+                    + "; ".join(
+                        f"{g['generation']}: cluster {g['system_identifier']} "
+                        f"(PostgreSQL {g['major']}, {g['reason']})"
+                        for g in gens
+                    ),
+                    markup=False,
+                )
+            console.print("  a major upgrade (or a new initdb) of this server, in order:")
+            for n, step in enumerate(up["steps"], 1):
+                console.print(f"    {n}. {step}", markup=False)
         c = t["cleanup"]
         kept = [b for b in c["backups"] if b["keep"]]
         console.print(

@@ -298,6 +298,38 @@ def _merge(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datet
     return out
 
 
+def generation_lanes(
+    policy: Any, repo: Any, target: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """One lane per generation of ``target`` (engine/generations: the clusters it held
+    after pg_upgrade or a new initdb), oldest first; [] while it has one. The gap between
+    two generations is where neither lane is recoverable."""
+    from pgbackup.engine.generations import generation_views
+    from pgbackup.engine.repository import Repository
+
+    views = generation_views(repo.storage, target)
+    if len(views) < 2:
+        return []
+    lanes = []
+    for gen, storage in views:
+        seen = Repository(storage)
+        name = f"generation {gen['generation']}" + (
+            f" (PostgreSQL {gen['major']})" if gen.get("major") else ""
+        )
+        lanes.append(
+            lane(
+                name,
+                seen,
+                policy,
+                target,
+                start,
+                end,
+                unreadable=unreadable_from_checks(seen, target),
+            )
+        )
+    return lanes
+
+
 def build_timeline(
     policy: Any,
     repo: Any,
@@ -314,18 +346,24 @@ def build_timeline(
     A destination that cannot be read gets a lane with its ``error`` and nothing else."""
     from pgbackup.operations.monitor import drill_records
 
-    primary = lane(
-        "primary",
-        repo,
-        policy,
-        target,
-        start,
-        end,
-        window=window,
-        unreadable=unreadable_from_checks(repo, target),
-    )
+    lanes = generation_lanes(policy, repo, target, start, end)
+    if lanes:
+        primary = lanes[-1]  # the newest generation's, the one upload copies follow
+        for other in lanes[:-1]:
+            other.pop("clock")
+    else:
+        primary = lane(
+            "primary",
+            repo,
+            policy,
+            target,
+            start,
+            end,
+            window=window,
+            unreadable=unreadable_from_checks(repo, target),
+        )
+        lanes = [primary]
     clock = primary.pop("clock")
-    lanes = [primary]
     for spec in (policy.uploads or []) if uploads else []:
         name = str(spec["name"])
         try:
@@ -446,11 +484,15 @@ def print_windows(
         if not info["backups"]:
             continue
         start = now - timedelta(days=3650)  # every backup held; the view starts at the first
+        lanes = generation_lanes(policy, repo, target, start, now)
+        for found in lanes:
+            found.pop("clock")
         tl = {
             "target": target,
             "start": iso(start),
             "end": iso(now),
-            "lanes": [
+            "lanes": lanes
+            or [
                 lane(
                     "repository",
                     repo,

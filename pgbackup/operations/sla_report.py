@@ -52,10 +52,26 @@ def build_report(
 
     ``timeline``: also draw up the recoverability timeline (which reads every upload
     destination); the exporter reads those on their own and leaves it out."""
+    from pgbackup.engine.generations import generation_views
     from pgbackup.engine.inventory import recoverable_window
+    from pgbackup.engine.repository import Repository
 
     now = now or datetime.now(UTC)
     start = now - timedelta(seconds=since)
+    # A target that held several clusters (engine/generations): the newest generation's
+    # backups and WAL are judged; every generation's window is shown, and retention counts
+    # from the oldest point any of them can restore.
+    views = generation_views(repo.storage, target.name)
+    base_repo, repo = repo, Repository(views[-1][1])
+    generations = [
+        {
+            "generation": gen["generation"],
+            "major": gen.get("major"),
+            "system_identifier": gen.get("system_identifier"),
+            "window": recoverable_window(Repository(seen), policy, target.name),
+        }
+        for gen, seen in (views if len(views) > 1 else [])
+    ]
     ev = Evidence(repo, target.name, start)
     complete = ev.complete
     times = ev.backup_times()
@@ -78,7 +94,16 @@ def build_report(
         "backups": frequency_section(policy.schedules.get("backup"), times, period_start, now),
         "retention": retention_section(
             policy.retention.days,
-            parse_timestamp(window.get("earliest_time")),
+            parse_timestamp(
+                next(
+                    (
+                        g["window"]["earliest_time"]
+                        for g in generations
+                        if g["window"]["earliest_time"]
+                    ),
+                    window.get("earliest_time"),
+                )
+            ),
             first_seen,
             len(complete),
             now,
@@ -92,7 +117,7 @@ def build_report(
         from pgbackup.operations.recoverability import build_timeline
 
         recoverability = build_timeline(
-            policy, repo, target.name, start, now, window=window or None, drills=ev.drills
+            policy, base_repo, target.name, start, now, window=window or None, drills=ev.drills
         )
     return {
         "target": target.name,
@@ -103,6 +128,7 @@ def build_report(
         "reasons": reasons,
         "sections": sections,
         "window": window,
+        **({"generations": generations} if generations else {}),
         "timeline": recoverability,
         "series": ev.series(),
     }
@@ -253,6 +279,25 @@ def render_markdown(reports: dict[str, Any]) -> str:
         projection = r["sections"]["rto"].get("projection")
         if projection:
             lines += ["", *(f"- {line}" for line in projection_lines(projection))]
+        gens = r.get("generations") or []
+        if gens:
+            lines += [
+                "",
+                "| Generation | PostgreSQL | Cluster | Recoverable from | to |",
+                "|---|---|---|---|---|",
+            ]
+            for g in gens:
+                w = g["window"]
+                lines.append(
+                    f"| {g['generation']} | {g['major']} | {g['system_identifier']} | "
+                    f"{w.get('earliest_time') or '-'} | {w.get('latest_time') or '-'} |"
+                )
+            for before, after in zip(gens, gens[1:], strict=False):
+                lines.append(
+                    f"\nGap before generation {after['generation']}: nothing restorable from "
+                    f"{before['window'].get('latest_time') or '-'} to "
+                    f"{after['window'].get('earliest_time') or 'its first backup'}"
+                )
         missed = r["sections"]["backups"]["missed_runs"]
         if missed:
             lines += ["", "Missed backup runs: " + ", ".join(missed[:50])]

@@ -76,7 +76,11 @@ def rewritten_in_place(key: str) -> bool:
 
 
 def is_backup_object(key: str) -> bool:
+    """A backup's object: ``<target>/base/<id>/...``, or a later generation's
+    ``<target>/gen/<n>/base/<id>/...`` (engine/generations, docs/upgrades.md)."""
     parts = key.split("/")
+    if len(parts) >= 6 and parts[1] == "gen" and parts[2].isdigit():
+        parts = [parts[0], *parts[3:]]
     return len(parts) >= 4 and parts[1] == "base"
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "chain_ancestors",
     "spare_chains",
     "expire_after_days",
+    "keep_generation_ends",
     "oldest_kept",
     "plan_retention",
     "wal_cleanup_candidates",
@@ -243,3 +244,52 @@ def wal_cleanup_candidates(names: Iterable[str], first_needed_segment: str) -> l
         if (is_segment(name) or is_partial(name) or is_backup_label_file(name))
         and name[8:24] < cutoff
     )
+
+
+def keep_generation_ends(
+    decisions: Sequence[Decision],
+    backups: Sequence[BackupRecord],
+    generation: dict[str, int],
+    rule: RetentionRule,
+    now: datetime,
+) -> list[Decision]:
+    """Retention across a target's generations (a new cluster after pg_upgrade or a new
+    initdb: engine/generations): :func:`plan_retention` runs over every generation's
+    backups at once, and then the newest complete backup of each older generation, the
+    only way back into that generation's history, is kept as the newest of a period would
+    be: while it lies within ``days``, or in one of the last ``weekly`` weeks or
+    ``monthly`` months. A kept incremental keeps its chain (chains never cross a
+    generation). ``generation``: backup id -> its generation number."""
+    now = _utc(now, "now")
+    if len(set(generation.values())) < 2:
+        return list(decisions)
+    newest_gen = max(generation.values())
+    complete = [b for b in _order(backups) if b.complete]
+    by_id = {b.backup_id: b for b in complete}
+    keep: dict[str, str] = {}
+    seen: set[int] = set()
+    weeks = set(_last_weeks(now, rule.weekly))
+    months = set(_last_months(now, rule.monthly))
+    for backup in complete:  # newest first: the first of a generation is its newest
+        gen = generation.get(backup.backup_id, 1)
+        if gen in seen or gen == newest_gen:
+            continue
+        seen.add(gen)
+        stop = _utc(backup.stop_time, backup.backup_id)
+        inside = (
+            stop >= now - timedelta(days=rule.days)
+            or _week_key(stop) in weeks
+            or (stop.year, stop.month) in months
+        )
+        if inside:
+            reason = f"newest of generation {gen}, within the policy's periods"
+            keep[backup.backup_id] = reason
+            for ancestor in chain_ancestors(backup.backup_id, by_id):
+                keep.setdefault(ancestor, f"in the chain of {backup.backup_id}")
+    out = []
+    for d in decisions:
+        if d.backup_id in keep and keep[d.backup_id] not in d.reasons:
+            out.append(Decision(d.backup_id, True, (*d.reasons, keep[d.backup_id])))
+        else:
+            out.append(d)
+    return out

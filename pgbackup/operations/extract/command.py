@@ -209,6 +209,11 @@ class ExtractRun:
         self.repo = Repository(self.storage)
         if req.kind == "time" and isinstance(req.value, str):
             req.value = resolve_target_time(self.repo, target.name, req.value)
+        from pgbackup.engine.generations import restore_storage
+
+        # The generation of --backup or of the time (engine/generations).
+        self.storage = restore_storage(self.storage, target.name, req.backup, req.kind, req.value)
+        self.repo = Repository(self.storage)
         self.shown_value = shown_value(req.kind, req.value)
         self.result = ExtractResult(
             target=target.name,
