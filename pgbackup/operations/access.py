@@ -50,19 +50,7 @@ def host_policy(spec: dict[str, Any], *, partials: bool = True) -> dict[str, Any
     doc: dict[str, Any] = {
         "Version": "2012-10-17",
         "Statement": [
-            {
-                "Sid": "ListTheRepository",
-                "Effect": "Allow",
-                "Action": LIST,
-                "Resource": bucket,
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
-            },
-            {
-                "Sid": "BucketProtection",
-                "Effect": "Allow",
-                "Action": BUCKET_FACTS,
-                "Resource": bucket,
-            },
+            *_bucket_statements(bucket, prefix),
             {"Sid": "Read", "Effect": "Allow", "Action": READ, "Resource": objects},
             {
                 "Sid": "CreateAndLock",
@@ -114,24 +102,27 @@ def host_policy(spec: dict[str, Any], *, partials: bool = True) -> dict[str, Any
     return doc
 
 
+def _bucket_statements(bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """What both roles may do on the bucket itself: list the repository's prefix, read
+    its protection (versioning, object lock), nothing else."""
+    return [
+        {
+            "Sid": "ListTheRepository",
+            "Effect": "Allow",
+            "Action": LIST,
+            "Resource": bucket,
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+        },
+        {"Sid": "BucketProtection", "Effect": "Allow", "Action": BUCKET_FACTS, "Resource": bucket},
+    ]
+
+
 def maintenance_policy(spec: dict[str, Any]) -> dict[str, Any]:
     bucket, objects, prefix = _arns(spec)
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {
-                "Sid": "ListTheRepository",
-                "Effect": "Allow",
-                "Action": LIST,
-                "Resource": bucket,
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
-            },
-            {
-                "Sid": "BucketProtection",
-                "Effect": "Allow",
-                "Action": BUCKET_FACTS,
-                "Resource": bucket,
-            },
+            *_bucket_statements(bucket, prefix),
             {
                 "Sid": "ExpireWhatRetentionReleased",
                 "Effect": "Allow",
