@@ -247,6 +247,13 @@ def list_generations(h: Harness, ctx: dict[str, Any], old: int, new: int) -> Non
     assert "generation 1" in text and "generation 2" in text and "gap" in text, text
 
 
+def _offsite_check(h: Harness, name: str) -> dict[str, Any]:
+    report = json.loads(h.run("check", "--json", expect_ok=None).stdout)
+    found = [c for c in report["platform"]["checks"] if c["name"] == f"offsite_wal:{name}"]
+    assert found, report["platform"]["checks"]
+    return dict(found[0])
+
+
 @then("check is OK about the cluster's identity")
 def check_identity_ok(h: Harness) -> None:
     report = json.loads(h.run("check", "--json", expect_ok=None).stdout)
@@ -485,7 +492,10 @@ def offsite_generations(h: Harness, ctx: dict[str, Any], name: str) -> None:
     assert (dest / "gen" / "2" / "base" / ids[2] / "metadata.json").is_file()
     assert not (dest / "base" / ids[2]).exists()
     assert sorted(p.name for p in (dest / "history").iterdir()) == ["1.json", "2.json"]
+    # check measures the new generation's WAL off-site: behind before wal-ship, then not
+    assert "lacks" in _offsite_check(h, name)["summary"]
     h.run("wal-ship", "--once")
+    assert "holds every archived WAL file" in _offsite_check(h, name)["summary"]
     # What the copies need: from the new generation's backup on, byte for byte.
     shipped = sorted((dest / "gen" / "2" / "wal").iterdir())
     newest = max(p.name for p in (local / "gen" / "2" / "wal").iterdir() if len(p.name) == 28)

@@ -346,11 +346,16 @@ def destination_lag(policy: Any, source: Repository, target: str, name: str) -> 
     ``lag_seconds``: the age of the oldest archived WAL file the destination lacks (0 when
     it holds everything): the commits a lost host would take with it beyond what the
     destination restores. Raises PgBackupError when the destination cannot be read.
+    After `pgbackup upgrade`, the newest generation's WAL on both sides
+    (engine/generations): an older generation's WAL no longer grows, and measuring it
+    would call a destination current that lacks every segment of the new cluster.
     """
+    from pgbackup.engine.generations import generation_views, view
     from pgbackup.engine.uploads import upload_storage
 
-    dest = Repository(upload_storage(policy, name))
-    listing = sorted(source.storage.list(Repository.wal_prefix(target)), key=_order)
+    newest, archive = generation_views(source.storage, target)[-1]
+    dest = Repository(view(upload_storage(policy, name), target, int(newest["generation"])))
+    listing = sorted(archive.list(Repository.wal_prefix(target)), key=_order)
     there = {i.key: i.size for i in dest.storage.list(Repository.wal_prefix(target))}
     missing = [o for o in _completed_needed(listing, dest, target) if there.get(o.key) != o.size]
     now = time.time()
