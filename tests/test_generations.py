@@ -187,3 +187,29 @@ def test_the_previous_major_is_read_from_the_newest_archived_segment(tmp_path: P
         data = page + bytes(8192 - len(page))
         storage.write_bytes(f"main/wal/{name}.zst", encode_bytes(CodecSpec("zstd", 3), data))
     assert archived_major(policy, storage, "main") == 16
+
+
+def test_an_incremental_never_builds_on_another_generation(tmp_path: Path) -> None:
+    """Issue #30 point 3: right after the step, the new cluster has no backup of its own,
+    and the old generation's (the newest of the target) is not a parent: the incremental
+    is refused with "take a full backup first"; once generation 2 has one, that is it."""
+    from pgbackup.engine.backup_preflight import choose_parent
+    from pgbackup.engine.repository import Repository
+    from pgbackup.errors import BackupError
+
+    storage = open_storage({"path": str(tmp_path)})
+    storage.write_bytes("main/archive.json", b'{"system_identifier": "111"}')
+    old: dict[str, object] = {"status": "complete", "system_identifier": "111", "objects": []}
+    old["backup_id"] = "20261206T200000Z"
+    storage.write_bytes("main/base/20261206T200000Z/metadata.json", json.dumps(old).encode())
+    g.write_records(storage, "main", g.plan_upgrade([], "111", 17, "222", 18, "main", NOW))
+    facts = SimpleNamespace(system_identifier="222")
+    repo = Repository(g.backup_storage(storage, "main", facts))
+    with pytest.raises(BackupError, match="take a full backup first"):
+        choose_parent(repo, "main", facts)  # type: ignore[arg-type]
+    new: dict[str, object] = {"status": "complete", "system_identifier": "222", "objects": []}
+    new["backup_id"] = "20261206T210000Z"
+    storage.write_bytes("main/gen/2/base/20261206T210000Z/metadata.json", json.dumps(new).encode())
+    assert choose_parent(repo, "main", facts).backup_id == "20261206T210000Z"  # type: ignore[arg-type]
+    gen1 = Repository(storage)
+    assert [b.backup_id for b in gen1.complete_backups("main")] == ["20261206T200000Z"]
