@@ -461,3 +461,34 @@ def test_a_hole_or_a_corrupt_file_is_no_answer_and_wal_fetch_fails_loudly(
         assert proc.returncode == 255, proc.stderr
         assert "error" in proc.stderr
     assert not dest.exists()
+
+
+def test_a_wal_fetch_that_starts_the_read_ahead_asks_it_rather_than_fetch_beside_it(
+    setup: dict[str, Any],
+) -> None:
+    """The first request of a recovery (a history probe, then the first segment): the
+    wal-fetch that starts the prefetcher waits for it to open the archive and asks it,
+    so one client is opened, not two at once; the answers are wal.fetch's (the file, or
+    1 for a timeline that does not exist)."""
+    archive(setup, NAME)
+    (setup["data"] / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    os.rmdir(setup["data"] / SPOOL_DIR)  # nothing runs yet
+    env = {**os.environ, "PGBACKUP_GAP_GRACE": "0.2"}
+
+    def wal_fetch(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pgbackup.interface.console", "wal-fetch", "--config",
+             setup["config"], "--target", "main", name, "pg_wal/RECOVERYXLOG"],
+            cwd=setup["data"], capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+
+    try:
+        probe = wal_fetch("00000002.history")
+        assert probe.returncode == 1, probe.stderr  # not archived: answered by the prefetcher
+        requests = (setup["data"] / SPOOL_DIR / "requests").read_text().split()
+        assert "00000002.history" in requests and any(r.startswith("ask:") for r in requests)
+        got = wal_fetch(NAME)
+        assert got.returncode == 0, got.stderr
+        assert (setup["data"] / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment(NAME)
+    finally:
+        walprefetch.end_read_ahead(setup["data"], timeout=5)

@@ -49,8 +49,9 @@ the read-ahead (:func:`kick`). A file the spool refuses is removed and fetched
 synchronously, where the same damage fails loudly.
 
 **The prefetcher** (``python -m pgbackup.engine.walprefetch``, started detached by
-wal-fetch, one per data directory, at its first segment or history file: it holds ``flock``
-on ``pgbackup_spool/lock``). Each wal-fetch appends the file asked for to
+wal-fetch, one per data directory, at its first segment or history file; that wal-fetch
+then waits for it to open the archive and asks it, rather than open a second client
+beside it: it holds ``flock`` on ``pgbackup_spool/lock``). Each wal-fetch appends the file asked for to
 ``pgbackup_spool/requests``; the prefetcher keeps the segment asked for last and the next
 ``read_ahead`` segments of its timeline in the spool, ``streams`` at a time, and removes
 any other (served, skipped, of another timeline). It never writes
@@ -101,6 +102,10 @@ PREFIX = "pgbackup wal-prefetch: "
 ANSWER_PREFIX = "answer."
 #: How long a wal-fetch waits for the prefetcher's answer before it fetches the file itself.
 ASK_SECONDS = 120.0
+#: How long a wal-fetch that started the prefetcher waits for it to open the archive,
+#: and for it to take the spool's lock (its first act).
+START_SECONDS = 30.0
+LOCK_SECONDS = 3.0
 
 
 # --- verification (the prefetcher before it spools; wal-fetch again before it serves) ---
@@ -234,6 +239,8 @@ def serve(
     until: str | None,
     name: str,
     dest: str,
+    *,
+    just_started: bool = False,
 ) -> int | None:
     """Answer ``wal-fetch name dest`` from the read-ahead: 0 when the file is in
     ``dest`` (wal-fetch exits 0), 1 when the running prefetcher found it not archived
@@ -241,12 +248,16 @@ def serve(
     itself (no spool, a foreign one, a refused file, no prefetcher, anything else).
 
     Imports no policy loader and no storage: a hit costs a link and a CRC; a miss is
-    asked of the prefetcher, whose object-store client is already open (:func:`ask`)."""
+    asked of the prefetcher, whose object-store client is already open (:func:`ask`).
+    ``just_started``: this wal-fetch has just started the prefetcher (:func:`kick`), and
+    waits for it to open the archive rather than open a client of its own beside it."""
     data_dir = os.getcwd()
     spool = os.path.join(data_dir, SPOOL_DIR)
     if not os.path.isdir(spool):
         return None
     manifest = read_manifest(spool)
+    if manifest is None and just_started and _await_manifest(spool):
+        manifest = read_manifest(spool)
     identity = spool_identity(policy_path, target, source)
     sysid = _control_sysid(data_dir)
     if (
@@ -276,6 +287,27 @@ def serve(
     except OSError:
         pass  # the spool was removed meanwhile (recovery ended): the next miss restarts it
     return 0
+
+
+def _await_manifest(spool: str) -> bool:
+    """Wait for a prefetcher just started to take the spool's lock and write its manifest
+    (it has opened the archive then); False when none does within :data:`START_SECONDS`,
+    or it stopped (it could not open the archive: wal-fetch's own fetch says why)."""
+    import time
+
+    start = time.monotonic()
+    seen = False
+    while time.monotonic() - start < START_SECONDS:
+        if os.path.exists(os.path.join(spool, MANIFEST)):
+            return True
+        holder = _lock_holder(spool) is not None
+        if seen and not holder:
+            return False  # it took the lock, then stopped
+        if not seen and not holder and time.monotonic() - start > LOCK_SECONDS:
+            return False  # it never took the lock: it did not start
+        seen = seen or holder
+        time.sleep(0.005)
+    return False
 
 
 def _link_into(path: str, dest: str) -> bool:
@@ -395,17 +427,18 @@ def kick(
     source: str | None,
     until: str | None,
     name: str,
-) -> bool:
+) -> str | None:
     """Before a synchronous fetch of ``name`` during recovery: make sure a prefetcher
     runs, when the target's ``wal_fetch`` says so, and, for a segment, record the request
     it reads ahead of. A timeline's history file starts it too: PostgreSQL asks for one
-    before its first segment, and the next questions then find its client open. True
-    when the read-ahead runs."""
+    before its first segment. ``"started"`` when this call started it (wal-fetch then
+    asks it for ``name``: one object-store client opened, not two side by side),
+    ``"running"`` when one ran already, None when there is no read-ahead."""
     if policy_path is None:
-        return False
+        return None
     data_dir = os.getcwd()
     if not _in_recovery(data_dir) or _control_sysid(data_dir) is None:
-        return False  # not a server's restore_command: a person at a prompt
+        return None  # not a server's restore_command: a person at a prompt
     if target is not None:
         settings = policy.targets[target].wal_fetch if target in policy.targets else None
     else:
@@ -413,14 +446,14 @@ def kick(
             next(iter(policy.targets.values())).wal_fetch if len(policy.targets) == 1 else None
         )
     if settings is None or settings.segments() <= 0:
-        return False
+        return None
     spool = os.path.join(data_dir, SPOOL_DIR)
     if not os.path.isdir(spool):
         os.makedirs(spool, 0o700, exist_ok=True)
     if walpage.is_segment(name):
         record_request(spool, name, "miss", spool_identity(policy_path, target, source))
-    ensure_running(spool, _prefetcher_argv(policy_path, target, source, until, data_dir))
-    return True
+    started = ensure_running(spool, _prefetcher_argv(policy_path, target, source, until, data_dir))
+    return "started" if started else "running"
 
 
 def _prefetcher_argv(
@@ -438,9 +471,9 @@ def _prefetcher_argv(
     ]
 
 
-def ensure_running(spool: str, argv: list[str]) -> None:
+def ensure_running(spool: str, argv: list[str]) -> bool:
     """Start the prefetcher unless one holds the spool's lock (detached: its own session,
-    standard error the server's log when that is a file)."""
+    standard error the server's log when that is a file); True when it started one."""
     import fcntl
 
     fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
@@ -448,7 +481,7 @@ def ensure_running(spool: str, argv: list[str]) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return  # it runs
+            return False  # it runs
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -475,6 +508,7 @@ def ensure_running(spool: str, argv: list[str]) -> None:
         setsigmask=(),
         setsigdef=defaults,
     )
+    return True
 
 
 def end_read_ahead(data_dir: str | os.PathLike[str], timeout: float = 10.0) -> None:

@@ -182,8 +182,12 @@ def wal_main(argv: list[str]) -> int:
                 from pgbackup.storage import open_storage
 
                 storage = open_storage({**policy.repository, "as_of": as_of})
-            else:
-                _read_ahead(policy, policy_path, target, source, until, args[0])
+            elif policy_path and _read_ahead(policy, policy_path, target, source, until, args[0]):
+                # This call started the read-ahead: its answer, from the client it opens
+                # anyway, rather than a second client opened here beside it.
+                answered = _served_from_spool(policy_path, target, source, until, args, True)
+                if answered is not None:
+                    return answered
             wal.fetch(policy, args[0], args[1], target, storage, until=until)
         return 0
     except PgBackupError as exc:
@@ -208,7 +212,12 @@ def wal_main(argv: list[str]) -> int:
 
 
 def _served_from_spool(
-    policy_path: str, target: str | None, source: str | None, until: str | None, args: list[str]
+    policy_path: str,
+    target: str | None,
+    source: str | None,
+    until: str | None,
+    args: list[str],
+    just_started: bool = False,
 ) -> int | None:
     """wal-fetch NAME PATH answered by the read-ahead (its spool, or its prefetcher):
     the exit status, or None. Anything that goes wrong there is said and left to the
@@ -216,7 +225,9 @@ def _served_from_spool(
     from pgbackup.engine.walprefetch import PREFIX, serve
 
     try:
-        return serve(policy_path, target, source, until, args[0], args[1])
+        return serve(
+            policy_path, target, source, until, args[0], args[1], just_started=just_started
+        )
     except Exception as exc:
         print(f"{PREFIX}spool not used: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
@@ -229,15 +240,17 @@ def _read_ahead(
     source: str | None,
     until: str | None,
     name: str,
-) -> None:
+) -> bool:
     """Before a synchronous fetch: the read-ahead of the segments after ``name`` started
-    (when the target's wal_fetch asks for it). Never a reason for the fetch to fail."""
+    (when the target's wal_fetch asks for it); True when this call started it. Never a
+    reason for the fetch to fail."""
     from pgbackup.engine.walprefetch import PREFIX, kick
 
     try:
-        kick(policy, policy_path, target, source, until, name)
+        return kick(policy, policy_path, target, source, until, name) == "started"
     except Exception as exc:
         print(f"{PREFIX}read-ahead not started: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
 
 
 def _log_internal_error(
