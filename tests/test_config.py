@@ -982,17 +982,17 @@ def test_cloud_streams_setting(tmp_path: Path) -> None:
 def test_wal_fetch_read_ahead_is_on_by_default(tmp_path: Path) -> None:
     policy = load_policy(write(tmp_path, MINIMAL))
     settings = policy.target("main").wal_fetch
-    assert settings.read_ahead is None and settings.streams == 4
-    assert settings.segments() == 8  # from every storage kind: measured on posix and S3
+    assert settings.streams == 4
+    assert settings.read_ahead == 8  # from every storage kind: measured on posix and S3
 
 
 def test_wal_fetch_settings_are_read(tmp_path: Path) -> None:
     text = MINIMAL + "    wal_fetch: {read_ahead: 16, streams: 2}\n"
     settings = load_policy(write(tmp_path, text)).target("main").wal_fetch
     assert (settings.read_ahead, settings.streams) == (16, 2)
-    assert settings.segments() == 16
+    assert settings.read_ahead == 16
     off = MINIMAL + "    wal_fetch: {read_ahead: 0}\n"
-    assert load_policy(write(tmp_path, off)).target("main").wal_fetch.segments() == 0
+    assert load_policy(write(tmp_path, off)).target("main").wal_fetch.read_ahead == 0
 
 
 @pytest.mark.parametrize(

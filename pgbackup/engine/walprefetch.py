@@ -290,24 +290,34 @@ def serve(
 
 
 def _await_manifest(spool: str) -> bool:
-    """Wait for a prefetcher just started to take the spool's lock and write its manifest
-    (it has opened the archive then); False when none does within :data:`START_SECONDS`,
-    or it stopped (it could not open the archive: wal-fetch's own fetch says why)."""
+    """Wait for a prefetcher just started to write its manifest (it has opened the
+    archive then); False when it does not (it could not open the archive: wal-fetch's own
+    fetch says why)."""
+    return _await_prefetcher(spool, os.path.join(spool, MANIFEST), START_SECONDS, running=False)
+
+
+def _await_prefetcher(spool: str, path: str, seconds: float, *, running: bool) -> bool:
+    """Wait for the prefetcher to write ``path``: True once it exists; False after
+    ``seconds``, when the prefetcher stops, or (``running`` False: just started) when it
+    never takes the spool's lock within :data:`LOCK_SECONDS`."""
     import time
 
-    start = time.monotonic()
-    seen = False
-    while time.monotonic() - start < START_SECONDS:
-        if os.path.exists(os.path.join(spool, MANIFEST)):
-            return True
-        holder = _lock_holder(spool) is not None
-        if seen and not holder:
-            return False  # it took the lock, then stopped
-        if not seen and not holder and time.monotonic() - start > LOCK_SECONDS:
-            return False  # it never took the lock: it did not start
-        seen = seen or holder
-        time.sleep(0.005)
-    return False
+    start = checked = time.monotonic()
+    seen = running
+    while not os.path.exists(path):
+        now = time.monotonic()
+        if now - start > seconds:
+            return False
+        if now - checked > (0.5 if seen else 0.005):  # /proc is read: not every turn
+            checked = now
+            holder = _lock_holder(spool) is not None
+            if seen and not holder:
+                return False  # it stopped
+            if not holder and now - start > LOCK_SECONDS:
+                return False  # it never took the lock: it did not start
+            seen = seen or holder
+        time.sleep(0.002)
+    return True
 
 
 def _link_into(path: str, dest: str) -> bool:
@@ -348,24 +358,14 @@ def ask(spool: str, name: str, dest: str, identity: str) -> int | None:
     nonce = f"{os.getpid()}-{time.monotonic_ns()}"
     answer = os.path.join(spool, f"{ANSWER_PREFIX}{nonce}")
     record_request(spool, name, f"ask:{nonce}", identity)
-    deadline = time.monotonic() + ASK_SECONDS
-    alive_checked = time.monotonic()
-    while True:
-        try:
-            with open(answer, encoding="utf-8") as f:
-                status = f.read()
-            break
-        except FileNotFoundError:
-            pass
-        now = time.monotonic()
-        if now > deadline:
-            say(f"no answer for {name} from the read-ahead in {ASK_SECONDS:g}s; fetching it")
-            return None
-        if now - alive_checked > 0.5:
-            alive_checked = now
-            if _lock_holder(spool) is None:
-                return None  # it stopped meanwhile
-        time.sleep(0.002)
+    if not _await_prefetcher(spool, answer, ASK_SECONDS, running=True):
+        say(f"no answer for {name} from the read-ahead; fetching it")
+        return None
+    try:
+        with open(answer, encoding="utf-8") as f:
+            status = f.read()
+    except OSError:
+        return None
     _unlink(answer)
     data = answer + ".data"
     if status == "0":
@@ -445,7 +445,7 @@ def kick(
         settings = (
             next(iter(policy.targets.values())).wal_fetch if len(policy.targets) == 1 else None
         )
-    if settings is None or settings.segments() <= 0:
+    if settings is None or settings.read_ahead <= 0:
         return None
     spool = os.path.join(data_dir, SPOOL_DIR)
     if not os.path.isdir(spool):
@@ -619,7 +619,7 @@ class Prefetcher:
         self.archive = self.storage  # the whole archive: wal.fetch picks the generation itself
         self.storage = wal.generation_storage(self.storage, self.target, sysid, strict=False)
         settings = policy.target(self.target).wal_fetch
-        self.ahead = settings.segments()
+        self.ahead = settings.read_ahead
         self.streams = settings.streams
         info = wal.read_archive_info(self.storage, self.target) or {}
         archive_sysid = int(info.get("system_identifier") or sysid or 0)

@@ -73,12 +73,12 @@ def _wal_receiver(base: Path, spec: dict[str, Any] | None) -> dict[str, Any] | N
 
 
 def _wal_fetch(spec: dict[str, Any] | None) -> WalFetch:
-    """A target's ``wal_fetch`` block with its defaults (read_ahead: by storage kind)."""
+    """A target's ``wal_fetch`` block with its defaults (records.WalFetch's)."""
     spec = spec or {}
-    ahead = spec.get("read_ahead")
+    default = WalFetch()
     return WalFetch(
-        read_ahead=int(ahead) if ahead is not None else None,
-        streams=int(spec.get("streams", 4)),
+        read_ahead=int(spec.get("read_ahead", default.read_ahead)),
+        streams=int(spec.get("streams", default.streams)),
     )
 
 

@@ -43,14 +43,10 @@ class Sandbox(NamedTuple):
 class WalFetch(NamedTuple):
     """A target's ``wal_fetch``: the read-ahead of recovery (engine/walprefetch)."""
 
-    read_ahead: int | None = None  # segments spooled ahead of PostgreSQL (None: by storage kind)
+    #: Segments spooled ahead of PostgreSQL (0: off); 8 by default from object storage
+    #: and from a posix repository alike (measured on both: docs/benchmarks.md).
+    read_ahead: int = 8
     streams: int = 4  # segments fetched at once
-
-    def segments(self) -> int:
-        """How many segments to read ahead: the setting, or 8 by default, from object
-        storage and from a posix repository alike (measured on both: docs/benchmarks.md,
-        "WAL read-ahead")."""
-        return 8 if self.read_ahead is None else self.read_ahead
 
 
 class Target(NamedTuple):
