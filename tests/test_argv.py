@@ -82,30 +82,22 @@ def test_restore_command_reads_the_same_past_as_the_restore() -> None:
     as_of = SimpleNamespace(
         path=POLICY.path, repository={"kind": "s3", "as_of": "2026-11-23 15:30:00+01"}
     )
-    settings = recovery_settings(
-        as_of,
-        "platform",
-        kind="latest",
-        value=None,
-        action="promote",
-        timeline=None,
-        inclusive=True,
-    )
-    assert (
-        "wal-fetch --target platform --as-of 2026-11-23T14:30:00.000000Z %f %p"
-        in settings["restore_command"]
-    )
-    from_upload = recovery_settings(
-        as_of,
-        "platform",
-        kind="latest",
-        value=None,
-        action="promote",
-        timeline=None,
-        inclusive=True,
-        from_upload="offsite",
-    )
-    assert "--as-of" not in from_upload["restore_command"]  # --from reads the copy live
+
+    def latest(**upload: str) -> str:
+        settings = recovery_settings(
+            as_of,
+            "platform",
+            kind="latest",
+            value=None,
+            action="promote",
+            timeline=None,
+            inclusive=True,
+            **upload,
+        )
+        return str(settings["restore_command"])
+
+    assert "wal-fetch --target platform --as-of 2026-11-23T14:30:00.000000Z %f %p" in latest()
+    assert "--as-of" not in latest(from_upload="offsite")  # --from reads the copy live
 
 
 @pytest.mark.parametrize(
