@@ -16,7 +16,8 @@ A repository without ``history/`` is one generation, read and written exactly as
 
 :func:`view` gives the engine a generation as a storage whose keys read like generation
 1's (``<target>/wal/...``), so backup, restore, wal-push, wal-fetch, verify and cleanup
-keep one way of naming keys. Light: wal-push imports it (json only).
+keep one way of naming keys. wal-push's fast path does not import it: it reads the
+namespace's name from :mod:`pgbackup.formats.walpage`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from pgbackup.errors import ObjectExists, PgBackupError
-from pgbackup.formats.walpage import ARCHIVE_INFO
+from pgbackup.formats.walpage import ARCHIVE_INFO, GENERATIONS, generation_root
 
 HISTORY = "history"
-GENERATIONS = "gen"
+#: The key prefix a generation's own objects live under (named in formats/walpage, which
+#: wal-push's fast path reads without importing this module).
+root = generation_root
 #: The parts of a target that belong to one generation; everything else is shared.
 OWN = ("base/", "wal/", ARCHIVE_INFO)
 
@@ -42,11 +45,6 @@ class GenerationError(PgBackupError):
 
 
 # --- pure: names and records -------------------------------------------------------------
-
-
-def root(target: str, number: int) -> str:
-    """The key prefix a generation's own objects live under."""
-    return target if number == 1 else f"{target}/{GENERATIONS}/{number}"
 
 
 def history_key(target: str, number: int) -> str:

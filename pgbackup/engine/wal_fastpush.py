@@ -161,15 +161,15 @@ def _schema_path() -> str:
 
 def _newest_generation(repo_root: str, target: str) -> str | None:
     """The directory of the target's newest generation after generation 1
-    (engine/generations names it), or None (OSError too: declined). Its archive.json binds
+    (named by formats/walpage, as engine/generations names it), or None (OSError too:
+    declined). Its archive.json binds
     it to a cluster only once the general path found that cluster in the target's history,
     so a segment of the cluster it names is the common case there."""
-    from pgbackup.engine.generations import GENERATIONS, root
-
-    numbers = [
-        int(n) for n in os.listdir(os.path.join(repo_root, target, GENERATIONS)) if n.isdigit()
-    ]
-    return os.path.join(repo_root, root(target, max(numbers))) if numbers else None
+    directory = os.path.join(repo_root, target, walpage.GENERATIONS)
+    numbers = [int(n) for n in os.listdir(directory) if n.isdigit()]
+    return (
+        os.path.join(repo_root, walpage.generation_root(target, max(numbers))) if numbers else None
+    )
 
 
 def _bound_to(archive_json: str, header: tuple[int, int]) -> bool:

@@ -25,6 +25,15 @@ XLP_LONG_HEADER = 0x0002
 MAP_THRESHOLD = 1024 * 1024
 #: The archive's binding to one cluster: ``<target>/archive.json``.
 ARCHIVE_INFO = "archive.json"
+#: After a major upgrade, generation n >= 2 of a target lives under ``<target>/gen/<n>/``
+#: (engine/generations). Here because wal-push's fast path needs the name, not that module.
+GENERATIONS = "gen"
+
+
+def generation_root(target: str, number: int) -> str:
+    """The key prefix generation ``number`` of ``target`` keeps its own objects under."""
+    return target if number == 1 else f"{target}/{GENERATIONS}/{number}"
+
 
 _HEX_UPPER = "0123456789ABCDEF"
 
