@@ -10,6 +10,7 @@ beside errors.py and ui.py, below every layer.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -33,3 +34,35 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the block runs and deliver them as it ends.
+
+    For spawning a child the caller must stop if interrupted: a KeyboardInterrupt raised
+    inside ``subprocess.Popen`` after the fork (the child runs, its pid never reaches the
+    caller) would leave it running unseen, writing where the caller has already cleaned
+    up. Held this way, the interrupt arrives once the caller holds the process. Outside
+    the main thread the block runs unchanged."""
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(held):  # each once, in the order they came
+            handler = previous[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, None)  # raises KeyboardInterrupt (Python's or ours)
+            elif handler != signal.SIG_IGN:
+                os.kill(os.getpid(), signum)  # the default action, now the handler is back

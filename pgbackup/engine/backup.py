@@ -70,7 +70,7 @@ from pgbackup.postgres.connection import (
     server_facts,
     to_dsn,
 )
-from pgbackup.signals import terminate_as_interrupt
+from pgbackup.signals import interrupts_deferred, terminate_as_interrupt
 from pgbackup.storage import Storage, open_storage
 from pgbackup.storage.posix import DIR_MODE, FILE_MODE, PosixStorage, fsync_path
 from pgbackup.ui import LOG, human_bytes, interactive, progress
@@ -161,12 +161,16 @@ def run_basebackup(
 ) -> None:
     """Run pg_basebackup, turning its own progress report into a bar; explain a failure.
     ``started`` is called once it runs."""
-    proc: Any = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
-    assert proc.stderr is not None
+    proc: Any = None
     messages: list[str] = []
     try:
+        # A stop that lands while Popen is still returning is delivered once proc is set,
+        # here, where pg_basebackup is stopped too: never left to write after cleanup.
+        with interrupts_deferred():
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
+        assert proc.stderr is not None
         if started is not None:
             started()
         with progress("backup", estimated_size or None) as bar:
@@ -188,7 +192,7 @@ def run_basebackup(
                 messages.append(pending.decode(errors="replace").strip())
             rc = proc.wait()
     except BaseException:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
