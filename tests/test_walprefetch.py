@@ -492,3 +492,75 @@ def test_a_wal_fetch_that_starts_the_read_ahead_asks_it_rather_than_fetch_beside
         assert (setup["data"] / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment(NAME)
     finally:
         walprefetch.end_read_ahead(setup["data"], timeout=5)
+
+
+# --- the backup's first segment, and a question about a segment in flight -------------------
+
+
+def test_the_backup_labels_first_segment_is_read_ahead_before_it_is_asked_for(
+    setup: dict[str, Any],
+) -> None:
+    """The history probe that starts the prefetcher names the backup's first segment
+    (backup_label) to it: that segment and the next are spooled while PostgreSQL still
+    asks for history files, and its own request for the segment is a hit."""
+    second = NAME[:-1] + chr(ord(NAME[-1]) + 1)  # the one after it
+    archive(setup, NAME)
+    archive(setup, second)
+    (setup["data"] / "backup_label").write_text(
+        f"START WAL LOCATION: 0/1000028 (file {NAME})\nCHECKPOINT LOCATION: 0/1000060\n"
+    )
+    (setup["data"] / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    os.rmdir(setup["data"] / SPOOL_DIR)
+    spool = setup["data"] / SPOOL_DIR
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-m", "pgbackup.interface.console", "wal-fetch", "--config",
+             setup["config"], "--target", "main", "00000002.history", "pg_wal/RECOVERYXLOG"],
+            cwd=setup["data"], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PGBACKUP_GAP_GRACE": "0.2"},
+        )  # fmt: skip
+        assert probe.returncode == 1, probe.stderr
+        import time
+
+        deadline = time.monotonic() + 30
+        while not {NAME, second} <= set(walprefetch.spooled(str(spool))):
+            assert time.monotonic() < deadline, sorted(os.listdir(spool))
+            time.sleep(0.02)
+        dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
+        assert _ask(setup, NAME, dest) == 0
+        assert dest.read_bytes() == segment(NAME)
+        hows = [line.split(" ")[:2] for line in (spool / "requests").read_text().splitlines()]
+        assert [NAME, "seed"] in hows and [NAME, "hit"] in hows  # served, never asked for
+    finally:
+        walprefetch.end_read_ahead(setup["data"], timeout=5)
+
+
+def test_no_backup_label_means_no_seed(setup: dict[str, Any]) -> None:
+    assert walprefetch.backup_start_segment(str(setup["data"])) is None
+    (setup["data"] / "backup_label").write_text("START WAL LOCATION: 0/1000028 (file junk)\n")
+    assert walprefetch.backup_start_segment(str(setup["data"])) is None
+
+
+def test_a_question_about_a_segment_in_flight_is_answered_by_that_fetch(
+    setup: dict[str, Any],
+) -> None:
+    """PostgreSQL caught up with the read-ahead: the segment it asks for is downloading.
+    The answer is the spooled file (one download, the same inode), not a second fetch."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    archive(setup, NAME)
+    p = prefetcher(setup)
+    spool = setup["data"] / SPOOL_DIR
+    with ThreadPoolExecutor(1) as pool:
+        p.answer(NAME, "n1", pool.submit(p.fetch_one, NAME))
+    assert (spool / "answer.n1").read_text() == "0"
+    entry = walprefetch.spooled(str(spool))[NAME]
+    assert (spool / "answer.n1.data").stat().st_ino == (spool / entry).stat().st_ino
+    # A fetch in flight that ends otherwise (stopped, refused): the answer is wal.fetch's.
+    (spool / entry).unlink()
+    stopped: Future[str] = Future()
+    stopped.set_result("stopped")
+    p.answer(NAME, "n2", stopped)
+    assert (spool / "answer.n2").read_text() == "0"
+    assert (spool / "answer.n2.data").read_bytes() == segment(NAME)
+    assert not walprefetch.spooled(str(spool))

@@ -83,6 +83,7 @@ from pgbackup.formats import walpage
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
+    from concurrent.futures import Future
     from typing import Any
 
 #: The spool's directory, at the top of the data directory.
@@ -148,15 +149,15 @@ def verify_segment(name: str, data: bytes | mmap.mmap, sysid: int, seg_size: int
 def spool_identity(policy_path: str, target: str | None, source: str | None) -> str:
     """What binds a spool to one archive: the policy file (path, bytes, the variables it
     references: policyrules.cache_key) and the flags naming target and upload."""
-    from hashlib import blake2b
-
     from pgbackup import policyrules
 
     with open(policy_path, "rb") as f:
         data = f.read()
     key = policyrules.cache_key(policy_path, data, b"wal-prefetch", os.environ)
     text = f"{key}\0{target or ''}\0{source or ''}"
-    return blake2b(text.encode(), digest_size=16).hexdigest()
+    h = policyrules.blake2b(digest_size=16)
+    h.update(text.encode())
+    return h.hexdigest()
 
 
 def manifest_bytes(identity: str, sysid: int, seg_size: int) -> bytes:
@@ -450,10 +451,33 @@ def kick(
     spool = os.path.join(data_dir, SPOOL_DIR)
     if not os.path.isdir(spool):
         os.makedirs(spool, 0o700, exist_ok=True)
+    identity = spool_identity(policy_path, target, source)
     if walpage.is_segment(name):
-        record_request(spool, name, "miss", spool_identity(policy_path, target, source))
+        record_request(spool, name, "miss", identity)
+    else:
+        first = backup_start_segment(data_dir)
+        if first is not None:  # read ahead from it while the history probes are answered
+            record_request(spool, first, "seed", identity)
     started = ensure_running(spool, _prefetcher_argv(policy_path, target, source, until, data_dir))
     return "started" if started else "running"
+
+
+def backup_start_segment(data_dir: str) -> str | None:
+    """The first segment recovery replays, as ``backup_label`` names it ("START WAL
+    LOCATION: 0/2000028 (file 000000010000000000000002)"), or None. PostgreSQL reads
+    ``backup_label`` and asks for the timeline history files (``InitWalRecovery`` in
+    xlogrecovery.c) before it renames the label to ``backup_label.old``, so the history
+    probe's wal-fetch still finds it; the segment is only a hint for the read-ahead
+    (fetched, verified and served like any other, and only when asked for by name)."""
+    try:
+        with open(os.path.join(data_dir, "backup_label"), encoding="ascii") as f:
+            for line in f:
+                if line.startswith("START WAL LOCATION:") and "(file " in line:
+                    name = line.rsplit("(file ", 1)[1].split(")", 1)[0].strip()
+                    return name if walpage.is_segment(name) else None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _prefetcher_argv(
@@ -694,14 +718,27 @@ class Prefetcher:
         os.rename(tmp, os.path.join(self.spool, f"{name}.{crc:08x}"))
         return "spooled"
 
-    def answer(self, name: str, nonce: str) -> None:
+    def answer(self, name: str, nonce: str, pending: Future[str] | None = None) -> None:
         """Answer a wal-fetch that asked for ``name`` (:func:`ask`): the file fetched by
         :func:`pgbackup.engine.wal.fetch`, the synchronous fetch itself, into
         ``answer.<nonce>.data``, then the status in ``answer.<nonce>``: ``0``, ``1`` (not
-        archived), or the failure, which wal-fetch leaves to its own fetch to report."""
+        archived), or the failure, which wal-fetch leaves to its own fetch to report.
+
+        A segment the read-ahead is fetching already (``pending``) is not downloaded a
+        second time beside it: once that fetch has spooled it (verified), the spooled
+        file is the answer; any other outcome of it, and the answer is wal.fetch's."""
         from pgbackup.engine import wal
 
         answer = os.path.join(self.spool, f"{ANSWER_PREFIX}{nonce}")
+        if pending is not None:
+            try:
+                joined = pending.result(timeout=ASK_SECONDS) == "spooled"
+            except Exception:
+                joined = False
+            entry = spooled(self.spool).get(name) if joined else None
+            if entry is not None and _link_into(os.path.join(self.spool, entry), answer + ".data"):
+                self._answered(answer, "0")
+                return
         try:
             wal.fetch(
                 self.policy, name, answer + ".data", self.target_flag, self.archive, self.until
@@ -711,7 +748,10 @@ class Prefetcher:
             status = "1"
         except Exception as exc:  # said by wal-fetch's own fetch, which fails the same way
             status = f"failed: {type(exc).__name__}: {exc}"
-        tmp = os.path.join(self.spool, f"{TMP_PREFIX}{ANSWER_PREFIX}{nonce}")
+        self._answered(answer, status)
+
+    def _answered(self, answer: str, status: str) -> None:
+        tmp = os.path.join(self.spool, TMP_PREFIX + os.path.basename(answer))
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(status)
@@ -767,7 +807,7 @@ class Prefetcher:
 
     def run(self) -> str:
         import time
-        from concurrent.futures import Future, ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(self.streams, thread_name_prefix="wal-prefetch")
         # Questions have their own threads: never queued behind the read-ahead.
@@ -775,6 +815,7 @@ class Prefetcher:
         inflight: dict[str, Future[str]] = {}
         failed: dict[str, float] = {}
         request: str | None = None
+        seed: str | None = None
         last = checked = time.monotonic()
         why: str | None = None
         try:
@@ -784,8 +825,11 @@ class Prefetcher:
                     if identity != self.identity:
                         why = "a request came from another archive"
                     last = now
+                    if how == "seed":  # the backup's first segment, before any request
+                        seed = seed or name
+                        continue
                     if how.startswith("ask:") and why is None:
-                        asks.submit(self.answer, name, how[4:])
+                        asks.submit(self.answer, name, how[4:], inflight.get(name))
                     if walpage.is_segment(name):
                         request = name
                         self.served += how == "hit"
@@ -805,10 +849,14 @@ class Prefetcher:
                                 self.refused += 1
                                 self.log(f"{name} not spooled: {outcome}")
                             failed[name] = now
-                if request is None or why is not None:
+                anchor = request or seed
+                if anchor is None or why is not None:
                     time.sleep(POLL_SECONDS)
                     continue
-                wanted = self.window(request)
+                # After the newest request; before any, from the seed itself on.
+                wanted = (
+                    self.window(anchor) if request else [anchor, *self.window(anchor)][: self.ahead]
+                )
                 present = spooled(self.spool)
                 for name, entry in present.items():
                     if name not in wanted and name != request:  # the newest asked-for stays
