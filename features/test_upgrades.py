@@ -14,7 +14,7 @@ from harness import Harness, commit_batches, do_restore, switch_and_wait_archive
 from pytest_bdd import given, parsers, scenarios, then, when
 from receivers import AlertReceivers
 
-from pgbackup.postgres.cluster import Cluster, free_port, hand_over
+from pgbackup.postgres.cluster import Cluster, free_port, hand_over, server_os_user
 
 scenarios("upgrades.feature")
 
@@ -267,6 +267,12 @@ def restore_time(h: Harness, ctx: dict[str, Any], n: int) -> None:
     do_restore(h, ctx, ["--target-time", ctx["points"][n - 1]["time"]])
 
 
+@when(parsers.parse('I restore from "{name}" to the time after batch {n:d}'))
+def restore_time_from(h: Harness, ctx: dict[str, Any], name: str, n: int) -> None:
+    """The upload destination alone: its history, each generation's backups and WAL."""
+    do_restore(h, ctx, ["--from", name, "--target-time", ctx["points"][n - 1]["time"]])
+
+
 @then(
     parsers.parse(
         "the restored server runs PostgreSQL {major:d} and holds batches 1 to {n:d} and no others"
@@ -473,6 +479,10 @@ def plan_procedure(h: Harness, ctx: dict[str, Any]) -> None:
 
 @given(parsers.parse('backups and WAL are also copied to the local directory "{name}"'))
 def offsite_dir(h: Harness, ctx: dict[str, Any], name: str) -> None:
+    """Created beforehand for the server's OS user, as an operator would: a restore
+    ``--from`` it reads WAL there through restore_command, which runs as that user."""
+    (h.root / name).mkdir(mode=0o750)
+    hand_over(h.root / name, server_os_user())
     h.policy["uploads"] = [{"name": name, "path": str(h.root / name)}]
     h.write_policy()
     ctx["offsite"] = h.root / name

@@ -54,4 +54,8 @@ Feature: Major upgrades: archiving and backups go on after pg_upgrade, and the o
     Then the restored server runs PostgreSQL 15 and holds batches 1 to 5 and no others
     When I restore to the time after batch 9
     Then the restored server runs PostgreSQL 15 and holds batches 1 to 9 and no others
+    When I restore from "offsite" to the time after batch 5
+    Then the restored server runs PostgreSQL 15 and holds batches 1 to 5 and no others
+    When I restore from "offsite" to the time after batch 9
+    Then the restored server runs PostgreSQL 15 and holds batches 1 to 9 and no others
     And plan describes the upgrade procedure and both generations

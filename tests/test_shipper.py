@@ -93,3 +93,36 @@ def test_files_before_a_refused_one_are_shipped_none_after_it(tmp_path: Path) ->
     assert result["status"] == "failed" and "refusing to overwrite" in result["error"]
     assert set(at_nas(tmp_path)) == {SEG.format(1) + ".zst", SEG.format(2) + ".zst"}
     assert shipper.states["nas"].shipped == 1
+
+
+def test_after_an_upgrade_the_old_generations_unshipped_tail_is_shipped_and_measured(
+    tmp_path: Path,
+) -> None:
+    """Segments 2-3 of generation 1 were archived after the last round, then the cluster
+    was upgraded: the next round ships them into generation 1's namespace there, beside
+    the new cluster's WAL in its own, and the lag counts them until then."""
+    from pgbackup.engine import generations as g
+    from pgbackup.engine.repository import Repository
+    from pgbackup.engine.shipper import destination_lag
+
+    repo = open_storage({"path": str(tmp_path / "repo")})
+    repo.write_bytes("t/archive.json", b'{"system_identifier": "111"}')
+    store(tmp_path, SEG.format(1), b"old 1")
+    shipper = Shipper(policy(tmp_path), "t")
+    assert shipper.once()["nas"]["shipped"] == 1
+    store(tmp_path, SEG.format(2), b"old 2")
+    store(tmp_path, SEG.format(3), b"old 3")
+    g.write_records(
+        repo, "t", g.plan_upgrade([], "111", 15, "222", 16, "t", "2026-12-07T00:00:00Z")
+    )
+    repo.write_bytes(f"t/gen/2/wal/{SEG.format(1)}.zst", b"new 1")
+    lag = destination_lag(policy(tmp_path), Repository(repo), "t", "nas")
+    assert lag["missing"] == 3 and lag["lag_seconds"] > 0  # old 2, old 3, new 1
+    assert shipper.once() == {"nas": {"status": "ok", "shipped": 3}}
+    nas = tmp_path / "nas" / "t"
+    assert {p.name: p.read_bytes() for p in (nas / "wal").iterdir()} == {
+        f"{SEG.format(i)}.zst": b"old %d" % i for i in (1, 2, 3)
+    }
+    assert (nas / "gen" / "2" / "wal" / f"{SEG.format(1)}.zst").read_bytes() == b"new 1"
+    assert destination_lag(policy(tmp_path), Repository(repo), "t", "nas")["missing"] == 0
+    assert shipper.once()["nas"]["shipped"] == 0  # the old generation is not listed again

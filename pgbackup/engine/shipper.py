@@ -94,6 +94,12 @@ class Shipper:
         self.source = Repository(self.base)
         self.generation = 1  # the newest generation's WAL is shipped (engine/generations)
         self.states = {n: DestinationState(n) for n in self.names}
+        # Older generations (after `pgbackup upgrade`): their WAL no longer grows, but what
+        # was archived after the last round before the upgrade must get there too. Each is
+        # shipped until a round finds the destination holding all of it, once per process.
+        self.older: list[tuple[int, Repository]] = []
+        self.older_states: dict[tuple[str, int], DestinationState] = {}
+        self.older_done: set[tuple[str, int]] = set()
         self._dests: dict[str, Repository] = {}
         self._published: dict[str, Any] = {}
         self._published_at = 0.0
@@ -115,10 +121,12 @@ class Shipper:
         namespace here and at each destination (the states listed again)."""
         from pgbackup.engine.generations import generation_views
 
-        gen, storage = generation_views(self.base, self.target)[-1]
+        views = generation_views(self.base, self.target)
+        gen, storage = views[-1]
         if int(gen["generation"]) != self.generation:
             self.generation = int(gen["generation"])
             self.source = Repository(storage)
+            self.older = [(int(g["generation"]), Repository(v)) for g, v in views[:-1]]
             self._dests.clear()
             for state in self.states.values():
                 state.present = None
@@ -132,7 +140,8 @@ class Shipper:
         for name in self.names:
             state = self.states[name]
             try:
-                n = self._ship(self._dest(name), state, listing)
+                n = self._ship_older(name)
+                n += self._ship(self._dest(name), state, listing, self.source)
                 if state.error is not None:
                     LOG.info("wal-ship %s: %s reachable again", self.target, name)
                 state.error, state.failing_since = None, None
@@ -169,7 +178,31 @@ class Shipper:
             )
             self._published, self._published_at = states, now
 
-    def _ship(self, dest: Repository, state: DestinationState, listing: list[ObjectInfo]) -> int:
+    def _ship_older(self, name: str) -> int:
+        """The older generations' WAL that destination ``name`` lacks (the tail archived
+        between the last round and the upgrade, or all of it if none ran), in each
+        generation's namespace there; each generation once, until it is complete."""
+        from pgbackup.engine.generations import view
+        from pgbackup.engine.uploads import upload_storage
+
+        shipped = 0
+        for number, source in self.older:
+            if (name, number) in self.older_done:
+                continue
+            state = self.older_states.setdefault((name, number), DestinationState(name))
+            dest = Repository(view(upload_storage(self.policy, name), self.target, number))
+            listing = sorted(source.storage.list(Repository.wal_prefix(self.target)), key=_order)
+            shipped += self._ship(dest, state, listing, source)
+            self.older_done.add((name, number))  # no failure: it holds all of it now
+        return shipped
+
+    def _ship(
+        self,
+        dest: Repository,
+        state: DestinationState,
+        listing: list[ObjectInfo],
+        source: Repository,
+    ) -> int:
         from pgbackup.engine.uploads import (
             Copy,
             UploadError,
@@ -183,7 +216,7 @@ class Shipper:
         if time.monotonic() - state.listed_at > RELIST:
             state.present = None  # what retention or a backup's upload changed there
         if state.present is None:
-            copy_archive_info(self.source, dest, self.target)
+            copy_archive_info(source, dest, self.target)
             state.present = {
                 i.key: i.size for i in dest.storage.list(Repository.wal_prefix(self.target))
             }
@@ -216,7 +249,7 @@ class Shipper:
                 continue
             todo.append(Copy(obj.key, obj.size, if_absent=True))
         mtimes = {o.key: o.mtime for o in listing}
-        outcomes = copy_objects(self.source.storage, dest.storage, todo)
+        outcomes = copy_objects(source.storage, dest.storage, todo)
         from pgbackup.engine.uploads import upload_spec
 
         locked = bool(upload_spec(self.policy, state.name).get("object_lock"))
@@ -345,24 +378,28 @@ def destination_lag(policy: Any, source: Repository, target: str, name: str) -> 
 
     ``lag_seconds``: the age of the oldest archived WAL file the destination lacks (0 when
     it holds everything): the commits a lost host would take with it beyond what the
-    destination restores. Raises PgBackupError when the destination cannot be read.
-    After `pgbackup upgrade`, the newest generation's WAL on both sides
-    (engine/generations): an older generation's WAL no longer grows, and measuring it
-    would call a destination current that lacks every segment of the new cluster.
+    destination restores. After `pgbackup upgrade`, every generation's WAL is compared
+    with that generation's namespace there (engine/generations): the new cluster's, and
+    an older one's tail archived before the upgrade but never shipped. Raises
+    PgBackupError when the destination cannot be read.
     """
     from pgbackup.engine.generations import generation_views, view
     from pgbackup.engine.uploads import upload_storage
 
-    newest, archive = generation_views(source.storage, target)[-1]
-    dest = Repository(view(upload_storage(policy, name), target, int(newest["generation"])))
-    listing = sorted(archive.list(Repository.wal_prefix(target)), key=_order)
-    there = {i.key: i.size for i in dest.storage.list(Repository.wal_prefix(target))}
-    missing = [o for o in _completed_needed(listing, dest, target) if there.get(o.key) != o.size]
-    now = time.time()
+    destination = upload_storage(policy, name)
+    missing: list[ObjectInfo] = []
+    for gen, archive in generation_views(source.storage, target):
+        dest = Repository(view(destination, target, int(gen["generation"])))
+        listing = sorted(archive.list(Repository.wal_prefix(target)), key=_order)
+        there = {i.key: i.size for i in dest.storage.list(Repository.wal_prefix(target))}
+        missing += [
+            o for o in _completed_needed(listing, dest, target) if there.get(o.key) != o.size
+        ]
+    oldest = min(missing, key=lambda o: o.mtime) if missing else None
     return {
         "missing": len(missing),
-        "oldest_missing": _base(missing[0].key) if missing else None,
-        "lag_seconds": max(0.0, now - min(o.mtime for o in missing)) if missing else 0.0,
+        "oldest_missing": _base(oldest.key) if oldest else None,
+        "lag_seconds": max(0.0, time.time() - oldest.mtime) if oldest else 0.0,
     }
 
 
