@@ -17,23 +17,32 @@ from typing import Any
 
 
 @contextlib.contextmanager
+def _handled(signums: tuple[int, ...], handler: Any) -> Iterator[dict[int, Any] | None]:
+    """``handler`` for ``signums`` while the block runs; the previous handlers (yielded)
+    come back afterwards. Outside the main thread, where no handler can be set, nothing
+    changes and None is yielded."""
+    try:
+        previous = {signum: signal.signal(signum, handler) for signum in signums}
+    except ValueError:  # not the main thread
+        yield None
+        return
+    try:
+        yield previous
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt while the block runs, so cleanup unwinds as it
-    does for Ctrl-C; the previous handler comes back afterwards. Outside the main thread
-    (where no handler can be set) the block runs unchanged."""
+    does for Ctrl-C; the previous handler comes back afterwards."""
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
+    with _handled((signal.SIGTERM,), handler):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -43,25 +52,15 @@ def interrupts_deferred() -> Iterator[None]:
     For spawning a child the caller must stop if interrupted: a KeyboardInterrupt raised
     inside ``subprocess.Popen`` after the fork (the child runs, its pid never reaches the
     caller) would leave it running unseen, writing where the caller has already cleaned
-    up. Held this way, the interrupt arrives once the caller holds the process. Outside
-    the main thread the block runs unchanged."""
+    up. Held this way, the interrupt arrives once the caller holds the process."""
     held: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        held.append(signum)
-
+    previous: dict[int, Any] | None = None
     try:
-        previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
+        with _handled((signal.SIGINT, signal.SIGTERM), lambda n, _f: held.append(n)) as previous:
+            yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         for signum in dict.fromkeys(held):  # each once, in the order they came
-            handler = previous[signal.Signals(signum)]
+            handler = (previous or {}).get(signum)
             if callable(handler):
                 handler(signum, None)  # raises KeyboardInterrupt (Python's or ours)
             elif handler != signal.SIG_IGN:
