@@ -15,7 +15,6 @@ same path. Backups, restores and drills run from the host, as a DBA's would.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 from pathlib import Path
@@ -74,13 +73,9 @@ def provider(request: Any) -> str:
 
 
 def _images_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "pgbackup_images", REPO / "containers" / "images.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from sourcefile import load_file  # tests/, on sys.path once conftest.py has run
+
+    return load_file("pgbackup_images", REPO / "containers" / "images.py")
 
 
 _image: str | None = None

@@ -8,7 +8,6 @@ with the images cached, 1.5 min more to build them (docs/containers.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sourcefile import load_file  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "containers" / "images.py"
@@ -25,11 +25,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
 
 def _images() -> Any:
-    spec = importlib.util.spec_from_file_location("pgbackup_images", IMAGES)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("pgbackup_images", IMAGES)
 
 
 def test_postgresql_17_passes_its_scenarios_in_debian_13s_image() -> None:

@@ -4,18 +4,15 @@ keeps every test module that touches such a thing in its group."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from sourcefile import load_file  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _groups() -> object:
-    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("root_conftest", ROOT / "conftest.py")
 
 
 def test_every_module_that_shares_a_thing_of_the_machine_is_in_its_group() -> None:

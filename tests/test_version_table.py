@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from sourcefile import load_file  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_versions", ROOT / "bench" / "versions.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("bench_versions", ROOT / "bench" / "versions.py")
 
 
 def test_version_table_is_generated_from_the_recorded_results() -> None:
