@@ -277,6 +277,18 @@ def served_from_spool(ctx: dict[str, Any]) -> None:
     assert served(log) >= 2, log
 
 
+@then("one prefetcher served the whole recovery, started before the server")
+def started_before_server(ctx: dict[str, Any]) -> None:
+    """`restore --start` starts the read-ahead before the server: it has opened the
+    archive when PostgreSQL's first history probe asks it, and that request (with the
+    same flags) keeps it; no wal-fetch starts another."""
+    log = wait_for_stop_lines(ctx)
+    assert len(re.findall(r"\] reading ahead ", log)) == 1, log
+    assert "started by the restore, before the server" in log, log
+    assert log.index("] reading ahead ") < log.index("starting archive recovery"), log
+    assert "another archive" not in log and "no server started" not in log, log
+
+
 @then("the spool and its prefetcher are gone")
 def spool_gone(ctx: dict[str, Any]) -> None:
     directory, _port = ctx["restored"]

@@ -12,6 +12,7 @@ Feature: WAL read-ahead for recovery never serves a wrong file and never loses a
     When I restore to the latest point
     Then the restore succeeded with all 800 rows
     And segments were served from the read-ahead spool
+    And one prefetcher served the whole recovery, started before the server
     And the spool and its prefetcher are gone
 
     Examples:

@@ -564,3 +564,35 @@ def test_a_question_about_a_segment_in_flight_is_answered_by_that_fetch(
     assert (spool / "answer.n2").read_text() == "0"
     assert (spool / "answer.n2.data").read_bytes() == segment(NAME)
     assert not walprefetch.spooled(str(spool))
+
+
+def test_a_prefetcher_started_before_the_server_waits_for_it_then_follows_it(
+    setup: dict[str, Any],
+) -> None:
+    """Started by a restore before its server (no postmaster.pid yet): it waits up to
+    START_SECONDS for one; once seen, the server's end is its end."""
+    archive(setup, NAME)
+    p = prefetcher(setup)
+    assert p.why_stop(0) is None  # no server yet, within the grace
+    p.started -= walprefetch.START_SECONDS + 1
+    assert p.why_stop(0) == "no server started"
+    (setup["data"] / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    assert p.why_stop(0) is None and p.server_seen
+    (setup["data"] / "postmaster.pid").unlink()
+    assert p.why_stop(0) == "the server is gone"
+
+
+def test_before_server_seeds_the_spool_with_the_flags_wal_fetch_uses(
+    setup: dict[str, Any],
+) -> None:
+    (setup["data"] / "backup_label").write_text(f"START WAL LOCATION: 0/3000028 (file {NAME})\n")
+    os.rmdir(setup["data"] / SPOOL_DIR)
+    argv = walprefetch.BeforeServer(setup["config"], "main", None, "00000001000000000000000A")
+    command = argv.prepare(str(setup["data"]))
+    assert command[-6:] == [
+        os.path.realpath(setup["config"]), "main", "", "00000001000000000000000A",
+        str(setup["data"]), walprefetch.BEFORE_SERVER,
+    ]  # fmt: skip
+    identity = walprefetch.spool_identity(os.path.realpath(setup["config"]), "main", None)
+    requests = (setup["data"] / SPOOL_DIR / "requests").read_text()
+    assert requests == f"{NAME} seed {identity}\n"  # the identity wal-fetch computes

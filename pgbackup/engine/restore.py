@@ -42,10 +42,17 @@ from pgbackup.engine.objects import (
 )
 from pgbackup.engine.phases import Phases, TimedReader, replayed_bytes
 from pgbackup.engine.repository import BackupInfo, Repository
-from pgbackup.errors import PostgresError, RestoreError, UsageError
+from pgbackup.engine.walprefetch import SPOOL_DIR, BeforeServer
+from pgbackup.errors import PgBackupError, PostgresError, RestoreError, UsageError
 from pgbackup.formats.codecs import CodecSpec
 from pgbackup.policy import Policy, Target
-from pgbackup.postgres.cluster import Cluster, free_port, hand_over, server_os_user
+from pgbackup.postgres.cluster import (
+    Cluster,
+    free_port,
+    hand_over,
+    server_os_user,
+    spawn_detached,
+)
 from pgbackup.storage import Storage, open_storage
 from pgbackup.ui import LOG, human_bytes
 
@@ -239,6 +246,7 @@ def run_restore(
     standby: bool = False,
     primary_conninfo: str | None = None,
     delta: bool = False,
+    read_ahead: BeforeServer | None = None,
 ) -> RestoreResult:
     """Restore ``backup_id`` (or the newest) of ``target`` into ``directory``.
 
@@ -268,7 +276,7 @@ def run_restore(
     )
     result = run.result(port)
     if start:
-        run.start_server(cluster, result, wait_for_recovery, bool(recovery_settings))
+        run.start_server(cluster, result, wait_for_recovery, bool(recovery_settings), read_ahead)
     result.phases = run.phases.as_dict()
     result.seconds = round(time.monotonic() - run.t0, 3)
     LOG.info(
@@ -545,13 +553,22 @@ class RestoreRun:
         )
 
     def start_server(
-        self, cluster: Cluster, result: RestoreResult, wait_for_recovery: Any, recovering: bool
+        self,
+        cluster: Cluster,
+        result: RestoreResult,
+        wait_for_recovery: Any,
+        recovering: bool,
+        read_ahead: BeforeServer | None = None,
     ) -> None:
         """Start the restored server and wait for its recovery (``wait_for_recovery``).
         A server not where it was asked to be (one that died in recovery included) is
-        stopped and its directories emptied: nothing is left that looks usable."""
+        stopped and its directories emptied: nothing is left that looks usable.
+        ``read_ahead``: wal-fetch's prefetcher is started first, so that it has opened
+        the archive and fetched the first segments when PostgreSQL asks for them."""
         try:
             t0 = time.monotonic()
+            if read_ahead is not None:
+                start_read_ahead(read_ahead, cluster)
             cluster.start()
             result.started = True
             if wait_for_recovery is not None:
@@ -578,6 +595,19 @@ class RestoreRun:
             if isinstance(exc, PostgresError) and reason:
                 raise recovery_stopped(reason, cluster) from None
             raise
+
+
+def start_read_ahead(read_ahead: BeforeServer, cluster: Cluster) -> None:
+    """wal-fetch's prefetcher, started before the server as the server's OS user; never a
+    reason for the restore to fail (the first wal-fetch starts one then, as always)."""
+    try:
+        argv = read_ahead.prepare(str(cluster.data_dir))
+        hand_over(cluster.data_dir / SPOOL_DIR, cluster.os_user)
+        cluster.log_file.touch(exist_ok=True)
+        hand_over(cluster.log_file, cluster.os_user, 0o640)
+        spawn_detached(argv, cluster.os_user, cwd=cluster.data_dir, log_file=cluster.log_file)
+    except (OSError, PgBackupError) as exc:
+        LOG.warning("read-ahead not started before the server: %s", exc)
 
 
 class _TimedStorage:

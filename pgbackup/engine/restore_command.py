@@ -572,7 +572,25 @@ def restore_command(
         tablespace_map=mapping,
         tablespace_map_all=tablespace_map_all,
         delta=delta,
+        read_ahead=read_ahead_before_server(policy, policy_target, from_upload, expected)
+        if (start and settings)
+        else None,
     )
+
+
+def read_ahead_before_server(
+    policy: Any, target: Any, from_upload: str | None, expected: dict[str, Any]
+) -> Any:
+    """For a restore that starts its server: the read-ahead to start first, with the
+    flags :func:`recovery_settings` gives wal-fetch (None when the target reads no
+    segments ahead, or the restore reads the repository ``--as-of`` a time: that fetch
+    has no read-ahead)."""
+    from pgbackup.engine.walprefetch import BeforeServer
+
+    as_of = policy.repository.get("as_of") and not from_upload  # as recovery_settings says
+    if target.wal_fetch.read_ahead <= 0 or as_of:
+        return None
+    return BeforeServer(str(policy.path), target.name, from_upload, expected.get("until"))
 
 
 def recovery_target(

@@ -480,6 +480,37 @@ def backup_start_segment(data_dir: str) -> str | None:
     return None
 
 
+#: The prefetcher's last argument when a restore starts it before the server (its log says so).
+BEFORE_SERVER = "before-server"
+
+
+class BeforeServer:
+    """What a restore needs to start the read-ahead before it starts the server it
+    recovers (``restore --start``): the flags its restore_command gives wal-fetch, so the
+    prefetcher's spool identity is the one wal-fetch computes. A mismatch costs only the
+    head start: the first request then stops this prefetcher, and wal-fetch starts its
+    own, as without it."""
+
+    def __init__(
+        self, policy_path: str, target: str, source: str | None, until: str | None
+    ) -> None:
+        self.policy_path = os.path.realpath(policy_path)  # as wal-fetch's named_policy_file
+        self.target, self.source, self.until = target, source, until
+
+    def prepare(self, data_dir: str) -> list[str]:
+        """The spool made, the backup's first segment recorded as its seed; the
+        prefetcher's command line (the caller starts it as the server's OS user, its
+        standard error the server's log)."""
+        spool = os.path.join(data_dir, SPOOL_DIR)
+        os.makedirs(spool, 0o700, exist_ok=True)
+        first = backup_start_segment(data_dir)
+        if first is not None:
+            identity = spool_identity(self.policy_path, self.target, self.source)
+            record_request(spool, first, "seed", identity)
+        argv = _prefetcher_argv(self.policy_path, self.target, self.source, self.until, data_dir)
+        return [*argv, BEFORE_SERVER]
+
+
 def _prefetcher_argv(
     policy_path: str, target: str | None, source: str | None, until: str | None, data_dir: str
 ) -> list[str]:
@@ -619,6 +650,12 @@ class Prefetcher:
         self.stopping = False
         self.served = self.missed = self.written = self.refused = self.answered = 0
         self.offset = 0  # how much of the requests file has been read
+        # Started by a restore before its server (BeforeServer), there is no postmaster
+        # yet: it has START_SECONDS to appear; once seen, its end ends the read-ahead.
+        import time
+
+        self.started = time.monotonic()
+        self.server_seen = False
 
     def log(self, text: str) -> None:
         import time
@@ -793,12 +830,16 @@ class Prefetcher:
         return out
 
     def why_stop(self, idle: float) -> str | None:
+        import time
+
         if self.stopping:
             return "asked to stop"
         if not _in_recovery(self.data_dir):
             return "recovery has ended"
-        if not _postmaster_alive(self.data_dir):
-            return "the server is gone"
+        if _postmaster_alive(self.data_dir):
+            self.server_seen = True
+        elif self.server_seen or time.monotonic() - self.started > START_SECONDS:
+            return "the server is gone" if self.server_seen else "no server started"
         if idle > IDLE_SECONDS:
             return f"no request for {IDLE_SECONDS:g}s"
         if not os.path.exists(os.path.join(self.spool, MANIFEST)):
@@ -908,15 +949,17 @@ def _postmaster_alive(data_dir: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m pgbackup.engine.walprefetch POLICY TARGET FROM UNTIL DATA_DIR`` (empty
-    strings for flags not given): the prefetcher, as :func:`ensure_running` starts it."""
+    """``python -m pgbackup.engine.walprefetch POLICY TARGET FROM UNTIL DATA_DIR
+    [before-server]`` (empty strings for flags not given): the prefetcher, as
+    :func:`ensure_running` starts it (or a restore, before its server: BeforeServer)."""
     import fcntl
     import shutil
     import signal
     import time
 
     os.closerange(3, 65536)  # nothing of the server's but the log on stderr
-    policy_path, target, source, until, data_dir = argv
+    policy_path, target, source, until, data_dir, *how = argv
+    before_server = how == [BEFORE_SERVER]
     spool = os.path.join(data_dir, SPOOL_DIR)
     try:
         fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
@@ -946,6 +989,7 @@ def main(argv: list[str]) -> int:
         prefetcher.log(
             f"reading ahead {prefetcher.ahead} segments, {prefetcher.streams} at a time, "
             f"into {spool}"
+            + ("; started by the restore, before the server" if before_server else "")
         )
         why = prefetcher.run() if prefetcher.ahead > 0 else "read-ahead is off"
     except Exception as exc:  # the read-ahead is an optimisation: recovery goes on without it

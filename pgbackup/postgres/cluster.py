@@ -74,13 +74,7 @@ def run_as(
     capture: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program, as ``user`` when given, and explain a failure."""
-    full_env = dict(os.environ if env is None else env)
-    kwargs: dict[str, Any] = {}
-    if user is not None:
-        pw = pwd.getpwnam(user)
-        kwargs.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
-        full_env["HOME"] = pw.pw_dir
-        full_env.pop("XDG_CACHE_HOME", None)
+    full_env, kwargs = _as_user(user, env)
     try:
         proc = subprocess.run(
             list(argv),
@@ -100,6 +94,40 @@ def run_as(
         out = (proc.stdout or "").strip()
         raise PostgresError(f"{Path(argv[0]).name} failed (exit {proc.returncode}): {out[-2000:]}")
     return proc
+
+
+def _as_user(
+    user: str | None, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The environment and Popen arguments of a process run as ``user`` (its uid, gid,
+    no other groups, its HOME; the caller's XDG cache is not its): what the server's
+    processes, restore_command included, see."""
+    full_env = dict(os.environ if env is None else env)
+    kwargs: dict[str, Any] = {}
+    if user is not None:
+        pw = pwd.getpwnam(user)
+        kwargs.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+        full_env["HOME"] = pw.pw_dir
+        full_env.pop("XDG_CACHE_HOME", None)
+    return full_env, kwargs
+
+
+def spawn_detached(argv: Sequence[str], user: str | None, *, cwd: Path, log_file: Path) -> None:
+    """Start a helper of the server (wal-fetch's prefetcher) in a session of its own, as
+    ``user`` with the server's environment, its standard error appended to the server's
+    log; not waited for (it ends with recovery)."""
+    full_env, kwargs = _as_user(user)
+    with open(log_file, "ab") as log:
+        subprocess.Popen(
+            list(argv),
+            env=full_env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+            **kwargs,
+        )
 
 
 class SqlAccess:
