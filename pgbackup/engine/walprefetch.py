@@ -51,7 +51,10 @@ synchronously, where the same damage fails loudly.
 **The prefetcher** (``python -m pgbackup.engine.walprefetch``, started detached by
 wal-fetch, one per data directory, at its first segment or history file; that wal-fetch
 then waits for it to open the archive and asks it, rather than open a second client
-beside it: it holds ``flock`` on ``pgbackup_spool/lock``). Each wal-fetch appends the file asked for to
+beside it: it holds ``flock`` on ``pgbackup_spool/lock``). ``restore --start`` starts it
+before the server instead (:class:`BeforeServer`), so that the archive is open when the
+first history probe comes. Either way it begins with the backup's first segment
+(``backup_label``), before PostgreSQL asks for it. Each wal-fetch appends the file asked for to
 ``pgbackup_spool/requests``; the prefetcher keeps the segment asked for last and the next
 ``read_ahead`` segments of its timeline in the spool, ``streams`` at a time, and removes
 any other (served, skipped, of another timeline). It never writes
