@@ -19,8 +19,8 @@ from test_object_lock import (
     assert_held_by_lock,
     assert_locked_as_promised,
     client,
-    locked_bucket,
     lock_of,
+    locked_bucket,
     policy_lock,
     versions,
     wait_lock_ended,
@@ -181,8 +181,7 @@ def cleanup_locked(h: Harness, ctx: dict[str, Any]) -> None:
 
 
 @then(
-    "nothing is removed: the old generation's backup is held by its lock, which cleanup "
-    "says once"
+    "nothing is removed: the old generation's backup is held by its lock, which cleanup says once"
 )
 def held(h: Harness, ctx: dict[str, Any]) -> None:
     out = ctx["cleanup_out"]
@@ -230,6 +229,9 @@ def as_of_lists_both(h: Harness, ctx: dict[str, Any]) -> None:
     by_name = {c["name"]: c for c in json.loads(proc.stdout)["platform"]["checks"]}
     tamper = by_name["tampering"]
     assert tamper["status"] == "CRITICAL", tamper
+    # every key of the target pgbackup wrote once, of both generations and the history
+    target_keys = [k for k in ctx["deleted"] if k.startswith(f"{PREFIX}platform/")]
+    assert tamper["value"] == len(target_keys), (tamper, target_keys)
     found = re.search(r"--as-of (\S+)", tamper["summary"])
     assert found, tamper
     as_of = datetime.fromisoformat(found.group(1).replace("Z", "+00:00"))
@@ -238,6 +240,19 @@ def as_of_lists_both(h: Harness, ctx: dict[str, Any]) -> None:
     listed = backups_by_generation(h, "--as-of", ctx["as_of"])
     expected = [(1, ctx["backup_ids"][0], "complete"), (2, ctx["backup_ids"][1], "complete")]
     assert listed == expected, listed
+
+
+@then('"verify --as-of" that time passes for the backup of each generation and their WAL')
+def verify_as_of(h: Harness, ctx: dict[str, Any]) -> None:
+    out = h.json("verify", "--as-of", ctx["as_of"], "--backup", "all", "--wal")["platform"]
+    assert [(b["backup_id"], b["ok"]) for b in out["backups"]] == [
+        (ctx["backup_ids"][0], True),
+        (ctx["backup_ids"][1], True),
+    ], out["backups"]
+    wal = out["wal"]
+    assert wal["gaps"] == [] and wal["not_checked"] == [], wal
+    assert [g["generation"] for g in wal["generations"]] == [1, 2], wal
+    assert all(g["content_checked"] == g["archived"] > 0 for g in wal["generations"]), wal
 
 
 @when(parsers.parse("I restore as of that time to the time after batch {n:d}"))
