@@ -219,6 +219,40 @@ def attack(ctx: dict[str, Any]) -> None:
     ctx["deleted"] = sorted(keys)
 
 
+@when("the new cluster closes a WAL segment while the delete markers are there")
+def push_after_attack(ctx: dict[str, Any]) -> None:
+    cluster = ctx["cluster"]
+    cluster.sql("SELECT pg_logical_emit_message(false, 'pgbackup-test', 'switch')")
+    ctx["refused_segment"] = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+
+
+@then(
+    "its WAL is refused, naming the deleted archive.json, and nothing of it is written to "
+    "the bucket"
+)
+def refused_after_attack(ctx: dict[str, Any]) -> None:
+    cluster = ctx["cluster"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        failed, last_failed = cluster.sql(
+            "SELECT failed_count, last_failed_wal FROM pg_stat_archiver"
+        )[0]
+        if last_failed == ctx["refused_segment"]:
+            break
+        time.sleep(0.3)
+    assert last_failed == ctx["refused_segment"], (failed, last_failed)
+    log = cluster.log_tail(200)
+    assert "platform/archive.json of target 'platform' was deleted at" in log, log
+    # Not bound again to this cluster, nor its WAL in generation 1's (or 2's) namespace:
+    # nothing but the runs' records (check's, the restores') was written since the attack.
+    written = [
+        v["Key"]
+        for v in versions(ctx, f"{PREFIX}platform/")
+        if not v["Deleted"] and v["LastModified"] >= ctx["attack_start"]
+    ]
+    assert all(k.startswith(f"{PREFIX}platform/runs/") for k in written), written
+
+
 @then(
     'the live bucket lists no backup, and "list --as-of" a time before the attack lists both '
     "generations' backups complete"
@@ -274,6 +308,16 @@ def undo_attack(h: Harness, ctx: dict[str, Any]) -> None:
     for v in markers:
         s3.delete_object(Bucket=ctx["bucket"], Key=v["Key"], VersionId=v["VersionId"])
     assert [b for _g, b, _s in backups_by_generation(h)] == ctx["backup_ids"]
+
+
+@then("the refused segment and the next are archived under the generation 2 namespace")
+def archiving_resumed(ctx: dict[str, Any]) -> None:
+    closed = switch_and_wait_archived(ctx["cluster"])  # wakes the archiver: it retries
+    names = {v["Key"].rsplit("/", 1)[1][:24] for v in current(ctx, f"{GEN2}wal/")}
+    assert {ctx["refused_segment"], closed} <= names, (ctx["refused_segment"], closed, names)
+    assert not {v["Key"] for v in current(ctx, f"{PREFIX}platform/wal/")} & {
+        f"{PREFIX}platform/wal/{n}.zst" for n in (ctx["refused_segment"], closed)
+    }
 
 
 @when("the locks of the old generation's backup have ended")

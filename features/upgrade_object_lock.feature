@@ -22,12 +22,15 @@ Feature: A major upgrade into a repository under object lock
     When I restore from the locked bucket to the time after batch 9
     Then the restored cluster holds batches 1,2,3,4,5,6,7,8,9 and no others
     When an attacker with the host's credentials deletes every current object of both generations
-    Then the live bucket lists no backup, and "list --as-of" a time before the attack lists both generations' backups complete
+    And the new cluster closes a WAL segment while the delete markers are there
+    Then its WAL is refused, naming the deleted archive.json, and nothing of it is written to the bucket
+    And the live bucket lists no backup, and "list --as-of" a time before the attack lists both generations' backups complete
     And "verify --as-of" that time passes for the backup of each generation and their WAL
     When I restore as of that time to the time after batch 9
     Then the restored cluster holds batches 1,2,3,4,5,6,7,8,9 and no others
     When the administrator removes the attacker's delete markers with the maintenance credentials
-    And the locks of the old generation's backup have ended
+    Then the refused segment and the next are archived under the generation 2 namespace
+    When the locks of the old generation's backup have ended
     And cleanup runs with the maintenance credentials again
     Then no version of any object of the old generation's backup is left, and the old generation's WAL is kept
     And generation 2's backup is the only one, complete, and verifies with its WAL
