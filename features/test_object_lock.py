@@ -268,12 +268,20 @@ def all_locked(h: Harness, ctx: dict[str, Any]) -> None:
     backup = [v for v in found if "/base/" in v["Key"]]
     wal = [v for v in found if "/wal/" in v["Key"] and ".partial" not in v["Key"]]
     assert backup and wal, found
+    assert_locked_as_promised(h, ctx, backup + wal)
+
+
+def assert_locked_as_promised(h: Harness, ctx: dict[str, Any], found: list[dict[str, Any]]) -> None:
+    """Each version in ``found`` is locked until its write time + the policy's horizon
+    (``retention.days`` for a backup's object, the longest period for the rest) + the
+    margin (the default day unless ``ctx["margin_seconds"]`` says otherwise), to the second."""
+    margin = ctx.get("margin_seconds", 86400)
     days = h.policy["retention"]["days"]
     longest = max(days, 7 * h.policy["retention"]["weekly"], 31 * h.policy["retention"]["monthly"])
-    for v in backup + wal:
+    for v in found:
         until = lock_of(ctx, v["Key"], v["VersionId"])
         horizon = days if "/base/" in v["Key"] else longest
-        expected = v["LastModified"] + timedelta(days=horizon, seconds=86400)
+        expected = v["LastModified"] + timedelta(days=horizon, seconds=margin)
         assert until is not None, v["Key"]
         assert abs((until - expected).total_seconds()) <= 2, (v["Key"], until, expected)
 
@@ -292,19 +300,28 @@ def cleanup_maintenance(h: Harness, ctx: dict[str, Any]) -> None:
 def first_held(h: Harness, ctx: dict[str, Any]) -> None:
     first = ctx["backup_ids"][0]
     assert first in [b["backup_id"] for b in h.backups() if b["status"] == "complete"]
-    out = ctx["cleanups"][-1]
-    assert "object lock has not ended" in out, out
+    assert_held_by_lock(ctx["cleanups"][-1], first)
+
+
+def assert_held_by_lock(out: str, backup_id: str) -> None:
+    """cleanup's output says, once, that retention expired ``backup_id`` and its lock
+    kept it, and that it removed no backup."""
+    assert out.count("object lock has not ended") == 1, out
     # retention expired it; the lock kept it: said, not an error
-    assert f"{first}: locked (" in out and "locked until" in out, out
+    assert f"{backup_id}: locked (" in out and "locked until" in out, out
     assert "removed 0 backup(s)" in out, out
 
 
 @when("the locks of everything written before the second backup have ended")
 def wait_locks(ctx: dict[str, Any]) -> None:
     second = ctx["backup_ids"][1]
-    meta = f"{PREFIX}platform/base/{second}/metadata.json"
-    v = next(v for v in versions(ctx, meta) if not v["Deleted"])
-    until = lock_of(ctx, meta, v["VersionId"])
+    wait_lock_ended(ctx, f"{PREFIX}platform/base/{second}/metadata.json")
+
+
+def wait_lock_ended(ctx: dict[str, Any], key: str) -> None:
+    """Sleep until the lock of ``key``'s (one) version has ended: less than a minute."""
+    v = next(v for v in versions(ctx, key) if not v["Deleted"] and v["Key"] == key)
+    until = lock_of(ctx, key, v["VersionId"])
     assert until is not None
     wait = (until - datetime.now(UTC)).total_seconds() + 1.5
     assert wait < 60, wait

@@ -55,17 +55,26 @@ def old_cluster(
     alert_receivers: AlertReceivers,
     old: int,
 ) -> None:
-    ctx["old_major"] = old
     ctx["alerts"] = alert_receivers
-    use_bins(h, monkeypatch, old)
     h.policy["sla"]["rpo"] = "20s"
-    h.env["XDG_STATE_HOME"] = str(h.root / "state")
     hook = f"http://127.0.0.1:{alert_receivers.http_port}/hook"
     h.env["PGBACKUP_TEST_WEBHOOK"] = hook
     monkeypatch.setenv("PGBACKUP_TEST_WEBHOOK", hook)  # the servers this test starts
     h.policy["alerts"] = {
         "webhooks": [{"name": "ops", "url": "${PGBACKUP_TEST_WEBHOOK}", "format": "json"}]
     }
+    start_archived_cluster(h, ctx, monkeypatch, old)
+
+
+def start_archived_cluster(
+    h: Harness, ctx: dict[str, Any], monkeypatch: pytest.MonkeyPatch, old: int
+) -> None:
+    """A PostgreSQL ``old`` sandbox archived by pgbackup into the policy's repository
+    (whatever ``h.policy`` holds): batches 1 to 3 in a backup, 4 to 6 archived after it;
+    ``ctx``: cluster, points, old_major, old_sysid."""
+    ctx["old_major"] = old
+    use_bins(h, monkeypatch, old)
+    h.env["XDG_STATE_HOME"] = str(h.root / "state")
     h.write_policy()
     h.start_source()
     cluster = Cluster(h.sandbox().data_dir, h.sandbox_port(), bin_dir=major_bin(old))
@@ -87,6 +96,11 @@ def upgrade_fails(h: Harness) -> None:
 
 @when("I run the upgrade step")
 def upgrade_ok(h: Harness, ctx: dict[str, Any]) -> None:
+    record_upgrade(h, ctx)
+
+
+def record_upgrade(h: Harness, ctx: dict[str, Any]) -> None:
+    """``pgbackup upgrade --target platform``: generation 2 is the new cluster."""
     ctx["upgrade"] = h.json("upgrade", "--target", "platform")
     assert ctx["upgrade"]["generation"] == 2
     assert ctx["upgrade"]["previous_system_identifier"] == ctx["old_sysid"]
@@ -163,6 +177,13 @@ def pg_upgrade(
 
 @then(parsers.parse('its WAL is refused and the server log names "{text}"'))
 def refused(h: Harness, ctx: dict[str, Any], text: str) -> None:
+    wait_refused(ctx, text)
+    # Nothing of the new cluster was stored.
+    assert not (h.repo / "platform" / "gen").exists()
+
+
+def wait_refused(ctx: dict[str, Any], text: str) -> None:
+    """Until the new cluster's archiver has failed; its log says why, naming ``text``."""
     import time
 
     cluster: Cluster = ctx["cluster"]
@@ -178,8 +199,6 @@ def refused(h: Harness, ctx: dict[str, Any], text: str) -> None:
     log = cluster.log_tail(400)
     assert f"refused: the archive of target 'platform' belongs to cluster {ctx['old_sysid']}" in log
     assert text in log, log
-    # Nothing of the new cluster was stored.
-    assert not (h.repo / "platform" / "gen").exists()
 
 
 @then(parsers.parse('check is CRITICAL naming "{text}"'))
@@ -358,6 +377,13 @@ def only_new_left(h: Harness, ctx: dict[str, Any]) -> None:
     "and batches 7 to 8 are committed"
 )
 def fresh_initdb(h: Harness, ctx: dict[str, Any]) -> None:
+    replace_by_fresh_initdb(h, ctx)
+
+
+def replace_by_fresh_initdb(h: Harness, ctx: dict[str, Any]) -> None:
+    """The fast path of an upgrade: a new initdb of the same major where the old data
+    directory was (same port), its data restored by pg_dumpall, then batches 7 and 8
+    committed and a segment switch (its archiving is refused until the upgrade step)."""
     from pgbackup.postgres.cluster import run_as
 
     old_cluster: Cluster = ctx["cluster"]

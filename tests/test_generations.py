@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -213,3 +214,76 @@ def test_an_incremental_never_builds_on_another_generation(tmp_path: Path) -> No
     assert choose_parent(repo, "main", facts).backup_id == "20261206T210000Z"  # type: ignore[arg-type]
     gen1 = Repository(storage)
     assert [b.backup_id for b in gen1.complete_backups("main")] == ["20261206T200000Z"]
+
+
+# --- a versioned bucket under object lock (docs/security.md, features/upgrade_object_lock) --
+
+
+@pytest.fixture
+def locked_bucket(
+    s3_service: tuple[dict[str, Any], dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any]:
+    """A storage on a fresh moto bucket with versioning and object lock, and a boto3
+    client with the same (the host's) credentials: the attacker."""
+    import uuid
+
+    import boto3
+
+    spec, env = s3_service
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"locked-{uuid.uuid4().hex[:10]}"
+    s3 = boto3.client("s3", endpoint_url=spec["endpoint_url"], region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    lock = {"mode": "governance", "margin": 60, "days": 1, "weekly": 0, "monthly": 0}
+    return open_storage(dict(spec, bucket=bucket, object_lock=lock)), s3
+
+
+def _delete_marker(storage: Any, s3: Any, key: str) -> None:
+    s3.delete_object(Bucket=storage.bucket, Key=storage.object_name(key))
+
+
+def test_a_deleted_binding_or_history_is_not_written_again(locked_bucket: tuple[Any, Any]) -> None:
+    """The archive.json and history records an attacker deleted (delete markers) read as
+    absent; wal-push, backup and the upgrade step refuse instead of binding generation 1's
+    namespace to whichever cluster comes next."""
+    from pgbackup.engine.wal import WalError, bind_archive
+
+    storage, s3 = locked_bucket
+    bind_archive(storage, "main", 111, 16 * 1024 * 1024)  # the first push binds it
+    g.write_records(storage, "main", g.plan_upgrade([], "111", 15, "222", 15, "main", NOW))
+    bind_archive(g.for_cluster(storage, "main", 222), "main", 222, 16 * 1024 * 1024)
+    assert storage.stat("main/gen/2/archive.json") is not None
+    for key in ("main/archive.json", "main/history/1.json", "main/history/2.json"):
+        _delete_marker(storage, s3, key)
+    assert g.read_history(storage, "main") == []  # what the attacker made it look like
+    with pytest.raises(WalError, match=r"main/archive.json of target 'main' was deleted at"):
+        bind_archive(g.for_cluster(storage, "main", 222), "main", 222, 16 * 1024 * 1024)
+    assert storage.stat("main/archive.json") is None  # not bound again
+    assert [v.deleted for v in storage.versions("main/archive.json")].count(False) == 1
+    with pytest.raises(g.GenerationError, match="backup refused: main/archive.json"):
+        g.backup_storage(storage, "main", SimpleNamespace(system_identifier="222"))
+    # generation 1's binding back, the history still deleted: refused, naming the history
+    storage.write_bytes("main/archive.json", b'{"system_identifier": "111"}', if_absent=True)
+    with pytest.raises(WalError, match=r"main/history/1.json of target 'main' was deleted"):
+        bind_archive(g.for_cluster(storage, "main", 222), "main", 222, 16 * 1024 * 1024)
+    with pytest.raises(g.GenerationError, match=r"history/1.json of target 'main' was deleted"):
+        g.backup_storage(storage, "main", SimpleNamespace(system_identifier="222"))
+    # a binding never written is bound, on a versioned bucket as anywhere
+    bind_archive(storage, "other", 333, 16 * 1024 * 1024)
+    assert storage.stat("other/archive.json") is not None
+
+
+def test_a_view_lists_and_expires_its_own_versions(locked_bucket: tuple[Any, Any]) -> None:
+    """expire_prefix through a later generation's view finds that generation's versions
+    (and their locks), not generation 1's names: a locked copy is held, not 'removed'."""
+    storage, _s3 = locked_bucket
+    gen2 = g.view(storage, "main", 2)
+    gen2.write_bytes("main/base/B2/metadata.json", b"meta")
+    storage.write_bytes("main/base/B1/metadata.json", b"gen 1")
+    assert [v.key for v in gen2.versions("main/base/")] == ["main/base/B2/metadata.json"]
+    (v,) = gen2.versions("main/base/B2/")
+    assert gen2.retention_of(v.key, v.version_id) is not None
+    removed, held = gen2.expire_prefix("main/base/B2/")
+    assert (removed, held is not None) == (0, True)
+    assert storage.stat("main/gen/2/base/B2/metadata.json") is not None

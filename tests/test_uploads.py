@@ -367,3 +367,60 @@ def test_copies_to_gcs_and_azure_move_several_objects_at_once(
     assert dest.read_metadata("t", BACKUP)["backup_id"] == BACKUP
     assert sync_wal(source, dest, "t") == 7
     assert sync_wal(source, dest, "t") == 0
+
+
+# --- retention at destinations, across generations (engine/generations) -----------------
+
+
+def test_cleanup_uploads_expires_every_generations_copies_and_keeps_the_newest(
+    tmp_path: Path,
+) -> None:
+    """After an upgrade a destination holds generation 1's copies under <target>/base/ and
+    generation 2's under <target>/gen/2/base/: retention_days applies to both; the newest
+    copy of all is kept; generation 1's WAL stays (as in the repository)."""
+    from datetime import UTC, datetime
+
+    from pgbackup.engine import generations as g
+    from pgbackup.engine.uploads import cleanup_uploads
+    from pgbackup.policy import load_policy_fast
+
+    config = tmp_path / "backup.yaml"
+    config.write_text(
+        f"version: 1\nrepository: {{path: {tmp_path / 'repo'}}}\n"
+        f"uploads: [{{name: off, path: {tmp_path / 'off'}, retention_days: 1}}]\n"
+        "targets:\n  main:\n    connection: {host: 127.0.0.1, dbname: x}\n"
+    )
+    off = open_storage({"path": str(tmp_path / "off")})
+    g.write_records(
+        off, "main", g.plan_upgrade([], "111", 15, "222", 15, "main", "2026-11-01T00:00:00Z")
+    )
+
+    def copy(storage: Any, backup_id: str, generation: int) -> None:
+        meta = {
+            "status": "complete",
+            "backup_id": backup_id,
+            "stop_time": f"2026-11-{backup_id[6:8]}T00:10:00Z",
+            "generation": generation,
+            "start_lsn": "0/2000028",
+            "timeline": 1,
+            "objects": [{"name": "base.tar", "size": 4}],
+        }
+        storage.write_bytes(f"main/base/{backup_id}/base.tar", b"data")
+        storage.write_bytes(f"main/base/{backup_id}/{METADATA}", json.dumps(meta).encode())
+
+    gen2 = g.view(off, "main", 2)
+    copy(off, "20261101T000000Z", 1)
+    off.write_bytes("main/wal/000000010000000000000002.zst", b"wal of generation 1")
+    copy(gen2, "20261102T000000Z", 2)
+    copy(gen2, "20261103T000000Z", 2)
+    policy = load_policy_fast(str(config))
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    assert cleanup_uploads(policy, now, dry_run=True) == {
+        "off": {"main": ["20261101T000000Z", "20261102T000000Z"]}
+    }
+    assert (tmp_path / "off/main/base/20261101T000000Z").exists()  # a dry run
+    removed = cleanup_uploads(policy, now)
+    assert removed == {"off": {"main": ["20261101T000000Z", "20261102T000000Z"]}}
+    assert [b.backup_id for b in Repository(off).backups("main")] == []
+    assert [b.backup_id for b in Repository(gen2).backups("main")] == ["20261103T000000Z"]
+    assert off.stat("main/wal/000000010000000000000002.zst") is not None

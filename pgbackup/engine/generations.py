@@ -223,6 +223,60 @@ def write_records(storage: Any, target: str, records: list[dict[str, Any]]) -> N
             ) from None
 
 
+DELETED_HINT = (
+    "`pgbackup check` names what was deleted (tampering); remove the delete markers with "
+    "the maintenance credentials (docs/security.md), then archiving and backups resume"
+)
+
+
+def deleted_at(storage: Any, key: str) -> str | None:
+    """When ``key``, which reads as absent, was deleted: the time of its newest delete
+    marker in a versioned storage (S3 with versioning, docs/security.md), ISO 8601; None
+    when it never existed there (or the storage keeps no versions, or reads a past
+    ``--as-of``)."""
+    if not getattr(storage, "versioned", False) or getattr(storage, "as_of", None) is not None:
+        return None
+    markers = [v.written for v in storage.versions(key) if v.key == key and v.deleted]
+    return max(markers).strftime("%Y-%m-%dT%H:%M:%SZ") if markers else None
+
+
+def refuse_deleted(storage: Any, target: str, key: str, what: str) -> None:
+    """Refuse (GenerationError) to write where ``key`` of ``target``'s archive reads as
+    absent because it was deleted (a delete marker), not because it never existed.
+
+    A holder of the host's credentials can add delete markers on a locked bucket: to the
+    archive's binding (``archive.json``) and the history, a new cluster's WAL or backup
+    would otherwise land in generation 1's namespace, binding it again to the wrong
+    cluster. Under object lock nothing is lost; nothing is written until the markers are
+    removed either."""
+    when = deleted_at(storage, key)
+    if when is None:
+        return
+    raise GenerationError(
+        f"{what} refused: {key} of target {target!r} was deleted at {when} (a delete "
+        "marker): its archive is not bound again",
+        hint=DELETED_HINT,
+    )
+
+
+def refuse_deleted_history(storage: Any, target: str, what: str) -> None:
+    """The same for the history: records that read as absent because they were deleted."""
+    if not getattr(storage, "versioned", False) or getattr(storage, "as_of", None) is not None:
+        return
+    by_key: dict[str, list[Any]] = {}
+    for v in storage.versions(f"{target}/{HISTORY}/"):
+        by_key.setdefault(v.key, []).append(v)
+    for key, found in sorted(by_key.items()):
+        newest = max(found, key=lambda v: (v.written, v.deleted))
+        if newest.deleted:
+            raise GenerationError(
+                f"{what} refused: {key} of target {target!r} was deleted at "
+                f"{newest.written.strftime('%Y-%m-%dT%H:%M:%SZ')} (a delete marker): the "
+                "target's generations cannot be told apart without it",
+                hint=DELETED_HINT,
+            )
+
+
 def for_cluster(storage: Any, target: str, sysid: int | str | None, *, strict: bool = True) -> Any:
     """``storage`` as the generation of ``target`` holding cluster ``sysid`` sees it;
     ``storage`` itself while there is no history. A cluster the history does not declare
@@ -251,9 +305,13 @@ def backup_storage(storage: Any, target: str, facts: Any) -> Any:
         try:
             info = json.loads(storage.read_bytes(f"{target}/{ARCHIVE_INFO}"))
         except (PgBackupError, ValueError):
-            return storage  # not bound yet: the first push binds it
+            # not bound yet: the first push binds it (unless the binding was deleted)
+            refuse_deleted(storage, target, f"{target}/{ARCHIVE_INFO}", "backup")
+            refuse_deleted_history(storage, target, "backup")
+            return storage
         bound = str(info.get("system_identifier"))
         if bound != sysid:
+            refuse_deleted_history(storage, target, "backup")
             message, hint = undeclared(target, sysid, [bound])
             raise GenerationError(f"backup refused: {message}", hint=hint)
         return storage
@@ -358,6 +416,25 @@ class _GenerationView:
             key = unmapped(info.key, self._gen_target, self._gen_number)
             if key is not None and key.startswith(prefix):
                 yield info._replace(key=key)
+
+    # A versioned storage's versions and locks (S3), named as the listing names keys: so
+    # that expire and expire_prefix, which list versions then delete them, see this
+    # generation's objects through a view too.
+
+    def versions(self, prefix: str = "") -> Iterator[Any]:
+        for v in super().versions(self._map(prefix)):  # type: ignore[misc]
+            key = unmapped(v.key, self._gen_target, self._gen_number)
+            if key is not None and key.startswith(prefix):
+                yield v._replace(key=key)
+
+    def retention_of(self, key: str, version_id: str) -> Any:
+        return super().retention_of(self._map(key), version_id)  # type: ignore[misc]
+
+    def extend_retention(self, key: str, version_id: str, until: Any) -> None:
+        super().extend_retention(self._map(key), version_id, until)  # type: ignore[misc]
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        super().delete_version(self._map(key), version_id)  # type: ignore[misc]
 
     def path_of(self, key: str) -> Any:
         return super().path_of(self._map(key))  # type: ignore[misc]

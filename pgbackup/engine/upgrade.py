@@ -13,6 +13,7 @@ from pgbackup.engine.generations import (
     history_key,
     plan_upgrade,
     read_history,
+    refuse_deleted_history,
     root,
     write_records,
 )
@@ -60,6 +61,8 @@ def run_upgrade(policy: Any, target: Any) -> dict[str, Any]:
     history = read_history(storage, name)
     bound_sysid = bound_major = None
     if not history:
+        # records deleted (delete markers) are not written again over them
+        refuse_deleted_history(storage, name, "the upgrade step")
         try:
             info = json.loads(storage.read_bytes(f"{name}/{ARCHIVE_INFO}"))
             bound_sysid = str(info.get("system_identifier"))

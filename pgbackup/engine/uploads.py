@@ -434,6 +434,7 @@ def cleanup_uploads(
     The newest complete copy is never removed; WAL no kept copy needs goes with the rest.
     Incomplete copies (interrupted uploads) older than the newest complete one are removed.
     """
+    from pgbackup.engine.generations import generation_views
     from pgbackup.engine.walchain import plan_wal_expiry
     from pgbackup.policy.retention import expire_after_days, spare_chains
     from pgbackup.ui import LOG
@@ -445,10 +446,18 @@ def cleanup_uploads(
         days = int(spec.get("retention_days", 30))
         gone: dict[str, list[str]] = {}
         try:
-            repo = Repository(upload_storage(policy, dest_name, role="maintenance"))
+            storage = upload_storage(policy, dest_name, role="maintenance")
             for target in policy.targets:
-                backups = repo.backups(target)
-                complete = [b for b in backups if b.complete and b.stop_time is not None]
+                # Every generation's copies (engine/generations: a later one's live under
+                # gen/<n>/ there too), each generation seen through its view.
+                views = [Repository(st) for _g, st in generation_views(storage, target)]
+                by_view = [(r, r.backups(target)) for r in views]
+                complete = [
+                    b for _r, bs in by_view for b in bs if b.complete and b.stop_time is not None
+                ]
+                # Across generations: the newest copy of all (the newest generation's) is
+                # never removed; an older generation's expire after the days, its WAL stays
+                # (as in the repository: docs/upgrades.md).
                 expired = spare_chains(
                     set(
                         expire_after_days(
@@ -457,28 +466,35 @@ def cleanup_uploads(
                     ),
                     {b.backup_id: b.metadata.get("parent") for b in complete},
                 )
-                newest = max((b.backup_id for b in complete), default=None)
-                leftovers = [
-                    b.backup_id
-                    for b in backups
-                    if not b.complete and newest is not None and b.backup_id < newest
-                ]
-                kept = [b for b in complete if b.backup_id not in expired]
-                wal_keys = plan_wal_expiry(repo, target, kept)
-                ids = sorted(expired) + leftovers
-                gone[target] = ids
+                plans = []
+                for gen_repo, backups in by_view:
+                    newest = max((b.backup_id for b in backups if b.complete), default=None)
+                    leftovers = [
+                        b.backup_id
+                        for b in backups
+                        if not b.complete and newest is not None and b.backup_id < newest
+                    ]
+                    mine = {b.backup_id for b in backups}
+                    kept = [b for b in backups if b.complete and b.backup_id not in expired]
+                    wal_keys = plan_wal_expiry(gen_repo, target, kept)
+                    plans.append((gen_repo, sorted(expired & mine) + leftovers, wal_keys))
+                gone[target] = sorted(i for _r, ids, _w in plans for i in ids)
                 if dry_run:
                     continue
                 held = 0  # expired but still under an object lock: removed by a later run
-                for backup_id in ids:
-                    _, until = repo.storage.expire_prefix(repo.base_prefix(target, backup_id))
-                    if until is not None:
-                        held += 1
-                        gone[target] = [i for i in gone[target] if i != backup_id]
-                        continue
-                    LOG.info("upload %s: removed copy %s of %s", dest_name, backup_id, target)
-                for key in wal_keys:
-                    held += repo.storage.expire(key) is not None
+                wal_keys = []
+                for repo, ids, gen_wal in plans:
+                    for backup_id in ids:
+                        prefix = repo.base_prefix(target, backup_id)
+                        _, until = repo.storage.expire_prefix(prefix)
+                        if until is not None:
+                            held += 1
+                            gone[target] = [i for i in gone[target] if i != backup_id]
+                            continue
+                        LOG.info("upload %s: removed copy %s of %s", dest_name, backup_id, target)
+                    for key in gen_wal:
+                        held += repo.storage.expire(key) is not None
+                    wal_keys += gen_wal
                 if held:
                     LOG.info(
                         "upload %s: %d expired objects of %s kept by their lock",

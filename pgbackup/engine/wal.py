@@ -114,8 +114,22 @@ def read_archive_info(storage: Storage, target: str) -> dict[str, Any] | None:
 
 def bind_archive(storage: Storage, target: str, sysid: int, seg_size: int) -> None:
     """Tie a target's archive to one cluster (first push wins; conditional create)."""
+    from pgbackup.engine.generations import (
+        GenerationError,
+        refuse_deleted,
+        refuse_deleted_history,
+    )
+
     info = read_archive_info(storage, target)
     if info is None:
+        # Absent because never written, or because someone deleted it (a delete marker
+        # on a versioned bucket): bound again, the archive would take whichever cluster
+        # pushes next, a later generation's into generation 1's namespace.
+        try:
+            refuse_deleted(storage, target, f"{target}/{ARCHIVE_INFO}", f"WAL from cluster {sysid}")
+            refuse_deleted_history(storage, target, f"WAL from cluster {sysid}")
+        except GenerationError as exc:
+            raise WalError(exc.message, hint=exc.hint) from None
         payload = archive_info_bytes(sysid, seg_size)
         try:
             storage.write_bytes(f"{target}/{ARCHIVE_INFO}", payload, if_absent=True)
@@ -124,6 +138,11 @@ def bind_archive(storage: Storage, target: str, sysid: int, seg_size: int) -> No
             info = read_archive_info(storage, target) or {}
     if str(info.get("system_identifier")) != str(sysid):
         from pgbackup.engine.generations import undeclared
+
+        try:  # a later generation's cluster, its history deleted: say so
+            refuse_deleted_history(storage, target, f"WAL from cluster {sysid}")
+        except GenerationError as exc:
+            raise WalError(exc.message, hint=exc.hint) from None
 
         _message, hint = undeclared(target, sysid, [str(info.get("system_identifier"))])
         raise WalError(
