@@ -260,7 +260,10 @@ def serve(
     if not os.path.isdir(spool):
         return None
     manifest = read_manifest(spool)
-    if manifest is None and just_started and _await_manifest(spool):
+    # A prefetcher opening the archive (just started by this wal-fetch, or by a restore
+    # before the server: BeforeServer) is waited for, not fetched beside.
+    opening = manifest is None and (just_started or _lock_holder(spool) is not None)
+    if opening and _await_manifest(spool):
         manifest = read_manifest(spool)
     identity = spool_identity(policy_path, target, source)
     sysid = _control_sysid(data_dir)
