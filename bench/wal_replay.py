@@ -158,6 +158,23 @@ def decode_locally(repo: Path, into: Path) -> None:
     give(into)
 
 
+def checked_and_removed(root: Path, label: str, cluster: Cluster, rows: int) -> int:
+    """The recovered server's rows compared with the source's (a wrong count stops the
+    benchmark), its log kept under logs/, its directory removed; the segments served
+    from the spool, from the prefetcher's last line."""
+    got = int(cluster.sql("SELECT count(*) FROM pgbench_history")[0][0])
+    if got != rows:
+        raise SystemExit(f"{label}: {got} history rows recovered, the source has {rows}")
+    cluster.stop("immediate")
+    text = cluster.log_file.read_text(errors="replace")
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):
+        cluster.log_file.rename(logs / f"{cluster.data_dir.name}.log")
+    rmtree(cluster.data_dir)
+    return sum(int(m) for m in SERVED.findall(text))
+
+
 def replay(
     root: Path, label: str, cfg: Path, env: dict[str, str], rows: int, local: Path | None
 ) -> tuple[float, int]:
@@ -186,18 +203,7 @@ def replay(
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    got = int(cluster.sql("SELECT count(*) FROM pgbench_history")[0][0])
-    if got != rows:
-        raise SystemExit(f"{label}: {got} history rows recovered, the source has {rows}")
-    cluster.stop("immediate")
-    text = cluster.log_file.read_text(errors="replace")
-    served = sum(int(m) for m in SERVED.findall(text))
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    with contextlib.suppress(OSError):
-        cluster.log_file.rename(logs / f"{directory.name}.log")
-    rmtree(directory)
-    return seconds, served
+    return seconds, checked_and_removed(root, label, cluster, rows)
 
 
 def replay_started(
@@ -219,18 +225,7 @@ def replay_started(
     )
     seconds = float(json.loads(proc.stdout)["phases"]["wal_replay"]["seconds"])
     cluster = Cluster(directory, port)
-    got = int(cluster.sql("SELECT count(*) FROM pgbench_history")[0][0])
-    if got != rows:
-        raise SystemExit(f"{label}: {got} history rows recovered, the source has {rows}")
-    cluster.stop("immediate")
-    text = cluster.log_file.read_text(errors="replace")
-    served = sum(int(m) for m in SERVED.findall(text))
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    with contextlib.suppress(OSError):
-        cluster.log_file.rename(logs / f"{directory.name}.log")
-    rmtree(directory)
-    return seconds, served
+    return seconds, checked_and_removed(root, label, cluster, rows)
 
 
 def replay_pgbackrest(root: Path, conf: Path, rows: int) -> float:
