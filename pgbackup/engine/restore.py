@@ -603,8 +603,7 @@ def start_read_ahead(read_ahead: BeforeServer, cluster: Cluster) -> None:
     try:
         argv = read_ahead.prepare(str(cluster.data_dir))
         hand_over(cluster.data_dir / SPOOL_DIR, cluster.os_user)
-        cluster.log_file.touch(exist_ok=True)
-        hand_over(cluster.log_file, cluster.os_user, 0o640)
+        cluster.prepare_log_file()  # the prefetcher writes to it before the server does
         spawn_detached(argv, cluster.os_user, cwd=cluster.data_dir, log_file=cluster.log_file)
     except (OSError, PgBackupError) as exc:
         LOG.warning("read-ahead not started before the server: %s", exc)

@@ -137,6 +137,12 @@ def _as_of_word(as_of: Any) -> str:
     return str(when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
+def _fetch_as_of(policy: Any, from_upload: str | None) -> Any:
+    """The time wal-fetch reads the repository as of: a restore --as-of fetches its WAL
+    from the same past (docs/security.md); an upload copy is read as it is."""
+    return None if from_upload else policy.repository.get("as_of")
+
+
 def recovery_settings(
     policy: Any,
     target_name: str,
@@ -154,9 +160,8 @@ def recovery_settings(
     ``until``."""
     source = f"--from {from_upload} " if from_upload else ""
     bound = f"--until {until} " if until else ""
-    # A restore --as-of fetches its WAL from the same past (docs/security.md).
-    as_of = policy.repository.get("as_of")
-    if as_of and not from_upload:
+    as_of = _fetch_as_of(policy, from_upload)
+    if as_of:
         bound += f"--as-of {_as_of_word(as_of)} "
     settings: dict[str, Any] = {
         "restore_command": f"'{pgbackup_program()}' --config '{policy.path}' wal-fetch {source}--target {target_name} {bound}%f %p",
@@ -587,8 +592,7 @@ def read_ahead_before_server(
     has no read-ahead)."""
     from pgbackup.engine.walprefetch import BeforeServer
 
-    as_of = policy.repository.get("as_of") and not from_upload  # as recovery_settings says
-    if target.wal_fetch.read_ahead <= 0 or as_of:
+    if target.wal_fetch.read_ahead <= 0 or _fetch_as_of(policy, from_upload):
         return None
     return BeforeServer(str(policy.path), target.name, from_upload, expected.get("until"))
 

@@ -460,10 +460,8 @@ def kick(
     identity = spool_identity(policy_path, target, source)
     if walpage.is_segment(name):
         record_request(spool, name, "miss", identity)
-    else:
-        first = backup_start_segment(data_dir)
-        if first is not None:  # read ahead from it while the history probes are answered
-            record_request(spool, first, "seed", identity)
+    else:  # read ahead from the backup's first segment while history probes are answered
+        record_seed(spool, data_dir, identity)
     started = ensure_running(spool, _prefetcher_argv(policy_path, target, source, until, data_dir))
     return "started" if started else "running"
 
@@ -484,6 +482,14 @@ def backup_start_segment(data_dir: str) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return None
+
+
+def record_seed(spool: str, data_dir: str, identity: str) -> None:
+    """Name the backup's first segment (:func:`backup_start_segment`) to the prefetcher,
+    which reads ahead from it before any segment is asked for; nothing without a label."""
+    first = backup_start_segment(data_dir)
+    if first is not None:
+        record_request(spool, first, "seed", identity)
 
 
 #: The prefetcher's last argument when a restore starts it before the server (its log says so).
@@ -509,10 +515,7 @@ class BeforeServer:
         standard error the server's log)."""
         spool = os.path.join(data_dir, SPOOL_DIR)
         os.makedirs(spool, 0o700, exist_ok=True)
-        first = backup_start_segment(data_dir)
-        if first is not None:
-            identity = spool_identity(self.policy_path, self.target, self.source)
-            record_request(spool, first, "seed", identity)
+        record_seed(spool, data_dir, spool_identity(self.policy_path, self.target, self.source))
         argv = _prefetcher_argv(self.policy_path, self.target, self.source, self.until, data_dir)
         return [*argv, BEFORE_SERVER]
 

@@ -276,12 +276,16 @@ class Cluster(SqlAccess):
         auto.write_text("\n".join(keep) + "\n")
         hand_over(auto, self.os_user, 0o600)
 
+    def prepare_log_file(self) -> None:
+        """The server's log file, there and the server's OS user's (pg_ctl -l appends)."""
+        self.log_file.touch(exist_ok=True)
+        hand_over(self.log_file, self.os_user, 0o640)
+
     def start(self, timeout: float = START_TIMEOUT, extra_options: str = "") -> None:
         """Start the postmaster and wait until it accepts connections."""
         if self.is_running():
             return
-        self.log_file.touch(exist_ok=True)
-        hand_over(self.log_file, self.os_user, 0o640)
+        self.prepare_log_file()
         argv = [
             self.program("pg_ctl"),
             "-D",
