@@ -228,6 +228,71 @@ def test_a_spooled_file_damaged_after_it_was_written_is_refused(
     assert "CRC-32" in capsys.readouterr().err
 
 
+def _crc32_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the CRC-32 computations of 16 MiB from here on."""
+    import zlib
+
+    calls: list[int] = []
+    real = zlib.crc32
+
+    def counted(data: Any, value: int = 0) -> int:
+        calls.append(len(data))
+        return real(data, value)
+
+    monkeypatch.setattr(zlib, "crc32", counted)
+    return calls
+
+
+def test_an_unwritten_spooled_file_is_served_without_a_second_crc(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spooled file's modification time is its CRC, the manifest names this boot: its
+    bytes are those verified when it was spooled, and serving it reads only its header."""
+    archive(setup, NAME)
+    assert prefetcher(setup).fetch_one(NAME) == "spooled"
+    spool = setup["data"] / SPOOL_DIR
+    path = spool / spooled(str(spool))[NAME]
+    assert os.stat(path).st_mtime_ns == int(path.name[25:], 16)
+    assert f"boot {walprefetch.boot_id()}\n" in (spool / "manifest").read_text()
+    calls = _crc32_counted(monkeypatch)
+    dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
+    with _prefetcher_running(setup):
+        assert serve(setup["config"], "main", None, None, NAME, str(dest)) == 0
+    assert calls == [] and dest.read_bytes() == segment(NAME)
+
+
+@pytest.mark.parametrize("why", ["written since", "spooled in another boot"])
+def test_a_spooled_file_not_proven_unwritten_is_checked_in_full(
+    setup: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    why: str,
+) -> None:
+    """A write into the file moves its modification time off its CRC; a spool from
+    another boot (an operating-system crash may have lost bytes of a renamed file) is
+    never trusted by its times: both are checked with a full CRC-32, and damage refused."""
+    archive(setup, NAME)
+    assert prefetcher(setup).fetch_one(NAME) == "spooled"
+    spool = setup["data"] / SPOOL_DIR
+    path = spool / spooled(str(spool))[NAME]
+    crc = int(path.name[25:], 16)
+    with open(path, "r+b") as f:
+        f.seek(SEG - 1)
+        f.write(b"\x01")
+    if why == "spooled in another boot":  # the damage hidden behind the CRC's time
+        os.utime(path, ns=(crc, crc))
+        manifest = spool / "manifest"
+        manifest.write_text(
+            manifest.read_text().replace(f"boot {walprefetch.boot_id()}", "boot another")
+        )
+    calls = _crc32_counted(monkeypatch)
+    dest = setup["data"] / "pg_wal" / "RECOVERYXLOG"
+    with _prefetcher_running(setup):
+        assert serve(setup["config"], "main", None, None, NAME, str(dest)) is None
+    assert calls == [SEG] and not dest.exists() and not path.exists()
+    assert "CRC-32" in capsys.readouterr().err
+
+
 def test_a_truncated_spooled_file_is_refused(setup: dict[str, Any]) -> None:
     archive(setup, NAME)
     assert prefetcher(setup).fetch_one(NAME) == "spooled"
