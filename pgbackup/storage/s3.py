@@ -139,7 +139,12 @@ class S3Storage(CloudStorage):
             signature_version="s3v4",
         )
         try:
-            session = boto3.session.Session(profile_name=profile)
+            from pgbackup.storage.botocore_loader import botocore_session
+
+            # botocore's own session, without its listing of every service (130 ms)
+            session = boto3.session.Session(
+                botocore_session=botocore_session(), profile_name=profile
+            )
             self.client = session.client(
                 "s3",
                 region_name=self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
