@@ -396,6 +396,41 @@ def gap_error(
     )
 
 
+class _RecoveryNap:
+    """The pause between two questions to a recovering server (a connection each): 0.3 s,
+    cut short when the server removes its ``recovery.signal`` / ``standby.signal``, which
+    it does as archive recovery ends (``StartupXLOG`` in xlog.c, PostgreSQL 15 to 18: right
+    after ``XLogInitNewTimeline``, before it writes the new timeline's history file and
+    leaves recovery; a server paused at its target keeps them), so that a restore that waits for the end
+    sees it within ~20 ms rather than up to 0.3 s later. Once the files are gone (and only
+    if they were seen: a data directory this process cannot read, a container's, keeps
+    the plain pause) it asks again every 20 ms until the server says it has left recovery."""
+
+    SECONDS = 0.3
+    STEP = 0.02
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.signals = [Path(data_dir) / n for n in ("recovery.signal", "standby.signal")]
+        self.seen = False
+
+    def _signalled(self) -> bool:
+        try:
+            return any(p.exists() for p in self.signals)
+        except OSError:
+            return False
+
+    def __call__(self) -> None:
+        if not self._signalled():
+            time.sleep(self.STEP if self.seen else self.SECONDS)
+            return
+        self.seen = True
+        end = time.monotonic() + self.SECONDS
+        while time.monotonic() < end:
+            time.sleep(self.STEP)
+            if not self._signalled():
+                return
+
+
 def wait_for_recovery_end(
     timeout: float = 600, action: str = "promote", expected: dict[str, Any] | None = None
 ) -> Any:
@@ -431,6 +466,7 @@ def wait_for_recovery_end(
     def wait(cluster: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         info: dict[str, Any] = {}
+        nap = _RecoveryNap(cluster.data_dir)
         while time.monotonic() < deadline:
             try:
                 row = cluster.sql(
@@ -448,7 +484,7 @@ def wait_for_recovery_end(
                         f"recovery stopped before reaching its target: {reason or 'the server exited'}",
                         hint=f"the archive may end earlier or miss a file (pgbackup verify --wal); see {cluster.log_file}",
                     ) from None
-                time.sleep(0.3)
+                nap()
                 continue
             in_recovery, lsn, ts, pause, tli = row
             info = {
@@ -465,7 +501,7 @@ def wait_for_recovery_end(
             if pause == "paused":
                 info["state"] = "paused at target"
                 return info
-            time.sleep(0.3)
+            nap()
         raise RestoreError(
             f"recovery did not finish within {timeout:.0f}s", hint=f"see {cluster.log_file}"
         )
