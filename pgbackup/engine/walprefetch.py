@@ -1030,10 +1030,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     why = "it failed"
     try:
+        opening = time.monotonic()
         prefetcher.open()
         prefetcher.log(
             f"reading ahead {prefetcher.ahead} segments, {prefetcher.streams} at a time, "
-            f"into {spool}"
+            f"into {spool} (archive opened in {time.monotonic() - opening:.2f} s)"
             + ("; started by the restore, before the server" if before_server else "")
         )
         why = prefetcher.run() if prefetcher.ahead > 0 else "read-ahead is off"
