@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -74,12 +73,10 @@ from common import (  # noqa: E402
 )
 from s3 import TlsProxy, cache_moto_values, pgbackrest_s3_conf, s3_policy, shaped  # noqa: E402
 
+from pgbackup.engine.walprefetch import read_ahead_report  # noqa: E402
 from pgbackup.postgres.cluster import Cluster, free_port  # noqa: E402
 
 SEG = 16 * 1024 * 1024
-SERVED = re.compile(
-    r"pgbackup wal-prefetch: .* stopped \([^)]*\): \d+ segments spooled, (\d+) served"
-)
 
 
 def with_read_ahead(cfg: Path, out: Path, read_ahead: int) -> Path:
@@ -172,7 +169,8 @@ def checked_and_removed(root: Path, label: str, cluster: Cluster, rows: int) -> 
     with contextlib.suppress(OSError):
         cluster.log_file.rename(logs / f"{cluster.data_dir.name}.log")
     rmtree(cluster.data_dir)
-    return sum(int(m) for m in SERVED.findall(text))
+    report = read_ahead_report(text)
+    return report["served"] if report else 0
 
 
 def replay(

@@ -98,6 +98,10 @@ def recorded(h: Harness, ctx: dict[str, Any]) -> None:
     for name in ("transfer", "decode", "write", "sync", "wal_replay"):
         assert rec["phases"][name]["seconds"] > 0 and rec["phases"][name]["bytes"] > 0, rec
     assert rec["phases"]["wal_replay"]["seconds"] == rec["timings"]["recovery"]
+    if rec["provider"] == "local":  # wal-fetch's read-ahead started first, as restore --start
+        read_ahead = rec["phases"]["wal_replay"]["read_ahead"]
+        assert read_ahead["started_before_server"] and read_ahead["spooled"] >= 1, rec
+        assert read_ahead["refused"] == 0, rec
 
 
 @then("the drill's checks passed")

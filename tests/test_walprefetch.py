@@ -661,3 +661,28 @@ def test_before_server_seeds_the_spool_with_the_flags_wal_fetch_uses(
     identity = walprefetch.spool_identity(os.path.realpath(setup["config"]), "main", None)
     requests = (setup["data"] / SPOOL_DIR / "requests").read_text()
     assert requests == f"{NAME} seed {identity}\n"  # the identity wal-fetch computes
+
+
+def test_the_read_ahead_report_sums_every_prefetcher_in_the_servers_log() -> None:
+    log = "\n".join(
+        [
+            "LOG:  starting archive recovery",
+            f"{walprefetch.PREFIX}2026-12-07 03:00:00 [12] reading ahead 8 segments, 4 at a "
+            "time, into /d/pgbackup_spool (archive opened in 0.21 s); started by the restore, "
+            "before the server",
+            f"{walprefetch.PREFIX}2026-12-07 03:00:04 [12] stopped (the server is gone): 9 "
+            "segments spooled, 7 served from the spool, 1 not in it (2 files answered for "
+            "wal-fetch), 1 refused; spool removed",
+            f"{walprefetch.PREFIX}2026-12-07 03:00:09 [31] stopped (recovery has ended): 4 "
+            "segments spooled, 3 served from the spool, 0 not in it (1 files answered for "
+            "wal-fetch), 0 refused; spool removed",
+        ]
+    )
+    assert walprefetch.read_ahead_report(log) == {
+        "spooled": 13,
+        "served": 10,
+        "not_in_spool": 1,
+        "refused": 1,
+        "started_before_server": True,
+    }
+    assert walprefetch.read_ahead_report("LOG:  redo done") is None

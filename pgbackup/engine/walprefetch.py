@@ -610,6 +610,31 @@ def ensure_running(spool: str, argv: list[str]) -> bool:
     return True
 
 
+def read_ahead_report(log_text: str) -> dict[str, Any] | None:
+    """What the read-ahead did in one recovery, from the server's log (the prefetchers'
+    lines, :func:`main`): segments spooled, served from the spool, not in it, refused,
+    summed over every prefetcher that stopped, and whether a restore started the first
+    one before the server. None when no prefetcher said it stopped."""
+    import re
+
+    stopped = re.findall(
+        re.escape(PREFIX)
+        + r"[^\n]*?\[\d+\] stopped \([^)]*\): (\d+) segments spooled, (\d+) served from the "
+        r"spool, (\d+) not in it \(\d+ files answered for wal-fetch\), (\d+) refused",
+        log_text,
+    )
+    if not stopped:
+        return None
+    totals = [sum(int(line[i]) for line in stopped) for i in range(4)]
+    return {
+        "spooled": totals[0],
+        "served": totals[1],
+        "not_in_spool": totals[2],
+        "refused": totals[3],
+        "started_before_server": "started by the restore, before the server" in log_text,
+    }
+
+
 def end_read_ahead(data_dir: str | os.PathLike[str], timeout: float = 10.0) -> None:
     """Stop the data directory's prefetcher (SIGTERM) and remove its spool: recovery has
     ended (pgbackup restore and drills call it). Any user may call it: the prefetcher

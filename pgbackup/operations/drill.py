@@ -311,6 +311,9 @@ class DrillRun:
             self.policy,
             self.image,
         )
+        local = self.provider != "docker"
+        if local:  # as `restore --start`: the archive open when PostgreSQL first asks
+            self._start_read_ahead(cluster)
         try:
             cluster.start()
         except PgBackupError:
@@ -329,6 +332,21 @@ class DrillRun:
                 self.result.recovered_to.get("last_replay_lsn"),
             ),
         }
+        if local:
+            report = _read_ahead_report(cluster)
+            if report is not None:
+                self.result.phases["wal_replay"]["read_ahead"] = report
+
+    def _start_read_ahead(self, cluster: Any) -> None:
+        """wal-fetch's prefetcher started before the scratch server, with the flags the
+        drill's restore_command gives wal-fetch (a container's server runs its own
+        pgbackup, whose first wal-fetch starts it there)."""
+        from pgbackup.engine.restore import start_read_ahead
+        from pgbackup.engine.restore_command import read_ahead_before_server
+
+        read_ahead = read_ahead_before_server(self.policy, self.target, None, self.expected)
+        if read_ahead is not None:
+            start_read_ahead(read_ahead, cluster)
 
     def check(self) -> None:
         """The policy's drill checks on the recovered server; the measured RTO and the
@@ -393,6 +411,17 @@ def _scratch_cluster(
     from pgbackup.postgres.cluster import Cluster
 
     return Cluster(data_dir, port, major=major, pg_bin_dir=target.pg_bin_dir)
+
+
+def _read_ahead_report(cluster: Any) -> dict[str, Any] | None:
+    """What the read-ahead did in the drill's recovery, from its server's log."""
+    from pgbackup.engine.walprefetch import read_ahead_report
+
+    try:
+        text = Path(cluster.log_file).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return read_ahead_report(text)
 
 
 def _record(repo: Repository, result: DrillResult) -> None:
