@@ -3,8 +3,9 @@
 Before it loads a model (``load_service_model``: the S3 service model, then its endpoint
 rules), botocore's data loader lists the names of all the services it has data for, to
 raise ``UnknownServiceError`` with them should the one asked for be missing: a walk of
-~420 directories and ~2,900 ``stat`` calls, 60 ms a model type, 130 ms of the ~250 ms an
-S3 client takes to build here (cProfile, botocore 1.44). botocore's own pull request
+~420 directories and ~2,900 ``stat`` calls for each of two model types, ~20 ms of the
+~100 ms an S3 client takes to build here (botocore 1.44; medians of six fresh processes
+each way: 0.101 s and 0.082 s). botocore's own pull request
 #3687 (open) drops that listing from the successful path; until it lands, this loader
 answers "is this service known" by looking in that service's directory only, and lists
 them all only when asked to list them (the error message, ``get_available_services``).
