@@ -66,10 +66,11 @@ class _Loader(Loader):  # type: ignore[misc]  # botocore has no type hints
         return _ServiceNames(self, type_name)
 
 
-def botocore_session() -> Any:
-    """A botocore session as boto3 would make it, with the loader above: the same search
-    paths (``AWS_DATA_PATH``, ``~/.aws/models``, botocore's own data), the same models."""
-    session = Session()
+def botocore_session(profile: str | None = None) -> Any:
+    """A botocore session as boto3 would make it (``profile``: an AWS profile's name, as
+    boto3's ``profile_name``), with the loader above: the same search paths
+    (``AWS_DATA_PATH``, ``~/.aws/models``, botocore's own data), the same models."""
+    session = Session(profile=profile)
     default = create_loader(session.get_config_variable("data_path"))
     loader = _Loader(
         extra_search_paths=list(default.search_paths), include_default_search_paths=False
