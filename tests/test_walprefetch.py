@@ -686,3 +686,24 @@ def test_the_read_ahead_report_sums_every_prefetcher_in_the_servers_log() -> Non
         "started_before_server": True,
     }
     assert walprefetch.read_ahead_report("LOG:  redo done") is None
+
+
+def test_answers_use_the_target_and_generation_found_when_the_archive_was_opened(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each question is wal.fetch's whole fetch, without looking up the target and the
+    generation again (history.json: a request through the object store, per question)."""
+    from pgbackup.engine import generations, wal
+
+    archive(setup, NAME)
+    p = prefetcher(setup)
+    looked_up: list[str] = []
+    monkeypatch.setattr(generations, "read_history", lambda *a, **k: looked_up.append("history"))
+    monkeypatch.setattr(wal, "pick_target", lambda *a, **k: looked_up.append("target"))
+    spool = setup["data"] / SPOOL_DIR
+    p.answer(NAME, "n1")
+    p.answer("00000002.history", "n2")
+    p.answer("000000010000000000000004", "n3")
+    assert [(spool / f"answer.n{i}").read_text() for i in (1, 2, 3)] == ["0", "1", "1"]
+    assert (spool / "answer.n1.data").read_bytes() == segment(NAME)
+    assert looked_up == []

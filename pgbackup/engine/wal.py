@@ -320,6 +320,8 @@ def fetch(
     target: str | None = None,
     storage: Storage | None = None,
     until: str | None = None,
+    *,
+    resolved: tuple[str, Storage] | None = None,
 ) -> None:
     """Write archived ``name`` decoded to ``dest`` atomically; WalNotFound when absent,
     WalGap when absent while later WAL of its timeline is archived.
@@ -328,12 +330,20 @@ def fetch(
     ``until``: the last segment the recovery target needs (pgbackup restore knows it);
     a later one that is missing is an ordinary miss, because PostgreSQL reads ahead
     (recovery_prefetch) past a target that lies just before a hole.
+    ``resolved``: the target's name and the generation holding this data directory's
+    cluster, as :func:`pick_target` and :func:`generation_storage` found them for an
+    earlier fetch of the same recovery (the read-ahead's prefetcher, which answers
+    several questions with one open archive): not looked up again, a request or more
+    each.
     """
-    if storage is None:
-        storage = open_storage(policy.repository)
-    sysid = control_sysid(Path.cwd())
-    target_name = pick_target(policy, storage, target, sysid)
-    storage = generation_storage(storage, target_name, sysid, strict=False)
+    if resolved is not None:
+        target_name, storage = resolved
+    else:
+        if storage is None:
+            storage = open_storage(policy.repository)
+        sysid = control_sysid(Path.cwd())
+        target_name = pick_target(policy, storage, target, sysid)
+        storage = generation_storage(storage, target_name, sysid, strict=False)
     spec = codec_for(policy)
     key = find_archived(storage, target_name, name, spec)
     later: str | None = None

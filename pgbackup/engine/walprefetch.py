@@ -746,7 +746,6 @@ class Prefetcher:
             self.storage = wal.open_storage(policy.repository)
         sysid = _control_sysid(self.data_dir)
         self.target = wal.pick_target(policy, self.storage, self.target_flag, sysid)
-        self.archive = self.storage  # the whole archive: wal.fetch picks the generation itself
         self.storage = wal.generation_storage(self.storage, self.target, sysid, strict=False)
         settings = policy.target(self.target).wal_fetch
         self.ahead = settings.read_ahead
@@ -847,8 +846,12 @@ class Prefetcher:
                 self._answered(answer, "0")
                 return
         try:
-            wal.fetch(
-                self.policy, name, answer + ".data", self.target_flag, self.archive, self.until
+            wal.fetch(  # target and generation as open() found them: no lookup per question
+                self.policy,
+                name,
+                answer + ".data",
+                until=self.until,
+                resolved=(self.target, self.storage),
             )
             status = "0"
         except wal.WalNotFound:
