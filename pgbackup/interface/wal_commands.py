@@ -161,10 +161,24 @@ def wal_main(argv: list[str]) -> int:
                     return 0
             except NotDurable as exc:  # linked into place, but its directory not fsynced
                 unsynced = exc
-        from pgbackup.engine import wal
         from pgbackup.policy import find_config, load_policy_fast
 
         policy = load_policy_fast(find_config(config))
+        # wal-fetch: the read-ahead first, before this process imports the engine or opens
+        # a storage client (the prefetcher it starts opens the archive meanwhile); when
+        # this call started it, its answer, from the client it opens anyway, rather than
+        # a second client opened here beside it.
+        if (
+            command == "wal-fetch"
+            and as_of is None
+            and policy_path
+            and _read_ahead(policy, policy_path, target, source, until, args[0])
+        ):
+            answered = _served_from_spool(policy_path, target, source, until, args, True)
+            if answered is not None:
+                return answered
+        from pgbackup.engine import wal
+
         if unsynced is not None:
             raise wal.WalError(
                 f"cannot make {os.path.basename(args[0])} durable in the archive "
@@ -182,12 +196,6 @@ def wal_main(argv: list[str]) -> int:
                 from pgbackup.storage import open_storage
 
                 storage = open_storage({**policy.repository, "as_of": as_of})
-            elif policy_path and _read_ahead(policy, policy_path, target, source, until, args[0]):
-                # This call started the read-ahead: its answer, from the client it opens
-                # anyway, rather than a second client opened here beside it.
-                answered = _served_from_spool(policy_path, target, source, until, args, True)
-                if answered is not None:
-                    return answered
             wal.fetch(policy, args[0], args[1], target, storage, until=until)
         return 0
     except PgBackupError as exc:
