@@ -30,7 +30,10 @@ replays every archived segment), for
   pgbackup goes through the TLS proxy in this mode too (``AWS_CA_BUNDLE``), so both pay
   for the same link.
 
-Order rotates round by round; medians. The recovered server's ``pgbench_history`` row
+Order rotates round by round; medians. Beside each wall time, PostgreSQL's own redo CPU
+time (its "redo done" line): the same replay in every row, so its spread is the machine's
+speed moving (2 shared cores), and wall time minus it, run by run, is what fetching the WAL
+added, compared with pgBackRest's. The recovered server's ``pgbench_history`` row
 count is compared with the source's each time (a wrong count stops the benchmark), and
 the segments served from the spool are counted from the server's log (the prefetcher's
 last line). Run as root (PostgreSQL runs as ``postgres``); everything lives in a scratch
@@ -43,6 +46,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -155,10 +159,24 @@ def decode_locally(repo: Path, into: Path) -> None:
     give(into)
 
 
-def checked_and_removed(root: Path, label: str, cluster: Cluster, rows: int) -> int:
+REDO_CPU = re.compile(r"redo done at .* CPU: user: ([\d.]+) s, system: ([\d.]+) s")
+
+
+def redo_cpu(log_text: str) -> float:
+    """The CPU time PostgreSQL's startup process spent replaying ("redo done ... system
+    usage"): the same work in every row, so its spread between runs is the machine's
+    (2 shared cores whose speed moves), and wall time minus it is what the archive and
+    the tool fetching from it added."""
+    found = REDO_CPU.search(log_text)
+    if found is None:
+        raise SystemExit("no 'redo done' line with its CPU time in the server's log")
+    return float(found.group(1)) + float(found.group(2))
+
+
+def checked_and_removed(root: Path, label: str, cluster: Cluster, rows: int) -> tuple[int, float]:
     """The recovered server's rows compared with the source's (a wrong count stops the
     benchmark), its log kept under logs/, its directory removed; the segments served
-    from the spool, from the prefetcher's last line."""
+    from the spool, from the prefetcher's last line, and PostgreSQL's redo CPU time."""
     got = int(cluster.sql("SELECT count(*) FROM pgbench_history")[0][0])
     if got != rows:
         raise SystemExit(f"{label}: {got} history rows recovered, the source has {rows}")
@@ -170,14 +188,14 @@ def checked_and_removed(root: Path, label: str, cluster: Cluster, rows: int) -> 
         cluster.log_file.rename(logs / f"{cluster.data_dir.name}.log")
     rmtree(cluster.data_dir)
     report = read_ahead_report(text)
-    return report["served"] if report else 0
+    return (report["served"] if report else 0), redo_cpu(text)
 
 
 def replay(
     root: Path, label: str, cfg: Path, env: dict[str, str], rows: int, local: Path | None
-) -> tuple[float, int]:
+) -> tuple[float, int, float]:
     """Restore (not timed), then time recovery from pg_ctl start to promotion; (seconds,
-    segments served from the spool)."""
+    segments served from the spool, PostgreSQL's redo CPU seconds)."""
     directory = root / f"r-{label.replace(' ', '-').replace(',', '')}-{time.monotonic_ns()}"
     port = free_port()
     subprocess.run(
@@ -201,16 +219,16 @@ def replay(
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return seconds, checked_and_removed(root, label, cluster, rows)
+    return (seconds, *checked_and_removed(root, label, cluster, rows))
 
 
 def replay_started(
     root: Path, label: str, cfg: Path, env: dict[str, str], rows: int
-) -> tuple[float, int]:
+) -> tuple[float, int, float]:
     """``pgbackup restore --start``: the restore starts the read-ahead, then the server,
     and waits for recovery; its own ``wal_replay`` phase is the time (from before the
-    read-ahead starts until it sees recovery ended: it looks every 0.3 s, where the other
-    rows look every 0.02 s, so this row is, if anything, slower than its replay)."""
+    read-ahead starts until it sees recovery ended: within ~20 ms of the server removing
+    recovery.signal, as the other rows look every 0.02 s)."""
     directory = root / f"r-{label.replace(' ', '-').replace(',', '')}-{time.monotonic_ns()}"
     port = free_port()
     proc = subprocess.run(
@@ -223,10 +241,10 @@ def replay_started(
     )
     seconds = float(json.loads(proc.stdout)["phases"]["wal_replay"]["seconds"])
     cluster = Cluster(directory, port)
-    return seconds, checked_and_removed(root, label, cluster, rows)
+    return (seconds, *checked_and_removed(root, label, cluster, rows))
 
 
-def replay_pgbackrest(root: Path, conf: Path, rows: int) -> float:
+def replay_pgbackrest(root: Path, conf: Path, rows: int) -> tuple[float, int, float]:
     """pgBackRest's restore (not timed), then its recovery timed as :func:`replay`'s."""
     directory = give(root / f"r-pgbackrest-{time.monotonic_ns()}", 0o700)
     rmtree(root / "pgbackrest" / "spool")  # its async queue starts empty, as ours does
@@ -245,8 +263,9 @@ def replay_pgbackrest(root: Path, conf: Path, rows: int) -> float:
     if got != rows:
         raise SystemExit(f"pgBackRest: {got} history rows recovered, the source has {rows}")
     cluster.stop("immediate")
+    cpu = redo_cpu(cluster.log_file.read_text(errors="replace"))
     rmtree(directory)
-    return seconds
+    return seconds, 0, cpu
 
 
 PBR = "pgBackRest, archive-get async (process-max 4)"
@@ -275,6 +294,7 @@ def main() -> None:
     log(f"scratch {root}; {loadavg()}; server user {SERVER_USER}")
     results: dict[str, list[float]] = {}
     served: dict[str, list[int]] = {}
+    replaying: dict[str, list[float]] = {}  # PostgreSQL's redo CPU seconds, per run
     try:
         with contextlib.ExitStack() as stack:
             moto_spec, s3env = stack.enter_context(services.moto_s3())
@@ -316,22 +336,35 @@ def main() -> None:
                 turn = n % len(variants)
                 for label, cfg, where in variants[turn:] + variants[:turn]:
                     if label == PBR:
-                        seconds, hits = replay_pgbackrest(root, cfg, source["rows"]), 0
+                        seconds, hits, cpu = replay_pgbackrest(root, cfg, source["rows"])
                     elif label == STARTED:
-                        seconds, hits = replay_started(root, label, cfg, env, source["rows"])
+                        seconds, hits, cpu = replay_started(root, label, cfg, env, source["rows"])
                     else:
-                        seconds, hits = replay(root, label, cfg, env, source["rows"], where)
-                    log(f"round {n + 1}: {label}: {seconds:.2f} s, {hits} served from the spool")
+                        seconds, hits, cpu = replay(root, label, cfg, env, source["rows"], where)
+                    log(
+                        f"round {n + 1}: {label}: {seconds:.2f} s, {hits} served from the "
+                        f"spool, PostgreSQL's redo CPU {cpu:.2f} s"
+                    )
                     results.setdefault(label, []).append(seconds)
                     served.setdefault(label, []).append(hits)
+                    replaying.setdefault(label, []).append(cpu)
         base = median(results["PostgreSQL, local disk (cp)"])
+        # Wall time minus PostgreSQL's own redo CPU, run by run: what fetching added, with
+        # the machine's changing speed mostly taken out (it still slows the fetchers).
+        added = {
+            label: [t - c for t, c in zip(times, replaying[label], strict=True)]
+            for label, times in results.items()
+        }
+        added_base = median(added[PBR]) if PBR in added else None
         rows = [
             [
                 label,
                 f"{median(times):.2f}",
                 " / ".join(f"{t:.2f}" for t in times),
                 f"{median(times) / base:.2f}",
-                f"{median(times) / source['segments'] * 1000:.0f}",
+                f"{median(replaying[label]):.2f}",
+                f"{median(added[label]):.2f}",
+                f"{median(added[label]) / added_base:.2f}" if added_base else "",
                 "/".join(str(s) for s in served[label]),
             ]
             for label, times in results.items()
@@ -341,7 +374,19 @@ def main() -> None:
             f"request {args.latency_ms:g} ms after it; {loadavg()}\n"
         )
         print(
-            table(["recovery", "median s", "runs", "vs local cp", "ms/segment", "from spool"], rows)
+            table(
+                [
+                    "recovery",
+                    "median s",
+                    "runs",
+                    "vs local cp",
+                    "redo CPU s",
+                    "wall - redo CPU",
+                    "that vs pgBackRest",
+                    "from spool",
+                ],
+                rows,
+            )
         )
     finally:
         if args.keep:
