@@ -49,4 +49,4 @@ Feature: wal-push and wal-fetch keep the archive safe
     And a final push of that file succeeds and wal-fetch serves it whole
 
   Scenario: wal-push starts without importing what it does not need
-    Then a wal-push imports none of invoke, jsonschema, psycopg, boto3, rich, yaml, dataclasses
+    Then a wal-push imports none of invoke, jsonschema, psycopg, boto3, botocore, rich, yaml, dataclasses

@@ -42,7 +42,7 @@ from pgbackup.engine.objects import (
 )
 from pgbackup.engine.phases import Phases, TimedReader, replayed_bytes
 from pgbackup.engine.repository import BackupInfo, Repository
-from pgbackup.engine.walprefetch import SPOOL_DIR, BeforeServer
+from pgbackup.engine.walprefetch import SPOOL_DIR, BeforeServer, end_read_ahead
 from pgbackup.errors import PgBackupError, PostgresError, RestoreError, UsageError
 from pgbackup.formats.codecs import CodecSpec
 from pgbackup.policy import Policy, Target
@@ -586,6 +586,9 @@ class RestoreRun:
             reason = recovery_failure(cluster) if recovering else None
             with contextlib.suppress(Exception):
                 cluster.stop("immediate")
+            # a prefetcher started before a server that never came up writes on into its
+            # spool: stopped (and the spool removed) before the directory is emptied
+            end_read_ahead(cluster.data_dir)
             self.empty_written()
             LOG.error(
                 "recovery of %s into %s failed; the directory was emptied",

@@ -380,6 +380,11 @@ class DrillRun:
                 with contextlib.suppress(Exception):
                     self.cluster.remove()
         if self.root is not None:
+            from pgbackup.engine.walprefetch import end_read_ahead
+
+            # a read-ahead started before a server that never came up: stopped first
+            with contextlib.suppress(Exception):
+                end_read_ahead(self.root / "data")
             shutil.rmtree(self.root, ignore_errors=True)
         self.result.timings["total"] = round(time.monotonic() - self.t0, 3)
         self.result.finished_at = iso(datetime.now(UTC))
