@@ -401,10 +401,11 @@ class _RecoveryNap:
     cut short when the server removes its ``recovery.signal`` / ``standby.signal``, which
     it does as archive recovery ends (``StartupXLOG`` in xlog.c, PostgreSQL 15 to 18: right
     after ``XLogInitNewTimeline``, before it writes the new timeline's history file and
-    leaves recovery; a server paused at its target keeps them), so that a restore that waits for the end
-    sees it within ~20 ms rather than up to 0.3 s later. Once the files are gone (and only
-    if they were seen: a data directory this process cannot read, a container's, keeps
-    the plain pause) it asks again every 20 ms until the server says it has left recovery."""
+    leaves recovery; a server paused at its target keeps them), so that a restore that
+    waits for the end sees it within ~20 ms rather than up to 0.3 s later. Once the files
+    are gone (and only if they were seen: a data directory this process cannot read, a
+    container's, keeps the plain pause) it asks again every 20 ms until the server says it
+    has left recovery."""
 
     SECONDS = 0.3
     STEP = 0.02

@@ -34,7 +34,8 @@ the write. So a file whose modification time is still its CRC, in a spool writte
 this boot of the machine (the manifest records ``/proc/sys/kernel/random/boot_id``: an
 operating-system crash can leave a renamed file whose bytes never reached the disk, as no
 fsync precedes the rename), holds the bytes that were verified, and serving it needs no
-second CRC-32 of 16 MiB (7 ms of a hit's ~20 ms of CPU). Anything else is checked in full. ``manifest`` binds the spool to one archive: a digest of the policy file (its
+second CRC-32 of 16 MiB (7 ms of a hit's ~20 ms of CPU). Anything else is checked in full.
+``manifest`` binds the spool to one archive: a digest of the policy file (its
 path, bytes and the variables it references, as the validated-policy cache keys it), the
 ``--target``/``--from`` flags, and the system identifier of the archive. A spool whose
 manifest is not this request's, or not this data directory's cluster (``pg_control``), is
@@ -306,7 +307,8 @@ def serve(
     if entry is None:
         return ask(spool, name, dest, identity)
     path = os.path.join(spool, entry)
-    this_boot = manifest.get("boot") not in (None, "-") and manifest.get("boot") == boot_id()
+    boot = boot_id()
+    this_boot = boot is not None and manifest.get("boot") == boot
     problem = _check_spooled(path, name, sysid, seg_size, int(entry[25:], 16), this_boot)
     if problem is not None:
         say(f"refused {name} from the spool ({problem}); fetching it from the archive")
@@ -529,6 +531,8 @@ def record_seed(spool: str, data_dir: str, identity: str) -> None:
 
 #: The prefetcher's last argument when a restore starts it before the server (its log says so).
 BEFORE_SERVER = "before-server"
+#: What its first line in the server's log then says (read back by read_ahead_report).
+STARTED_BEFORE_SERVER = "started by the restore, before the server"
 
 
 class BeforeServer:
@@ -631,7 +635,7 @@ def read_ahead_report(log_text: str) -> dict[str, Any] | None:
         "served": totals[1],
         "not_in_spool": totals[2],
         "refused": totals[3],
-        "started_before_server": "started by the restore, before the server" in log_text,
+        "started_before_server": STARTED_BEFORE_SERVER in log_text,
     }
 
 
@@ -1063,7 +1067,7 @@ def main(argv: list[str]) -> int:
         prefetcher.log(
             f"reading ahead {prefetcher.ahead} segments, {prefetcher.streams} at a time, "
             f"into {spool} (archive opened in {time.monotonic() - opening:.2f} s)"
-            + ("; started by the restore, before the server" if before_server else "")
+            + (f"; {STARTED_BEFORE_SERVER}" if before_server else "")
         )
         why = prefetcher.run() if prefetcher.ahead > 0 else "read-ahead is off"
     except Exception as exc:  # the read-ahead is an optimisation: recovery goes on without it
