@@ -135,6 +135,10 @@ def test_the_view_keeps_generations_apart_on_real_storage(tmp_path: Path) -> Non
     assert (tmp_path / "main/wal/A.zst").read_bytes() == b"one"
     assert (tmp_path / "main/runs/r.json").is_file()
     assert [i.key for i in two.list("main/wal/")] == ["main/wal/A.zst"]
+    two.write_bytes("main/wal/B.zst", b"two")
+    assert [i.key for i in two.list("main/wal/", start_after="main/wal/A.zst")] == [
+        "main/wal/B.zst"
+    ]
     assert two.read_bytes("main/wal/A.zst") == b"two"
     assert storage.read_bytes("main/wal/A.zst") == b"one"
     assert g.number_of(two) == 2 and g.number_of(storage) == 1

@@ -204,6 +204,22 @@ def test_if_absent_multipart_on_absent_key(store: Storage) -> None:
 
 
 @all_kinds
+def test_a_listing_can_start_after_a_key(store: Storage) -> None:
+    """Only keys sorting after ``start_after`` (S3 and GCS start the listing there; Azure
+    and a directory list every key and drop the rest): the same answer from every kind."""
+    for name in ("0000000A", "0000000B", "0000000B.partial", "0000000C", "00000010"):
+        store.write_bytes(f"db/wal/{name}.zst", b"x")
+    store.write_bytes("db/wal/00000001.history.zst", b"h")
+    keys = sorted(i.key for i in store.list("db/wal/0000000", start_after="db/wal/0000000B"))
+    assert keys == [
+        "db/wal/0000000B.partial.zst",
+        "db/wal/0000000B.zst",
+        "db/wal/0000000C.zst",
+    ]  # (00000010 sorts after, but is not under the prefix)
+    assert list(store.list("db/wal/0000000", start_after="db/wal/0000000C.zst")) == []
+
+
+@all_kinds
 def test_list_by_prefix_with_sizes(store: Storage) -> None:
     store.write_bytes("db1/base/b1/base.tar.zst", b"x" * 10)
     store.write_bytes("db1/base/b1/metadata.json", b"{}")
@@ -447,7 +463,7 @@ def test_transient_failures_are_retried_with_backoff(monkeypatch: pytest.MonkeyP
 
             return io.BytesIO(self.objects[name][start:])
 
-        def _list(self, prefix):  # type: ignore[no-untyped-def]
+        def _list(self, prefix, start_after):  # type: ignore[no-untyped-def]
             return iter(())
 
         def _stat(self, name):  # type: ignore[no-untyped-def]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgbackup.engine.wal import later_archived
+from pgbackup.engine.wal import beyond_the_archived
+from pgbackup.formats.codecs import CodecSpec
 from pgbackup.interface.wal_commands import (
     EXIT_ABORT_RECOVERY,
     EXIT_FETCH_FAILED,
@@ -30,6 +31,9 @@ def test_a_failed_fetch_aborts_archive_recovery_only(tmp_path: Path) -> None:
     assert fetch_failure_status(tmp_path) == EXIT_FETCH_FAILED
 
 
+ZSTD = CodecSpec(compression="zstd", level=1, encrypted=False)
+
+
 def test_a_hole_is_a_missing_segment_with_later_wal_of_its_timeline(tmp_path: Path) -> None:
     storage = PosixStorage(tmp_path)
     for name in (
@@ -41,11 +45,54 @@ def test_a_hole_is_a_missing_segment_with_later_wal_of_its_timeline(tmp_path: Pa
     ):
         storage.write_bytes(f"t/wal/{name}.zst", b"x")
     # 4 is missing and 5 (and 6.partial) of timeline 1 are archived: a hole.
-    assert later_archived(storage, "t", "000000010000000000000004") == "000000010000000000000006"
+    assert beyond_the_archived(storage, "t", "000000010000000000000004", ZSTD) == (
+        None,
+        "000000010000000000000006",
+    )
     # The end of timeline 1's archive, and a timeline 2 file older than its switch.
-    assert later_archived(storage, "t", "000000010000000000000007") is None
-    assert later_archived(storage, "t", "000000020000000000000004") == "000000020000000000000009"
-    assert later_archived(storage, "t", "00000003.history") is None  # probes for timelines
+    assert beyond_the_archived(storage, "t", "000000010000000000000007", ZSTD) == (None, None)
+    assert beyond_the_archived(storage, "t", "000000020000000000000004", ZSTD) == (
+        None,
+        "000000020000000000000009",
+    )
+    # At the end of the archive, the segment wal-receive is streaming: its .partial copy.
+    assert beyond_the_archived(storage, "t", "000000010000000000000006", ZSTD) == (
+        "t/wal/000000010000000000000006.partial.zst",
+        None,
+    )
+    # Archived meanwhile (under any codec): the segment itself, never its .partial.
+    storage.write_bytes("t/wal/000000010000000000000006.gz", b"x")
+    assert beyond_the_archived(storage, "t", "000000010000000000000006", ZSTD) == (
+        "t/wal/000000010000000000000006.gz",
+        None,
+    )
+    storage.write_bytes("t/wal/000000010000000000000006.zst", b"x")  # the policy's codec first
+    assert beyond_the_archived(storage, "t", "000000010000000000000006", ZSTD)[0] == (
+        "t/wal/000000010000000000000006.zst"
+    )
+
+
+def test_the_listing_after_a_missing_segment_starts_at_its_name(tmp_path: Path) -> None:
+    """The end of recovery (and a standby's poll for the next segment) lists the timeline
+    from the missing name on, not the whole timeline: what the store is asked for."""
+    asked: list[tuple[str, str | None]] = []
+
+    class Recording(PosixStorage):
+        def list(self, prefix: str = "", *, start_after: str | None = None):  # type: ignore[no-untyped-def]
+            asked.append((prefix, start_after))
+            return super().list(prefix, start_after=start_after)
+
+    storage = Recording(tmp_path)
+    for n in range(0x10, 0x30):  # a long timeline: 0x10..0x2F
+        storage.write_bytes(f"t/wal/0000000100000000000000{n:02X}.zst", b"x")
+    seen = [
+        info.key
+        for info in storage.list("t/wal/00000001", start_after="t/wal/00000001000000000000002E")
+    ]
+    assert seen == ["t/wal/00000001000000000000002E.zst", "t/wal/00000001000000000000002F.zst"]
+    asked.clear()
+    assert beyond_the_archived(storage, "t", "000000010000000000000030", ZSTD) == (None, None)
+    assert asked == [("t/wal/00000001", "t/wal/00000001000000000000003")]
 
 
 def test_the_sla_report_breaches_on_a_hole_and_says_why() -> None:

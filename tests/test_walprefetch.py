@@ -149,6 +149,29 @@ def test_a_verified_segment_is_spooled_under_its_crc_and_served(setup: dict[str,
     assert requests.startswith(f"{NAME} hit ")
 
 
+def test_a_request_wakes_the_prefetcher_through_its_fifo(setup: dict[str, Any]) -> None:
+    """wal-fetch's request line is followed by a byte in the prefetcher's FIFO (it looks
+    at once, not at its next turn); a plain file of that name is never written to, and no
+    FIFO or no reader is no error."""
+    import select
+    import stat
+
+    p = prefetcher(setup)
+    spool = setup["data"] / SPOOL_DIR
+    assert p.wake_fd is not None and stat.S_ISFIFO((spool / walprefetch.WAKE).stat().st_mode)
+    assert select.select([p.wake_fd], [], [], 0)[0] == []
+    walprefetch.record_request(str(spool), NAME, "hit", "x")
+    assert select.select([p.wake_fd], [], [], 0)[0] == [p.wake_fd]
+    assert os.read(p.wake_fd, 16) == b"\0"
+    os.close(p.wake_fd)
+    walprefetch.wake(str(spool))  # nobody reads it: ENXIO, said nowhere
+    (spool / walprefetch.WAKE).unlink()
+    walprefetch.wake(str(spool))  # no FIFO
+    (spool / walprefetch.WAKE).write_bytes(b"")
+    walprefetch.wake(str(spool))
+    assert (spool / walprefetch.WAKE).read_bytes() == b""
+
+
 def test_a_missing_segment_is_not_spooled_and_leaves_no_marker(setup: dict[str, Any]) -> None:
     p = prefetcher(setup)
     assert p.fetch_one(NAME) == "missing"
@@ -406,7 +429,7 @@ def test_a_killed_prefetchers_temporary_files_are_removed_by_the_next(
     spool = setup["data"] / SPOOL_DIR
     (spool / f".tmp.{NAME}.12345").write_bytes(b"half a segment")
     prefetcher(setup)  # the next one, same archive: keeps the verified files
-    assert sorted(os.listdir(spool)) == sorted(["manifest", spooled(str(spool))[NAME]])
+    assert sorted(os.listdir(spool)) == sorted(["manifest", "wake", spooled(str(spool))[NAME]])
 
 
 def test_the_end_of_recovery_removes_the_spool_and_kills_no_stranger(
@@ -491,6 +514,30 @@ def test_the_prefetcher_answers_what_the_spool_lacks_as_wal_fetch_would(
     assert _ask(running, "00000003.history", dest) == 1  # no such timeline
     lines = (running["data"] / SPOOL_DIR / "requests").read_text().splitlines()
     assert [line.split(" ")[1][:4] for line in lines] == ["ask:"] * 4
+
+
+def test_the_last_segment_served_stays_for_the_end_of_recovery(running: dict[str, Any]) -> None:
+    """At the end of recovery PostgreSQL asks for the segment after the last (not
+    archived), then reads the last one again: still in the spool, served again without a
+    question to the archive."""
+    before, last, after = (NAME[:-1] + c for c in "234")
+    archive(running, before)
+    archive(running, last)
+    dest = running["data"] / "pg_wal" / "RECOVERYXLOG"
+    spool = running["data"] / SPOOL_DIR
+    assert _ask(running, before, dest) == 0  # asked: the read-ahead follows it
+    import time
+
+    deadline = time.monotonic() + 30
+    while last not in walprefetch.spooled(str(spool)):
+        assert time.monotonic() < deadline, sorted(os.listdir(spool))
+        time.sleep(0.02)
+    assert _ask(running, last, dest) == 0  # served from the spool
+    assert _ask(running, after, dest) == 1  # the end of the archive
+    assert _ask(running, last, dest) == 0  # read again
+    assert dest.read_bytes() == segment(last)
+    hows = [line.split(" ")[:2] for line in (spool / "requests").read_text().splitlines()]
+    assert [h[1][:4] for h in hows if h[0] == last] == ["hit", "hit"], hows
 
 
 def test_a_hole_or_a_corrupt_file_is_no_answer_and_wal_fetch_fails_loudly(

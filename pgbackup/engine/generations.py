@@ -411,8 +411,9 @@ class _GenerationView:
     def delete(self, key: str) -> None:
         super().delete(self._map(key))  # type: ignore[misc]
 
-    def list(self, prefix: str = "") -> Iterator[Any]:
-        for info in super().list(self._map(prefix)):  # type: ignore[misc]
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[Any]:
+        after = None if start_after is None else self._map(start_after)
+        for info in super().list(self._map(prefix), start_after=after):  # type: ignore[misc]
             key = unmapped(info.key, self._gen_target, self._gen_number)
             if key is not None and key.startswith(prefix):
                 yield info._replace(key=key)

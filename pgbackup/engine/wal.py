@@ -347,11 +347,9 @@ def fetch(
     spec = codec_for(policy)
     key = find_archived(storage, target_name, name, spec)
     later: str | None = None
-    if key is None:
-        beyond_target = until is not None and is_segment(name) and name[8:] > until[8:24]
-        later = None if beyond_target else later_archived(storage, target_name, name)
-        if later is None and not beyond_target and is_segment(name):
-            key = _streamed_partial(storage, target_name, name, spec)
+    if key is None and is_segment(name) and not (until is not None and name[8:] > until[8:24]):
+        # (A segment past ``until`` is an ordinary miss: nothing after it is looked for.)
+        key, later = beyond_the_archived(storage, target_name, name, spec)
     if key is None:
         if later is None or (Path.cwd() / "pg_wal" / name).is_file():
             # The end of the archive; or a file the restored backup carries in pg_wal,
@@ -393,29 +391,32 @@ def fetch(
         raise WalError(f"cannot write {dest}: {exc.strerror}") from None
 
 
-def _streamed_partial(storage: Storage, target: str, name: str, spec: CodecSpec) -> str | None:
-    """At the end of the archive, the key to serve for segment ``name``: its ``.partial``
-    copy (the segment wal-receive is streaming; pg_receivewal pre-pads it with zeros, so
-    recovery replays its complete records and ends at the first invalid one, as at the
-    end of pg_wal), or the segment itself when the receiver completed it meanwhile."""
-    key = find_archived(storage, target, name + ".partial", spec)
-    return key if key is not None else find_archived(storage, target, name, spec)
+def beyond_the_archived(
+    storage: Storage, target: str, name: str, spec: CodecSpec
+) -> tuple[str | None, str | None]:
+    """For segment ``name``, not found archived: what one listing of its timeline from
+    ``name`` on says, as (the key to serve, the newest later segment of the timeline).
 
-
-def later_archived(storage: Storage, target: str, name: str) -> str | None:
-    """The newest archived segment of ``name``'s timeline that comes after it, or None.
-
-    Only segments have an order; a missing ``.history`` or ``.backup`` file is an
-    ordinary miss (PostgreSQL probes for timelines that do not exist). The listing is
-    limited to the timeline's prefix, and runs only when a file is missing: once at the
-    end of a recovery, not for every segment.
-    """
-    if not is_segment(name):
-        return None
+    The key to serve is the segment itself, archived meanwhile, or, with nothing later,
+    its ``.partial`` copy (the segment wal-receive is streaming; pg_receivewal pre-pads it
+    with zeros, so recovery replays its complete records and ends at the first invalid
+    one, as at the end of pg_wal). A later segment with neither is a hole (wal.fetch).
+    Only segments have an order: a missing ``.history`` or ``.backup`` file is an ordinary
+    miss and never comes here. The listing starts at the name (one character short of
+    it, so the name's own keys are in it): the end of a recovery, or a standby asking
+    every few seconds for the next segment, never lists the whole timeline."""
+    own: list[str] = []
+    partial: list[str] = []
     newest: str | None = None
-    for info in storage.list(f"{target}/wal/{name[:8]}"):
+    for info in storage.list(f"{target}/wal/{name[:8]}", start_after=f"{target}/wal/{name[:-1]}"):
         base, _spec = parse_suffix(info.key.rsplit("/", 1)[-1])
-        segment = base[:24]
-        if (is_segment(base) or is_partial(base)) and segment > name:
-            newest = segment if newest is None or segment > newest else newest
-    return newest
+        if base == name:
+            own.append(info.key)
+        elif base == name + ".partial":
+            partial.append(info.key)
+        elif (is_segment(base) or is_partial(base)) and base[:24] > name:
+            newest = base[:24] if newest is None or base[:24] > newest else newest
+    candidates = sorted(own or ([] if newest is not None else partial))
+    preferred = (wal_key(target, name, spec), wal_key(target, name + ".partial", spec))
+    key = next((k for k in candidates if k in preferred), candidates[0] if candidates else None)
+    return key, newest

@@ -64,9 +64,11 @@ beside it: it holds ``flock`` on ``pgbackup_spool/lock``). ``restore --start`` s
 before the server instead (:class:`BeforeServer`), so that the archive is open when the
 first history probe comes. Either way it begins with the backup's first segment
 (``backup_label``), before PostgreSQL asks for it. Each wal-fetch appends the file asked for to
-``pgbackup_spool/requests``; the prefetcher keeps the segment asked for last and the next
-``read_ahead`` segments of its timeline in the spool, ``streams`` at a time, and removes
-any other (served, skipped, of another timeline). It never writes
+``pgbackup_spool/requests`` and wakes the prefetcher (a byte into the FIFO
+``pgbackup_spool/wake``); the prefetcher keeps the segment asked for last, the newest
+served (PostgreSQL reads it again as recovery ends) and the next ``read_ahead`` segments
+of the timeline in the spool, ``streams`` at a time, and removes any other (served,
+skipped, of another timeline). It never writes
 a "missing" marker: a segment it cannot find, or refuses, stops it going further on that
 timeline (it looks again every few seconds: a standby's archive grows), and PostgreSQL's
 own requests (the new timeline's history file, then its segments) drive the synchronous
@@ -103,13 +105,19 @@ SPOOL_DIR = "pgbackup_spool"
 MANIFEST = "manifest"
 REQUESTS = "requests"
 LOCK = "lock"
+#: A FIFO the prefetcher reads: a byte in it wakes it as soon as a request is written (or
+#: one of its fetches ends), where it would otherwise look at its next turn.
+WAKE = "wake"
 TMP_PREFIX = ".tmp."
 #: The prefetcher exits after this long without a request (PGBACKUP_PREFETCH_IDLE).
 IDLE_SECONDS = float(os.environ.get("PGBACKUP_PREFETCH_IDLE", "60"))
 #: A segment it could not find or refused is looked for again after this long.
 RETRY_SECONDS = 3.0
-#: How often the prefetcher reads the requests and checks that recovery goes on.
+#: How often the prefetcher reads the requests and checks that recovery goes on, without
+#: its wake-up FIFO; with it, at least every TURN_SECONDS (a request or a finished fetch
+#: wakes it at once).
 POLL_SECONDS = 0.02
+TURN_SECONDS = 0.1
 PREFIX = "pgbackup wal-prefetch: "
 #: A wal-fetch that asked the prefetcher (:func:`ask`) reads its answer from this file.
 ANSWER_PREFIX = "answer."
@@ -358,7 +366,7 @@ def _await_prefetcher(spool: str, path: str, seconds: float, *, running: bool) -
 def _link_into(path: str, dest: str) -> bool:
     """``dest`` made the spooled file, which stays in the spool: PostgreSQL may ask for
     the same segment again (at the end of recovery it reads the last one a second time),
-    and the prefetcher keeps the newest segment asked for. A link, not a copy: the
+    and the prefetcher keeps the newest segment it served. A link, not a copy: the
     server never writes into a restored file, and should it ever (a recycled segment in
     pg_wal), the CRC checked before each serve refuses the spooled one."""
     import errno
@@ -456,10 +464,31 @@ def _copy_into(path: str, dest: str) -> bool:
 
 
 def record_request(spool: str, name: str, how: str, identity: str) -> None:
-    """Tell the prefetcher which segment PostgreSQL asked for (one appended line)."""
+    """Tell the prefetcher which segment PostgreSQL asked for (one appended line), and
+    wake it."""
     fd = os.open(os.path.join(spool, REQUESTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, f"{name} {how} {identity}\n".encode())
+    finally:
+        os.close(fd)
+    wake(spool)
+
+
+def wake(spool: str) -> None:
+    """A byte into the prefetcher's FIFO (:data:`WAKE`). No FIFO, nobody reading it (no
+    prefetcher: ENXIO), a full pipe (it has bytes to read already): nothing to do; the
+    prefetcher still looks at the requests every turn."""
+    import stat
+
+    try:
+        fd = os.open(os.path.join(spool, WAKE), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):  # never a byte appended to a plain file
+            os.write(fd, b"\0")
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -729,6 +758,7 @@ class Prefetcher:
 
         self.started = time.monotonic()
         self.server_seen = False
+        self.wake_fd: int | None = None
 
     def log(self, text: str) -> None:
         import time
@@ -779,10 +809,44 @@ class Prefetcher:
             for entry in os.listdir(self.spool):
                 if entry.startswith(TMP_PREFIX):
                     os.unlink(os.path.join(self.spool, entry))
+        self._open_wake()
         tmp = os.path.join(self.spool, f"{TMP_PREFIX}{MANIFEST}")
         with open(tmp, "wb") as f:
             f.write(wanted)
         os.replace(tmp, os.path.join(self.spool, MANIFEST))
+
+    def _open_wake(self) -> None:
+        """The FIFO wal-fetch wakes this process with (before the manifest: the first
+        question comes right after it). Opened for reading and writing (Linux: never
+        blocks, and never reads as closed while no wal-fetch has it open); a failure
+        leaves the prefetcher to its turns."""
+        path = os.path.join(self.spool, WAKE)
+        try:
+            _unlink(path)
+            os.mkfifo(path, 0o600)
+            self.wake_fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        except OSError as exc:
+            self.log(f"no wake-up FIFO ({exc.strerror or exc}); looking every {POLL_SECONDS:g} s")
+
+    def nap(self) -> None:
+        """Until a byte comes through the FIFO (a request, a fetch ended), or one turn."""
+        import contextlib
+        import select
+        import time
+
+        if self.wake_fd is None:
+            time.sleep(POLL_SECONDS)
+            return
+        if select.select([self.wake_fd], [], [], TURN_SECONDS)[0]:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_fd, 4096)
+
+    def _poke(self, _job: object = None) -> None:
+        import contextlib
+
+        if self.wake_fd is not None:
+            with contextlib.suppress(OSError):  # a full pipe wakes it already
+                os.write(self.wake_fd, b"\0")
 
     # --- one segment ------------------------------------------------------------------
 
@@ -933,6 +997,7 @@ class Prefetcher:
         inflight: dict[str, Future[str]] = {}
         failed: dict[str, float] = {}
         request: str | None = None
+        served: str | None = None  # the newest segment served from the spool
         seed: str | None = None
         last = checked = time.monotonic()
         why: str | None = None
@@ -952,6 +1017,7 @@ class Prefetcher:
                         request = name
                         self.served += how == "hit"
                         self.missed += how != "hit"
+                        served = name if how == "hit" else served
                 if now - checked > 0.25:
                     checked = now
                     why = why or self.why_stop(now - last)
@@ -969,7 +1035,7 @@ class Prefetcher:
                             failed[name] = now
                 anchor = request or seed
                 if anchor is None or why is not None:
-                    time.sleep(POLL_SECONDS)
+                    self.nap()
                     continue
                 # After the newest request; before any, from the seed itself on.
                 wanted = (
@@ -977,7 +1043,10 @@ class Prefetcher:
                 )
                 present = spooled(self.spool)
                 for name, entry in present.items():
-                    if name not in wanted and name != request:  # the newest asked-for stays
+                    # The newest segment asked for and the newest served stay: at the end
+                    # of recovery PostgreSQL reads the last one again, after asking for
+                    # the one after it (missing).
+                    if name not in wanted and name not in (request, served):
                         _unlink(os.path.join(self.spool, entry))
                 for name in wanted:
                     if name in present or name in inflight:
@@ -987,7 +1056,8 @@ class Prefetcher:
                     if len(inflight) >= self.streams:
                         break
                     inflight[name] = pool.submit(self.fetch_one, name)
-                time.sleep(POLL_SECONDS)
+                    inflight[name].add_done_callback(self._poke)
+                self.nap()
         finally:
             self.stopping = True
             pool.shutdown(wait=False, cancel_futures=True)

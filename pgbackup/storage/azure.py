@@ -333,7 +333,9 @@ class AzureStorage(CloudStorage):
                 hint="something else writes to this repository; read it again",
             ) from None
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+    def _list(self, prefix: str, start_after: str | None) -> Iterator[tuple[str, int, float]]:
+        # List Blobs has no start key (its marker is the service's own continuation
+        # token): every blob under the prefix, the caller drops those before start_after.
         for blob in self.container.list_blobs(name_starts_with=prefix or None):
             mtime = blob.last_modified.timestamp() if blob.last_modified else 0.0
             yield blob.name, int(blob.size or 0), mtime

@@ -49,6 +49,9 @@ class Storage(ABC):
     """A repository: the same operations on a directory, a bucket or a container."""
 
     kind: str = "abstract"
+    #: Listing the objects of one key's prefix costs what a stat costs: one request to an
+    #: object store; on a directory it reads every entry of it, so a stat comes first there.
+    prefix_listing_is_one_request: bool = False
 
     @abstractmethod
     def writer(self, key: str, *, if_absent: bool = False) -> ObjectWriter:
@@ -59,8 +62,10 @@ class Storage(ABC):
         """A readable stream of ``key``'s bytes; raises ObjectNotFound when absent."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix`` (recursively), in no set order."""
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (recursively), in no set order;
+        with ``start_after``, only keys sorting after it (an object store starts its
+        listing there rather than send every key before it: the end of a long timeline)."""
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:

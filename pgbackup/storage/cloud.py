@@ -341,13 +341,18 @@ class CloudStorage(Storage):
             return RangedReader(self, key, name, inner, size, version)  # type: ignore[return-value]
         return CloudReader(self, key, name, inner)  # type: ignore[return-value]
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    prefix_listing_is_one_request = True
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         full = self.prefix + prefix
+        after = None if start_after is None else self.prefix + start_after
         # Listing is a generator over pages: retry per page is the SDK's job; map errors.
-        it = self.call("list", prefix or None, lambda: iter(self._list(full)))
+        it = self.call("list", prefix or None, lambda: iter(self._list(full, after)))
         while True:
             try:
                 name, size, mtime = next(it)
+                if after is not None and name <= after:
+                    continue  # a kind that cannot start the listing there (Azure)
             except StopIteration:
                 return
             except StorageError:
@@ -429,8 +434,10 @@ class CloudStorage(Storage):
         raise NotImplementedError
 
     @abstractmethod
-    def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
-        """(object name, size, mtime) of every object under ``prefix``."""
+    def _list(self, prefix: str, start_after: str | None) -> Iterator[tuple[str, int, float]]:
+        """(object name, size, mtime) of every object under ``prefix``; from
+        ``start_after`` on where the service can start a listing there (a kind that
+        cannot lists them all: the caller drops what sorts before it)."""
 
     @abstractmethod
     def _stat(self, name: str) -> tuple[int, float] | None:

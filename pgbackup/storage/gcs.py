@@ -391,8 +391,12 @@ class GCSStorage(CloudStorage):
             hint="something else writes to this repository; read it again",
         )
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
-        for blob in self.client.list_blobs(self.bucket_name, prefix=prefix, timeout=TIMEOUT):
+    def _list(self, prefix: str, start_after: str | None) -> Iterator[tuple[str, int, float]]:
+        # startOffset is inclusive: the caller drops start_after itself.
+        start = {} if start_after is None else {"start_offset": start_after}
+        for blob in self.client.list_blobs(
+            self.bucket_name, prefix=prefix, timeout=TIMEOUT, **start
+        ):
             self._bucket_verified = True
             yield blob.name, int(blob.size or 0), blob.updated.timestamp() if blob.updated else 0.0
 

@@ -163,7 +163,7 @@ class PosixStorage(Storage):
         except OSError as exc:
             raise storage_error("cannot read", path, exc) from None
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Objects under ``prefix``. A directory that cannot be read is an error, never an
         empty listing: wal-fetch would report "not archived", and PostgreSQL would end
         recovery there (engine/wal.fetch)."""
@@ -189,7 +189,7 @@ class PosixStorage(Storage):
                     continue
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
-                if not key.startswith(prefix):
+                if not key.startswith(prefix) or (start_after is not None and key <= start_after):
                     continue
                 try:
                     st = full.stat()

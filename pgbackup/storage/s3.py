@@ -555,12 +555,13 @@ class S3Storage(CloudStorage):
         finally:
             body.close()
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
-        if self.as_of is not None:
+    def _list(self, prefix: str, start_after: str | None) -> Iterator[tuple[str, int, float]]:
+        if self.as_of is not None:  # every version under the prefix; the caller filters
             yield from self._list_as_of(prefix)
             return
+        start = {} if start_after is None else {"StartAfter": start_after}
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **start):
             for obj in page.get("Contents", []):
                 yield obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp()
 
