@@ -127,8 +127,8 @@ def run(args: argparse.Namespace, root: Path, cluster: Cluster) -> None:
     policy = write_policy(root / "backup.yaml", repo, cluster.port, workers=args.workers)
     env = pgbackup_env(root)
     must(timed([PGBACKUP, "--config", str(policy), "list"], env=env), "pgbackup list (warm-up)")
-    # One untimed backup first: it compiles the backup path's modules into the scratch
-    # pycache, as pip does at install time (else the first timed run pays for it).
+    # One untimed backup first (pgbackup's modules are compiled already: common.pgbackup_env;
+    # this warms the page cache and the policy cache, as any later backup finds them).
     must(timed([PGBACKUP, "--config", str(policy), "backup"], env=env), "pgbackup backup (warm-up)")
     # Backup ids are UTC seconds: a backup that starts in the second of the previous one
     # waits for the next second (engine/backup.run_backup). Not in a timed run.

@@ -80,23 +80,38 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def pgbackup_env(root: Path, *, as_server: bool = False, **extra: str) -> dict[str, str]:
     """Environment for pgbackup processes, as an installed package would run.
 
-    pip compiles an installed package's modules at install time; this environment sets
-    PYTHONDONTWRITEBYTECODE=1, which would make every pgbackup start compile every
-    module from source. We drop that variable and point PYTHONPYCACHEPREFIX into the
-    scratch directory, so the repository tree is not touched.
+    pip compiles an installed package's modules at install time (and Debian's Python and
+    the virtualenv's packages have theirs); this environment sets
+    PYTHONDONTWRITEBYTECODE=1, under which an editable install's modules are compiled
+    from source by every process that imports them. So the variable is dropped, and
+    pgbackup's own modules are compiled once, in their ``__pycache__`` (ignored by git),
+    before anything is timed: the server's OS user, which runs wal-fetch and the
+    prefetcher, could not write them there. (A PYTHONPYCACHEPREFIX directory, used
+    before, made every module, the standard library's too, compile into directories
+    created by whichever user imported it first: the server's user could not write into
+    root's, so what only it imported was compiled again by every process.)
     """
-    cache = give(root / "pycache", 0o777)
     env = server_env() if as_server else dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PYTHONPYCACHEPREFIX", None)
     env.update(
         {
-            "PYTHONPYCACHEPREFIX": str(cache),
             "PGBACKUP_QUIET": "1",
             "XDG_CACHE_HOME": str(give(root / "xdg-cache", 0o777)),
         }
     )
     env.update(extra)
+    if not _COMPILED:
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(REPO / "pgbackup")],
+            env=env,
+            check=True,
+        )
+        _COMPILED.append(True)
     return env
+
+
+_COMPILED: list[bool] = []  # pgbackup's modules compiled by this benchmark process
 
 
 def fsync_tree(path: Path) -> None:

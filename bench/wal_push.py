@@ -338,10 +338,7 @@ def sustained(args: argparse.Namespace, root: Path, cluster: Cluster) -> dict[st
     env = pgbackup_env(root, as_server=True)
     cmd = (
         "env -u PYTHONDONTWRITEBYTECODE "
-        + " ".join(
-            f"{k}={shlex.quote(env[k])}"
-            for k in ("PYTHONPYCACHEPREFIX", "XDG_CACHE_HOME", "PGBACKUP_QUIET")
-        )
+        + " ".join(f"{k}={shlex.quote(env[k])}" for k in ("XDG_CACHE_HOME", "PGBACKUP_QUIET"))
         + f" {shlex.quote(PGBACKUP)} --config {shlex.quote(str(policy))} wal-push --target bench %p"
     )
     cluster.stop()
