@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgbackup.engine.wal import beyond_the_archived
+import pytest
+
+from pgbackup.engine.wal import beyond_the_archived, find_archived
 from pgbackup.formats.codecs import CodecSpec
 from pgbackup.interface.wal_commands import (
     EXIT_ABORT_RECOVERY,
@@ -93,6 +95,36 @@ def test_the_listing_after_a_missing_segment_starts_at_its_name(tmp_path: Path) 
     asked.clear()
     assert beyond_the_archived(storage, "t", "000000010000000000000030", ZSTD) == (None, None)
     assert asked == [("t/wal/00000001", "t/wal/00000001000000000000003")]
+
+
+@pytest.mark.parametrize("one_request", [True, False])
+def test_a_file_is_looked_for_with_one_listing_where_that_is_one_request(
+    tmp_path: Path, one_request: bool
+) -> None:
+    """An object store (a listing of a name's prefix is one request) is asked once,
+    found or not; a directory gets a stat first (its listing reads every entry)."""
+    calls: list[str] = []
+
+    class Counting(PosixStorage):
+        prefix_listing_is_one_request = one_request
+
+        def stat(self, key: str):  # type: ignore[no-untyped-def]
+            calls.append("stat")
+            return super().stat(key)
+
+        def list(self, prefix: str = "", *, start_after: str | None = None):  # type: ignore[no-untyped-def]
+            calls.append("list")
+            return super().list(prefix, start_after=start_after)
+
+    storage = Counting(tmp_path)
+    storage.write_bytes("t/wal/00000002.history", b"1\t0/3000000\tx\n")  # stored uncompressed
+    storage.write_bytes("t/wal/000000010000000000000003.zst", b"x")
+    assert find_archived(storage, "t", "00000002.history", ZSTD) == "t/wal/00000002.history"
+    assert find_archived(storage, "t", "00000003.history", ZSTD) is None
+    assert find_archived(storage, "t", "000000010000000000000003", ZSTD) == (
+        "t/wal/000000010000000000000003.zst"
+    )
+    assert calls == (["list"] * 3 if one_request else ["stat", "list", "stat", "list", "stat"])
 
 
 def test_the_sla_report_breaches_on_a_hole_and_says_why() -> None:

@@ -193,16 +193,20 @@ def wal_key(target: str, name: str, spec: CodecSpec) -> str:
 
 
 def find_archived(storage: Storage, target: str, name: str, spec: CodecSpec) -> str | None:
-    """The stored key of ``name`` whatever codec it was written with (policy's first)."""
+    """The stored key of ``name`` whatever codec it was written with (policy's first).
+
+    An object store answers with one listing of the name's prefix, found or not (a
+    timeline's history file is asked for, and missing, as every recovery starts and
+    ends); a directory is asked with a stat first (its listing reads every entry)."""
     key = wal_key(target, name, spec)
-    if storage.stat(key) is not None:
+    if not storage.prefix_listing_is_one_request and storage.stat(key) is not None:
         return key
-    prefix = f"{target}/wal/{name}"
-    for info in storage.list(prefix):
-        base, _spec = parse_suffix(info.key.rsplit("/", 1)[-1])
-        if base == name:
-            return info.key
-    return None
+    found = sorted(
+        info.key
+        for info in storage.list(f"{target}/wal/{name}")
+        if parse_suffix(info.key.rsplit("/", 1)[-1])[0] == name
+    )
+    return key if key in found else (found[0] if found else None)
 
 
 def push(policy: Any, path: str | Path, target: str | None = None) -> str:

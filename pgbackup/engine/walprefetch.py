@@ -763,8 +763,10 @@ class Prefetcher:
     def log(self, text: str) -> None:
         import time
 
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        say(f"{stamp} [{os.getpid()}] {text}")
+        now = time.time()  # stamped to the millisecond, as PostgreSQL's own lines (%m)
+        when = time.localtime(now)
+        stamp = f"{time.strftime('%Y-%m-%d %H:%M:%S', when)}.{int(now * 1000) % 1000:03d}"
+        say(f"{stamp} {time.strftime('%Z', when)} [{os.getpid()}] {text}")
 
     def open(self) -> None:
         """The policy, the storage, the archive's identity; the manifest written."""
