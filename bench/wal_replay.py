@@ -77,7 +77,7 @@ from common import (  # noqa: E402
 )
 from s3 import TlsProxy, cache_moto_values, pgbackrest_s3_conf, s3_policy, shaped  # noqa: E402
 
-from pgbackup.engine.walprefetch import read_ahead_report  # noqa: E402
+from pgbackup.engine.walprefetch import end_read_ahead, read_ahead_report  # noqa: E402
 from pgbackup.postgres.cluster import Cluster, free_port  # noqa: E402
 
 SEG = 16 * 1024 * 1024
@@ -181,7 +181,14 @@ def checked_and_removed(root: Path, label: str, cluster: Cluster, rows: int) -> 
     if got != rows:
         raise SystemExit(f"{label}: {got} history rows recovered, the source has {rows}")
     cluster.stop("immediate")
+    end_read_ahead(cluster.data_dir)
     text = cluster.log_file.read_text(errors="replace")
+    deadline = time.monotonic() + 5  # its last line follows the spool's removal
+    while "wal-prefetch: " in text and read_ahead_report(text) is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        text = cluster.log_file.read_text(errors="replace")
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     with contextlib.suppress(OSError):

@@ -1020,7 +1020,7 @@ class Prefetcher:
                         self.served += how == "hit"
                         self.missed += how != "hit"
                         served = name if how == "hit" else served
-                if now - checked > 0.25:
+                if self.stopping or now - checked > 0.25:
                     checked = now
                     why = why or self.why_stop(now - last)
                 for name, job in list(inflight.items()):
@@ -1129,6 +1129,7 @@ def main(argv: list[str]) -> int:
 
     def stop(_signum: int, _frame: object) -> None:
         prefetcher.stopping = True
+        prefetcher._poke()  # out of its nap now (select is resumed after a handler)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
