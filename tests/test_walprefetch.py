@@ -149,27 +149,28 @@ def test_a_verified_segment_is_spooled_under_its_crc_and_served(setup: dict[str,
     assert requests.startswith(f"{NAME} hit ")
 
 
-def test_a_request_wakes_the_prefetcher_through_its_fifo(setup: dict[str, Any]) -> None:
-    """wal-fetch's request line is followed by a byte in the prefetcher's FIFO (it looks
-    at once, not at its next turn); a plain file of that name is never written to, and no
-    FIFO or no reader is no error."""
+def test_a_request_wakes_the_prefetcher_through_its_socket(setup: dict[str, Any]) -> None:
+    """wal-fetch's request line is followed by a datagram to the prefetcher's abstract
+    socket (it looks at once, not at its next turn), which leaves no file in the data
+    directory (pg_basebackup warns about a special file there); nobody bound to it is no
+    error."""
     import select
-    import stat
 
     p = prefetcher(setup)
     spool = setup["data"] / SPOOL_DIR
-    assert p.wake_fd is not None and stat.S_ISFIFO((spool / walprefetch.WAKE).stat().st_mode)
-    assert select.select([p.wake_fd], [], [], 0)[0] == []
+    assert p.wake_sock is not None
+    assert p.wake_sock.getsockname() in (
+        walprefetch.wake_address(str(spool)),
+        walprefetch.wake_address(str(spool)).encode(),
+    )
+    assert sorted(os.listdir(spool)) == ["manifest"]
+    assert select.select([p.wake_sock], [], [], 0)[0] == []
     walprefetch.record_request(str(spool), NAME, "hit", "x")
-    assert select.select([p.wake_fd], [], [], 0)[0] == [p.wake_fd]
-    assert os.read(p.wake_fd, 16) == b"\0"
-    os.close(p.wake_fd)
-    walprefetch.wake(str(spool))  # nobody reads it: ENXIO, said nowhere
-    (spool / walprefetch.WAKE).unlink()
-    walprefetch.wake(str(spool))  # no FIFO
-    (spool / walprefetch.WAKE).write_bytes(b"")
-    walprefetch.wake(str(spool))
-    assert (spool / walprefetch.WAKE).read_bytes() == b""
+    assert select.select([p.wake_sock], [], [], 1)[0] == [p.wake_sock]
+    assert p.wake_sock.recv(16) == b"\0"
+    p.wake_sock.close()
+    walprefetch.wake(str(spool))  # nobody bound: ECONNREFUSED, said nowhere
+    walprefetch.wake(str(setup["data"] / "no such spool"))
 
 
 def test_a_missing_segment_is_not_spooled_and_leaves_no_marker(setup: dict[str, Any]) -> None:
@@ -429,7 +430,7 @@ def test_a_killed_prefetchers_temporary_files_are_removed_by_the_next(
     spool = setup["data"] / SPOOL_DIR
     (spool / f".tmp.{NAME}.12345").write_bytes(b"half a segment")
     prefetcher(setup)  # the next one, same archive: keeps the verified files
-    assert sorted(os.listdir(spool)) == sorted(["manifest", "wake", spooled(str(spool))[NAME]])
+    assert sorted(os.listdir(spool)) == sorted(["manifest", spooled(str(spool))[NAME]])
 
 
 def test_the_end_of_recovery_removes_the_spool_and_kills_no_stranger(

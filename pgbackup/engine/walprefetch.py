@@ -64,8 +64,8 @@ beside it: it holds ``flock`` on ``pgbackup_spool/lock``). ``restore --start`` s
 before the server instead (:class:`BeforeServer`), so that the archive is open when the
 first history probe comes. Either way it begins with the backup's first segment
 (``backup_label``), before PostgreSQL asks for it. Each wal-fetch appends the file asked for to
-``pgbackup_spool/requests`` and wakes the prefetcher (a byte into the FIFO
-``pgbackup_spool/wake``); the prefetcher keeps the segment asked for last, the newest
+``pgbackup_spool/requests`` and wakes the prefetcher (a datagram to the abstract UNIX
+socket named after the spool: :func:`wake_address`); the prefetcher keeps the segment asked for last, the newest
 served (PostgreSQL reads it again as recovery ends) and the next ``read_ahead`` segments
 of the timeline in the spool, ``streams`` at a time, and removes any other (served,
 skipped, of another timeline). It never writes
@@ -105,16 +105,13 @@ SPOOL_DIR = "pgbackup_spool"
 MANIFEST = "manifest"
 REQUESTS = "requests"
 LOCK = "lock"
-#: A FIFO the prefetcher reads: a byte in it wakes it as soon as a request is written (or
-#: one of its fetches ends), where it would otherwise look at its next turn.
-WAKE = "wake"
 TMP_PREFIX = ".tmp."
 #: The prefetcher exits after this long without a request (PGBACKUP_PREFETCH_IDLE).
 IDLE_SECONDS = float(os.environ.get("PGBACKUP_PREFETCH_IDLE", "60"))
 #: A segment it could not find or refused is looked for again after this long.
 RETRY_SECONDS = 3.0
 #: How often the prefetcher reads the requests and checks that recovery goes on, without
-#: its wake-up FIFO; with it, at least every TURN_SECONDS (a request or a finished fetch
+#: its wake-up socket; with it, at least every TURN_SECONDS (a request or a finished fetch
 #: wakes it at once).
 POLL_SECONDS = 0.02
 TURN_SECONDS = 0.1
@@ -474,23 +471,34 @@ def record_request(spool: str, name: str, how: str, identity: str) -> None:
     wake(spool)
 
 
+def wake_address(spool: str) -> str:
+    """The prefetcher's wake-up socket: a name in Linux's abstract UNIX socket namespace
+    (no file: a FIFO in the data directory made every base backup taken from a server in
+    recovery warn "skipping special file", basebackup.c's sendDir), from the spool's
+    device and inode, so that two data directories never share one, even at the same
+    path in two containers. Anybody may send to it: a datagram only wakes the prefetcher,
+    which then reads the requests file as at every turn."""
+    st = os.stat(spool)
+    return f"\0pgbackup-wal-prefetch-{st.st_dev:x}-{st.st_ino:x}"
+
+
 def wake(spool: str) -> None:
-    """A byte into the prefetcher's FIFO (:data:`WAKE`). No FIFO, nobody reading it (no
-    prefetcher: ENXIO), a full pipe (it has bytes to read already): nothing to do; the
-    prefetcher still looks at the requests every turn."""
-    import stat
+    """A datagram to the prefetcher's socket (:func:`wake_address`). Nobody bound to it
+    (no prefetcher: ECONNREFUSED), its queue full (it has been woken already): nothing to
+    do; the prefetcher still looks at the requests every turn."""
+    import _socket  # socket's C half: `socket` itself imports enum, ~5 ms a wal-fetch
 
     try:
-        fd = os.open(os.path.join(spool, WAKE), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
     except OSError:
         return
     try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):  # never a byte appended to a plain file
-            os.write(fd, b"\0")
+        sock.setblocking(False)
+        sock.sendto(b"\0", wake_address(spool))
     except OSError:
         pass
     finally:
-        os.close(fd)
+        sock.close()
 
 
 def kick(
@@ -758,7 +766,7 @@ class Prefetcher:
 
         self.started = time.monotonic()
         self.server_seen = False
-        self.wake_fd: int | None = None
+        self.wake_sock: Any = None  # socket.socket, bound to wake_address
 
     def log(self, text: str) -> None:
         import time
@@ -818,37 +826,42 @@ class Prefetcher:
         os.replace(tmp, os.path.join(self.spool, MANIFEST))
 
     def _open_wake(self) -> None:
-        """The FIFO wal-fetch wakes this process with (before the manifest: the first
-        question comes right after it). Opened for reading and writing (Linux: never
-        blocks, and never reads as closed while no wal-fetch has it open); a failure
+        """The socket wal-fetch wakes this process with (bound before the manifest is
+        written: the first question comes right after it); a failure (the name taken)
         leaves the prefetcher to its turns."""
-        path = os.path.join(self.spool, WAKE)
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            _unlink(path)
-            os.mkfifo(path, 0o600)
-            self.wake_fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+            sock.setblocking(False)
+            sock.bind(wake_address(self.spool))
         except OSError as exc:
-            self.log(f"no wake-up FIFO ({exc.strerror or exc}); looking every {POLL_SECONDS:g} s")
+            sock.close()
+            self.log(f"no wake-up socket ({exc.strerror or exc}); looking every {POLL_SECONDS:g} s")
+            return
+        self.wake_sock = sock
 
     def nap(self) -> None:
-        """Until a byte comes through the FIFO (a request, a fetch ended), or one turn."""
-        import contextlib
+        """Until a datagram comes (a request, a fetch ended, SIGTERM), or one turn."""
         import select
         import time
 
-        if self.wake_fd is None:
+        if self.wake_sock is None:
             time.sleep(POLL_SECONDS)
             return
-        if select.select([self.wake_fd], [], [], TURN_SECONDS)[0]:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self.wake_fd, 4096)
+        if select.select([self.wake_sock], [], [], TURN_SECONDS)[0]:
+            try:
+                while self.wake_sock.recv(64):
+                    pass
+            except OSError:  # drained (BlockingIOError)
+                pass
 
     def _poke(self, _job: object = None) -> None:
         import contextlib
 
-        if self.wake_fd is not None:
-            with contextlib.suppress(OSError):  # a full pipe wakes it already
-                os.write(self.wake_fd, b"\0")
+        if self.wake_sock is not None:
+            with contextlib.suppress(OSError):  # a full queue wakes it already
+                self.wake_sock.sendto(b"\0", self.wake_sock.getsockname())
 
     # --- one segment ------------------------------------------------------------------
 
