@@ -201,12 +201,18 @@ def find_archived(storage: Storage, target: str, name: str, spec: CodecSpec) -> 
     key = wal_key(target, name, spec)
     if not storage.prefix_listing_is_one_request and storage.stat(key) is not None:
         return key
-    found = sorted(
+    found = [
         info.key
         for info in storage.list(f"{target}/wal/{name}")
         if parse_suffix(info.key.rsplit("/", 1)[-1])[0] == name
-    )
-    return key if key in found else (found[0] if found else None)
+    ]
+    return _preferred(found, key)
+
+
+def _preferred(keys: list[str], *first: str) -> str | None:
+    """Of the keys stored for one name, the first of ``first`` (the policy's codec's
+    key) that is there, else the lowest (a key written under another codec)."""
+    return next((k for k in first if k in keys), min(keys, default=None))
 
 
 def push(policy: Any, path: str | Path, target: str | None = None) -> str:
@@ -420,7 +426,9 @@ def beyond_the_archived(
             partial.append(info.key)
         elif (is_segment(base) or is_partial(base)) and base[:24] > name:
             newest = base[:24] if newest is None or base[:24] > newest else newest
-    candidates = sorted(own or ([] if newest is not None else partial))
-    preferred = (wal_key(target, name, spec), wal_key(target, name + ".partial", spec))
-    key = next((k for k in candidates if k in preferred), candidates[0] if candidates else None)
+    key = _preferred(
+        own or ([] if newest is not None else partial),
+        wal_key(target, name, spec),
+        wal_key(target, name + ".partial", spec),
+    )
     return key, newest

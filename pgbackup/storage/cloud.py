@@ -352,7 +352,7 @@ class CloudStorage(Storage):
             try:
                 name, size, mtime = next(it)
                 if after is not None and name <= after:
-                    continue  # a kind that cannot start the listing there (Azure)
+                    continue  # GCS starts at it (inclusive); Azure, S3 --as-of list all
             except StopIteration:
                 return
             except StorageError:
